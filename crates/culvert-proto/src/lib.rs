@@ -1,0 +1,28 @@
+//! Culvert's protocol core: the wire codec and a sans-IO stream multiplexer.
+//!
+//! No IO, no clock, no tokio: callers feed bytes and time in and take bytes,
+//! events and deadlines out. PROTOCOL.md at the repository root is the
+//! specification this crate implements.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+mod connection;
+pub mod control;
+mod decoder;
+mod error;
+pub mod frame;
+pub mod header;
+mod reader;
+mod stream_id;
+pub mod varint;
+mod writer;
+
+pub use config::Config;
+pub use connection::{reset_code, Connection, Datagram, Event, ReadOutcome, Stats};
+pub use control::{Control, ServiceProtocol, Token};
+pub use decoder::FrameDecoder;
+pub use error::{ConnectionError, DecodeError, EncodeError, StreamError};
+pub use frame::Frame;
+pub use header::{FrameType, Header, HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD_LEN};
+pub use stream_id::{Side, StreamId};
