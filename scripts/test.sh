@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs Culvert's whole test suite, installing what the tests need when it is missing.
+# Usage: scripts/test.sh [extra args passed to the test runner]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Programs the end-to-end tests start for real (nothing is mocked), as command:package.
+# Each missing one is installed from Debian's packages before the tests run.
+required=()
+missing=()
+for entry in "${required[@]}"; do
+  command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing test dependencies: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast "$@"
+  cargo test --workspace --locked --doc
+else
+  cargo test --workspace --locked --no-fail-fast "$@"
+fi
