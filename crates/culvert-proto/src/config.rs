@@ -28,7 +28,7 @@ pub struct Config {
     pub max_concurrent_streams: u64,
     /// Send credit once the application has read this fraction (1/n) of a window. 4 halves the frame count of n=8 (quinn) while keeping the pipe full.
     pub credit_divisor: u64,
-    /// Largest slice one stream sends before the scheduler turns to the next (fairness). 32 KiB: big enough to amortise framing, small enough that 16 streams interleave within a 512 KiB batch.
+    /// Largest slice one stream sends before the scheduler turns to the next (fairness). 32 KiB: big enough to amortise framing, small enough that eight streams interleave within one 256 KiB batch.
     pub quantum: usize,
     /// Bytes the application may queue on one stream beyond what has been sent. 1 MiB keeps a fast writer busy for one window round trip.
     pub stream_send_buffer: usize,

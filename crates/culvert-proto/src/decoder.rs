@@ -32,6 +32,9 @@ impl FrameDecoder {
 
     /// Queues received bytes. Call [`FrameDecoder::next_frame`] until it returns `Ok(None)` before pushing more.
     pub fn push(&mut self, bytes: Bytes) {
+        if self.failed {
+            return;
+        }
         if self.input.is_empty() {
             self.input = bytes;
         } else {

@@ -75,7 +75,7 @@ frame_types! {
     /// Either side closes the session with a reason.
     Disconnect = 0x41, max MAX_PAYLOAD_LEN;
     /// Opens a stream towards a target.
-    StreamOpen = 0x50, max MAX_PAYLOAD_LEN;
+    StreamOpen = 0x50, max 8 + 2 + crate::frame::MAX_TARGET_LEN;
     /// Bytes of a stream.
     StreamData = 0x51, max MAX_PAYLOAD_LEN;
     /// The sender finished its direction of a stream (half-close).

@@ -479,6 +479,10 @@ impl Connection {
         self.next_peer_seq += 1;
         if self.local_going_away {
             // We said we take no new streams: refuse it; its stream-limit slot returns at once.
+            // Each refusal queues a frame, so refusals share the reset flood limit.
+            if !self.reset_limit.allow(self.now) {
+                return Err(ConnectionError::ResetFlood);
+            }
             self.queue(Frame::StreamReset {
                 id,
                 code: reset_code::REFUSED,
@@ -623,6 +627,7 @@ impl Connection {
             return Err(StreamError::UnknownStream(id));
         }
         self.free_stream(id);
+        let code = code.min(varint::MAX);
         self.queue(Frame::StreamReset { id, code });
         Ok(())
     }
@@ -786,13 +791,38 @@ impl Connection {
         Ok(())
     }
 
+    /// Queues a control message ahead of everything already queued, including the start-up
+    /// credit: an agent's Auth must be the first frame the server sees.
+    pub fn send_control_first(&mut self, msg: Control) -> Result<(), crate::EncodeError> {
+        msg.encode(&mut self.scratch)?;
+        self.control.push_front(self.scratch.split().freeze());
+        Ok(())
+    }
+
+    /// Speaks to a plain zlayer-tunnel v1 peer: one frame per batch, and none of the
+    /// data-plane frames it cannot decode (the start-up credit is withdrawn; a v1 peer opens
+    /// no streams, so no other data-plane frame is ever generated for it).
+    pub fn enable_zlayer_v1_compat(&mut self) {
+        self.single_frame_batches = true;
+        self.control
+            .retain(|f| f.first().is_some_and(|t| *t < FrameType::StreamOpen as u8));
+    }
+
     /// Announces that we take no new streams; existing ones carry on. Later peer opens are refused.
     pub fn go_away(&mut self, code: u64, reason: &str) {
         if !self.local_going_away {
             self.local_going_away = true;
+            if self.single_frame_batches {
+                // A zlayer-tunnel v1 peer cannot decode GoAway, and opens no streams anyway.
+                return;
+            }
+            let mut end = reason.len().min(1024);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
             self.queue(Frame::GoAway {
-                code,
-                reason: reason.to_owned(),
+                code: code.min(varint::MAX),
+                reason: reason[..end].to_owned(),
             });
         }
     }
@@ -824,8 +854,14 @@ impl Connection {
                 return buf.len() - start;
             }
         }
+        // Datagrams take at most half a batch while streams wait, so neither starves the other.
+        let dgram_max = if self.schedule.is_empty() {
+            max
+        } else {
+            max / 2
+        };
         while let Some(len) = self.datagrams_out.front_len() {
-            if buf.len() > start && buf.len() - start + len + HEADER_LEN + 8 > max {
+            if buf.len() > start && buf.len() - start + len + HEADER_LEN + 8 > dgram_max {
                 return buf.len() - start;
             }
             let (flow, data) = self.datagrams_out.pop().expect("front exists");

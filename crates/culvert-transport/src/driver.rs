@@ -1,0 +1,384 @@
+//! The driver of one multiplexed WebSocket: a reader task feeding received messages into
+//! the [`Connection`], a writer task sending its batches, and a shared state that stream
+//! handles touch directly (quinn's model: no channel hop per write).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use culvert_proto::{Config, Connection, Control, Event, Side, StreamId};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::stream::TunnelStream;
+use crate::ws::BATCH_CAP;
+use crate::TransportError;
+
+/// Control messages the application may leave unread before the peer counts as flooding.
+const MAX_PENDING_CONTROL: usize = 1024;
+
+/// What the driver hands the application.
+#[derive(Debug)]
+pub enum MuxEvent {
+    /// The peer opened a stream towards `target`.
+    Incoming(TunnelStream, String),
+    /// A control message (Auth, Register, Connect, …).
+    Control(Control),
+    /// The peer takes no new streams.
+    GoingAway(String),
+    /// The connection is gone; the reason.
+    Closed(String),
+}
+
+/// Counters of one connection, for metrics and status.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MuxStats {
+    /// Protocol counters.
+    pub proto: culvert_proto::Stats,
+    /// Streams holding state.
+    pub open_streams: usize,
+    /// Latest heartbeat round trip.
+    pub rtt: Option<Duration>,
+}
+
+#[derive(Default)]
+pub(crate) struct Wakers {
+    pub(crate) read: Option<Waker>,
+    pub(crate) write: Option<Waker>,
+}
+
+pub(crate) struct State {
+    pub(crate) conn: Connection,
+    pub(crate) wakers: HashMap<StreamId, Wakers>,
+    /// Peer resets not yet seen by their handle.
+    pub(crate) resets: HashMap<StreamId, u64>,
+    open_waiters: Vec<Waker>,
+    pub(crate) closed: Option<String>,
+    /// Set by [`Mux::close`]: the writer flushes what is queued, then closes.
+    closing: Option<String>,
+    pending_control: usize,
+}
+
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<State>,
+    pub(crate) writer_wake: Notify,
+    events: mpsc::UnboundedSender<MuxEvent>,
+    closed_tx: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the connection dead and wakes everybody waiting on it.
+    fn close(self: &Arc<Self>, reason: String) {
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return;
+        }
+        tracing::debug!(%reason, "tunnel connection closed");
+        st.closed = Some(reason.clone());
+        for (_, w) in st.wakers.drain() {
+            w.read.into_iter().chain(w.write).for_each(Waker::wake);
+        }
+        st.open_waiters.drain(..).for_each(Waker::wake);
+        drop(st);
+        let _ = self.events.send(MuxEvent::Closed(reason));
+        let _ = self.closed_tx.send(true);
+        self.writer_wake.notify_one();
+    }
+
+    /// Routes the connection's events: wake stream handles, hand new streams and
+    /// control messages to the application.
+    fn dispatch(self: &Arc<Self>, st: &mut State) -> Result<(), String> {
+        while let Some(ev) = st.conn.poll_event() {
+            match ev {
+                Event::Readable(id) | Event::Finished(id) => {
+                    if let Some(w) = st.wakers.get_mut(&id).and_then(|w| w.read.take()) {
+                        w.wake();
+                    }
+                }
+                Event::Writable(id) => {
+                    if let Some(w) = st.wakers.get_mut(&id).and_then(|w| w.write.take()) {
+                        w.wake();
+                    }
+                }
+                Event::StreamReset { id, code } => {
+                    if let Some(w) = st.wakers.get_mut(&id) {
+                        st.resets.insert(id, code);
+                        w.read
+                            .take()
+                            .into_iter()
+                            .chain(w.write.take())
+                            .for_each(Waker::wake);
+                    }
+                }
+                Event::StreamOpened { id, target } => {
+                    st.wakers.insert(id, Wakers::default());
+                    let s = TunnelStream::new(self.clone(), id);
+                    let _ = self.events.send(MuxEvent::Incoming(s, target));
+                }
+                Event::StreamsAvailable => st.open_waiters.drain(..).for_each(Waker::wake),
+                Event::Control(c) => {
+                    st.pending_control += 1;
+                    if st.pending_control > MAX_PENDING_CONTROL {
+                        return Err("control message flood".into());
+                    }
+                    let _ = self.events.send(MuxEvent::Control(c));
+                }
+                Event::GoingAway { reason, .. } => {
+                    let _ = self.events.send(MuxEvent::GoingAway(reason));
+                }
+                Event::HeartbeatRtt(rtt) => tracing::trace!(?rtt, "heartbeat"),
+                Event::DatagramReadable => {
+                    // UDP flows are not carried yet: drain so the bounded queue never holds stale data.
+                    while st.conn.recv_datagram().is_some() {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A handle to one multiplexed tunnel connection. Cloning shares it.
+#[derive(Clone)]
+pub struct Mux {
+    shared: Arc<Shared>,
+    closed_rx: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Mux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mux").finish_non_exhaustive()
+    }
+}
+
+impl Mux {
+    /// Starts the reader and writer tasks for `ws`; events arrive on the returned receiver.
+    pub fn spawn<S>(
+        ws: WebSocketStream<S>,
+        side: Side,
+        config: Config,
+    ) -> Result<(Mux, mpsc::UnboundedReceiver<MuxEvent>), TransportError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = Connection::new(side, config, Instant::now())
+            .map_err(|e| TransportError::Closed(e.to_string()))?;
+        let (events, rx) = mpsc::unbounded_channel();
+        let (closed_tx, closed_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                conn,
+                wakers: HashMap::new(),
+                resets: HashMap::new(),
+                open_waiters: Vec::new(),
+                closed: None,
+                closing: None,
+                pending_control: 0,
+            }),
+            writer_wake: Notify::new(),
+            events,
+            closed_tx,
+        });
+        let (sink, stream) = ws.split();
+        tokio::spawn(reader(shared.clone(), stream));
+        tokio::spawn(writer(shared.clone(), sink));
+        Ok((Mux { shared, closed_rx }, rx))
+    }
+
+    /// Opens a stream towards `target`, waiting while the peer's stream limit is reached.
+    /// Data may be sent at once; it follows the open without a round trip.
+    pub async fn open(&self, target: &str) -> Result<TunnelStream, TransportError> {
+        let id = std::future::poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            if let Some(r) = &st.closed {
+                return std::task::Poll::Ready(Err(TransportError::Closed(r.clone())));
+            }
+            match st.conn.open_stream(target) {
+                Ok(id) => {
+                    st.wakers.insert(id, Wakers::default());
+                    std::task::Poll::Ready(Ok(id))
+                }
+                Err(culvert_proto::StreamError::StreamsExhausted) => {
+                    st.open_waiters.push(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+                Err(e) => std::task::Poll::Ready(Err(e.into())),
+            }
+        })
+        .await?;
+        self.shared.writer_wake.notify_one();
+        Ok(TunnelStream::new(self.shared.clone(), id))
+    }
+
+    /// Queues a control message.
+    pub fn send_control(&self, msg: Control) -> Result<(), TransportError> {
+        let mut st = self.shared.lock();
+        if let Some(r) = &st.closed {
+            return Err(TransportError::Closed(r.clone()));
+        }
+        st.conn
+            .send_control(msg)
+            .map_err(|e| TransportError::Closed(format!("unencodable control message: {e}")))?;
+        drop(st);
+        self.shared.writer_wake.notify_one();
+        Ok(())
+    }
+
+    /// Acknowledges that the application handled one [`MuxEvent::Control`] (the flood bound).
+    pub fn control_handled(&self) {
+        let mut st = self.shared.lock();
+        st.pending_control = st.pending_control.saturating_sub(1);
+    }
+
+    /// One frame per WebSocket message, for zlayer-tunnel v1 peers.
+    pub fn set_single_frame_batches(&self, on: bool) {
+        self.shared.lock().conn.set_single_frame_batches(on);
+    }
+
+    /// Announces that no new streams are accepted; existing ones carry on.
+    pub fn go_away(&self, code: u64, reason: &str) {
+        self.shared.lock().conn.go_away(code, reason);
+        self.shared.writer_wake.notify_one();
+    }
+
+    /// Sends `Disconnect` with `reason`, flushes what is queued, and closes the connection
+    /// (waiting at most one second for the flush).
+    pub async fn close(&self, reason: &str) {
+        let _ = self.send_control(Control::Disconnect {
+            reason: reason.to_owned(),
+        });
+        self.shared.lock().closing = Some(format!("closed locally: {reason}"));
+        self.shared.writer_wake.notify_one();
+        if tokio::time::timeout(Duration::from_secs(1), self.closed())
+            .await
+            .is_err()
+        {
+            self.shared.close(format!("closed locally: {reason}"));
+        }
+    }
+
+    /// Closes the connection at once, resetting its streams.
+    pub fn abort(&self, reason: &str) {
+        self.shared.close(reason.to_owned());
+    }
+
+    /// Whether the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        *self.closed_rx.borrow()
+    }
+
+    /// Resolves when the connection is gone.
+    pub async fn closed(&self) {
+        let mut rx = self.closed_rx.clone();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> MuxStats {
+        let st = self.shared.lock();
+        MuxStats {
+            proto: st.conn.stats(),
+            open_streams: st.conn.open_streams(),
+            rtt: st.conn.rtt(),
+        }
+    }
+}
+
+async fn reader<S>(shared: Arc<Shared>, mut stream: SplitStream<WebSocketStream<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut closed = shared.closed_tx.subscribe();
+    let reason = loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            _ = closed.wait_for(|c| *c) => break "closed".to_owned(),
+        };
+        let data = match msg {
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Text(_))) => break "text message on the tunnel".to_owned(),
+            Some(Ok(Message::Close(_))) | None => break "peer closed the websocket".to_owned(),
+            Some(Err(e)) => break format!("websocket read: {e}"),
+        };
+        let mut st = shared.lock();
+        if let Err(e) = st.conn.handle_bytes(Instant::now(), data) {
+            drop(st);
+            break format!("protocol violation by peer: {e}");
+        }
+        let r = shared.dispatch(&mut st);
+        drop(st);
+        if let Err(e) = r {
+            break e;
+        }
+        shared.writer_wake.notify_one();
+    };
+    shared.close(reason);
+}
+
+async fn writer<S>(shared: Arc<Shared>, mut sink: SplitSink<WebSocketStream<S>, Message>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut buf = BytesMut::with_capacity(BATCH_CAP);
+    let reason = loop {
+        let (msg, deadline) = {
+            let mut st = shared.lock();
+            if st.closed.is_some() {
+                break None;
+            }
+            let n = st.conn.poll_transmit(&mut buf, BATCH_CAP);
+            if let Err(e) = shared.dispatch(&mut st) {
+                break Some(e);
+            }
+            (
+                (n > 0).then(|| buf.split().freeze()),
+                st.conn.poll_timeout(),
+            )
+        };
+        if let Some(m) = msg {
+            if let Err(e) = sink.feed(Message::Binary(m)).await {
+                break Some(format!("websocket write: {e}"));
+            }
+            if buf.capacity() < BATCH_CAP / 2 {
+                buf.reserve(BATCH_CAP);
+            }
+            continue;
+        }
+        if let Err(e) = sink.flush().await {
+            break Some(format!("websocket flush: {e}"));
+        }
+        if let Some(r) = shared.lock().closing.clone() {
+            break Some(r);
+        }
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shared.writer_wake.notified() => {}
+            _ = sleep => {
+                let mut st = shared.lock();
+                if let Err(e) = st.conn.handle_timeout(Instant::now()) {
+                    break Some(format!("{e}"));
+                }
+            }
+        }
+    };
+    let _ = sink.flush().await;
+    let _ = sink.close().await;
+    if let Some(r) = reason {
+        shared.close(r);
+    }
+}

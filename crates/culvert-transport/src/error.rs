@@ -1,0 +1,27 @@
+//! Errors of the transport layer.
+
+/// Why a tunnel connection could not be set up or went down.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Socket-level failure.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// TLS configuration or handshake failure.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// WebSocket handshake or framing failure.
+    #[error("websocket: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The server URL is not usable.
+    #[error("bad server url: {0}")]
+    Url(String),
+    /// The multiplexed connection is gone.
+    #[error("tunnel connection closed: {0}")]
+    Closed(String),
+    /// A stream could not be opened.
+    #[error("stream: {0}")]
+    Stream(#[from] culvert_proto::StreamError),
+    /// A deadline passed.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+}

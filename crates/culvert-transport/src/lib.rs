@@ -1,0 +1,18 @@
+//! The only place Culvert's sans-IO core meets IO: WebSocket (tokio-tungstenite),
+//! TLS (rustls), the per-connection driver tasks, tunnel streams and TCP relaying.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod driver;
+mod error;
+mod relay;
+mod socket;
+mod stream;
+pub mod tls;
+pub mod ws;
+
+pub use driver::{Mux, MuxEvent, MuxStats};
+pub use error::TransportError;
+pub use relay::{relay_tcp, RelayTotals};
+pub use socket::tune_tcp;
+pub use stream::TunnelStream;

@@ -1,0 +1,168 @@
+//! A handle to one multiplexed stream, usable from two tasks at once (one reading, one writing).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use culvert_proto::{reset_code, ReadOutcome, StreamError, StreamId};
+
+use crate::driver::Shared;
+
+/// One tunneled byte stream. Dropping it before both directions finished resets it.
+pub struct TunnelStream {
+    shared: Arc<Shared>,
+    id: StreamId,
+    finished: AtomicBool,
+    eof: AtomicBool,
+}
+
+impl std::fmt::Debug for TunnelStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelStream")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl TunnelStream {
+    pub(crate) fn new(shared: Arc<Shared>, id: StreamId) -> TunnelStream {
+        TunnelStream {
+            shared,
+            id,
+            finished: AtomicBool::new(false),
+            eof: AtomicBool::new(false),
+        }
+    }
+
+    /// The stream's protocol id.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    fn gone(&self, st: &mut crate::driver::State) -> io::Error {
+        if let Some(code) = st.resets.remove(&self.id) {
+            return io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                format!("stream reset by peer (code {code})"),
+            );
+        }
+        if let Some(r) = &st.closed {
+            return io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("tunnel closed: {r}"),
+            );
+        }
+        io::Error::new(io::ErrorKind::BrokenPipe, "stream closed")
+    }
+
+    /// Next chunk of bytes in order; `None` at the end (the peer finished).
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if self.eof.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(None));
+        }
+        let mut st = self.shared.lock();
+        if st.closed.is_some() {
+            return Poll::Ready(Err(self.gone(&mut st)));
+        }
+        match st.conn.read(self.id, usize::MAX) {
+            Ok(ReadOutcome::Data(b)) => {
+                drop(st);
+                // Reading may have released credit that must go out.
+                self.shared.writer_wake.notify_one();
+                Poll::Ready(Ok(Some(b)))
+            }
+            Ok(ReadOutcome::WouldBlock) => {
+                if let Some(w) = st.wakers.get_mut(&self.id) {
+                    w.read = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Ok(ReadOutcome::Eof) => {
+                self.eof.store(true, Ordering::Relaxed);
+                Poll::Ready(Ok(None))
+            }
+            Err(_) => Poll::Ready(Err(self.gone(&mut st))),
+        }
+    }
+
+    /// Awaits the next chunk; `None` at the end.
+    pub async fn recv(&self) -> io::Result<Option<Bytes>> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Queues as much of `data` as the send buffers take, advancing it; ready when all is queued.
+    pub fn poll_send(&self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
+        let mut st = self.shared.lock();
+        if st.closed.is_some() {
+            return Poll::Ready(Err(self.gone(&mut st)));
+        }
+        match st.conn.write(self.id, data.clone()) {
+            Ok(n) => {
+                data.advance(n);
+                if data.is_empty() {
+                    drop(st);
+                    self.shared.writer_wake.notify_one();
+                    return Poll::Ready(Ok(()));
+                }
+                if let Some(w) = st.wakers.get_mut(&self.id) {
+                    w.write = Some(cx.waker().clone());
+                }
+                drop(st);
+                if n > 0 {
+                    self.shared.writer_wake.notify_one();
+                }
+                Poll::Pending
+            }
+            Err(StreamError::ClosedForWriting(_)) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "stream already finished",
+            ))),
+            Err(_) => Poll::Ready(Err(self.gone(&mut st))),
+        }
+    }
+
+    /// Sends all of `data` (without copying it), waiting for buffer room.
+    pub async fn send(&self, mut data: Bytes) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_send(cx, &mut data)).await
+    }
+
+    /// Half-closes: a FIN follows the bytes already sent. Receiving goes on.
+    pub fn finish(&self) -> io::Result<()> {
+        let mut st = self.shared.lock();
+        match st.conn.finish(self.id) {
+            Ok(()) => {
+                self.finished.store(true, Ordering::Relaxed);
+                drop(st);
+                self.shared.writer_wake.notify_one();
+                Ok(())
+            }
+            Err(_) => Err(self.gone(&mut st)),
+        }
+    }
+
+    /// Aborts both directions with `code`.
+    pub fn reset(&self, code: u64) {
+        let mut st = self.shared.lock();
+        if st.conn.reset(self.id, code).is_ok() {
+            drop(st);
+            self.shared.writer_wake.notify_one();
+        }
+    }
+}
+
+impl Drop for TunnelStream {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.wakers.remove(&self.id);
+        st.resets.remove(&self.id);
+        let done = *self.finished.get_mut() && *self.eof.get_mut();
+        // Both directions done: the connection frees the stream once its FIN is out.
+        // Otherwise nobody will read or write it again: abort it so no state lingers.
+        if !done && st.closed.is_none() && st.conn.reset(self.id, reset_code::CANCEL).is_ok() {
+            drop(st);
+            self.shared.writer_wake.notify_one();
+        }
+    }
+}

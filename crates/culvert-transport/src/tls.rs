@@ -1,0 +1,228 @@
+//! TLS for the tunnel: server certificates (files or self-signed) and the agent's ways of
+//! verifying the server (system roots, a CA file, a pinned SHA-256 fingerprint, or — loudly — nothing).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use crate::TransportError;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+fn tls_err(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Tls(e.to_string())
+}
+
+/// SHA-256 of a certificate's DER bytes, lowercase hex: what `--fingerprint` pins.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    hex::encode(Sha256::digest(cert.as_ref()))
+}
+
+/// Normalises a user-supplied fingerprint (`AB:CD:…`, any case) to lowercase hex.
+pub fn normalize_fingerprint(s: &str) -> Result<String, TransportError> {
+    let h: String = s
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let h = h
+        .strip_prefix("sha256")
+        .unwrap_or(&h)
+        .trim_start_matches('/')
+        .to_owned();
+    if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(TransportError::Tls(
+            "fingerprint must be 64 hex digits (SHA-256), colons allowed".into(),
+        ));
+    }
+    Ok(h)
+}
+
+/// Reads a PEM certificate chain.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    let pem = std::fs::read(path).map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(tls_err(format!("{}: no certificate found", path.display())));
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
+    let pem = std::fs::read(path).map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+    rustls_pemfile::private_key(&mut &pem[..])
+        .map_err(|e| tls_err(format!("{}: {e}", path.display())))?
+        .ok_or_else(|| tls_err(format!("{}: no private key found", path.display())))
+}
+
+/// A server TLS configuration and the fingerprint of its leaf certificate.
+pub struct ServerTls {
+    /// rustls configuration for the acceptor.
+    pub config: Arc<ServerConfig>,
+    /// SHA-256 of the leaf certificate (what agents may pin).
+    pub fingerprint: String,
+}
+
+impl ServerTls {
+    /// From a certificate chain and key in PEM files.
+    pub fn from_pem(cert: &Path, key: &Path) -> Result<ServerTls, TransportError> {
+        ServerTls::from_parts(load_certs(cert)?, load_key(key)?)
+    }
+
+    /// A fresh self-signed certificate for `names` (host names or IP addresses).
+    pub fn self_signed(names: &[String]) -> Result<ServerTls, TransportError> {
+        let ck = rcgen::generate_simple_self_signed(names.to_vec()).map_err(tls_err)?;
+        let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        ServerTls::from_parts(vec![ck.cert.der().clone()], key)
+    }
+
+    fn from_parts(
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<ServerTls, TransportError> {
+        let fingerprint = fingerprint(&certs[0]);
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err)?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(tls_err)?;
+        Ok(ServerTls {
+            config: Arc::new(config),
+            fingerprint,
+        })
+    }
+}
+
+/// How the agent decides to trust the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verify {
+    /// The operating system's root certificates.
+    SystemRoots,
+    /// Only certificates issued by the CA(s) in this PEM file.
+    CaFile(std::path::PathBuf),
+    /// Exactly the certificate with this SHA-256 fingerprint (lowercase hex).
+    Fingerprint(String),
+    /// Nothing is verified. Only for tests; warned about loudly.
+    InsecureSkipVerify,
+}
+
+/// Builds the agent's TLS configuration.
+pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TransportError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?;
+    let config = match verify {
+        Verify::SystemRoots => {
+            let mut roots = RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "could not load a system root certificate");
+            }
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(tls_err(
+                    "no system root certificates found; use --ca or --fingerprint",
+                ));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Verify::CaFile(path) => {
+            let mut roots = RootCertStore::empty();
+            for c in load_certs(path)? {
+                roots.add(c).map_err(tls_err)?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Verify::Fingerprint(fp) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned {
+                fingerprint: Some(fp.clone()),
+                provider: provider(),
+            }))
+            .with_no_client_auth(),
+        Verify::InsecureSkipVerify => {
+            tracing::warn!("TLS VERIFICATION DISABLED (--insecure-skip-verify): anyone on the path can read and alter this tunnel");
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Pinned {
+                    fingerprint: None,
+                    provider: provider(),
+                }))
+                .with_no_client_auth()
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+/// Accepts exactly one certificate by fingerprint (or any, when `None`), still checking
+/// that the server holds its key (handshake signatures).
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: Option<String>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match &self.fingerprint {
+            None => Ok(ServerCertVerified::assertion()),
+            Some(fp) if *fp == fingerprint(end_entity) => Ok(ServerCertVerified::assertion()),
+            Some(fp) => Err(rustls::Error::General(format!(
+                "server certificate fingerprint {} does not match the pinned {fp}",
+                fingerprint(end_entity)
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

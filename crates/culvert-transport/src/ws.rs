@@ -1,0 +1,140 @@
+//! WebSocket settings and handshakes for the tunnel endpoint.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::TransportError;
+
+/// The HTTP path of the tunnel endpoint.
+pub const TUNNEL_PATH: &str = "/tunnel/v1";
+
+/// Largest WebSocket message (one batch of frames) either side sends or accepts.
+/// 256 KiB amortises WebSocket framing over several 64 KiB frames while keeping per-connection buffers small.
+pub const BATCH_CAP: usize = 256 * 1024;
+
+/// WebSocket limits matching the batch cap, with a bounded write buffer so backpressure is real.
+pub fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(BATCH_CAP))
+        .max_frame_size(Some(BATCH_CAP))
+        .write_buffer_size(BATCH_CAP)
+        .max_write_buffer_size(4 * BATCH_CAP)
+        .read_buffer_size(BATCH_CAP)
+}
+
+/// Server side of the upgrade: only `GET /tunnel/v1` is accepted.
+#[allow(clippy::result_large_err)] // the callback's signature is tungstenite's
+pub async fn accept<S>(io: S) -> Result<WebSocketStream<S>, TransportError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != TUNNEL_PATH {
+            let mut r = ErrorResponse::new(Some("not found".into()));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            return Err(r);
+        }
+        Ok(resp)
+    };
+    Ok(tokio_tungstenite::accept_hdr_async_with_config(io, check, Some(config())).await?)
+}
+
+/// Client side of the upgrade to `url` (ws:// or wss://, the TLS already done by the caller).
+pub async fn connect<S>(io: S, url: &str) -> Result<WebSocketStream<S>, TransportError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, io, Some(config())).await?;
+    Ok(ws)
+}
+
+/// The agent's transport: plain TCP or TLS over TCP.
+pub type ClientIo = tokio_util::either::Either<
+    tokio::net::TcpStream,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+>;
+
+/// The server's transport: plain TCP or TLS over TCP.
+pub type ServerIo = tokio_util::either::Either<
+    tokio::net::TcpStream,
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+>;
+
+/// A parsed `ws://` or `wss://` server address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    /// TLS in use.
+    pub tls: bool,
+    /// Host name or IP literal (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl ServerUrl {
+    /// Parses `ws[s]://host[:port][/path]`; the path is ignored (always [`TUNNEL_PATH`]).
+    pub fn parse(url: &str) -> Result<ServerUrl, TransportError> {
+        let bad = |m: &str| TransportError::Url(format!("{url}: {m}"));
+        let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("ws://") {
+            (false, r)
+        } else {
+            return Err(bad("must start with ws:// or wss://"));
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+                None => default_port,
+            };
+            (h.to_owned(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad("bad port"))?),
+                None => (authority.to_owned(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("missing host"));
+        }
+        Ok(ServerUrl { tls, host, port })
+    }
+
+    fn request_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        if self.host.contains(':') {
+            format!("{scheme}://[{}]:{}{TUNNEL_PATH}", self.host, self.port)
+        } else {
+            format!("{scheme}://{}:{}{TUNNEL_PATH}", self.host, self.port)
+        }
+    }
+}
+
+/// Dials the server: TCP, then TLS when the URL is `wss://` (verified by `tls`), then the upgrade.
+pub async fn dial(
+    url: &ServerUrl,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<WebSocketStream<ClientIo>, TransportError> {
+    let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port)).await?;
+    crate::tune_tcp(&tcp);
+    let io = if url.tls {
+        let config =
+            tls.ok_or_else(|| TransportError::Tls("wss:// needs a TLS configuration".into()))?;
+        let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+            .map_err(|e| TransportError::Tls(format!("server name {}: {e}", url.host)))?;
+        let s = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        tokio_util::either::Either::Right(s)
+    } else {
+        tokio_util::either::Either::Left(tcp)
+    };
+    connect(io, &url.request_url()).await
+}
