@@ -172,6 +172,18 @@ impl Mux {
     {
         let conn = Connection::new(side, config, Instant::now())
             .map_err(|e| TransportError::Closed(e.to_string()))?;
+        Ok(Mux::spawn_with(ws, conn))
+    }
+
+    /// Like [`Mux::spawn`], for a connection the caller prepared (queued Auth or AuthOk
+    /// first, fed bytes read during the handshake, enabled v1 compatibility).
+    pub fn spawn_with<S>(
+        ws: WebSocketStream<S>,
+        conn: Connection,
+    ) -> (Mux, mpsc::UnboundedReceiver<MuxEvent>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (events, rx) = mpsc::unbounded_channel();
         let (closed_tx, closed_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -191,7 +203,15 @@ impl Mux {
         let (sink, stream) = ws.split();
         tokio::spawn(reader(shared.clone(), stream));
         tokio::spawn(writer(shared.clone(), sink));
-        Ok((Mux { shared, closed_rx }, rx))
+        // Events the connection produced before the tasks existed (e.g. from bytes fed during the handshake).
+        {
+            let mut st = shared.lock();
+            if let Err(e) = shared.dispatch(&mut st) {
+                drop(st);
+                shared.close(e);
+            }
+        }
+        (Mux { shared, closed_rx }, rx)
     }
 
     /// Opens a stream towards `target`, waiting while the peer's stream limit is reached.
@@ -380,5 +400,12 @@ where
     let _ = sink.close().await;
     if let Some(r) = reason {
         shared.close(r);
+    }
+}
+
+impl Mux {
+    /// Whether two handles refer to the same connection.
+    pub fn same(&self, other: &Mux) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 }

@@ -1,0 +1,13 @@
+//! Culvert's agent: runs inside the private network, dials out to the server over a pool
+//! of WebSockets, registers its services and forwards each tunneled connection to its
+//! local target. It reconnects by itself with capped, jittered exponential backoff.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod agent;
+mod backoff;
+mod service;
+
+pub use agent::{Agent, AgentConfig, AgentHandle};
+pub use backoff::Backoff;
+pub use service::ServiceSpec;

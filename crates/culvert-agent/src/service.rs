@@ -1,0 +1,88 @@
+//! What the agent exposes: `NAME=tcp://HOST:PORT[@PUBLIC_PORT]`.
+
+use culvert_proto::ServiceProtocol;
+
+/// One exposed service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Name, unique per agent; the server remembers its public port by it.
+    pub name: String,
+    /// TCP or UDP.
+    pub protocol: ServiceProtocol,
+    /// Where the agent connects, `host:port`.
+    pub target: String,
+    /// Requested public port (0: let the server choose).
+    pub remote_port: u16,
+}
+
+impl std::str::FromStr for ServiceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ServiceSpec, String> {
+        let (name, url) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected NAME=tcp://HOST:PORT[@PUBLIC_PORT]"))?;
+        if name.is_empty() || name.len() > 64 {
+            return Err(format!("{s:?}: service name must be 1 to 64 bytes"));
+        }
+        let (protocol, rest) = if let Some(r) = url.strip_prefix("tcp://") {
+            (ServiceProtocol::Tcp, r)
+        } else if let Some(r) = url.strip_prefix("udp://") {
+            (ServiceProtocol::Udp, r)
+        } else {
+            return Err(format!("{s:?}: target must start with tcp:// or udp://"));
+        };
+        let (target, remote_port) = match rest.rsplit_once('@') {
+            Some((t, p)) => (
+                t,
+                p.parse()
+                    .map_err(|_| format!("{s:?}: bad public port {p:?}"))?,
+            ),
+            None => (rest, 0),
+        };
+        let (host, port) = target
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?}: target needs HOST:PORT"))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!("{s:?}: target needs HOST:PORT"));
+        }
+        Ok(ServiceSpec {
+            name: name.to_owned(),
+            protocol,
+            target: target.to_owned(),
+            remote_port,
+        })
+    }
+}
+
+impl ServiceSpec {
+    /// The target's port, sent as Register's `local_port` (informational for the server).
+    pub fn local_port(&self) -> u16 {
+        self.target
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses() {
+        let s: ServiceSpec = "web=tcp://10.0.0.5:80@30080".parse().unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.target.as_str(), s.remote_port),
+            ("web", "10.0.0.5:80", 30080)
+        );
+        let s: ServiceSpec = "pg=tcp://127.0.0.1:5432".parse().unwrap();
+        assert_eq!(s.remote_port, 0);
+        assert_eq!(s.local_port(), 5432);
+        let s: ServiceSpec = "v6=tcp://[::1]:22".parse().unwrap();
+        assert_eq!(s.target, "[::1]:22");
+        assert!("x".parse::<ServiceSpec>().is_err());
+        assert!("x=http://a:1".parse::<ServiceSpec>().is_err());
+        assert!("x=tcp://a".parse::<ServiceSpec>().is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! Server settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// An inclusive range of ports, as in `30000-31000`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub start: u16,
+    /// Last port (inclusive).
+    pub end: u16,
+}
+
+impl PortRange {
+    /// Whether `p` lies in the range.
+    pub fn contains(&self, p: u16) -> bool {
+        (self.start..=self.end).contains(&p)
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PortRange, String> {
+        let (a, b) = s.split_once('-').unwrap_or((s, s));
+        let start: u16 = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad port range {s:?}"))?;
+        let end: u16 = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad port range {s:?}"))?;
+        if start == 0 || end < start {
+            return Err(format!(
+                "bad port range {s:?}: want LOW-HIGH with 0 < LOW <= HIGH"
+            ));
+        }
+        Ok(PortRange { start, end })
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Control (tunnel) listen address.
+    pub listen: SocketAddr,
+    /// Address public listeners bind on (the port comes from the range).
+    pub public_bind: std::net::IpAddr,
+    /// Ports handed to TCP services.
+    pub tcp_ports: PortRange,
+    /// Ports handed to UDP services.
+    pub udp_ports: PortRange,
+    /// One deadline for TCP accept, TLS, WebSocket upgrade and Auth. 10 s: generous for a
+    /// slow link, short enough that stalled handshakes cannot pile up.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once, from everyone.
+    pub max_handshakes: usize,
+    /// Handshakes in progress at once from one IP address.
+    pub max_handshakes_per_ip: usize,
+    /// Failed Auth attempts one IP may make per window before being refused.
+    pub max_auth_failures: u32,
+    /// The window of `max_auth_failures`.
+    pub auth_failure_window: Duration,
+    /// Multiplexer settings of every agent connection.
+    pub proto: culvert_proto::Config,
+}
+
+impl ServerConfig {
+    /// Defaults for a server on `listen` with TCP ports from `tcp_ports`.
+    pub fn new(listen: SocketAddr, tcp_ports: PortRange) -> ServerConfig {
+        ServerConfig {
+            listen,
+            public_bind: std::net::IpAddr::from([0, 0, 0, 0]),
+            tcp_ports,
+            udp_ports: tcp_ports,
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 256,
+            max_handshakes_per_ip: 16,
+            max_auth_failures: 10,
+            auth_failure_window: Duration::from_secs(60),
+            proto: culvert_proto::Config::default(),
+        }
+    }
+}

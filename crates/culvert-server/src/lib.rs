@@ -1,0 +1,17 @@
+//! Culvert's server: accepts agents on `/tunnel/v1`, checks their tokens, assigns public
+//! ports from a range, and relays public TCP connections to agents over multiplexed streams.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+mod limits;
+mod public;
+mod registry;
+mod server;
+mod session;
+pub mod tokens;
+
+pub use config::{PortRange, ServerConfig};
+pub use registry::Protocol;
+pub use server::{Server, ServerHandle, SessionInfo};
+pub use tokens::{TokenEntry, TokenStore};

@@ -1,0 +1,79 @@
+//! Public TCP listeners: each accepted client becomes a stream to the agent.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use culvert_proto::control::ConnectExt;
+use culvert_proto::Control;
+use culvert_transport::{relay_tcp, tune_tcp};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::session::{Service, Session};
+
+/// Time to get a stream opened towards the agent (waits only when the peer's stream limit is reached).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts public clients until aborted. Accept errors (such as running out of file
+/// descriptors) are logged once per burst and retried after a pause, never fatal.
+pub(crate) async fn serve_tcp(listener: TcpListener, session: Arc<Session>, service: Arc<Service>) {
+    let mut last_error_log = None::<std::time::Instant>;
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                let now = std::time::Instant::now();
+                if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
+                    tracing::warn!(service = %service.name, error = %e, "public accept failed; backing off");
+                    last_error_log = Some(now);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        service.connections.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::debug_span!("public", service = %service.name, client = %peer);
+        tokio::spawn(handle(sock, peer, session.clone(), service.clone()).instrument(span));
+    }
+}
+
+async fn handle(
+    sock: TcpStream,
+    peer: std::net::SocketAddr,
+    session: Arc<Session>,
+    service: Arc<Service>,
+) {
+    tune_tcp(&sock);
+    let Some(mux) = session.pick() else {
+        tracing::debug!("no live agent connection; closing client");
+        return;
+    };
+    let stream = match tokio::time::timeout(OPEN_TIMEOUT, mux.open(&service.name)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "could not open a stream to the agent");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("timed out opening a stream to the agent");
+            return;
+        }
+    };
+    let connect = Control::Connect {
+        service_id: service.id,
+        connection_id: Uuid::new_v4(),
+        client_addr: peer.to_string(),
+        ext: Some(ConnectExt {
+            stream_id: stream.id(),
+        }),
+    };
+    if mux.send_control(connect).is_err() {
+        return;
+    }
+    match relay_tcp(sock, &stream).await {
+        Ok(t) => tracing::debug!(up = t.up, down = t.down, "public connection done"),
+        Err(e) => tracing::debug!(error = %e, "public connection aborted"),
+    }
+}

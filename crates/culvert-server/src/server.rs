@@ -1,0 +1,597 @@
+//! The tunnel endpoint: accept loop, handshakes under one deadline, Auth, sessions and
+//! control messages (Register, Unregister, Connect replies).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use culvert_proto::control::{RegisterOkExt, ServiceProtocol};
+use culvert_proto::{reset_code, Connection, Control, FrameType, Header, Side, HEADER_LEN};
+use culvert_transport::tls::ServerTls;
+use culvert_transport::ws::{self, ServerIo};
+use culvert_transport::{tune_tcp, Mux, MuxEvent};
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::limits::{Admission, Refusal};
+use crate::registry::{Protocol, Registry};
+use crate::session::{Service, Session};
+use crate::tokens::TokenStore;
+use crate::{PortRange, ServerConfig};
+
+/// The one answer to every failed Auth, whatever went wrong (missing, malformed or wrong token).
+const AUTH_FAILED: &str = "authentication failed";
+
+/// Maximum length of a service name (it travels with a u8 length prefix).
+const MAX_SERVICE_NAME: usize = 64;
+
+pub(crate) struct Inner {
+    config: ServerConfig,
+    tokens: RwLock<TokenStore>,
+    registry: Registry,
+    admission: Arc<Admission>,
+    sessions: Mutex<HashMap<Uuid, Arc<Session>>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    inner: Arc<Inner>,
+    listener: TcpListener,
+}
+
+/// A running server (for tests and embedding): its address and a way to stop it.
+pub struct ServerHandle {
+    /// Address of the tunnel endpoint.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+    inner: Arc<Inner>,
+}
+
+impl ServerHandle {
+    /// Stops accepting and closes every session.
+    pub fn shutdown(&self) {
+        self.task.abort();
+        let sessions: Vec<_> = self.inner.lock_sessions().drain().map(|(_, s)| s).collect();
+        for s in sessions {
+            self.inner.end_session(&s, "server shutting down");
+        }
+    }
+
+    /// Public ports currently assigned, by service name.
+    pub fn ports(&self) -> HashMap<String, u16> {
+        self.inner
+            .lock_sessions()
+            .values()
+            .flat_map(|s| {
+                s.services()
+                    .values()
+                    .map(|v| (v.name.clone(), v.port))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// A snapshot of the live agent sessions.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.inner
+            .lock_sessions()
+            .values()
+            .map(|s| SessionInfo {
+                id: s.id,
+                token: s.token.name.clone(),
+                peer: s.peer,
+                uptime: s.started.elapsed(),
+                connections: s.connection_count(),
+                culvert: s.culvert,
+                services: s
+                    .services()
+                    .values()
+                    .map(|v| (v.name.clone(), v.port))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Public ports in use and pool sizes: (TCP used, TCP size, UDP used, UDP size).
+    pub fn port_usage(&self) -> (usize, usize, usize, usize) {
+        self.inner.registry.usage()
+    }
+}
+
+/// What the server knows of one agent session.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// The agent's client id (also the tunnel id).
+    pub id: Uuid,
+    /// Name of the token it authenticated with (never the token).
+    pub token: String,
+    /// Address of its first connection.
+    pub peer: SocketAddr,
+    /// Time since it started.
+    pub uptime: std::time::Duration,
+    /// Live pooled connections.
+    pub connections: usize,
+    /// Whether it speaks Culvert (false: a zlayer-tunnel v1 agent).
+    pub culvert: bool,
+    /// Registered services and their public ports.
+    pub services: Vec<(String, u16)>,
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Server {
+    /// Binds the tunnel endpoint. `tls: None` serves plain `ws://`, which is refused unless
+    /// the listen address is loopback.
+    pub async fn bind(
+        config: ServerConfig,
+        tokens: TokenStore,
+        tls: Option<ServerTls>,
+    ) -> std::io::Result<Server> {
+        if tokens.is_empty() {
+            return Err(std::io::Error::other(
+                "no tokens: the server would accept nobody",
+            ));
+        }
+        if tls.is_none() && !config.listen.ip().is_loopback() {
+            return Err(std::io::Error::other(
+                "plain ws:// is only allowed on a loopback listen address; configure TLS",
+            ));
+        }
+        let listener = TcpListener::bind(config.listen).await?;
+        let inner = Arc::new(Inner {
+            registry: Registry::new(config.tcp_ports, config.udp_ports),
+            admission: Arc::new(Admission::new(
+                config.max_handshakes,
+                config.max_handshakes_per_ip,
+                config.max_auth_failures,
+                config.auth_failure_window,
+            )),
+            tokens: RwLock::new(tokens),
+            sessions: Mutex::new(HashMap::new()),
+            tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config)),
+            config,
+        });
+        Ok(Server { inner, listener })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs the accept loop in a task.
+    pub fn spawn(self) -> std::io::Result<ServerHandle> {
+        let addr = self.local_addr()?;
+        let inner = self.inner.clone();
+        let task = tokio::spawn(self.run());
+        Ok(ServerHandle { addr, task, inner })
+    }
+
+    /// Accepts agents until the task is dropped. Handshakes run off the accept loop.
+    pub async fn run(self) {
+        let mut last_error_log = None::<Instant>;
+        tracing::info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            tls = self.inner.tls.is_some(), "tunnel endpoint ready");
+        loop {
+            let (tcp, peer) = match self.listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically out of file descriptors: refuse quietly, keep serving.
+                    let now = Instant::now();
+                    if last_error_log.is_none_or(|t| now.duration_since(t).as_secs() >= 10) {
+                        tracing::warn!(error = %e, "accept failed; backing off");
+                        last_error_log = Some(now);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let permit = match self.inner.admission.admit(peer.ip(), Instant::now()) {
+                Ok(p) => p,
+                Err(r) => {
+                    tracing::debug!(%peer, refusal = ?r, "handshake refused by limits");
+                    if r == Refusal::AuthFailures {
+                        tracing::debug!(%peer, "too many failed authentications");
+                    }
+                    continue;
+                }
+            };
+            let inner = self.inner.clone();
+            let span = tracing::info_span!("agent", %peer);
+            tokio::spawn(
+                async move {
+                    let r = handshake(&inner, tcp, peer).await;
+                    drop(permit);
+                    match r {
+                        Ok(Some((ws, conn, session))) => {
+                            serve_connection(inner, ws, conn, session).await
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+impl Inner {
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends a session: closes its connections and listeners and returns its ports.
+    fn end_session(&self, s: &Arc<Session>, reason: &str) {
+        if s.ended.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        {
+            let mut map = self.lock_sessions();
+            if map.get(&s.id).is_some_and(|x| Arc::ptr_eq(x, s)) {
+                map.remove(&s.id);
+            }
+        }
+        s.abort_all(reason);
+        for (_, svc) in s.services().drain() {
+            if let Some(t) = &svc.task {
+                t.abort();
+            }
+            self.registry.release(svc.protocol, svc.port);
+            tracing::info!(session = %s.id, service = %svc.name, port = svc.port, "service released");
+        }
+        tracing::info!(session = %s.id, token = %s.token.name, %reason, "agent session ended");
+    }
+}
+
+type Handshaken = (WebSocketStream<ServerIo>, Connection, Arc<Session>);
+
+/// TLS, upgrade and Auth under one deadline. `Ok(None)`: refused and answered.
+async fn handshake(
+    inner: &Arc<Inner>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<Option<Handshaken>, String> {
+    tune_tcp(&tcp);
+    let deadline = tokio::time::Instant::now() + inner.config.handshake_timeout;
+    let step = async {
+        let io: ServerIo = match &inner.tls {
+            Some(acceptor) => tokio_util_either_right(
+                acceptor
+                    .accept(tcp)
+                    .await
+                    .map_err(|e| format!("tls: {e}"))?,
+            ),
+            None => tokio_util_either_left(tcp),
+        };
+        let mut ws = ws::accept(io).await.map_err(|e| e.to_string())?;
+        let first = loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => break b,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(_)) | None => return Err("no Auth message".to_owned()),
+                Some(Err(e)) => return Err(format!("websocket: {e}")),
+            }
+        };
+        Ok::<_, String>((ws, first))
+    };
+    let (mut ws, first) = tokio::time::timeout_at(deadline, step)
+        .await
+        .map_err(|_| "handshake deadline passed".to_owned())??;
+
+    let parsed = parse_auth(first);
+    let (token, client_id, culvert, rest) = match parsed {
+        Some(x) => x,
+        None => {
+            // Malformed or missing Auth gets the same answer as a wrong token.
+            inner.admission.record_failure(peer.ip(), Instant::now());
+            reject(&mut ws, deadline).await;
+            tracing::info!("authentication failed (malformed Auth)");
+            return Ok(None);
+        }
+    };
+    let entry = inner
+        .tokens
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(&token)
+        .cloned();
+    let Some(entry) = entry else {
+        inner.admission.record_failure(peer.ip(), Instant::now());
+        reject(&mut ws, deadline).await;
+        tracing::info!("authentication failed");
+        return Ok(None);
+    };
+
+    // Attach to the agent's session (its pool shares one client id) or start one.
+    let session = {
+        let mut map = inner.lock_sessions();
+        match map.get(&client_id) {
+            Some(s) if s.token.name == entry.name && !s.ended.load(Ordering::SeqCst) => {
+                Some(s.clone())
+            }
+            Some(_) => None,
+            None => {
+                let s = Arc::new(Session::new(client_id, entry.clone(), culvert, peer));
+                map.insert(client_id, s.clone());
+                tracing::info!(session = %client_id, token = %entry.name, culvert, "agent session started");
+                Some(s)
+            }
+        }
+    };
+    let Some(session) = session else {
+        reject(&mut ws, deadline).await;
+        tracing::info!("authentication failed (client id held by another token)");
+        return Ok(None);
+    };
+
+    let mut conn = Connection::new(Side::Server, inner.config.proto.clone(), Instant::now())
+        .map_err(|e| e.to_string())?;
+    if !culvert {
+        conn.enable_zlayer_v1_compat();
+    }
+    conn.send_control_first(Control::AuthOk {
+        tunnel_id: client_id,
+    })
+    .map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        conn.handle_bytes(Instant::now(), rest)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(Some((ws, conn, session)))
+}
+
+fn tokio_util_either_left(t: TcpStream) -> ServerIo {
+    ServerIo::Left(t)
+}
+
+fn tokio_util_either_right(t: tokio_rustls::server::TlsStream<TcpStream>) -> ServerIo {
+    ServerIo::Right(t)
+}
+
+/// Sends the single AuthFail answer and closes.
+async fn reject(ws: &mut WebSocketStream<ServerIo>, deadline: tokio::time::Instant) {
+    let mut b = BytesMut::new();
+    let _ = Control::AuthFail {
+        reason: AUTH_FAILED.to_owned(),
+    }
+    .encode(&mut b);
+    let _ = tokio::time::timeout_at(deadline, async {
+        let _ = ws.send(Message::Binary(b.freeze())).await;
+        let _ = ws.close(None).await;
+    })
+    .await;
+}
+
+/// The Auth at the start of the first message: (token, client id, speaks Culvert, remaining bytes).
+fn parse_auth(mut first: Bytes) -> Option<(String, Uuid, bool, Bytes)> {
+    if first.len() < HEADER_LEN {
+        return None;
+    }
+    let header = Header::parse(first[..HEADER_LEN].try_into().ok()?).ok()?;
+    if header.ty != FrameType::Auth || first.len() < HEADER_LEN + header.len {
+        return None;
+    }
+    first.advance(HEADER_LEN);
+    let payload = first.split_to(header.len);
+    match Control::decode(FrameType::Auth, payload).ok()? {
+        Control::Auth {
+            token,
+            client_id,
+            ext,
+        } => Some((token.0, client_id, ext.is_some(), first)),
+        _ => None,
+    }
+}
+
+async fn serve_connection(
+    inner: Arc<Inner>,
+    ws: WebSocketStream<ServerIo>,
+    conn: Connection,
+    session: Arc<Session>,
+) {
+    let (mux, mut events) = Mux::spawn_with(ws, conn);
+    session.attach(mux.clone());
+    if session.ended.load(Ordering::SeqCst) {
+        mux.abort("session ended");
+        return;
+    }
+    while let Some(ev) = events.recv().await {
+        match ev {
+            MuxEvent::Control(c) => {
+                mux.control_handled();
+                handle_control(&inner, &session, &mux, c).await;
+            }
+            MuxEvent::Incoming(stream, target) => {
+                tracing::debug!(%target, "agent-opened streams are not served here; refusing");
+                stream.reset(reset_code::REFUSED);
+            }
+            MuxEvent::GoingAway(reason) => tracing::info!(%reason, "agent going away"),
+            MuxEvent::Closed(reason) => {
+                tracing::debug!(%reason, "agent connection closed");
+                break;
+            }
+        }
+    }
+    mux.abort("connection ended");
+    if session.detach(&mux) == 0 {
+        inner.end_session(&session, "all connections closed");
+    }
+}
+
+async fn handle_control(inner: &Arc<Inner>, session: &Arc<Session>, mux: &Mux, c: Control) {
+    match c {
+        Control::Register {
+            name,
+            protocol,
+            remote_port,
+            ..
+        } => {
+            let reply = match register(inner, session, &name, protocol, remote_port).await {
+                Ok(svc) => Control::RegisterOk {
+                    service_id: svc.id,
+                    ext: session.culvert.then(|| RegisterOkExt {
+                        assigned_port: svc.port,
+                        name: svc.name.clone(),
+                    }),
+                },
+                Err(reason) => {
+                    tracing::warn!(service = %name, %reason, "registration refused");
+                    Control::RegisterFail { reason }
+                }
+            };
+            let _ = mux.send_control(reply);
+        }
+        Control::Unregister { service_id } => {
+            let removed = {
+                let mut svcs = session.services();
+                let name = svcs
+                    .values()
+                    .find(|s| s.id == service_id)
+                    .map(|s| s.name.clone());
+                name.and_then(|n| svcs.remove(&n))
+            };
+            if let Some(svc) = removed {
+                if let Some(t) = &svc.task {
+                    t.abort();
+                }
+                inner.registry.release(svc.protocol, svc.port);
+                tracing::info!(service = %svc.name, port = svc.port, "service unregistered");
+            }
+        }
+        Control::ConnectAck { .. } => {}
+        Control::ConnectFail {
+            connection_id,
+            reason,
+        } => tracing::info!(%connection_id, %reason, "agent could not reach its target"),
+        Control::Disconnect { reason } => {
+            tracing::info!(%reason, "agent disconnected");
+            mux.abort("agent disconnected");
+        }
+        Control::Auth { .. } => mux.abort("second Auth on one connection"),
+        other => {
+            tracing::debug!(message = ?other.frame_type(), "ignoring unexpected control message")
+        }
+    }
+}
+
+/// Registers (or re-confirms) a service, replacing a stale session of the same token that holds it.
+async fn register(
+    inner: &Arc<Inner>,
+    session: &Arc<Session>,
+    name: &str,
+    protocol: ServiceProtocol,
+    requested: u16,
+) -> Result<Arc<Service>, String> {
+    if name.is_empty() || name.len() > MAX_SERVICE_NAME {
+        return Err(format!(
+            "service name must be 1 to {MAX_SERVICE_NAME} bytes"
+        ));
+    }
+    if let Some(allowed) = &session.token.services {
+        if !allowed.iter().any(|s| s == name) {
+            return Err(format!("token may not register service {name:?}"));
+        }
+    }
+    if let Some(existing) = session.services().get(name) {
+        // Another pooled connection of the same agent registers again: same answer.
+        return Ok(existing.clone());
+    }
+    if session.services().len() >= session.token.max_services {
+        return Err(format!(
+            "token quota of {} services reached",
+            session.token.max_services
+        ));
+    }
+    let proto = match protocol {
+        ServiceProtocol::Tcp => Protocol::Tcp,
+        ServiceProtocol::Udp => {
+            return Err("UDP services are not supported by this server yet".into())
+        }
+    };
+    // A new session of the same agent (same token) replaces a stale one holding the name.
+    let stale: Vec<Arc<Session>> = inner
+        .lock_sessions()
+        .values()
+        .filter(|s| !Arc::ptr_eq(s, session) && s.token.name == session.token.name)
+        .filter(|s| s.services().contains_key(name))
+        .cloned()
+        .collect();
+    for s in stale {
+        inner.end_session(&s, "replaced by a new session of the same agent");
+    }
+    let allowed: Vec<PortRange> = session
+        .token
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|r| r.parse().ok())
+        .collect();
+    let mut skip = HashSet::new();
+    for _ in 0..32 {
+        let port = inner
+            .registry
+            .assign(proto, &session.token.name, name, requested, &allowed, &skip)
+            .map_err(|e| e.to_string())?;
+        match TcpListener::bind((inner.config.public_bind, port)).await {
+            Ok(listener) => {
+                let mut svc = Service {
+                    name: name.to_owned(),
+                    id: Uuid::new_v4(),
+                    protocol: proto,
+                    port,
+                    task: None,
+                    connections: Default::default(),
+                };
+                let svc = if session.culvert {
+                    // The listener task needs the service; create it, then record its handle.
+                    let (tx, rx) = tokio::sync::oneshot::channel::<Arc<Service>>();
+                    let sess = session.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(svc) = rx.await {
+                            crate::public::serve_tcp(listener, sess, svc).await;
+                        }
+                    });
+                    svc.task = Some(task.abort_handle());
+                    let svc = Arc::new(svc);
+                    let _ = tx.send(svc.clone());
+                    svc
+                } else {
+                    // A zlayer-tunnel v1 agent has no data plane: the port is reserved, not served.
+                    drop(listener);
+                    Arc::new(svc)
+                };
+                if session.ended.load(Ordering::SeqCst) {
+                    if let Some(t) = &svc.task {
+                        t.abort();
+                    }
+                    inner.registry.release(proto, port);
+                    return Err("session ended".into());
+                }
+                session.services().insert(name.to_owned(), svc.clone());
+                tracing::info!(session = %session.id, service = %name, port, "service registered");
+                return Ok(svc);
+            }
+            Err(e) => {
+                inner.registry.release(proto, port);
+                if requested != 0 {
+                    return Err(format!("port {port} cannot be bound: {e}"));
+                }
+                skip.insert(port);
+            }
+        }
+    }
+    Err("no bindable port found".into())
+}

@@ -1,0 +1,105 @@
+//! An agent session: the pooled connections of one agent (same client id and token) and
+//! the services it registered.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use culvert_transport::Mux;
+use uuid::Uuid;
+
+use crate::registry::Protocol;
+use crate::tokens::TokenEntry;
+
+/// A registered service and its public port.
+#[derive(Debug)]
+pub(crate) struct Service {
+    pub(crate) name: String,
+    pub(crate) id: Uuid,
+    pub(crate) protocol: Protocol,
+    pub(crate) port: u16,
+    /// The public listener's task.
+    pub(crate) task: Option<tokio::task::AbortHandle>,
+    /// Public connections accepted.
+    pub(crate) connections: AtomicU64,
+}
+
+/// One agent's session.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) id: Uuid,
+    pub(crate) token: TokenEntry,
+    /// Whether the agent speaks Culvert (false: a plain zlayer-tunnel v1 agent, control only).
+    pub(crate) culvert: bool,
+    pub(crate) peer: std::net::SocketAddr,
+    pub(crate) started: Instant,
+    conns: Mutex<Vec<Mux>>,
+    next: AtomicUsize,
+    pub(crate) services: Mutex<HashMap<String, Arc<Service>>>,
+    pub(crate) ended: AtomicBool,
+}
+
+impl Session {
+    pub(crate) fn new(
+        id: Uuid,
+        token: TokenEntry,
+        culvert: bool,
+        peer: std::net::SocketAddr,
+    ) -> Session {
+        Session {
+            id,
+            token,
+            culvert,
+            peer,
+            started: Instant::now(),
+            conns: Mutex::new(Vec::new()),
+            next: AtomicUsize::new(0),
+            services: Mutex::new(HashMap::new()),
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    fn conns(&self) -> std::sync::MutexGuard<'_, Vec<Mux>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn services(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Service>>> {
+        self.services.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn attach(&self, mux: Mux) {
+        let mut c = self.conns();
+        c.retain(|m| !m.is_closed());
+        c.push(mux);
+    }
+
+    /// Removes a closed connection; returns how many remain.
+    pub(crate) fn detach(&self, mux: &Mux) -> usize {
+        let mut c = self.conns();
+        c.retain(|m| !m.is_closed() && !m.same(mux));
+        c.len()
+    }
+
+    /// The next live connection, round-robin, so streams spread over the agent's pool.
+    pub(crate) fn pick(&self) -> Option<Mux> {
+        let c = self.conns();
+        let live: Vec<&Mux> = c.iter().filter(|m| !m.is_closed()).collect();
+        if live.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % live.len();
+        Some(live[i].clone())
+    }
+
+    pub(crate) fn connection_count(&self) -> usize {
+        self.conns().iter().filter(|m| !m.is_closed()).count()
+    }
+
+    /// Closes every connection of the session.
+    pub(crate) fn abort_all(&self, reason: &str) {
+        for m in self.conns().drain(..) {
+            m.abort(reason);
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! The TOML config file: `[server]` and `[agent]` tables with the same settings as the flags.
+//! Flags override the file. Unknown keys are errors, reported with file, line and key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub agent: AgentFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub self_signed: bool,
+    #[serde(default)]
+    pub insecure_plain: bool,
+    pub tokens: Option<PathBuf>,
+    pub port_range: Option<String>,
+    pub udp_port_range: Option<String>,
+    pub public_bind: Option<IpAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    pub server: Option<String>,
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub expose: Vec<String>,
+    pub ca: Option<PathBuf>,
+    pub fingerprint: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    pub pool: Option<usize>,
+    pub heartbeat_interval: Option<u64>,
+}
+
+/// Reads a config file (an absent `--config` gives the defaults).
+pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}

@@ -1,0 +1,179 @@
+//! What each subcommand does.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use culvert_agent::{Agent, AgentConfig, ServiceSpec};
+use culvert_server::{PortRange, Server, ServerConfig, TokenStore};
+use culvert_transport::tls::{normalize_fingerprint, ServerTls, Verify};
+use culvert_transport::ws::ServerUrl;
+
+use crate::cli::{AgentArgs, Cli, Command, ServerArgs, TokenCommand};
+use crate::file_config;
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Token(TokenCommand::New { name, tokens }) => {
+            let token = culvert_server::tokens::add_token(&tokens, &name)?;
+            // The token alone on stdout, so scripts can capture it; the rest on stderr.
+            println!("{token}");
+            eprintln!(
+                "token {name:?} created; its SHA-256 hash was added to {}. It is shown only this once.",
+                tokens.display()
+            );
+            Ok(())
+        }
+        Command::Server(args) => server(args).await,
+        Command::Agent(args) => agent(args).await,
+        Command::Demo(args) => crate::demo::run(args).await,
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let file = file_config::load(args.config.as_deref())?.server;
+    let listen: SocketAddr = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "0.0.0.0:8443".parse().expect("valid default"));
+    let tokens_path = args
+        .tokens
+        .or(file.tokens)
+        .unwrap_or_else(|| PathBuf::from("tokens.toml"));
+    let tokens = TokenStore::load(&tokens_path)?;
+    let range: PortRange = args
+        .port_range
+        .or(file.port_range)
+        .unwrap_or_else(|| "30000-31000".into())
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let mut config = ServerConfig::new(listen, range);
+    if let Some(u) = args.udp_port_range.or(file.udp_port_range) {
+        config.udp_ports = u.parse().map_err(anyhow::Error::msg)?;
+    }
+    if let Some(b) = args.public_bind.or(file.public_bind) {
+        config.public_bind = b;
+    }
+    let cert = args.tls_cert.or(file.tls_cert);
+    let key = args.tls_key.or(file.tls_key);
+    let self_signed = args.self_signed || file.self_signed;
+    let plain = args.insecure_plain || file.insecure_plain;
+    let tls = match (cert, key, self_signed, plain) {
+        (Some(c), Some(k), false, false) => Some(ServerTls::from_pem(&c, &k)?),
+        (None, None, true, false) => {
+            let mut names = vec!["localhost".to_owned()];
+            if !listen.ip().is_unspecified() {
+                names.push(listen.ip().to_string());
+            }
+            let t = ServerTls::self_signed(&names)?;
+            tracing::info!(fingerprint = %t.fingerprint, "self-signed certificate generated; agents pin it with --fingerprint");
+            Some(t)
+        }
+        (None, None, false, true) => {
+            if !listen.ip().is_loopback() {
+                bail!(
+                    "--insecure-plain is only allowed on a loopback listen address (got {listen})"
+                );
+            }
+            tracing::warn!("serving plain ws:// without TLS (--insecure-plain)");
+            None
+        }
+        (None, None, false, false) => {
+            bail!("configure TLS with --tls-cert and --tls-key, or --self-signed (or --insecure-plain on loopback)")
+        }
+        _ => bail!("choose one of: --tls-cert/--tls-key, --self-signed, --insecure-plain"),
+    };
+    tracing::info!(tokens = tokens.len(), file = %tokens_path.display(), ports = %range, "loaded tokens");
+    let server = Server::bind(config, tokens, tls)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let handle = server.spawn()?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown();
+    Ok(())
+}
+
+fn read_token(path: Option<PathBuf>) -> anyhow::Result<String> {
+    let token = match path {
+        Some(p) => std::fs::read_to_string(&p)
+            .with_context(|| format!("reading token file {}", p.display()))?,
+        None => std::env::var("CULVERT_TOKEN").map_err(|_| {
+            anyhow::anyhow!("no token: pass --token-file FILE or set CULVERT_TOKEN")
+        })?,
+    };
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        bail!("the token is empty");
+    }
+    Ok(token)
+}
+
+pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
+    let file = file_config::load(args.config.as_deref())?.agent;
+    let url = args
+        .server
+        .or(file.server)
+        .ok_or_else(|| anyhow::anyhow!("--server wss://HOST:PORT is required"))?;
+    let server = ServerUrl::parse(&url)?;
+    let token = read_token(args.token_file.or(file.token_file))?;
+    let expose: Vec<String> = if args.expose.is_empty() {
+        file.expose
+    } else {
+        args.expose
+    };
+    if expose.is_empty() {
+        bail!("nothing to expose: add --expose NAME=tcp://HOST:PORT");
+    }
+    let services = expose
+        .iter()
+        .map(|e| e.parse::<ServiceSpec>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut config = AgentConfig::new(server, token, services);
+    config.verify = if let Some(ca) = args.ca.or(file.ca) {
+        Verify::CaFile(ca)
+    } else if let Some(fp) = args.fingerprint.or(file.fingerprint) {
+        Verify::Fingerprint(normalize_fingerprint(&fp)?)
+    } else if args.insecure_skip_verify || file.insecure_skip_verify {
+        Verify::InsecureSkipVerify
+    } else {
+        Verify::SystemRoots
+    };
+    if let Some(p) = args.pool.or(file.pool) {
+        config.pool = p.clamp(1, 64);
+    }
+    if let Some(h) = args.heartbeat_interval.or(file.heartbeat_interval) {
+        let h = Duration::from_secs(h.max(1));
+        config.proto.heartbeat_interval = h;
+        config.proto.idle_timeout = 2 * h;
+    }
+    Ok(config)
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let config = agent_config(args)?;
+    tracing::info!(server = %format!("{}:{}", config.server.host, config.server.port), tls = config.server.tls, pool = config.pool, "agent starting");
+    let handle = Agent::spawn(config)?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown();
+    Ok(())
+}
