@@ -12,11 +12,9 @@ use culvert_proto::control::{RegisterOkExt, ServiceProtocol};
 use culvert_proto::{reset_code, Connection, Control, FrameType, Header, Side, HEADER_LEN};
 use culvert_transport::tls::ServerTls;
 use culvert_transport::ws::{self, ServerIo};
+use culvert_transport::wsframe::{WsConn, WsIn};
 use culvert_transport::{tune_tcp, Mux, MuxEvent};
-use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -256,7 +254,7 @@ impl Inner {
     }
 }
 
-type Handshaken = (WebSocketStream<ServerIo>, Connection, Arc<Session>);
+type Handshaken = (WsConn<ServerIo>, Connection, Arc<Session>);
 
 /// TLS, upgrade and Auth under one deadline. `Ok(None)`: refused and answered.
 async fn handshake(
@@ -278,11 +276,11 @@ async fn handshake(
         };
         let mut ws = ws::accept(io).await.map_err(|e| e.to_string())?;
         let first = loop {
-            match ws.next().await {
-                Some(Ok(Message::Binary(b))) => break b,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(_)) | None => return Err("no Auth message".to_owned()),
-                Some(Err(e)) => return Err(format!("websocket: {e}")),
+            match ws.reader.next().await {
+                Ok(WsIn::Data(b)) => break b,
+                Ok(WsIn::Ping(_)) => continue,
+                Ok(WsIn::Close) => return Err("closed before Auth".to_owned()),
+                Err(e) => return Err(format!("websocket: {e}")),
             }
         };
         Ok::<_, String>((ws, first))
@@ -362,15 +360,17 @@ fn tokio_util_either_right(t: tokio_rustls::server::TlsStream<TcpStream>) -> Ser
 }
 
 /// Sends the single AuthFail answer and closes.
-async fn reject(ws: &mut WebSocketStream<ServerIo>, deadline: tokio::time::Instant) {
+async fn reject(ws: &mut WsConn<ServerIo>, deadline: tokio::time::Instant) {
     let mut b = BytesMut::new();
     let _ = Control::AuthFail {
         reason: AUTH_FAILED.to_owned(),
     }
     .encode(&mut b);
+    let frame = b.freeze();
+    let len = frame.len();
     let _ = tokio::time::timeout_at(deadline, async {
-        let _ = ws.send(Message::Binary(b.freeze())).await;
-        let _ = ws.close(None).await;
+        let _ = ws.writer.send(&[frame], len).await;
+        let _ = ws.writer.close().await;
     })
     .await;
 }
@@ -398,7 +398,7 @@ fn parse_auth(mut first: Bytes) -> Option<(String, Uuid, bool, Bytes)> {
 
 async fn serve_connection(
     inner: Arc<Inner>,
-    ws: WebSocketStream<ServerIo>,
+    ws: WsConn<ServerIo>,
     conn: Connection,
     session: Arc<Session>,
 ) {

@@ -115,7 +115,19 @@ pub fn transfer(
     fragment: usize,
     now: Instant,
 ) -> Result<usize, ConnectionError> {
-    let n = from.poll_transmit(buf, batch);
+    // Alternate between the contiguous and the vectored output so both are exercised;
+    // they must produce the same bytes.
+    let vectored = from.stats().frames_received % 2 == 1;
+    let n = if vectored {
+        let mut t = culvert_proto::Transmit::new();
+        let n = from.poll_transmit_segments(&mut t, batch);
+        for s in &t.segments {
+            buf.extend_from_slice(s);
+        }
+        n
+    } else {
+        from.poll_transmit(buf, batch)
+    };
     if n == 0 {
         return Ok(0);
     }

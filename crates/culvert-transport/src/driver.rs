@@ -7,17 +7,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use culvert_proto::{Config, Connection, Control, Event, Side, StreamId};
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use bytes::Bytes;
+use culvert_proto::{Config, Connection, Control, Event, Side, StreamId, Transmit};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch, Notify};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::stream::TunnelStream;
 use crate::ws::BATCH_CAP;
+use crate::wsframe::{WsConn, WsIn, WsReader, WsWriter};
 use crate::TransportError;
 
 /// Control messages the application may leave unread before the peer counts as flooding.
@@ -62,6 +59,8 @@ pub(crate) struct State {
     pub(crate) closed: Option<String>,
     /// Set by [`Mux::close`]: the writer flushes what is queued, then closes.
     closing: Option<String>,
+    /// A WebSocket ping to answer.
+    pending_pong: Option<Bytes>,
     pending_control: usize,
 }
 
@@ -163,7 +162,7 @@ impl std::fmt::Debug for Mux {
 impl Mux {
     /// Starts the reader and writer tasks for `ws`; events arrive on the returned receiver.
     pub fn spawn<S>(
-        ws: WebSocketStream<S>,
+        ws: WsConn<S>,
         side: Side,
         config: Config,
     ) -> Result<(Mux, mpsc::UnboundedReceiver<MuxEvent>), TransportError>
@@ -178,7 +177,7 @@ impl Mux {
     /// Like [`Mux::spawn`], for a connection the caller prepared (queued Auth or AuthOk
     /// first, fed bytes read during the handshake, enabled v1 compatibility).
     pub fn spawn_with<S>(
-        ws: WebSocketStream<S>,
+        ws: WsConn<S>,
         conn: Connection,
     ) -> (Mux, mpsc::UnboundedReceiver<MuxEvent>)
     where
@@ -194,15 +193,15 @@ impl Mux {
                 open_waiters: Vec::new(),
                 closed: None,
                 closing: None,
+                pending_pong: None,
                 pending_control: 0,
             }),
             writer_wake: Notify::new(),
             events,
             closed_tx,
         });
-        let (sink, stream) = ws.split();
-        tokio::spawn(reader(shared.clone(), stream));
-        tokio::spawn(writer(shared.clone(), sink));
+        tokio::spawn(reader(shared.clone(), ws.reader));
+        tokio::spawn(writer(shared.clone(), ws.writer));
         // Events the connection produced before the tasks existed (e.g. from bytes fed during the handshake).
         {
             let mut st = shared.lock();
@@ -313,22 +312,25 @@ impl Mux {
     }
 }
 
-async fn reader<S>(shared: Arc<Shared>, mut stream: SplitStream<WebSocketStream<S>>)
+async fn reader<S>(shared: Arc<Shared>, mut ws: WsReader<ReadHalf<S>>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut closed = shared.closed_tx.subscribe();
     let reason = loop {
         let msg = tokio::select! {
-            m = stream.next() => m,
+            m = ws.next() => m,
             _ = closed.wait_for(|c| *c) => break "closed".to_owned(),
         };
         let data = match msg {
-            Some(Ok(Message::Binary(b))) => b,
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            Some(Ok(Message::Text(_))) => break "text message on the tunnel".to_owned(),
-            Some(Ok(Message::Close(_))) | None => break "peer closed the websocket".to_owned(),
-            Some(Err(e)) => break format!("websocket read: {e}"),
+            Ok(WsIn::Data(b)) => b,
+            Ok(WsIn::Ping(p)) => {
+                shared.lock().pending_pong = Some(p);
+                shared.writer_wake.notify_one();
+                continue;
+            }
+            Ok(WsIn::Close) => break "peer closed the websocket".to_owned(),
+            Err(e) => break format!("websocket read: {e}"),
         };
         let mut st = shared.lock();
         if let Err(e) = st.conn.handle_bytes(Instant::now(), data) {
@@ -345,36 +347,37 @@ where
     shared.close(reason);
 }
 
-async fn writer<S>(shared: Arc<Shared>, mut sink: SplitSink<WebSocketStream<S>, Message>)
+async fn writer<S>(shared: Arc<Shared>, mut ws: WsWriter<WriteHalf<S>>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut buf = BytesMut::with_capacity(BATCH_CAP);
+    let mut tx = Transmit::new();
     let reason = loop {
-        let (msg, deadline) = {
+        let (n, pong, deadline) = {
             let mut st = shared.lock();
             if st.closed.is_some() {
                 break None;
             }
-            let n = st.conn.poll_transmit(&mut buf, BATCH_CAP);
+            let n = st.conn.poll_transmit_segments(&mut tx, BATCH_CAP);
             if let Err(e) = shared.dispatch(&mut st) {
                 break Some(e);
             }
-            (
-                (n > 0).then(|| buf.split().freeze()),
-                st.conn.poll_timeout(),
-            )
+            (n, st.pending_pong.take(), st.conn.poll_timeout())
         };
-        if let Some(m) = msg {
-            if let Err(e) = sink.feed(Message::Binary(m)).await {
+        if let Some(p) = pong {
+            if let Err(e) = ws.send_control(0xa, &p).await {
                 break Some(format!("websocket write: {e}"));
             }
-            if buf.capacity() < BATCH_CAP / 2 {
-                buf.reserve(BATCH_CAP);
+        }
+        if n > 0 {
+            let r = ws.send(&tx.segments, tx.len).await;
+            tx.clear();
+            if let Err(e) = r {
+                break Some(format!("websocket write: {e}"));
             }
             continue;
         }
-        if let Err(e) = sink.flush().await {
+        if let Err(e) = ws.flush().await {
             break Some(format!("websocket flush: {e}"));
         }
         if let Some(r) = shared.lock().closing.clone() {
@@ -396,8 +399,7 @@ where
             }
         }
     };
-    let _ = sink.flush().await;
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close()).await;
     if let Some(r) = reason {
         shared.close(r);
     }

@@ -10,6 +10,7 @@ mod socket;
 mod stream;
 pub mod tls;
 pub mod ws;
+pub mod wsframe;
 
 pub use driver::{Mux, MuxEvent, MuxStats};
 pub use error::TransportError;

@@ -4,7 +4,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::WebSocketStream;
+
+use crate::wsframe::{Role, WsConn};
 
 use crate::TransportError;
 
@@ -27,7 +28,7 @@ pub fn config() -> WebSocketConfig {
 
 /// Server side of the upgrade: only `GET /tunnel/v1` is accepted.
 #[allow(clippy::result_large_err)] // the callback's signature is tungstenite's
-pub async fn accept<S>(io: S) -> Result<WebSocketStream<S>, TransportError>
+pub async fn accept<S>(io: S) -> Result<WsConn<S>, TransportError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -39,16 +40,17 @@ where
         }
         Ok(resp)
     };
-    Ok(tokio_tungstenite::accept_hdr_async_with_config(io, check, Some(config())).await?)
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(io, check, Some(config())).await?;
+    Ok(WsConn::new(ws.into_inner(), Role::Server))
 }
 
 /// Client side of the upgrade to `url` (ws:// or wss://, the TLS already done by the caller).
-pub async fn connect<S>(io: S, url: &str) -> Result<WebSocketStream<S>, TransportError>
+pub async fn connect<S>(io: S, url: &str) -> Result<WsConn<S>, TransportError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, io, Some(config())).await?;
-    Ok(ws)
+    Ok(WsConn::new(ws.into_inner(), Role::Client))
 }
 
 /// The agent's transport: plain TCP or TLS over TCP.
@@ -120,7 +122,7 @@ impl ServerUrl {
 pub async fn dial(
     url: &ServerUrl,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
-) -> Result<WebSocketStream<ClientIo>, TransportError> {
+) -> Result<WsConn<ClientIo>, TransportError> {
     let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port)).await?;
     crate::tune_tcp(&tcp);
     let io = if url.tls {

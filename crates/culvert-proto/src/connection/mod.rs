@@ -831,27 +831,43 @@ impl Connection {
 
     /// Appends frames to `buf` (one WebSocket message) until about `max` bytes: control
     /// frames first, then datagrams, then stream data round-robin in capped quanta.
-    /// Frames are never split; returns the bytes appended (0 when idle).
+    /// Frames are never split; returns the bytes appended (0 when idle). Payloads are
+    /// copied into `buf`; [`Connection::poll_transmit_segments`] avoids that copy.
     pub fn poll_transmit(&mut self, buf: &mut BytesMut, max: usize) -> usize {
         let start = buf.len();
+        self.transmit(&mut Contiguous { buf, start }, max)
+    }
+
+    /// Like [`Connection::poll_transmit`], but hands the batch out as segments (frame
+    /// headers and payload slices shared with what the application wrote), for a vectored
+    /// write: no payload byte is copied.
+    pub fn poll_transmit_segments(&mut self, out: &mut Transmit, max: usize) -> usize {
+        let before = out.len;
+        self.transmit(out, max);
+        out.end_header();
+        out.len - before
+    }
+
+    fn transmit(&mut self, out: &mut impl TxOut, max: usize) -> usize {
         let max = max.max(crate::header::MAX_FRAME_LEN);
         if self.error.is_some() {
             return 0;
         }
         if let Some(timestamp) = self.pending_heartbeat_ack.take() {
-            let _ = Frame::Control(Control::HeartbeatAck { timestamp }).encode(buf);
+            let _ = Frame::Control(Control::HeartbeatAck { timestamp }).encode(out.header());
+            out.end_header();
             if self.single_frame_batches {
-                return buf.len() - start;
+                return out.written();
             }
         }
         while let Some(f) = self.control.front() {
-            if buf.len() > start && buf.len() - start + f.len() > max {
-                return buf.len() - start;
+            if out.written() > 0 && out.written() + f.len() > max {
+                return out.written();
             }
-            buf.extend_from_slice(f);
-            self.control.pop_front();
+            let f = self.control.pop_front().expect("front exists");
+            out.frame(f);
             if self.single_frame_batches {
-                return buf.len() - start;
+                return out.written();
             }
         }
         // Datagrams take at most half a batch while streams wait, so neither starves the other.
@@ -861,27 +877,35 @@ impl Connection {
             max / 2
         };
         while let Some(len) = self.datagrams_out.front_len() {
-            if buf.len() > start && buf.len() - start + len + HEADER_LEN + 8 > dgram_max {
-                return buf.len() - start;
+            if out.written() > 0 && out.written() + len + HEADER_LEN + 8 > dgram_max {
+                return out.written();
             }
             let (flow, data) = self.datagrams_out.pop().expect("front exists");
-            let _ = Frame::Datagram { flow, data }.encode(buf);
+            let id_len = varint::encoded_len(flow).unwrap_or(8);
+            let h = out.header();
+            h.put_u8(FrameType::Datagram as u8);
+            h.put_u32((id_len + data.len()) as u32);
+            varint::put(h, flow);
+            out.end_header();
+            if !data.is_empty() {
+                out.payload(data);
+            }
             self.stats.datagrams_sent += 1;
             if self.single_frame_batches {
-                return buf.len() - start;
+                return out.written();
             }
         }
-        self.transmit_streams(buf, start, max);
-        buf.len() - start
+        self.transmit_streams(out, max);
+        out.written()
     }
 
-    fn transmit_streams(&mut self, buf: &mut BytesMut, start: usize, max: usize) {
+    fn transmit_streams(&mut self, out: &mut impl TxOut, max: usize) {
         let mut freed = false;
         'rounds: loop {
             let rounds = self.schedule.len();
             let mut progressed = false;
             for _ in 0..rounds {
-                let used = buf.len() - start;
+                let used = out.written();
                 if used + 16 > max || (self.single_frame_batches && used > 0) {
                     break 'rounds;
                 }
@@ -899,7 +923,7 @@ impl Connection {
                     && self.conn_send_window > 0
                     && quantum > 0
                 {
-                    let room = max - (buf.len() - start);
+                    let room = max - out.written();
                     if room <= overhead {
                         break;
                     }
@@ -909,20 +933,20 @@ impl Connection {
                         .min(quantum as u64)
                         .min((MAX_PAYLOAD_LEN + HEADER_LEN - overhead) as u64)
                         .min((room - overhead) as u64) as usize;
-                    buf.reserve(overhead + n);
-                    buf.put_u8(FrameType::StreamData as u8);
-                    buf.put_u32((overhead - HEADER_LEN + n) as u32);
-                    varint::put(buf, id.0);
+                    let h = out.header();
+                    h.put_u8(FrameType::StreamData as u8);
+                    h.put_u32((overhead - HEADER_LEN + n) as u32);
+                    varint::put(h, id.0);
+                    out.end_header();
                     let mut left = n;
                     while left > 0 {
                         let front = s.send_buf.front_mut().expect("buffered bytes exist");
                         if front.len() <= left {
                             left -= front.len();
-                            buf.extend_from_slice(front);
-                            s.send_buf.pop_front();
+                            let whole = s.send_buf.pop_front().expect("front exists");
+                            out.payload(whole);
                         } else {
-                            buf.extend_from_slice(&front[..left]);
-                            bytes::Buf::advance(front, left);
+                            out.payload(front.split_to(left));
                             left = 0;
                         }
                     }
@@ -939,9 +963,10 @@ impl Connection {
                     }
                 }
                 if s.send_buffered == 0 && s.send_state == SendState::FinQueued {
-                    let room = max - (buf.len() - start);
-                    if room >= HEADER_LEN + 8 && !(self.single_frame_batches && buf.len() > start) {
-                        let _ = Frame::StreamFin { id }.encode(buf);
+                    let room = max - out.written();
+                    if room >= HEADER_LEN + 8 && !(self.single_frame_batches && out.written() > 0) {
+                        let _ = Frame::StreamFin { id }.encode(out.header());
+                        out.end_header();
                         s.send_state = SendState::FinSent;
                         progressed = true;
                     }
@@ -960,5 +985,93 @@ impl Connection {
         if freed {
             self.wake_writers();
         }
+    }
+}
+
+/// Where [`Connection`] puts the frames of one batch.
+trait TxOut {
+    /// Bytes produced so far in this batch.
+    fn written(&self) -> usize;
+    /// Where the next frame header (or small whole frame) is encoded.
+    fn header(&mut self) -> &mut BytesMut;
+    /// Ends the header being encoded.
+    fn end_header(&mut self);
+    /// A payload slice that follows the last header.
+    fn payload(&mut self, b: Bytes);
+    /// A whole pre-encoded frame.
+    fn frame(&mut self, b: Bytes);
+}
+
+/// One contiguous buffer (payloads copied).
+struct Contiguous<'a> {
+    buf: &'a mut BytesMut,
+    start: usize,
+}
+
+impl TxOut for Contiguous<'_> {
+    fn written(&self) -> usize {
+        self.buf.len() - self.start
+    }
+    fn header(&mut self) -> &mut BytesMut {
+        self.buf
+    }
+    fn end_header(&mut self) {}
+    fn payload(&mut self, b: Bytes) {
+        self.buf.extend_from_slice(&b);
+    }
+    fn frame(&mut self, b: Bytes) {
+        self.buf.extend_from_slice(&b);
+    }
+}
+
+/// A batch as segments for a vectored write: headers are encoded into a shared scratch
+/// buffer and split off; payloads are the application's own `Bytes`, never copied.
+#[derive(Debug, Default)]
+pub struct Transmit {
+    /// The batch, in order.
+    pub segments: Vec<Bytes>,
+    /// Total bytes in `segments`.
+    pub len: usize,
+    scratch: BytesMut,
+}
+
+impl Transmit {
+    /// An empty batch.
+    pub fn new() -> Transmit {
+        Transmit::default()
+    }
+
+    /// Empties the batch, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.segments.clear();
+        self.len = 0;
+    }
+}
+
+impl TxOut for Transmit {
+    fn written(&self) -> usize {
+        self.len + self.scratch.len()
+    }
+    fn header(&mut self) -> &mut BytesMut {
+        if self.scratch.is_empty() && self.scratch.capacity() < 64 {
+            self.scratch.reserve(4096);
+        }
+        &mut self.scratch
+    }
+    fn end_header(&mut self) {
+        if !self.scratch.is_empty() {
+            self.len += self.scratch.len();
+            self.segments.push(self.scratch.split().freeze());
+        }
+    }
+    fn payload(&mut self, b: Bytes) {
+        self.end_header();
+        self.len += b.len();
+        self.segments.push(b);
+    }
+    fn frame(&mut self, b: Bytes) {
+        self.end_header();
+        self.len += b.len();
+        self.segments.push(b);
     }
 }

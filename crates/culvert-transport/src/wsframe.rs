@@ -1,0 +1,389 @@
+//! WebSocket framing (RFC 6455 §5) for the data path, after tungstenite did the HTTP upgrade.
+//!
+//! Owning the framing lets the receive side read straight into one buffer and hand frame
+//! payloads on without copying (unmasking in place on the server), and the send side
+//! write a batch as one vectored write of the multiplexer's own buffers (the agent, which
+//! must mask, makes the one copy masking needs). Message boundaries carry no meaning for
+//! Culvert (frames may split anywhere), so fragments are delivered as they come.
+
+use std::io::{self, IoSlice};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use rand::RngCore;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use crate::ws::BATCH_CAP;
+
+/// Which end of the WebSocket: servers receive masked frames and send unmasked ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Accepted the connection.
+    Server,
+    /// Dialed the connection (must mask what it sends).
+    Client,
+}
+
+/// What the reader yields.
+#[derive(Debug)]
+pub enum WsIn {
+    /// Payload of a binary (or continuation) frame.
+    Data(Bytes),
+    /// A ping to answer with this payload.
+    Ping(Bytes),
+    /// The peer closed the WebSocket.
+    Close,
+}
+
+/// Socket reads are this large, so a full batch usually arrives in one read.
+const READ_SIZE: usize = 512 * 1024;
+/// Most segments handed to one `writev`.
+const MAX_IOVECS: usize = 256;
+
+fn bad(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// XORs `data` with the 4-byte `key`, starting at key offset `offset`; eight bytes at a time.
+pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
+    let mut k = [0u8; 8];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = key[(offset + i) % 4];
+    }
+    let k64 = u64::from_ne_bytes(k);
+    let mut chunks = data.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = u64::from_ne_bytes(c.try_into().expect("8 bytes")) ^ k64;
+        c.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= k[i % 4];
+    }
+}
+
+/// Reads frames from one half of the socket.
+pub struct WsReader<R> {
+    io: R,
+    buf: BytesMut,
+    role: Role,
+}
+
+impl<R: AsyncRead + Unpin> WsReader<R> {
+    /// A reader for `role`.
+    pub fn new(io: R, role: Role) -> WsReader<R> {
+        WsReader {
+            io,
+            buf: BytesMut::with_capacity(READ_SIZE),
+            role,
+        }
+    }
+
+    /// The next data, ping or close; errors on protocol violations and EOF.
+    pub async fn next(&mut self) -> io::Result<WsIn> {
+        loop {
+            if let Some(m) = self.parse()? {
+                return Ok(m);
+            }
+            if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
+                self.buf.reserve(READ_SIZE);
+            }
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "websocket closed without a close frame",
+                ));
+            }
+        }
+    }
+
+    fn parse(&mut self) -> io::Result<Option<WsIn>> {
+        loop {
+            let b = &self.buf[..];
+            if b.len() < 2 {
+                return Ok(None);
+            }
+            let (b0, b1) = (b[0], b[1]);
+            if b0 & 0x70 != 0 {
+                return Err(bad("websocket extension bits set"));
+            }
+            let opcode = b0 & 0x0f;
+            let fin = b0 & 0x80 != 0;
+            let masked = b1 & 0x80 != 0;
+            match (self.role, masked) {
+                (Role::Server, false) => return Err(bad("unmasked frame from a websocket client")),
+                (Role::Client, true) => return Err(bad("masked frame from a websocket server")),
+                _ => {}
+            }
+            let (len, mut hlen) = match b1 & 0x7f {
+                126 if b.len() >= 4 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
+                127 if b.len() >= 10 => (
+                    u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")),
+                    10,
+                ),
+                126 | 127 => return Ok(None),
+                n => (u64::from(n), 2),
+            };
+            let control = opcode & 0x08 != 0;
+            if control && (len > 125 || !fin) {
+                return Err(bad("invalid websocket control frame"));
+            }
+            if len > BATCH_CAP as u64 {
+                return Err(bad("websocket frame larger than the batch cap"));
+            }
+            let len = len as usize;
+            let key = if masked {
+                if b.len() < hlen + 4 {
+                    return Ok(None);
+                }
+                let k = [b[hlen], b[hlen + 1], b[hlen + 2], b[hlen + 3]];
+                hlen += 4;
+                Some(k)
+            } else {
+                None
+            };
+            if b.len() < hlen + len {
+                // Make room for the rest of this frame (bounded by the batch cap).
+                self.buf.reserve(hlen + len - self.buf.len());
+                return Ok(None);
+            }
+            self.buf.advance(hlen);
+            let mut payload = self.buf.split_to(len);
+            if let Some(k) = key {
+                apply_mask(&mut payload, k, 0);
+            }
+            match opcode {
+                0x0 | 0x2 => {
+                    if !payload.is_empty() {
+                        return Ok(Some(WsIn::Data(payload.freeze())));
+                    }
+                }
+                0x1 => return Err(bad("text frame on the tunnel")),
+                0x8 => return Ok(Some(WsIn::Close)),
+                0x9 => return Ok(Some(WsIn::Ping(payload.freeze()))),
+                0xa => {}
+                _ => return Err(bad("unknown websocket opcode")),
+            }
+        }
+    }
+}
+
+/// Writes frames to the other half of the socket.
+pub struct WsWriter<W> {
+    io: W,
+    role: Role,
+    /// For the client: masked copy of a batch. For non-vectored transports: the coalesced batch.
+    scratch: BytesMut,
+}
+
+impl<W: AsyncWrite + Unpin> WsWriter<W> {
+    /// A writer for `role`.
+    pub fn new(io: W, role: Role) -> WsWriter<W> {
+        WsWriter {
+            io,
+            role,
+            scratch: BytesMut::new(),
+        }
+    }
+
+    fn header(&self, opcode: u8, len: usize) -> ([u8; 14], usize, Option<[u8; 4]>) {
+        let mut h = [0u8; 14];
+        h[0] = 0x80 | opcode;
+        let mut n = 2;
+        if len < 126 {
+            h[1] = len as u8;
+        } else if len <= u16::MAX as usize {
+            h[1] = 126;
+            h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            n = 4;
+        } else {
+            h[1] = 127;
+            h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            n = 10;
+        }
+        let key = (self.role == Role::Client).then(|| {
+            let mut k = [0u8; 4];
+            rand::rng().fill_bytes(&mut k);
+            h[1] |= 0x80;
+            h[n..n + 4].copy_from_slice(&k);
+            n += 4;
+            k
+        });
+        (h, n, key)
+    }
+
+    /// Sends `segments` (in order, `len` bytes in all) as one binary frame.
+    pub async fn send(&mut self, segments: &[Bytes], len: usize) -> io::Result<()> {
+        let (h, hlen, key) = self.header(0x2, len);
+        if key.is_some() || !self.io.is_write_vectored() {
+            // Masking rewrites every byte anyway: do it while coalescing, in one pass.
+            self.scratch.clear();
+            self.scratch.reserve(hlen + len);
+            self.scratch.put_slice(&h[..hlen]);
+            let mut off = 0;
+            for s in segments {
+                let start = self.scratch.len();
+                self.scratch.put_slice(s);
+                if let Some(k) = key {
+                    apply_mask(&mut self.scratch[start..], k, off);
+                }
+                off += s.len();
+            }
+            return self.io.write_all(&self.scratch).await;
+        }
+        // Vectored: header plus the multiplexer's buffers, no copy.
+        let mut head: &[u8] = &h[..hlen];
+        let mut idx = 0;
+        let mut first_off = 0;
+        while !head.is_empty() || idx < segments.len() {
+            let mut iov: Vec<IoSlice<'_>> =
+                Vec::with_capacity(MAX_IOVECS.min(segments.len() - idx + 1));
+            if !head.is_empty() {
+                iov.push(IoSlice::new(head));
+            }
+            for (j, s) in segments[idx..]
+                .iter()
+                .enumerate()
+                .take(MAX_IOVECS - iov.len())
+            {
+                let s = if j == 0 { &s[first_off..] } else { &s[..] };
+                iov.push(IoSlice::new(s));
+            }
+            let mut n = self.io.write_vectored(&iov).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let h_take = n.min(head.len());
+            head = &head[h_take..];
+            n -= h_take;
+            while n > 0 {
+                let rest = segments[idx].len() - first_off;
+                if n >= rest {
+                    n -= rest;
+                    idx += 1;
+                    first_off = 0;
+                } else {
+                    first_off += n;
+                    n = 0;
+                }
+            }
+            while idx < segments.len() && segments[idx].len() == first_off {
+                idx += 1;
+                first_off = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a control frame (pong or close) with a short payload.
+    pub async fn send_control(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
+        let payload = &payload[..payload.len().min(125)];
+        let (h, hlen, key) = self.header(opcode, payload.len());
+        let mut frame = Vec::with_capacity(hlen + payload.len());
+        frame.extend_from_slice(&h[..hlen]);
+        frame.extend_from_slice(payload);
+        if let Some(k) = key {
+            apply_mask(&mut frame[hlen..], k, 0);
+        }
+        self.io.write_all(&frame).await
+    }
+
+    /// Flushes the transport (TLS buffers records).
+    pub async fn flush(&mut self) -> io::Result<()> {
+        self.io.flush().await
+    }
+
+    /// Sends a close frame and shuts the write side.
+    pub async fn close(&mut self) -> io::Result<()> {
+        self.send_control(0x8, &1000u16.to_be_bytes()).await?;
+        self.io.flush().await?;
+        self.io.shutdown().await
+    }
+}
+
+/// Both halves of an upgraded WebSocket.
+pub struct WsConn<S> {
+    /// Receiving half.
+    pub reader: WsReader<ReadHalf<S>>,
+    /// Sending half.
+    pub writer: WsWriter<WriteHalf<S>>,
+}
+
+impl<S: AsyncRead + AsyncWrite> WsConn<S> {
+    /// Takes over an upgraded socket (nothing may be buffered in the handshake: Culvert's
+    /// peers send nothing until the upgrade completes).
+    pub fn new(io: S, role: Role) -> WsConn<S> {
+        let (r, w) = tokio::io::split(io);
+        WsConn {
+            reader: WsReader::new(r, role),
+            writer: WsWriter::new(w, role),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_matches_bytewise_at_any_offset() {
+        let key = [1, 2, 3, 4];
+        for off in 0..4 {
+            for len in 0..40 {
+                let mut a: Vec<u8> = (0..len as u8).collect();
+                let mut b = a.clone();
+                apply_mask(&mut a, key, off);
+                for (i, x) in b.iter_mut().enumerate() {
+                    *x ^= key[(off + i) % 4];
+                }
+                assert_eq!(a, b);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_both_roles_and_split_reads() {
+        for (w_role, r_role) in [(Role::Client, Role::Server), (Role::Server, Role::Client)] {
+            let (a, b) = tokio::io::duplex(64);
+            let mut w = WsWriter::new(a, w_role);
+            let mut r = WsReader::new(b, r_role);
+            let segs = vec![Bytes::from(vec![7u8; 70_000]), Bytes::from_static(b"tail")];
+            let t = tokio::spawn(async move {
+                w.send(&segs, 70_004).await.unwrap();
+                w.send_control(0x9, b"hi").await.unwrap();
+                w.close().await.unwrap();
+            });
+            let mut got = Vec::new();
+            loop {
+                match r.next().await.unwrap() {
+                    WsIn::Data(d) => got.extend_from_slice(&d),
+                    WsIn::Ping(p) => assert_eq!(&p[..], b"hi"),
+                    WsIn::Close => break,
+                }
+            }
+            t.await.unwrap();
+            assert_eq!(got.len(), 70_004);
+            assert!(got[..70_000].iter().all(|x| *x == 7));
+            assert_eq!(&got[70_000..], b"tail");
+        }
+    }
+
+    #[tokio::test]
+    async fn rejects_wrong_masking_and_oversize() {
+        let (a, b) = tokio::io::duplex(1024);
+        let mut w = WsWriter::new(a, Role::Server);
+        let mut r = WsReader::new(b, Role::Server);
+        w.send(&[Bytes::from_static(b"x")], 1).await.unwrap();
+        assert_eq!(
+            r.next().await.unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut r = WsReader::new(b, Role::Client);
+        a.write_all(&[0x82, 127, 0, 0, 0, 0, 0x10, 0, 0, 0])
+            .await
+            .unwrap();
+        assert_eq!(
+            r.next().await.unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+}
