@@ -31,9 +31,8 @@ impl DatagramQueue {
         let was_empty = self.items.is_empty();
         self.bytes += data.len();
         self.items.push_back((flow, data));
-        while self.items.len() > self.max_len
-            || (self.bytes > self.max_bytes && self.items.len() > 1)
-        {
+        // Evict oldest first; a datagram larger than the whole byte budget evicts itself.
+        while self.items.len() > self.max_len || self.bytes > self.max_bytes {
             if let Some((_, d)) = self.items.pop_front() {
                 self.bytes -= d.len();
                 self.dropped += 1;
@@ -78,5 +77,7 @@ mod tests {
         q.push(1, Bytes::from_static(b"aaa"));
         q.push(2, Bytes::from_static(b"bbb"));
         assert_eq!((q.len(), q.bytes(), q.dropped), (1, 3, 1));
+        q.push(3, Bytes::from_static(b"too big"));
+        assert_eq!((q.len(), q.bytes(), q.dropped), (0, 0, 3));
     }
 }

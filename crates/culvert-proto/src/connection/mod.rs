@@ -878,7 +878,7 @@ impl Connection {
         };
         while let Some(len) = self.datagrams_out.front_len() {
             if out.written() > 0 && out.written() + len + HEADER_LEN + 8 > dgram_max {
-                return out.written();
+                break;
             }
             let (flow, data) = self.datagrams_out.pop().expect("front exists");
             let id_len = varint::encoded_len(flow).unwrap_or(8);
