@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use culvert_proto::control::{AuthExt, CULVERT_VERSION};
-use culvert_proto::{reset_code, Config, Connection, Control, Side, StreamId, Token};
+use culvert_proto::{
+    reset_code, Config, Connection, Control, ServiceProtocol, Side, StreamId, Token,
+};
 use culvert_transport::tls::{client_config, Verify};
 use culvert_transport::ws::{dial, ServerUrl};
 use culvert_transport::{relay_tcp, tune_tcp, Mux, MuxEvent, TunnelStream};
@@ -41,6 +43,10 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     /// Deadline for dialing a local target.
     pub dial_timeout: Duration,
+    /// A UDP flow idle this long is closed (its socket towards the target released).
+    pub udp_idle_timeout: Duration,
+    /// UDP flows one tunnel connection may hold.
+    pub udp_max_flows: usize,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -69,6 +75,8 @@ impl AgentConfig {
             backoff_max: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(10),
+            udp_idle_timeout: Duration::from_secs(60),
+            udp_max_flows: 16_384,
         }
     }
 }
@@ -174,13 +182,13 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
     let mut backoff = Backoff::new(shared.config.backoff_min, shared.config.backoff_max);
     loop {
         match connect(&shared).await {
-            Ok((mux, events)) => {
+            Ok((mux, events, ids)) => {
                 // If this task is aborted (agent shutdown), the connection goes with it.
                 let _guard = AbortOnDrop(mux.clone());
                 backoff.reset();
                 shared.up.fetch_add(1, Ordering::SeqCst);
                 let _ = shared.state_tx.send(shared.up.load(Ordering::SeqCst));
-                let reason = serve(&shared, &mux, events).await;
+                let reason = serve(&shared, &mux, events, ids).await;
                 shared.up.fetch_sub(1, Ordering::SeqCst);
                 let _ = shared.state_tx.send(shared.up.load(Ordering::SeqCst));
                 tracing::warn!(%reason, "tunnel connection lost");
@@ -202,10 +210,23 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Aborts a helper task when the connection it serves ends.
+struct AbortOnDrop2(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop2 {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Dials, authenticates and registers, all under the connect deadline.
-async fn connect(
-    shared: &Arc<Shared>,
-) -> Result<(Mux, tokio::sync::mpsc::UnboundedReceiver<MuxEvent>), String> {
+type Connected = (
+    Mux,
+    tokio::sync::mpsc::UnboundedReceiver<MuxEvent>,
+    HashMap<Uuid, ServiceSpec>,
+);
+
+async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
     let cfg = &shared.config;
     let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
     let ws = tokio::time::timeout_at(deadline, dial(&cfg.server, shared.tls.clone()))
@@ -234,6 +255,7 @@ async fn connect(
             other => return Err(format!("unexpected {:?} before AuthOk", other.frame_type())),
         }
         // Register every service, one at a time (replies come in order).
+        let mut ids = HashMap::new();
         for svc in &cfg.services {
             mux.send_control(Control::Register {
                 name: svc.name.clone(),
@@ -244,7 +266,8 @@ async fn connect(
             })
             .map_err(|e| e.to_string())?;
             match next_control(&mux, &mut events).await? {
-                Control::RegisterOk { ext, .. } => {
+                Control::RegisterOk { service_id, ext } => {
+                    ids.insert(service_id, svc.clone());
                     let port = ext.map(|e| e.assigned_port).unwrap_or(0);
                     let previous = shared
                         .ports
@@ -266,10 +289,10 @@ async fn connect(
                 }
             }
         }
-        Ok::<_, String>(())
+        Ok::<_, String>(ids)
     };
     match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(Ok(())) => Ok((mux, events)),
+        Ok(Ok(ids)) => Ok((mux, events, ids)),
         Ok(Err(e)) => {
             mux.abort(&e);
             Err(e)
@@ -303,7 +326,11 @@ async fn serve(
     shared: &Arc<Shared>,
     mux: &Mux,
     mut events: tokio::sync::mpsc::UnboundedReceiver<MuxEvent>,
+    ids: HashMap<Uuid, ServiceSpec>,
 ) -> String {
+    let flows = Arc::new(crate::udp::Flows::default());
+    let pump = tokio::spawn(crate::udp::pump(mux.clone(), flows.clone()));
+    let _pump = AbortOnDrop2(pump);
     // Streams opened by the server, waiting for their Connect (which names them).
     // Bounded by the connection's stream limit.
     let mut pending: HashMap<StreamId, (TunnelStream, ServiceSpec)> = HashMap::new();
@@ -327,11 +354,33 @@ async fn serve(
                 mux.control_handled();
                 match c {
                     Control::Connect {
+                        service_id,
                         connection_id,
                         client_addr,
                         ext,
-                        ..
                     } => {
+                        // UDP: the Connect announces a flow (its id in the stream id field).
+                        if let Some(svc) = ids
+                            .get(&service_id)
+                            .filter(|s| s.protocol == ServiceProtocol::Udp)
+                        {
+                            let Some(flow) = ext.map(|e| e.stream_id.0) else {
+                                continue;
+                            };
+                            let span = tracing::debug_span!("flow", service = %svc.name, client = %client_addr);
+                            tokio::spawn(
+                                crate::udp::open_flow(
+                                    mux.clone(),
+                                    flows.clone(),
+                                    flow,
+                                    svc.target.clone(),
+                                    shared.config.udp_idle_timeout,
+                                    shared.config.udp_max_flows,
+                                )
+                                .instrument(span),
+                            );
+                            continue;
+                        }
                         // The open named the service; the Connect names the stream and the client.
                         let Some((stream, svc)) = ext.and_then(|e| pending.remove(&e.stream_id))
                         else {

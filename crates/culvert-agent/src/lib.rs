@@ -7,6 +7,7 @@
 mod agent;
 mod backoff;
 mod service;
+mod udp;
 
 pub use agent::{Agent, AgentConfig, AgentHandle};
 pub use backoff::Backoff;

@@ -70,6 +70,17 @@ pub struct ServerConfig {
     pub auth_failure_window: Duration,
     /// Multiplexer settings of every agent connection.
     pub proto: culvert_proto::Config,
+    /// A UDP flow (one client address on one public port) with no traffic for this long is
+    /// forgotten. 60 s outlives typical DNS, game and VPN keepalive gaps.
+    pub udp_idle_timeout: Duration,
+    /// UDP flows one service may hold; new client addresses beyond it are dropped (counted),
+    /// so a flood of spoofed sources cannot grow memory, while existing flows keep working.
+    pub udp_max_flows_per_service: usize,
+    /// UDP flows one agent session may hold across its services.
+    pub udp_max_flows_per_session: usize,
+    /// Largest datagram relayed; larger ones are dropped and counted, never split. The
+    /// default is what one frame carries for any flow id.
+    pub udp_max_datagram: usize,
 }
 
 impl ServerConfig {
@@ -86,6 +97,10 @@ impl ServerConfig {
             max_auth_failures: 10,
             auth_failure_window: Duration::from_secs(60),
             proto: culvert_proto::Config::default(),
+            udp_idle_timeout: Duration::from_secs(60),
+            udp_max_flows_per_service: 4096,
+            udp_max_flows_per_session: 16_384,
+            udp_max_datagram: culvert_proto::MAX_PAYLOAD_LEN - 8,
         }
     }
 }

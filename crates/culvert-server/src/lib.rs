@@ -10,6 +10,7 @@ mod registry;
 mod server;
 mod session;
 pub mod tokens;
+pub mod udp;
 
 pub use config::{PortRange, ServerConfig};
 pub use registry::Protocol;

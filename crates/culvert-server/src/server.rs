@@ -98,6 +98,24 @@ impl ServerHandle {
             .collect()
     }
 
+    /// Counters of the UDP service `name`, if one is registered.
+    pub fn udp_counters(&self, name: &str) -> Option<Arc<crate::udp::UdpCounters>> {
+        self.inner.lock_sessions().values().find_map(|s| {
+            s.services()
+                .get(name)
+                .and_then(|v| v.udp.as_ref().map(|u| u.counters.clone()))
+        })
+    }
+
+    /// Open UDP flows of the service `name`.
+    pub fn udp_flows(&self, name: &str) -> Option<usize> {
+        self.inner.lock_sessions().values().find_map(|s| {
+            s.services()
+                .get(name)
+                .and_then(|v| v.udp.as_ref().map(|u| u.flow_count()))
+        })
+    }
+
     /// Public ports in use and pool sizes: (TCP used, TCP size, UDP used, UDP size).
     pub fn port_usage(&self) -> (usize, usize, usize, usize) {
         self.inner.registry.usage()
@@ -404,6 +422,9 @@ async fn serve_connection(
 ) {
     let (mux, mut events) = Mux::spawn_with(ws, conn);
     session.attach(mux.clone());
+    if session.culvert {
+        tokio::spawn(crate::udp::route_replies(mux.clone(), session.clone()));
+    }
     if session.ended.load(Ordering::SeqCst) {
         mux.abort("session ended");
         return;
@@ -517,9 +538,7 @@ async fn register(
     }
     let proto = match protocol {
         ServiceProtocol::Tcp => Protocol::Tcp,
-        ServiceProtocol::Udp => {
-            return Err("UDP services are not supported by this server yet".into())
-        }
+        ServiceProtocol::Udp => Protocol::Udp,
     };
     // A new session of the same agent (same token) replaces a stale one holding the name.
     let stale: Vec<Arc<Session>> = inner
@@ -545,8 +564,8 @@ async fn register(
             .registry
             .assign(proto, &session.token.name, name, requested, &allowed, &skip)
             .map_err(|e| e.to_string())?;
-        match TcpListener::bind((inner.config.public_bind, port)).await {
-            Ok(listener) => {
+        match bind_public(inner, proto, port).await {
+            Ok(socket) => {
                 let mut svc = Service {
                     name: name.to_owned(),
                     id: Uuid::new_v4(),
@@ -554,14 +573,25 @@ async fn register(
                     port,
                     task: None,
                     connections: Default::default(),
+                    udp: None,
+                };
+                let listener = match socket {
+                    PublicSocket::Tcp(l) => Some(l),
+                    PublicSocket::Udp(u) => {
+                        svc.udp = Some(crate::udp::UdpService::new(u));
+                        None
+                    }
                 };
                 let svc = if session.culvert {
-                    // The listener task needs the service; create it, then record its handle.
+                    // The serving task needs the service; create it, then record its handle.
                     let (tx, rx) = tokio::sync::oneshot::channel::<Arc<Service>>();
                     let sess = session.clone();
+                    let config = inner.config.clone();
                     let task = tokio::spawn(async move {
-                        if let Ok(svc) = rx.await {
-                            crate::public::serve_tcp(listener, sess, svc).await;
+                        let Ok(svc) = rx.await else { return };
+                        match listener {
+                            Some(l) => crate::public::serve_tcp(l, sess, svc).await,
+                            None => crate::udp::serve_udp(config, sess, svc).await,
                         }
                     });
                     svc.task = Some(task.abort_handle());
@@ -571,6 +601,7 @@ async fn register(
                 } else {
                     // A zlayer-tunnel v1 agent has no data plane: the port is reserved, not served.
                     drop(listener);
+                    svc.udp = None;
                     Arc::new(svc)
                 };
                 if session.ended.load(Ordering::SeqCst) {
@@ -581,7 +612,7 @@ async fn register(
                     return Err("session ended".into());
                 }
                 session.services().insert(name.to_owned(), svc.clone());
-                tracing::info!(session = %session.id, service = %name, port, "service registered");
+                tracing::info!(session = %session.id, service = %name, ?proto, port, "service registered");
                 return Ok(svc);
             }
             Err(e) => {
@@ -594,4 +625,17 @@ async fn register(
         }
     }
     Err("no bindable port found".into())
+}
+
+enum PublicSocket {
+    Tcp(TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+async fn bind_public(inner: &Inner, proto: Protocol, port: u16) -> std::io::Result<PublicSocket> {
+    let addr = SocketAddr::new(inner.config.public_bind, port);
+    Ok(match proto {
+        Protocol::Tcp => PublicSocket::Tcp(TcpListener::bind(addr).await?),
+        Protocol::Udp => PublicSocket::Udp(tokio::net::UdpSocket::bind(addr).await?),
+    })
 }

@@ -23,6 +23,8 @@ pub(crate) struct Service {
     pub(crate) task: Option<tokio::task::AbortHandle>,
     /// Public connections accepted.
     pub(crate) connections: AtomicU64,
+    /// UDP state of a UDP service.
+    pub(crate) udp: Option<crate::udp::UdpService>,
 }
 
 /// One agent's session.
@@ -38,6 +40,9 @@ pub(crate) struct Session {
     next: AtomicUsize,
     pub(crate) services: Mutex<HashMap<String, Arc<Service>>>,
     pub(crate) ended: AtomicBool,
+    /// UDP flows of all services, by flow id (replies are routed with it).
+    pub(crate) flows: Mutex<HashMap<u64, crate::udp::FlowRoute>>,
+    pub(crate) next_flow: AtomicU64,
 }
 
 impl Session {
@@ -57,6 +62,8 @@ impl Session {
             next: AtomicUsize::new(0),
             services: Mutex::new(HashMap::new()),
             ended: AtomicBool::new(false),
+            flows: Mutex::new(HashMap::new()),
+            next_flow: AtomicU64::new(1),
         }
     }
 
@@ -79,6 +86,22 @@ impl Session {
         let mut c = self.conns();
         c.retain(|m| !m.is_closed() && !m.same(mux));
         c.len()
+    }
+
+    pub(crate) fn flows(&self) -> std::sync::MutexGuard<'_, HashMap<u64, crate::udp::FlowRoute>> {
+        self.flows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live connection for a UDP flow: chosen by flow hash, so one flow keeps one
+    /// connection (and so its order) while the pool is stable.
+    pub(crate) fn pick_for_flow(&self, flow: u64) -> Option<Mux> {
+        let c = self.conns();
+        let live: Vec<&Mux> = c.iter().filter(|m| !m.is_closed()).collect();
+        if live.is_empty() {
+            return None;
+        }
+        let h = flow.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        Some(live[(h as usize) % live.len()].clone())
     }
 
     /// The next live connection, round-robin, so streams spread over the agent's pool.

@@ -67,6 +67,8 @@ pub(crate) struct State {
 pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) writer_wake: Notify,
+    /// Wakes [`Mux::recv_datagram`] when datagrams arrive or the connection closes.
+    datagram_wake: Notify,
     events: mpsc::UnboundedSender<MuxEvent>,
     closed_tx: watch::Sender<bool>,
 }
@@ -92,6 +94,7 @@ impl Shared {
         let _ = self.events.send(MuxEvent::Closed(reason));
         let _ = self.closed_tx.send(true);
         self.writer_wake.notify_one();
+        self.datagram_wake.notify_one();
     }
 
     /// Routes the connection's events: wake stream handles, hand new streams and
@@ -136,10 +139,8 @@ impl Shared {
                     let _ = self.events.send(MuxEvent::GoingAway(reason));
                 }
                 Event::HeartbeatRtt(rtt) => tracing::trace!(?rtt, "heartbeat"),
-                Event::DatagramReadable => {
-                    // UDP flows are not carried yet: drain so the bounded queue never holds stale data.
-                    while st.conn.recv_datagram().is_some() {}
-                }
+                // Datagrams stay in the connection's bounded drop-oldest queue until read.
+                Event::DatagramReadable => self.datagram_wake.notify_one(),
             }
         }
         Ok(())
@@ -197,6 +198,7 @@ impl Mux {
                 pending_control: 0,
             }),
             writer_wake: Notify::new(),
+            datagram_wake: Notify::new(),
             events,
             closed_tx,
         });
@@ -250,6 +252,35 @@ impl Mux {
         drop(st);
         self.shared.writer_wake.notify_one();
         Ok(())
+    }
+
+    /// Queues a datagram of `flow`; refused (and counted) when larger than a frame can carry,
+    /// and the oldest queued datagram is dropped (and counted) when the queue is full.
+    pub fn send_datagram(&self, flow: u64, data: bytes::Bytes) -> Result<(), TransportError> {
+        let mut st = self.shared.lock();
+        if let Some(r) = &st.closed {
+            return Err(TransportError::Closed(r.clone()));
+        }
+        st.conn.send_datagram(flow, data)?;
+        drop(st);
+        self.shared.writer_wake.notify_one();
+        Ok(())
+    }
+
+    /// The next received datagram; `None` once the connection is closed. One consumer per connection.
+    pub async fn recv_datagram(&self) -> Option<culvert_proto::Datagram> {
+        loop {
+            {
+                let mut st = self.shared.lock();
+                if let Some(d) = st.conn.recv_datagram() {
+                    return Some(d);
+                }
+                if st.closed.is_some() {
+                    return None;
+                }
+            }
+            self.shared.datagram_wake.notified().await;
+        }
     }
 
     /// Acknowledges that the application handled one [`MuxEvent::Control`] (the flood bound).

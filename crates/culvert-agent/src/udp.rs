@@ -1,0 +1,140 @@
+//! The agent's side of UDP services: one connected socket per flow towards the configured
+//! target (so the agent never sends anywhere else), idle flows closed, a cap on flows.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use culvert_transport::Mux;
+use tokio::net::UdpSocket;
+
+/// Flows whose first datagrams may wait for their socket, and how many each may park.
+/// The server sends a flow's Connect before its first datagram, but the socket is set up
+/// by another task: parking bridges that race without losing a DNS query.
+const MAX_PENDING_FLOWS: usize = 256;
+const MAX_PENDING_PER_FLOW: usize = 16;
+
+#[derive(Debug, Default)]
+struct Table {
+    open: HashMap<u64, Arc<UdpSocket>>,
+    pending: HashMap<u64, Vec<Bytes>>,
+}
+
+/// Flows of one tunnel connection, by flow id.
+#[derive(Debug, Default)]
+pub(crate) struct Flows {
+    table: Mutex<Table>,
+}
+
+impl Flows {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Sets up `flow` towards `target` (from the server's Connect). Refused beyond `max_flows`.
+pub(crate) async fn open_flow(
+    mux: Mux,
+    flows: Arc<Flows>,
+    flow: u64,
+    target: String,
+    idle: Duration,
+    max_flows: usize,
+) {
+    {
+        let t = flows.lock();
+        if t.open.contains_key(&flow) {
+            return;
+        }
+        if t.open.len() >= max_flows {
+            drop(t);
+            flows.lock().pending.remove(&flow);
+            tracing::debug!(flow, "udp flow cap reached; flow refused");
+            return;
+        }
+    }
+    let target_addr = match tokio::net::lookup_host(&target).await.map(|mut a| a.next()) {
+        Ok(Some(a)) => a,
+        _ => {
+            flows.lock().pending.remove(&flow);
+            tracing::warn!(%target, "cannot resolve udp target");
+            return;
+        }
+    };
+    let bind: std::net::SocketAddr = if target_addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = match UdpSocket::bind(bind).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open a udp socket");
+            return;
+        }
+    };
+    if let Err(e) = socket.connect(target_addr).await {
+        tracing::warn!(%target, error = %e, "cannot connect udp socket");
+        return;
+    }
+    let socket = Arc::new(socket);
+    let parked = {
+        let mut t = flows.lock();
+        t.open.insert(flow, socket.clone());
+        t.pending.remove(&flow).unwrap_or_default()
+    };
+    for d in parked {
+        let _ = socket.send(&d).await;
+    }
+    tracing::debug!(flow, %target, "udp flow opened");
+    // Replies from the target go back on this flow until it idles out.
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        match tokio::time::timeout(idle, socket.recv(&mut buf)).await {
+            Ok(Ok(n)) => {
+                if mux
+                    .send_datagram(flow, Bytes::copy_from_slice(&buf[..n]))
+                    .is_err()
+                    && mux.is_closed()
+                {
+                    break;
+                }
+            }
+            // ICMP errors (target not listening) surface here; the flow stays.
+            Ok(Err(e)) => tracing::trace!(flow, error = %e, "udp recv error"),
+            Err(_) => break,
+        }
+    }
+    flows.lock().open.remove(&flow);
+    tracing::debug!(flow, "udp flow closed (idle)");
+}
+
+/// Delivers datagrams from the server to their flows' sockets until the connection closes.
+pub(crate) async fn pump(mux: Mux, flows: Arc<Flows>) {
+    while let Some(d) = mux.recv_datagram().await {
+        let sock = {
+            let mut t = flows.lock();
+            match t.open.get(&d.flow) {
+                Some(s) => Some(s.clone()),
+                None => {
+                    // Not set up yet: park it (bounded), or drop it.
+                    let room =
+                        t.pending.len() < MAX_PENDING_FLOWS || t.pending.contains_key(&d.flow);
+                    let q = room.then(|| t.pending.entry(d.flow).or_default());
+                    match q {
+                        Some(q) if q.len() < MAX_PENDING_PER_FLOW => q.push(d.data.clone()),
+                        _ => tracing::trace!(
+                            flow = d.flow,
+                            "datagram for an unknown udp flow dropped"
+                        ),
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(sock) = sock {
+            let _ = sock.send(&d.data).await;
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Public UDP ports: each distinct client address is a flow, relayed as datagram frames to
+//! the agent, which keeps one connected socket per flow towards the target. Replies go back
+//! only to the address that owns the flow.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use culvert_proto::control::ConnectExt;
+use culvert_proto::{Control, StreamId};
+use culvert_transport::Mux;
+use tokio::net::UdpSocket;
+use uuid::Uuid;
+
+use crate::session::{Service, Session};
+use crate::ServerConfig;
+
+/// Counters of one UDP service (exact, for metrics and tests).
+#[derive(Debug, Default)]
+pub struct UdpCounters {
+    /// Datagrams received from public clients and sent towards the agent.
+    pub datagrams_in: AtomicU64,
+    /// Datagrams from the agent delivered to public clients.
+    pub datagrams_out: AtomicU64,
+    /// Datagrams dropped for exceeding the size limit.
+    pub dropped_oversize: AtomicU64,
+    /// Datagrams dropped because a new flow would exceed a flow cap.
+    pub dropped_flow_cap: AtomicU64,
+    /// Datagrams dropped for lack of a live agent connection.
+    pub dropped_no_agent: AtomicU64,
+    /// Flows created.
+    pub flows_created: AtomicU64,
+    /// Flows evicted after the idle timeout.
+    pub flows_evicted: AtomicU64,
+}
+
+/// UDP state of one service.
+#[derive(Debug)]
+pub(crate) struct UdpService {
+    pub(crate) socket: Arc<UdpSocket>,
+    /// Flow id of each client address.
+    by_addr: Mutex<HashMap<SocketAddr, u64>>,
+    pub(crate) counters: Arc<UdpCounters>,
+}
+
+impl UdpService {
+    pub(crate) fn new(socket: UdpSocket) -> UdpService {
+        UdpService {
+            socket: Arc::new(socket),
+            by_addr: Mutex::new(HashMap::new()),
+            counters: Arc::default(),
+        }
+    }
+
+    fn by_addr(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, u64>> {
+        self.by_addr.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Flows currently open.
+    pub(crate) fn flow_count(&self) -> usize {
+        self.by_addr().len()
+    }
+}
+
+/// Where replies of a flow go.
+#[derive(Debug)]
+pub(crate) struct FlowRoute {
+    addr: SocketAddr,
+    service: Arc<Service>,
+    mux: Mux,
+    last_active: Instant,
+}
+
+/// Relays client datagrams of one UDP service until aborted.
+pub(crate) async fn serve_udp(config: ServerConfig, session: Arc<Session>, service: Arc<Service>) {
+    let Some(udp) = &service.udp else { return };
+    let socket = udp.socket.clone();
+    let counters = udp.counters.clone();
+    let mut buf = vec![0u8; 65_536];
+    let mut next_sweep = Instant::now() + config.udp_idle_timeout / 4;
+    loop {
+        let sweep = tokio::time::sleep_until(next_sweep.into());
+        let (n, from) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp recv failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = sweep => {
+                evict_idle(&session, &service, config.udp_idle_timeout);
+                next_sweep = Instant::now() + config.udp_idle_timeout / 4;
+                continue;
+            }
+        };
+        if n > config.udp_max_datagram {
+            counters.dropped_oversize.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let Some((flow, mux)) = flow_for(&config, &session, &service, from) else {
+            continue;
+        };
+        if mux
+            .send_datagram(flow, Bytes::copy_from_slice(&buf[..n]))
+            .is_ok()
+        {
+            counters.datagrams_in.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counters.dropped_no_agent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The flow of `from`, created (and announced with Connect) when new and under the caps.
+fn flow_for(
+    config: &ServerConfig,
+    session: &Arc<Session>,
+    service: &Arc<Service>,
+    from: SocketAddr,
+) -> Option<(u64, Mux)> {
+    let udp = service.udp.as_ref()?;
+    let existing = udp.by_addr().get(&from).copied();
+    if let Some(flow) = existing {
+        let mut flows = session.flows();
+        if let Some(r) = flows.get_mut(&flow) {
+            r.last_active = Instant::now();
+            if !r.mux.is_closed() {
+                return Some((flow, r.mux.clone()));
+            }
+        }
+        // Its connection died: forget the flow; it is rebuilt below on a live connection.
+        flows.remove(&flow);
+        udp.by_addr().remove(&from);
+    }
+    if udp.flow_count() >= config.udp_max_flows_per_service
+        || session.flows().len() >= config.udp_max_flows_per_session
+    {
+        udp.counters
+            .dropped_flow_cap
+            .fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let flow = session.next_flow.fetch_add(1, Ordering::Relaxed);
+    let Some(mux) = session.pick_for_flow(flow) else {
+        udp.counters
+            .dropped_no_agent
+            .fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    // The agent sets the flow up from this Connect (its stream id field carries the flow id).
+    let connect = Control::Connect {
+        service_id: service.id,
+        connection_id: Uuid::new_v4(),
+        client_addr: from.to_string(),
+        ext: Some(ConnectExt {
+            stream_id: StreamId(flow),
+        }),
+    };
+    if mux.send_control(connect).is_err() {
+        udp.counters
+            .dropped_no_agent
+            .fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    udp.by_addr().insert(from, flow);
+    session.flows().insert(
+        flow,
+        FlowRoute {
+            addr: from,
+            service: service.clone(),
+            mux: mux.clone(),
+            last_active: Instant::now(),
+        },
+    );
+    udp.counters.flows_created.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(service = %service.name, client = %from, flow, "udp flow opened");
+    Some((flow, mux))
+}
+
+fn evict_idle(session: &Session, service: &Arc<Service>, idle: Duration) {
+    let Some(udp) = &service.udp else { return };
+    let now = Instant::now();
+    let mut evicted = Vec::new();
+    session.flows().retain(|flow, r| {
+        let keep = !Arc::ptr_eq(&r.service, service) || now.duration_since(r.last_active) < idle;
+        if !keep {
+            evicted.push((*flow, r.addr));
+        }
+        keep
+    });
+    if evicted.is_empty() {
+        return;
+    }
+    let mut by_addr = udp.by_addr();
+    for (flow, addr) in &evicted {
+        if by_addr.get(addr) == Some(flow) {
+            by_addr.remove(addr);
+        }
+    }
+    udp.counters
+        .flows_evicted
+        .fetch_add(evicted.len() as u64, Ordering::Relaxed);
+    tracing::debug!(service = %service.name, count = evicted.len(), "idle udp flows evicted");
+}
+
+/// Delivers the agent's datagrams on `mux` to the clients that own their flows.
+pub(crate) async fn route_replies(mux: Mux, session: Arc<Session>) {
+    while let Some(d) = mux.recv_datagram().await {
+        let target = {
+            let mut flows = session.flows();
+            flows.get_mut(&d.flow).and_then(|r| {
+                r.last_active = Instant::now();
+                r.service
+                    .udp
+                    .as_ref()
+                    .map(|u| (u.socket.clone(), r.addr, u.counters.clone()))
+            })
+        };
+        // A reply for an unknown (evicted) flow goes nowhere: only owners get replies.
+        if let Some((socket, addr, counters)) = target {
+            if socket.send_to(&d.data, addr).await.is_ok() {
+                counters.datagrams_out.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
