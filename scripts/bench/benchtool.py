@@ -1,0 +1,456 @@
+#!/usr/bin/env python3
+"""Helpers for scripts/bench.sh: loopback-only load clients, an echo backend, port
+picking, iperf3 JSON parsing and the final markdown table.
+
+Every loop here is bounded both in count and in time, and every socket goes to
+127.0.0.1 only.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+
+HOST = "127.0.0.1"
+
+
+def _die(msg):
+    print(msg, file=sys.stderr)
+    sys.exit(1)
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def cmd_freeblock(a):
+    """Print the first port of N consecutive ports that are free on 127.0.0.1, chosen
+    below the kernel's ephemeral range so that no outgoing connection can take them."""
+    lo, hi = 20000, 32000
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            eph_lo = int(f.read().split()[0])
+        hi = min(hi, eph_lo)
+    except OSError:
+        pass
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(lo, hi - a.n)
+        socks = []
+        ok = True
+        try:
+            for p in range(base, base + a.n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind((HOST, p))
+        except OSError:
+            ok = False
+        finally:
+            for s in socks:
+                s.close()
+        if ok:
+            print(base)
+            return
+    _die("no free block of ports found")
+
+
+def _listening_ports():
+    ports = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] == "0A":  # TCP_LISTEN
+                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            pass
+    return ports
+
+
+def cmd_wait_listen(a):
+    """Wait until something listens on each port (read from /proc, no connection made)."""
+    deadline = time.monotonic() + a.timeout
+    want = set(a.ports)
+    while time.monotonic() < deadline:
+        if want <= _listening_ports():
+            return
+        time.sleep(0.05)
+    _die(f"ports not listening after {a.timeout}s: {sorted(want - _listening_ports())}")
+
+
+def _echo_once(port, timeout, payload=b"x"):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect((HOST, port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = s.recv(len(payload) - len(got))
+            if not chunk:
+                raise ConnectionError("closed before echo")
+            got += chunk
+        if got != payload:
+            raise ConnectionError("wrong echo")
+
+
+def cmd_wait_echo(a):
+    """Wait until one byte sent to PORT comes back (proves the whole data path)."""
+    deadline = time.monotonic() + a.timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            _echo_once(a.port, 2.0)
+            return
+        except OSError as e:
+            last = e
+            time.sleep(0.1)
+    _die(f"no echo through port {a.port} after {a.timeout}s: {last}")
+
+
+# --------------------------------------------------------------------------- echo backend
+
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.t = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data):
+        self.t.write(data)
+
+    def eof_received(self):
+        return False  # close our side too
+
+
+def cmd_echo_server(a):
+    """TCP echo server on 127.0.0.1:PORT; exits by itself after --max-seconds."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_Echo, HOST, a.port, backlog=4096, reuse_address=True)
+        stop = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.call_later(a.max_seconds, lambda: stop.done() or stop.set_result(None))
+        async with server:
+            await stop
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- load clients
+
+
+def _pct(sorted_vals, q):
+    if not sorted_vals:
+        return None
+    i = min(len(sorted_vals) - 1, max(0, int(round(q * (len(sorted_vals) - 1)))))
+    return sorted_vals[i]
+
+
+def cmd_rr(a):
+    """N sequential 64-byte request/response round trips over one connection."""
+    payload = os.urandom(64)
+    lat = []
+    s = socket.create_connection((HOST, a.port), timeout=5)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # Warm the path (first stream open, data-channel creation, ...), untimed.
+    for _ in range(50):
+        s.sendall(payload)
+        got = 0
+        while got < 64:
+            n = len(s.recv(64 - got))
+            if n == 0:
+                _die("connection closed during warm-up")
+            got += n
+    pc = time.perf_counter_ns
+    t_start = pc()
+    deadline = t_start + int(a.seconds * 1e9)
+    buf = bytearray(64)
+    view = memoryview(buf)
+    while len(lat) < a.count:
+        t0 = pc()
+        if t0 > deadline:
+            break
+        s.sendall(payload)
+        got = 0
+        while got < 64:
+            n = s.recv_into(view[got:], 64 - got)
+            if n == 0:
+                _die("connection closed during round trips")
+            got += n
+        lat.append(pc() - t0)
+    elapsed = (pc() - t_start) / 1e9
+    s.close()
+    if not lat:
+        _die("no round trip completed")
+    lat.sort()
+    print(
+        json.dumps(
+            {
+                "count": len(lat),
+                "seconds": elapsed,
+                "rps": len(lat) / elapsed if elapsed > 0 else None,
+                "p50_us": _pct(lat, 0.50) / 1000,
+                "p99_us": _pct(lat, 0.99) / 1000,
+            }
+        )
+    )
+
+
+def cmd_cps(a):
+    """New connections per second: connect, send 1 byte, read the echo, close.
+    Several threads; bounded by --count in total and by --seconds."""
+    lock = threading.Lock()
+    state = {"left": a.count, "ok": 0, "err": 0, "last_err": None}
+    deadline = time.monotonic() + a.seconds
+
+    def worker():
+        while True:
+            with lock:
+                if state["left"] <= 0:
+                    return
+                state["left"] -= 1
+            if time.monotonic() > deadline:
+                return
+            try:
+                _echo_once(a.port, 5.0)
+                with lock:
+                    state["ok"] += 1
+            except OSError as e:
+                with lock:
+                    state["err"] += 1
+                    state["last_err"] = repr(e)
+                if state["err"] > 100:
+                    return
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(a.workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(0.1, deadline - time.monotonic() + 10))
+    elapsed = time.monotonic() - t0
+    print(
+        json.dumps(
+            {
+                "ok": state["ok"],
+                "errors": state["err"],
+                "last_error": state["last_err"],
+                "seconds": elapsed,
+                "cps": state["ok"] / elapsed if elapsed > 0 else None,
+            }
+        )
+    )
+
+
+def cmd_hold(a):
+    """Open N connections through PORT, check each with a 1-byte echo, print
+    'READY <n>' and hold them until SIGTERM or --max-seconds."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = a.n + 64
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    deadline = time.monotonic() + a.open_seconds
+    socks = []
+    err = None
+    while len(socks) < a.n and time.monotonic() < deadline:
+        try:
+            s = socket.create_connection((HOST, a.port), timeout=5)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(b"h")
+            if s.recv(1) != b"h":
+                raise ConnectionError("no echo")
+            socks.append(s)
+        except OSError as e:
+            err = repr(e)
+            break
+    print(f"READY {len(socks)}" + (f" error={err}" if err else ""), flush=True)
+    end = time.monotonic() + a.max_seconds
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while time.monotonic() < end:
+        time.sleep(0.2)
+    for s in socks:
+        s.close()
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def cmd_iperf_parse(a):
+    """Print 'GBIT_PER_S BYTES' from an iperf3 -J result (receiver side)."""
+    with open(a.file) as f:
+        d = json.load(f)
+    if "error" in d:
+        _die(d["error"])
+    end = d["end"]
+    recv = end["sum_received"]
+    print(f"{recv['bits_per_second'] / 1e9:.3f} {int(recv['bytes'])}")
+
+
+def cmd_fingerprint(a):
+    """Print the SHA-256 fingerprint found in a line mentioning 'fingerprint'."""
+    with open(a.file, errors="replace") as f:
+        for line in f:
+            if "fingerprint" not in line.lower():
+                continue
+            m = re.search(r"((?:[0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2})", line)
+            if not m:
+                m = re.search(r"(?<![0-9A-Fa-f])([0-9A-Fa-f]{64})(?![0-9A-Fa-f])", line)
+            if m:
+                print(m.group(1))
+                return
+    sys.exit(1)
+
+
+def cmd_json_get(a):
+    """Print fields of a JSON object read from a file, space separated."""
+    with open(a.file) as f:
+        d = json.load(f)
+    out = []
+    for k in a.keys:
+        v = d.get(k)
+        out.append("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)))
+    print(" ".join(out))
+
+
+# --------------------------------------------------------------------------- table
+
+COLUMNS = ["direct", "culvert-ws", "culvert-wss", "rathole-tcp", "rathole-tls"]
+RATIOS = [("culvert-ws", "rathole-tcp"), ("culvert-wss", "rathole-tls")]
+
+
+def _fmt(v):
+    if v is None:
+        return ""
+    try:
+        x = float(v)
+    except ValueError:
+        return v
+    if x == 0:
+        return "0"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def cmd_table(a):
+    """Render results.tsv (column<TAB>metric-key<TAB>value) and metrics.tsv
+    (metric-key<TAB>label<TAB>better) into one markdown table."""
+    metrics = []
+    with open(a.metrics) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line:
+                key, label, better = line.split("\t")
+                metrics.append((key, label, better))
+    vals = {}
+    with open(a.results) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line:
+                col, key, val = line.split("\t", 2)
+                vals[(col, key)] = val
+    hdr = ["metric"] + COLUMNS + [f"{x} ÷ {y}" for x, y in RATIOS]
+    rows = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|"]
+    for key, label, better in metrics:
+        cells = [label + {"up": " (higher is better)", "down": " (lower is better)"}.get(better, "")]
+        for c in COLUMNS:
+            cells.append(_fmt(vals.get((c, key), "")))
+        for x, y in RATIOS:
+            r = ""
+            try:
+                vx, vy = float(vals[(x, key)]), float(vals[(y, key)])
+                if better in ("up", "down") and vy != 0:
+                    r = f"{vx / vy:.2f}×"
+            except (KeyError, ValueError):
+                pass
+            cells.append(r)
+        rows.append("| " + " | ".join(cells) + " |")
+    print("\n".join(rows))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("freeblock")
+    s.add_argument("n", type=int)
+    s.set_defaults(f=cmd_freeblock)
+
+    s = sub.add_parser("wait-listen")
+    s.add_argument("--timeout", type=float, default=20)
+    s.add_argument("ports", type=int, nargs="+")
+    s.set_defaults(f=cmd_wait_listen)
+
+    s = sub.add_parser("wait-echo")
+    s.add_argument("--timeout", type=float, default=20)
+    s.add_argument("port", type=int)
+    s.set_defaults(f=cmd_wait_echo)
+
+    s = sub.add_parser("echo-server")
+    s.add_argument("port", type=int)
+    s.add_argument("--max-seconds", type=float, default=900)
+    s.set_defaults(f=cmd_echo_server)
+
+    s = sub.add_parser("rr")
+    s.add_argument("port", type=int)
+    s.add_argument("--count", type=int, default=20000)
+    s.add_argument("--seconds", type=float, default=5)
+    s.set_defaults(f=cmd_rr)
+
+    s = sub.add_parser("cps")
+    s.add_argument("port", type=int)
+    s.add_argument("--count", type=int, default=10000)
+    s.add_argument("--seconds", type=float, default=5)
+    s.add_argument("--workers", type=int, default=8)
+    s.set_defaults(f=cmd_cps)
+
+    s = sub.add_parser("hold")
+    s.add_argument("port", type=int)
+    s.add_argument("n", type=int)
+    s.add_argument("--open-seconds", type=float, default=30)
+    s.add_argument("--max-seconds", type=float, default=60)
+    s.set_defaults(f=cmd_hold)
+
+    s = sub.add_parser("iperf-parse")
+    s.add_argument("file")
+    s.set_defaults(f=cmd_iperf_parse)
+
+    s = sub.add_parser("fingerprint")
+    s.add_argument("file")
+    s.set_defaults(f=cmd_fingerprint)
+
+    s = sub.add_parser("json-get")
+    s.add_argument("file")
+    s.add_argument("keys", nargs="+")
+    s.set_defaults(f=cmd_json_get)
+
+    s = sub.add_parser("table")
+    s.add_argument("metrics")
+    s.add_argument("results")
+    s.set_defaults(f=cmd_table)
+
+    a = p.parse_args()
+    a.f(a)
+
+
+if __name__ == "__main__":
+    main()
