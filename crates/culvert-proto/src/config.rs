@@ -22,7 +22,8 @@ pub struct Config {
     /// Ceiling for per-stream window auto-tuning. 4 MiB covers a 100 ms, 300 Mbit/s path on one stream.
     pub max_stream_window: u64,
     /// Connection receive window: the hard bound on bytes buffered for the application across all streams (the memory budget).
-    /// 8 MiB per pooled WebSocket keeps an agent with four connections under 32 MiB of receive buffering.
+    /// 4 MiB per pooled WebSocket keeps an agent with four connections under 16 MiB of receive
+    /// buffering, while four connections together still cover a 100 ms, 1 Gbit/s path.
     pub connection_window: u64,
     /// Streams the peer may have open at once. 4,096 per WebSocket × 4 pooled connections serves thousands of tunneled connections.
     pub max_concurrent_streams: u64,
@@ -30,9 +31,12 @@ pub struct Config {
     pub credit_divisor: u64,
     /// Largest slice one stream sends before the scheduler turns to the next (fairness). 32 KiB: big enough to amortise framing, small enough that eight streams interleave within one 256 KiB batch.
     pub quantum: usize,
-    /// Bytes the application may queue on one stream beyond what has been sent. 1 MiB keeps a fast writer busy for one window round trip.
+    /// Bytes the application may queue on one stream that are not on the wire yet. Sent
+    /// bytes are not kept (the transport is reliable), so this only has to cover the
+    /// writer's burst: 256 KiB is four socket reads.
     pub stream_send_buffer: usize,
-    /// Bytes the application may queue across all streams. 16 MiB bounds the sender's memory when the peer stops granting credit.
+    /// Bytes the application may queue across all streams. 4 MiB bounds the sender's
+    /// memory when the peer stops granting credit.
     pub connection_send_buffer: usize,
     /// Datagrams queued for sending before the oldest are dropped. UDP prefers fresh data to late data.
     pub datagram_queue_len: usize,
@@ -59,12 +63,12 @@ impl Default for Config {
         Config {
             stream_window: INITIAL_STREAM_WINDOW,
             max_stream_window: 4 * 1024 * 1024,
-            connection_window: 8 * 1024 * 1024,
+            connection_window: 4 * 1024 * 1024,
             max_concurrent_streams: 4096,
             credit_divisor: 4,
             quantum: 32 * 1024,
-            stream_send_buffer: 1024 * 1024,
-            connection_send_buffer: 16 * 1024 * 1024,
+            stream_send_buffer: 256 * 1024,
+            connection_send_buffer: 4 * 1024 * 1024,
             datagram_queue_len: 1024,
             datagram_queue_bytes: 1024 * 1024,
             heartbeat_interval: Duration::from_secs(10),

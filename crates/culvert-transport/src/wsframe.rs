@@ -35,7 +35,7 @@ pub enum WsIn {
 }
 
 /// Socket reads are this large, so a full batch usually arrives in one read.
-const READ_SIZE: usize = 512 * 1024;
+const READ_SIZE: usize = 256 * 1024;
 /// Most segments handed to one `writev`.
 const MAX_IOVECS: usize = 256;
 
