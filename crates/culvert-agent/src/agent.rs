@@ -184,7 +184,7 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
         match connect(&shared).await {
             Ok((mux, events, ids)) => {
                 // If this task is aborted (agent shutdown), the connection goes with it.
-                let _guard = AbortOnDrop(mux.clone());
+                let _guard = CloseOnDrop(mux.clone());
                 backoff.reset();
                 shared.up.fetch_add(1, Ordering::SeqCst);
                 let _ = shared.state_tx.send(shared.up.load(Ordering::SeqCst));
@@ -202,18 +202,18 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
 }
 
 /// Closes a connection when its owning task ends, however it ends.
-struct AbortOnDrop(Mux);
+struct CloseOnDrop(Mux);
 
-impl Drop for AbortOnDrop {
+impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         self.0.abort("agent stopping");
     }
 }
 
 /// Aborts a helper task when the connection it serves ends.
-struct AbortOnDrop2(tokio::task::JoinHandle<()>);
+struct AbortTaskOnDrop(tokio::task::JoinHandle<()>);
 
-impl Drop for AbortOnDrop2 {
+impl Drop for AbortTaskOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -330,7 +330,7 @@ async fn serve(
 ) -> String {
     let flows = Arc::new(crate::udp::Flows::default());
     let pump = tokio::spawn(crate::udp::pump(mux.clone(), flows.clone()));
-    let _pump = AbortOnDrop2(pump);
+    let _pump = AbortTaskOnDrop(pump);
     // Streams opened by the server, waiting for their Connect (which names them).
     // Bounded by the connection's stream limit.
     let mut pending: HashMap<StreamId, (TunnelStream, ServiceSpec)> = HashMap::new();

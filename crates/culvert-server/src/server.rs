@@ -284,13 +284,13 @@ async fn handshake(
     let deadline = tokio::time::Instant::now() + inner.config.handshake_timeout;
     let step = async {
         let io: ServerIo = match &inner.tls {
-            Some(acceptor) => tokio_util_either_right(
+            Some(acceptor) => ServerIo::Right(
                 acceptor
                     .accept(tcp)
                     .await
                     .map_err(|e| format!("tls: {e}"))?,
             ),
-            None => tokio_util_either_left(tcp),
+            None => ServerIo::Left(tcp),
         };
         let mut ws = ws::accept(io).await.map_err(|e| e.to_string())?;
         let first = loop {
@@ -367,14 +367,6 @@ async fn handshake(
             .map_err(|e| e.to_string())?;
     }
     Ok(Some((ws, conn, session)))
-}
-
-fn tokio_util_either_left(t: TcpStream) -> ServerIo {
-    ServerIo::Left(t)
-}
-
-fn tokio_util_either_right(t: tokio_rustls::server::TlsStream<TcpStream>) -> ServerIo {
-    ServerIo::Right(t)
 }
 
 /// Sends the single AuthFail answer and closes.

@@ -21,7 +21,4 @@ pub enum TransportError {
     /// A stream could not be opened.
     #[error("stream: {0}")]
     Stream(#[from] culvert_proto::StreamError),
-    /// A deadline passed.
-    #[error("timed out: {0}")]
-    Timeout(&'static str),
 }

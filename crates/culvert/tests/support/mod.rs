@@ -1,0 +1,362 @@
+//! Helpers of the process-level tests: the `culvert` binary run as child processes, their
+//! logs captured line by line, every wait bounded, and every child killed (by its PID,
+//! through `Child::kill`) when its guard drops, also when a test panics.
+//!
+//! Each test file includes this module with `mod support;` and uses only part of it, hence
+//! the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bound of waits that should be quick (a process starting, a port being assigned).
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The `culvert` binary under test.
+pub fn culvert() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_culvert"));
+    c.env(
+        "RUST_LOG",
+        std::env::var("CULVERT_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    c.env_remove("CULVERT_TOKEN");
+    c
+}
+
+/// A loopback port that was free a moment ago (bound by the OS, then released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+/// 200 public ports below the ephemeral range, chosen at random per test.
+pub fn port_range() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let start = 20_000 + ((nanos ^ std::process::id()) % 50) * 200;
+    format!("{start}-{}", start + 199)
+}
+
+/// A scratch directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh directory named after `tag`.
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let p =
+            std::env::temp_dir().join(format!("culvert-{tag}-{}-{nanos:x}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A path inside it.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `cmd` to completion with its output captured; kills it and fails the test if it
+/// takes longer than `limit`.
+pub fn run(cmd: &mut Command, limit: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = wait_child(&mut child, limit).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not finish within {limit:?}");
+    });
+    Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    }
+}
+
+/// Waits at most `limit` for `child` to exit.
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[derive(Default)]
+struct Lines {
+    lines: Vec<String>,
+}
+
+/// A long-running child process whose stderr (and stdout) lines are collected. It is
+/// killed when dropped.
+pub struct Proc {
+    name: String,
+    child: Child,
+    lines: Arc<(Mutex<Lines>, Condvar)>,
+}
+
+impl Proc {
+    /// Starts `cmd`, naming it `name` in messages.
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let lines: Arc<(Mutex<Lines>, Condvar)> = Arc::default();
+        let out = child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>);
+        let err = child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>);
+        for stream in [out, err].into_iter().flatten() {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let (m, cv) = &*lines;
+                    m.lock().unwrap_or_else(|p| p.into_inner()).lines.push(line);
+                    cv.notify_all();
+                }
+            });
+        }
+        Proc {
+            name: name.to_owned(),
+            child,
+            lines,
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it printed so far.
+    pub fn log(&self) -> String {
+        let (m, _) = &*self.lines;
+        m.lock().unwrap_or_else(|p| p.into_inner()).lines.join("\n")
+    }
+
+    /// Number of lines printed so far.
+    pub fn line_count(&self) -> usize {
+        let (m, _) = &*self.lines;
+        m.lock().unwrap_or_else(|p| p.into_inner()).lines.len()
+    }
+
+    /// Waits for the first line, from line `from` on, containing `needle`; `Err` with the
+    /// log if the process exits first or `limit` passes.
+    pub fn try_wait_line(
+        &mut self,
+        needle: &str,
+        from: usize,
+        limit: Duration,
+    ) -> Result<String, String> {
+        self.try_wait_match(&|l| l.contains(needle), needle, from, limit)
+    }
+
+    /// Waits for the first line, from line `from` on, satisfying `pred` (described by
+    /// `what`); `Err` with the log if the process exits first or `limit` passes.
+    pub fn try_wait_match(
+        &mut self,
+        pred: &dyn Fn(&str) -> bool,
+        what: &str,
+        from: usize,
+        limit: Duration,
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            {
+                let (m, cv) = &*self.lines;
+                let g = m.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(l) = g.lines.iter().skip(from).find(|l| pred(l)) {
+                    return Ok(l.clone());
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!(
+                        "{}: no line with {what:?} within {limit:?}; output:\n{}",
+                        self.name,
+                        g.lines.join("\n")
+                    ));
+                }
+                let _ = cv
+                    .wait_timeout(g, left.min(Duration::from_millis(100)))
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader threads take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                let (m, _) = &*self.lines;
+                let g = m.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(l) = g.lines.iter().skip(from).find(|l| pred(l)) {
+                    return Ok(l.clone());
+                }
+                return Err(format!(
+                    "{} exited ({status}) before printing {what:?}; output:\n{}",
+                    self.name,
+                    g.lines.join("\n")
+                ));
+            }
+        }
+    }
+
+    /// Like [`Proc::try_wait_line`], failing the test on `Err`.
+    pub fn wait_line(&mut self, needle: &str, from: usize, limit: Duration) -> String {
+        self.try_wait_line(needle, from, limit)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Kills it with SIGKILL (by its PID) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = wait_child(&mut self.child, WAIT);
+    }
+
+    /// Sends `signal` (such as `-INT`) to this child, by its PID, and waits at most `limit`
+    /// for it to exit; kills it if it does not.
+    pub fn stop_with(&mut self, signal: &str, limit: Duration) {
+        if self.exited().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg(signal)
+            .arg(self.pid().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if wait_child(&mut self.child, limit).is_none() {
+            self.kill();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            self.kill();
+        }
+    }
+}
+
+/// The value of `key=` in a log line (up to the next space), such as `public_port=`.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let pat = format!("{key}=");
+    let start = line.find(&pat)? + pat.len();
+    let rest = &line[start..];
+    let v = rest.split_whitespace().next()?;
+    Some(v.trim_matches('"').to_owned())
+}
+
+/// Creates a token with `culvert token new` and returns it (from stdout).
+pub fn new_token(tokens: &Path, name: &str) -> String {
+    let out = run(
+        culvert()
+            .args(["token", "new", "--name", name, "--tokens"])
+            .arg(tokens),
+        WAIT,
+    );
+    assert!(
+        out.status.success(),
+        "culvert token new failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8 token")
+        .trim()
+        .to_owned()
+}
+
+/// A `culvert server` child on 127.0.0.1 with public ports on loopback, ready to take
+/// agents. `extra` adds flags (`--self-signed` or `--insecure-plain`). Retries with another
+/// port if the chosen one was taken meanwhile.
+pub fn start_server(tokens: &Path, extra: &[&str]) -> (Proc, u16) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let mut p = Proc::spawn(
+            "culvert server",
+            culvert()
+                .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+                .arg("--tokens")
+                .arg(tokens)
+                .args(["--port-range", &port_range(), "--public-bind", "127.0.0.1"])
+                .args(extra),
+        );
+        match p.try_wait_line("tunnel endpoint ready", 0, WAIT) {
+            Ok(_) => return (p, port),
+            Err(e) => last = e,
+        }
+    }
+    panic!("the server did not start: {last}");
+}
+
+/// Starts `culvert agent` with `args` and waits for the public port of `service`.
+pub fn start_agent(args: &[String], service: &str) -> (Proc, u16) {
+    let mut p = Proc::spawn("culvert agent", culvert().arg("agent").args(args));
+    let tag = format!("service={service} ");
+    let line = p
+        .try_wait_match(
+            &|l| l.contains("public_port=") && l.contains(&tag),
+            &format!("public_port= of {service}"),
+            0,
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port: u16 = field(&line, "public_port")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no public_port in {line:?}"));
+    assert_ne!(port, 0, "public port 0 in {line:?}");
+    (p, port)
+}
