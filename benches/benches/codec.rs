@@ -8,6 +8,9 @@ use culvert_proto::control::ConnectExt;
 use culvert_proto::{Control, Frame, FrameDecoder, StreamId, MAX_PAYLOAD_LEN};
 use uuid::Uuid;
 
+mod common;
+use common::BenchClock;
+
 /// Stream used by every data frame: id 4 encodes as a one-byte varint.
 const ID: StreamId = StreamId(4);
 /// Bytes of frames per encoded or decoded batch: one simulated WebSocket message,
@@ -73,7 +76,7 @@ fn decode_batch(batch: &Bytes, count: usize) -> usize {
     bytes
 }
 
-fn data_group(c: &mut Criterion, group_name: &str, per_frame: bool) {
+fn data_group(c: &mut Criterion<BenchClock>, group_name: &str, per_frame: bool) {
     let mut g = c.benchmark_group(group_name);
     for (label, size) in sizes() {
         let frame = data_frame(size);
@@ -96,12 +99,12 @@ fn data_group(c: &mut Criterion, group_name: &str, per_frame: bool) {
 }
 
 /// Payload throughput (bytes of stream data per second).
-fn data_bytes(c: &mut Criterion) {
+fn data_bytes(c: &mut Criterion<BenchClock>) {
     data_group(c, "codec_bytes", false);
 }
 
 /// Frame rate (frames per second).
-fn data_frames(c: &mut Criterion) {
+fn data_frames(c: &mut Criterion<BenchClock>) {
     data_group(c, "codec_frames", true);
 }
 
@@ -117,7 +120,7 @@ fn connect() -> Frame {
 }
 
 /// Connect messages per second, encoded and decoded one at a time (the control path).
-fn control(c: &mut Criterion) {
+fn control(c: &mut Criterion<BenchClock>) {
     let mut g = c.benchmark_group("codec_control");
     g.throughput(Throughput::Elements(1));
     let msg = connect();
@@ -142,5 +145,9 @@ fn control(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, data_bytes, data_frames, control);
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = data_bytes, data_frames, control
+}
 criterion_main!(benches);

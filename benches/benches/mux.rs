@@ -6,8 +6,13 @@
 //! checked. Connection set-up is inside the measurement for both (it is
 //! negligible next to 8 MiB).
 //!
+//! Culvert: the two connections of a `culvert_testkit::Pair`, stepped by this file
+//! (one batch of at most `BATCH` bytes each way per step) so that each variant
+//! measures one send path: `poll_transmit` into a reused buffer, the same with the
+//! buffer presized, and `poll_transmit_segments` gathered into one message.
+//!
 //! yamux runs on a current-thread tokio runtime over `tokio::io::duplex` (with
-//! `tokio_util::compat`), so neither side gets a second core.
+//! `tokio_util::compat`), so neither side gets a second core; three configs.
 
 use std::future::poll_fn;
 use std::task::Poll;
@@ -15,10 +20,13 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use culvert_proto::{Config, Connection, Event, ReadOutcome, StreamId};
+use culvert_proto::{Config, Connection, Event, ReadOutcome, StreamId, Transmit};
 use culvert_testkit::{Pair, BATCH};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::compat::TokioAsyncReadCompatExt;
+
+mod common;
+use common::BenchClock;
 
 /// Bytes moved per iteration, across all streams.
 const TOTAL: usize = 8 * 1024 * 1024;
@@ -62,50 +70,72 @@ fn drain(c: &mut Connection, id: StreamId) -> (usize, bool) {
     }
 }
 
-/// How batches cross between the two connections.
+/// How one batch leaves the sender and reaches the receiver as one message.
 #[derive(Clone, Copy)]
 enum Stepper {
-    /// `Pair::step` as the testkit does it: one reused `BytesMut`, grown by `poll_transmit` frame by frame.
-    Harness,
-    /// The whole batch reserved before `poll_transmit`, so appending frames never reallocates
-    /// (what `poll_transmit` would do if it reserved its budget up front).
-    Reserved,
+    /// `poll_transmit` into one reused `BytesMut` (the testkit's original transfer): the
+    /// buffer grows as frames are appended, copying the partial batch when it reallocates.
+    Contiguous,
+    /// The same, with the buffer reserved from `send_buffered()` before `poll_transmit`,
+    /// so it does not reallocate mid-batch: what `poll_transmit` would do if it reserved once.
+    Presized,
+    /// `poll_transmit_segments` (headers plus the application's own payload `Bytes`), then
+    /// gathered into one buffer of the batch's exact size: the one copy that a vectored
+    /// socket write makes in the kernel.
+    Segments,
 }
 
-/// Moves one batch from `from` to `to` into a buffer reserved for the whole batch.
-fn transfer_reserved(
+/// State reused across the batches of one iteration.
+#[derive(Default)]
+struct Wire {
+    buf: BytesMut,
+    segments: Transmit,
+}
+
+/// Moves one batch from `from` to `to`; returns its size.
+fn transfer(
+    stepper: Stepper,
     from: &mut Connection,
     to: &mut Connection,
-    buf: &mut BytesMut,
+    wire: &mut Wire,
     now: Instant,
 ) -> usize {
-    buf.reserve(BATCH);
-    let n = from.poll_transmit(buf, BATCH);
+    let n = match stepper {
+        Stepper::Contiguous => from.poll_transmit(&mut wire.buf, BATCH),
+        Stepper::Presized => {
+            // Control frames are small; 4 KiB covers them next to the queued stream bytes.
+            wire.buf.reserve((from.send_buffered() + 4096).min(BATCH));
+            from.poll_transmit(&mut wire.buf, BATCH)
+        }
+        Stepper::Segments => {
+            wire.segments.clear();
+            let n = from.poll_transmit_segments(&mut wire.segments, BATCH);
+            wire.buf.reserve(n);
+            for s in &wire.segments.segments {
+                wire.buf.extend_from_slice(s);
+            }
+            n
+        }
+    };
     if n > 0 {
-        to.handle_bytes(now, buf.split().freeze())
+        to.handle_bytes(now, wire.buf.split().freeze())
             .expect("no protocol error");
     }
     n
 }
 
-fn step(p: &mut Pair, stepper: Stepper, buf: &mut BytesMut) {
-    match stepper {
-        Stepper::Harness => {
-            p.step().expect("no protocol error");
-        }
-        Stepper::Reserved => {
-            transfer_reserved(&mut p.client, &mut p.server, buf, p.now);
-            transfer_reserved(&mut p.server, &mut p.client, buf, p.now);
-        }
-    }
+/// One batch each way, client first (as `Pair::step`).
+fn step(p: &mut Pair, stepper: Stepper, wire: &mut Wire) {
+    transfer(stepper, &mut p.client, &mut p.server, wire, p.now);
+    transfer(stepper, &mut p.server, &mut p.client, wire, p.now);
 }
 
 /// One iteration of the workload over a Culvert pair; returns the bytes the server read.
 fn culvert_transfer(config: &Config, stepper: Stepper, streams: usize, chunk: &Bytes) -> usize {
     let mut p = Pair::new(config.clone());
-    let mut buf = BytesMut::new();
+    let mut wire = Wire::default();
     // Deliver the initial credit and stream limit (100 streams before MaxStreams arrives).
-    step(&mut p, stepper, &mut buf);
+    step(&mut p, stepper, &mut wire);
     let per = TOTAL / streams;
     let ids: Vec<StreamId> = (0..streams)
         .map(|_| p.client.open_stream("bench").expect("stream limit"))
@@ -118,7 +148,7 @@ fn culvert_transfer(config: &Config, stepper: Stepper, streams: usize, chunk: &B
     let mut finished = 0;
     let mut received = 0;
     for _ in 0..MAX_STEPS {
-        step(&mut p, stepper, &mut buf);
+        step(&mut p, stepper, &mut wire);
         while let Some(e) = p.client.poll_event() {
             if let Event::Writable(id) = e {
                 let i = id.sequence() as usize;
@@ -149,13 +179,15 @@ fn culvert_transfer(config: &Config, stepper: Stepper, streams: usize, chunk: &B
 
 // ----- yamux -----------------------------------------------------------------------------
 
+type YamuxConfigFn = fn() -> yamux::Config;
 type YamuxConn = yamux::Connection<tokio_util::compat::Compat<tokio::io::DuplexStream>>;
 
 /// Drives a connection that expects no inbound streams until it closes or fails.
 async fn drive(mut conn: YamuxConn) {
-    while let Some(r) = poll_fn(|cx| conn.poll_next_inbound(cx)).await {
-        r.expect("yamux connection error");
-        panic!("unexpected inbound stream");
+    match poll_fn(|cx| conn.poll_next_inbound(cx)).await {
+        None => {}
+        Some(Ok(_)) => panic!("unexpected inbound stream"),
+        Some(Err(e)) => panic!("yamux connection error: {e}"),
     }
 }
 
@@ -254,7 +286,7 @@ fn yamux_unbounded_window() -> yamux::Config {
     c
 }
 
-fn mux(c: &mut Criterion) {
+fn mux(c: &mut Criterion<BenchClock>) {
     let chunk = chunk();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -265,8 +297,9 @@ fn mux(c: &mut Criterion) {
 
     let config = Config::default();
     for (name, stepper) in [
-        ("culvert", Stepper::Harness),
-        ("culvert_reserved", Stepper::Reserved),
+        ("culvert", Stepper::Contiguous),
+        ("culvert_presized", Stepper::Presized),
+        ("culvert_segments", Stepper::Segments),
     ] {
         for n in STREAMS {
             g.bench_with_input(BenchmarkId::new(name, n), &n, |b, &n| {
@@ -274,7 +307,7 @@ fn mux(c: &mut Criterion) {
             });
         }
     }
-    let yamux_configs: [(&str, fn() -> yamux::Config); 3] = [
+    let yamux_configs: [(&str, YamuxConfigFn); 3] = [
         ("yamux_default", yamux::Config::default),
         ("yamux_unbounded_window", yamux_unbounded_window),
         ("yamux_large", yamux_large),
@@ -289,5 +322,9 @@ fn mux(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, mux);
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = mux
+}
 criterion_main!(benches);
