@@ -7,6 +7,7 @@
 
 mod datagram;
 mod event;
+mod id_hash;
 mod rate;
 mod stream;
 
@@ -24,6 +25,7 @@ use crate::header::{FrameType, HEADER_LEN, MAX_PAYLOAD_LEN};
 use crate::{varint, ConnectionError, Control, FrameDecoder, Side, StreamError, StreamId};
 use datagram::DatagramQueue;
 pub use event::{Datagram, Event};
+use id_hash::IdHash;
 use rate::RateLimiter;
 use stream::{RecvState, SendState, Stream};
 
@@ -81,7 +83,7 @@ pub struct Connection {
     epoch: Instant,
     now: Instant,
     decoder: FrameDecoder,
-    streams: HashMap<StreamId, Stream>,
+    streams: HashMap<StreamId, Stream, IdHash>,
     scratch: BytesMut,
 
     next_local_seq: u64,
@@ -133,7 +135,7 @@ impl Connection {
             epoch: now,
             now,
             decoder: FrameDecoder::new(),
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             scratch: BytesMut::new(),
             next_local_seq: 0,
             peer_max_streams: INITIAL_MAX_STREAMS,
