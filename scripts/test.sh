@@ -6,7 +6,19 @@ cd "$(dirname "$0")/.."
 
 # Programs the end-to-end tests start for real (nothing is mocked), as command:package.
 # Each missing one is installed from Debian's packages before the tests run.
-required=()
+required=(
+  # PostgreSQL behind the tunnel (crates/culvert/tests/postgres.rs): server, psql, pgbench;
+  # under root, initdb and postgres run as the postgres user through setpriv.
+  pg_config:postgresql
+  psql:postgresql-client
+  pgbench:postgresql
+  setpriv:util-linux
+  # DNS behind the tunnel (tests/tests/udp_e2e.rs): dnsmasq answers dig through a UDP service.
+  # dnsmasq-base is the program alone: the dnsmasq package would also start a system-wide
+  # resolver on port 53.
+  dnsmasq:dnsmasq-base
+  dig:dnsutils
+)
 missing=()
 for entry in "${required[@]}"; do
   command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry#*:}")

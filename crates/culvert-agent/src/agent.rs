@@ -187,10 +187,10 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                 let _guard = CloseOnDrop(mux.clone());
                 backoff.reset();
                 shared.up.fetch_add(1, Ordering::SeqCst);
-                let _ = shared.state_tx.send(shared.up.load(Ordering::SeqCst));
+                shared.state_tx.send_modify(|n| *n += 1);
                 let reason = serve(&shared, &mux, events, ids).await;
                 shared.up.fetch_sub(1, Ordering::SeqCst);
-                let _ = shared.state_tx.send(shared.up.load(Ordering::SeqCst));
+                shared.state_tx.send_modify(|n| *n -= 1);
                 tracing::warn!(%reason, "tunnel connection lost");
             }
             Err(e) => tracing::warn!(error = %e, "could not establish tunnel connection"),

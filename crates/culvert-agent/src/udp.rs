@@ -2,8 +2,9 @@
 //! target (so the agent never sends anywhere else), idle flows closed, a cap on flows.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use culvert_transport::Mux;
@@ -17,19 +18,41 @@ const MAX_PENDING_PER_FLOW: usize = 16;
 
 #[derive(Debug, Default)]
 struct Table {
-    open: HashMap<u64, Arc<UdpSocket>>,
+    open: HashMap<u64, Arc<Flow>>,
     pending: HashMap<u64, Vec<Bytes>>,
 }
 
+/// One flow: its socket towards the target and when it last carried a datagram either way.
+#[derive(Debug)]
+struct Flow {
+    socket: UdpSocket,
+    /// Milliseconds since [`Flows::epoch`].
+    last_active: AtomicU64,
+}
+
 /// Flows of one tunnel connection, by flow id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Flows {
     table: Mutex<Table>,
+    epoch: Instant,
+}
+
+impl Default for Flows {
+    fn default() -> Flows {
+        Flows {
+            table: Mutex::default(),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl Flows {
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 }
 
@@ -78,32 +101,42 @@ pub(crate) async fn open_flow(
         tracing::warn!(%target, error = %e, "cannot connect udp socket");
         return;
     }
-    let socket = Arc::new(socket);
+    let entry = Arc::new(Flow {
+        socket,
+        last_active: AtomicU64::new(flows.now_ms()),
+    });
     let parked = {
         let mut t = flows.lock();
-        t.open.insert(flow, socket.clone());
+        t.open.insert(flow, entry.clone());
         t.pending.remove(&flow).unwrap_or_default()
     };
     for d in parked {
-        let _ = socket.send(&d).await;
+        let _ = entry.socket.send(&d).await;
     }
     tracing::debug!(flow, %target, "udp flow opened");
     // Replies from the target go back on this flow until it idles out.
     let mut buf = vec![0u8; 65_536];
+    // The flow is idle when nothing passed in either direction for `idle`.
+    let idle_ms = idle.as_millis() as u64;
     loop {
-        match tokio::time::timeout(idle, socket.recv(&mut buf)).await {
+        let since = flows
+            .now_ms()
+            .saturating_sub(entry.last_active.load(Ordering::Relaxed));
+        if since >= idle_ms {
+            break;
+        }
+        let wait = Duration::from_millis(idle_ms - since);
+        match tokio::time::timeout(wait, entry.socket.recv(&mut buf)).await {
             Ok(Ok(n)) => {
-                if mux
-                    .send_datagram(flow, Bytes::copy_from_slice(&buf[..n]))
-                    .is_err()
-                    && mux.is_closed()
-                {
+                entry.last_active.store(flows.now_ms(), Ordering::Relaxed);
+                let sent = mux.send_datagram(flow, Bytes::copy_from_slice(&buf[..n]));
+                if sent.is_err() && mux.is_closed() {
                     break;
                 }
             }
             // ICMP errors (target not listening) surface here; the flow stays.
             Ok(Err(e)) => tracing::trace!(flow, error = %e, "udp recv error"),
-            Err(_) => break,
+            Err(_) => {}
         }
     }
     flows.lock().open.remove(&flow);
@@ -113,28 +146,32 @@ pub(crate) async fn open_flow(
 /// Delivers datagrams from the server to their flows' sockets until the connection closes.
 pub(crate) async fn pump(mux: Mux, flows: Arc<Flows>) {
     while let Some(d) = mux.recv_datagram().await {
-        let sock = {
+        let open = {
             let mut t = flows.lock();
             match t.open.get(&d.flow) {
-                Some(s) => Some(s.clone()),
+                Some(f) => {
+                    // Client traffic keeps a flow alive as much as replies do.
+                    f.last_active.store(flows.now_ms(), Ordering::Relaxed);
+                    Some(f.clone())
+                }
                 None => {
-                    // Not set up yet: park it (bounded), or drop it.
-                    let room =
-                        t.pending.len() < MAX_PENDING_FLOWS || t.pending.contains_key(&d.flow);
-                    let q = room.then(|| t.pending.entry(d.flow).or_default());
-                    match q {
-                        Some(q) if q.len() < MAX_PENDING_PER_FLOW => q.push(d.data.clone()),
-                        _ => tracing::trace!(
-                            flow = d.flow,
-                            "datagram for an unknown udp flow dropped"
-                        ),
+                    // Not set up yet: park it (bounded), or drop it. Parked datagrams of
+                    // flows that never opened are forgotten wholesale when the table fills.
+                    if t.pending.len() >= MAX_PENDING_FLOWS && !t.pending.contains_key(&d.flow) {
+                        t.pending.clear();
+                    }
+                    let q = t.pending.entry(d.flow).or_default();
+                    if q.len() < MAX_PENDING_PER_FLOW {
+                        q.push(d.data.clone());
+                    } else {
+                        tracing::trace!(flow = d.flow, "datagram for an unknown udp flow dropped");
                     }
                     None
                 }
             }
         };
-        if let Some(sock) = sock {
-            let _ = sock.send(&d.data).await;
+        if let Some(f) = open {
+            let _ = f.socket.send(&d.data).await;
         }
     }
 }

@@ -156,6 +156,21 @@ impl Registry {
         };
     }
 
+    /// Whether the port last assigned to (`token`, `service`) is still held (by a session
+    /// that is ending): a returning agent waits briefly for it rather than take another.
+    pub(crate) fn remembered_in_use(&self, proto: Protocol, token: &str, service: &str) -> bool {
+        let inner = self.lock();
+        let key = (token.to_owned(), service.to_owned(), proto);
+        let pool = match proto {
+            Protocol::Tcp => &inner.tcp,
+            Protocol::Udp => &inner.udp,
+        };
+        inner
+            .remembered
+            .get(&key)
+            .is_some_and(|p| pool.used.contains(p))
+    }
+
     /// Ports in use and pool sizes, per protocol: (tcp used, tcp size, udp used, udp size).
     pub(crate) fn usage(&self) -> (usize, usize, usize, usize) {
         let inner = self.lock();
@@ -221,5 +236,30 @@ mod tests {
             r.assign(Protocol::Tcp, "t", "f", 102, &allowed, &none),
             Err(AssignError::NotAllowed(102))
         );
+    }
+}
+
+/// A public port held by a service; returned to the registry when the service (and with it
+/// its socket) is gone, so a port is never handed out while still bound.
+#[derive(Debug)]
+pub(crate) struct PortLease {
+    registry: std::sync::Arc<Registry>,
+    proto: Protocol,
+    port: u16,
+}
+
+impl PortLease {
+    pub(crate) fn new(registry: std::sync::Arc<Registry>, proto: Protocol, port: u16) -> PortLease {
+        PortLease {
+            registry,
+            proto,
+            port,
+        }
+    }
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        self.registry.release(self.proto, self.port);
     }
 }

@@ -19,7 +19,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::limits::{Admission, Refusal};
-use crate::registry::{Protocol, Registry};
+use crate::registry::{PortLease, Protocol, Registry};
 use crate::session::{Service, Session};
 use crate::tokens::TokenStore;
 use crate::{PortRange, ServerConfig};
@@ -33,7 +33,7 @@ const MAX_SERVICE_NAME: usize = 64;
 pub(crate) struct Inner {
     config: ServerConfig,
     tokens: RwLock<TokenStore>,
-    registry: Registry,
+    registry: Arc<Registry>,
     admission: Arc<Admission>,
     sessions: Mutex<HashMap<Uuid, Arc<Session>>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -92,7 +92,7 @@ impl ServerHandle {
                 services: s
                     .services()
                     .values()
-                    .map(|v| (v.name.clone(), v.port))
+                    .map(|v| (v.name.clone(), v.protocol, v.port))
                     .collect(),
             })
             .collect()
@@ -137,8 +137,8 @@ pub struct SessionInfo {
     pub connections: usize,
     /// Whether it speaks Culvert (false: a zlayer-tunnel v1 agent).
     pub culvert: bool,
-    /// Registered services and their public ports.
-    pub services: Vec<(String, u16)>,
+    /// Registered services: name, protocol and public port.
+    pub services: Vec<(String, Protocol, u16)>,
 }
 
 impl Drop for ServerHandle {
@@ -167,7 +167,7 @@ impl Server {
         }
         let listener = TcpListener::bind(config.listen).await?;
         let inner = Arc::new(Inner {
-            registry: Registry::new(config.tcp_ports, config.udp_ports),
+            registry: Arc::new(Registry::new(config.tcp_ports, config.udp_ports)),
             admission: Arc::new(Admission::new(
                 config.max_handshakes,
                 config.max_handshakes_per_ip,
@@ -261,11 +261,12 @@ impl Inner {
             }
         }
         s.abort_all(reason);
+        s.flows().clear();
         for (_, svc) in s.services().drain() {
             if let Some(t) = &svc.task {
                 t.abort();
             }
-            self.registry.release(svc.protocol, svc.port);
+            // The port returns to the pool when the last reference (the aborted task) is gone.
             tracing::info!(session = %s.id, service = %svc.name, port = svc.port, "service released");
         }
         tracing::info!(session = %s.id, token = %s.token.name, %reason, "agent session ended");
@@ -480,7 +481,7 @@ async fn handle_control(inner: &Arc<Inner>, session: &Arc<Session>, mux: &Mux, c
                 if let Some(t) = &svc.task {
                     t.abort();
                 }
-                inner.registry.release(svc.protocol, svc.port);
+                session.forget_flows_of(&svc);
                 tracing::info!(service = %svc.name, port = svc.port, "service unregistered");
             }
         }
@@ -513,6 +514,9 @@ async fn register(
             "service name must be 1 to {MAX_SERVICE_NAME} bytes"
         ));
     }
+    // Pooled connections register the same services concurrently: one at a time, so the
+    // second finds the first's service instead of binding a second port.
+    let _registering = session.register_lock.lock().await;
     if let Some(allowed) = &session.token.services {
         if !allowed.iter().any(|s| s == name) {
             return Err(format!("token may not register service {name:?}"));
@@ -550,8 +554,22 @@ async fn register(
         .flatten()
         .filter_map(|r| r.parse().ok())
         .collect();
+    if requested == 0 {
+        // A returning agent's previous port may still be held by its ending session for a
+        // moment (its tasks are being torn down): wait briefly for it.
+        for _ in 0..50 {
+            if !inner
+                .registry
+                .remembered_in_use(proto, &session.token.name, name)
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     let mut skip = HashSet::new();
-    for _ in 0..32 {
+    let mut busy_retries = 0;
+    for _ in 0..64 {
         let port = inner
             .registry
             .assign(proto, &session.token.name, name, requested, &allowed, &skip)
@@ -566,6 +584,7 @@ async fn register(
                     task: None,
                     connections: Default::default(),
                     udp: None,
+                    _lease: PortLease::new(inner.registry.clone(), proto, port),
                 };
                 let listener = match socket {
                     PublicSocket::Tcp(l) => Some(l),
@@ -600,7 +619,6 @@ async fn register(
                     if let Some(t) = &svc.task {
                         t.abort();
                     }
-                    inner.registry.release(proto, port);
                     return Err("session ended".into());
                 }
                 session.services().insert(name.to_owned(), svc.clone());
@@ -609,6 +627,12 @@ async fn register(
             }
             Err(e) => {
                 inner.registry.release(proto, port);
+                // The socket of a just-ended service may still be closing: retry briefly.
+                if e.kind() == std::io::ErrorKind::AddrInUse && busy_retries < 25 {
+                    busy_retries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
                 if requested != 0 {
                     return Err(format!("port {port} cannot be bound: {e}"));
                 }
@@ -628,6 +652,19 @@ async fn bind_public(inner: &Inner, proto: Protocol, port: u16) -> std::io::Resu
     let addr = SocketAddr::new(inner.config.public_bind, port);
     Ok(match proto {
         Protocol::Tcp => PublicSocket::Tcp(TcpListener::bind(addr).await?),
-        Protocol::Udp => PublicSocket::Udp(tokio::net::UdpSocket::bind(addr).await?),
+        Protocol::Udp => {
+            // Bursts from many clients arrive while the relay task is busy: a 4 MiB receive
+            // buffer (the kernel caps it at net.core.rmem_max) keeps them from being dropped.
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            let _ = sock.set_recv_buffer_size(4 << 20);
+            let _ = sock.set_send_buffer_size(4 << 20);
+            sock.set_nonblocking(true)?;
+            sock.bind(&addr.into())?;
+            PublicSocket::Udp(tokio::net::UdpSocket::from_std(sock.into())?)
+        }
     })
 }

@@ -25,6 +25,8 @@ pub(crate) struct Service {
     pub(crate) connections: AtomicU64,
     /// UDP state of a UDP service.
     pub(crate) udp: Option<crate::udp::UdpService>,
+    /// Holds the port until the service is dropped. Declared last: dropped after the socket.
+    pub(crate) _lease: crate::registry::PortLease,
 }
 
 /// One agent's session.
@@ -43,6 +45,8 @@ pub(crate) struct Session {
     /// UDP flows of all services, by flow id (replies are routed with it).
     pub(crate) flows: Mutex<HashMap<u64, crate::udp::FlowRoute>>,
     pub(crate) next_flow: AtomicU64,
+    /// Serialises registrations: pooled connections register the same services at once.
+    pub(crate) register_lock: tokio::sync::Mutex<()>,
 }
 
 impl Session {
@@ -64,6 +68,7 @@ impl Session {
             ended: AtomicBool::new(false),
             flows: Mutex::new(HashMap::new()),
             next_flow: AtomicU64::new(1),
+            register_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -90,6 +95,11 @@ impl Session {
 
     pub(crate) fn flows(&self) -> std::sync::MutexGuard<'_, HashMap<u64, crate::udp::FlowRoute>> {
         self.flows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the UDP flows of `service` (it is going away).
+    pub(crate) fn forget_flows_of(&self, service: &Arc<Service>) {
+        self.flows().retain(|_, r| !r.is_of(service));
     }
 
     /// The live connection for a UDP flow: chosen by flow hash, so one flow keeps one

@@ -74,6 +74,12 @@ pub(crate) struct FlowRoute {
     last_active: Instant,
 }
 
+impl FlowRoute {
+    pub(crate) fn is_of(&self, service: &Arc<Service>) -> bool {
+        Arc::ptr_eq(&self.service, service)
+    }
+}
+
 /// Relays client datagrams of one UDP service until aborted.
 pub(crate) async fn serve_udp(config: ServerConfig, session: Arc<Session>, service: Arc<Service>) {
     let Some(udp) = &service.udp else { return };
