@@ -369,11 +369,14 @@ where
             break format!("protocol violation by peer: {e}");
         }
         let r = shared.dispatch(&mut st);
+        let wake = st.conn.wants_transmit();
         drop(st);
         if let Err(e) = r {
             break e;
         }
-        shared.writer_wake.notify_one();
+        if wake {
+            shared.writer_wake.notify_one();
+        }
     };
     shared.close(reason);
 }

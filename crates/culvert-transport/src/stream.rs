@@ -68,9 +68,12 @@ impl TunnelStream {
         }
         match st.conn.read(self.id, usize::MAX) {
             Ok(ReadOutcome::Data(b)) => {
-                drop(st);
                 // Reading may have released credit that must go out.
-                self.shared.writer_wake.notify_one();
+                let wake = st.conn.wants_transmit();
+                drop(st);
+                if wake {
+                    self.shared.writer_wake.notify_one();
+                }
                 Poll::Ready(Ok(Some(b)))
             }
             Ok(ReadOutcome::WouldBlock) => {

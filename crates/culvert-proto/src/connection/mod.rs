@@ -236,6 +236,16 @@ impl Connection {
         self.send_buffered_total
     }
 
+    /// Whether [`Connection::poll_transmit`] has anything to send now, so a driver wakes its
+    /// writer only when there is work (reads usually release credit without a frame).
+    pub fn wants_transmit(&self) -> bool {
+        self.error.is_none()
+            && (!self.control.is_empty()
+                || self.pending_heartbeat_ack.is_some()
+                || self.datagrams_out.front_len().is_some()
+                || !self.schedule.is_empty())
+    }
+
     /// Whether the peer announced going-away.
     pub fn peer_going_away(&self) -> bool {
         self.peer_going_away
