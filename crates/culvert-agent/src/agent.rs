@@ -182,13 +182,13 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
     let mut backoff = Backoff::new(shared.config.backoff_min, shared.config.backoff_max);
     loop {
         match connect(&shared).await {
-            Ok((mux, events, ids)) => {
+            Ok((mux, events, ids, early)) => {
                 // If this task is aborted (agent shutdown), the connection goes with it.
                 let _guard = CloseOnDrop(mux.clone());
                 backoff.reset();
                 shared.up.fetch_add(1, Ordering::SeqCst);
                 shared.state_tx.send_modify(|n| *n += 1);
-                let reason = serve(&shared, &mux, events, ids).await;
+                let reason = serve(&shared, &mux, events, ids, early).await;
                 shared.up.fetch_sub(1, Ordering::SeqCst);
                 shared.state_tx.send_modify(|n| *n -= 1);
                 tracing::warn!(%reason, "tunnel connection lost");
@@ -224,6 +224,7 @@ type Connected = (
     Mux,
     tokio::sync::mpsc::UnboundedReceiver<MuxEvent>,
     HashMap<Uuid, ServiceSpec>,
+    Vec<MuxEvent>,
 );
 
 async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
@@ -245,9 +246,12 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
     })
     .map_err(|e| e.to_string())?;
     let (mux, mut events) = Mux::spawn_with(ws, conn);
+    // The server may route public clients to this connection while it is still
+    // registering: their streams and Connects wait here and are served right after.
+    let mut early = Vec::new();
     let handshake = async {
         // Auth reply.
-        match next_control(&mux, &mut events).await? {
+        match next_control(&mux, &mut events, &mut early).await? {
             Control::AuthOk { .. } => {}
             Control::AuthFail { reason } => {
                 return Err(format!("server refused the token: {reason}"))
@@ -265,7 +269,7 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
                 ext: None,
             })
             .map_err(|e| e.to_string())?;
-            match next_control(&mux, &mut events).await? {
+            match next_control(&mux, &mut events, &mut early).await? {
                 Control::RegisterOk { service_id, ext } => {
                     ids.insert(service_id, svc.clone());
                     let port = ext.map(|e| e.assigned_port).unwrap_or(0);
@@ -292,7 +296,7 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
         Ok::<_, String>(ids)
     };
     match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(Ok(ids)) => Ok((mux, events, ids)),
+        Ok(Ok(ids)) => Ok((mux, events, ids, early)),
         Ok(Err(e)) => {
             mux.abort(&e);
             Err(e)
@@ -304,18 +308,24 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
     }
 }
 
+/// The next reply to Auth or Register; public connections arriving meanwhile (their
+/// streams and Connects) are set aside in `early`, bounded by the stream and flow limits.
 async fn next_control(
     mux: &Mux,
     events: &mut tokio::sync::mpsc::UnboundedReceiver<MuxEvent>,
+    early: &mut Vec<MuxEvent>,
 ) -> Result<Control, String> {
     loop {
         match events.recv().await {
+            Some(MuxEvent::Control(c @ Control::Connect { .. })) => {
+                early.push(MuxEvent::Control(c))
+            }
             Some(MuxEvent::Control(c)) => {
                 mux.control_handled();
                 return Ok(c);
             }
             Some(MuxEvent::Closed(r)) | Some(MuxEvent::GoingAway(r)) => return Err(r),
-            Some(MuxEvent::Incoming(s, _)) => s.reset(reset_code::REFUSED),
+            Some(ev @ MuxEvent::Incoming(..)) => early.push(ev),
             None => return Err("connection closed".into()),
         }
     }
@@ -327,6 +337,7 @@ async fn serve(
     mux: &Mux,
     mut events: tokio::sync::mpsc::UnboundedReceiver<MuxEvent>,
     ids: HashMap<Uuid, ServiceSpec>,
+    early: Vec<MuxEvent>,
 ) -> String {
     let flows = Arc::new(crate::udp::Flows::default());
     let pump = tokio::spawn(crate::udp::pump(mux.clone(), flows.clone()));
@@ -340,7 +351,15 @@ async fn serve(
         .iter()
         .map(|s| (s.name.clone(), s.clone()))
         .collect();
-    while let Some(ev) = events.recv().await {
+    let mut early = early.into_iter();
+    loop {
+        let ev = match early.next() {
+            Some(ev) => ev,
+            None => match events.recv().await {
+                Some(ev) => ev,
+                None => break,
+            },
+        };
         match ev {
             MuxEvent::Incoming(stream, target) => {
                 if let Some(svc) = targets.get(&target) {

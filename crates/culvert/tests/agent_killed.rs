@@ -113,11 +113,6 @@ fn killed_agent_closes_public_connections_and_gets_its_port_back() {
         token_file.display().to_string(),
         "--expose".into(),
         format!("stream=tcp://127.0.0.1:{backend_port}"),
-        // One pooled connection: with more, a client arriving while the pool is still
-        // coming up may be dropped (the product bug pinned by the ignored in-process test
-        // `clients_arriving_while_the_pool_comes_up_are_served`); this test is about the kill.
-        "--pool".into(),
-        "1".into(),
     ];
     let (mut agent, public) = start_agent(&agent_args, "stream");
 

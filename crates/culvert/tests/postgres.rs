@@ -235,11 +235,6 @@ fn postgres_through_the_tunnel_psql_and_pgbench() {
             fingerprint,
             "--expose".into(),
             format!("pg=tcp://127.0.0.1:{}", pg.port),
-            // One pooled connection: with more, a client arriving while the pool is still
-            // coming up may be dropped (the product bug pinned by the ignored in-process
-            // test `clients_arriving_while_the_pool_comes_up_are_served`).
-            "--pool".into(),
-            "1".into(),
         ],
         "pg",
     );
