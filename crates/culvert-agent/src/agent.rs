@@ -460,7 +460,21 @@ async fn forward(
 }
 
 fn fail(mux: &Mux, stream: TunnelStream, connection_id: Uuid, reason: String) {
-    tracing::warn!(%reason, "could not reach target");
+    // A dead backend or an exhausted file-descriptor table fails every connection: warn at
+    // most once per ten seconds, the rest at debug, so the log is not flooded.
+    static LAST_WARN_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let now = EPOCH.get_or_init(Instant::now).elapsed().as_secs() + 10;
+    let last = LAST_WARN_SECS.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST_WARN_SECS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(%reason, "could not reach target (further failures within 10 s are logged at debug)");
+    } else {
+        tracing::debug!(%reason, "could not reach target");
+    }
     stream.reset(reset_code::CONNECT_FAILED);
     let _ = mux.send_control(Control::ConnectFail {
         connection_id,
