@@ -89,6 +89,10 @@ struct Shared {
     ports: Mutex<HashMap<String, u16>>,
     /// Pool connections currently authenticated and registered.
     up: AtomicUsize,
+    /// Those connections, for metrics.
+    live: Mutex<Vec<Mux>>,
+    /// Connection attempts that failed, and connections lost.
+    failures: std::sync::atomic::AtomicU64,
     state_tx: watch::Sender<usize>,
 }
 
@@ -115,6 +119,103 @@ impl AgentHandle {
     /// Pooled connections currently up and registered.
     pub fn connections_up(&self) -> usize {
         self.shared.up.load(Ordering::SeqCst)
+    }
+
+    /// Ready when every pooled connection is up and has registered every service.
+    pub fn is_ready(&self) -> bool {
+        self.connections_up() >= self.shared.config.pool.max(1)
+    }
+
+    /// Prometheus text exposition of the agent's state and counters.
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let mut gauge = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (l, v) in samples {
+                if l.is_empty() {
+                    let _ = writeln!(out, "{name} {v}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{l}}} {v}");
+                }
+            }
+        };
+        let live = lock(&self.shared.live).clone();
+        let (mut open, mut opened, mut sent, mut recv) = (0usize, 0u64, 0u64, 0u64);
+        let mut rtts = Vec::new();
+        for (i, m) in live.iter().enumerate() {
+            let st = m.stats();
+            open += st.open_streams;
+            opened += st.proto.streams_opened;
+            sent += st.proto.stream_bytes_sent;
+            recv += st.proto.stream_bytes_received;
+            if let Some(r) = st.rtt {
+                rtts.push((format!("connection=\"{i}\""), r.as_secs_f64()));
+            }
+        }
+        let one = |v: f64| vec![(String::new(), v)];
+        gauge(
+            "culvert_agent_connections_up",
+            "gauge",
+            "Pooled connections authenticated and registered.",
+            one(self.connections_up() as f64),
+        );
+        gauge(
+            "culvert_agent_pool_size",
+            "gauge",
+            "Pooled connections configured.",
+            one(self.shared.config.pool as f64),
+        );
+        gauge(
+            "culvert_agent_ready",
+            "gauge",
+            "1 when every pooled connection is up and registered.",
+            one(f64::from(u8::from(self.is_ready()))),
+        );
+        gauge(
+            "culvert_agent_connection_failures_total",
+            "counter",
+            "Failed connection attempts and lost connections.",
+            one(self.shared.failures.load(Ordering::Relaxed) as f64),
+        );
+        let ports = self.ports();
+        gauge(
+            "culvert_agent_service_public_port",
+            "gauge",
+            "Public port the server assigned to each service.",
+            ports
+                .iter()
+                .map(|(n, p)| (format!("service=\"{}\"", n.replace('"', "")), f64::from(*p)))
+                .collect(),
+        );
+        gauge(
+            "culvert_streams_open",
+            "gauge",
+            "Multiplexed streams holding state.",
+            one(open as f64),
+        );
+        gauge(
+            "culvert_streams_opened_total",
+            "counter",
+            "Streams opened on live connections.",
+            one(opened as f64),
+        );
+        gauge(
+            "culvert_tunnel_stream_bytes_total",
+            "counter",
+            "Stream payload bytes on live connections, by direction.",
+            vec![
+                ("direction=\"sent\"".into(), sent as f64),
+                ("direction=\"received\"".into(), recv as f64),
+            ],
+        );
+        gauge(
+            "culvert_heartbeat_rtt_seconds",
+            "gauge",
+            "Latest heartbeat round trip per pooled connection.",
+            rtts,
+        );
+        out
     }
 
     /// Waits until every pooled connection is up (or the timeout passes); returns whether it is.
@@ -161,6 +262,8 @@ impl Agent {
             client_id: Uuid::new_v4(),
             ports: Mutex::new(HashMap::new()),
             up: AtomicUsize::new(0),
+            live: Mutex::new(Vec::new()),
+            failures: Default::default(),
             state_tx,
             config,
         });
@@ -185,20 +288,30 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
             Ok((mux, events, ids, early)) => {
                 // If this task is aborted (agent shutdown), the connection goes with it.
                 let _guard = CloseOnDrop(mux.clone());
+                lock(&shared.live).push(mux.clone());
                 backoff.reset();
                 shared.up.fetch_add(1, Ordering::SeqCst);
                 shared.state_tx.send_modify(|n| *n += 1);
                 let reason = serve(&shared, &mux, events, ids, early).await;
                 shared.up.fetch_sub(1, Ordering::SeqCst);
                 shared.state_tx.send_modify(|n| *n -= 1);
+                lock(&shared.live).retain(|m| !m.same(&mux));
+                shared.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%reason, "tunnel connection lost");
             }
-            Err(e) => tracing::warn!(error = %e, "could not establish tunnel connection"),
+            Err(e) => {
+                shared.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "could not establish tunnel connection")
+            }
         }
         let delay = backoff.next_delay();
         tracing::info!(slot, ?delay, "reconnecting after backoff");
         tokio::time::sleep(delay).await;
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Closes a connection when its owning task ends, however it ends.
@@ -413,7 +526,8 @@ async fn serve(
                         let timeout = shared.config.dial_timeout;
                         let span = tracing::debug_span!("conn", service = %svc.name, client = %client_addr);
                         tokio::spawn(
-                            forward(mux, stream, svc, connection_id, timeout).instrument(span),
+                            forward(mux, stream, svc, connection_id, timeout, client_addr)
+                                .instrument(span),
                         );
                     }
                     Control::Disconnect { reason } => {
@@ -438,8 +552,9 @@ async fn forward(
     svc: ServiceSpec,
     connection_id: Uuid,
     timeout: Duration,
+    client_addr: String,
 ) {
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&svc.target)).await {
+    let mut tcp = match tokio::time::timeout(timeout, TcpStream::connect(&svc.target)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return fail(&mux, stream, connection_id, format!("{}: {e}", svc.target)),
         Err(_) => {
@@ -452,6 +567,18 @@ async fn forward(
         }
     };
     tune_tcp(&tcp);
+    if let Some(version) = svc.proxy {
+        // The backend sees the public client (see `proxy_protocol` for the destination).
+        let header = crate::proxy_protocol::header(version, &client_addr, tcp.peer_addr().ok());
+        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut tcp, &header).await {
+            return fail(
+                &mux,
+                stream,
+                connection_id,
+                format!("{}: PROXY header: {e}", svc.target),
+            );
+        }
+    }
     let _ = mux.send_control(Control::ConnectAck { connection_id });
     match relay_tcp(tcp, &stream).await {
         Ok(t) => tracing::debug!(up = t.up, down = t.down, "connection done"),

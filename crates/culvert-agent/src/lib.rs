@@ -6,9 +6,11 @@
 
 mod agent;
 mod backoff;
+pub mod proxy_protocol;
 mod service;
 mod udp;
 
 pub use agent::{Agent, AgentConfig, AgentHandle};
 pub use backoff::Backoff;
+pub use proxy_protocol::ProxyVersion;
 pub use service::ServiceSpec;

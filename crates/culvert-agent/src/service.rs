@@ -1,6 +1,8 @@
-//! What the agent exposes: `NAME=tcp://HOST:PORT[@PUBLIC_PORT]`.
+//! What the agent exposes: `NAME=tcp://HOST:PORT[@PUBLIC_PORT][?proxy=v1|v2]`.
 
 use culvert_proto::ServiceProtocol;
+
+use crate::ProxyVersion;
 
 /// One exposed service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +15,9 @@ pub struct ServiceSpec {
     pub target: String,
     /// Requested public port (0: let the server choose).
     pub remote_port: u16,
+    /// PROXY protocol header written to the target before each connection's first byte
+    /// (`?proxy=v1` or `?proxy=v2`; TCP only), so the service sees the public client's address.
+    pub proxy: Option<ProxyVersion>,
 }
 
 impl std::str::FromStr for ServiceSpec {
@@ -32,6 +37,13 @@ impl std::str::FromStr for ServiceSpec {
         } else {
             return Err(format!("{s:?}: target must start with tcp:// or udp://"));
         };
+        let (rest, proxy) = match rest.split_once('?') {
+            Some((r, query)) => (r, Some(parse_query(s, query)?)),
+            None => (rest, None),
+        };
+        if proxy.is_some() && protocol != ServiceProtocol::Tcp {
+            return Err(format!("{s:?}: ?proxy= is only for tcp:// services"));
+        }
         let (target, remote_port) = match rest.rsplit_once('@') {
             Some((t, p)) => (
                 t,
@@ -51,7 +63,18 @@ impl std::str::FromStr for ServiceSpec {
             protocol,
             target: target.to_owned(),
             remote_port,
+            proxy,
         })
+    }
+}
+
+/// The options after `?`: `proxy=v1` or `proxy=v2` (the only one so far).
+fn parse_query(s: &str, query: &str) -> Result<ProxyVersion, String> {
+    match query.split_once('=') {
+        Some(("proxy", v)) => v.parse().map_err(|e| format!("{s:?}: {e}")),
+        _ => Err(format!(
+            "{s:?}: unknown option {query:?} (expected ?proxy=v1 or ?proxy=v2)"
+        )),
     }
 }
 
@@ -84,5 +107,51 @@ mod tests {
         assert!("x".parse::<ServiceSpec>().is_err());
         assert!("x=http://a:1".parse::<ServiceSpec>().is_err());
         assert!("x=tcp://a".parse::<ServiceSpec>().is_err());
+        assert_eq!(s.proxy, None);
+    }
+
+    #[test]
+    fn parses_proxy_suffix() {
+        let s: ServiceSpec = "pg=tcp://127.0.0.1:5432@30080?proxy=v2".parse().unwrap();
+        assert_eq!(
+            (s.target.as_str(), s.remote_port, s.proxy, s.local_port()),
+            ("127.0.0.1:5432", 30080, Some(ProxyVersion::V2), 5432)
+        );
+        let s: ServiceSpec = "web=tcp://10.0.0.5:80?proxy=v1".parse().unwrap();
+        assert_eq!(
+            (s.target.as_str(), s.remote_port, s.proxy),
+            ("10.0.0.5:80", 0, Some(ProxyVersion::V1))
+        );
+        let s: ServiceSpec = "v6=tcp://[::1]:22@2222?proxy=v1".parse().unwrap();
+        assert_eq!(
+            (s.target.as_str(), s.remote_port, s.proxy),
+            ("[::1]:22", 2222, Some(ProxyVersion::V1))
+        );
+        let s: ServiceSpec = "dns=udp://127.0.0.1:53@5353".parse().unwrap();
+        assert_eq!((s.protocol, s.proxy), (ServiceProtocol::Udp, None));
+    }
+
+    #[test]
+    fn rejects_bad_proxy_suffix() {
+        for bad in [
+            "dns=udp://127.0.0.1:53?proxy=v2",
+            "dns=udp://127.0.0.1:53@5353?proxy=v1",
+            "x=tcp://127.0.0.1:1?proxy=v3",
+            "x=tcp://127.0.0.1:1?proxy=",
+            "x=tcp://127.0.0.1:1?proxy",
+            "x=tcp://127.0.0.1:1?tls=on",
+            "x=tcp://127.0.0.1:1?",
+            "x=tcp://127.0.0.1:1?proxy=v1?proxy=v2",
+            "x=tcp://127.0.0.1:1?proxy=v1@30080",
+        ] {
+            assert!(
+                bad.parse::<ServiceSpec>().is_err(),
+                "{bad} should be refused"
+            );
+        }
+        let e = "dns=udp://127.0.0.1:53?proxy=v2"
+            .parse::<ServiceSpec>()
+            .unwrap_err();
+        assert!(e.contains("only for tcp"), "{e}");
     }
 }

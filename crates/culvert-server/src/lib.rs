@@ -5,6 +5,7 @@
 
 mod config;
 mod limits;
+mod metrics;
 mod public;
 mod registry;
 mod server;

@@ -72,7 +72,11 @@ async fn handle(
     if mux.send_control(connect).is_err() {
         return;
     }
-    match relay_tcp(sock, &stream).await {
+    let totals = relay_tcp(sock, &stream).await;
+    let t = totals.as_ref().copied().unwrap_or_default();
+    service.bytes_in.fetch_add(t.up, Ordering::Relaxed);
+    service.bytes_out.fetch_add(t.down, Ordering::Relaxed);
+    match totals {
         Ok(t) => tracing::debug!(up = t.up, down = t.down, "public connection done"),
         Err(e) => tracing::debug!(error = %e, "public connection aborted"),
     }

@@ -30,7 +30,16 @@ const AUTH_FAILED: &str = "authentication failed";
 /// Maximum length of a service name (it travels with a u8 length prefix).
 const MAX_SERVICE_NAME: usize = 64;
 
+/// Server-wide counters for metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) auth_failures: std::sync::atomic::AtomicU64,
+    pub(crate) handshakes_refused: std::sync::atomic::AtomicU64,
+    pub(crate) handshakes_failed: std::sync::atomic::AtomicU64,
+}
+
 pub(crate) struct Inner {
+    pub(crate) counters: Counters,
     config: ServerConfig,
     tokens: RwLock<TokenStore>,
     registry: Arc<Registry>,
@@ -96,6 +105,11 @@ impl ServerHandle {
                     .collect(),
             })
             .collect()
+    }
+
+    /// Prometheus text exposition of the server's state and counters.
+    pub fn metrics(&self) -> String {
+        crate::metrics::render(&self.inner)
     }
 
     /// Counters of the UDP service `name`, if one is registered.
@@ -174,6 +188,7 @@ impl Server {
                 config.max_auth_failures,
                 config.auth_failure_window,
             )),
+            counters: Counters::default(),
             tokens: RwLock::new(tokens),
             sessions: Mutex::new(HashMap::new()),
             tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config)),
@@ -217,6 +232,10 @@ impl Server {
             let permit = match self.inner.admission.admit(peer.ip(), Instant::now()) {
                 Ok(p) => p,
                 Err(r) => {
+                    self.inner
+                        .counters
+                        .handshakes_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, refusal = ?r, "handshake refused by limits");
                     if r == Refusal::AuthFailures {
                         tracing::debug!(%peer, "too many failed authentications");
@@ -235,7 +254,13 @@ impl Server {
                             serve_connection(inner, ws, conn, session).await
                         }
                         Ok(None) => {}
-                        Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                        Err(e) => {
+                            inner
+                                .counters
+                                .handshakes_failed
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(error = %e, "handshake failed")
+                        }
                     }
                 }
                 .instrument(span),
@@ -245,6 +270,14 @@ impl Server {
 }
 
 impl Inner {
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub(crate) fn sessions_snapshot(&self) -> Vec<Arc<Session>> {
+        self.lock_sessions().values().cloned().collect()
+    }
+
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Session>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -314,6 +347,7 @@ async fn handshake(
         None => {
             // Malformed or missing Auth gets the same answer as a wrong token.
             inner.admission.record_failure(peer.ip(), Instant::now());
+            inner.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
             reject(&mut ws, deadline).await;
             tracing::info!("authentication failed (malformed Auth)");
             return Ok(None);
@@ -327,6 +361,7 @@ async fn handshake(
         .cloned();
     let Some(entry) = entry else {
         inner.admission.record_failure(peer.ip(), Instant::now());
+        inner.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
         reject(&mut ws, deadline).await;
         tracing::info!("authentication failed");
         return Ok(None);
@@ -583,6 +618,8 @@ async fn register(
                     port,
                     task: None,
                     connections: Default::default(),
+                    bytes_in: Default::default(),
+                    bytes_out: Default::default(),
                     udp: None,
                     _lease: PortLease::new(inner.registry.clone(), proto, port),
                 };

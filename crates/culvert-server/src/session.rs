@@ -23,6 +23,10 @@ pub(crate) struct Service {
     pub(crate) task: Option<tokio::task::AbortHandle>,
     /// Public connections accepted.
     pub(crate) connections: AtomicU64,
+    /// Bytes from public clients to the agent (counted when each connection ends).
+    pub(crate) bytes_in: AtomicU64,
+    /// Bytes from the agent to public clients (counted when each connection ends).
+    pub(crate) bytes_out: AtomicU64,
     /// UDP state of a UDP service.
     pub(crate) udp: Option<crate::udp::UdpService>,
     /// Holds the port until the service is dropped. Declared last: dropped after the socket.
@@ -123,6 +127,15 @@ impl Session {
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % live.len();
         Some(live[i].clone())
+    }
+
+    /// Live connections, for metrics.
+    pub(crate) fn live_muxes(&self) -> Vec<Mux> {
+        self.conns()
+            .iter()
+            .filter(|m| !m.is_closed())
+            .cloned()
+            .collect()
     }
 
     pub(crate) fn connection_count(&self) -> usize {

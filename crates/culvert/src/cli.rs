@@ -33,6 +33,18 @@ pub enum Command {
     Token(TokenCommand),
     /// Run a server, an agent and an echo service on loopback, and print how to try it.
     Demo(DemoArgs),
+    /// Show the sessions and services of a running server or agent (from its admin listener).
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Admin listener of the server or agent.
+    #[arg(long, default_value = "http://127.0.0.1:9090")]
+    pub admin: String,
+    /// Print the raw JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +92,9 @@ pub struct ServerArgs {
     /// Address public listeners bind on.
     #[arg(long)]
     pub public_bind: Option<IpAddr>,
+    /// Admin listener (/metrics, /healthz, /readyz, /api/sessions); keep it on loopback.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -93,7 +108,7 @@ pub struct AgentArgs {
     /// File holding the token (or set CULVERT_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// A service to expose: NAME=tcp://HOST:PORT[@PUBLIC_PORT]. Repeatable.
+    /// A service to expose: NAME=tcp://HOST:PORT[@PUBLIC_PORT][?proxy=v1|v2]. Repeatable.
     #[arg(long = "expose")]
     pub expose: Vec<String>,
     /// Trust only server certificates issued by the CA(s) in this PEM file.
@@ -111,6 +126,9 @@ pub struct AgentArgs {
     /// Seconds between heartbeats; a dead server is noticed within two.
     #[arg(long)]
     pub heartbeat_interval: Option<u64>,
+    /// Admin listener (/metrics, /healthz, /readyz, /api/sessions); keep it on loopback.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,7 @@ pub struct ServerFile {
     pub port_range: Option<String>,
     pub udp_port_range: Option<String>,
     pub public_bind: Option<IpAddr>,
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -45,6 +46,7 @@ pub struct AgentFile {
     pub insecure_skip_verify: bool,
     pub pool: Option<usize>,
     pub heartbeat_interval: Option<u64>,
+    pub admin: Option<SocketAddr>,
 }
 
 /// Reads a config file (an absent `--config` gives the defaults).

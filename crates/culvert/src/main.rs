@@ -1,10 +1,12 @@
 //! The `culvert` binary: `server`, `agent`, `token` and `demo` subcommands.
 
+mod admin;
 mod cli;
 mod demo;
 mod file_config;
 mod logging;
 mod run;
+mod status;
 
 use clap::Parser;
 

@@ -28,6 +28,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => server(args).await,
         Command::Agent(args) => agent(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Status(args) => crate::status::run(args).await,
     }
 }
 
@@ -50,6 +51,7 @@ async fn shutdown_signal() {
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let file = file_config::load(args.config.as_deref())?.server;
+    let admin_addr = args.admin.or(file.admin);
     let listen: SocketAddr = args
         .listen
         .or(file.listen)
@@ -105,7 +107,14 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let server = Server::bind(config, tokens, tls)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    let handle = server.spawn()?;
+    let handle = std::sync::Arc::new(server.spawn()?);
+    if let Some(admin) = admin_addr {
+        crate::admin::serve(
+            admin,
+            std::sync::Arc::new(crate::admin::ServerAdmin(handle.clone())),
+        )
+        .await?;
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     handle.shutdown();
@@ -169,9 +178,19 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let admin_addr = args
+        .admin
+        .or(file_config::load(args.config.as_deref())?.agent.admin);
     let config = agent_config(args)?;
     tracing::info!(server = %format!("{}:{}", config.server.host, config.server.port), tls = config.server.tls, pool = config.pool, "agent starting");
-    let handle = Agent::spawn(config)?;
+    let handle = std::sync::Arc::new(Agent::spawn(config)?);
+    if let Some(admin) = admin_addr {
+        crate::admin::serve(
+            admin,
+            std::sync::Arc::new(crate::admin::AgentAdmin(handle.clone())),
+        )
+        .await?;
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     handle.shutdown();

@@ -1,0 +1,279 @@
+//! Prometheus text exposition of the server's state: sessions, connections, streams,
+//! bytes per service, heartbeat round trips, auth failures, refusals, port use, UDP.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use crate::registry::Protocol;
+use crate::server::Inner;
+
+/// Appends one metric family: its HELP and TYPE lines, then `samples` (`labels`, value).
+pub(crate) fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: &[(String, f64)],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+/// Escapes a label value.
+pub(crate) fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub(crate) fn render(inner: &Inner) -> String {
+    let sessions = inner.sessions_snapshot();
+    let mut out = String::new();
+    let one = |v: f64| vec![(String::new(), v)];
+    family(
+        &mut out,
+        "culvert_agent_sessions",
+        "gauge",
+        "Agent sessions connected.",
+        &one(sessions.len() as f64),
+    );
+    let mut conns = 0usize;
+    let (mut open, mut opened, mut sent, mut recv, mut dg_drop) = (0usize, 0u64, 0u64, 0u64, 0u64);
+    let mut rtts = Vec::new();
+    let mut svc_bytes = Vec::new();
+    let mut svc_conns = Vec::new();
+    let mut udp = Vec::new();
+    for s in &sessions {
+        for m in s.live_muxes() {
+            conns += 1;
+            let st = m.stats();
+            open += st.open_streams;
+            opened += st.proto.streams_opened;
+            sent += st.proto.stream_bytes_sent;
+            recv += st.proto.stream_bytes_received;
+            dg_drop += st.proto.datagrams_dropped_send + st.proto.datagrams_dropped_recv;
+            if let Some(r) = st.rtt {
+                rtts.push((format!("session=\"{}\"", s.id), r.as_secs_f64()));
+            }
+        }
+        for svc in s.services().values() {
+            let l = format!(
+                "service=\"{}\",token=\"{}\"",
+                label(&svc.name),
+                label(&s.token.name)
+            );
+            svc_bytes.push((
+                format!("{l},direction=\"in\""),
+                svc.bytes_in.load(Ordering::Relaxed) as f64,
+            ));
+            svc_bytes.push((
+                format!("{l},direction=\"out\""),
+                svc.bytes_out.load(Ordering::Relaxed) as f64,
+            ));
+            svc_conns.push((l.clone(), svc.connections.load(Ordering::Relaxed) as f64));
+            if let Some(u) = &svc.udp {
+                let c = &u.counters;
+                udp.push(("flows", l.clone(), u.flow_count() as f64));
+                udp.push((
+                    "in",
+                    l.clone(),
+                    c.datagrams_in.load(Ordering::Relaxed) as f64,
+                ));
+                udp.push((
+                    "out",
+                    l.clone(),
+                    c.datagrams_out.load(Ordering::Relaxed) as f64,
+                ));
+                udp.push((
+                    "oversize",
+                    l.clone(),
+                    c.dropped_oversize.load(Ordering::Relaxed) as f64,
+                ));
+                udp.push((
+                    "flow_cap",
+                    l.clone(),
+                    c.dropped_flow_cap.load(Ordering::Relaxed) as f64,
+                ));
+                udp.push((
+                    "no_agent",
+                    l.clone(),
+                    c.dropped_no_agent.load(Ordering::Relaxed) as f64,
+                ));
+                udp.push(("evicted", l, c.flows_evicted.load(Ordering::Relaxed) as f64));
+            }
+        }
+    }
+    family(
+        &mut out,
+        "culvert_agent_connections",
+        "gauge",
+        "Pooled agent WebSocket connections up.",
+        &one(conns as f64),
+    );
+    family(
+        &mut out,
+        "culvert_streams_open",
+        "gauge",
+        "Multiplexed streams holding state.",
+        &one(open as f64),
+    );
+    family(
+        &mut out,
+        "culvert_streams_opened_total",
+        "counter",
+        "Streams opened on live connections.",
+        &one(opened as f64),
+    );
+    family(
+        &mut out,
+        "culvert_tunnel_stream_bytes_total",
+        "counter",
+        "Stream payload bytes on live agent connections, by direction.",
+        &[
+            ("direction=\"sent\"".into(), sent as f64),
+            ("direction=\"received\"".into(), recv as f64),
+        ],
+    );
+    family(
+        &mut out,
+        "culvert_service_bytes_total",
+        "counter",
+        "Bytes relayed per service (in: from public clients; counted when each connection ends).",
+        &svc_bytes,
+    );
+    family(
+        &mut out,
+        "culvert_service_connections_total",
+        "counter",
+        "Public connections accepted per service.",
+        &svc_conns,
+    );
+    family(
+        &mut out,
+        "culvert_heartbeat_rtt_seconds",
+        "gauge",
+        "Latest heartbeat round trip per session connection.",
+        &rtts,
+    );
+    let c = &inner.counters;
+    family(
+        &mut out,
+        "culvert_auth_failures_total",
+        "counter",
+        "Failed agent authentications.",
+        &one(c.auth_failures.load(Ordering::Relaxed) as f64),
+    );
+    family(
+        &mut out,
+        "culvert_handshakes_refused_total",
+        "counter",
+        "Handshakes refused by admission limits (global, per IP, failed-auth rate).",
+        &one(c.handshakes_refused.load(Ordering::Relaxed) as f64),
+    );
+    family(
+        &mut out,
+        "culvert_handshakes_failed_total",
+        "counter",
+        "Handshakes that failed (TLS, upgrade, deadline).",
+        &one(c.handshakes_failed.load(Ordering::Relaxed) as f64),
+    );
+    let (tu, ts, uu, us) = inner.registry().usage();
+    family(
+        &mut out,
+        "culvert_ports_in_use",
+        "gauge",
+        "Public ports assigned, by protocol.",
+        &[
+            (
+                format!("protocol=\"{}\"", proto_name(Protocol::Tcp)),
+                tu as f64,
+            ),
+            (
+                format!("protocol=\"{}\"", proto_name(Protocol::Udp)),
+                uu as f64,
+            ),
+        ],
+    );
+    family(
+        &mut out,
+        "culvert_ports_total",
+        "gauge",
+        "Size of the public port range, by protocol.",
+        &[
+            ("protocol=\"tcp\"".into(), ts as f64),
+            ("protocol=\"udp\"".into(), us as f64),
+        ],
+    );
+    let pick = |k: &str| -> Vec<(String, f64)> {
+        udp.iter()
+            .filter(|(n, _, _)| *n == k)
+            .map(|(_, l, v)| (l.clone(), *v))
+            .collect()
+    };
+    family(
+        &mut out,
+        "culvert_udp_flows",
+        "gauge",
+        "Open UDP flows per service.",
+        &pick("flows"),
+    );
+    let mut dgrams = Vec::new();
+    for (k, dir) in [("in", "in"), ("out", "out")] {
+        dgrams.extend(
+            pick(k)
+                .into_iter()
+                .map(|(l, v)| (format!("{l},direction=\"{dir}\""), v)),
+        );
+    }
+    family(
+        &mut out,
+        "culvert_udp_datagrams_total",
+        "counter",
+        "UDP datagrams relayed per service and direction.",
+        &dgrams,
+    );
+    let mut dropped = Vec::new();
+    for reason in ["oversize", "flow_cap", "no_agent"] {
+        dropped.extend(
+            pick(reason)
+                .into_iter()
+                .map(|(l, v)| (format!("{l},reason=\"{reason}\""), v)),
+        );
+    }
+    family(
+        &mut out,
+        "culvert_udp_dropped_total",
+        "counter",
+        "UDP datagrams dropped per service and reason.",
+        &dropped,
+    );
+    family(
+        &mut out,
+        "culvert_udp_flows_evicted_total",
+        "counter",
+        "Idle UDP flows evicted per service.",
+        &pick("evicted"),
+    );
+    family(
+        &mut out,
+        "culvert_datagrams_dropped_total",
+        "counter",
+        "Datagrams dropped from full multiplexer queues.",
+        &one(dg_drop as f64),
+    );
+    out
+}
+
+fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}

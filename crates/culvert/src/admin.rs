@@ -1,0 +1,160 @@
+//! The admin HTTP listener: `/metrics` (Prometheus text), `/healthz`, `/readyz` and
+//! `/api/sessions` (JSON). Meant for loopback; it serves only these read-only GETs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// What a process exposes on its admin listener.
+pub trait AdminSource: Send + Sync + 'static {
+    /// Prometheus text exposition.
+    fn metrics(&self) -> String;
+    /// Whether `/readyz` answers 200.
+    fn ready(&self) -> bool;
+    /// `/api/sessions` body.
+    fn sessions_json(&self) -> serde_json::Value;
+}
+
+/// Serves the admin endpoints on `addr` until the process ends.
+pub async fn serve(addr: SocketAddr, source: Arc<dyn AdminSource>) -> anyhow::Result<SocketAddr> {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "admin listener is not on loopback: it exposes metrics and session lists to that network");
+    }
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!(admin = %bound, "admin endpoints ready (/metrics /healthz /readyz /api/sessions)");
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let source = source.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let source = source.clone();
+                    async move { Ok::<_, std::convert::Infallible>(route(&*source, req)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(5))
+                    .serve_connection(TokioIo::new(sock), svc);
+                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn route(source: &dyn AdminSource, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            source.metrics(),
+        ),
+        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            if source.ready() {
+                respond(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".into(),
+                )
+            }
+        }
+        "/api/sessions" => respond(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&source.sessions_json()).unwrap_or_default(),
+        ),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// The server's admin view.
+pub struct ServerAdmin(pub Arc<culvert_server::ServerHandle>);
+
+impl AdminSource for ServerAdmin {
+    fn metrics(&self) -> String {
+        self.0.metrics()
+    }
+
+    fn ready(&self) -> bool {
+        // The tunnel endpoint is bound before this listener starts, and stays bound.
+        true
+    }
+
+    fn sessions_json(&self) -> serde_json::Value {
+        let sessions: Vec<serde_json::Value> = self
+            .0
+            .sessions()
+            .into_iter()
+            .map(|s| {
+                serde_json::json!({
+                    "id": s.id.to_string(),
+                    "token": s.token,
+                    "peer": s.peer.to_string(),
+                    "uptime_secs": s.uptime.as_secs(),
+                    "connections": s.connections,
+                    "culvert": s.culvert,
+                    "services": s.services.iter().map(|(name, proto, port)| serde_json::json!({
+                        "name": name,
+                        "protocol": format!("{proto:?}").to_lowercase(),
+                        "public_port": port,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "role": "server", "sessions": sessions })
+    }
+}
+
+/// The agent's admin view.
+pub struct AgentAdmin(pub Arc<culvert_agent::AgentHandle>);
+
+impl AdminSource for AgentAdmin {
+    fn metrics(&self) -> String {
+        self.0.metrics()
+    }
+
+    fn ready(&self) -> bool {
+        self.0.is_ready()
+    }
+
+    fn sessions_json(&self) -> serde_json::Value {
+        let mut ports: Vec<_> = self.0.ports().into_iter().collect();
+        ports.sort();
+        serde_json::json!({
+            "role": "agent",
+            "connections_up": self.0.connections_up(),
+            "ready": self.0.is_ready(),
+            "services": ports.iter().map(|(n, p)| serde_json::json!({ "name": n, "public_port": p })).collect::<Vec<_>>(),
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! `culvert status`: reads `/api/sessions` from an admin listener and prints a table.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cli::StatusArgs;
+
+/// A plain HTTP/1.0 GET: the admin listener is local and answers small bodies.
+async fn get(admin: &str, path: &str) -> anyhow::Result<String> {
+    let hostport = admin
+        .strip_prefix("http://")
+        .unwrap_or(admin)
+        .trim_end_matches('/');
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(hostport),
+    )
+    .await
+    .context("admin listener did not answer in 5 s")?
+    .with_context(|| format!("connecting to {hostport}"))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        s.take(16 << 20).read_to_end(&mut buf),
+    )
+    .await
+    .context("admin listener timed out")??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("{}", head.lines().next().unwrap_or("bad response"));
+    }
+    Ok(body.to_owned())
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let body = get(&args.admin, "/api/sessions").await?;
+    if args.json {
+        println!("{body}");
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).context("parsing /api/sessions")?;
+    match v["role"].as_str() {
+        Some("server") => {
+            println!(
+                "{:<38} {:<14} {:<22} {:>5} {:>9}  services",
+                "session", "token", "peer", "conns", "uptime"
+            );
+            for s in v["sessions"].as_array().into_iter().flatten() {
+                let services: Vec<String> = s["services"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|x| {
+                        format!(
+                            "{}={}/{}",
+                            x["name"].as_str().unwrap_or("?"),
+                            x["protocol"].as_str().unwrap_or("?"),
+                            x["public_port"]
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{:<38} {:<14} {:<22} {:>5} {:>8}s  {}",
+                    s["id"].as_str().unwrap_or("?"),
+                    s["token"].as_str().unwrap_or("?"),
+                    s["peer"].as_str().unwrap_or("?"),
+                    s["connections"].to_string(),
+                    s["uptime_secs"].to_string(),
+                    services.join(" ")
+                );
+            }
+        }
+        Some("agent") => {
+            println!(
+                "connections up: {}  ready: {}",
+                v["connections_up"], v["ready"]
+            );
+            println!("{:<24} public port", "service");
+            for s in v["services"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {}",
+                    s["name"].as_str().unwrap_or("?"),
+                    s["public_port"]
+                );
+            }
+        }
+        _ => bail!("unexpected /api/sessions answer"),
+    }
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! The admin listener of real server and agent processes: after a known transfer the byte
+//! counters in `/metrics` equal the bytes sent, exactly; the agent's `/readyz` fails within
+//! two heartbeat intervals of the server being killed and recovers when it returns;
+//! `culvert status` prints the session.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A plain GET against an admin listener: (status code, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, body))
+}
+
+/// Polls `f` every 100 ms until it is true or `limit` passes; returns whether it became true.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+fn metric(body: &str, prefix: &str) -> Option<u64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+#[test]
+fn metrics_count_exact_bytes_and_readyz_follows_the_server() {
+    let dir = TempDir::new("admin");
+    let tokens = dir.join("tokens.toml");
+    let token = new_token(&tokens, "node");
+    let token_file = dir.join("agent.token");
+    std::fs::write(&token_file, &token).unwrap();
+
+    // An echo backend.
+    let backend = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in backend.incoming().take(16) {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+
+    let server_admin = free_port();
+    let (mut server, port) = start_server(
+        &tokens,
+        &[
+            "--insecure-plain",
+            "--admin",
+            &format!("127.0.0.1:{server_admin}"),
+        ],
+    );
+    let agent_admin = free_port();
+    let agent_args: Vec<String> = vec![
+        "--server".into(),
+        format!("ws://127.0.0.1:{port}"),
+        "--token-file".into(),
+        token_file.display().to_string(),
+        "--expose".into(),
+        format!("echo=tcp://127.0.0.1:{backend_port}"),
+        "--heartbeat-interval".into(),
+        "1".into(),
+        "--admin".into(),
+        format!("127.0.0.1:{agent_admin}"),
+    ];
+    let (_agent, public) = start_agent(&agent_args, "echo");
+    assert!(
+        eventually(WAIT, || get(agent_admin, "/readyz")
+            .is_some_and(|(c, _)| c == 200)),
+        "agent never ready"
+    );
+    assert_eq!(get(server_admin, "/healthz").map(|(c, _)| c), Some(200));
+
+    // A known transfer: 3,000,001 bytes each way.
+    const N: usize = 3_000_001;
+    let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, public)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let payload: Vec<u8> = (0..N).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let mut w = c.try_clone().unwrap();
+        std::thread::spawn(move || {
+            w.write_all(&payload).unwrap();
+            w.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    assert_eq!(back.len(), N);
+
+    let counted = |dir: &str| {
+        get(server_admin, "/metrics").and_then(|(_, b)| {
+            metric(&b, &format!("culvert_service_bytes_total{{service=\"echo\",token=\"node\",direction=\"{dir}\"}}"))
+        })
+    };
+    assert!(
+        eventually(WAIT, || counted("in") == Some(N as u64)
+            && counted("out") == Some(N as u64)),
+        "byte counters: in {:?}, out {:?}, expected {N}",
+        counted("in"),
+        counted("out")
+    );
+    let (_, sessions) = get(server_admin, "/api/sessions").unwrap();
+    assert!(sessions.contains("\"token\": \"node\""), "{sessions}");
+    assert!(!sessions.contains(&token), "the token never appears");
+    let status = run(
+        culvert().args([
+            "status",
+            "--admin",
+            &format!("http://127.0.0.1:{server_admin}"),
+        ]),
+        WAIT,
+    );
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && table.contains("echo=tcp/"),
+        "{table}"
+    );
+
+    // Kill the server: the agent's readiness drops within two heartbeat intervals (2 s here;
+    // the check allows scheduling slack but no more than a few intervals).
+    server.kill();
+    assert!(
+        eventually(Duration::from_secs(4), || get(agent_admin, "/readyz")
+            .is_some_and(|(c, _)| c == 503)),
+        "agent still ready after the server died"
+    );
+    // Bring a server back on the same port: the agent reconnects by itself and is ready again.
+    let mut back_server = Proc::spawn(
+        "culvert server",
+        culvert()
+            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tokens")
+            .arg(&tokens)
+            .args([
+                "--port-range",
+                &port_range(),
+                "--public-bind",
+                "127.0.0.1",
+                "--insecure-plain",
+            ]),
+    );
+    back_server
+        .try_wait_line("tunnel endpoint ready", 0, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        eventually(Duration::from_secs(30), || get(agent_admin, "/readyz")
+            .is_some_and(|(c, _)| c == 200)),
+        "agent did not recover"
+    );
+}
