@@ -121,6 +121,33 @@ impl AgentHandle {
         self.shared.up.load(Ordering::SeqCst)
     }
 
+    /// Graceful stop: tells the server on every connection that no new streams are taken,
+    /// gives the streams in flight up to `grace` to finish, then stops.
+    pub async fn drain(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        let live = lock(&self.shared.live).clone();
+        for m in &live {
+            m.go_away(0, "agent shutting down");
+        }
+        loop {
+            let open: usize = live
+                .iter()
+                .filter(|m| !m.is_closed())
+                .map(|m| m.open_streams())
+                .sum();
+            if open == 0 {
+                tracing::info!("all streams finished");
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(open, "grace period over; closing streams still open");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.shutdown();
+    }
+
     /// Ready when every pooled connection is up and has registered every service.
     pub fn is_ready(&self) -> bool {
         self.connections_up() >= self.shared.config.pool.max(1)

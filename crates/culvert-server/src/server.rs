@@ -72,6 +72,59 @@ impl ServerHandle {
         }
     }
 
+    /// Graceful stop: no new agents or public clients, agents told the server is going
+    /// away, and the streams in flight given up to `grace` to finish. Returns as soon as they
+    /// have (or the grace ran out), with everything closed.
+    pub async fn drain(&self, grace: std::time::Duration) {
+        self.task.abort();
+        let deadline = tokio::time::Instant::now() + grace;
+        let sessions = self.inner.sessions_snapshot();
+        for s in &sessions {
+            s.stop_listeners();
+            for m in s.live_muxes() {
+                m.go_away(0, "server shutting down");
+            }
+        }
+        loop {
+            let open: usize = sessions
+                .iter()
+                .flat_map(|s| s.live_muxes())
+                .map(|m| m.open_streams())
+                .sum();
+            if open == 0 {
+                tracing::info!("all streams finished");
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(open, "grace period over; closing streams still open");
+                break;
+            }
+            tracing::debug!(open, "draining");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.shutdown();
+    }
+
+    /// Replaces the accepted tokens. Sessions whose token is gone (or changed) are closed at
+    /// once; the others are untouched. Returns how many sessions were closed.
+    pub fn reload_tokens(&self, tokens: TokenStore) -> usize {
+        *self.inner.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
+        let store = self
+            .inner
+            .tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut closed = 0;
+        for s in self.inner.sessions_snapshot() {
+            if !store.contains(&s.token) {
+                self.inner.end_session(&s, "token revoked");
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Public ports currently assigned, by service name.
     pub fn ports(&self) -> HashMap<String, u16> {
         self.inner

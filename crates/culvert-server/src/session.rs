@@ -121,7 +121,10 @@ impl Session {
     /// The next live connection, round-robin, so streams spread over the agent's pool.
     pub(crate) fn pick(&self) -> Option<Mux> {
         let c = self.conns();
-        let live: Vec<&Mux> = c.iter().filter(|m| !m.is_closed()).collect();
+        let live: Vec<&Mux> = c
+            .iter()
+            .filter(|m| !m.is_closed() && !m.peer_going_away())
+            .collect();
         if live.is_empty() {
             return None;
         }
@@ -140,6 +143,15 @@ impl Session {
 
     pub(crate) fn connection_count(&self) -> usize {
         self.conns().iter().filter(|m| !m.is_closed()).count()
+    }
+
+    /// Stops the public listeners (connections already accepted carry on).
+    pub(crate) fn stop_listeners(&self) {
+        for svc in self.services().values() {
+            if let Some(t) = &svc.task {
+                t.abort();
+            }
+        }
     }
 
     /// Closes every connection of the session.

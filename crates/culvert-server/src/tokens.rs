@@ -148,6 +148,13 @@ impl TokenStore {
         found
     }
 
+    /// Whether `entry` (same name and hash) is still in the store.
+    pub fn contains(&self, entry: &TokenEntry) -> bool {
+        self.entries
+            .iter()
+            .any(|(e, _)| e.name == entry.name && e.sha256.eq_ignore_ascii_case(&entry.sha256))
+    }
+
     /// Number of tokens.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -321,6 +321,16 @@ impl Mux {
         self.shared.close(reason.to_owned());
     }
 
+    /// Whether the peer announced it takes no new streams.
+    pub fn peer_going_away(&self) -> bool {
+        self.shared.lock().conn.peer_going_away()
+    }
+
+    /// Streams holding state (for draining).
+    pub fn open_streams(&self) -> usize {
+        self.shared.lock().conn.open_streams()
+    }
+
     /// Whether the connection is gone.
     pub fn is_closed(&self) -> bool {
         *self.closed_rx.borrow()

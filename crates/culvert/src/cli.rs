@@ -95,6 +95,9 @@ pub struct ServerArgs {
     /// Admin listener (/metrics, /healthz, /readyz, /api/sessions); keep it on loopback.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
+    /// Seconds streams in flight get to finish after SIGTERM/SIGINT.
+    #[arg(long)]
+    pub grace: Option<u64>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -129,6 +132,9 @@ pub struct AgentArgs {
     /// Admin listener (/metrics, /healthz, /readyz, /api/sessions); keep it on loopback.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
+    /// Seconds streams in flight get to finish after SIGTERM/SIGINT.
+    #[arg(long)]
+    pub grace: Option<u64>,
 }
 
 #[derive(Debug, Args)]

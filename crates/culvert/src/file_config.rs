@@ -31,6 +31,7 @@ pub struct ServerFile {
     pub udp_port_range: Option<String>,
     pub public_bind: Option<IpAddr>,
     pub admin: Option<SocketAddr>,
+    pub grace: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +48,7 @@ pub struct AgentFile {
     pub pool: Option<usize>,
     pub heartbeat_interval: Option<u64>,
     pub admin: Option<SocketAddr>,
+    pub grace: Option<u64>,
 }
 
 /// Reads a config file (an absent `--config` gives the defaults).

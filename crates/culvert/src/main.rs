@@ -23,7 +23,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run::dispatch(cli)) {
+    let result = rt.block_on(run::dispatch(cli));
+    // Tasks still parked on sockets (closed connections' leftovers) must not hold up exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

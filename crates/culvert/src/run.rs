@@ -52,6 +52,7 @@ async fn shutdown_signal() {
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let file = file_config::load(args.config.as_deref())?.server;
     let admin_addr = args.admin.or(file.admin);
+    let grace = Duration::from_secs(args.grace.or(file.grace).unwrap_or(30));
     let listen: SocketAddr = args
         .listen
         .or(file.listen)
@@ -115,10 +116,51 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         )
         .await?;
     }
+    tokio::spawn(reload_tokens_on_change(tokens_path, handle.clone()));
     shutdown_signal().await;
-    tracing::info!("shutting down");
-    handle.shutdown();
+    tracing::info!(
+        ?grace,
+        "shutting down: no new connections; streams in flight may finish"
+    );
+    handle.drain(grace).await;
     Ok(())
+}
+
+/// Reloads the token file on SIGHUP and whenever it changes (checked every 2 s). A file that
+/// does not load keeps the old tokens in force, with a warning.
+async fn reload_tokens_on_change(
+    path: PathBuf,
+    handle: std::sync::Arc<culvert_server::ServerHandle>,
+) {
+    let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last = mtime(&path);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let signalled = tokio::select! {
+            _ = async {
+                match hup.as_mut() {
+                    Some(h) => { h.recv().await; }
+                    None => std::future::pending().await,
+                }
+            } => true,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+        };
+        let now = mtime(&path);
+        if !signalled && now == last {
+            continue;
+        }
+        last = now;
+        match TokenStore::load(&path) {
+            Ok(store) => {
+                let n = store.len();
+                let closed = handle.reload_tokens(store);
+                tracing::info!(tokens = n, sessions_closed = closed, file = %path.display(), "tokens reloaded");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "token reload failed; the previous tokens stay in force")
+            }
+        }
+    }
 }
 
 fn read_token(path: Option<PathBuf>) -> anyhow::Result<String> {
@@ -178,9 +220,9 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let admin_addr = args
-        .admin
-        .or(file_config::load(args.config.as_deref())?.agent.admin);
+    let file = file_config::load(args.config.as_deref())?.agent;
+    let admin_addr = args.admin.or(file.admin);
+    let grace = Duration::from_secs(args.grace.or(file.grace).unwrap_or(30));
     let config = agent_config(args)?;
     tracing::info!(server = %format!("{}:{}", config.server.host, config.server.port), tls = config.server.tls, pool = config.pool, "agent starting");
     let handle = std::sync::Arc::new(Agent::spawn(config)?);
@@ -192,7 +234,10 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .await?;
     }
     shutdown_signal().await;
-    tracing::info!("shutting down");
-    handle.shutdown();
+    tracing::info!(
+        ?grace,
+        "shutting down: no new streams; streams in flight may finish"
+    );
+    handle.drain(grace).await;
     Ok(())
 }
