@@ -33,6 +33,53 @@ pub(crate) fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Upper bounds (seconds) of the stream-open latency histogram buckets.
+pub(crate) const OPEN_BUCKETS: [f64; 12] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A fixed-bucket latency histogram with atomic counters.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    buckets: [std::sync::atomic::AtomicU64; OPEN_BUCKETS.len()],
+    count: std::sync::atomic::AtomicU64,
+    sum_micros: std::sync::atomic::AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        for (i, le) in OPEN_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (i, le) in OPEN_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{le}\"}} {}",
+                self.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
 pub(crate) fn render(inner: &Inner) -> String {
     let sessions = inner.sessions_snapshot();
     let mut out = String::new();
@@ -267,6 +314,11 @@ pub(crate) fn render(inner: &Inner) -> String {
         "counter",
         "Datagrams dropped from full multiplexer queues.",
         &one(dg_drop as f64),
+    );
+    inner.open_latency.render(
+        &mut out,
+        "culvert_stream_open_seconds",
+        "Time from accepting a public TCP connection to the agent's ConnectAck (target dialed).",
     );
     out
 }

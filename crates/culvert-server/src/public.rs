@@ -34,7 +34,12 @@ pub(crate) async fn serve_tcp(listener: TcpListener, session: Arc<Session>, serv
             }
         };
         service.connections.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::debug_span!("public", service = %service.name, client = %peer);
+        let span = tracing::debug_span!(
+            "public",
+            service = %service.name,
+            client = %peer,
+            stream = tracing::field::Empty
+        );
         tokio::spawn(handle(sock, peer, session.clone(), service.clone()).instrument(span));
     }
 }
@@ -61,9 +66,12 @@ async fn handle(
             return;
         }
     };
+    tracing::Span::current().record("stream", stream.id().0);
+    let connection_id = Uuid::new_v4();
+    session.connect_sent(connection_id);
     let connect = Control::Connect {
         service_id: service.id,
-        connection_id: Uuid::new_v4(),
+        connection_id,
         client_addr: peer.to_string(),
         ext: Some(ConnectExt {
             stream_id: stream.id(),

@@ -40,6 +40,7 @@ pub(crate) struct Counters {
 
 pub(crate) struct Inner {
     pub(crate) counters: Counters,
+    pub(crate) open_latency: crate::metrics::Histogram,
     config: ServerConfig,
     tokens: RwLock<TokenStore>,
     registry: Arc<Registry>,
@@ -242,6 +243,7 @@ impl Server {
                 config.auth_failure_window,
             )),
             counters: Counters::default(),
+            open_latency: Default::default(),
             tokens: RwLock::new(tokens),
             sessions: Mutex::new(HashMap::new()),
             tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config)),
@@ -573,11 +575,18 @@ async fn handle_control(inner: &Arc<Inner>, session: &Arc<Session>, mux: &Mux, c
                 tracing::info!(service = %svc.name, port = svc.port, "service unregistered");
             }
         }
-        Control::ConnectAck { .. } => {}
+        Control::ConnectAck { connection_id } => {
+            if let Some(t) = session.take_pending_connect(&connection_id) {
+                inner.open_latency.observe(t.elapsed());
+            }
+        }
         Control::ConnectFail {
             connection_id,
             reason,
-        } => tracing::info!(%connection_id, %reason, "agent could not reach its target"),
+        } => {
+            session.take_pending_connect(&connection_id);
+            tracing::info!(%connection_id, %reason, "agent could not reach its target")
+        }
         Control::Disconnect { reason } => {
             tracing::info!(%reason, "agent disconnected");
             mux.abort("agent disconnected");

@@ -51,7 +51,13 @@ pub(crate) struct Session {
     pub(crate) next_flow: AtomicU64,
     /// Serialises registrations: pooled connections register the same services at once.
     pub(crate) register_lock: tokio::sync::Mutex<()>,
+    /// Public connections announced with Connect and not yet acknowledged, for the
+    /// stream-open latency histogram. Bounded: cleared if it ever exceeds the cap.
+    pending_connects: Mutex<HashMap<uuid::Uuid, Instant>>,
 }
+
+/// Unacknowledged Connects remembered at most (a silent agent cannot grow this).
+const MAX_PENDING_CONNECTS: usize = 65_536;
 
 impl Session {
     pub(crate) fn new(
@@ -73,6 +79,7 @@ impl Session {
             flows: Mutex::new(HashMap::new()),
             next_flow: AtomicU64::new(1),
             register_lock: tokio::sync::Mutex::new(()),
+            pending_connects: Mutex::new(HashMap::new()),
         }
     }
 
@@ -99,6 +106,26 @@ impl Session {
 
     pub(crate) fn flows(&self) -> std::sync::MutexGuard<'_, HashMap<u64, crate::udp::FlowRoute>> {
         self.flows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers when the Connect of `id` was sent.
+    pub(crate) fn connect_sent(&self, id: uuid::Uuid) {
+        let mut p = self
+            .pending_connects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if p.len() >= MAX_PENDING_CONNECTS {
+            p.clear();
+        }
+        p.insert(id, Instant::now());
+    }
+
+    /// When the Connect of `id` was sent, forgetting it.
+    pub(crate) fn take_pending_connect(&self, id: &uuid::Uuid) -> Option<Instant> {
+        self.pending_connects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
     }
 
     /// Drops the UDP flows of `service` (it is going away).

@@ -128,6 +128,11 @@ fn metrics_count_exact_bytes_and_readyz_follows_the_server() {
         counted("in"),
         counted("out")
     );
+    let (_, metrics) = get(server_admin, "/metrics").unwrap();
+    assert!(
+        metric(&metrics, "culvert_stream_open_seconds_count").is_some_and(|n| n >= 1),
+        "stream-open latency observed:\n{metrics}"
+    );
     let (_, sessions) = get(server_admin, "/api/sessions").unwrap();
     assert!(sessions.contains("\"token\": \"node\""), "{sessions}");
     assert!(!sessions.contains(&token), "the token never appears");
