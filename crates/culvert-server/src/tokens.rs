@@ -108,6 +108,14 @@ impl TokenStore {
                 path: path.display().to_string(),
                 message: format!("token {:?}: sha256 must be 64 hex digits", t.name),
             })?;
+            // A malformed port range must not silently widen the token to the whole range.
+            for r in t.ports.iter().flatten() {
+                r.parse::<crate::PortRange>()
+                    .map_err(|e| TokenError::Parse {
+                        path: path.display().to_string(),
+                        message: format!("token {:?}: ports: {e}", t.name),
+                    })?;
+            }
             entries.push((t, h));
         }
         if entries.is_empty() {
