@@ -90,9 +90,10 @@ pub(crate) async fn open_flow(
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let socket = match UdpSocket::bind(bind).await {
+    let socket = match flow_socket(bind) {
         Ok(s) => s,
         Err(e) => {
+            flows.lock().pending.remove(&flow);
             tracing::warn!(error = %e, "cannot open a udp socket");
             return;
         }
@@ -141,6 +142,20 @@ pub(crate) async fn open_flow(
     }
     flows.lock().open.remove(&flow);
     tracing::debug!(flow, "udp flow closed (idle)");
+}
+
+/// A UDP socket for one flow. Its 1 MiB receive buffer (a cap, capped again by
+/// net.core.rmem_max) absorbs a burst of replies while the tunnel writer is busy.
+fn flow_socket(bind: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    let _ = sock.set_recv_buffer_size(1 << 20);
+    sock.set_nonblocking(true)?;
+    sock.bind(&bind.into())?;
+    UdpSocket::from_std(sock.into())
 }
 
 /// Delivers datagrams from the server to their flows' sockets until the connection closes.
