@@ -14,8 +14,19 @@
 # Each tunnel is started twice on fresh ports: once for the connection tests (RSS idle
 # and with idle connections, round trips, new connections) and once for the bulk runs,
 # so neither phase's retained memory shows in the other's RSS figures.
-# Prints one markdown table (also written to target/bench/latest.md) with
-# Culvert ÷ rathole ratio columns.
+# UDP columns (direct-udp, culvert-ws-udp, culvert-wss-udp, rathole-udp over rathole's
+# TCP transport, rathole-tls-udp over its TLS transport) measure, through one tunnel
+# start each:
+#   - iperf3 UDP (-u, 1,200-byte datagrams) at fixed offered rates (200 Mbit/s and
+#     1 Gbit/s), both directions (-R): received throughput, loss and jitter, all taken
+#     from the receiving side; iperf3 needs its TCP control connection too, so the
+#     tunnel exposes a TCP and a UDP service on the same public port number;
+#   - CPU seconds per GB received for the tunnel processes during the fastest rate;
+#   - 64-byte UDP round trips per second from one flow (sequential, each waits for its
+#     echo up to a timeout; a timeout counts as a lost round trip), p50/p99;
+#   - peak RSS of the tunnel processes over the UDP runs.
+# Prints one markdown table for TCP and one for UDP (both also written to
+# target/bench/latest.md) with Culvert ÷ rathole ratio columns.
 #
 # Installs what it needs when missing: iperf3 (Debian package), rathole (pinned
 # version, built by cargo into target/bench/), Culvert (cargo build --release).
@@ -24,12 +35,22 @@
 #
 # Usage: scripts/bench.sh
 # Environment (all optional):
-#   BENCH_ONLY=direct,culvert-ws,culvert-wss,rathole-tcp,rathole-tls  columns to run
+#   BENCH_ONLY=direct,culvert-ws,culvert-wss,rathole-tcp,rathole-tls,direct-udp,culvert-ws-udp,culvert-wss-udp,rathole-udp,rathole-tls-udp
+#                            columns to run (default: all); `tcp` and `udp` stand for
+#                            all TCP or all UDP columns, e.g. BENCH_ONLY=udp
 #   BENCH_SECONDS=5          length of each iperf3 run, and time cap of each load loop
 #   BENCH_RR_COUNT=20000     round trips at most in the request/response test
 #   BENCH_CPS_COUNT=10000    connections at most in the new-connections test
 #   BENCH_CPS_WORKERS=8      concurrent workers in the new-connections test
 #   BENCH_IDLE_CONNS=1000    idle tunneled connections held for the RSS test
+#   BENCH_UDP_RATES=200M,1G  offered iperf3 UDP rates (-b); CPU-s/GB is shown for the last
+#   BENCH_UDP_LEN=1200       UDP datagram payload bytes (iperf3 -l)
+#   BENCH_UDP_SECONDS        length of each iperf3 UDP run (default BENCH_SECONDS)
+#   BENCH_UDP_WINDOW=2M      iperf3 -w: buffers of iperf3's own sockets, so that its default
+#                            208 KiB receive buffer is not what drops datagrams (empty:
+#                            iperf3's default)
+#   BENCH_UDP_RR_COUNT=20000 UDP round trips at most (time cap BENCH_SECONDS)
+#   BENCH_UDP_RR_TIMEOUT_MS=500  wait for each UDP echo; a timeout counts as lost
 #   BENCH_MAX_SECONDS=600    limit for the measuring phase (builds not included);
 #                            what does not fit is reported as skipped
 #   BENCH_BUILD_TIMEOUT=1200 limit for each build/install step
@@ -43,8 +64,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-ALL_COLUMNS="direct,culvert-ws,culvert-wss,rathole-tcp,rathole-tls"
+TCP_COLUMNS="direct,culvert-ws,culvert-wss,rathole-tcp,rathole-tls"
+UDP_COLUMNS="direct-udp,culvert-ws-udp,culvert-wss-udp,rathole-udp,rathole-tls-udp"
+ALL_COLUMNS="$TCP_COLUMNS,$UDP_COLUMNS"
+# settings given in the environment, repeated in the report's "Run:" line
+RUN_VARS=""
+for v in BENCH_ONLY BENCH_UDP_RATES BENCH_UDP_LEN BENCH_UDP_SECONDS BENCH_UDP_WINDOW \
+  BENCH_UDP_RR_COUNT BENCH_UDP_RR_TIMEOUT_MS BENCH_RR_COUNT BENCH_CPS_COUNT BENCH_CPS_WORKERS \
+  BENCH_IDLE_CONNS; do
+  [[ -z ${!v+x} ]] || RUN_VARS+="$v=${!v} "
+done
 BENCH_ONLY=${BENCH_ONLY:-$ALL_COLUMNS}
+BENCH_ONLY=$(printf ',%s,' "$BENCH_ONLY" | sed -e "s/,tcp,/,$TCP_COLUMNS,/; s/,udp,/,$UDP_COLUMNS,/; s/^,//; s/,$//")
 BENCH_SECONDS=${BENCH_SECONDS:-5}
 BENCH_RR_COUNT=${BENCH_RR_COUNT:-20000}
 BENCH_CPS_COUNT=${BENCH_CPS_COUNT:-10000}
@@ -54,6 +85,12 @@ BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-600}
 BENCH_BUILD_TIMEOUT=${BENCH_BUILD_TIMEOUT:-1200}
 BENCH_NO_BUILD=${BENCH_NO_BUILD:-0}
 BENCH_TUNNEL_LOG=${BENCH_TUNNEL_LOG:-warn}
+BENCH_UDP_RATES=${BENCH_UDP_RATES:-200M,1G}
+BENCH_UDP_LEN=${BENCH_UDP_LEN:-1200}
+BENCH_UDP_SECONDS=${BENCH_UDP_SECONDS:-$BENCH_SECONDS}
+BENCH_UDP_WINDOW=${BENCH_UDP_WINDOW-2M}
+BENCH_UDP_RR_COUNT=${BENCH_UDP_RR_COUNT:-20000}
+BENCH_UDP_RR_TIMEOUT_MS=${BENCH_UDP_RR_TIMEOUT_MS:-500}
 read -r -a CULVERT_SERVER_EXTRA <<<"${BENCH_CULVERT_SERVER_ARGS:-}"
 read -r -a CULVERT_AGENT_EXTRA <<<"${BENCH_CULVERT_AGENT_ARGS:-}"
 
@@ -73,14 +110,28 @@ RUN=$OUT/run   # configs, certificates, logs and raw results of the latest run
 TOOL=(python3 "$ROOT/scripts/bench/benchtool.py")
 
 for v in BENCH_SECONDS BENCH_RR_COUNT BENCH_CPS_COUNT BENCH_CPS_WORKERS BENCH_IDLE_CONNS \
-  BENCH_MAX_SECONDS BENCH_BUILD_TIMEOUT; do
+  BENCH_MAX_SECONDS BENCH_BUILD_TIMEOUT BENCH_UDP_LEN BENCH_UDP_SECONDS BENCH_UDP_RR_COUNT \
+  BENCH_UDP_RR_TIMEOUT_MS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench: $v must be a whole number" >&2; exit 2; }
 done
+IFS=',' read -r -a UDP_RATES <<<"$BENCH_UDP_RATES"
+for r in "${UDP_RATES[@]}"; do
+  [[ $r =~ ^[0-9]+[KMG]?$ ]] || { echo "bench: BENCH_UDP_RATES entries look like 200M or 1G, not '$r'" >&2; exit 2; }
+done
+[[ -z $BENCH_UDP_WINDOW || $BENCH_UDP_WINDOW =~ ^[0-9]+[KM]?$ ]] ||
+  { echo "bench: BENCH_UDP_WINDOW looks like 2M, not '$BENCH_UDP_WINDOW'" >&2; exit 2; }
 IFS=',' read -r -a COLS <<<"$BENCH_ONLY"
 for c in "${COLS[@]}"; do
   [[ ",$ALL_COLUMNS," == *",$c,"* ]] || { echo "bench: unknown column '$c' in BENCH_ONLY (known: $ALL_COLUMNS)" >&2; exit 2; }
 done
 wants() { [[ ",$BENCH_ONLY," == *",$1,"* ]]; }
+wants_any() { # wants_any COL,COL,... : is any of them selected?
+  local c cs
+  IFS=',' read -r -a cs <<<"$1"
+  for c in "${cs[@]}"; do wants "$c" && return 0; done
+  return 1
+}
+is_udp_col() { [[ $1 == *-udp ]]; }
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -153,6 +204,7 @@ mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 # ------------------------------------------------------------------ results
 RES=$RUN/results.tsv
 METRICS=$RUN/metrics.tsv
+UMETRICS=$RUN/udp-metrics.tsv
 NOTES=()
 put() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RES"; }
 note() { NOTES+=("$*"); log "note: $*"; }
@@ -182,6 +234,37 @@ declare -A VARGS=([p1]="" [p1r]="-R" [p8]="-P 8" [p8r]="-P 8 -R")
   printf 'rss_peak_a\tagent/client peak RSS MB, bulk runs\tdown\n'
 } >"$METRICS"
 
+# UDP runs: one per offered rate and direction; key u<RATE> (client→service) and
+# u<RATE>r (service→client, iperf3 -R).
+UVARIANTS=()
+declare -A ULABEL=() UARGS=() UMBPS=() ULOSS=()
+for r in "${UDP_RATES[@]}"; do
+  UVARIANTS+=("u$r" "u${r}r")
+  ULABEL[u$r]="$r offered, client→service"
+  ULABEL[u${r}r]="$r offered, service→client (-R)"
+  UARGS[u$r]="-b $r"
+  UARGS[u${r}r]="-b $r -R"
+done
+UFAST=${UDP_RATES[-1]}
+{
+  printf 'status\tstatus\t-\n'
+  printf 'ubest\tbest received Mbit/s at ≤ 1 %% loss (over the offered rates), client→service\tup\n'
+  printf 'ubestr\tbest received Mbit/s at ≤ 1 %% loss (over the offered rates), service→client (-R)\tup\n'
+  for v in "${UVARIANTS[@]}"; do
+    printf 'mbps_%s\treceived Mbit/s, %s\tup\n' "$v" "${ULABEL[$v]}"
+    printf 'loss_%s\tloss %%, %s\tdown\n' "$v" "${ULABEL[$v]}"
+    printf 'jit_%s\tjitter ms, %s\tdown\n' "$v" "${ULABEL[$v]}"
+  done
+  for v in "u$UFAST" "u${UFAST}r"; do printf 'cpus_%s\tserver CPU-s/GB, %s\tdown\n' "$v" "${ULABEL[$v]}"; done
+  for v in "u$UFAST" "u${UFAST}r"; do printf 'cpua_%s\tagent/client CPU-s/GB, %s\tdown\n' "$v" "${ULABEL[$v]}"; done
+  printf 'urr_rps\t64-byte UDP round trips/s, 1 flow\tup\n'
+  printf 'urr_p50\tUDP round trip p50 µs\tdown\n'
+  printf 'urr_p99\tUDP round trip p99 µs\tdown\n'
+  printf 'urr_loss\tUDP round trips lost %% (no echo in %s ms)\tdown\n' "$BENCH_UDP_RR_TIMEOUT_MS"
+  printf 'urss_peak_s\tserver peak RSS MB, UDP runs\tdown\n'
+  printf 'urss_peak_a\tagent/client peak RSS MB, UDP runs\tdown\n'
+} >"$UMETRICS"
+
 # ------------------------------------------------------------------ installs and builds
 command -v python3 >/dev/null || { echo "bench: python3 is required" >&2; exit 1; }
 apt_install() {
@@ -191,7 +274,7 @@ apt_install() {
   timeout "$BENCH_BUILD_TIMEOUT" apt-get install -y -qq "$@" >/dev/null
 }
 command -v iperf3 >/dev/null || apt_install iperf3
-if wants rathole-tls && ! command -v openssl >/dev/null; then apt_install openssl; fi
+if wants_any rathole-tls,rathole-tls-udp && ! command -v openssl >/dev/null; then apt_install openssl; fi
 
 RATHOLE_NA=
 install_rathole() {
@@ -216,7 +299,7 @@ install_rathole() {
   timeout "$BENCH_BUILD_TIMEOUT" cargo install rathole --version "$RATHOLE_VERSION" --no-default-features \
     --features "$RATHOLE_FEATURES" --root "$RATHOLE_ROOT" >>"$blog" 2>&1
 }
-if wants rathole-tcp || wants rathole-tls; then
+if wants_any rathole-tcp,rathole-tls,rathole-udp,rathole-tls-udp; then
   if [[ ! -x $RATHOLE_BIN ]]; then
     # rathole's tls feature links OpenSSL through native-tls: it needs its headers.
     if ! pkg-config --exists openssl 2>/dev/null; then apt_install pkg-config libssl-dev || true; fi
@@ -228,7 +311,7 @@ if wants rathole-tcp || wants rathole-tls; then
 fi
 
 CULVERT_NA=
-if wants culvert-ws || wants culvert-wss; then
+if wants_any culvert-ws,culvert-wss,culvert-ws-udp,culvert-wss-udp; then
   if [[ $BENCH_NO_BUILD != 1 ]]; then
     log "building Culvert (cargo build --release -p culvert)"
     if ! timeout "$BENCH_BUILD_TIMEOUT" cargo build --release -p culvert >"$RUN/logs/culvert-build.log" 2>&1; then
@@ -261,11 +344,18 @@ if (($(ulimit -n) < BENCH_IDLE_CONNS * 2 + 256)); then
   note "open-file limit $(ulimit -n) is low for $BENCH_IDLE_CONNS idle connections"
 fi
 
-BASE=$("${TOOL[@]}" freeblock 64)
+# Ports (free for both TCP and UDP): BASE is the TCP echo backend, BASE+1 the UDP echo
+# backend, and column i uses BASE+2+12i .. BASE+13+12i.
+BASE=$("${TOOL[@]}" freeblock 128)
 ECHO_PORT=$BASE
+UECHO_PORT=$((BASE + 1))
 start_bg "$RUN/logs/echo-backend.log" "${TOOL[@]}" echo-server "$ECHO_PORT" --max-seconds $((BENCH_MAX_SECONDS + 120))
 "${TOOL[@]}" wait-listen --timeout 10 "$ECHO_PORT"
-log "ports from $BASE; echo backend on $ECHO_PORT"
+if wants_any "$UDP_COLUMNS"; then
+  start_bg "$RUN/logs/udp-echo-backend.log" "${TOOL[@]}" udp-echo-server "$UECHO_PORT" --max-seconds $((BENCH_MAX_SECONDS + 120))
+  "${TOOL[@]}" wait-listen --udp --timeout 10 "$UECHO_PORT"
+fi
+log "ports from $BASE; echo backends on $ECHO_PORT (TCP) and $UECHO_PORT (UDP)"
 
 IPERF_PID=
 stop_iperf() {
@@ -289,8 +379,9 @@ last_line() { grep -v '^\s*$' "$1" 2>/dev/null | tail -n1 | cut -c1-160 || true;
 # Each setup function starts the tunnel for column $1 with ports from $2 (iperf backend
 # $IB, control port, public ports $PI and $PE) and sets SRV_PID/AGT_PID, or SETUP_ERR.
 setup_rathole() {
-  local col=$1 o=$2 kind=${1#rathole-} dir=$RUN/$1/$PHASE token
+  local col=$1 o=$2 kind=tcp dir=$RUN/$1/$PHASE token
   local ctrl=$((o + 1))
+  [[ $col != rathole-tls* ]] || kind=tls
   mkdir -p "$dir"
   token=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
   local srv_tls="" cli_tls=""
@@ -315,6 +406,21 @@ setup_rathole() {
     srv_tls=$(printf '[server.transport.tls]\npkcs12 = "%s"\npkcs12_password = "bench"\n' "$dir/identity.pfx")
     cli_tls=$(printf '[client.transport.tls]\ntrusted_root = "%s"\nhostname = "localhost"\n' "$dir/ca.pem")
   fi
+  # Services: TCP columns expose iperf3 and the TCP echo; UDP columns expose iperf3's
+  # TCP control port and its UDP data port on the same public port number, and the UDP
+  # echo (rathole: `type = "udp"` on both the server's and the client's service).
+  local srv_svc cli_svc
+  srv_svc=$(printf '[server.services.iperf]\ntoken = "%s"\nbind_addr = "127.0.0.1:%s"\n' "$token" "$PI")
+  cli_svc=$(printf '[client.services.iperf]\ntoken = "%s"\nlocal_addr = "127.0.0.1:%s"\n' "$token" "$IB")
+  if is_udp_col "$col"; then
+    srv_svc+=$(printf '\n\n[server.services.iperfudp]\ntype = "udp"\ntoken = "%s"\nbind_addr = "127.0.0.1:%s"\n' "$token" "$PI")
+    srv_svc+=$(printf '\n\n[server.services.echo]\ntype = "udp"\ntoken = "%s"\nbind_addr = "127.0.0.1:%s"\n' "$token" "$PE")
+    cli_svc+=$(printf '\n\n[client.services.iperfudp]\ntype = "udp"\ntoken = "%s"\nlocal_addr = "127.0.0.1:%s"\n' "$token" "$IB")
+    cli_svc+=$(printf '\n\n[client.services.echo]\ntype = "udp"\ntoken = "%s"\nlocal_addr = "127.0.0.1:%s"\n' "$token" "$UECHO_PORT")
+  else
+    srv_svc+=$(printf '\n\n[server.services.echo]\ntoken = "%s"\nbind_addr = "127.0.0.1:%s"\n' "$token" "$PE")
+    cli_svc+=$(printf '\n\n[client.services.echo]\ntoken = "%s"\nlocal_addr = "127.0.0.1:%s"\n' "$token" "$ECHO_PORT")
+  fi
   cat >"$dir/server.toml" <<EOF
 [server]
 bind_addr = "127.0.0.1:$ctrl"
@@ -324,13 +430,7 @@ type = "$kind"
 
 $srv_tls
 
-[server.services.iperf]
-token = "$token"
-bind_addr = "127.0.0.1:$PI"
-
-[server.services.echo]
-token = "$token"
-bind_addr = "127.0.0.1:$PE"
+$srv_svc
 EOF
   cat >"$dir/client.toml" <<EOF
 [client]
@@ -341,13 +441,7 @@ type = "$kind"
 
 $cli_tls
 
-[client.services.iperf]
-token = "$token"
-local_addr = "127.0.0.1:$IB"
-
-[client.services.echo]
-token = "$token"
-local_addr = "127.0.0.1:$ECHO_PORT"
+$cli_svc
 EOF
   SRV_LOG=$RUN/logs/$col-$PHASE-server.log AGT_LOG=$RUN/logs/$col-$PHASE-client.log
   RUST_LOG=$BENCH_TUNNEL_LOG start_bg "$SRV_LOG" "$RATHOLE_BIN" --server "$dir/server.toml"
@@ -364,7 +458,10 @@ setup_culvert() {
   local col=$1 o=$2 dir=$RUN/$1/$PHASE scheme mode
   local ctrl=$((o + 1))
   mkdir -p "$dir"
-  if [[ $col == culvert-ws ]]; then scheme=ws mode=--insecure-plain; else scheme=wss mode=--self-signed; fi
+  case $col in
+  culvert-ws | culvert-ws-udp) scheme=ws mode=--insecure-plain ;;
+  *) scheme=wss mode=--self-signed ;;
+  esac
   if ! timeout 20 "$CULVERT_BIN" token new --name bench --tokens "$dir/tokens.toml" \
     >"$dir/agent.token" 2>"$RUN/logs/$col-$PHASE-token.log" || [[ ! -s $dir/agent.token ]]; then
     SETUP_ERR="token new failed: $(last_line "$RUN/logs/$col-$PHASE-token.log")"
@@ -373,8 +470,8 @@ setup_culvert() {
   SRV_LOG=$RUN/logs/$col-$PHASE-server.log AGT_LOG=$RUN/logs/$col-$PHASE-agent.log
   # The fingerprint of --self-signed is an info-level log line of the binary's run module.
   RUST_LOG="$BENCH_TUNNEL_LOG,culvert::run=info" start_bg "$SRV_LOG" "$CULVERT_BIN" server \
-    --listen "127.0.0.1:$ctrl" --tokens "$dir/tokens.toml" --port-range "$((o + 2))-$((o + 5))" $mode \
-    "${CULVERT_SERVER_EXTRA[@]}"
+    --listen "127.0.0.1:$ctrl" --tokens "$dir/tokens.toml" --port-range "$((o + 2))-$((o + 5))" \
+    --udp-port-range "$((o + 2))-$((o + 5))" --public-bind 127.0.0.1 $mode "${CULVERT_SERVER_EXTRA[@]}"
   SRV_PID=$LAST_PID
   if ! "${TOOL[@]}" wait-listen --timeout 15 "$ctrl" 2>/dev/null || ! alive "$SRV_PID"; then
     SETUP_ERR="server did not start: $(last_line "$SRV_LOG")"
@@ -395,10 +492,17 @@ setup_culvert() {
       note "$col: no fingerprint found in the server's stderr; the agent ran with --insecure-skip-verify"
     fi
   fi
+  # UDP columns: iperf3's TCP control port and its UDP data port share the public port
+  # number (the TCP and UDP pools are separate); the UDP echo is the round-trip target.
+  local expose=(--expose "iperf=tcp://127.0.0.1:$IB@$PI")
+  if is_udp_col "$col"; then
+    expose+=(--expose "iperfudp=udp://127.0.0.1:$IB@$PI" --expose "echo=udp://127.0.0.1:$UECHO_PORT@$PE")
+  else
+    expose+=(--expose "echo=tcp://127.0.0.1:$ECHO_PORT@$PE")
+  fi
   RUST_LOG=$BENCH_TUNNEL_LOG start_bg "$AGT_LOG" "$CULVERT_BIN" agent \
     --server "$scheme://127.0.0.1:$ctrl" --token-file "$dir/agent.token" \
-    --expose "iperf=tcp://127.0.0.1:$IB@$PI" --expose "echo=tcp://127.0.0.1:$ECHO_PORT@$PE" "${verify[@]}" \
-    "${CULVERT_AGENT_EXTRA[@]}"
+    "${expose[@]}" "${verify[@]}" "${CULVERT_AGENT_EXTRA[@]}"
   AGT_PID=$LAST_PID
 }
 
@@ -438,20 +542,31 @@ iperf_run() { # iperf_run COL VARIANT PORT
 tunnel_alive() { [[ -z $SRV_PID ]] || { alive "$SRV_PID" && alive "$AGT_PID"; }; }
 
 # start_tunnel COL OFFSET: starts the tunnel for COL on fresh ports from OFFSET (control
-# port OFFSET+1, public ports OFFSET+2..OFFSET+5) and waits until an echo goes through
-# it; sets PI/PE (public iperf3/echo ports), SRV_PID/AGT_PID, or SETUP_ERR.
+# port OFFSET+1, public ports OFFSET+2..OFFSET+5) and waits until an echo (a datagram for
+# UDP columns) goes through it; sets PI/PE (public iperf3/echo ports), SRV_PID/AGT_PID,
+# or SETUP_ERR.
 start_tunnel() {
   local col=$1 o=$2
   SRV_PID='' AGT_PID='' SRV_LOG='' AGT_LOG='' SETUP_ERR=''
   PI=$((o + 2)) PE=$((o + 3))
   case $col in
   direct) PI=$IB PE=$ECHO_PORT ;;
+  direct-udp) PI=$IB PE=$UECHO_PORT ;;
   culvert-*) setup_culvert "$col" "$o" ;;
   rathole-*) setup_rathole "$col" "$o" ;;
   esac
   if [[ -z $SETUP_ERR && -n $SRV_PID ]]; then
-    if ! "${TOOL[@]}" wait-listen --timeout 20 "$PI" "$PE" 2>/dev/null ||
-      ! "${TOOL[@]}" wait-echo --timeout 15 "$PE" 2>/dev/null; then
+    local ready=0
+    if is_udp_col "$col"; then
+      # TCP control port listening, both UDP ports bound, and a datagram echoed back.
+      "${TOOL[@]}" wait-listen --timeout 20 "$PI" 2>/dev/null &&
+        "${TOOL[@]}" wait-listen --udp --timeout 20 "$PI" "$PE" 2>/dev/null &&
+        "${TOOL[@]}" wait-udp-echo --timeout 15 "$PE" 2>/dev/null && ready=1
+    else
+      "${TOOL[@]}" wait-listen --timeout 20 "$PI" "$PE" 2>/dev/null &&
+        "${TOOL[@]}" wait-echo --timeout 15 "$PE" 2>/dev/null && ready=1
+    fi
+    if ((!ready)); then
       if ! alive "$SRV_PID"; then
         SETUP_ERR="server exited: $(last_line "$SRV_LOG")"
       elif ! alive "$AGT_PID"; then
@@ -621,13 +736,149 @@ run_column() {
   stop_iperf
 }
 
+# iperf_udp_run COL VARIANT PORT: one iperf3 UDP run at a fixed offered rate; received
+# throughput, loss and jitter from the receiving side; CPU-s/GB of the tunnel processes
+# over the bytes received.
+iperf_udp_run() {
+  local col=$1 v=$2 port=$3 json=$RUN/$1/iperf-$2.json
+  local s0=0 a0=0 s1=0 a1=0 out mbps loss jit bytes win=()
+  [[ -z $BENCH_UDP_WINDOW ]] || win=(-w "$BENCH_UDP_WINDOW")
+  if [[ -n $SRV_PID ]]; then s0=$(cpu_ticks "$SRV_PID") a0=$(cpu_ticks "$AGT_PID"); fi
+  # shellcheck disable=SC2086
+  if ! timeout $((BENCH_UDP_SECONDS + 20)) iperf3 -c 127.0.0.1 -p "$port" -u -l "$BENCH_UDP_LEN" \
+    -t "$BENCH_UDP_SECONDS" -J --connect-timeout 5000 --get-server-output "${win[@]}" ${UARGS[$v]} \
+    >"$json" 2>"$RUN/logs/$col-iperf-$v.err" ||
+    ! out=$("${TOOL[@]}" iperf-udp-parse "$json" 2>>"$RUN/logs/$col-iperf-$v.err"); then
+    put "$col" "mbps_$v" "fail"
+    note "$col: iperf3 -u ${UARGS[$v]} failed: $(last_line "$RUN/logs/$col-iperf-$v.err")"
+    stop_iperf
+    start_iperf "$IB" "$col-$v" || true
+    return
+  fi
+  if [[ -n $SRV_PID ]]; then s1=$(cpu_ticks "$SRV_PID") a1=$(cpu_ticks "$AGT_PID"); fi
+  read -r mbps loss jit bytes <<<"$out"
+  if ! tunnel_alive; then
+    put "$col" "mbps_$v" "fail"
+    note "$col: a tunnel process exited during iperf3 -u ${UARGS[$v]}"
+    return
+  fi
+  put "$col" "mbps_$v" "$mbps"
+  put "$col" "loss_$v" "$loss"
+  UMBPS[$v]=$mbps ULOSS[$v]=$loss
+  put "$col" "jit_$v" "$jit"
+  if [[ -n $SRV_PID ]] && ((bytes > 0)); then
+    put "$col" "cpus_$v" "$(awk -v t=$((s1 - s0)) -v hz="$CLK_TCK" -v b="$bytes" 'BEGIN { printf "%.3f", (t / hz) / (b / 1e9) }')"
+    put "$col" "cpua_$v" "$(awk -v t=$((a1 - a0)) -v hz="$CLK_TCK" -v b="$bytes" 'BEGIN { printf "%.3f", (t / hz) / (b / 1e9) }')"
+  else
+    put "$col" "cpus_$v" "—"
+    put "$col" "cpua_$v" "—"
+  fi
+  log "$col -u ${UARGS[$v]}: $mbps Mbit/s received, loss $loss %, jitter $jit ms"
+}
+
+# run_udp_column COL INDEX: one tunnel start; UDP round trips first, then the iperf3
+# UDP runs (with CPU per GB and peak RSS).
+run_udp_column() {
+  local col=$1 o=$((BASE + 2 + $2 * 12)) v a b c d e f r
+  IB=$o
+  log "== $col"
+  SETUP_ERR=''
+  case $col in
+  culvert-*) SETUP_ERR=$CULVERT_NA ;;
+  rathole-*) SETUP_ERR=$RATHOLE_NA ;;
+  esac
+  if [[ -z $SETUP_ERR ]] && ! have_time 30; then SETUP_ERR="skipped: time limit (BENCH_MAX_SECONDS)"; fi
+  if [[ -n $SETUP_ERR ]]; then
+    na_column "$col" "$SETUP_ERR"
+    return
+  fi
+  if ! start_iperf "$IB" "$col"; then
+    na_column "$col" "iperf3 server did not start: $(last_line "$RUN/logs/iperf3-server-$col.log")"
+    stop_iperf
+    return
+  fi
+  PHASE=udp
+  if ! start_tunnel "$col" "$o"; then
+    na_column "$col" "$SETUP_ERR"
+    stop_tunnel
+    stop_iperf
+    return
+  fi
+  put "$col" status "ok"
+  if [[ -n $SRV_PID ]]; then
+    sleep 1
+    if ! { echo 5 >"/proc/$SRV_PID/clear_refs" && echo 5 >"/proc/$AGT_PID/clear_refs"; } 2>/dev/null; then
+      note "$col: could not reset VmHWM; peak RSS covers the whole process life"
+    fi
+  fi
+
+  # --- 64-byte UDP round trips, one flow
+  if have_time 20 && tunnel_alive; then
+    local rr=$RUN/$col/udp-rr.json
+    if timeout $((BENCH_SECONDS + 40)) "${TOOL[@]}" udp-rr "$PE" --count "$BENCH_UDP_RR_COUNT" \
+      --seconds "$BENCH_SECONDS" --timeout-ms "$BENCH_UDP_RR_TIMEOUT_MS" \
+      >"$rr" 2>"$RUN/logs/$col-udp-rr.err" &&
+      r=$("${TOOL[@]}" json-get "$rr" rps p50_us p99_us loss_percent lost stopped_early); then
+      read -r a b c d e f <<<"$r"
+      put "$col" urr_rps "$a"
+      put "$col" urr_p50 "$b"
+      put "$col" urr_p99 "$c"
+      put "$col" urr_loss "$d"
+      log "$col UDP round trips: $a/s p50 ${b}µs p99 ${c}µs, $e lost"
+      [[ $f != True ]] || note "$col: UDP round trips stopped after 50 timeouts in a row"
+    else
+      put "$col" urr_rps "fail"
+      note "$col: UDP round-trip test failed: $(last_line "$RUN/logs/$col-udp-rr.err")"
+    fi
+  fi
+
+  # --- iperf3 UDP at fixed offered rates, both directions
+  UMBPS=() ULOSS=()
+  for v in "${UVARIANTS[@]}"; do
+    if ! have_time $((BENCH_UDP_SECONDS + 10)); then
+      note "$col: iperf3 -u ${UARGS[$v]} skipped: time limit"
+      continue
+    fi
+    if ! tunnel_alive; then
+      note "$col: tunnel process exited before iperf3 -u ${UARGS[$v]}"
+      break
+    fi
+    iperf_udp_run "$col" "$v" "$PI"
+    sleep 0.5
+  done
+  # The issue's target compares received throughput at ≤ 1 % loss: the best such run.
+  local dir best
+  for dir in "" r; do
+    best=""
+    for r in "${UDP_RATES[@]}"; do
+      v=u$r$dir
+      [[ -n ${ULOSS[$v]:-} ]] || continue
+      if awk -v l="${ULOSS[$v]}" -v m="${UMBPS[$v]}" -v b="${best:-0}" 'BEGIN { exit !(l <= 1 && m > b) }'; then
+        best=${UMBPS[$v]}
+      fi
+    done
+    put "$col" "ubest$dir" "${best:-none}"
+  done
+  if [[ -n $SRV_PID ]] && tunnel_alive; then
+    put "$col" urss_peak_s "$(mb "$(status_kb "$SRV_PID" VmHWM)")"
+    put "$col" urss_peak_a "$(mb "$(status_kb "$AGT_PID" VmHWM)")"
+  elif [[ -n $SRV_PID ]]; then
+    note "$col: a tunnel process exited during the UDP runs (logs in target/bench/run/logs/$col-udp-*)"
+  else
+    put "$col" urss_peak_s "—"
+    put "$col" urss_peak_a "—"
+  fi
+  stop_tunnel
+  stop_iperf
+}
 
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 idx=0
-for col in direct culvert-ws culvert-wss rathole-tcp rathole-tls; do
+IFS=',' read -r -a ALL_COLS <<<"$ALL_COLUMNS"
+for col in "${ALL_COLS[@]}"; do
   if wants "$col"; then
     mkdir -p "$RUN/$col"
-    run_column "$col" "$idx"
+    if is_udp_col "$col"; then run_udp_column "$col" "$idx"; else run_column "$col" "$idx"; fi
   else
     put "$col" status "not run (BENCH_ONLY)"
   fi
@@ -647,12 +898,29 @@ REPORT=$OUT/latest.md
   echo "Machine: $(nproc) cores, $(uname -sr); iperf3 $(iperf3 --version 2>/dev/null | head -n1 | awk '{print $2}');" \
     "rathole $RATHOLE_VERSION (features $RATHOLE_FEATURES); Culvert at $culvert_rev;" \
     "load average before measuring: $LOADAVG (other work on the machine skews throughput more than CPU-s/GB)."
-  echo "Each iperf3 run ${BENCH_SECONDS} s; CPU-s/GB = (utime+stime delta of the process) ÷ GB received by iperf3;" \
-    "round trips: ≤ $BENCH_RR_COUNT sequential 64-byte echoes or ${BENCH_SECONDS} s; new connections:" \
-    "≤ $BENCH_CPS_COUNT or ${BENCH_SECONDS} s; peak RSS is the VmHWM of the tunnel processes over the bulk runs, on a fresh start (the connection tests run on another)." \
-    "Ratios are Culvert ÷ rathole: above 1 is better for rows marked higher-is-better, below 1 for lower-is-better."
-  echo
-  "${TOOL[@]}" table "$METRICS" "$RES"
+  if wants_any "$TCP_COLUMNS"; then
+    echo "Each iperf3 run ${BENCH_SECONDS} s; CPU-s/GB = (utime+stime delta of the process) ÷ GB received by iperf3;" \
+      "round trips: ≤ $BENCH_RR_COUNT sequential 64-byte echoes or ${BENCH_SECONDS} s; new connections:" \
+      "≤ $BENCH_CPS_COUNT or ${BENCH_SECONDS} s; peak RSS is the VmHWM of the tunnel processes over the bulk runs, on a fresh start (the connection tests run on another)." \
+      "Ratios are Culvert ÷ rathole: above 1 is better for rows marked higher-is-better, below 1 for lower-is-better."
+    echo
+    "${TOOL[@]}" table "$METRICS" "$RES"
+  fi
+  if wants_any "$UDP_COLUMNS"; then
+    wants_any "$TCP_COLUMNS" && { echo; echo "### UDP"; }
+    echo
+    echo "iperf3 UDP: each run ${BENCH_UDP_SECONDS} s at a fixed offered rate (-b), ${BENCH_UDP_LEN}-byte datagrams (-l)," \
+      "iperf3 socket buffers ${BENCH_UDP_WINDOW:-left at the iperf3 default} (-w); received throughput, loss and jitter are the receiving side's" \
+      "(iperf3's sum_received); the tunnel carries iperf3's TCP control connection and its UDP data on the same public port number." \
+      "CPU-s/GB = (utime+stime delta of the process) ÷ GB received, during the $UFAST runs." \
+      "UDP round trips: ≤ $BENCH_UDP_RR_COUNT sequential 64-byte datagrams from one flow or ${BENCH_SECONDS} s," \
+      "each waiting ≤ $BENCH_UDP_RR_TIMEOUT_MS ms for its echo (a timeout is a lost round trip, not in p50/p99)." \
+      "Peak RSS is the VmHWM over the round trips and the iperf3 UDP runs." \
+      "Ratios are Culvert ÷ rathole (culvert-ws-udp ÷ rathole-udp over rathole's TCP transport, culvert-wss-udp ÷ rathole-tls-udp)."
+    echo
+    "${TOOL[@]}" table "$UMETRICS" "$RES" --columns "$UDP_COLUMNS" \
+      --ratios "culvert-ws-udp/rathole-udp,culvert-wss-udp/rathole-tls-udp"
+  fi
   if ((${#NOTES[@]})); then
     echo
     echo "Notes:"
@@ -662,7 +930,7 @@ REPORT=$OUT/latest.md
   extra=""
   [[ -z ${BENCH_CULVERT_SERVER_ARGS:-} ]] || extra+=" BENCH_CULVERT_SERVER_ARGS='$BENCH_CULVERT_SERVER_ARGS'"
   [[ -z ${BENCH_CULVERT_AGENT_ARGS:-} ]] || extra+=" BENCH_CULVERT_AGENT_ARGS='$BENCH_CULVERT_AGENT_ARGS'"
-  echo "Run: \`BENCH_ONLY=$BENCH_ONLY BENCH_SECONDS=$BENCH_SECONDS$extra scripts/bench.sh\`; took $(($(date +%s) - T_START)) s of measuring."
+  echo "Run: \`${RUN_VARS}BENCH_SECONDS=$BENCH_SECONDS$extra scripts/bench.sh\`; took $(($(date +%s) - T_START)) s of measuring."
 } >"$REPORT"
 cat "$REPORT"
 log "written to ${REPORT#"$ROOT"/}; raw results and logs in ${RUN#"$ROOT"/}/"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Helpers for scripts/bench.sh: loopback-only load clients, an echo backend, port
-picking, iperf3 JSON parsing and the final markdown table.
+"""Helpers for scripts/bench.sh: loopback-only load clients (TCP and UDP), echo
+backends (TCP and UDP), port picking, iperf3 JSON parsing and the markdown tables.
 
 Every loop here is bounded both in count and in time, and every socket goes to
 127.0.0.1 only.
@@ -30,8 +30,9 @@ def _die(msg):
 
 
 def cmd_freeblock(a):
-    """Print the first port of N consecutive ports that are free on 127.0.0.1, chosen
-    below the kernel's ephemeral range so that no outgoing connection can take them."""
+    """Print the first port of N consecutive ports that are free on 127.0.0.1 for both
+    TCP and UDP, chosen below the kernel's ephemeral range so that no outgoing
+    connection can take them."""
     lo, hi = 20000, 32000
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
@@ -46,9 +47,10 @@ def cmd_freeblock(a):
         ok = True
         try:
             for p in range(base, base + a.n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind((HOST, p))
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind((HOST, p))
         except OSError:
             ok = False
         finally:
@@ -75,15 +77,32 @@ def _listening_ports():
     return ports
 
 
+def _udp_bound_ports():
+    ports = set()
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            pass
+    return ports
+
+
 def cmd_wait_listen(a):
-    """Wait until something listens on each port (read from /proc, no connection made)."""
+    """Wait until something listens on each port (read from /proc, no connection made);
+    with --udp, until a UDP socket is bound to each port."""
     deadline = time.monotonic() + a.timeout
     want = set(a.ports)
+    ports = _udp_bound_ports if a.udp else _listening_ports
     while time.monotonic() < deadline:
-        if want <= _listening_ports():
+        if want <= ports():
             return
         time.sleep(0.05)
-    _die(f"ports not listening after {a.timeout}s: {sorted(want - _listening_ports())}")
+    kind = "UDP ports not bound" if a.udp else "ports not listening"
+    _die(f"{kind} after {a.timeout}s: {sorted(want - ports())}")
 
 
 def _echo_once(port, timeout, payload=b"x"):
@@ -149,6 +168,71 @@ def cmd_echo_server(a):
     asyncio.run(main())
 
 
+def cmd_udp_echo_server(a):
+    """UDP echo server on 127.0.0.1:PORT: every datagram goes back to its sender.
+    Exits on SIGTERM or by itself after --max-seconds."""
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    s.bind((HOST, a.port))
+    s.settimeout(0.2)
+    end = time.monotonic() + a.max_seconds
+    while not stop and time.monotonic() < end:
+        try:
+            data, peer = s.recvfrom(65535)
+        except socket.timeout:
+            continue
+        except InterruptedError:
+            continue
+        try:
+            s.sendto(data, peer)
+        except OSError:
+            pass
+    s.close()
+
+
+def _udp_echo_once(s, seq, size, timeout):
+    """Send one datagram carrying SEQ on the connected socket S and wait up to TIMEOUT
+    seconds for the datagram that echoes it; older replies are skipped. Returns the
+    round-trip time in ns, or None on timeout (or an ICMP error)."""
+    payload = seq.to_bytes(8, "big") + b"u" * (size - 8)
+    t0 = time.perf_counter_ns()
+    limit = t0 + int(timeout * 1e9)
+    try:
+        s.send(payload)
+    except OSError:
+        return None
+    while True:
+        left = (limit - time.perf_counter_ns()) / 1e9
+        if left <= 0:
+            return None
+        s.settimeout(left)
+        try:
+            data = s.recv(65535)
+        except socket.timeout:
+            return None
+        except OSError:  # e.g. ECONNREFUSED from an ICMP port unreachable
+            return None
+        if len(data) >= 8 and int.from_bytes(data[:8], "big") == seq:
+            return time.perf_counter_ns() - t0
+
+
+def cmd_wait_udp_echo(a):
+    """Wait until a datagram sent to PORT comes back (proves the UDP data path)."""
+    deadline = time.monotonic() + a.timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((HOST, a.port))
+        seq = 1
+        while time.monotonic() < deadline:
+            if _udp_echo_once(s, seq, 16, 0.5) is not None:
+                return
+            seq += 1
+            time.sleep(0.05)
+    _die(f"no UDP echo through port {a.port} after {a.timeout}s")
+
+
 # --------------------------------------------------------------------------- load clients
 
 
@@ -204,6 +288,60 @@ def cmd_rr(a):
                 "rps": len(lat) / elapsed if elapsed > 0 else None,
                 "p50_us": _pct(lat, 0.50) / 1000,
                 "p99_us": _pct(lat, 0.99) / 1000,
+            }
+        )
+    )
+
+
+def cmd_udp_rr(a):
+    """Sequential SIZE-byte UDP round trips from one socket (one flow): send, wait for
+    the echo up to --timeout-ms, next. A timeout counts as a lost round trip. Bounded
+    by --count and --seconds, and stops after 50 timeouts in a row."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((HOST, a.port))
+    timeout = a.timeout_ms / 1000
+    seq = 0
+    # Warm the flow (flow setup at the tunnel's both ends), untimed.
+    warm_ok = 0
+    for _ in range(50):
+        seq += 1
+        if _udp_echo_once(s, seq, a.size, timeout) is not None:
+            warm_ok += 1
+            if warm_ok >= 20:
+                break
+    if warm_ok == 0:
+        _die("no UDP echo came back during warm-up")
+    lat = []
+    lost = 0
+    in_a_row = 0
+    pc = time.perf_counter_ns
+    t_start = pc()
+    deadline = t_start + int(a.seconds * 1e9)
+    while len(lat) + lost < a.count and pc() < deadline and in_a_row < 50:
+        seq += 1
+        rtt = _udp_echo_once(s, seq, a.size, timeout)
+        if rtt is None:
+            lost += 1
+            in_a_row += 1
+        else:
+            lat.append(rtt)
+            in_a_row = 0
+    elapsed = (pc() - t_start) / 1e9
+    s.close()
+    if not lat:
+        _die(f"no UDP round trip completed ({lost} timed out)")
+    lat.sort()
+    print(
+        json.dumps(
+            {
+                "count": len(lat),
+                "lost": lost,
+                "loss_percent": 100 * lost / (len(lat) + lost),
+                "seconds": elapsed,
+                "rps": len(lat) / elapsed if elapsed > 0 else None,
+                "p50_us": _pct(lat, 0.50) / 1000,
+                "p99_us": _pct(lat, 0.99) / 1000,
+                "stopped_early": in_a_row >= 50,
             }
         )
     )
@@ -301,6 +439,32 @@ def cmd_iperf_parse(a):
     print(f"{recv['bits_per_second'] / 1e9:.3f} {int(recv['bytes'])}")
 
 
+def cmd_iperf_udp_parse(a):
+    """Print 'MBIT_PER_S LOST_PERCENT JITTER_MS BYTES' from an iperf3 -u -J result, all
+    from the receiving side (the server's numbers for client→server, the client's with
+    -R): end.sum_received when iperf3 writes it, else the receiver's end.sum."""
+    with open(a.file) as f:
+        d = json.load(f)
+    if "error" in d:
+        _die(d["error"])
+    end = d["end"]
+    recv = end.get("sum_received")
+    if recv is None or "lost_percent" not in recv:
+        reverse = d.get("start", {}).get("test_start", {}).get("reverse", 0)
+        if reverse:
+            recv = end["sum"]
+        else:
+            srv = d.get("server_output_json")
+            if not srv:
+                _die("no receiver-side numbers (needs --get-server-output)")
+            recv = srv["end"]["sum"]
+    bps = recv["bits_per_second"]
+    print(
+        f"{bps / 1e6:.1f} {recv.get('lost_percent', 0):.3f} "
+        f"{recv.get('jitter_ms', 0):.3f} {int(recv['bytes'])}"
+    )
+
+
 def cmd_fingerprint(a):
     """Print the SHA-256 fingerprint found in a line mentioning 'fingerprint'."""
     with open(a.file, errors="replace") as f:
@@ -342,18 +506,21 @@ def _fmt(v):
         return v
     if x == 0:
         return "0"
-    if abs(x) >= 1000:
+    if abs(x) >= 999.5:
         return f"{x:,.0f}"
     if abs(x) >= 100:
         return f"{x:.0f}"
     if abs(x) >= 10:
         return f"{x:.1f}"
-    return f"{x:.2f}"
+    if abs(x) >= 0.1:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
 
 
 def cmd_table(a):
     """Render results.tsv (column<TAB>metric-key<TAB>value) and metrics.tsv
-    (metric-key<TAB>label<TAB>better) into one markdown table."""
+    (metric-key<TAB>label<TAB>better) into one markdown table; --columns and --ratios
+    (X/Y,...) choose other columns than the TCP ones."""
     metrics = []
     with open(a.metrics) as f:
         for line in f:
@@ -368,13 +535,15 @@ def cmd_table(a):
             if line:
                 col, key, val = line.split("\t", 2)
                 vals[(col, key)] = val
-    hdr = ["metric"] + COLUMNS + [f"{x} ÷ {y}" for x, y in RATIOS]
+    columns = a.columns.split(",") if a.columns else COLUMNS
+    ratios = [tuple(r.split("/", 1)) for r in a.ratios.split(",")] if a.ratios else RATIOS
+    hdr = ["metric"] + columns + [f"{x} ÷ {y}" for x, y in ratios]
     rows = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|"]
     for key, label, better in metrics:
         cells = [label + {"up": " (higher is better)", "down": " (lower is better)"}.get(better, "")]
-        for c in COLUMNS:
+        for c in columns:
             cells.append(_fmt(vals.get((c, key), "")))
-        for x, y in RATIOS:
+        for x, y in ratios:
             r = ""
             try:
                 vx, vy = float(vals[(x, key)]), float(vals[(y, key)])
@@ -397,6 +566,7 @@ def main():
 
     s = sub.add_parser("wait-listen")
     s.add_argument("--timeout", type=float, default=20)
+    s.add_argument("--udp", action="store_true")
     s.add_argument("ports", type=int, nargs="+")
     s.set_defaults(f=cmd_wait_listen)
 
@@ -409,6 +579,24 @@ def main():
     s.add_argument("port", type=int)
     s.add_argument("--max-seconds", type=float, default=900)
     s.set_defaults(f=cmd_echo_server)
+
+    s = sub.add_parser("udp-echo-server")
+    s.add_argument("port", type=int)
+    s.add_argument("--max-seconds", type=float, default=900)
+    s.set_defaults(f=cmd_udp_echo_server)
+
+    s = sub.add_parser("wait-udp-echo")
+    s.add_argument("--timeout", type=float, default=20)
+    s.add_argument("port", type=int)
+    s.set_defaults(f=cmd_wait_udp_echo)
+
+    s = sub.add_parser("udp-rr")
+    s.add_argument("port", type=int)
+    s.add_argument("--count", type=int, default=20000)
+    s.add_argument("--seconds", type=float, default=5)
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--timeout-ms", type=float, default=500)
+    s.set_defaults(f=cmd_udp_rr)
 
     s = sub.add_parser("rr")
     s.add_argument("port", type=int)
@@ -434,6 +622,10 @@ def main():
     s.add_argument("file")
     s.set_defaults(f=cmd_iperf_parse)
 
+    s = sub.add_parser("iperf-udp-parse")
+    s.add_argument("file")
+    s.set_defaults(f=cmd_iperf_udp_parse)
+
     s = sub.add_parser("fingerprint")
     s.add_argument("file")
     s.set_defaults(f=cmd_fingerprint)
@@ -446,6 +638,8 @@ def main():
     s = sub.add_parser("table")
     s.add_argument("metrics")
     s.add_argument("results")
+    s.add_argument("--columns", default="")
+    s.add_argument("--ratios", default="")
     s.set_defaults(f=cmd_table)
 
     a = p.parse_args()
