@@ -155,17 +155,9 @@ impl AgentHandle {
 
     /// Prometheus text exposition of the agent's state and counters.
     pub fn metrics(&self) -> String {
-        use std::fmt::Write;
         let mut out = String::new();
         let mut gauge = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (l, v) in samples {
-                if l.is_empty() {
-                    let _ = writeln!(out, "{name} {v}");
-                } else {
-                    let _ = writeln!(out, "{name}{{{l}}} {v}");
-                }
-            }
+            culvert_transport::prom::family(&mut out, name, kind, help, &samples)
         };
         let live = lock(&self.shared.live).clone();
         let (mut open, mut opened, mut sent, mut recv) = (0usize, 0u64, 0u64, 0u64);
@@ -212,7 +204,12 @@ impl AgentHandle {
             "Public port the server assigned to each service.",
             ports
                 .iter()
-                .map(|(n, p)| (format!("service=\"{}\"", n.replace('"', "")), f64::from(*p)))
+                .map(|(n, p)| {
+                    (
+                        format!("service=\"{}\"", culvert_transport::prom::label(n)),
+                        f64::from(*p),
+                    )
+                })
                 .collect(),
         );
         gauge(

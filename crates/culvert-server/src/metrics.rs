@@ -7,31 +7,7 @@ use std::sync::atomic::Ordering;
 use crate::registry::Protocol;
 use crate::server::Inner;
 
-/// Appends one metric family: its HELP and TYPE lines, then `samples` (`labels`, value).
-pub(crate) fn family(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: &[(String, f64)],
-) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, v) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {v}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
-        }
-    }
-}
-
-/// Escapes a label value.
-pub(crate) fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+pub(crate) use culvert_transport::prom::{family, label};
 
 /// Upper bounds (seconds) of the stream-open latency histogram buckets.
 pub(crate) const OPEN_BUCKETS: [f64; 12] = [

@@ -5,6 +5,7 @@
 
 mod driver;
 mod error;
+pub mod prom;
 mod relay;
 mod socket;
 mod stream;
