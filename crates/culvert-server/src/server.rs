@@ -299,7 +299,7 @@ impl Server {
                 }
             };
             let inner = self.inner.clone();
-            let span = tracing::info_span!("agent", %peer);
+            let span = tracing::info_span!("agent", %peer, session = tracing::field::Empty);
             tokio::spawn(
                 async move {
                     let r = handshake(&inner, tcp, peer).await;
@@ -438,6 +438,7 @@ async fn handshake(
             }
         }
     };
+    tracing::Span::current().record("session", tracing::field::display(client_id));
     let Some(session) = session else {
         reject(&mut ws, deadline).await;
         tracing::info!("authentication failed (client id held by another token)");
