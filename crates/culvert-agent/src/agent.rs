@@ -124,27 +124,8 @@ impl AgentHandle {
     /// Graceful stop: tells the server on every connection that no new streams are taken,
     /// gives the streams in flight up to `grace` to finish, then stops.
     pub async fn drain(&self, grace: Duration) {
-        let deadline = tokio::time::Instant::now() + grace;
         let live = lock(&self.shared.live).clone();
-        for m in &live {
-            m.go_away(0, "agent shutting down");
-        }
-        loop {
-            let open: usize = live
-                .iter()
-                .filter(|m| !m.is_closed())
-                .map(|m| m.open_streams())
-                .sum();
-            if open == 0 {
-                tracing::info!("all streams finished");
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(open, "grace period over; closing streams still open");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        culvert_transport::drain(&live, "agent shutting down", grace).await;
         self.shutdown();
     }
 

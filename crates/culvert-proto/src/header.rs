@@ -37,6 +37,12 @@ macro_rules! frame_types {
                 }
             }
 
+            /// Whether this is a zlayer-tunnel v1 control message (codes below 0x50), the
+            /// only frames a plain v1 peer can decode.
+            pub fn is_control(self) -> bool {
+                (self as u8) < (FrameType::StreamOpen as u8)
+            }
+
             /// Largest payload this type may declare; checked against the header's length.
             pub fn max_payload(self) -> usize {
                 match self {

@@ -78,31 +78,12 @@ impl ServerHandle {
     /// have (or the grace ran out), with everything closed.
     pub async fn drain(&self, grace: std::time::Duration) {
         self.task.abort();
-        let deadline = tokio::time::Instant::now() + grace;
         let sessions = self.inner.sessions_snapshot();
         for s in &sessions {
             s.stop_listeners();
-            for m in s.live_muxes() {
-                m.go_away(0, "server shutting down");
-            }
         }
-        loop {
-            let open: usize = sessions
-                .iter()
-                .flat_map(|s| s.live_muxes())
-                .map(|m| m.open_streams())
-                .sum();
-            if open == 0 {
-                tracing::info!("all streams finished");
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(open, "grace period over; closing streams still open");
-                break;
-            }
-            tracing::debug!(open, "draining");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        let muxes: Vec<Mux> = sessions.iter().flat_map(|s| s.live_muxes()).collect();
+        culvert_transport::drain(&muxes, "server shutting down", grace).await;
         self.shutdown();
     }
 

@@ -136,27 +136,25 @@ impl Session {
     /// The live connection for a UDP flow: chosen by flow hash, so one flow keeps one
     /// connection (and so its order) while the pool is stable.
     pub(crate) fn pick_for_flow(&self, flow: u64) -> Option<Mux> {
-        let c = self.conns();
-        let live: Vec<&Mux> = c.iter().filter(|m| !m.is_closed()).collect();
-        if live.is_empty() {
-            return None;
-        }
         let h = flow.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
-        Some(live[(h as usize) % live.len()].clone())
+        self.choose(|m| !m.is_closed(), h as usize)
     }
 
-    /// The next live connection, round-robin, so streams spread over the agent's pool.
+    /// The next live connection, round-robin, so streams spread over the agent's pool;
+    /// connections whose agent is going away get no new streams.
     pub(crate) fn pick(&self) -> Option<Mux> {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        self.choose(|m| !m.is_closed() && !m.peer_going_away(), key)
+    }
+
+    /// The `key`-th (modulo their number) connection that is `usable`.
+    fn choose(&self, usable: impl Fn(&Mux) -> bool, key: usize) -> Option<Mux> {
         let c = self.conns();
-        let live: Vec<&Mux> = c
-            .iter()
-            .filter(|m| !m.is_closed() && !m.peer_going_away())
-            .collect();
-        if live.is_empty() {
+        let usable: Vec<&Mux> = c.iter().filter(|m| usable(m)).collect();
+        if usable.is_empty() {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % live.len();
-        Some(live[i].clone())
+        Some(usable[key % usable.len()].clone())
     }
 
     /// Live connections, for metrics.

@@ -455,3 +455,28 @@ impl Mux {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
 }
+
+/// Graceful drain shared by server and agent: tells the peer on each connection that no new
+/// streams are taken, then waits until their streams have finished or `grace` has passed.
+pub async fn drain(muxes: &[Mux], reason: &str, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    for m in muxes {
+        m.go_away(0, reason);
+    }
+    loop {
+        let open: usize = muxes
+            .iter()
+            .filter(|m| !m.is_closed())
+            .map(|m| m.open_streams())
+            .sum();
+        if open == 0 {
+            tracing::info!("all streams finished");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(open, "grace period over; closing streams still open");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -13,7 +13,7 @@ pub mod tls;
 pub mod ws;
 pub mod wsframe;
 
-pub use driver::{Mux, MuxEvent, MuxStats};
+pub use driver::{drain, Mux, MuxEvent, MuxStats};
 pub use error::TransportError;
 pub use relay::{relay_tcp, RelayTotals};
 pub use socket::tune_tcp;

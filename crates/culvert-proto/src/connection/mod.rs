@@ -816,8 +816,11 @@ impl Connection {
     /// no streams, so no other data-plane frame is ever generated for it).
     pub fn enable_zlayer_v1_compat(&mut self) {
         self.single_frame_batches = true;
-        self.control
-            .retain(|f| f.first().is_some_and(|t| *t < FrameType::StreamOpen as u8));
+        self.control.retain(|f| {
+            f.first()
+                .and_then(|t| FrameType::from_u8(*t))
+                .is_some_and(FrameType::is_control)
+        });
     }
 
     /// Announces that we take no new streams; existing ones carry on. Later peer opens are refused.
