@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use culvert_proto::control::{AuthExt, CULVERT_VERSION};
+use culvert_proto::control::{AuthExt, RegisterExt, CULVERT_VERSION};
 use culvert_proto::{
     reset_code, Config, Connection, Control, ServiceProtocol, Side, StreamId, Token,
 };
 use culvert_transport::tls::{client_config, Verify};
 use culvert_transport::ws::{dial, ServerUrl};
-use culvert_transport::{relay_tcp, tune_tcp, Mux, MuxEvent, TunnelStream};
+use culvert_transport::{relay_tcp_counted, tune_tcp, Mux, MuxEvent, RelayCounters, TunnelStream};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -94,6 +94,58 @@ struct Shared {
     /// Connection attempts that failed, and connections lost.
     failures: std::sync::atomic::AtomicU64,
     state_tx: watch::Sender<usize>,
+    /// What each pool slot is doing, for status views.
+    slots: Mutex<Vec<SlotState>>,
+    /// The last reason a connection failed or was lost.
+    last_error: Mutex<Option<String>>,
+    /// Traffic per service, by name.
+    counters: HashMap<String, Arc<ServiceCounters>>,
+    /// Round-robin cursor for streams this side opens.
+    next_open: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SlotState {
+    Connecting,
+    Up,
+    BackingOff(Instant),
+}
+
+/// Where the agent's link to its server stands, for status views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// At least one pooled connection is up and registered.
+    Connected,
+    /// None is up; at least one is dialing or authenticating.
+    Connecting,
+    /// None is up and every slot waits before its next attempt.
+    BackingOff {
+        /// Time until the earliest next attempt.
+        retry_in: Duration,
+    },
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkState::Connected => f.write_str("connected"),
+            LinkState::Connecting => f.write_str("connecting"),
+            LinkState::BackingOff { retry_in } => {
+                write!(f, "backing off (retry in {:.1}s)", retry_in.as_secs_f64())
+            }
+        }
+    }
+}
+
+/// Traffic of one exposed service on this agent, so status views show per-tunnel figures.
+#[derive(Debug, Default)]
+pub struct ServiceCounters {
+    /// Connections being relayed now.
+    pub open: AtomicUsize,
+    /// Connections relayed since start.
+    pub connections: std::sync::atomic::AtomicU64,
+    /// Bytes each way: `up` from the local target towards the tunnel, `down` the other way.
+    pub bytes: RelayCounters,
 }
 
 /// The running agent.
@@ -119,6 +171,67 @@ impl AgentHandle {
     /// Pooled connections currently up and registered.
     pub fn connections_up(&self) -> usize {
         self.shared.up.load(Ordering::SeqCst)
+    }
+
+    /// Whether the link is connected, connecting or backing off.
+    pub fn link_state(&self) -> LinkState {
+        if self.connections_up() > 0 {
+            return LinkState::Connected;
+        }
+        let now = Instant::now();
+        let slots = lock(&self.shared.slots);
+        let mut earliest = None::<Instant>;
+        for s in slots.iter() {
+            match s {
+                SlotState::Up | SlotState::Connecting => return LinkState::Connecting,
+                SlotState::BackingOff(t) => earliest = Some(earliest.map_or(*t, |e| e.min(*t))),
+            }
+        }
+        match earliest {
+            Some(t) => LinkState::BackingOff {
+                retry_in: t.saturating_duration_since(now),
+            },
+            None => LinkState::Connecting,
+        }
+    }
+
+    /// Why the last connection attempt failed or the last connection was lost.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.shared.last_error).clone()
+    }
+
+    /// The smallest latest heartbeat round trip over the live connections.
+    pub fn rtt(&self) -> Option<Duration> {
+        lock(&self.shared.live)
+            .iter()
+            .filter_map(|m| m.stats().rtt)
+            .min()
+    }
+
+    /// Traffic counters of the service `name`, if the agent exposes it.
+    pub fn service_counters(&self, name: &str) -> Option<Arc<ServiceCounters>> {
+        self.shared.counters.get(name).cloned()
+    }
+
+    /// Opens a stream towards `target` (a service name on the server side, or `HOST:PORT`
+    /// for a node to dial) over the next live pooled connection. Errors when none is up.
+    pub async fn open(&self, target: &str) -> Result<TunnelStream, String> {
+        let mux = {
+            let live = lock(&self.shared.live);
+            let usable: Vec<&Mux> = live
+                .iter()
+                .filter(|m| !m.is_closed() && !m.peer_going_away())
+                .collect();
+            if usable.is_empty() {
+                return Err("no tunnel connection is up".into());
+            }
+            let k = self.shared.next_open.fetch_add(1, Ordering::Relaxed);
+            usable[k % usable.len()].clone()
+        };
+        tokio::time::timeout(self.shared.config.connect_timeout, mux.open(target))
+            .await
+            .map_err(|_| "timed out opening a stream (peer's stream limit reached)".to_owned())?
+            .map_err(|e| e.to_string())
     }
 
     /// Graceful stop: tells the server on every connection that no new streams are taken,
@@ -270,6 +383,14 @@ impl Agent {
             live: Mutex::new(Vec::new()),
             failures: Default::default(),
             state_tx,
+            slots: Mutex::new(vec![SlotState::Connecting; config.pool.max(1)]),
+            last_error: Mutex::new(None),
+            counters: config
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), Arc::default()))
+                .collect(),
+            next_open: AtomicUsize::new(0),
             config,
         });
         let tasks = (0..shared.config.pool.max(1))
@@ -289,8 +410,10 @@ impl Agent {
 async fn run_slot(shared: Arc<Shared>, slot: usize) {
     let mut backoff = Backoff::new(shared.config.backoff_min, shared.config.backoff_max);
     loop {
+        lock(&shared.slots)[slot] = SlotState::Connecting;
         match connect(&shared).await {
             Ok((mux, events, ids, early)) => {
+                lock(&shared.slots)[slot] = SlotState::Up;
                 // If this task is aborted (agent shutdown), the connection goes with it.
                 let _guard = CloseOnDrop(mux.clone());
                 lock(&shared.live).push(mux.clone());
@@ -303,13 +426,16 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                 lock(&shared.live).retain(|m| !m.same(&mux));
                 shared.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%reason, "tunnel connection lost");
+                *lock(&shared.last_error) = Some(format!("connection lost: {reason}"));
             }
             Err(e) => {
                 shared.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "could not establish tunnel connection")
+                tracing::warn!(error = %e, "could not establish tunnel connection");
+                *lock(&shared.last_error) = Some(e);
             }
         }
         let delay = backoff.next_delay();
+        lock(&shared.slots)[slot] = SlotState::BackingOff(Instant::now() + delay);
         tracing::info!(slot, ?delay, "reconnecting after backoff");
         tokio::time::sleep(delay).await;
     }
@@ -384,7 +510,8 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
                 protocol: svc.protocol,
                 local_port: svc.local_port(),
                 remote_port: svc.remote_port,
-                ext: None,
+                // Only a private service needs the extension (plain v1 servers ignore it).
+                ext: svc.private.then_some(RegisterExt { flags: 1 }),
             })
             .map_err(|e| e.to_string())?;
             match next_control(&mux, &mut events, &mut early).await? {
@@ -529,10 +656,19 @@ async fn serve(
                         };
                         let mux = mux.clone();
                         let timeout = shared.config.dial_timeout;
+                        let counters = shared.counters.get(&svc.name).cloned().unwrap_or_default();
                         let span = tracing::debug_span!("conn", service = %svc.name, client = %client_addr);
                         tokio::spawn(
-                            forward(mux, stream, svc, connection_id, timeout, client_addr)
-                                .instrument(span),
+                            forward(
+                                mux,
+                                stream,
+                                svc,
+                                connection_id,
+                                timeout,
+                                client_addr,
+                                counters,
+                            )
+                            .instrument(span),
                         );
                     }
                     Control::Disconnect { reason } => {
@@ -558,6 +694,7 @@ async fn forward(
     connection_id: Uuid,
     timeout: Duration,
     client_addr: String,
+    counters: Arc<ServiceCounters>,
 ) {
     let mut tcp = match tokio::time::timeout(timeout, TcpStream::connect(&svc.target)).await {
         Ok(Ok(t)) => t,
@@ -585,7 +722,11 @@ async fn forward(
         }
     }
     let _ = mux.send_control(Control::ConnectAck { connection_id });
-    match relay_tcp(tcp, &stream).await {
+    counters.connections.fetch_add(1, Ordering::Relaxed);
+    counters.open.fetch_add(1, Ordering::Relaxed);
+    let result = relay_tcp_counted(tcp, &stream, Some(&counters.bytes)).await;
+    counters.open.fetch_sub(1, Ordering::Relaxed);
+    match result {
         Ok(t) => tracing::debug!(up = t.up, down = t.down, "connection done"),
         Err(e) => tracing::debug!(error = %e, "connection aborted"),
     }

@@ -10,7 +10,7 @@ pub mod proxy_protocol;
 mod service;
 mod udp;
 
-pub use agent::{Agent, AgentConfig, AgentHandle};
+pub use agent::{Agent, AgentConfig, AgentHandle, LinkState, ServiceCounters};
 pub use backoff::Backoff;
 pub use proxy_protocol::ProxyVersion;
-pub use service::ServiceSpec;
+pub use service::{valid_service_name, ServiceSpec};

@@ -1,4 +1,4 @@
-//! What the agent exposes: `NAME=tcp://HOST:PORT[@PUBLIC_PORT][?proxy=v1|v2]`.
+//! What the agent exposes: `NAME=tcp://HOST:PORT[@PUBLIC_PORT][?proxy=v1|v2][&private]`.
 
 use culvert_proto::ServiceProtocol;
 
@@ -18,6 +18,18 @@ pub struct ServiceSpec {
     /// PROXY protocol header written to the target before each connection's first byte
     /// (`?proxy=v1` or `?proxy=v2`; TCP only), so the service sees the public client's address.
     pub proxy: Option<ProxyVersion>,
+    /// A private service gets no public port: it is reached only through access sessions
+    /// and node tunnels whose token the server allows it (`--private` or `?private`).
+    pub private: bool,
+}
+
+/// Whether `name` can name a service: 1 to 64 of `A-Z a-z 0-9 . _ -`. Stream targets with a
+/// colon are addresses and `?` starts an access check, so names must not hold either.
+pub fn valid_service_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl std::str::FromStr for ServiceSpec {
@@ -27,8 +39,10 @@ impl std::str::FromStr for ServiceSpec {
         let (name, url) = s
             .split_once('=')
             .ok_or_else(|| format!("{s:?}: expected NAME=tcp://HOST:PORT[@PUBLIC_PORT]"))?;
-        if name.is_empty() || name.len() > 64 {
-            return Err(format!("{s:?}: service name must be 1 to 64 bytes"));
+        if !valid_service_name(name) {
+            return Err(format!(
+                "{s:?}: service name must be 1 to 64 of A-Z a-z 0-9 . _ -"
+            ));
         }
         let (protocol, rest) = if let Some(r) = url.strip_prefix("tcp://") {
             (ServiceProtocol::Tcp, r)
@@ -37,9 +51,9 @@ impl std::str::FromStr for ServiceSpec {
         } else {
             return Err(format!("{s:?}: target must start with tcp:// or udp://"));
         };
-        let (rest, proxy) = match rest.split_once('?') {
-            Some((r, query)) => (r, Some(parse_query(s, query)?)),
-            None => (rest, None),
+        let (rest, (proxy, private)) = match rest.split_once('?') {
+            Some((r, query)) => (r, parse_query(s, query)?),
+            None => (rest, (None, false)),
         };
         if proxy.is_some() && protocol != ServiceProtocol::Tcp {
             return Err(format!("{s:?}: ?proxy= is only for tcp:// services"));
@@ -64,18 +78,27 @@ impl std::str::FromStr for ServiceSpec {
             target: target.to_owned(),
             remote_port,
             proxy,
+            private,
         })
     }
 }
 
-/// The options after `?`: `proxy=v1` or `proxy=v2` (the only one so far).
-fn parse_query(s: &str, query: &str) -> Result<ProxyVersion, String> {
-    match query.split_once('=') {
-        Some(("proxy", v)) => v.parse().map_err(|e| format!("{s:?}: {e}")),
-        _ => Err(format!(
-            "{s:?}: unknown option {query:?} (expected ?proxy=v1 or ?proxy=v2)"
-        )),
+/// The options after `?`, joined by `&`: `proxy=v1|v2` and `private[=true|false]`.
+fn parse_query(s: &str, query: &str) -> Result<(Option<ProxyVersion>, bool), String> {
+    let (mut proxy, mut private) = (None, false);
+    for opt in query.split('&') {
+        match opt.split_once('=').unwrap_or((opt, "")) {
+            ("proxy", v) => proxy = Some(v.parse().map_err(|e| format!("{s:?}: {e}"))?),
+            ("private", "" | "true") => private = true,
+            ("private", "false") => private = false,
+            _ => {
+                return Err(format!(
+                    "{s:?}: unknown option {opt:?} (expected proxy=v1, proxy=v2 or private)"
+                ))
+            }
+        }
     }
+    Ok((proxy, private))
 }
 
 impl ServiceSpec {
@@ -108,6 +131,28 @@ mod tests {
         assert!("x=http://a:1".parse::<ServiceSpec>().is_err());
         assert!("x=tcp://a".parse::<ServiceSpec>().is_err());
         assert_eq!(s.proxy, None);
+    }
+
+    #[test]
+    fn parses_private_and_checks_names() {
+        let s: ServiceSpec = "pg=tcp://127.0.0.1:5432?private".parse().unwrap();
+        assert!(s.private && s.proxy.is_none());
+        let s: ServiceSpec = "pg=tcp://127.0.0.1:5432?proxy=v1&private=true"
+            .parse()
+            .unwrap();
+        assert!(s.private && s.proxy == Some(ProxyVersion::V1));
+        let s: ServiceSpec = "pg=tcp://127.0.0.1:5432".parse().unwrap();
+        assert!(!s.private);
+        for bad in [
+            "a:b=tcp://127.0.0.1:1",
+            "?a=tcp://127.0.0.1:1",
+            "a b=tcp://127.0.0.1:1",
+            "x=tcp://127.0.0.1:1?private=maybe",
+        ] {
+            assert!(bad.parse::<ServiceSpec>().is_err(), "{bad}");
+        }
+        assert!(valid_service_name("db-1.eu_west"));
+        assert!(!valid_service_name(&"x".repeat(65)));
     }
 
     #[test]

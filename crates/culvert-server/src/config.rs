@@ -81,6 +81,11 @@ pub struct ServerConfig {
     /// Largest datagram relayed; larger ones are dropped and counted, never split. The
     /// default is what one frame carries for any flow id.
     pub udp_max_datagram: usize,
+    /// `HOST:PORT` targets peers may ask this server (as a node) to dial, checked after
+    /// name resolution. Empty, the default: dial nothing, so a server is never an open proxy.
+    pub allow_dial: crate::allow::AllowList,
+    /// Deadline for resolving and connecting such a target.
+    pub dial_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -101,6 +106,8 @@ impl ServerConfig {
             udp_max_flows_per_service: 4096,
             udp_max_flows_per_session: 16_384,
             udp_max_datagram: culvert_proto::MAX_PAYLOAD_LEN - 8,
+            allow_dial: Default::default(),
+            dial_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -3,9 +3,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod allow;
 mod config;
 mod limits;
 mod metrics;
+mod peer_streams;
 mod public;
 mod registry;
 mod server;
@@ -13,6 +15,7 @@ mod session;
 pub mod tokens;
 pub mod udp;
 
+pub use allow::{AllowError, AllowList, AllowRule};
 pub use config::{PortRange, ServerConfig};
 pub use registry::Protocol;
 pub use server::{Server, ServerHandle, SessionInfo};

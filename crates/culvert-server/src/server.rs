@@ -115,6 +115,7 @@ impl ServerHandle {
             .flat_map(|s| {
                 s.services()
                     .values()
+                    .filter(|v| !v.private)
                     .map(|v| (v.name.clone(), v.port))
                     .collect::<Vec<_>>()
             })
@@ -314,6 +315,20 @@ impl Inner {
         self.lock_sessions().values().cloned().collect()
     }
 
+    pub(crate) fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The live session serving the service `name`, and the service.
+    pub(crate) fn find_service(&self, name: &str) -> Option<(Arc<Session>, Arc<Service>)> {
+        self.lock_sessions().values().find_map(|s| {
+            if s.ended.load(Ordering::SeqCst) {
+                return None;
+            }
+            s.services().get(name).map(|v| (s.clone(), v.clone()))
+        })
+    }
+
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Session>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -501,8 +516,11 @@ async fn serve_connection(
                 handle_control(&inner, &session, &mux, c).await;
             }
             MuxEvent::Incoming(stream, target) => {
-                tracing::debug!(%target, "agent-opened streams are not served here; refusing");
-                stream.reset(reset_code::REFUSED);
+                if session.culvert {
+                    crate::peer_streams::spawn(inner.clone(), session.clone(), stream, target);
+                } else {
+                    stream.reset(reset_code::REFUSED);
+                }
             }
             MuxEvent::GoingAway(reason) => tracing::info!(%reason, "agent going away"),
             MuxEvent::Closed(reason) => {
@@ -523,9 +541,12 @@ async fn handle_control(inner: &Arc<Inner>, session: &Arc<Session>, mux: &Mux, c
             name,
             protocol,
             remote_port,
+            ext,
             ..
         } => {
-            let reply = match register(inner, session, &name, protocol, remote_port).await {
+            let private = session.culvert && ext.is_some_and(|e| e.flags & 1 != 0);
+            let reply = match register(inner, session, &name, protocol, remote_port, private).await
+            {
                 Ok(svc) => Control::RegisterOk {
                     service_id: svc.id,
                     ext: session.culvert.then(|| RegisterOkExt {
@@ -587,11 +608,16 @@ async fn register(
     name: &str,
     protocol: ServiceProtocol,
     requested: u16,
+    private: bool,
 ) -> Result<Arc<Service>, String> {
     if name.is_empty() || name.len() > MAX_SERVICE_NAME {
         return Err(format!(
             "service name must be 1 to {MAX_SERVICE_NAME} bytes"
         ));
+    }
+    // A colon would make the name read as an address in a stream target, `?` as a check.
+    if name.contains(':') || name.starts_with('?') {
+        return Err("service name must not contain ':' or start with '?'".into());
     }
     // Pooled connections register the same services concurrently: one at a time, so the
     // second finds the first's service instead of binding a second port.
@@ -625,6 +651,43 @@ async fn register(
         .collect();
     for s in stale {
         inner.end_session(&s, "replaced by a new session of the same agent");
+    }
+    // Access streams find a service by name: a name may not be held by two tokens when
+    // either of them is private, or an access stream could reach the wrong agent.
+    let clash = inner.lock_sessions().values().any(|s| {
+        s.token.name != session.token.name
+            && s.services()
+                .get(name)
+                .is_some_and(|other| other.private || private)
+    });
+    if clash {
+        return Err(format!(
+            "service name {name:?} is held by another token's private service (or would clash with one)"
+        ));
+    }
+    if private {
+        let svc = Arc::new(Service {
+            name: name.to_owned(),
+            id: Uuid::new_v4(),
+            protocol: match protocol {
+                ServiceProtocol::Tcp => Protocol::Tcp,
+                ServiceProtocol::Udp => Protocol::Udp,
+            },
+            port: 0,
+            private: true,
+            task: None,
+            connections: Default::default(),
+            bytes_in: Default::default(),
+            bytes_out: Default::default(),
+            udp: None,
+            _lease: None,
+        });
+        if session.ended.load(Ordering::SeqCst) {
+            return Err("session ended".into());
+        }
+        session.services().insert(name.to_owned(), svc.clone());
+        tracing::info!(session = %session.id, service = %name, "private service registered (no public port)");
+        return Ok(svc);
     }
     let allowed: Vec<PortRange> = session
         .token
@@ -660,12 +723,13 @@ async fn register(
                     id: Uuid::new_v4(),
                     protocol: proto,
                     port,
+                    private: false,
                     task: None,
                     connections: Default::default(),
                     bytes_in: Default::default(),
                     bytes_out: Default::default(),
                     udp: None,
-                    _lease: PortLease::new(inner.registry.clone(), proto, port),
+                    _lease: Some(PortLease::new(inner.registry.clone(), proto, port)),
                 };
                 let listener = match socket {
                     PublicSocket::Tcp(l) => Some(l),

@@ -18,7 +18,10 @@ pub(crate) struct Service {
     pub(crate) name: String,
     pub(crate) id: Uuid,
     pub(crate) protocol: Protocol,
+    /// Public port (0 for a private service).
     pub(crate) port: u16,
+    /// Reached only through access sessions and node tunnels, never on a public port.
+    pub(crate) private: bool,
     /// The public listener's task.
     pub(crate) task: Option<tokio::task::AbortHandle>,
     /// Public connections accepted.
@@ -30,7 +33,7 @@ pub(crate) struct Service {
     /// UDP state of a UDP service.
     pub(crate) udp: Option<crate::udp::UdpService>,
     /// Holds the port until the service is dropped. Declared last: dropped after the socket.
-    pub(crate) _lease: crate::registry::PortLease,
+    pub(crate) _lease: Option<crate::registry::PortLease>,
 }
 
 /// One agent's session.

@@ -27,6 +27,17 @@ pub struct TokenEntry {
     /// Most services this token may hold at once.
     #[serde(default = "default_max_services")]
     pub max_services: usize,
+    /// Services this token may reach through access sessions and node tunnels (by name;
+    /// `"*"` for all). None when absent: reaching a private service is never implied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Vec<String>>,
+}
+
+impl TokenEntry {
+    /// Whether this token may open streams to the service `name`.
+    pub fn may_access(&self, name: &str) -> bool {
+        self.access.iter().flatten().any(|s| s == "*" || s == name)
+    }
 }
 
 fn default_max_services() -> usize {
@@ -136,7 +147,21 @@ impl TokenStore {
                     services: None,
                     ports: None,
                     max_services: default_max_services(),
+                    access: None,
                 };
+                (e, h)
+            })
+            .collect();
+        TokenStore { entries }
+    }
+
+    /// A store from full entries (tests and embedded use that need permissions).
+    pub fn from_entries(tokens: Vec<(TokenEntry, &str)>) -> TokenStore {
+        let entries = tokens
+            .into_iter()
+            .map(|(mut e, tok)| {
+                let h = hash_token(tok);
+                e.sha256 = hex::encode(h);
                 (e, h)
             })
             .collect();
@@ -175,8 +200,9 @@ impl TokenStore {
 }
 
 /// Creates a token named `name`, records its hash in `path` (created if missing) and returns
-/// the token itself, which is never stored.
-pub fn add_token(path: &Path, name: &str) -> Result<String, TokenError> {
+/// the token itself, which is never stored. `access` lists the services it may reach
+/// through access sessions and node tunnels (none when empty).
+pub fn add_token(path: &Path, name: &str, access: &[String]) -> Result<String, TokenError> {
     let mut file = read_file(path)?;
     if file.tokens.iter().any(|t| t.name == name) {
         return Err(TokenError::Duplicate(name.to_owned()));
@@ -188,6 +214,7 @@ pub fn add_token(path: &Path, name: &str) -> Result<String, TokenError> {
         services: None,
         ports: None,
         max_services: default_max_services(),
+        access: (!access.is_empty()).then(|| access.to_vec()),
     });
     let text = toml::to_string_pretty(&file).expect("token file serialises");
     let p = path.display().to_string();
@@ -212,10 +239,10 @@ mod tests {
         let path = dir.join("tokens.toml");
         let _ = std::fs::remove_file(&path);
         assert!(matches!(TokenStore::load(&path), Err(TokenError::Empty(_))));
-        let t1 = add_token(&path, "a").unwrap();
-        let t2 = add_token(&path, "b").unwrap();
+        let t1 = add_token(&path, "a", &[]).unwrap();
+        let t2 = add_token(&path, "b", &["pg".to_owned()]).unwrap();
         assert!(matches!(
-            add_token(&path, "a"),
+            add_token(&path, "a", &[]),
             Err(TokenError::Duplicate(_))
         ));
         let text = std::fs::read_to_string(&path).unwrap();

@@ -15,6 +15,6 @@ pub mod wsframe;
 
 pub use driver::{drain, Mux, MuxEvent, MuxStats};
 pub use error::TransportError;
-pub use relay::{relay_tcp, RelayTotals};
+pub use relay::{relay_streams, relay_tcp, relay_tcp_counted, RelayCounters, RelayTotals};
 pub use socket::tune_tcp;
-pub use stream::TunnelStream;
+pub use stream::{reset_code_of, ResetByPeer, TunnelStream};

@@ -10,6 +10,31 @@ use culvert_proto::{reset_code, ReadOutcome, StreamError, StreamId};
 
 use crate::driver::Shared;
 
+/// The error inside an `io::Error` of kind `ConnectionReset` when the peer reset the
+/// stream: callers read the code with [`reset_code_of`] to say why (or pass it on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetByPeer(pub u64);
+
+impl std::fmt::Display for ResetByPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stream reset by peer: {} (code {})",
+            reset_code::describe(self.0),
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ResetByPeer {}
+
+/// The peer's reset code, if `e` is a stream reset by the peer.
+pub fn reset_code_of(e: &io::Error) -> Option<u64> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<ResetByPeer>())
+        .map(|r| r.0)
+}
+
 /// One tunneled byte stream. Dropping it before both directions finished resets it.
 pub struct TunnelStream {
     shared: Arc<Shared>,
@@ -43,10 +68,7 @@ impl TunnelStream {
 
     fn gone(&self, st: &mut crate::driver::State) -> io::Error {
         if let Some(code) = st.resets.remove(&self.id) {
-            return io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                format!("stream reset by peer (code {code})"),
-            );
+            return io::Error::new(io::ErrorKind::ConnectionReset, ResetByPeer(code));
         }
         if let Some(r) = &st.closed {
             return io::Error::new(

@@ -117,6 +117,26 @@ pub enum Verify {
     InsecureSkipVerify,
 }
 
+impl Verify {
+    /// The choice the usual options make: a CA file, else a pinned fingerprint, else
+    /// skipping verification when asked, else the system roots.
+    pub fn from_options(
+        ca: Option<std::path::PathBuf>,
+        fingerprint: Option<&str>,
+        insecure_skip_verify: bool,
+    ) -> Result<Verify, TransportError> {
+        Ok(if let Some(ca) = ca {
+            Verify::CaFile(ca)
+        } else if let Some(fp) = fingerprint {
+            Verify::Fingerprint(normalize_fingerprint(fp)?)
+        } else if insecure_skip_verify {
+            Verify::InsecureSkipVerify
+        } else {
+            Verify::SystemRoots
+        })
+    }
+}
+
 /// Builds the agent's TLS configuration.
 pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TransportError> {
     let builder = ClientConfig::builder_with_provider(provider())

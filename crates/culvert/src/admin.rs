@@ -158,3 +158,90 @@ impl AdminSource for AgentAdmin {
         })
     }
 }
+
+/// A node's admin view: its tunnels (and the sessions of peers it accepted).
+pub struct NodeAdmin(pub Arc<culvert_node::Node>);
+
+impl AdminSource for NodeAdmin {
+    fn metrics(&self) -> String {
+        self.0.metrics()
+    }
+
+    fn ready(&self) -> bool {
+        self.0.is_ready()
+    }
+
+    fn sessions_json(&self) -> serde_json::Value {
+        let peers = self
+            .0
+            .server()
+            .map(|s| ServerAdmin(s.clone()).sessions_json()["sessions"].clone())
+            .unwrap_or_else(|| serde_json::json!([]));
+        serde_json::json!({
+            "role": "node",
+            "tunnels": serde_json::to_value(self.0.status()).unwrap_or_default(),
+            "peers": peers,
+        })
+    }
+}
+
+/// `culvert access`'s admin view: its sessions, for `culvert access list`.
+pub struct AccessAdmin(pub Arc<culvert_node::Access>);
+
+impl AdminSource for AccessAdmin {
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        let st = self.0.status();
+        let samples = |f: &dyn Fn(&culvert_node::ForwardStatus) -> f64| -> Vec<(String, f64)> {
+            st.iter()
+                .map(|s| {
+                    (
+                        format!("service=\"{}\"", culvert_transport::prom::label(&s.name)),
+                        f(s),
+                    )
+                })
+                .collect()
+        };
+        culvert_transport::prom::family(
+            &mut out,
+            "culvert_access_open_connections",
+            "gauge",
+            "Connections being relayed.",
+            &samples(&|s| s.open_connections as f64),
+        );
+        culvert_transport::prom::family(
+            &mut out,
+            "culvert_access_bytes_up_total",
+            "counter",
+            "Bytes from local clients into the tunnel.",
+            &samples(&|s| s.bytes_up as f64),
+        );
+        culvert_transport::prom::family(
+            &mut out,
+            "culvert_access_bytes_down_total",
+            "counter",
+            "Bytes from the tunnel to local clients.",
+            &samples(&|s| s.bytes_down as f64),
+        );
+        culvert_transport::prom::family(
+            &mut out,
+            "culvert_access_remaining_seconds",
+            "gauge",
+            "Time-to-live left.",
+            &samples(&|s| s.remaining_secs.map_or(f64::INFINITY, |r| r as f64)),
+        );
+        out
+    }
+
+    fn ready(&self) -> bool {
+        self.0.link().connections_up() > 0
+    }
+
+    fn sessions_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "role": "access",
+            "link": self.0.link().link_state().to_string(),
+            "sessions": serde_json::to_value(self.0.status()).unwrap_or_default(),
+        })
+    }
+}

@@ -35,6 +35,69 @@ pub enum Command {
     Demo(DemoArgs),
     /// Show the sessions and services of a running server or agent (from its admin listener).
     Status(StatusArgs),
+    /// Run a node: accept peers and dial peers, with forward and reverse tunnels from one config.
+    Node(NodeArgs),
+    /// Reach private services through local listeners for a while (`culvert access list`
+    /// shows running sessions).
+    Access(AccessArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The node's TOML config: `[node]` (its listener, tokens, allow-list) and `[[tunnel]]` entries.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Admin listener (/metrics, /healthz, /readyz, /api/sessions with tunnel status);
+    /// overrides `[node] admin`.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Seconds streams in flight get to finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 10)]
+    pub grace: u64,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct AccessArgs {
+    #[command(subcommand)]
+    pub command: Option<AccessCommand>,
+    /// Services to reach (each gets a local listener).
+    #[arg(value_name = "SERVICE")]
+    pub services: Vec<String>,
+    /// TOML config file; its `[access]` table holds the same settings as these flags.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Server URL, wss://HOST:PORT (or ws:// for a loopback test server).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// File holding a token the server allows these services (or set CULVERT_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Local address per service, in the order of the services: ADDR:PORT, or ADDR alone
+    /// to pick a free port (printed). Default 127.0.0.1 with a free port.
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Time to live, like 90s, 15m, 1h or 2d: then the listeners and their connections close.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// While the tunnel is down: `fail` refuses local connections at once; `direct` dials
+    /// the address given by --direct (development only).
+    #[arg(long, value_parser = ["fail", "direct"])]
+    pub fallback: Option<String>,
+    /// With --fallback direct: the service's own address, per service in order.
+    #[arg(long)]
+    pub direct: Vec<String>,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+    /// Admin listener serving the sessions to `culvert access list`.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccessCommand {
+    /// List the sessions of a running `culvert access` (service, address, TTL left, connections, bytes).
+    List(StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +120,10 @@ pub enum TokenCommand {
         /// Token file to add it to (created if missing).
         #[arg(long, default_value = "tokens.toml")]
         tokens: PathBuf,
+        /// A service this token may reach through `culvert access` or a node tunnel
+        /// (repeatable; `*` for every service). Without it the token reaches none.
+        #[arg(long = "access", value_name = "SERVICE")]
+        access: Vec<String>,
     },
 }
 
@@ -111,18 +178,15 @@ pub struct AgentArgs {
     /// File holding the token (or set CULVERT_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// A service to expose: NAME=tcp://HOST:PORT[@PUBLIC_PORT][?proxy=v1|v2]. Repeatable.
+    /// A service to expose: NAME=tcp://HOST:PORT[@PUBLIC_PORT][?proxy=v1|v2][&private]. Repeatable.
     #[arg(long = "expose")]
     pub expose: Vec<String>,
-    /// Trust only server certificates issued by the CA(s) in this PEM file.
-    #[arg(long, conflicts_with_all = ["fingerprint", "insecure_skip_verify"])]
-    pub ca: Option<PathBuf>,
-    /// Trust exactly the server certificate with this SHA-256 fingerprint.
-    #[arg(long, conflicts_with = "insecure_skip_verify")]
-    pub fingerprint: Option<String>,
-    /// Do not verify the server at all (tests only; logs a loud warning).
+    /// Expose every service privately: no public port; reachable only through
+    /// `culvert access` and node tunnels whose token the server allows it.
     #[arg(long)]
-    pub insecure_skip_verify: bool,
+    pub private: bool,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
     /// WebSocket connections to keep open (streams spread across them).
     #[arg(long)]
     pub pool: Option<usize>,
@@ -142,4 +206,18 @@ pub struct DemoArgs {
     /// Do one echo round trip through the tunnel, print the result and exit.
     #[arg(long)]
     pub self_test: bool,
+}
+
+/// How a dialing command trusts the server's certificate.
+#[derive(Debug, Args, Default)]
+pub struct VerifyArgs {
+    /// Trust only server certificates issued by the CA(s) in this PEM file.
+    #[arg(long, conflicts_with_all = ["fingerprint", "insecure_skip_verify"])]
+    pub ca: Option<PathBuf>,
+    /// Trust exactly the server certificate with this SHA-256 fingerprint.
+    #[arg(long, conflicts_with = "insecure_skip_verify")]
+    pub fingerprint: Option<String>,
+    /// Do not verify the server at all (tests only; logs a loud warning).
+    #[arg(long)]
+    pub insecure_skip_verify: bool,
 }

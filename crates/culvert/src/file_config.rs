@@ -14,6 +14,35 @@ pub struct FileConfig {
     pub server: ServerFile,
     #[serde(default)]
     pub agent: AgentFile,
+    #[serde(default)]
+    pub access: AccessFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessFile {
+    pub server: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub fingerprint: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    pub ttl: Option<String>,
+    pub fallback: Option<String>,
+    pub admin: Option<SocketAddr>,
+    #[serde(default)]
+    pub session: Vec<AccessSessionFile>,
+}
+
+/// `[[access.session]]`: one service with its own listener, TTL and fallback.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSessionFile {
+    pub service: String,
+    pub listen: Option<String>,
+    pub ttl: Option<String>,
+    pub fallback: Option<String>,
+    pub direct: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -41,6 +70,8 @@ pub struct AgentFile {
     pub token_file: Option<PathBuf>,
     #[serde(default)]
     pub expose: Vec<String>,
+    #[serde(default)]
+    pub private: bool,
     pub ca: Option<PathBuf>,
     pub fingerprint: Option<String>,
     #[serde(default)]

@@ -1,10 +1,12 @@
 //! The `culvert` binary: `server`, `agent`, `token` and `demo` subcommands.
 
+mod access;
 mod admin;
 mod cli;
 mod demo;
 mod file_config;
 mod logging;
+mod node;
 mod run;
 mod status;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use culvert_agent::{Agent, AgentConfig, ServiceSpec};
 use culvert_server::{PortRange, Server, ServerConfig, TokenStore};
-use culvert_transport::tls::{normalize_fingerprint, ServerTls, Verify};
+use culvert_transport::tls::{ServerTls, Verify};
 use culvert_transport::ws::ServerUrl;
 
 use crate::cli::{AgentArgs, Cli, Command, ServerArgs, TokenCommand};
@@ -15,8 +15,12 @@ use crate::file_config;
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Token(TokenCommand::New { name, tokens }) => {
-            let token = culvert_server::tokens::add_token(&tokens, &name)?;
+        Command::Token(TokenCommand::New {
+            name,
+            tokens,
+            access,
+        }) => {
+            let token = culvert_server::tokens::add_token(&tokens, &name, &access)?;
             // The token alone on stdout, so scripts can capture it; the rest on stderr.
             println!("{token}");
             eprintln!(
@@ -29,10 +33,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Status(args) => crate::status::run(args).await,
+        Command::Node(args) => crate::node::run(args, shutdown_signal()).await,
+        Command::Access(args) => crate::access::run(args, shutdown_signal()).await,
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut term =
@@ -163,7 +169,7 @@ async fn reload_tokens_on_change(
     }
 }
 
-fn read_token(path: Option<PathBuf>) -> anyhow::Result<String> {
+pub(crate) fn read_token(path: Option<PathBuf>) -> anyhow::Result<String> {
     let token = match path {
         Some(p) => std::fs::read_to_string(&p)
             .with_context(|| format!("reading token file {}", p.display()))?,
@@ -194,20 +200,24 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     if expose.is_empty() {
         bail!("nothing to expose: add --expose NAME=tcp://HOST:PORT");
     }
+    let private = args.private || file.private;
     let services = expose
         .iter()
-        .map(|e| e.parse::<ServiceSpec>().map_err(anyhow::Error::msg))
+        .map(|e| {
+            e.parse::<ServiceSpec>()
+                .map(|mut s| {
+                    s.private |= private;
+                    s
+                })
+                .map_err(anyhow::Error::msg)
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut config = AgentConfig::new(server, token, services);
-    config.verify = if let Some(ca) = args.ca.or(file.ca) {
-        Verify::CaFile(ca)
-    } else if let Some(fp) = args.fingerprint.or(file.fingerprint) {
-        Verify::Fingerprint(normalize_fingerprint(&fp)?)
-    } else if args.insecure_skip_verify || file.insecure_skip_verify {
-        Verify::InsecureSkipVerify
-    } else {
-        Verify::SystemRoots
-    };
+    config.verify = Verify::from_options(
+        args.verify.ca.or(file.ca),
+        args.verify.fingerprint.or(file.fingerprint).as_deref(),
+        args.verify.insecure_skip_verify || file.insecure_skip_verify,
+    )?;
     if let Some(p) = args.pool.or(file.pool) {
         config.pool = p.clamp(1, 64);
     }

@@ -91,6 +91,58 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        Some("node") => {
+            println!(
+                "{:<16} {:<8} {:<34} {:>8} {:>5} {:>12} {:>12}  listen -> target",
+                "tunnel", "dir", "state", "rtt_ms", "open", "to_target", "from_target"
+            );
+            for t in v["tunnels"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<16} {:<8} {:<34} {:>8} {:>5} {:>12} {:>12}  {} -> {}",
+                    t["name"].as_str().unwrap_or("?"),
+                    t["direction"].as_str().unwrap_or("?"),
+                    t["state"].as_str().unwrap_or("?"),
+                    t["rtt_ms"]
+                        .as_f64()
+                        .map_or("-".into(), |r| format!("{r:.2}")),
+                    t["open_connections"],
+                    t["bytes_to_target"],
+                    t["bytes_from_target"],
+                    t["listen"].as_str().unwrap_or("?"),
+                    t["target"].as_str().unwrap_or("?"),
+                );
+                if let Some(e) = t["last_error"].as_str() {
+                    println!("{:<16} last error: {e}", "");
+                }
+            }
+            let peers = v["peers"].as_array().map_or(0, |p| p.len());
+            println!("peers connected to this node: {peers}");
+        }
+        Some("access") => {
+            println!("link: {}", v["link"].as_str().unwrap_or("?"));
+            println!(
+                "{:<16} {:<22} {:>10} {:>5} {:>12} {:>12}",
+                "service", "local address", "ttl left", "open", "bytes up", "bytes down"
+            );
+            for s in v["sessions"].as_array().into_iter().flatten() {
+                let ttl = if s["expired"].as_bool() == Some(true) {
+                    "expired".to_owned()
+                } else {
+                    s["remaining_secs"]
+                        .as_u64()
+                        .map_or("none".into(), |r| format!("{r}s"))
+                };
+                println!(
+                    "{:<16} {:<22} {:>10} {:>5} {:>12} {:>12}",
+                    s["name"].as_str().unwrap_or("?"),
+                    s["local_addr"].as_str().unwrap_or("?"),
+                    ttl,
+                    s["open_connections"],
+                    s["bytes_up"],
+                    s["bytes_down"],
+                );
+            }
+        }
         _ => bail!("unexpected /api/sessions answer"),
     }
     Ok(())

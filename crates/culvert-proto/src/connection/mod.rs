@@ -39,6 +39,27 @@ pub mod reset_code {
     pub const CONNECT_FAILED: u64 = 2;
     /// The stream's transport failed (for example its WebSocket died).
     pub const INTERNAL: u64 = 3;
+    /// The opener's token may not reach the target, or the target is outside the
+    /// receiver's allow-list.
+    pub const NOT_ALLOWED: u64 = 4;
+    /// No service of that name is registered.
+    pub const UNKNOWN_TARGET: u64 = 5;
+    /// The service exists but its agent has no live connection.
+    pub const UNAVAILABLE: u64 = 6;
+
+    /// A short human reason for `code`, for error messages and logs.
+    pub fn describe(code: u64) -> &'static str {
+        match code {
+            CANCEL => "cancelled",
+            REFUSED => "refused",
+            CONNECT_FAILED => "target could not be reached",
+            INTERNAL => "transport failed",
+            NOT_ALLOWED => "not allowed",
+            UNKNOWN_TARGET => "no such service",
+            UNAVAILABLE => "service unavailable (its agent is offline)",
+            _ => "unknown reason",
+        }
+    }
 }
 
 /// Result of [`Connection::read`].

@@ -1,0 +1,194 @@
+//! `culvert access`: on-demand local listeners reaching private services through the
+//! server, each with a time-to-live. The link to the server is an agent with no services
+//! of its own; each local connection is a stream the server joins to the serving agent.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use culvert_agent::{Agent, AgentConfig, AgentHandle};
+use culvert_proto::reset_code;
+use culvert_transport::reset_code_of;
+use culvert_transport::tls::Verify;
+use culvert_transport::ws::ServerUrl;
+
+use crate::forward::{Fallback, Forward, ForwardSpec, ForwardStatus};
+use crate::NodeError;
+
+/// One access session: a service reached through a local address for a while.
+#[derive(Debug, Clone)]
+pub struct AccessSpec {
+    /// Service name on the server (usually a private one).
+    pub service: String,
+    /// Local listen address; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Closes the listener and its connections this long after start.
+    pub ttl: Option<Duration>,
+    /// Behaviour while the tunnel is down.
+    pub fallback: Fallback,
+}
+
+/// Everything `culvert access` needs.
+#[derive(Clone)]
+pub struct AccessConfig {
+    /// Server to reach.
+    pub server: ServerUrl,
+    /// Token the server allows these services (never logged).
+    pub token: String,
+    /// How the server's certificate is verified.
+    pub verify: Verify,
+    /// Sessions to open.
+    pub sessions: Vec<AccessSpec>,
+    /// Pooled tunnel connections (2: a lost one leaves the other carrying new streams).
+    pub pool: usize,
+    /// How long start-up waits for the server before giving up (or, with a `direct`
+    /// fallback, carrying on without it).
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for AccessConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessConfig")
+            .field("server", &self.server)
+            .field("token", &"<redacted>")
+            .field("sessions", &self.sessions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Running access sessions.
+pub struct Access {
+    link: Arc<AgentHandle>,
+    forwards: Vec<Forward>,
+}
+
+impl Access {
+    /// Connects to the server, checks that the token may reach every service, and binds
+    /// the local listeners. A refused token or service is an error here, not later.
+    pub async fn start(config: AccessConfig) -> Result<Access, NodeError> {
+        if config.sessions.is_empty() {
+            return Err(NodeError::Config("no service to access".into()));
+        }
+        let mut agent = AgentConfig::new(config.server.clone(), config.token.clone(), Vec::new());
+        agent.verify = config.verify.clone();
+        agent.pool = config.pool.max(1);
+        agent.connect_timeout = config.connect_timeout;
+        let link = Arc::new(Agent::spawn(agent)?);
+        let all_direct = config
+            .sessions
+            .iter()
+            .all(|s| matches!(s.fallback, Fallback::Direct(_)));
+        // One connection is enough to start; the rest of the pool follows.
+        let up = wait_up(&link, config.connect_timeout).await;
+        if up {
+            for s in &config.sessions {
+                check_access(&link, &s.service).await?;
+            }
+        } else {
+            let why = link.last_error().unwrap_or_else(|| "no answer".to_owned());
+            if why.contains("refused the token") {
+                return Err(NodeError::Refused(why));
+            }
+            if !all_direct {
+                return Err(NodeError::Unreachable(format!(
+                    "could not reach the server at {}:{}: {why}",
+                    config.server.host, config.server.port
+                )));
+            }
+            tracing::warn!(reason = %why, "server unreachable; connections use the direct fallback until it is back");
+        }
+        let mut forwards = Vec::new();
+        for s in &config.sessions {
+            let spec = ForwardSpec {
+                name: s.service.clone(),
+                listen: s.listen,
+                target: s.service.clone(),
+                ttl: s.ttl,
+                fallback: s.fallback.clone(),
+            };
+            forwards.push(Forward::bind(spec, link.clone()).await?);
+        }
+        Ok(Access { link, forwards })
+    }
+
+    /// The bound local address of each session, in the order given.
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.forwards
+            .iter()
+            .map(|f| (f.status().name, f.local_addr()))
+            .collect()
+    }
+
+    /// Figures of every session.
+    pub fn status(&self) -> Vec<ForwardStatus> {
+        self.forwards.iter().map(Forward::status).collect()
+    }
+
+    /// The link to the server.
+    pub fn link(&self) -> &Arc<AgentHandle> {
+        &self.link
+    }
+
+    /// Waits until every session's TTL has expired (or each was closed).
+    pub async fn wait(&self) {
+        for f in &self.forwards {
+            f.closed().await;
+        }
+    }
+
+    /// Closes every session and the link.
+    pub fn shutdown(&self) {
+        for f in &self.forwards {
+            f.close();
+        }
+        self.link.shutdown();
+    }
+}
+
+async fn wait_up(link: &AgentHandle, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if link.connections_up() > 0 {
+            return true;
+        }
+        // A refused token will not get better by waiting.
+        if link
+            .last_error()
+            .is_some_and(|e| e.contains("refused the token"))
+        {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    link.connections_up() > 0
+}
+
+/// Asks the server whether this token may reach `service` (a `?NAME` stream: a FIN means
+/// yes, a reset says why not).
+async fn check_access(link: &AgentHandle, service: &str) -> Result<(), NodeError> {
+    let probe = link
+        .open(&format!("?{service}"))
+        .await
+        .map_err(NodeError::Unreachable)?;
+    let answer = tokio::time::timeout(Duration::from_secs(10), probe.recv()).await;
+    let _ = probe.finish();
+    match answer {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => match reset_code_of(&e) {
+            Some(reset_code::UNAVAILABLE) => {
+                tracing::warn!(%service, "the service's agent is offline right now; connections fail until it is back");
+                Ok(())
+            }
+            Some(code) => Err(NodeError::Refused(format!(
+                "server refused access to service {service:?}: {}",
+                reset_code::describe(code)
+            ))),
+            None => Err(NodeError::Unreachable(format!(
+                "checking access to {service:?}: {e}"
+            ))),
+        },
+        Err(_) => Err(NodeError::Unreachable(format!(
+            "the server did not answer the access check for {service:?}"
+        ))),
+    }
+}

@@ -1,0 +1,25 @@
+//! Culvert's node-to-node tunnels and on-demand access sessions. Both are local listeners
+//! whose connections become streams over the same multiplexed transport the agent uses;
+//! there is no second data path.
+//!
+//! * [`Forward`]: a local TCP listener; each connection is a stream to a target the peer
+//!   resolves (a service name for access, `HOST:PORT` for a node's forward tunnel), with
+//!   an optional time-to-live and a fallback for when the tunnel is down.
+//! * [`Access`]: `culvert access`, one or more forwards to private services, with a TTL.
+//! * [`Node`]: `culvert node`, a server role and agent roles from one config file.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod access;
+mod duration;
+mod error;
+mod forward;
+mod node;
+mod node_config;
+
+pub use access::{Access, AccessConfig, AccessSpec};
+pub use duration::parse_duration;
+pub use error::NodeError;
+pub use forward::{Fallback, Forward, ForwardSpec, ForwardStatus};
+pub use node::{Node, TunnelStatus};
+pub use node_config::{Direction, NodeFile, NodeSection, TunnelFile};

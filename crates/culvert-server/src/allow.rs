@@ -1,0 +1,1363 @@
+//! Forward-tunnel allow-list: which `HOST:PORT` targets this node may dial for its peers.
+//!
+//! A peer may ask a node to dial a TCP/UDP target. The node checks the request against its
+//! own allow-list *after* name resolution, so a name that resolves to a forbidden address is
+//! refused and no node becomes an open proxy. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`)
+//! are always compared in their IPv4 form, in rules and in resolved targets alike; an IPv6
+//! rule therefore never matches an IPv4 address (`[::/0]:*` allows all of IPv6, no IPv4).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Most characters of a peer- or config-supplied fragment echoed back in an error message.
+const MAX_ECHO: usize = 256;
+
+/// One allow-list entry: which addresses (or host name) and ports a peer may have dialled.
+///
+/// Parsed from strings such as:
+///
+/// ```text
+/// 127.0.0.1:5432               one address, one port
+/// 10.0.0.0/8:5432              an IPv4 CIDR block, one port
+/// [::1]:5432, [fd00::/8]:80    IPv6 (brackets required), optionally CIDR
+/// db.internal:5432             a host name: resolved at check time; allowed if the requested
+///                              target resolves to an address the name also resolves to
+/// 127.0.0.1:5000-5100          a port range (inclusive), on any of the forms above
+/// 127.0.0.1:*                  any port
+/// ```
+///
+/// Port 0 is never allowed, CIDR blocks must have their host bits clear, and IPv4-mapped
+/// IPv6 rules (`[::ffff:10.0.0.0/104]`) are stored as IPv4. `Display` gives the canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowRule {
+    host: RuleHost,
+    ports: Ports,
+}
+
+/// What a rule matches on the address side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RuleHost {
+    /// A network with its host bits zero; one address has a full-length prefix. Never an
+    /// IPv4-mapped IPv6 network of prefix /96 or longer (those are stored as IPv4).
+    Net { addr: IpAddr, prefix: u8 },
+    /// A lowercase host name, resolved when a target is checked.
+    Name(String),
+}
+
+/// An inclusive port range; never includes port 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ports {
+    lo: u16,
+    hi: u16,
+}
+
+impl Ports {
+    const ANY: Ports = Ports {
+        lo: 1,
+        hi: u16::MAX,
+    };
+
+    fn contains(self, port: u16) -> bool {
+        port != 0 && self.lo <= port && port <= self.hi
+    }
+}
+
+impl fmt::Display for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Ports::ANY {
+            f.write_str("*")
+        } else if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+impl AllowRule {
+    /// Whether this rule allows `addr` (already canonical) without any name resolution.
+    fn allows_ip(&self, addr: SocketAddr) -> bool {
+        match self.host {
+            RuleHost::Net { addr: net, prefix } => {
+                self.ports.contains(addr.port()) && net_contains(net, prefix, addr.ip())
+            }
+            RuleHost::Name(_) => false,
+        }
+    }
+}
+
+impl FromStr for AllowRule {
+    type Err = AllowError;
+
+    fn from_str(s: &str) -> Result<AllowRule, AllowError> {
+        let entry = s.trim();
+        parse_rule(entry).map_err(|reason| AllowError::BadRule {
+            entry: entry.to_string(),
+            reason,
+        })
+    }
+}
+
+impl fmt::Display for AllowRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            RuleHost::Net {
+                addr: IpAddr::V4(a),
+                prefix: 32,
+            } => write!(f, "{a}")?,
+            RuleHost::Net {
+                addr: IpAddr::V4(a),
+                prefix,
+            } => write!(f, "{a}/{prefix}")?,
+            RuleHost::Net {
+                addr: IpAddr::V6(a),
+                prefix: 128,
+            } => write!(f, "[{a}]")?,
+            RuleHost::Net {
+                addr: IpAddr::V6(a),
+                prefix,
+            } => write!(f, "[{a}/{prefix}]")?,
+            RuleHost::Name(name) => f.write_str(name)?,
+        }
+        write!(f, ":{}", self.ports)
+    }
+}
+
+/// The targets a node may dial for its peers. Empty = dial nothing.
+#[derive(Debug, Clone, Default)]
+pub struct AllowList {
+    rules: Vec<AllowRule>,
+}
+
+impl AllowList {
+    /// Builds a list from already-parsed rules (for callers that construct rules themselves).
+    pub fn new(rules: Vec<AllowRule>) -> AllowList {
+        AllowList { rules }
+    }
+
+    /// Parses every entry, failing on the first bad one (error names it).
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<AllowList, AllowError> {
+        let rules = entries
+            .iter()
+            .map(|entry| entry.as_ref().parse())
+            .collect::<Result<Vec<AllowRule>, AllowError>>()?;
+        Ok(AllowList { rules })
+    }
+
+    /// Whether the list has no rules, i.e. this node dials nothing for its peers.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The rules in configuration order, for display and logging.
+    pub fn rules(&self) -> &[AllowRule] {
+        &self.rules
+    }
+
+    /// Whether an already-resolved address is allowed (IP/CIDR rules only; host-name rules
+    /// need resolution — see `resolve`).
+    pub fn allows_addr(&self, addr: SocketAddr) -> bool {
+        let addr = canonical_addr(addr);
+        self.rules.iter().any(|rule| rule.allows_ip(addr))
+    }
+
+    /// Resolves `target` (`host:port`, `[v6]:port` or `ip:port`) with `tokio::net::lookup_host`
+    /// under `timeout`, and returns the resolved addresses that are allowed, in resolution order.
+    ///
+    /// Host-name rules are resolved here too (concurrently, each with the same timeout) and
+    /// match when they resolve to the same IP and the port matches; a rule whose name fails to
+    /// resolve matches nothing. Returned addresses are deduplicated, and IPv4-mapped IPv6
+    /// addresses are returned in their IPv4 form. An empty list refuses every well-formed
+    /// target without resolving it.
+    ///
+    /// Errors: malformed target -> [`AllowError::BadTarget`]; resolution failure or timeout ->
+    /// [`AllowError::Resolve`]; nothing allowed -> [`AllowError::NotAllowed`].
+    pub async fn resolve(
+        &self,
+        target: &str,
+        timeout: Duration,
+    ) -> Result<Vec<SocketAddr>, AllowError> {
+        let target = target.trim();
+        let parsed = parse_target(target)
+            .map_err(|reason| AllowError::BadTarget(format!("{}: {reason}", quoted(target))))?;
+        if self.rules.is_empty() {
+            return Err(AllowError::NotAllowed {
+                target: target.to_string(),
+                resolved: Vec::new(),
+            });
+        }
+        let resolve_error = |reason: String| AllowError::Resolve {
+            target: target.to_string(),
+            reason,
+        };
+        let (resolved, target_name) = match parsed {
+            Target::Addr(addr) => (vec![canonical_addr(addr)], None),
+            Target::Name(host, port) => {
+                let found = timed(timeout, tokio::net::lookup_host((host.as_str(), port)))
+                    .await
+                    .map_err(resolve_error)?;
+                let mut resolved: Vec<SocketAddr> = Vec::new();
+                for addr in found.map(canonical_addr) {
+                    if !resolved.contains(&addr) {
+                        resolved.push(addr);
+                    }
+                }
+                if resolved.is_empty() {
+                    return Err(resolve_error("the name has no addresses".to_string()));
+                }
+                (resolved, Some(host))
+            }
+        };
+        let names = self
+            .resolve_rule_names(&resolved, target_name, timeout)
+            .await;
+        let allowed: Vec<SocketAddr> = resolved
+            .iter()
+            .copied()
+            .filter(|&addr| self.allows_addr(addr) || self.name_rule_allows(addr, &names))
+            .collect();
+        if allowed.is_empty() {
+            Err(AllowError::NotAllowed {
+                target: target.to_string(),
+                resolved,
+            })
+        } else {
+            Ok(allowed)
+        }
+    }
+
+    /// Resolves the names of the host-name rules that could still allow one of `resolved`
+    /// (those not already allowed by an IP rule), mapping each name to its canonical IPs.
+    /// The target's own name, if any, reuses the target's resolution.
+    async fn resolve_rule_names(
+        &self,
+        resolved: &[SocketAddr],
+        target_name: Option<String>,
+        timeout: Duration,
+    ) -> HashMap<String, Vec<IpAddr>> {
+        let mut map = HashMap::new();
+        let pending: Vec<SocketAddr> = resolved
+            .iter()
+            .copied()
+            .filter(|&addr| !self.allows_addr(addr))
+            .collect();
+        let mut names: Vec<&String> = Vec::new();
+        for rule in &self.rules {
+            if let RuleHost::Name(name) = &rule.host {
+                let useful = pending.iter().any(|addr| rule.ports.contains(addr.port()));
+                if useful && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        if names.is_empty() {
+            return map;
+        }
+        if let Some(host) = target_name {
+            if names.contains(&&host) {
+                map.insert(host, resolved.iter().map(SocketAddr::ip).collect());
+            }
+        }
+        let mut lookups = tokio::task::JoinSet::new();
+        for name in names {
+            if map.contains_key(name) {
+                continue;
+            }
+            let name = name.clone();
+            lookups.spawn(async move {
+                let ips = match timed(timeout, tokio::net::lookup_host((name.as_str(), 0))).await {
+                    Ok(addrs) => addrs.map(|addr| canonical_ip(addr.ip())).collect(),
+                    Err(_) => Vec::new(),
+                };
+                (name, ips)
+            });
+        }
+        while let Some(joined) = lookups.join_next().await {
+            if let Ok((name, ips)) = joined {
+                map.insert(name, ips);
+            }
+        }
+        map
+    }
+
+    /// Whether a host-name rule allows `addr` (canonical), given the rule names' resolutions.
+    fn name_rule_allows(&self, addr: SocketAddr, names: &HashMap<String, Vec<IpAddr>>) -> bool {
+        self.rules.iter().any(|rule| match &rule.host {
+            RuleHost::Name(name) => {
+                rule.ports.contains(addr.port())
+                    && names.get(name).is_some_and(|ips| ips.contains(&addr.ip()))
+            }
+            RuleHost::Net { .. } => false,
+        })
+    }
+}
+
+/// Why a dial was refused or an entry could not be parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum AllowError {
+    /// An allow-list entry is malformed (a configuration error).
+    #[error("invalid allow-list entry {entry:?}: {reason}")]
+    BadRule {
+        /// The entry as written (trimmed).
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A requested target is not `HOST:PORT`, `[IPv6]:PORT` or `IP:PORT`; the text names the
+    /// target and the problem.
+    #[error("bad target {0}")]
+    BadTarget(String),
+    /// The target's name could not be resolved in time.
+    #[error("could not resolve target {target}: {reason}")]
+    Resolve {
+        /// The target as requested (trimmed).
+        target: String,
+        /// The resolver's error, or the timeout.
+        reason: String,
+    },
+    /// The target resolved, but to no address this node's allow-list permits.
+    #[error(
+        "target {target}{} is not in this node's allow-list",
+        resolved_suffix(.resolved)
+    )]
+    NotAllowed {
+        /// The target as requested (trimmed).
+        target: String,
+        /// Every address it resolved to (empty when the allow-list is empty and nothing was
+        /// resolved).
+        resolved: Vec<SocketAddr>,
+    },
+}
+
+/// " (resolved to a, b)" for a non-empty list of addresses, "" otherwise.
+fn resolved_suffix(resolved: &[SocketAddr]) -> String {
+    if resolved.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = resolved.iter().map(SocketAddr::to_string).collect();
+    format!(" (resolved to {})", list.join(", "))
+}
+
+/// `s` quoted and escaped for an error message, shortened if very long.
+fn quoted(s: &str) -> String {
+    if s.chars().count() > MAX_ECHO {
+        let head: String = s.chars().take(MAX_ECHO).collect();
+        format!("{head:?}…")
+    } else {
+        format!("{s:?}")
+    }
+}
+
+/// An IPv4-mapped IPv6 address in its IPv4 form; any other address unchanged.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// `addr` with its IP made canonical by [`canonical_ip`].
+fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical_ip(addr.ip()), addr.port())
+}
+
+/// The netmask of an IPv4 prefix length (saturating, so it never panics).
+fn mask_v4(prefix: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32u32.saturating_sub(u32::from(prefix)))
+        .unwrap_or(0)
+}
+
+/// The netmask of an IPv6 prefix length (saturating, so it never panics).
+fn mask_v6(prefix: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128u32.saturating_sub(u32::from(prefix)))
+        .unwrap_or(0)
+}
+
+/// Whether `ip` (compared in canonical form) lies in the network `net`/`prefix`.
+fn net_contains(net: IpAddr, prefix: u8, ip: IpAddr) -> bool {
+    match (net, canonical_ip(ip)) {
+        (IpAddr::V4(net), IpAddr::V4(ip)) => u32::from(ip) & mask_v4(prefix) == u32::from(net),
+        (IpAddr::V6(net), IpAddr::V6(ip)) => u128::from(ip) & mask_v6(prefix) == u128::from(net),
+        _ => false,
+    }
+}
+
+/// Splits `HOST:PORT` or `[HOST]:PORT` into host, port text and whether brackets were used.
+fn split_host_port(s: &str) -> Result<(&str, &str, bool), String> {
+    if s.is_empty() {
+        return Err("empty (expected HOST:PORT)".to_string());
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (inside, after) = rest
+            .split_once(']')
+            .ok_or_else(|| "missing ']' after the IPv6 address".to_string())?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => port,
+            None if after.is_empty() => {
+                return Err("missing port (expected [IPv6]:PORT, e.g. [::1]:5432)".to_string())
+            }
+            None => return Err(format!("expected ':' after ']', found {}", quoted(after))),
+        };
+        if inside.is_empty() {
+            return Err("missing address inside '[]'".to_string());
+        }
+        return Ok((inside, port, true));
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| "missing port (expected HOST:PORT, e.g. 127.0.0.1:5432)".to_string())?;
+    if host.contains(':') {
+        return Err("IPv6 addresses must be in brackets, e.g. [::1]:5432".to_string());
+    }
+    if host.is_empty() {
+        return Err("missing host before ':'".to_string());
+    }
+    Ok((host, port, false))
+}
+
+/// Parses one port, 1 to 65535.
+fn parse_port(s: &str) -> Result<u16, String> {
+    if s.is_empty() {
+        return Err("missing port".to_string());
+    }
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("invalid port {}", quoted(s)));
+    }
+    match s.parse::<u16>() {
+        Ok(0) => Err("port 0 is not allowed (ports are 1 to 65535)".to_string()),
+        Ok(port) => Ok(port),
+        Err(_) => Err(format!(
+            "port {} is out of range (ports are 1 to 65535)",
+            quoted(s)
+        )),
+    }
+}
+
+/// Parses a rule's port part: `*`, `N` or `LO-HI`.
+fn parse_ports(s: &str) -> Result<Ports, String> {
+    if s == "*" {
+        return Ok(Ports::ANY);
+    }
+    if let Some((lo, hi)) = s.split_once('-') {
+        if lo.is_empty() || hi.is_empty() {
+            return Err(format!(
+                "incomplete port range {} (expected LO-HI, e.g. 5000-5100)",
+                quoted(s)
+            ));
+        }
+        let (lo, hi) = (parse_port(lo)?, parse_port(hi)?);
+        if lo > hi {
+            return Err(format!(
+                "port range {lo}-{hi} is backwards (start exceeds end)"
+            ));
+        }
+        return Ok(Ports { lo, hi });
+    }
+    let port = parse_port(s)?;
+    Ok(Ports { lo: port, hi: port })
+}
+
+/// Parses a CIDR prefix length, at most `max`.
+fn parse_prefix(s: &str, max: u8, family: &str) -> Result<u8, String> {
+    if s.is_empty() {
+        return Err("missing prefix length after '/'".to_string());
+    }
+    if s.len() > 3 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("invalid prefix length {}", quoted(s)));
+    }
+    match s.parse::<u8>() {
+        Ok(prefix) if prefix <= max => Ok(prefix),
+        _ => Err(format!(
+            "{family} prefix length /{s} is out of range (must be /0 to /{max})"
+        )),
+    }
+}
+
+/// Checks that `name` is a plausible DNS host name (letters, digits, '-', '_', dots).
+fn check_host_name(name: &str) -> Result<(), String> {
+    let body = name.strip_suffix('.').unwrap_or(name);
+    if body.is_empty() {
+        return Err("empty host name".to_string());
+    }
+    if body.len() > 253 {
+        return Err("host name is longer than 253 characters".to_string());
+    }
+    let mut last = "";
+    for label in body.split('.') {
+        if label.is_empty() {
+            return Err(format!("host name {} has an empty label", quoted(name)));
+        }
+        if label.len() > 63 {
+            return Err(format!(
+                "host name {} has a label longer than 63 characters",
+                quoted(name)
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!(
+                "host name {} contains invalid character {c:?}",
+                quoted(name)
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "host name {} has a label starting or ending with '-'",
+                quoted(name)
+            ));
+        }
+        last = label;
+    }
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{} is neither a valid IPv4 address nor a host name",
+            quoted(name)
+        ));
+    }
+    Ok(())
+}
+
+/// Builds a network rule host, checking the prefix and host bits and storing IPv4-mapped
+/// IPv6 networks as IPv4.
+fn make_net(addr: IpAddr, prefix: u8) -> Result<RuleHost, String> {
+    let masked = match addr {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask_v4(prefix))),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask_v6(prefix))),
+    };
+    if masked != addr {
+        return Err(format!(
+            "{addr}/{prefix} has host bits set; the network is {masked}/{prefix}"
+        ));
+    }
+    if let IpAddr::V6(a) = addr {
+        if let Some(v4) = a.to_ipv4_mapped().filter(|_| prefix >= 96) {
+            return Ok(RuleHost::Net {
+                addr: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            });
+        }
+    }
+    Ok(RuleHost::Net { addr, prefix })
+}
+
+/// Parses a trimmed rule entry, returning the reason it is bad on failure.
+fn parse_rule(entry: &str) -> Result<AllowRule, String> {
+    let (host, port, bracketed) = split_host_port(entry)?;
+    let ports = parse_ports(port)?;
+    let host = if let Some((addr, prefix)) = host.split_once('/') {
+        if bracketed {
+            let addr: Ipv6Addr = addr
+                .parse()
+                .map_err(|_| format!("invalid IPv6 network address {}", quoted(addr)))?;
+            make_net(IpAddr::V6(addr), parse_prefix(prefix, 128, "IPv6")?)?
+        } else {
+            let addr: Ipv4Addr = addr.parse().map_err(|_| {
+                format!(
+                    "invalid IPv4 network address {} (CIDR blocks need an IP address)",
+                    quoted(addr)
+                )
+            })?;
+            make_net(IpAddr::V4(addr), parse_prefix(prefix, 32, "IPv4")?)?
+        }
+    } else if bracketed {
+        let addr: Ipv6Addr = host.parse().map_err(|_| {
+            format!(
+                "invalid IPv6 address {} (brackets are only for IPv6)",
+                quoted(host)
+            )
+        })?;
+        make_net(IpAddr::V6(addr), 128)?
+    } else if let Ok(addr) = host.parse::<Ipv4Addr>() {
+        make_net(IpAddr::V4(addr), 32)?
+    } else {
+        check_host_name(host)?;
+        RuleHost::Name(host.to_ascii_lowercase())
+    };
+    Ok(AllowRule { host, ports })
+}
+
+/// A syntactically valid dial target.
+enum Target {
+    /// An IP literal: no resolution needed.
+    Addr(SocketAddr),
+    /// A host name (lowercase) and port, to be resolved.
+    Name(String, u16),
+}
+
+/// Parses a trimmed target, returning the reason it is bad on failure.
+fn parse_target(target: &str) -> Result<Target, String> {
+    let (host, port, bracketed) = split_host_port(target)?;
+    let port = parse_port(port)?;
+    if bracketed {
+        let ip: Ipv6Addr = host
+            .parse()
+            .map_err(|_| format!("invalid IPv6 address {}", quoted(host)))?;
+        return Ok(Target::Addr(SocketAddr::new(IpAddr::V6(ip), port)));
+    }
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Ok(Target::Addr(SocketAddr::new(IpAddr::V4(ip), port)));
+    }
+    check_host_name(host)?;
+    Ok(Target::Name(host.to_ascii_lowercase(), port))
+}
+
+/// Runs a resolver future under `timeout`, turning failure or timeout into a reason.
+async fn timed<T, F>(timeout: Duration, lookup: F) -> Result<T, String>
+where
+    F: Future<Output = std::io::Result<T>>,
+{
+    match tokio::time::timeout(timeout, lookup).await {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("timed out after {timeout:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(s: &str) -> AllowRule {
+        match s.parse() {
+            Ok(rule) => rule,
+            Err(e) => panic!("{s:?} should parse: {e}"),
+        }
+    }
+
+    fn list(entries: &[&str]) -> AllowList {
+        match AllowList::parse(entries) {
+            Ok(list) => list,
+            Err(e) => panic!("{entries:?} should parse: {e}"),
+        }
+    }
+
+    fn bad(s: &str) -> String {
+        match s.parse::<AllowRule>() {
+            Ok(rule) => panic!("{s:?} should be rejected, parsed as {rule}"),
+            Err(e @ AllowError::BadRule { .. }) => e.to_string(),
+            Err(e) => panic!("{s:?}: wrong error kind {e:?}"),
+        }
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().expect("test socket address")
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    // ---- parsing: good forms ----
+
+    #[test]
+    fn parses_single_ipv4() {
+        let r = rule("127.0.0.1:5432");
+        assert_eq!(
+            r,
+            AllowRule {
+                host: RuleHost::Net {
+                    addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    prefix: 32
+                },
+                ports: Ports { lo: 5432, hi: 5432 },
+            }
+        );
+        assert_eq!(r.to_string(), "127.0.0.1:5432");
+    }
+
+    #[test]
+    fn parses_ipv4_cidr() {
+        let r = rule("10.0.0.0/8:5432");
+        assert_eq!(
+            r.host,
+            RuleHost::Net {
+                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)),
+                prefix: 8
+            }
+        );
+        assert_eq!(r.to_string(), "10.0.0.0/8:5432");
+    }
+
+    #[test]
+    fn parses_ipv6_forms() {
+        assert_eq!(rule("[::1]:5432").to_string(), "[::1]:5432");
+        assert_eq!(rule("[fd00::/8]:80").to_string(), "[fd00::/8]:80");
+        assert_eq!(
+            rule("[FD00:0:0::/16]:80").to_string(),
+            "[fd00::/16]:80",
+            "IPv6 is shown in RFC 5952 form"
+        );
+        assert_eq!(
+            rule("[::1]:5432").host,
+            RuleHost::Net {
+                addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+                prefix: 128
+            }
+        );
+    }
+
+    #[test]
+    fn parses_host_names_lowercased() {
+        let r = rule("db.internal:5432");
+        assert_eq!(r.host, RuleHost::Name("db.internal".to_string()));
+        assert_eq!(r.to_string(), "db.internal:5432");
+        assert_eq!(rule("DB.Internal:5432"), r);
+        assert_eq!(rule("localhost:*").to_string(), "localhost:*");
+        assert_eq!(
+            rule("my_svc-1.example.:80").to_string(),
+            "my_svc-1.example.:80"
+        );
+    }
+
+    #[test]
+    fn parses_port_ranges_and_any() {
+        assert_eq!(
+            rule("127.0.0.1:5000-5100").ports,
+            Ports { lo: 5000, hi: 5100 }
+        );
+        assert_eq!(
+            rule("127.0.0.1:5000-5100").to_string(),
+            "127.0.0.1:5000-5100"
+        );
+        assert_eq!(rule("127.0.0.1:*").ports, Ports::ANY);
+        assert_eq!(rule("127.0.0.1:*").to_string(), "127.0.0.1:*");
+        assert_eq!(rule("10.0.0.0/8:1-1024").to_string(), "10.0.0.0/8:1-1024");
+        assert_eq!(
+            rule("[fd00::/8]:5000-5100").to_string(),
+            "[fd00::/8]:5000-5100"
+        );
+        assert_eq!(
+            rule("db.internal:5000-5100").to_string(),
+            "db.internal:5000-5100"
+        );
+        assert_eq!(rule("[::1]:*").to_string(), "[::1]:*");
+    }
+
+    #[test]
+    fn canonicalises_equivalent_forms() {
+        assert_eq!(rule("127.0.0.1:1-65535").to_string(), "127.0.0.1:*");
+        assert_eq!(rule("127.0.0.1:80-80").to_string(), "127.0.0.1:80");
+        assert_eq!(rule("127.0.0.1/32:22").to_string(), "127.0.0.1:22");
+        assert_eq!(rule("[::1/128]:22").to_string(), "[::1]:22");
+        assert_eq!(rule("127.0.0.1:0080").to_string(), "127.0.0.1:80");
+        assert_eq!(rule("  127.0.0.1:22 \t\n").to_string(), "127.0.0.1:22");
+        assert_eq!(rule("0.0.0.0/0:*").to_string(), "0.0.0.0/0:*");
+        assert_eq!(rule("[::/0]:*").to_string(), "[::/0]:*");
+    }
+
+    #[test]
+    fn ipv4_mapped_rules_become_ipv4() {
+        assert_eq!(rule("[::ffff:127.0.0.1]:80").to_string(), "127.0.0.1:80");
+        assert_eq!(rule("[::ffff:127.0.0.1]:80"), rule("127.0.0.1:80"));
+        assert_eq!(
+            rule("[::ffff:10.0.0.0/104]:80").to_string(),
+            "10.0.0.0/8:80"
+        );
+        assert_eq!(rule("[::ffff:0:0/96]:*").to_string(), "0.0.0.0/0:*");
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "127.0.0.1:5432",
+            "10.0.0.0/8:5432",
+            "[::1]:5432",
+            "[fd00::/8]:80",
+            "db.internal:5432",
+            "127.0.0.1:5000-5100",
+            "127.0.0.1:*",
+            "0.0.0.0/0:1-1024",
+            "[::/0]:*",
+            "[2001:db8::1]:443",
+            "[2001:db8::/32]:5000-5100",
+            "localhost:65535",
+            "DB.Internal:1",
+            " [::ffff:192.168.0.0/112]:22 ",
+            "1.2.3.4/32:80-80",
+        ] {
+            let first = rule(s);
+            let text = first.to_string();
+            let second = rule(&text);
+            assert_eq!(first, second, "{s:?} -> {text:?}");
+            assert_eq!(second.to_string(), text, "{s:?}: display is stable");
+        }
+    }
+
+    // ---- parsing: bad entries ----
+
+    #[test]
+    fn rejects_empty_entries() {
+        assert!(bad("").contains("empty"));
+        assert!(bad("   ").contains("empty"));
+    }
+
+    #[test]
+    fn rejects_missing_ports() {
+        let e = bad("127.0.0.1");
+        assert!(e.contains("\"127.0.0.1\""), "{e}");
+        assert!(e.contains("missing port"), "{e}");
+        assert!(bad("127.0.0.1:").contains("missing port"));
+        assert!(bad("db.internal").contains("missing port"));
+        assert!(bad("[::1]").contains("missing port"));
+        assert!(bad("[::1]:").contains("missing port"));
+    }
+
+    #[test]
+    fn rejects_bad_ports() {
+        let e = bad("127.0.0.1:0");
+        assert!(e.contains("port 0 is not allowed"), "{e}");
+        assert!(bad("127.0.0.1:0-10").contains("port 0 is not allowed"));
+        assert!(bad("127.0.0.1:65536").contains("out of range"));
+        assert!(bad("127.0.0.1:99999999999999999999").contains("out of range"));
+        assert!(bad("127.0.0.1:abc").contains("invalid port \"abc\""));
+        assert!(bad("127.0.0.1:+80").contains("invalid port"));
+        assert!(bad("127.0.0.1:-80").contains("incomplete port range"));
+        assert!(bad("127.0.0.1:80-").contains("incomplete port range"));
+        assert!(bad("127.0.0.1:-").contains("incomplete port range"));
+        assert!(bad("127.0.0.1:1-2-3").contains("invalid port"));
+        assert!(bad("127.0.0.1:**").contains("invalid port"));
+        assert!(bad("127.0.0.1: 80").contains("invalid port"));
+        let e = bad("127.0.0.1:5100-5000");
+        assert!(e.contains("backwards"), "{e}");
+        assert!(e.contains("5100-5000"), "{e}");
+    }
+
+    #[test]
+    fn rejects_bad_prefixes() {
+        let e = bad("10.0.0.0/33:80");
+        assert_eq!(
+            e,
+            "invalid allow-list entry \"10.0.0.0/33:80\": IPv4 prefix length /33 is out of range (must be /0 to /32)"
+        );
+        let e = bad("[fd00::/129]:80");
+        assert!(e.contains("IPv6 prefix length /129"), "{e}");
+        assert!(e.contains("/0 to /128"), "{e}");
+        assert!(bad("10.0.0.0/256:80").contains("out of range"));
+        assert!(bad("10.0.0.0/1000:80").contains("invalid prefix length"));
+        assert!(bad("10.0.0.0/:80").contains("missing prefix length"));
+        assert!(bad("10.0.0.0/x:80").contains("invalid prefix length \"x\""));
+        assert!(bad("10.0.0.0/-1:80").contains("invalid prefix length"));
+        assert!(bad("10.0.0.0/8/8:80").contains("invalid prefix length"));
+    }
+
+    #[test]
+    fn rejects_host_bits_in_cidr() {
+        let e = bad("10.1.2.3/8:80");
+        assert!(e.contains("host bits set"), "{e}");
+        assert!(e.contains("10.0.0.0/8"), "{e}");
+        assert!(bad("[fd00::1/8]:80").contains("fd00::/8"));
+    }
+
+    #[test]
+    fn rejects_bad_ipv6_syntax() {
+        let e = bad("::1:80");
+        assert!(e.contains("must be in brackets"), "{e}");
+        assert!(bad("fd00::/8:80").contains("must be in brackets"));
+        assert!(bad("[::1:80").contains("missing ']'"));
+        assert!(bad("[::1]80").contains("expected ':' after ']'"));
+        assert!(bad("[]:80").contains("missing address"));
+        assert!(bad("[127.0.0.1]:80").contains("invalid IPv6 address"));
+        assert!(bad("[db.internal]:80").contains("brackets are only for IPv6"));
+        assert!(bad("[fe80::1%eth0]:80").contains("invalid IPv6 address"));
+        assert!(bad("[10.0.0.0/8]:80").contains("invalid IPv6 network address"));
+    }
+
+    #[test]
+    fn rejects_bad_host_names() {
+        let e = bad("256.1.1.1:80");
+        assert!(
+            e.contains("neither a valid IPv4 address nor a host name"),
+            "{e}"
+        );
+        assert!(bad("1.2.3:80").contains("neither a valid IPv4"));
+        assert!(bad("010.0.0.1:80").contains("neither a valid IPv4"));
+        assert!(bad("db internal:80").contains("invalid character ' '"));
+        assert!(bad("db/8:80").contains("invalid IPv4 network address \"db\""));
+        assert!(bad("-db:80").contains("starting or ending with '-'"));
+        assert!(bad("a..b:80").contains("empty label"));
+        assert!(bad(".:80").contains("empty host name"));
+        assert!(bad(":80").contains("missing host"));
+        assert!(bad("dé.internal:80").contains("invalid character"));
+        let long_label = format!("{}.example:80", "a".repeat(64));
+        assert!(bad(&long_label).contains("longer than 63"));
+        let long_name = format!("{}:80", ["abcdefghi"; 30].join("."));
+        assert!(bad(&long_name).contains("longer than 253"));
+    }
+
+    #[test]
+    fn never_panics_on_odd_input() {
+        let long = "x".repeat(10_000);
+        let odd = [
+            "[",
+            "]",
+            ":",
+            "/",
+            "[]",
+            "[]:",
+            "[:]:1",
+            "[::1]:*-*",
+            "*:*",
+            "/:",
+            "[/]:1",
+            "::",
+            ":::",
+            "é",
+            "é:é",
+            "[é]:1",
+            "1.2.3.4/é:1",
+            "\u{0}:1",
+            "a:\u{0}",
+            "💥:80",
+            "[::1]:💥",
+            "0.0.0.0/0:0",
+            "[::/0]:65535-1",
+            &long,
+        ];
+        for s in odd {
+            let _ = s.parse::<AllowRule>();
+            let _ = parse_target(s.trim());
+        }
+        // A long bad entry is echoed in full in BadRule (config text) but a long bad target is
+        // shortened.
+        let e = bad(&format!("{long}:0"));
+        assert!(e.contains("port 0"));
+        assert!(quoted(&long).chars().count() < 300);
+    }
+
+    #[test]
+    fn list_parse_names_first_bad_entry() {
+        let err = AllowList::parse(&["127.0.0.1:22", "10.0.0.0/33:80", "nope"])
+            .expect_err("second entry is bad");
+        match &err {
+            AllowError::BadRule { entry, reason } => {
+                assert_eq!(entry, "10.0.0.0/33:80");
+                assert!(reason.contains("/0 to /32"), "{reason}");
+            }
+            other => panic!("wrong error {other:?}"),
+        }
+        assert!(err.to_string().contains("\"10.0.0.0/33:80\""));
+    }
+
+    #[test]
+    fn list_parse_and_accessors() {
+        let entries = vec![String::from("127.0.0.1:22"), String::from("[::1]:*")];
+        let l = AllowList::parse(&entries).expect("valid");
+        assert!(!l.is_empty());
+        assert_eq!(l.rules().len(), 2);
+        assert_eq!(l.rules()[1].to_string(), "[::1]:*");
+        let empty: [&str; 0] = [];
+        assert!(AllowList::parse(&empty).expect("empty is fine").is_empty());
+        assert!(AllowList::default().is_empty());
+        let built = AllowList::new(vec![rule("127.0.0.1:22")]);
+        assert_eq!(built.rules(), &[rule("127.0.0.1:22")]);
+    }
+
+    // ---- allows_addr ----
+
+    #[test]
+    fn empty_list_allows_nothing() {
+        let l = AllowList::default();
+        assert!(!l.allows_addr(sa("127.0.0.1:80")));
+        assert!(!l.allows_addr(sa("[::1]:80")));
+    }
+
+    #[test]
+    fn allows_exact_ipv4() {
+        let l = list(&["127.0.0.1:5432"]);
+        assert!(l.allows_addr(sa("127.0.0.1:5432")));
+        assert!(!l.allows_addr(sa("127.0.0.1:5433")));
+        assert!(!l.allows_addr(sa("127.0.0.2:5432")));
+        assert!(!l.allows_addr(sa("[::1]:5432")));
+    }
+
+    #[test]
+    fn allows_ipv4_cidr() {
+        let l = list(&["10.0.0.0/8:5432"]);
+        assert!(l.allows_addr(sa("10.0.0.0:5432")));
+        assert!(l.allows_addr(sa("10.1.2.3:5432")));
+        assert!(l.allows_addr(sa("10.255.255.255:5432")));
+        assert!(!l.allows_addr(sa("11.0.0.0:5432")));
+        assert!(!l.allows_addr(sa("9.255.255.255:5432")));
+        assert!(!l.allows_addr(sa("10.1.2.3:80")));
+        let any = list(&["0.0.0.0/0:*"]);
+        assert!(any.allows_addr(sa("1.2.3.4:1")));
+        assert!(any.allows_addr(sa("255.255.255.255:65535")));
+        assert!(!any.allows_addr(sa("[2001:db8::1]:80")));
+        let one = list(&["192.168.1.7/32:22"]);
+        assert!(one.allows_addr(sa("192.168.1.7:22")));
+        assert!(!one.allows_addr(sa("192.168.1.6:22")));
+        let odd = list(&["192.168.1.0/31:22"]);
+        assert!(odd.allows_addr(sa("192.168.1.1:22")));
+        assert!(!odd.allows_addr(sa("192.168.1.2:22")));
+    }
+
+    #[test]
+    fn allows_ipv6_and_cidr() {
+        let l = list(&["[::1]:5432", "[fd00::/8]:80"]);
+        assert!(l.allows_addr(sa("[::1]:5432")));
+        assert!(!l.allows_addr(sa("[::2]:5432")));
+        assert!(!l.allows_addr(sa("127.0.0.1:5432")));
+        assert!(l.allows_addr(sa("[fd12:3456::1]:80")));
+        assert!(l.allows_addr(sa("[fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:80")));
+        assert!(!l.allows_addr(sa("[fe00::1]:80")));
+        assert!(!l.allows_addr(sa("[fd00::1]:81")));
+        let all6 = list(&["[::/0]:*"]);
+        assert!(all6.allows_addr(sa("[2001:db8::1]:1")));
+        assert!(!all6.allows_addr(sa("127.0.0.1:1")));
+    }
+
+    #[test]
+    fn allows_port_ranges_inclusive() {
+        let l = list(&["127.0.0.1:5000-5100"]);
+        assert!(l.allows_addr(sa("127.0.0.1:5000")));
+        assert!(l.allows_addr(sa("127.0.0.1:5050")));
+        assert!(l.allows_addr(sa("127.0.0.1:5100")));
+        assert!(!l.allows_addr(sa("127.0.0.1:4999")));
+        assert!(!l.allows_addr(sa("127.0.0.1:5101")));
+        let v6 = list(&["[fd00::/8]:1-10"]);
+        assert!(v6.allows_addr(sa("[fd00::5]:10")));
+        assert!(!v6.allows_addr(sa("[fd00::5]:11")));
+    }
+
+    #[test]
+    fn allows_any_port_but_never_port_zero() {
+        let l = list(&["127.0.0.1:*"]);
+        assert!(l.allows_addr(sa("127.0.0.1:1")));
+        assert!(l.allows_addr(sa("127.0.0.1:65535")));
+        assert!(!l.allows_addr(sa("127.0.0.1:0")));
+        assert!(!l.allows_addr(sa("127.0.0.2:80")));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_match_as_ipv4() {
+        let l = list(&["127.0.0.1:80"]);
+        assert!(l.allows_addr(sa("[::ffff:127.0.0.1]:80")));
+        assert!(!l.allows_addr(sa("[::ffff:127.0.0.2]:80")));
+        let net = list(&["10.0.0.0/8:*"]);
+        assert!(net.allows_addr(sa("[::ffff:10.9.8.7]:443")));
+        assert!(!net.allows_addr(sa("[::ffff:11.0.0.1]:443")));
+        // An IPv6 rule does not let a mapped IPv4 address through.
+        let all6 = list(&["[::/0]:*"]);
+        assert!(!all6.allows_addr(sa("[::ffff:127.0.0.1]:80")));
+        let range6 = list(&["[::/1]:*"]);
+        assert!(!range6.allows_addr(sa("[::ffff:10.0.0.1]:80")));
+        // A mapped rule is an IPv4 rule.
+        let mapped = list(&["[::ffff:192.168.0.0/112]:22"]);
+        assert!(mapped.allows_addr(sa("192.168.3.4:22")));
+        assert!(mapped.allows_addr(sa("[::ffff:192.168.3.4]:22")));
+        assert!(!mapped.allows_addr(sa("192.169.0.1:22")));
+        // IPv4-compatible (not mapped) addresses stay IPv6.
+        assert!(!l.allows_addr(sa("[::127.0.0.1]:80")));
+    }
+
+    #[test]
+    fn allows_addr_ignores_host_name_rules() {
+        let l = list(&["localhost:80"]);
+        assert!(!l.allows_addr(sa("127.0.0.1:80")));
+    }
+
+    #[test]
+    fn any_matching_rule_allows() {
+        let l = list(&["10.0.0.0/8:22", "127.0.0.1:80", "[::1]:443"]);
+        assert!(l.allows_addr(sa("10.0.0.1:22")));
+        assert!(l.allows_addr(sa("127.0.0.1:80")));
+        assert!(l.allows_addr(sa("[::1]:443")));
+        assert!(!l.allows_addr(sa("127.0.0.1:22")));
+    }
+
+    #[test]
+    fn masks_never_panic() {
+        assert_eq!(mask_v4(0), 0);
+        assert_eq!(mask_v4(8), 0xff00_0000);
+        assert_eq!(mask_v4(32), u32::MAX);
+        assert_eq!(mask_v4(200), u32::MAX);
+        assert_eq!(mask_v6(0), 0);
+        assert_eq!(mask_v6(128), u128::MAX);
+        assert_eq!(mask_v6(255), u128::MAX);
+    }
+
+    // ---- targets ----
+
+    #[test]
+    fn parses_targets() {
+        assert!(matches!(
+            parse_target("127.0.0.1:5432"),
+            Ok(Target::Addr(a)) if a == sa("127.0.0.1:5432")
+        ));
+        assert!(matches!(
+            parse_target("[::1]:5432"),
+            Ok(Target::Addr(a)) if a == sa("[::1]:5432")
+        ));
+        assert!(matches!(
+            parse_target("DB.internal:5432"),
+            Ok(Target::Name(ref h, 5432)) if h == "db.internal"
+        ));
+        for (target, reason) in [
+            ("", "empty"),
+            ("localhost", "missing port"),
+            ("localhost:", "missing port"),
+            ("localhost:0", "port 0"),
+            ("localhost:65536", "out of range"),
+            ("localhost:*", "invalid port"),
+            ("localhost:80-90", "invalid port"),
+            ("::1:80", "brackets"),
+            ("[::1", "missing ']'"),
+            ("[::1]", "missing port"),
+            ("[localhost]:80", "invalid IPv6 address"),
+            ("[fd00::/8]:80", "invalid IPv6 address"),
+            ("10.0.0.0/8:80", "invalid character '/'"),
+            ("bad host:80", "invalid character ' '"),
+            ("999.1.1.1:80", "neither a valid IPv4"),
+        ] {
+            match parse_target(target) {
+                Ok(_) => panic!("{target:?} should be rejected"),
+                Err(e) => assert!(e.contains(reason), "{target:?}: {e:?} lacks {reason:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_targets_are_bad_target_errors() {
+        let l = list(&["127.0.0.1:*"]);
+        for target in ["localhost", "localhost:0", "[::1", "::1:80", "", "a b:1"] {
+            match l.resolve(target, WAIT).await {
+                Err(e @ AllowError::BadTarget(_)) => {
+                    assert!(e.to_string().starts_with("bad target "), "{e}");
+                }
+                other => panic!("{target:?}: expected BadTarget, got {other:?}"),
+            }
+        }
+        let e = l.resolve("localhost", WAIT).await.expect_err("no port");
+        assert_eq!(
+            e.to_string(),
+            "bad target \"localhost\": missing port (expected HOST:PORT, e.g. 127.0.0.1:5432)"
+        );
+        // Even an empty list reports a malformed target as such.
+        let e = AllowList::default()
+            .resolve("nope", WAIT)
+            .await
+            .expect_err("no port");
+        assert!(matches!(e, AllowError::BadTarget(_)), "{e:?}");
+        // A very long target is shortened in the message.
+        let long = format!("{}:80", "a".repeat(5000));
+        let e = l.resolve(&long, WAIT).await.expect_err("too long");
+        assert!(e.to_string().len() < 600, "{e}");
+    }
+
+    #[tokio::test]
+    async fn localhost_allowed_by_loopback_rules() {
+        let l = list(&["127.0.0.1:5432", "[::1]:5432"]);
+        let addrs = l.resolve("localhost:5432", WAIT).await.expect("allowed");
+        assert!(!addrs.is_empty());
+        for addr in &addrs {
+            assert!(addr.ip().is_loopback(), "{addr}");
+            assert_eq!(addr.port(), 5432);
+        }
+    }
+
+    #[tokio::test]
+    async fn localhost_allowed_by_ipv4_rule_returns_only_allowed() {
+        let l = list(&["127.0.0.1:5432"]);
+        let addrs = l.resolve("  localhost:5432 ", WAIT).await.expect("allowed");
+        assert_eq!(addrs, vec![sa("127.0.0.1:5432")]);
+    }
+
+    #[tokio::test]
+    async fn localhost_refused_by_other_network() {
+        let l = list(&["10.0.0.0/8:5432"]);
+        match l.resolve("localhost:5432", WAIT).await {
+            Err(e @ AllowError::NotAllowed { .. }) => {
+                let text = e.to_string();
+                let AllowError::NotAllowed { target, resolved } = e else {
+                    unreachable!()
+                };
+                assert_eq!(target, "localhost:5432");
+                assert!(!resolved.is_empty());
+                assert!(resolved.iter().all(|a| a.ip().is_loopback()));
+                assert!(
+                    text.starts_with("target localhost:5432 (resolved to "),
+                    "{text}"
+                );
+                assert!(
+                    text.ends_with(") is not in this node's allow-list"),
+                    "{text}"
+                );
+                for addr in &resolved {
+                    assert!(text.contains(&addr.to_string()), "{text}");
+                }
+            }
+            other => panic!("expected NotAllowed, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn localhost_refused_on_wrong_port() {
+        let l = list(&["127.0.0.1:5432", "[::1]:5432"]);
+        let e = l.resolve("localhost:5433", WAIT).await.expect_err("port");
+        assert!(matches!(e, AllowError::NotAllowed { .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn ip_targets_skip_resolution() {
+        let l = list(&["127.0.0.1:5432", "[::1]:5432"]);
+        assert_eq!(
+            l.resolve("127.0.0.1:5432", WAIT).await.expect("allowed"),
+            vec![sa("127.0.0.1:5432")]
+        );
+        assert_eq!(
+            l.resolve("[::1]:5432", WAIT).await.expect("allowed"),
+            vec![sa("[::1]:5432")]
+        );
+        let e = l
+            .resolve("127.0.0.2:5432", WAIT)
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "target 127.0.0.2:5432 (resolved to 127.0.0.2:5432) is not in this node's allow-list"
+        );
+    }
+
+    #[tokio::test]
+    async fn mapped_target_is_checked_and_returned_as_ipv4() {
+        let l = list(&["127.0.0.1:5432"]);
+        assert_eq!(
+            l.resolve("[::ffff:127.0.0.1]:5432", WAIT)
+                .await
+                .expect("allowed"),
+            vec![sa("127.0.0.1:5432")]
+        );
+        let l6 = list(&["[::/0]:*"]);
+        let e = l6
+            .resolve("[::ffff:127.0.0.1]:5432", WAIT)
+            .await
+            .expect_err("mapped is IPv4");
+        assert!(matches!(e, AllowError::NotAllowed { .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn host_name_rule_allows_matching_ip_target() {
+        let l = list(&["localhost:5432"]);
+        assert_eq!(
+            l.resolve("127.0.0.1:5432", WAIT).await.expect("allowed"),
+            vec![sa("127.0.0.1:5432")]
+        );
+        let e = l.resolve("127.0.0.1:5433", WAIT).await.expect_err("port");
+        assert!(matches!(e, AllowError::NotAllowed { .. }), "{e:?}");
+        let e = l.resolve("10.1.2.3:5432", WAIT).await.expect_err("ip");
+        assert_eq!(
+            e.to_string(),
+            "target 10.1.2.3:5432 (resolved to 10.1.2.3:5432) is not in this node's allow-list"
+        );
+    }
+
+    #[tokio::test]
+    async fn host_name_rule_with_port_range() {
+        let l = list(&["LOCALHOST:5000-5100"]);
+        assert!(l.resolve("127.0.0.1:5000", WAIT).await.is_ok());
+        assert!(l.resolve("127.0.0.1:5100", WAIT).await.is_ok());
+        assert!(l.resolve("127.0.0.1:5101", WAIT).await.is_err());
+        let any = list(&["localhost:*"]);
+        assert!(any.resolve("localhost:1", WAIT).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn host_name_rule_allows_same_name_target() {
+        let l = list(&["localhost:5432"]);
+        let addrs = l.resolve("localhost:5432", WAIT).await.expect("allowed");
+        assert!(!addrs.is_empty());
+        assert!(addrs
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 5432));
+    }
+
+    #[tokio::test]
+    async fn mixed_rules_return_in_resolution_order() {
+        let l = list(&["10.0.0.0/8:*", "localhost:5432"]);
+        assert_eq!(
+            l.resolve("127.0.0.1:5432", WAIT).await.expect("by name"),
+            vec![sa("127.0.0.1:5432")]
+        );
+        assert_eq!(
+            l.resolve("10.0.0.1:5432", WAIT).await.expect("by net"),
+            vec![sa("10.0.0.1:5432")]
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_list_refuses_without_resolving() {
+        let e = AllowList::default()
+            .resolve("localhost:5432", WAIT)
+            .await
+            .expect_err("empty list");
+        match &e {
+            AllowError::NotAllowed { target, resolved } => {
+                assert_eq!(target, "localhost:5432");
+                assert!(resolved.is_empty());
+            }
+            other => panic!("expected NotAllowed, got {other:?}"),
+        }
+        assert_eq!(
+            e.to_string(),
+            "target localhost:5432 is not in this node's allow-list"
+        );
+    }
+
+    #[test]
+    fn not_allowed_message_lists_addresses() {
+        let e = AllowError::NotAllowed {
+            target: "db:5432".to_string(),
+            resolved: vec![sa("10.1.2.3:5432")],
+        };
+        assert_eq!(
+            e.to_string(),
+            "target db:5432 (resolved to 10.1.2.3:5432) is not in this node's allow-list"
+        );
+        let e = AllowError::NotAllowed {
+            target: "db:5432".to_string(),
+            resolved: vec![sa("10.1.2.3:5432"), sa("[fd00::1]:5432")],
+        };
+        assert_eq!(
+            e.to_string(),
+            "target db:5432 (resolved to 10.1.2.3:5432, [fd00::1]:5432) is not in this node's allow-list"
+        );
+        let e = AllowError::Resolve {
+            target: "db:5432".to_string(),
+            reason: "timed out after 2s".to_string(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "could not resolve target db:5432: timed out after 2s"
+        );
+    }
+
+    #[tokio::test]
+    async fn timed_reports_timeout_and_errors() {
+        let slow = std::future::pending::<std::io::Result<()>>();
+        let e = timed(Duration::from_millis(10), slow)
+            .await
+            .expect_err("never finishes");
+        assert_eq!(e, "timed out after 10ms");
+        let failing = async { Err::<(), _>(std::io::Error::other("no such host")) };
+        assert_eq!(
+            timed(WAIT, failing).await.expect_err("fails"),
+            "no such host"
+        );
+        let fine = async { Ok::<u8, std::io::Error>(7) };
+        assert_eq!(timed(WAIT, fine).await.expect("ok"), 7);
+    }
+
+    #[test]
+    fn resolve_future_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let l = AllowList::default();
+        let fut = l.resolve("localhost:1", WAIT);
+        assert_send(&fut);
+    }
+}

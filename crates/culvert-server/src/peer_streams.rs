@@ -1,0 +1,189 @@
+//! Streams a peer opens towards the server: access sessions reaching a service by name
+//! (joined to a stream the server opens to that service's agent) and node tunnels asking
+//! this server to dial `HOST:PORT` (checked against its allow-list after resolution).
+//!
+//! The stream's target says which (PROTOCOL.md §8.1): a name is a service, `?NAME` checks
+//! access without connecting, and anything with a colon is an address.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use culvert_proto::control::ConnectExt;
+use culvert_proto::{reset_code, Control};
+use culvert_transport::{relay_streams, relay_tcp, tune_tcp, TunnelStream};
+use tokio::net::TcpStream;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::registry::Protocol;
+use crate::server::Inner;
+use crate::session::Session;
+
+/// Time to get a stream opened towards the serving agent (waits only at its stream limit).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one peer-opened stream in its own task.
+pub(crate) fn spawn(
+    inner: Arc<Inner>,
+    session: Arc<Session>,
+    stream: TunnelStream,
+    target: String,
+) {
+    let span = tracing::debug_span!("peer_stream", token = %session.token.name, %target, stream = stream.id().0);
+    tokio::spawn(
+        async move {
+            if let Some(name) = target.strip_prefix('?') {
+                check(&inner, &session, stream, name);
+            } else if target.contains(':') {
+                dial(&inner, &session, stream, &target).await;
+            } else {
+                access(&inner, &session, stream, &target).await;
+            }
+        }
+        .instrument(span),
+    );
+}
+
+/// Why `session` may not reach the service `name`, as a reset code and a reason.
+fn refusal(inner: &Inner, session: &Session, name: &str) -> Option<(u64, String)> {
+    if !session.token.may_access(name) {
+        return Some((
+            reset_code::NOT_ALLOWED,
+            format!(
+                "token {:?} is not allowed service {name:?}",
+                session.token.name
+            ),
+        ));
+    }
+    match inner.find_service(name) {
+        None => Some((
+            reset_code::UNKNOWN_TARGET,
+            format!("no service {name:?} is registered"),
+        )),
+        Some((_, svc)) if svc.protocol != Protocol::Tcp => Some((
+            reset_code::UNKNOWN_TARGET,
+            format!("service {name:?} is UDP; access streams carry TCP"),
+        )),
+        Some((owner, _)) if owner.pick().is_none() => Some((
+            reset_code::UNAVAILABLE,
+            format!("service {name:?} has no live agent connection"),
+        )),
+        Some(_) => None,
+    }
+}
+
+/// `?NAME`: answers with a FIN when the service can be reached, else a reset saying why.
+fn check(inner: &Inner, session: &Session, stream: TunnelStream, name: &str) {
+    match refusal(inner, session, name) {
+        None => {
+            let _ = stream.finish();
+            // Dropping it after the FIN frees it once the peer's FIN arrives.
+            tokio::spawn(async move { while let Ok(Some(_)) = stream.recv().await {} });
+        }
+        Some((code, reason)) => {
+            tracing::info!(%reason, "access check refused");
+            stream.reset(code);
+        }
+    }
+}
+
+/// `NAME`: opens a stream to the agent serving `NAME` and splices the two.
+async fn access(inner: &Inner, session: &Session, stream: TunnelStream, name: &str) {
+    if let Some((code, reason)) = refusal(inner, session, name) {
+        tracing::info!(%reason, "access refused");
+        stream.reset(code);
+        return;
+    }
+    let Some((owner, svc)) = inner.find_service(name) else {
+        stream.reset(reset_code::UNKNOWN_TARGET);
+        return;
+    };
+    let Some(mux) = owner.pick() else {
+        stream.reset(reset_code::UNAVAILABLE);
+        return;
+    };
+    let towards = match tokio::time::timeout(OPEN_TIMEOUT, mux.open(&svc.name)).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            tracing::debug!("could not open a stream to the serving agent");
+            stream.reset(reset_code::UNAVAILABLE);
+            return;
+        }
+    };
+    let connection_id = Uuid::new_v4();
+    owner.connect_sent(connection_id);
+    let connect = Control::Connect {
+        service_id: svc.id,
+        connection_id,
+        client_addr: format!("access:{}@{}", session.token.name, session.peer),
+        ext: Some(ConnectExt {
+            stream_id: towards.id(),
+        }),
+    };
+    if mux.send_control(connect).is_err() {
+        stream.reset(reset_code::UNAVAILABLE);
+        return;
+    }
+    svc.connections.fetch_add(1, Ordering::Relaxed);
+    let totals = relay_streams(&stream, &towards).await;
+    let t = totals.as_ref().copied().unwrap_or_default();
+    svc.bytes_in.fetch_add(t.up, Ordering::Relaxed);
+    svc.bytes_out.fetch_add(t.down, Ordering::Relaxed);
+    match totals {
+        Ok(t) => tracing::debug!(up = t.up, down = t.down, "access stream done"),
+        Err(e) => tracing::debug!(error = %e, "access stream aborted"),
+    }
+}
+
+/// `HOST:PORT`: dials the target if this server's allow-list permits it, then relays.
+async fn dial(inner: &Inner, session: &Session, stream: TunnelStream, target: &str) {
+    let config = inner.config();
+    if config.allow_dial.is_empty() {
+        tracing::info!(token = %session.token.name, "dial refused: this server dials nothing (no allow-list)");
+        stream.reset(reset_code::NOT_ALLOWED);
+        return;
+    }
+    let addrs = match config.allow_dial.resolve(target, config.dial_timeout).await {
+        Ok(a) => a,
+        Err(e) => {
+            let code = match e {
+                crate::AllowError::NotAllowed { .. } | crate::AllowError::BadTarget(_) => {
+                    reset_code::NOT_ALLOWED
+                }
+                _ => reset_code::CONNECT_FAILED,
+            };
+            tracing::warn!(token = %session.token.name, error = %e, "dial refused");
+            stream.reset(code);
+            return;
+        }
+    };
+    let connect = async {
+        let mut last = None;
+        for a in &addrs {
+            match TcpStream::connect(a).await {
+                Ok(t) => return Ok(t),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no address")))
+    };
+    let tcp = match tokio::time::timeout(config.dial_timeout, connect).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "dial failed");
+            stream.reset(reset_code::CONNECT_FAILED);
+            return;
+        }
+        Err(_) => {
+            tracing::info!("dial timed out");
+            stream.reset(reset_code::CONNECT_FAILED);
+            return;
+        }
+    };
+    tune_tcp(&tcp);
+    match relay_tcp(tcp, &stream).await {
+        Ok(t) => tracing::debug!(up = t.up, down = t.down, "dialed connection done"),
+        Err(e) => tracing::debug!(error = %e, "dialed connection aborted"),
+    }
+}

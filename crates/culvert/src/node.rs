@@ -1,0 +1,35 @@
+//! `culvert node`: starts a node from its config and serves its status until stopped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use culvert_node::{Node, NodeFile};
+
+use crate::cli::NodeArgs;
+
+pub async fn run(
+    args: NodeArgs,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let file = NodeFile::load(&args.config)?;
+    let admin = args.admin.or(file.node.admin);
+    let name = file.node.name.clone().unwrap_or_else(|| "node".into());
+    let node = Arc::new(
+        Node::start(file)
+            .await
+            .with_context(|| format!("starting node {name:?}"))?,
+    );
+    if let Some(addr) = admin {
+        crate::admin::serve(addr, Arc::new(crate::admin::NodeAdmin(node.clone()))).await?;
+    }
+    tracing::info!(node = %name, tunnels = node.status().len(), "node running");
+    stop.await;
+    let grace = Duration::from_secs(args.grace);
+    tracing::info!(
+        ?grace,
+        "shutting down: no new connections; streams in flight may finish"
+    );
+    node.drain(grace).await;
+    Ok(())
+}
