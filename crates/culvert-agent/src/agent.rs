@@ -414,6 +414,7 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
         match connect(&shared).await {
             Ok((mux, events, ids, early)) => {
                 lock(&shared.slots)[slot] = SlotState::Up;
+                mux.measure_rtt();
                 // If this task is aborted (agent shutdown), the connection goes with it.
                 let _guard = CloseOnDrop(mux.clone());
                 lock(&shared.live).push(mux.clone());

@@ -319,7 +319,12 @@ fn tunnel_status(t: &Tunnel) -> TunnelStatus {
         connections,
         bytes_to_target: up,
         bytes_from_target: down,
-        last_error: err.or_else(|| link.last_error()),
+        // The link's last failure matters only while it is not connected.
+        last_error: err.or_else(|| {
+            (link.connections_up() == 0)
+                .then(|| link.last_error())
+                .flatten()
+        }),
     }
 }
 

@@ -240,6 +240,13 @@ impl Mux {
         Ok(TunnelStream::new(self.shared.clone(), id))
     }
 
+    /// Sends a heartbeat now rather than at the next interval, so the round-trip time is
+    /// known (for status views) as soon as a connection is up.
+    pub fn measure_rtt(&self) {
+        self.shared.lock().conn.heartbeat_now(Instant::now());
+        self.shared.writer_wake.notify_one();
+    }
+
     /// Queues a control message.
     pub fn send_control(&self, msg: Control) -> Result<(), TransportError> {
         let mut st = self.shared.lock();

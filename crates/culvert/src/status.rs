@@ -105,9 +105,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                     t["rtt_ms"]
                         .as_f64()
                         .map_or("-".into(), |r| format!("{r:.2}")),
-                    t["open_connections"],
-                    t["bytes_to_target"],
-                    t["bytes_from_target"],
+                    t["open_connections"].to_string(),
+                    t["bytes_to_target"].to_string(),
+                    t["bytes_from_target"].to_string(),
                     t["listen"].as_str().unwrap_or("?"),
                     t["target"].as_str().unwrap_or("?"),
                 );
@@ -137,9 +137,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                     s["name"].as_str().unwrap_or("?"),
                     s["local_addr"].as_str().unwrap_or("?"),
                     ttl,
-                    s["open_connections"],
-                    s["bytes_up"],
-                    s["bytes_down"],
+                    s["open_connections"].to_string(),
+                    s["bytes_up"].to_string(),
+                    s["bytes_down"].to_string(),
                 );
             }
         }

@@ -358,6 +358,12 @@ impl Connection {
         Ok(())
     }
 
+    /// Makes the next heartbeat due at once (at the next [`Connection::handle_timeout`]), so
+    /// a fresh connection learns its round-trip time without waiting a whole interval.
+    pub fn heartbeat_now(&mut self, now: Instant) {
+        self.next_heartbeat = self.next_heartbeat.min(now);
+    }
+
     /// When [`Connection::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.error.is_some() {

@@ -303,10 +303,16 @@ pub fn field(line: &str, key: &str) -> Option<String> {
 
 /// Creates a token with `culvert token new` and returns it (from stdout).
 pub fn new_token(tokens: &Path, name: &str) -> String {
+    new_token_with(tokens, name, &[])
+}
+
+/// [`new_token`] with extra flags, such as `--access pg`.
+pub fn new_token_with(tokens: &Path, name: &str, extra: &[&str]) -> String {
     let out = run(
         culvert()
             .args(["token", "new", "--name", name, "--tokens"])
-            .arg(tokens),
+            .arg(tokens)
+            .args(extra),
         WAIT,
     );
     assert!(
@@ -361,4 +367,44 @@ pub fn start_agent(args: &[String], service: &str) -> (Proc, u16) {
         .unwrap_or_else(|| panic!("no public_port in {line:?}"));
     assert_ne!(port, 0, "public port 0 in {line:?}");
     (p, port)
+}
+
+/// A plain TCP echo service on a free loopback port, served by a thread for the rest of
+/// the test process (each connection echoes until EOF, then half-closes).
+pub fn echo_service() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind echo");
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().expect("clone");
+                let _ = std::io::copy(&mut r, &mut s);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// Sends `msg` to 127.0.0.1:`port`, half-closes and returns everything read back (bounded).
+pub fn echo_round_trip(port: u16, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(msg)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// The line of `proc` that `culvert access` printed on stdout for `service`
+/// (`SERVICE ADDR:PORT`), parsed to the port.
+pub fn access_port(proc: &mut Proc, service: &str) -> u16 {
+    let prefix = format!("{service} 127.0.0.1:");
+    let line = proc
+        .try_wait_match(&|l| l.starts_with(&prefix), &prefix, 0, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    line[prefix.len()..].trim().parse().expect("port")
 }

@@ -171,7 +171,12 @@ impl Drop for Postgres {
 }
 
 /// Runs a PostgreSQL client against 127.0.0.1:`port` as user postgres.
-pub fn pg_client(program: &Path, port: u16, args: &[&str], limit: Duration) -> (bool, String, String) {
+pub fn pg_client(
+    program: &Path,
+    port: u16,
+    args: &[&str],
+    limit: Duration,
+) -> (bool, String, String) {
     let out = run(
         Command::new(program)
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
@@ -197,4 +202,3 @@ pub fn print_summary(pgbench_output: &str) {
         eprintln!("    {l}");
     }
 }
-

@@ -1,0 +1,349 @@
+//! Node-to-node tunnels: two `culvert node` processes on loopback, each accepting the
+//! other as a peer. A real PostgreSQL sits behind node B; `pgbench` runs through a forward
+//! tunnel configured on A (A listens, B dials PostgreSQL) and through a reverse tunnel
+//! configured on B (A's port, B dials PostgreSQL). Also: allow-list refusals and a peer
+//! restart with the backoff visible in the status.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::pg::*;
+use support::*;
+
+/// A node process and what the test needs to know about it.
+struct NodeProc {
+    proc: Proc,
+    listen: u16,
+    admin: u16,
+}
+
+/// Writes `config` (TOML) under `dir` and starts `culvert node` on it; waits until it accepts peers.
+fn start_node(dir: &Path, name: &str, config: &str) -> NodeProc {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let mut proc = Proc::spawn(
+        &format!("culvert node {name}"),
+        culvert().args(["node", "--config"]).arg(&path),
+    );
+    proc.wait_line("node running", 0, WAIT);
+    let listen = config_port(config, "listen = \"127.0.0.1:");
+    let admin = config_port(config, "admin = \"127.0.0.1:");
+    NodeProc {
+        proc,
+        listen,
+        admin,
+    }
+}
+
+/// The port after `prefix` in a config text.
+fn config_port(config: &str, prefix: &str) -> u16 {
+    let i = config.find(prefix).expect(prefix) + prefix.len();
+    config[i..].split('"').next().unwrap().parse().unwrap()
+}
+
+/// `[node]` of a node on `listen` with its tokens, port range, allow-list and admin listener.
+fn node_section(dir: &Path, name: &str, listen: u16, admin: u16, allow: &[String]) -> String {
+    let allow: Vec<String> = allow.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        r#"[node]
+name = "{name}"
+listen = "127.0.0.1:{listen}"
+insecure_plain = true
+tokens = "{tokens}"
+port_range = "{range}"
+public_bind = "127.0.0.1"
+allow = [{allow}]
+admin = "127.0.0.1:{admin}"
+"#,
+        tokens = dir.join(format!("{name}-tokens.toml")).display(),
+        range = port_range(),
+        allow = allow.join(", "),
+    )
+}
+
+fn tunnel(
+    name: &str,
+    peer: u16,
+    token_file: &Path,
+    direction: &str,
+    listen: &str,
+    target: &str,
+) -> String {
+    format!(
+        r#"
+[[tunnel]]
+name = "{name}"
+peer = "ws://127.0.0.1:{peer}/"
+token_file = "{token}"
+direction = "{direction}"
+listen = "{listen}"
+target = "{target}"
+"#,
+        token = token_file.display(),
+    )
+}
+
+/// `culvert status --json` of a node: its tunnels.
+fn tunnels(admin: u16) -> Vec<serde_json::Value> {
+    let out = run(
+        culvert().args(["status", "--json", "--admin", &format!("127.0.0.1:{admin}")]),
+        WAIT,
+    );
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(v["role"], "node");
+    v["tunnels"].as_array().cloned().unwrap_or_default()
+}
+
+/// Polls the status of `tunnel` on the node at `admin` until `pred` holds (bounded).
+fn wait_tunnel(
+    admin: u16,
+    tunnel: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let all = tunnels(admin);
+        if let Some(t) = all.iter().find(|t| t["name"] == tunnel) {
+            if pred(t) {
+                return t.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tunnel {tunnel} never became {what}: {all:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pgbench_through(pgbench: &Path, port: u16, label: &str) -> String {
+    let (ok, out, err) = pg_client(
+        pgbench,
+        port,
+        &["-c", "4", "-t", "200", "postgres"],
+        PGBENCH_LIMIT,
+    );
+    assert!(ok, "pgbench through the {label} failed:\n{out}\n{err}");
+    assert!(
+        out.contains("number of transactions actually processed: 800/800"),
+        "pgbench through the {label} did not complete:\n{out}"
+    );
+    eprintln!("pgbench -c 4 -t 200 through the {label}:");
+    print_summary(&out);
+    out
+}
+
+#[test]
+fn pgbench_through_forward_and_reverse_node_tunnels() {
+    let bindir = pg_bindir();
+    let psql = client_program(&bindir, "psql");
+    let pgbench = client_program(&bindir, "pgbench");
+    let pg = Postgres::start(&bindir);
+    let dir = TempDir::new("node-pg");
+    // Each node's token file lists the peer allowed in; each peer holds the token.
+    std::fs::write(
+        dir.join("a-to-b.token"),
+        new_token(&dir.join("b-tokens.toml"), "node-a"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("b-to-a.token"),
+        new_token(&dir.join("a-tokens.toml"), "node-b"),
+    )
+    .unwrap();
+    let (a_listen, a_admin, b_listen, b_admin) =
+        (free_port(), free_port(), free_port(), free_port());
+    let pg_target = format!("127.0.0.1:{}", pg.port);
+
+    // B: PostgreSQL's node. It dials PostgreSQL for A (allow-list), and exposes it on A
+    // with a reverse tunnel.
+    let a_range_cfg = node_section(dir.path(), "a", a_listen, a_admin, &[]);
+    let reverse_port = a_range_cfg
+        .split("port_range = \"")
+        .nth(1)
+        .and_then(|r| r.split('-').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap()
+        + 7;
+    let b_cfg = node_section(
+        dir.path(),
+        "b",
+        b_listen,
+        b_admin,
+        std::slice::from_ref(&pg_target),
+    ) + &tunnel(
+        "pg-reverse",
+        a_listen,
+        &dir.join("b-to-a.token"),
+        "reverse",
+        &reverse_port.to_string(),
+        &pg_target,
+    );
+    let a_local = free_port();
+    let a_cfg = a_range_cfg
+        + &tunnel(
+            "pg-forward",
+            b_listen,
+            &dir.join("a-to-b.token"),
+            "forward",
+            &format!("127.0.0.1:{a_local}"),
+            &pg_target,
+        );
+    let a = start_node(dir.path(), "a", &a_cfg);
+    let b = start_node(dir.path(), "b", &b_cfg);
+
+    wait_tunnel(a.admin, "pg-forward", "connected", |t| {
+        t["state"] == "connected"
+    });
+    let rev = wait_tunnel(b.admin, "pg-reverse", "registered", |t| {
+        t["state"] == "connected" && t["listen"] == format!("peer port {reverse_port}")
+    });
+    eprintln!("reverse tunnel: {rev}");
+
+    // Forward: A's local port → stream to B → B dials PostgreSQL.
+    let (ok, out, err) = pg_client(&psql, a_local, &["-X", "-tA", "-c", "select 42"], WAIT);
+    assert!(
+        ok,
+        "psql through the forward tunnel failed: {err}\n--- A:\n{}\n--- B:\n{}",
+        a.proc.log(),
+        b.proc.log()
+    );
+    assert_eq!(out.trim(), "42");
+    let (ok, _, err) = pg_client(
+        &pgbench,
+        a_local,
+        &["-i", "-s", "1", "postgres"],
+        PGBENCH_LIMIT,
+    );
+    assert!(ok, "pgbench -i through the forward tunnel failed: {err}");
+    pgbench_through(&pgbench, a_local, "forward tunnel");
+    // Reverse: A's port (bound by A for B's registration) → stream to B → PostgreSQL.
+    pgbench_through(&pgbench, reverse_port, "reverse tunnel");
+    let (ok, out, err) = pg_client(
+        &pgbench,
+        pg.port,
+        &["-c", "4", "-t", "200", "postgres"],
+        PGBENCH_LIMIT,
+    );
+    assert!(ok, "direct pgbench failed: {out}{err}");
+    eprintln!("pgbench -c 4 -t 200 directly, without a tunnel:");
+    print_summary(&out);
+
+    // The status carries real figures: round trip, bytes both ways, connections.
+    let fwd = wait_tunnel(a.admin, "pg-forward", "counted", |t| {
+        t["connections"].as_u64() >= Some(6)
+    });
+    assert!(fwd["rtt_ms"].as_f64().is_some(), "no round trip in {fwd}");
+    assert!(
+        fwd["bytes_to_target"].as_u64() > Some(10_000)
+            && fwd["bytes_from_target"].as_u64() > Some(10_000),
+        "{fwd}"
+    );
+    let rev = wait_tunnel(b.admin, "pg-reverse", "counted", |t| {
+        t["connections"].as_u64() >= Some(4)
+    });
+    assert!(
+        rev["bytes_to_target"].as_u64() > Some(10_000)
+            && rev["bytes_from_target"].as_u64() > Some(10_000),
+        "{rev}"
+    );
+    let table = run(
+        culvert().args(["status", "--admin", &format!("127.0.0.1:{}", a.admin)]),
+        WAIT,
+    );
+    eprintln!("{}", String::from_utf8_lossy(&table.stdout));
+}
+
+#[test]
+fn targets_outside_the_allow_list_are_refused_and_peer_restart_recovers() {
+    let echo = echo_service();
+    let other = echo_service();
+    let dir = TempDir::new("node-allow");
+    std::fs::write(
+        dir.join("a-to-b.token"),
+        new_token(&dir.join("b-tokens.toml"), "node-a"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("a-tokens.toml"), "").unwrap();
+    let (b_listen, a_admin, b_admin) = (free_port(), free_port(), free_port());
+    let (ok_port, bad_port) = (free_port(), free_port());
+    // B allows only the first echo service; A has a tunnel to each.
+    let b_cfg = node_section(
+        dir.path(),
+        "b",
+        b_listen,
+        b_admin,
+        &[format!("127.0.0.1:{echo}")],
+    );
+    let a_cfg = format!("[node]\nname = \"a\"\nadmin = \"127.0.0.1:{a_admin}\"\n")
+        + &tunnel(
+            "allowed",
+            b_listen,
+            &dir.join("a-to-b.token"),
+            "forward",
+            &format!("127.0.0.1:{ok_port}"),
+            &format!("127.0.0.1:{echo}"),
+        )
+        + &tunnel(
+            "forbidden",
+            b_listen,
+            &dir.join("a-to-b.token"),
+            "forward",
+            &format!("127.0.0.1:{bad_port}"),
+            &format!("localhost:{other}"),
+        );
+    let mut b = start_node(dir.path(), "b", &b_cfg);
+    let mut a = start_node(dir.path(), "a", &a_cfg);
+    wait_tunnel(a_admin, "allowed", "connected", |t| {
+        t["state"] == "connected"
+    });
+
+    assert_eq!(echo_round_trip(ok_port, b"allowed").unwrap(), b"allowed");
+    // The forbidden target (a name resolving to loopback, on a port B does not allow) is
+    // refused by B after resolution; A's client sees its connection closed, both sides say why.
+    let got = echo_round_trip(bad_port, b"forbidden");
+    assert!(
+        got.as_ref().map_or(true, |v| v.is_empty()),
+        "forbidden target carried data: {got:?}"
+    );
+    b.proc
+        .wait_line("is not in this node's allow-list", 0, WAIT);
+    a.proc.wait_line("the peer refused", 0, WAIT);
+    let t = wait_tunnel(a_admin, "forbidden", "refused", |t| {
+        t["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not allowed"))
+    });
+    eprintln!("forbidden tunnel status: {t}");
+
+    // Peer restart: B goes away, A's tunnels back off (visible in status), and come back
+    // by themselves when B returns on the same address.
+    b.proc.kill();
+    let t = wait_tunnel(a_admin, "allowed", "backing off", |t| {
+        t["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("backing off"))
+    });
+    eprintln!("while B is down: {t}");
+    let refused = echo_round_trip(ok_port, b"down");
+    assert!(
+        refused.as_ref().map_or(true, |v| v.is_empty()),
+        "no tunnel, yet data came back: {refused:?}"
+    );
+    let b2 = start_node(dir.path(), "b", &b_cfg);
+    assert_eq!(b2.listen, b.listen);
+    wait_tunnel(a_admin, "allowed", "connected again", |t| {
+        t["state"] == "connected"
+    });
+    assert_eq!(echo_round_trip(ok_port, b"back").unwrap(), b"back");
+    drop(b);
+    a.proc.kill();
+}
