@@ -102,6 +102,8 @@ struct Shared {
     counters: HashMap<String, Arc<ServiceCounters>>,
     /// Round-robin cursor for streams this side opens.
     next_open: AtomicUsize,
+    /// UDP flows this side opened, for the datagram pumps.
+    local_flows: Arc<crate::local_flows::LocalFlows>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -145,7 +147,7 @@ pub struct ServiceCounters {
     /// Connections relayed since start.
     pub connections: std::sync::atomic::AtomicU64,
     /// Bytes each way: `up` from the local target towards the tunnel, `down` the other way.
-    pub bytes: RelayCounters,
+    pub bytes: Arc<RelayCounters>,
 }
 
 /// The running agent.
@@ -216,6 +218,21 @@ impl AgentHandle {
     /// Opens a stream towards `target` (a service name on the server side, or `HOST:PORT`
     /// for a node to dial) over the next live pooled connection. Errors when none is up.
     pub async fn open(&self, target: &str) -> Result<TunnelStream, String> {
+        self.open_on(target).await.map(|(_, s)| s)
+    }
+
+    /// Opens a UDP flow to `HOST:PORT` dialed by the peer (a node's forward UDP tunnel):
+    /// a stream with target `udp://HOST:PORT` announces it, and the stream's id is its flow id.
+    pub async fn open_flow(&self, target: &str) -> Result<crate::LocalFlow, String> {
+        let (mux, stream) = self.open_on(&format!("udp://{target}")).await?;
+        Ok(crate::LocalFlow::register(
+            &self.shared.local_flows,
+            mux,
+            stream,
+        ))
+    }
+
+    async fn open_on(&self, target: &str) -> Result<(Mux, TunnelStream), String> {
         let mux = {
             let live = lock(&self.shared.live);
             let usable: Vec<&Mux> = live
@@ -228,10 +245,11 @@ impl AgentHandle {
             let k = self.shared.next_open.fetch_add(1, Ordering::Relaxed);
             usable[k % usable.len()].clone()
         };
-        tokio::time::timeout(self.shared.config.connect_timeout, mux.open(target))
+        let stream = tokio::time::timeout(self.shared.config.connect_timeout, mux.open(target))
             .await
             .map_err(|_| "timed out opening a stream (peer's stream limit reached)".to_owned())?
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok((mux, stream))
     }
 
     /// Graceful stop: tells the server on every connection that no new streams are taken,
@@ -391,6 +409,7 @@ impl Agent {
                 .map(|s| (s.name.clone(), Arc::default()))
                 .collect(),
             next_open: AtomicUsize::new(0),
+            local_flows: Arc::default(),
             config,
         });
         let tasks = (0..shared.config.pool.max(1))
@@ -585,8 +604,12 @@ async fn serve(
     ids: HashMap<Uuid, ServiceSpec>,
     early: Vec<MuxEvent>,
 ) -> String {
-    let flows = Arc::new(crate::udp::Flows::default());
-    let pump = tokio::spawn(crate::udp::pump(mux.clone(), flows.clone()));
+    let flows = Arc::new(culvert_transport::udp_target::TargetFlows::default());
+    let pump = tokio::spawn(crate::local_flows::pump(
+        mux.clone(),
+        flows.clone(),
+        shared.local_flows.clone(),
+    ));
     let _pump = AbortTaskOnDrop(pump);
     // Streams opened by the server, waiting for their Connect (which names them).
     // Bounded by the connection's stream limit.
@@ -633,15 +656,25 @@ async fn serve(
                                 continue;
                             };
                             let span = tracing::debug_span!("flow", service = %svc.name, client = %client_addr);
+                            let counters =
+                                shared.counters.get(&svc.name).cloned().unwrap_or_default();
+                            let flow = culvert_transport::udp_target::open_flow(
+                                mux.clone(),
+                                flows.clone(),
+                                flow,
+                                svc.target.clone(),
+                                shared.config.udp_idle_timeout,
+                                shared.config.udp_max_flows,
+                                Some(counters.bytes.clone()),
+                                std::future::pending(),
+                            );
                             tokio::spawn(
-                                crate::udp::open_flow(
-                                    mux.clone(),
-                                    flows.clone(),
-                                    flow,
-                                    svc.target.clone(),
-                                    shared.config.udp_idle_timeout,
-                                    shared.config.udp_max_flows,
-                                )
+                                async move {
+                                    counters.connections.fetch_add(1, Ordering::Relaxed);
+                                    counters.open.fetch_add(1, Ordering::Relaxed);
+                                    flow.await;
+                                    counters.open.fetch_sub(1, Ordering::Relaxed);
+                                }
                                 .instrument(span),
                             );
                             continue;

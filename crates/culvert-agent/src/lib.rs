@@ -6,11 +6,12 @@
 
 mod agent;
 mod backoff;
+mod local_flows;
 pub mod proxy_protocol;
 mod service;
-mod udp;
 
 pub use agent::{Agent, AgentConfig, AgentHandle, LinkState, ServiceCounters};
 pub use backoff::Backoff;
+pub use local_flows::LocalFlow;
 pub use proxy_protocol::ProxyVersion;
 pub use service::{valid_service_name, ServiceSpec};

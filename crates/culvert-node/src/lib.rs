@@ -16,6 +16,7 @@ mod error;
 mod forward;
 mod node;
 mod node_config;
+mod udp_forward;
 
 pub use access::{Access, AccessConfig, AccessSpec};
 pub use duration::parse_duration;
@@ -23,3 +24,4 @@ pub use error::NodeError;
 pub use forward::{Fallback, Forward, ForwardSpec, ForwardStatus};
 pub use node::{Node, TunnelStatus};
 pub use node_config::{Direction, NodeFile, NodeSection, TunnelFile};
+pub use udp_forward::UdpForward;

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::forward::{Fallback, Forward, ForwardSpec};
 use crate::node_config::{reverse_port, Direction, NodeFile, TunnelFile};
-use crate::NodeError;
+use crate::{NodeError, UdpForward};
 
 /// Status of one tunnel, with live values.
 #[derive(Debug, Clone, Serialize)]
@@ -49,10 +49,39 @@ pub struct TunnelStatus {
     pub last_error: Option<String>,
 }
 
+/// Where a forward tunnel's connections enter on this node.
+enum Entry {
+    Tcp(Forward),
+    Udp(UdpForward),
+}
+
+impl Entry {
+    fn status(&self) -> crate::ForwardStatus {
+        match self {
+            Entry::Tcp(f) => f.status(),
+            Entry::Udp(f) => f.status(),
+        }
+    }
+
+    fn local_addr(&self) -> std::net::SocketAddr {
+        match self {
+            Entry::Tcp(f) => f.local_addr(),
+            Entry::Udp(f) => f.local_addr(),
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Entry::Tcp(f) => f.close(),
+            Entry::Udp(f) => f.close(),
+        }
+    }
+}
+
 struct Tunnel {
     file: TunnelFile,
     link: Arc<AgentHandle>,
-    forward: Option<Forward>,
+    forward: Option<Entry>,
 }
 
 /// A running node.
@@ -137,18 +166,25 @@ impl Node {
             tracing::info!(%peer, tunnels = members.len(), "dialing peer");
             for t in members {
                 let forward = if t.direction == Direction::Forward {
-                    let spec = ForwardSpec {
-                        name: t.name.clone(),
-                        listen: t.listen.parse().map_err(|_| {
-                            NodeError::Config(format!("tunnel {:?}: bad listen", t.name))
-                        })?,
-                        target: t.target.clone(),
-                        ttl: None,
-                        fallback: Fallback::Fail,
+                    let listen = t.listen.parse().map_err(|_| {
+                        NodeError::Config(format!("tunnel {:?}: bad listen", t.name))
+                    })?;
+                    let entry = if t.protocol == "udp" {
+                        Entry::Udp(
+                            UdpForward::bind(&t.name, listen, &t.target, link.clone()).await?,
+                        )
+                    } else {
+                        let spec = ForwardSpec {
+                            name: t.name.clone(),
+                            listen,
+                            target: t.target.clone(),
+                            ttl: None,
+                            fallback: Fallback::Fail,
+                        };
+                        Entry::Tcp(Forward::bind(spec, link.clone()).await?)
                     };
-                    let f = Forward::bind(spec, link.clone()).await?;
-                    tracing::info!(tunnel = %t.name, listen = %f.local_addr(), target = %t.target, "forward tunnel listening");
-                    Some(f)
+                    tracing::info!(tunnel = %t.name, protocol = %t.protocol, listen = %entry.local_addr(), target = %t.target, "forward tunnel listening");
+                    Some(entry)
                 } else {
                     None
                 };

@@ -96,7 +96,7 @@ pub struct TunnelFile {
     pub token: Option<String>,
     /// `forward` or `reverse`.
     pub direction: Direction,
-    /// `tcp` (default) or `udp` (reverse tunnels).
+    /// `tcp` (default) or `udp`.
     #[serde(default = "default_protocol")]
     pub protocol: String,
     /// Forward: local address to listen on. Reverse: the port on the peer (`PORT` or
@@ -148,14 +148,11 @@ impl NodeFile {
             if t.token.is_none() == t.token_file.is_none() {
                 return Err(format!("{at}: set exactly one of token_file and token"));
             }
-            match (t.protocol.as_str(), t.direction) {
-                ("tcp", _) | ("udp", Direction::Reverse) => {}
-                ("udp", Direction::Forward) => {
-                    return Err(format!(
-                        "{at}: forward UDP tunnels are not supported yet; configure a reverse UDP tunnel on the peer instead"
-                    ))
-                }
-                (p, _) => return Err(format!("{at}: protocol {p:?} is neither tcp nor udp")),
+            if !matches!(t.protocol.as_str(), "tcp" | "udp") {
+                return Err(format!(
+                    "{at}: protocol {:?} is neither tcp nor udp",
+                    t.protocol
+                ));
             }
             if t.target
                 .rsplit_once(':')
@@ -265,10 +262,10 @@ mod tests {
             (
                 OK.replacen(
                     "direction = \"forward\"",
-                    "direction = \"forward\"\n        protocol = \"udp\"",
+                    "direction = \"forward\"\n        protocol = \"sctp\"",
                     1,
                 ),
-                "not supported",
+                "neither tcp nor udp",
             ),
         ];
         for (text, want) in cases {

@@ -3,15 +3,18 @@
 //! this server to dial `HOST:PORT` (checked against its allow-list after resolution).
 //!
 //! The stream's target says which (PROTOCOL.md §8.1): a name is a service, `?NAME` checks
-//! access without connecting, and anything with a colon is an address.
+//! access without connecting, `udp://HOST:PORT` announces a UDP flow (its datagrams carry
+//! the stream id), and anything else with a colon is a TCP address.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use culvert_proto::control::ConnectExt;
 use culvert_proto::{reset_code, Control};
-use culvert_transport::{relay_streams, relay_tcp, tune_tcp, TunnelStream};
+use culvert_transport::udp_target::TargetFlows;
+use culvert_transport::{relay_streams, relay_tcp, tune_tcp, Mux, TunnelStream};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -23,22 +26,29 @@ use crate::session::Session;
 /// Time to get a stream opened towards the serving agent (waits only at its stream limit).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a peer-opened stream is served with: the server, the peer's session, the
+/// connection it arrived on and that connection's dialed UDP flows.
+pub(crate) struct Ctx {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) session: Arc<Session>,
+    pub(crate) mux: Mux,
+    pub(crate) dials: Arc<TargetFlows>,
+}
+
 /// Serves one peer-opened stream in its own task.
-pub(crate) fn spawn(
-    inner: Arc<Inner>,
-    session: Arc<Session>,
-    stream: TunnelStream,
-    target: String,
-) {
-    let span = tracing::debug_span!("peer_stream", token = %session.token.name, %target, stream = stream.id().0);
+pub(crate) fn spawn(ctx: Ctx, stream: TunnelStream, target: String) {
+    let span = tracing::debug_span!("peer_stream", token = %ctx.session.token.name, %target, stream = stream.id().0);
     tokio::spawn(
         async move {
+            let (inner, session) = (&ctx.inner, &ctx.session);
             if let Some(name) = target.strip_prefix('?') {
-                check(&inner, &session, stream, name);
+                check(inner, session, stream, name);
+            } else if let Some(addr) = target.strip_prefix("udp://") {
+                dial_udp(&ctx, stream, addr).await;
             } else if target.contains(':') {
-                dial(&inner, &session, stream, &target).await;
+                dial(inner, session, stream, &target).await;
             } else {
-                access(&inner, &session, stream, &target).await;
+                access(inner, session, stream, &target).await;
             }
         }
         .instrument(span),
@@ -136,16 +146,21 @@ async fn access(inner: &Inner, session: &Session, stream: TunnelStream, name: &s
     }
 }
 
-/// `HOST:PORT`: dials the target if this server's allow-list permits it, then relays.
-async fn dial(inner: &Inner, session: &Session, stream: TunnelStream, target: &str) {
+/// The allowed addresses of `target`, or `None` with the stream reset saying why.
+async fn allowed(
+    inner: &Inner,
+    session: &Session,
+    stream: &TunnelStream,
+    target: &str,
+) -> Option<Vec<SocketAddr>> {
     let config = inner.config();
     if config.allow_dial.is_empty() {
         tracing::info!(token = %session.token.name, "dial refused: this server dials nothing (no allow-list)");
         stream.reset(reset_code::NOT_ALLOWED);
-        return;
+        return None;
     }
-    let addrs = match config.allow_dial.resolve(target, config.dial_timeout).await {
-        Ok(a) => a,
+    match config.allow_dial.resolve(target, config.dial_timeout).await {
+        Ok(a) => Some(a),
         Err(e) => {
             let code = match e {
                 crate::AllowError::NotAllowed { .. } | crate::AllowError::BadTarget(_) => {
@@ -155,8 +170,41 @@ async fn dial(inner: &Inner, session: &Session, stream: TunnelStream, target: &s
             };
             tracing::warn!(token = %session.token.name, error = %e, "dial refused");
             stream.reset(code);
-            return;
+            None
         }
+    }
+}
+
+/// `udp://HOST:PORT`: a UDP flow to an allowed target, whose datagrams carry the stream id;
+/// it ends when the stream does or when idle for the UDP idle timeout.
+async fn dial_udp(ctx: &Ctx, stream: TunnelStream, target: &str) {
+    let flow = stream.id().0;
+    let Some(addrs) = allowed(&ctx.inner, &ctx.session, &stream, target).await else {
+        ctx.dials.forget(flow);
+        return;
+    };
+    let config = ctx.inner.config();
+    let ended = async { while let Ok(Some(_)) = stream.recv().await {} };
+    culvert_transport::udp_target::open_flow(
+        ctx.mux.clone(),
+        ctx.dials.clone(),
+        flow,
+        addrs[0].to_string(),
+        config.udp_idle_timeout,
+        config.udp_max_flows_per_session,
+        None,
+        ended,
+    )
+    .await;
+    // Idle or ended: the stream goes too (a reset if the peer has not finished it).
+    stream.reset(reset_code::CANCEL);
+}
+
+/// `HOST:PORT`: dials the target if this server's allow-list permits it, then relays.
+async fn dial(inner: &Inner, session: &Session, stream: TunnelStream, target: &str) {
+    let config = inner.config();
+    let Some(addrs) = allowed(inner, session, &stream, target).await else {
+        return;
     };
     let connect = async {
         let mut last = None;

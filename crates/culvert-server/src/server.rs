@@ -502,8 +502,14 @@ async fn serve_connection(
 ) {
     let (mux, mut events) = Mux::spawn_with(ws, conn);
     session.attach(mux.clone());
+    // Target-side UDP flows this connection's peer asked this server to dial.
+    let dials = Arc::new(culvert_transport::udp_target::TargetFlows::default());
     if session.culvert {
-        tokio::spawn(crate::udp::route_replies(mux.clone(), session.clone()));
+        tokio::spawn(crate::udp::route_replies(
+            mux.clone(),
+            session.clone(),
+            dials.clone(),
+        ));
     }
     if session.ended.load(Ordering::SeqCst) {
         mux.abort("session ended");
@@ -517,7 +523,13 @@ async fn serve_connection(
             }
             MuxEvent::Incoming(stream, target) => {
                 if session.culvert {
-                    crate::peer_streams::spawn(inner.clone(), session.clone(), stream, target);
+                    let ctx = crate::peer_streams::Ctx {
+                        inner: inner.clone(),
+                        session: session.clone(),
+                        mux: mux.clone(),
+                        dials: dials.clone(),
+                    };
+                    crate::peer_streams::spawn(ctx, stream, target);
                 } else {
                     stream.reset(reset_code::REFUSED);
                 }

@@ -151,7 +151,8 @@ fn flow_for(
             .fetch_add(1, Ordering::Relaxed);
         return None;
     }
-    let flow = session.next_flow.fetch_add(1, Ordering::Relaxed);
+    // Odd ids: even ones are the stream ids of flows the agent side opens (PROTOCOL.md §6.8).
+    let flow = session.next_flow.fetch_add(2, Ordering::Relaxed);
     let Some(mux) = session.pick_for_flow(flow) else {
         udp.counters
             .dropped_no_agent
@@ -214,9 +215,18 @@ fn evict_idle(session: &Session, service: &Arc<Service>, idle: Duration) {
     tracing::debug!(service = %service.name, count = evicted.len(), "idle udp flows evicted");
 }
 
-/// Delivers the agent's datagrams on `mux` to the clients that own their flows.
-pub(crate) async fn route_replies(mux: Mux, session: Arc<Session>) {
+/// Delivers the agent's datagrams on `mux` to the clients that own their flows, and those
+/// of flows the agent side opened (even ids) to their dialed targets.
+pub(crate) async fn route_replies(
+    mux: Mux,
+    session: Arc<Session>,
+    dials: Arc<culvert_transport::udp_target::TargetFlows>,
+) {
     while let Some(d) = mux.recv_datagram().await {
+        if d.flow % 2 == 0 {
+            dials.deliver(d).await;
+            continue;
+        }
         let target = {
             let mut flows = session.flows();
             flows.get_mut(&d.flow).and_then(|r| {

@@ -247,6 +247,12 @@ impl Mux {
         self.shared.writer_wake.notify_one();
     }
 
+    /// A key naming this connection (equal for clones, distinct between live connections),
+    /// for tables keyed by connection and stream id.
+    pub fn key(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+
     /// Queues a control message.
     pub fn send_control(&self, msg: Control) -> Result<(), TransportError> {
         let mut st = self.shared.lock();

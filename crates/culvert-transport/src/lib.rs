@@ -10,6 +10,7 @@ mod relay;
 mod socket;
 mod stream;
 pub mod tls;
+pub mod udp_target;
 pub mod ws;
 pub mod wsframe;
 

@@ -43,6 +43,13 @@ fn config_port(config: &str, prefix: &str) -> u16 {
     config[i..].split('"').next().unwrap().parse().unwrap()
 }
 
+/// The first port of the `port_range` in a config text.
+fn range_start(config: &str) -> u16 {
+    let prefix = "port_range = \"";
+    let i = config.find(prefix).expect("port_range") + prefix.len();
+    config[i..].split('-').next().unwrap().parse().unwrap()
+}
+
 /// `[node]` of a node on `listen` with its tokens, port range, allow-list and admin listener.
 fn node_section(dir: &Path, name: &str, listen: u16, admin: u16, allow: &[String]) -> String {
     let allow: Vec<String> = allow.iter().map(|a| format!("{a:?}")).collect();
@@ -166,13 +173,7 @@ fn pgbench_through_forward_and_reverse_node_tunnels() {
     // B: PostgreSQL's node. It dials PostgreSQL for A (allow-list), and exposes it on A
     // with a reverse tunnel.
     let a_range_cfg = node_section(dir.path(), "a", a_listen, a_admin, &[]);
-    let reverse_port = a_range_cfg
-        .split("port_range = \"")
-        .nth(1)
-        .and_then(|r| r.split('-').next())
-        .and_then(|p| p.parse::<u16>().ok())
-        .unwrap()
-        + 7;
+    let reverse_port = range_start(&a_range_cfg) + 7;
     let b_cfg = node_section(
         dir.path(),
         "b",
@@ -346,4 +347,158 @@ fn targets_outside_the_allow_list_are_refused_and_peer_restart_recovers() {
     assert_eq!(echo_round_trip(ok_port, b"back").unwrap(), b"back");
     drop(b);
     a.proc.kill();
+}
+
+/// A UDP echo service on a free loopback port (a thread answering every datagram).
+fn udp_echo() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = s.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65_536];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    port
+}
+
+/// Sends `count` numbered datagrams from a fresh client socket to 127.0.0.1:`port`, one at a
+/// time (each retried up to 3 times), and returns how many came back, each checked to be
+/// the client's own.
+fn udp_round_trips(port: u16, tag: &str, count: usize) -> usize {
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut ok = 0;
+    let mut buf = [0u8; 2048];
+    for i in 0..count {
+        let msg = format!("{tag}-{i}-{}", "x".repeat(i % 900));
+        for _ in 0..3 {
+            c.send_to(msg.as_bytes(), ("127.0.0.1", port)).unwrap();
+            match c.recv(&mut buf) {
+                Ok(n) => {
+                    assert_eq!(
+                        &buf[..n],
+                        msg.as_bytes(),
+                        "a reply for someone else arrived"
+                    );
+                    ok += 1;
+                    break;
+                }
+                Err(_) => continue,
+            }
+        }
+    }
+    ok
+}
+
+#[test]
+fn udp_through_forward_and_reverse_node_tunnels() {
+    let echo = udp_echo();
+    let dir = TempDir::new("node-udp");
+    std::fs::write(
+        dir.join("a-to-b.token"),
+        new_token(&dir.join("b-tokens.toml"), "node-a"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("b-to-a.token"),
+        new_token(&dir.join("a-tokens.toml"), "node-b"),
+    )
+    .unwrap();
+    let (a_listen, a_admin, b_listen, b_admin) =
+        (free_port(), free_port(), free_port(), free_port());
+    let target = format!("127.0.0.1:{echo}");
+    let a_section = node_section(dir.path(), "a", a_listen, a_admin, &[]);
+    let reverse_port = range_start(&a_section) + 11;
+    let a_udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let a_cfg = a_section
+        + &tunnel(
+            "dns-forward",
+            b_listen,
+            &dir.join("a-to-b.token"),
+            "forward",
+            &format!("127.0.0.1:{a_udp}"),
+            &target,
+        )
+        + "protocol = \"udp\"\n"
+        + &tunnel(
+            "dns-forbidden",
+            b_listen,
+            &dir.join("a-to-b.token"),
+            "forward",
+            "127.0.0.1:0",
+            "127.0.0.1:9",
+        )
+        + "protocol = \"udp\"\n";
+    let b_cfg = node_section(
+        dir.path(),
+        "b",
+        b_listen,
+        b_admin,
+        std::slice::from_ref(&target),
+    ) + &tunnel(
+        "dns-reverse",
+        a_listen,
+        &dir.join("b-to-a.token"),
+        "reverse",
+        &reverse_port.to_string(),
+        &target,
+    ) + "protocol = \"udp\"\n";
+    let a = start_node(dir.path(), "a", &a_cfg);
+    let mut b = start_node(dir.path(), "b", &b_cfg);
+    wait_tunnel(a.admin, "dns-forward", "connected", |t| {
+        t["state"] == "connected"
+    });
+    wait_tunnel(b.admin, "dns-reverse", "registered", |t| {
+        t["listen"] == format!("peer port {reverse_port}")
+    });
+
+    // Several clients on each path; each gets only its own replies, and (on loopback at
+    // this pace) essentially all of them.
+    for (port, label) in [(a_udp, "forward"), (reverse_port, "reverse")] {
+        for client in 0..3 {
+            let got = udp_round_trips(port, &format!("{label}{client}"), 100);
+            assert!(
+                got >= 99,
+                "{label} UDP tunnel: only {got}/100 round trips\n--- A:\n{}\n--- B:\n{}",
+                a.proc.log(),
+                b.proc.log()
+            );
+        }
+    }
+    let fwd = wait_tunnel(a.admin, "dns-forward", "counted", |t| {
+        t["connections"].as_u64() >= Some(3)
+    });
+    assert!(fwd["bytes_to_target"].as_u64() > Some(10_000), "{fwd}");
+    let rev = wait_tunnel(b.admin, "dns-reverse", "counted", |t| {
+        t["bytes_to_target"].as_u64() > Some(10_000)
+    });
+    eprintln!("forward: {fwd}\nreverse: {rev}");
+
+    // A UDP target outside B's allow-list: the flow is refused, nothing comes back.
+    let forbidden = tunnels(a.admin)
+        .into_iter()
+        .find(|t| t["name"] == "dns-forbidden")
+        .unwrap();
+    let port: u16 = forbidden["listen"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(udp_round_trips(port, "forbidden", 3), 0);
+    b.proc
+        .wait_line("is not in this node's allow-list", 0, WAIT);
+    wait_tunnel(a.admin, "dns-forbidden", "refused", |t| {
+        t["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ended the flow"))
+    });
 }

@@ -1,13 +1,14 @@
-//! The agent's side of UDP services: one connected socket per flow towards the configured
-//! target (so the agent never sends anywhere else), idle flows closed, a cap on flows.
+//! The target side of UDP flows (the agent's UDP services, a node's dials for forward UDP
+//! tunnels): one connected socket per flow towards the configured target, so datagrams go
+//! nowhere else; idle flows closed; a cap on flows.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::Mux;
 use bytes::Bytes;
-use culvert_transport::Mux;
 use tokio::net::UdpSocket;
 
 /// Flows whose first datagrams may wait for their socket, and how many each may park.
@@ -26,27 +27,44 @@ struct Table {
 #[derive(Debug)]
 struct Flow {
     socket: UdpSocket,
+    /// Bytes each way: `up` from the target, `down` towards it.
+    counters: Option<Arc<crate::RelayCounters>>,
     /// Milliseconds since [`Flows::epoch`].
     last_active: AtomicU64,
 }
 
-/// Flows of one tunnel connection, by flow id.
+/// Target-side flows of one tunnel connection, by flow id.
 #[derive(Debug)]
-pub(crate) struct Flows {
+pub struct TargetFlows {
     table: Mutex<Table>,
     epoch: Instant,
 }
 
-impl Default for Flows {
-    fn default() -> Flows {
-        Flows {
+impl Default for TargetFlows {
+    fn default() -> TargetFlows {
+        TargetFlows {
             table: Mutex::default(),
             epoch: Instant::now(),
         }
     }
 }
 
-impl Flows {
+impl TargetFlows {
+    /// Drops what was parked for `flow` (it was refused and will never open).
+    pub fn forget(&self, flow: u64) {
+        self.lock().pending.remove(&flow);
+    }
+
+    /// Flows open now.
+    pub fn len(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    /// Whether no flow is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -56,15 +74,21 @@ impl Flows {
     }
 }
 
-/// Sets up `flow` towards `target` (from the server's Connect). Refused beyond `max_flows`.
-pub(crate) async fn open_flow(
+/// Sets up `flow` towards `target` and relays the target's replies on it until the flow
+/// idles out or `until` completes (the flow's announcing stream ended). Refused beyond
+/// `max_flows`. Bytes are added to `counters` when given.
+#[allow(clippy::too_many_arguments)]
+pub async fn open_flow(
     mux: Mux,
-    flows: Arc<Flows>,
+    flows: Arc<TargetFlows>,
     flow: u64,
     target: String,
     idle: Duration,
     max_flows: usize,
+    counters: Option<Arc<crate::RelayCounters>>,
+    until: impl std::future::Future<Output = ()>,
 ) {
+    let mut until = std::pin::pin!(until);
     {
         let t = flows.lock();
         if t.open.contains_key(&flow) {
@@ -104,6 +128,7 @@ pub(crate) async fn open_flow(
     }
     let entry = Arc::new(Flow {
         socket,
+        counters,
         last_active: AtomicU64::new(flows.now_ms()),
     });
     let parked = {
@@ -112,7 +137,11 @@ pub(crate) async fn open_flow(
         t.pending.remove(&flow).unwrap_or_default()
     };
     for d in parked {
-        let _ = entry.socket.send(&d).await;
+        if entry.socket.send(&d).await.is_ok() {
+            if let Some(c) = &entry.counters {
+                c.down.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+        }
     }
     tracing::debug!(flow, %target, "udp flow opened");
     // Replies from the target go back on this flow until it idles out.
@@ -127,9 +156,16 @@ pub(crate) async fn open_flow(
             break;
         }
         let wait = Duration::from_millis(idle_ms - since);
-        match tokio::time::timeout(wait, entry.socket.recv(&mut buf)).await {
+        let received = tokio::select! {
+            r = tokio::time::timeout(wait, entry.socket.recv(&mut buf)) => r,
+            _ = &mut until => break,
+        };
+        match received {
             Ok(Ok(n)) => {
                 entry.last_active.store(flows.now_ms(), Ordering::Relaxed);
+                if let Some(c) = &entry.counters {
+                    c.up.fetch_add(n as u64, Ordering::Relaxed);
+                }
                 let sent = mux.send_datagram(flow, Bytes::copy_from_slice(&buf[..n]));
                 if sent.is_err() && mux.is_closed() {
                     break;
@@ -141,7 +177,7 @@ pub(crate) async fn open_flow(
         }
     }
     flows.lock().open.remove(&flow);
-    tracing::debug!(flow, "udp flow closed (idle)");
+    tracing::debug!(flow, "udp flow closed");
 }
 
 /// A UDP socket for one flow. Its 1 MiB receive buffer (a cap, capped again by
@@ -158,9 +194,11 @@ fn flow_socket(bind: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(sock.into())
 }
 
-/// Delivers datagrams from the server to their flows' sockets until the connection closes.
-pub(crate) async fn pump(mux: Mux, flows: Arc<Flows>) {
-    while let Some(d) = mux.recv_datagram().await {
+impl TargetFlows {
+    /// Sends a datagram from the tunnel to its flow's target, or parks it (bounded) when
+    /// the flow is still being set up.
+    pub async fn deliver(&self, d: culvert_proto::Datagram) {
+        let flows = self;
         let open = {
             let mut t = flows.lock();
             match t.open.get(&d.flow) {
@@ -186,7 +224,11 @@ pub(crate) async fn pump(mux: Mux, flows: Arc<Flows>) {
             }
         };
         if let Some(f) = open {
-            let _ = f.socket.send(&d.data).await;
+            if f.socket.send(&d.data).await.is_ok() {
+                if let Some(c) = &f.counters {
+                    c.down.fetch_add(d.data.len() as u64, Ordering::Relaxed);
+                }
+            }
         }
     }
 }
