@@ -43,6 +43,21 @@ fn config_port(config: &str, prefix: &str) -> u16 {
     config[i..].split('"').next().unwrap().parse().unwrap()
 }
 
+/// A scratch dir where nodes a and b each accept the other (each one's token file lists
+/// the peer; the peer's token is in `a-to-b.token` / `b-to-a.token`), and four free ports
+/// (a's listener and admin, b's listener and admin).
+fn two_nodes(tag: &str) -> (TempDir, [u16; 4]) {
+    let dir = TempDir::new(tag);
+    for (from, to) in [("a", "b"), ("b", "a")] {
+        let token = new_token(
+            &dir.join(&format!("{to}-tokens.toml")),
+            &format!("node-{from}"),
+        );
+        std::fs::write(dir.join(&format!("{from}-to-{to}.token")), token).unwrap();
+    }
+    (dir, [free_port(), free_port(), free_port(), free_port()])
+}
+
 /// The first port of the `port_range` in a config text.
 fn range_start(config: &str) -> u16 {
     let prefix = "port_range = \"";
@@ -154,20 +169,7 @@ fn pgbench_through_forward_and_reverse_node_tunnels() {
     let psql = client_program(&bindir, "psql");
     let pgbench = client_program(&bindir, "pgbench");
     let pg = Postgres::start(&bindir);
-    let dir = TempDir::new("node-pg");
-    // Each node's token file lists the peer allowed in; each peer holds the token.
-    std::fs::write(
-        dir.join("a-to-b.token"),
-        new_token(&dir.join("b-tokens.toml"), "node-a"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("b-to-a.token"),
-        new_token(&dir.join("a-tokens.toml"), "node-b"),
-    )
-    .unwrap();
-    let (a_listen, a_admin, b_listen, b_admin) =
-        (free_port(), free_port(), free_port(), free_port());
+    let (dir, [a_listen, a_admin, b_listen, b_admin]) = two_nodes("node-pg");
     let pg_target = format!("127.0.0.1:{}", pg.port);
 
     // B: PostgreSQL's node. It dials PostgreSQL for A (allow-list), and exposes it on A
@@ -395,19 +397,7 @@ fn udp_round_trips(port: u16, tag: &str, count: usize) -> usize {
 #[test]
 fn udp_through_forward_and_reverse_node_tunnels() {
     let echo = udp_echo();
-    let dir = TempDir::new("node-udp");
-    std::fs::write(
-        dir.join("a-to-b.token"),
-        new_token(&dir.join("b-tokens.toml"), "node-a"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("b-to-a.token"),
-        new_token(&dir.join("a-tokens.toml"), "node-b"),
-    )
-    .unwrap();
-    let (a_listen, a_admin, b_listen, b_admin) =
-        (free_port(), free_port(), free_port(), free_port());
+    let (dir, [a_listen, a_admin, b_listen, b_admin]) = two_nodes("node-udp");
     let target = format!("127.0.0.1:{echo}");
     let a_section = node_section(dir.path(), "a", a_listen, a_admin, &[]);
     let reverse_port = range_start(&a_section) + 11;
