@@ -219,6 +219,16 @@ mod tests {
     "#;
 
     #[test]
+    fn the_examples_parse() {
+        for text in [
+            include_str!("../../../examples/node-a.toml"),
+            include_str!("../../../examples/node-b.toml"),
+        ] {
+            parse(text).unwrap();
+        }
+    }
+
+    #[test]
     fn parses_a_full_config() {
         let f = parse(OK).unwrap();
         assert_eq!(f.tunnels.len(), 2);

@@ -86,6 +86,37 @@ impl ServerTls {
         ServerTls::from_parts(vec![ck.cert.der().clone()], key)
     }
 
+    /// Generates a self-signed certificate for `names` and writes it and its key as PEM
+    /// files (the key readable by its owner only), so a server or node keeps one identity
+    /// across restarts: peers pin its fingerprint (returned) or trust the file as a CA.
+    pub fn write_self_signed(
+        names: &[String],
+        cert_path: &Path,
+        key_path: &Path,
+    ) -> Result<String, TransportError> {
+        let ck = rcgen::generate_simple_self_signed(names.to_vec()).map_err(tls_err)?;
+        let write = |path: &Path, text: String, private: bool| {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            if private {
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            }
+            #[cfg(not(unix))]
+            let _ = private;
+            std::io::Write::write_all(
+                &mut opts
+                    .open(path)
+                    .map_err(|e| tls_err(format!("{}: {e}", path.display())))?,
+                text.as_bytes(),
+            )
+            .map_err(|e| tls_err(format!("{}: {e}", path.display())))
+        };
+        write(key_path, ck.signing_key.serialize_pem(), true)?;
+        write(cert_path, ck.cert.pem(), false)?;
+        Ok(fingerprint(ck.cert.der()))
+    }
+
     fn from_parts(
         certs: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,

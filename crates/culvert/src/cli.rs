@@ -31,6 +31,9 @@ pub enum Command {
     /// Manage tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Make certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Run a server, an agent and an echo service on loopback, and print how to try it.
     Demo(DemoArgs),
     /// Show the sessions and services of a running server or agent (from its admin listener).
@@ -108,6 +111,24 @@ pub struct StatusArgs {
     /// Print the raw JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Write a self-signed certificate and key (PEM) and print its SHA-256 fingerprint on
+    /// stdout: a server's or node's identity that survives restarts. Peers pin the
+    /// fingerprint (`--fingerprint`) or trust the certificate file (`--ca`).
+    New {
+        /// Certificate file to create (refuses to overwrite).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Key file to create, readable by its owner only (refuses to overwrite).
+        #[arg(long)]
+        key: PathBuf,
+        /// Host names or IP addresses the certificate is for (repeatable).
+        #[arg(long = "name", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -91,3 +91,26 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The commented examples in `examples/` parse with the real parser (unknown keys are
+    /// errors, so a renamed setting breaks this test, not a user's start-up).
+    #[test]
+    fn examples_parse() {
+        for (name, text) in [
+            ("server.toml", include_str!("../../../examples/server.toml")),
+            ("agent.toml", include_str!("../../../examples/agent.toml")),
+            ("access.toml", include_str!("../../../examples/access.toml")),
+        ] {
+            toml::from_str::<FileConfig>(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let tokens = std::env::temp_dir().join(format!("culvert-ex-tokens-{}", std::process::id()));
+        std::fs::write(&tokens, include_str!("../../../examples/tokens.toml")).unwrap();
+        let store = culvert_server::TokenStore::load(&tokens);
+        let _ = std::fs::remove_file(&tokens);
+        assert!(store.is_ok(), "tokens.toml: {:?}", store.err());
+    }
+}

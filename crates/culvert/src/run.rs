@@ -10,7 +10,7 @@ use culvert_server::{PortRange, Server, ServerConfig, TokenStore};
 use culvert_transport::tls::{ServerTls, Verify};
 use culvert_transport::ws::ServerUrl;
 
-use crate::cli::{AgentArgs, Cli, Command, ServerArgs, TokenCommand};
+use crate::cli::{AgentArgs, CertCommand, Cli, Command, ServerArgs, TokenCommand};
 use crate::file_config;
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -26,6 +26,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             eprintln!(
                 "token {name:?} created; its SHA-256 hash was added to {}. It is shown only this once.",
                 tokens.display()
+            );
+            Ok(())
+        }
+        Command::Cert(CertCommand::New { cert, key, names }) => {
+            let fp = ServerTls::write_self_signed(&names, &cert, &key)?;
+            println!("{fp}");
+            eprintln!(
+                "wrote {} and {} for {}; peers pin the fingerprint above or trust {} as a CA",
+                cert.display(),
+                key.display(),
+                names.join(", "),
+                cert.display()
             );
             Ok(())
         }
