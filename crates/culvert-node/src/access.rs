@@ -59,7 +59,46 @@ impl std::fmt::Debug for AccessConfig {
 /// Running access sessions.
 pub struct Access {
     link: Arc<AgentHandle>,
-    forwards: Vec<Forward>,
+    forwards: Arc<Vec<Forward>>,
+    /// Set when the server stopped accepting the token (expired or revoked).
+    refused: Arc<std::sync::Mutex<Option<String>>>,
+    watchdog: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Access {
+    fn drop(&mut self) {
+        self.watchdog.abort();
+    }
+}
+
+/// How often the watchdog looks at the link.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// Ends every session once the server refuses the token (its TTL ran out or it was
+/// revoked): retrying cannot help, and local clients should not wait for it.
+async fn watch_token(
+    link: Arc<AgentHandle>,
+    forwards: Arc<Vec<Forward>>,
+    refused: Arc<std::sync::Mutex<Option<String>>>,
+) {
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        if link.connections_up() > 0 {
+            continue;
+        }
+        if let Some(e) = link
+            .last_error()
+            .filter(|e| e.contains("refused the token"))
+        {
+            tracing::error!(reason = %e, "the server no longer accepts this token (expired or revoked); closing every access session");
+            *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            for f in forwards.iter() {
+                f.close();
+            }
+            link.shutdown();
+            return;
+        }
+    }
 }
 
 impl Access {
@@ -108,7 +147,23 @@ impl Access {
             };
             forwards.push(Forward::bind(spec, link.clone()).await?);
         }
-        Ok(Access { link, forwards })
+        let forwards = Arc::new(forwards);
+        let refused = Arc::new(std::sync::Mutex::new(None));
+        let watchdog = tokio::spawn(watch_token(link.clone(), forwards.clone(), refused.clone()));
+        Ok(Access {
+            link,
+            forwards,
+            refused,
+            watchdog,
+        })
+    }
+
+    /// Why the sessions ended early, if the server stopped accepting the token.
+    pub fn refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The bound local address of each session, in the order given.
@@ -131,14 +186,15 @@ impl Access {
 
     /// Waits until every session's TTL has expired (or each was closed).
     pub async fn wait(&self) {
-        for f in &self.forwards {
+        for f in self.forwards.iter() {
             f.closed().await;
         }
     }
 
     /// Closes every session and the link.
     pub fn shutdown(&self) {
-        for f in &self.forwards {
+        self.watchdog.abort();
+        for f in self.forwards.iter() {
             f.close();
         }
         self.link.shutdown();

@@ -249,6 +249,9 @@ impl Server {
 
     /// Accepts agents until the task is dropped. Handshakes run off the accept loop.
     pub async fn run(self) {
+        // Sessions of expired tokens end within a second, for as long as the server runs.
+        let sweeper = tokio::spawn(end_expired_sessions(self.inner.clone()));
+        let _sweeper = AbortOnDrop(sweeper);
         let mut last_error_log = None::<Instant>;
         tracing::info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             tls = self.inner.tls.is_some(), "tunnel endpoint ready");
@@ -354,6 +357,30 @@ impl Inner {
             tracing::info!(session = %s.id, service = %svc.name, port = svc.port, "service released");
         }
         tracing::info!(session = %s.id, token = %s.token.name, %reason, "agent session ended");
+    }
+}
+
+/// Aborts a task when dropped (a helper that must not outlive its owner).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Every second, closes the sessions whose token has expired.
+async fn end_expired_sessions(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = crate::tokens::unix_now();
+        for s in inner.sessions_snapshot() {
+            if s.token.expired(now) {
+                inner.end_session(&s, "token expired");
+            }
+        }
     }
 }
 

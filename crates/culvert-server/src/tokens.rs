@@ -31,9 +31,25 @@ pub struct TokenEntry {
     /// `"*"` for all). None when absent: reaching a private service is never implied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<Vec<String>>,
+    /// Unix time (seconds) after which the token is refused and its sessions are closed
+    /// (within a second): a time-to-live the server enforces, whatever the client does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl TokenEntry {
+    /// Whether the token's time-to-live has run out at `now` (Unix seconds).
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires.is_some_and(|t| now >= t)
+    }
+
     /// Whether this token may open streams to the service `name`.
     pub fn may_access(&self, name: &str) -> bool {
         self.access.iter().flatten().any(|s| s == "*" || s == name)
@@ -148,6 +164,7 @@ impl TokenStore {
                     ports: None,
                     max_services: default_max_services(),
                     access: None,
+                    expires: None,
                 };
                 (e, h)
             })
@@ -178,7 +195,8 @@ impl TokenStore {
                 found = Some(entry);
             }
         }
-        found
+        // An expired token gets the same answer as a wrong one.
+        found.filter(|e| !e.expired(unix_now()))
     }
 
     /// Whether `entry` (same name and hash) is still in the store.
@@ -201,8 +219,14 @@ impl TokenStore {
 
 /// Creates a token named `name`, records its hash in `path` (created if missing) and returns
 /// the token itself, which is never stored. `access` lists the services it may reach
-/// through access sessions and node tunnels (none when empty).
-pub fn add_token(path: &Path, name: &str, access: &[String]) -> Result<String, TokenError> {
+/// through access sessions and node tunnels (none when empty); `ttl`, when given, makes
+/// the server refuse it (and close its sessions) that long from now.
+pub fn add_token(
+    path: &Path,
+    name: &str,
+    access: &[String],
+    ttl: Option<std::time::Duration>,
+) -> Result<String, TokenError> {
     let mut file = read_file(path)?;
     if file.tokens.iter().any(|t| t.name == name) {
         return Err(TokenError::Duplicate(name.to_owned()));
@@ -215,6 +239,7 @@ pub fn add_token(path: &Path, name: &str, access: &[String]) -> Result<String, T
         ports: None,
         max_services: default_max_services(),
         access: (!access.is_empty()).then(|| access.to_vec()),
+        expires: ttl.map(|t| unix_now().saturating_add(t.as_secs().max(1))),
     });
     let text = toml::to_string_pretty(&file).expect("token file serialises");
     let p = path.display().to_string();
@@ -239,10 +264,10 @@ mod tests {
         let path = dir.join("tokens.toml");
         let _ = std::fs::remove_file(&path);
         assert!(matches!(TokenStore::load(&path), Err(TokenError::Empty(_))));
-        let t1 = add_token(&path, "a", &[]).unwrap();
-        let t2 = add_token(&path, "b", &["pg".to_owned()]).unwrap();
+        let t1 = add_token(&path, "a", &[], None).unwrap();
+        let t2 = add_token(&path, "b", &["pg".to_owned()], None).unwrap();
         assert!(matches!(
-            add_token(&path, "a", &[]),
+            add_token(&path, "a", &[], None),
             Err(TokenError::Duplicate(_))
         ));
         let text = std::fs::read_to_string(&path).unwrap();

@@ -128,7 +128,13 @@ pub async fn run(
         crate::admin::serve(addr, Arc::new(crate::admin::AccessAdmin(access.clone()))).await?;
     }
     tokio::select! {
-        _ = access.wait() => tracing::info!("every access session reached its time-to-live"),
+        _ = access.wait() => {
+            if let Some(reason) = access.refused() {
+                access.shutdown();
+                bail!("access ended: {reason}");
+            }
+            tracing::info!("every access session reached its time-to-live")
+        }
         _ = stop => tracing::info!("stopping access sessions"),
     }
     access.shutdown();

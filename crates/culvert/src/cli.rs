@@ -145,6 +145,10 @@ pub enum TokenCommand {
         /// (repeatable; `*` for every service). Without it the token reaches none.
         #[arg(long = "access", value_name = "SERVICE")]
         access: Vec<String>,
+        /// Time to live (90s, 15m, 1h, 2d): then the server refuses the token and closes
+        /// its sessions within a second, whatever the client does.
+        #[arg(long)]
+        ttl: Option<String>,
     },
 }
 

@@ -19,8 +19,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             name,
             tokens,
             access,
+            ttl,
         }) => {
-            let token = culvert_server::tokens::add_token(&tokens, &name, &access)?;
+            let ttl = ttl
+                .as_deref()
+                .map(culvert_node::parse_duration)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+            let token = culvert_server::tokens::add_token(&tokens, &name, &access, ttl)?;
             // The token alone on stdout, so scripts can capture it; the rest on stderr.
             println!("{token}");
             eprintln!(

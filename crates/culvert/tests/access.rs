@@ -300,3 +300,56 @@ fn wait_child_proc(p: &mut Proc, limit: Duration) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_token_ttl_is_enforced_by_the_server() {
+    use std::io::{Read, Write};
+    let echo = echo_service();
+    let s = Setup::new("access-token-ttl", &[]);
+    let _agent = s.private_agent("echo", echo);
+    // A token that may reach `echo` for 8 seconds; the client sets no TTL of its own.
+    let short = new_token_with(
+        &s.dir.join("tokens.toml"),
+        "temp",
+        &["--access", "echo", "--ttl", "8s"],
+    );
+    std::fs::write(s.dir.join("temp.token"), short).unwrap();
+    // The server reloads its token file when it changes (checked every 2 s).
+    let mut server = s.server;
+    server.wait_line("tokens reloaded", 0, WAIT);
+    let mut access = Proc::spawn(
+        "culvert access",
+        culvert()
+            .args([
+                "access",
+                "echo",
+                "--server",
+                &format!("ws://127.0.0.1:{}", s.port),
+                "--token-file",
+            ])
+            .arg(s.dir.join("temp.token")),
+    );
+    let local = access_port(&mut access, "echo");
+    let mut live = TcpStream::connect((Ipv4Addr::LOCALHOST, local)).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    live.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    live.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+
+    // At expiry the server ends the session: the live connection is closed, and the client
+    // ends every session with a clear error instead of retrying forever.
+    server.wait_line("token expired", 0, Duration::from_secs(30));
+    let mut rest = Vec::new();
+    let r = live.read_to_end(&mut rest);
+    assert!(r.is_err() || rest.is_empty(), "data after expiry: {rest:?}");
+    let exit = wait_child_proc(&mut access, WAIT);
+    assert!(!exit.success(), "access should fail once its token expired");
+    assert!(
+        access.log().contains("expired or revoked"),
+        "{}",
+        access.log()
+    );
+    assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, local)).is_err());
+}
