@@ -102,7 +102,9 @@ pub struct TunnelFile {
     /// Forward: local address to listen on. Reverse: the port on the peer (`PORT` or
     /// `ADDR:PORT`; the peer binds it on its own `public_bind`).
     pub listen: String,
-    /// `HOST:PORT` to reach: dialed by the peer (forward) or by this node (reverse).
+    /// `HOST:PORT` to reach: dialed by the peer (forward) or by this node (reverse). A
+    /// forward TCP tunnel may instead name a service registered on the peer (such as a
+    /// private one), which the peer reaches if this tunnel's token is allowed it.
     pub target: String,
     /// CA file the peer's certificate must chain to.
     pub ca: Option<PathBuf>,
@@ -154,11 +156,19 @@ impl NodeFile {
                     t.protocol
                 ));
             }
-            if t.target
+            let is_addr = t
+                .target
                 .rsplit_once(':')
-                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-            {
-                return Err(format!("{at}: target must be HOST:PORT"));
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            // A forward TCP tunnel may also name a service registered on the peer (a
+            // private one, say), reached if this tunnel's token is allowed it.
+            let is_service = t.direction == Direction::Forward
+                && t.protocol == "tcp"
+                && culvert_agent::valid_service_name(&t.target);
+            if !is_addr && !is_service {
+                return Err(format!(
+                    "{at}: target must be HOST:PORT (or, for a forward TCP tunnel, a service name on the peer)"
+                ));
             }
             match t.direction {
                 Direction::Forward => {
@@ -251,7 +261,7 @@ mod tests {
             (
                 OK.replace(
                     "target = \"127.0.0.1:5432\"\n        [[tunnel]]",
-                    "target = \"nowhere\"\n        [[tunnel]]",
+                    "target = \"no where\"\n        [[tunnel]]",
                 ),
                 "HOST:PORT",
             ),

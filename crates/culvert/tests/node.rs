@@ -492,3 +492,71 @@ fn udp_through_forward_and_reverse_node_tunnels() {
             .is_some_and(|e| e.contains("ended the flow"))
     });
 }
+
+#[test]
+fn a_forward_tunnel_reaches_a_private_service_its_token_is_allowed() {
+    let echo = echo_service();
+    let dir = TempDir::new("node-private");
+    let tokens = dir.join("b-tokens.toml");
+    std::fs::write(dir.join("agent.token"), new_token(&tokens, "agent")).unwrap();
+    std::fs::write(
+        dir.join("a-to-b.token"),
+        new_token_with(&tokens, "node-a", &["--access", "echo"]),
+    )
+    .unwrap();
+    let (b_listen, b_admin, a_admin) = (free_port(), free_port(), free_port());
+    let mut b = start_node(
+        dir.path(),
+        "b",
+        &node_section(dir.path(), "b", b_listen, b_admin, &[]),
+    );
+    // An agent registers `echo` and `secret` on node B, privately.
+    let mut agent = Proc::spawn(
+        "culvert agent",
+        culvert()
+            .args([
+                "agent",
+                "--server",
+                &format!("ws://127.0.0.1:{b_listen}"),
+                "--token-file",
+            ])
+            .arg(dir.join("agent.token"))
+            .args(["--expose", &format!("echo=tcp://127.0.0.1:{echo}")])
+            .args(["--expose", &format!("secret=tcp://127.0.0.1:{echo}")])
+            .arg("--private"),
+    );
+    agent.wait_line("service=secret", 0, WAIT);
+    let (ok_port, bad_port) = (free_port(), free_port());
+    let a_cfg = format!("[node]\nadmin = \"127.0.0.1:{a_admin}\"\n")
+        + &tunnel(
+            "echo",
+            b_listen,
+            &dir.join("a-to-b.token"),
+            "forward",
+            &format!("127.0.0.1:{ok_port}"),
+            "echo",
+        )
+        + &tunnel(
+            "secret",
+            b_listen,
+            &dir.join("a-to-b.token"),
+            "forward",
+            &format!("127.0.0.1:{bad_port}"),
+            "secret",
+        );
+    let mut a = start_node(dir.path(), "a", &a_cfg);
+    wait_tunnel(a_admin, "echo", "connected", |t| t["state"] == "connected");
+    assert_eq!(echo_round_trip(ok_port, b"private").unwrap(), b"private");
+    let got = echo_round_trip(bad_port, b"secret");
+    assert!(
+        got.as_ref().map_or(true, |v| v.is_empty()),
+        "a service the token may not reach carried data: {got:?}"
+    );
+    a.proc
+        .wait_line("the peer refused \"secret\": not allowed", 0, WAIT);
+    b.proc.wait_line(
+        "token \"node-a\" is not allowed service \"secret\"",
+        0,
+        WAIT,
+    );
+}
