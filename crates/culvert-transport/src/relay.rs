@@ -3,15 +3,20 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use culvert_proto::reset_code;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::TunnelStream;
 
-/// Read size from the socket: one 64 KiB frame's worth per read keeps syscalls and frames few.
-const READ_CHUNK: usize = 64 * 1024;
+/// First read size from the socket: small, so idle connections hold little memory.
+const READ_FIRST: usize = 16 * 1024;
+/// Largest read size: a read that fills its buffer doubles the next one up to this, so a
+/// bulk transfer moves 256 KiB (four full frames) per syscall.
+const READ_MAX: usize = 256 * 1024;
+/// Bytes written to the socket per vectored write at most.
+const WRITE_MAX: usize = 512 * 1024;
 
 /// Bytes moved by one relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,16 +52,21 @@ pub async fn relay_tcp_counted(
 ) -> std::io::Result<RelayTotals> {
     let (mut rd, mut wr) = tcp.into_split();
     let up = async {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut size = READ_FIRST;
+        let mut buf = BytesMut::with_capacity(size);
         let mut total = 0u64;
         loop {
-            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
+            if buf.capacity() - buf.len() < size / 4 {
+                buf.reserve(size);
             }
+            let room = buf.capacity() - buf.len();
             let n = rd.read_buf(&mut buf).await?;
             if n == 0 {
                 stream.finish()?;
                 return Ok::<u64, std::io::Error>(total);
+            }
+            if n == room && size < READ_MAX {
+                size *= 2;
             }
             total += n as u64;
             if let Some(c) = counters {
@@ -67,18 +77,50 @@ pub async fn relay_tcp_counted(
     };
     let down = async {
         let mut total = 0u64;
-        while let Some(chunk) = stream.recv().await? {
-            total += chunk.len() as u64;
+        let mut chunks: Vec<Bytes> = Vec::new();
+        while stream.recv_many(&mut chunks, WRITE_MAX).await? {
+            let n: usize = chunks.iter().map(Bytes::len).sum();
+            total += n as u64;
             if let Some(c) = counters {
-                c.down.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                c.down.fetch_add(n as u64, Ordering::Relaxed);
             }
-            wr.write_all(&chunk).await?;
+            write_all_vectored(&mut wr, &mut chunks).await?;
         }
         wr.shutdown().await?;
         Ok::<u64, std::io::Error>(total)
     };
     let (up, down) = tokio::try_join!(up, down)?;
     Ok(RelayTotals { up, down })
+}
+
+/// Writes every chunk with as few vectored writes as the socket allows, emptying `chunks`.
+async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    chunks: &mut Vec<Bytes>,
+) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = chunks[first..]
+            .iter()
+            .map(|c| std::io::IoSlice::new(c))
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let len = chunks[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                chunks[first].advance(n);
+                n = 0;
+            }
+        }
+    }
+    chunks.clear();
+    Ok(())
 }
 
 /// Splices two tunnel streams (a server joining an access client's stream to the agent's):

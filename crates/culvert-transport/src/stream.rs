@@ -117,6 +117,45 @@ impl TunnelStream {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
+    /// Awaits at least one chunk, then takes every chunk already buffered (up to about
+    /// `max` bytes) under one lock, appending them to `out`, so the caller can write them
+    /// with one vectored write. `false` at the end (the peer finished; `out` untouched).
+    pub async fn recv_many(&self, out: &mut Vec<Bytes>, max: usize) -> io::Result<bool> {
+        let Some(first) = self.recv().await? else {
+            return Ok(false);
+        };
+        let mut total = first.len();
+        out.push(first);
+        if total >= max {
+            return Ok(true);
+        }
+        let mut st = self.shared.lock();
+        if st.closed.is_some() {
+            return Ok(true);
+        }
+        while total < max {
+            match st.conn.read(self.id, usize::MAX) {
+                Ok(ReadOutcome::Data(b)) => {
+                    total += b.len();
+                    out.push(b);
+                }
+                // Reading the end consumes it: remember it for the next call.
+                Ok(ReadOutcome::Eof) => {
+                    self.eof.store(true, Ordering::Relaxed);
+                    break;
+                }
+                // Errors show up on the next call, after these bytes are written.
+                _ => break,
+            }
+        }
+        let wake = st.conn.wants_transmit();
+        drop(st);
+        if wake {
+            self.shared.writer_wake.notify_one();
+        }
+        Ok(true)
+    }
+
     /// Queues as much of `data` as the send buffers take, advancing it; ready when all is queued.
     pub fn poll_send(&self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
         let mut st = self.shared.lock();
