@@ -474,15 +474,6 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// Aborts a helper task when the connection it serves ends.
-struct AbortTaskOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortTaskOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Dials, authenticates and registers, all under the connect deadline.
 type Connected = (
     Mux,
@@ -605,12 +596,11 @@ async fn serve(
     early: Vec<MuxEvent>,
 ) -> String {
     let flows = Arc::new(culvert_transport::udp_target::TargetFlows::default());
-    let pump = tokio::spawn(crate::local_flows::pump(
-        mux.clone(),
+    mux.set_datagram_sink(crate::local_flows::sink(
+        mux,
         flows.clone(),
         shared.local_flows.clone(),
     ));
-    let _pump = AbortTaskOnDrop(pump);
     // Streams opened by the server, waiting for their Connect (which names them).
     // Bounded by the connection's stream limit.
     let mut pending: HashMap<StreamId, (TunnelStream, ServiceSpec)> = HashMap::new();

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use culvert_transport::udp_target::TargetFlows;
-use culvert_transport::{Mux, TransportError, TunnelStream};
+use culvert_transport::{DatagramSink, Mux, TransportError, TunnelStream};
 use tokio::sync::mpsc;
 
 /// Replies queued per local flow before the newest are dropped (and counted): a reader
@@ -76,11 +76,11 @@ impl Drop for LocalFlow {
     }
 }
 
-/// Delivers a connection's datagrams: even flow ids to this side's local flows, odd ones
-/// to the target-side flows the server announced.
-pub(crate) async fn pump(mux: Mux, targets: Arc<TargetFlows>, local: Arc<LocalFlows>) {
+/// Where a connection's datagrams go: even flow ids to this side's local flows, odd ones
+/// to the target-side flows the server announced. Runs in the connection's reader.
+pub(crate) fn sink(mux: &Mux, targets: Arc<TargetFlows>, local: Arc<LocalFlows>) -> DatagramSink {
     let key = mux.key();
-    while let Some(d) = mux.recv_datagram().await {
+    Arc::new(move |d: culvert_proto::Datagram| {
         if d.flow % 2 == 0 {
             let tx = local.lock().get(&(key, d.flow)).cloned();
             if let Some(tx) = tx {
@@ -89,7 +89,7 @@ pub(crate) async fn pump(mux: Mux, targets: Arc<TargetFlows>, local: Arc<LocalFl
                 }
             }
         } else {
-            targets.deliver(d).await;
+            targets.deliver(d);
         }
-    }
+    })
 }

@@ -532,11 +532,7 @@ async fn serve_connection(
     // Target-side UDP flows this connection's peer asked this server to dial.
     let dials = Arc::new(culvert_transport::udp_target::TargetFlows::default());
     if session.culvert {
-        tokio::spawn(crate::udp::route_replies(
-            mux.clone(),
-            session.clone(),
-            dials.clone(),
-        ));
+        mux.set_datagram_sink(crate::udp::reply_sink(session.clone(), dials.clone()));
     }
     if session.ended.load(Ordering::SeqCst) {
         mux.abort("session ended");

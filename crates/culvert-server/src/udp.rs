@@ -215,17 +215,18 @@ fn evict_idle(session: &Session, service: &Arc<Service>, idle: Duration) {
     tracing::debug!(service = %service.name, count = evicted.len(), "idle udp flows evicted");
 }
 
-/// Delivers the agent's datagrams on `mux` to the clients that own their flows, and those
-/// of flows the agent side opened (even ids) to their dialed targets.
-pub(crate) async fn route_replies(
-    mux: Mux,
+/// Where the datagrams arriving on `mux` go: replies of public flows (odd ids) to the
+/// client that owns the flow, those of flows the agent side opened (even ids) to their
+/// dialed targets. Runs in the connection's reader; sends never wait (a full socket buffer
+/// drops the datagram, as the network would).
+pub(crate) fn reply_sink(
     session: Arc<Session>,
     dials: Arc<culvert_transport::udp_target::TargetFlows>,
-) {
-    while let Some(d) = mux.recv_datagram().await {
+) -> culvert_transport::DatagramSink {
+    Arc::new(move |d: culvert_proto::Datagram| {
         if d.flow % 2 == 0 {
-            dials.deliver(d).await;
-            continue;
+            dials.deliver(d);
+            return;
         }
         let target = {
             let mut flows = session.flows();
@@ -239,9 +240,9 @@ pub(crate) async fn route_replies(
         };
         // A reply for an unknown (evicted) flow goes nowhere: only owners get replies.
         if let Some((socket, addr, counters)) = target {
-            if socket.send_to(&d.data, addr).await.is_ok() {
+            if socket.try_send_to(&d.data, addr).is_ok() {
                 counters.datagrams_out.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
+    })
 }

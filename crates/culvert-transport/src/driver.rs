@@ -64,8 +64,13 @@ pub(crate) struct State {
     pending_control: usize,
 }
 
+/// Receives each datagram as soon as the reader decodes it (see [`Mux::set_datagram_sink`]).
+pub type DatagramSink = Arc<dyn Fn(culvert_proto::Datagram) + Send + Sync>;
+
 pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
+    /// When set, the reader hands datagrams here instead of queueing them.
+    sink: Mutex<Option<DatagramSink>>,
     pub(crate) writer_wake: Notify,
     /// Wakes [`Mux::recv_datagram`] when datagrams arrive or the connection closes.
     datagram_wake: Notify,
@@ -187,6 +192,7 @@ impl Mux {
         let (events, rx) = mpsc::unbounded_channel();
         let (closed_tx, closed_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
+            sink: Mutex::new(None),
             state: Mutex::new(State {
                 conn,
                 wakers: HashMap::new(),
@@ -278,6 +284,42 @@ impl Mux {
         drop(st);
         self.shared.writer_wake.notify_one();
         Ok(())
+    }
+
+    /// [`Mux::send_datagram`] for several datagrams of one flow, under one lock and with
+    /// one wake-up of the writer (a burst read from a socket). Oversize ones are counted
+    /// and skipped; `batch` is emptied.
+    pub fn send_datagrams(
+        &self,
+        flow: u64,
+        batch: &mut Vec<bytes::Bytes>,
+    ) -> Result<(), TransportError> {
+        let mut st = self.shared.lock();
+        if let Some(r) = &st.closed {
+            batch.clear();
+            return Err(TransportError::Closed(r.clone()));
+        }
+        for data in batch.drain(..) {
+            // Oversize is counted by the connection; the rest of the burst still goes.
+            let _ = st.conn.send_datagram(flow, data);
+        }
+        drop(st);
+        self.shared.writer_wake.notify_one();
+        Ok(())
+    }
+
+    /// Delivers every datagram received from now on (and those already queued) to `sink`,
+    /// called from the connection's reader task right after decoding, outside the
+    /// connection's lock: no queue, no task hop. The sink must not block (use non-blocking
+    /// sends, dropping on a full socket buffer as UDP would). Replaces
+    /// [`Mux::recv_datagram`] for this connection.
+    pub fn set_datagram_sink(&self, sink: DatagramSink) {
+        *self.shared.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink.clone());
+        let queued: Vec<_> = {
+            let mut st = self.shared.lock();
+            std::iter::from_fn(|| st.conn.recv_datagram()).collect()
+        };
+        queued.into_iter().for_each(|d| sink(d));
     }
 
     /// The next received datagram; `None` once the connection is closed. One consumer per connection.
@@ -386,6 +428,11 @@ where
             Ok(WsIn::Close) => break "peer closed the websocket".to_owned(),
             Err(e) => break format!("websocket read: {e}"),
         };
+        let sink = shared
+            .sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut st = shared.lock();
         if let Err(e) = st.conn.handle_bytes(Instant::now(), data) {
             drop(st);
@@ -393,7 +440,15 @@ where
         }
         let r = shared.dispatch(&mut st);
         let wake = st.conn.wants_transmit();
+        // With a sink, this message's datagrams go out from here, after the lock is released.
+        let datagrams: Vec<_> = match &sink {
+            Some(_) => std::iter::from_fn(|| st.conn.recv_datagram()).collect(),
+            None => Vec::new(),
+        };
         drop(st);
+        if let Some(sink) = &sink {
+            datagrams.into_iter().for_each(|d| sink(d));
+        }
         if let Err(e) = r {
             break e;
         }

@@ -14,7 +14,7 @@ pub mod udp_target;
 pub mod ws;
 pub mod wsframe;
 
-pub use driver::{drain, Mux, MuxEvent, MuxStats};
+pub use driver::{drain, DatagramSink, Mux, MuxEvent, MuxStats};
 pub use error::TransportError;
 pub use relay::{relay_streams, relay_tcp, relay_tcp_counted, RelayCounters, RelayTotals};
 pub use socket::tune_tcp;

@@ -16,6 +16,8 @@ use tokio::net::UdpSocket;
 /// by another task: parking bridges that race without losing a DNS query.
 const MAX_PENDING_FLOWS: usize = 256;
 const MAX_PENDING_PER_FLOW: usize = 16;
+/// Datagrams read from a flow's socket and queued together at most (one lock, one wake-up).
+const MAX_BATCH: usize = 64;
 
 #[derive(Debug, Default)]
 struct Table {
@@ -146,6 +148,7 @@ pub async fn open_flow(
     tracing::debug!(flow, %target, "udp flow opened");
     // Replies from the target go back on this flow until it idles out.
     let mut buf = vec![0u8; 65_536];
+    let mut batch = Vec::new();
     // The flow is idle when nothing passed in either direction for `idle`.
     let idle_ms = idle.as_millis() as u64;
     loop {
@@ -163,11 +166,22 @@ pub async fn open_flow(
         match received {
             Ok(Ok(n)) => {
                 entry.last_active.store(flows.now_ms(), Ordering::Relaxed);
-                if let Some(c) = &entry.counters {
-                    c.up.fetch_add(n as u64, Ordering::Relaxed);
+                // Whatever else already waits in the socket goes with it, in one batch.
+                let mut bytes = n;
+                batch.push(Bytes::copy_from_slice(&buf[..n]));
+                while batch.len() < MAX_BATCH {
+                    match entry.socket.try_recv(&mut buf) {
+                        Ok(m) => {
+                            bytes += m;
+                            batch.push(Bytes::copy_from_slice(&buf[..m]));
+                        }
+                        Err(_) => break,
+                    }
                 }
-                let sent = mux.send_datagram(flow, Bytes::copy_from_slice(&buf[..n]));
-                if sent.is_err() && mux.is_closed() {
+                if let Some(c) = &entry.counters {
+                    c.up.fetch_add(bytes as u64, Ordering::Relaxed);
+                }
+                if mux.send_datagrams(flow, &mut batch).is_err() && mux.is_closed() {
                     break;
                 }
             }
@@ -195,16 +209,16 @@ fn flow_socket(bind: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 impl TargetFlows {
-    /// Sends a datagram from the tunnel to its flow's target, or parks it (bounded) when
-    /// the flow is still being set up.
-    pub async fn deliver(&self, d: culvert_proto::Datagram) {
-        let flows = self;
+    /// Sends a datagram from the tunnel to its flow's target without waiting (a full
+    /// socket buffer drops it, as the network would), or parks it (bounded) when the flow
+    /// is still being set up. Called from the connection's reader (a datagram sink).
+    pub fn deliver(&self, d: culvert_proto::Datagram) {
         let open = {
-            let mut t = flows.lock();
+            let mut t = self.lock();
             match t.open.get(&d.flow) {
                 Some(f) => {
                     // Client traffic keeps a flow alive as much as replies do.
-                    f.last_active.store(flows.now_ms(), Ordering::Relaxed);
+                    f.last_active.store(self.now_ms(), Ordering::Relaxed);
                     Some(f.clone())
                 }
                 None => {
@@ -224,7 +238,7 @@ impl TargetFlows {
             }
         };
         if let Some(f) = open {
-            if f.socket.send(&d.data).await.is_ok() {
+            if f.socket.try_send(&d.data).is_ok() {
                 if let Some(c) = &f.counters {
                     c.down.fetch_add(d.data.len() as u64, Ordering::Relaxed);
                 }
