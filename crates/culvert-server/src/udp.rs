@@ -86,10 +86,11 @@ pub(crate) async fn serve_udp(config: ServerConfig, session: Arc<Session>, servi
     let socket = udp.socket.clone();
     let counters = udp.counters.clone();
     let mut buf = vec![0u8; 65_536];
+    let mut batch = Vec::new();
     let mut next_sweep = Instant::now() + config.udp_idle_timeout / 4;
     loop {
         let sweep = tokio::time::sleep_until(next_sweep.into());
-        let (n, from) = tokio::select! {
+        let first = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -104,22 +105,45 @@ pub(crate) async fn serve_udp(config: ServerConfig, session: Arc<Session>, servi
                 continue;
             }
         };
-        if n > config.udp_max_datagram {
-            counters.dropped_oversize.fetch_add(1, Ordering::Relaxed);
-            continue;
+        // Whatever else already waits in the socket is relayed in the same pass, and
+        // consecutive datagrams of one flow are queued together (one lock, one wake-up).
+        let mut next = Some(first);
+        let mut burst = 0;
+        let mut pending: Option<(u64, Mux)> = None;
+        while let Some((n, from)) = next.take() {
+            burst += 1;
+            if n > config.udp_max_datagram {
+                counters.dropped_oversize.fetch_add(1, Ordering::Relaxed);
+            } else if let Some((flow, mux)) = flow_for(&config, &session, &service, from) {
+                if pending.as_ref().is_some_and(|(f, _)| *f != flow) {
+                    flush(&mut pending, &mut batch, &counters);
+                }
+                batch.push(Bytes::copy_from_slice(&buf[..n]));
+                pending = Some((flow, mux));
+            }
+            if burst < MAX_BURST {
+                next = socket.try_recv_from(&mut buf).ok();
+            }
         }
-        let Some((flow, mux)) = flow_for(&config, &session, &service, from) else {
-            continue;
-        };
-        if mux
-            .send_datagram(flow, Bytes::copy_from_slice(&buf[..n]))
-            .is_ok()
-        {
-            counters.datagrams_in.fetch_add(1, Ordering::Relaxed);
-        } else {
-            counters.dropped_no_agent.fetch_add(1, Ordering::Relaxed);
-        }
+        flush(&mut pending, &mut batch, &counters);
     }
+}
+
+/// Datagrams read from a public UDP socket per pass at most, before yielding.
+const MAX_BURST: usize = 64;
+
+/// Queues the batched datagrams of the pending flow on its connection.
+fn flush(pending: &mut Option<(u64, Mux)>, batch: &mut Vec<Bytes>, counters: &UdpCounters) {
+    let Some((flow, mux)) = pending.take() else {
+        return;
+    };
+    let n = batch.len() as u64;
+    if mux.send_datagrams(flow, batch).is_ok() {
+        counters.datagrams_in.fetch_add(n, Ordering::Relaxed);
+    } else {
+        counters.dropped_no_agent.fetch_add(n, Ordering::Relaxed);
+    }
+    batch.clear();
 }
 
 /// The flow of `from`, created (and announced with Connect) when new and under the caps.
