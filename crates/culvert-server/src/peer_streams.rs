@@ -26,6 +26,9 @@ use crate::session::Session;
 /// Time to get a stream opened towards the serving agent (waits only at its stream limit).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long an answered access check waits for the peer to finish its side.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What a peer-opened stream is served with: the server, the peer's session, the
 /// connection it arrived on and that connection's dialed UDP flows.
 pub(crate) struct Ctx {
@@ -88,8 +91,14 @@ fn check(inner: &Inner, session: &Session, stream: TunnelStream, name: &str) {
     match refusal(inner, session, name) {
         None => {
             let _ = stream.finish();
-            // Dropping it after the FIN frees it once the peer's FIN arrives.
-            tokio::spawn(async move { while let Ok(Some(_)) = stream.recv().await {} });
+            // Freed once the peer's FIN arrives; a peer that never sends one loses the
+            // stream after the check timeout (dropping it resets it).
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(CHECK_TIMEOUT, async {
+                    while let Ok(Some(_)) = stream.recv().await {}
+                })
+                .await;
+            });
         }
         Some((code, reason)) => {
             tracing::info!(%reason, "access check refused");

@@ -701,22 +701,7 @@ async fn register(
         ));
     }
     if private {
-        let svc = Arc::new(Service {
-            name: name.to_owned(),
-            id: Uuid::new_v4(),
-            protocol: match protocol {
-                ServiceProtocol::Tcp => Protocol::Tcp,
-                ServiceProtocol::Udp => Protocol::Udp,
-            },
-            port: 0,
-            private: true,
-            task: None,
-            connections: Default::default(),
-            bytes_in: Default::default(),
-            bytes_out: Default::default(),
-            udp: None,
-            _lease: None,
-        });
+        let svc = Arc::new(Service::new(name, proto, 0, None));
         if session.ended.load(Ordering::SeqCst) {
             return Err("session ended".into());
         }
@@ -753,19 +738,8 @@ async fn register(
             .map_err(|e| e.to_string())?;
         match bind_public(inner, proto, port).await {
             Ok(socket) => {
-                let mut svc = Service {
-                    name: name.to_owned(),
-                    id: Uuid::new_v4(),
-                    protocol: proto,
-                    port,
-                    private: false,
-                    task: None,
-                    connections: Default::default(),
-                    bytes_in: Default::default(),
-                    bytes_out: Default::default(),
-                    udp: None,
-                    _lease: Some(PortLease::new(inner.registry.clone(), proto, port)),
-                };
+                let lease = PortLease::new(inner.registry.clone(), proto, port);
+                let mut svc = Service::new(name, proto, port, Some(lease));
                 let listener = match socket {
                     PublicSocket::Tcp(l) => Some(l),
                     PublicSocket::Udp(u) => {

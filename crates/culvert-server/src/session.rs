@@ -36,6 +36,31 @@ pub(crate) struct Service {
     pub(crate) _lease: Option<crate::registry::PortLease>,
 }
 
+impl Service {
+    /// A new service named `name`; `lease` holds its public port (none: a private service,
+    /// which has no port).
+    pub(crate) fn new(
+        name: &str,
+        protocol: Protocol,
+        port: u16,
+        lease: Option<crate::registry::PortLease>,
+    ) -> Service {
+        Service {
+            name: name.to_owned(),
+            id: Uuid::new_v4(),
+            protocol,
+            port,
+            private: lease.is_none(),
+            task: None,
+            connections: Default::default(),
+            bytes_in: Default::default(),
+            bytes_out: Default::default(),
+            udp: None,
+            _lease: lease,
+        }
+    }
+}
+
 /// One agent's session.
 #[derive(Debug)]
 pub(crate) struct Session {

@@ -17,6 +17,8 @@ const READ_FIRST: usize = 16 * 1024;
 const READ_MAX: usize = 256 * 1024;
 /// Bytes written to the socket per vectored write at most.
 const WRITE_MAX: usize = 512 * 1024;
+/// Buffers per vectored write at most (more wait for the next write).
+const MAX_IOVECS: usize = 64;
 
 /// Bytes moved by one relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -100,11 +102,13 @@ async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut first = 0;
     while first < chunks.len() {
-        let slices: Vec<std::io::IoSlice<'_>> = chunks[first..]
-            .iter()
-            .map(|c| std::io::IoSlice::new(c))
-            .collect();
-        let mut n = wr.write_vectored(&slices).await?;
+        // On the stack: no allocation per write on the data path.
+        let mut slices = [std::io::IoSlice::new(&[]); MAX_IOVECS];
+        let count = (chunks.len() - first).min(MAX_IOVECS);
+        for (slot, c) in slices.iter_mut().zip(&chunks[first..first + count]) {
+            *slot = std::io::IoSlice::new(c);
+        }
+        let mut n = wr.write_vectored(&slices[..count]).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
