@@ -12,8 +12,9 @@ use culvert_transport::reset_code_of;
 use culvert_transport::tls::Verify;
 use culvert_transport::ws::ServerUrl;
 
+use crate::entry::Entry;
 use crate::forward::{Fallback, Forward, ForwardSpec, ForwardStatus};
-use crate::NodeError;
+use crate::{NodeError, UdpForward};
 
 /// One access session: a service reached through a local address for a while.
 #[derive(Debug, Clone)]
@@ -59,7 +60,7 @@ impl std::fmt::Debug for AccessConfig {
 /// Running access sessions.
 pub struct Access {
     link: Arc<AgentHandle>,
-    forwards: Arc<Vec<Forward>>,
+    forwards: Arc<Vec<Entry>>,
     /// Set when the server stopped accepting the token (expired or revoked).
     refused: Arc<std::sync::Mutex<Option<String>>>,
     watchdog: tokio::task::JoinHandle<()>,
@@ -78,7 +79,7 @@ const WATCH_EVERY: Duration = Duration::from_millis(250);
 /// revoked): retrying cannot help, and local clients should not wait for it.
 async fn watch_token(
     link: Arc<AgentHandle>,
-    forwards: Arc<Vec<Forward>>,
+    forwards: Arc<Vec<Entry>>,
     refused: Arc<std::sync::Mutex<Option<String>>>,
 ) {
     loop {
@@ -119,9 +120,11 @@ impl Access {
             .all(|s| matches!(s.fallback, Fallback::Direct(_)));
         // One connection is enough to start; the rest of the pool follows.
         let up = wait_up(&link, config.connect_timeout).await;
+        // Each service's protocol, as the server reports it (TCP when it cannot be asked).
+        let mut udp = vec![false; config.sessions.len()];
         if up {
-            for s in &config.sessions {
-                check_access(&link, &s.service).await?;
+            for (i, s) in config.sessions.iter().enumerate() {
+                udp[i] = check_access(&link, &s.service).await? == "udp";
             }
         } else {
             let why = link.last_error().unwrap_or_else(|| "no answer".to_owned());
@@ -137,7 +140,19 @@ impl Access {
             tracing::warn!(reason = %why, "server unreachable; connections use the direct fallback until it is back");
         }
         let mut forwards = Vec::new();
-        for s in &config.sessions {
+        for (s, udp) in config.sessions.iter().zip(udp) {
+            if udp {
+                if s.fallback != Fallback::Fail {
+                    return Err(NodeError::Config(format!(
+                        "{}: fallback direct is for TCP services; {} is UDP",
+                        s.service, s.service
+                    )));
+                }
+                let f =
+                    UdpForward::bind(&s.service, s.listen, &s.service, s.ttl, link.clone()).await?;
+                forwards.push(Entry::Udp(f));
+                continue;
+            }
             let spec = ForwardSpec {
                 name: s.service.clone(),
                 listen: s.listen,
@@ -145,7 +160,7 @@ impl Access {
                 ttl: s.ttl,
                 fallback: s.fallback.clone(),
             };
-            forwards.push(Forward::bind(spec, link.clone()).await?);
+            forwards.push(Entry::Tcp(Forward::bind(spec, link.clone()).await?));
         }
         let forwards = Arc::new(forwards);
         let refused = Arc::new(std::sync::Mutex::new(None));
@@ -166,17 +181,23 @@ impl Access {
             .clone()
     }
 
-    /// The bound local address of each session, in the order given.
-    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+    /// The bound local address of each session (and `udp` for a UDP one), in the order given.
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr, &'static str)> {
         self.forwards
             .iter()
-            .map(|f| (f.status().name, f.local_addr()))
+            .map(|f| {
+                let proto = match f {
+                    Entry::Tcp(_) => "tcp",
+                    Entry::Udp(_) => "udp",
+                };
+                (f.status().name, f.local_addr(), proto)
+            })
             .collect()
     }
 
     /// Figures of every session.
     pub fn status(&self) -> Vec<ForwardStatus> {
-        self.forwards.iter().map(Forward::status).collect()
+        self.forwards.iter().map(Entry::status).collect()
     }
 
     /// The link to the server.
@@ -219,21 +240,32 @@ async fn wait_up(link: &AgentHandle, timeout: Duration) -> bool {
     link.connections_up() > 0
 }
 
-/// Asks the server whether this token may reach `service` (a `?NAME` stream: a FIN means
-/// yes, a reset says why not).
-async fn check_access(link: &AgentHandle, service: &str) -> Result<(), NodeError> {
+/// Asks the server whether this token may reach `service` (a `?NAME` stream: the
+/// service's protocol and a FIN mean yes, a reset says why not). Returns `tcp` or `udp`.
+async fn check_access(link: &AgentHandle, service: &str) -> Result<String, NodeError> {
     let probe = link
         .open(&format!("?{service}"))
         .await
         .map_err(NodeError::Unreachable)?;
-    let answer = tokio::time::timeout(Duration::from_secs(10), probe.recv()).await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut protocol = Vec::new();
+        while let Some(chunk) = probe.recv().await? {
+            protocol.extend_from_slice(&chunk);
+            if protocol.len() > 16 {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&protocol).into_owned())
+    })
+    .await;
     let _ = probe.finish();
     match answer {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(p)) if p == "udp" => Ok(p),
+        Ok(Ok(_)) => Ok("tcp".into()),
         Ok(Err(e)) => match reset_code_of(&e) {
             Some(reset_code::UNAVAILABLE) => {
                 tracing::warn!(%service, "the service's agent is offline right now; connections fail until it is back");
-                Ok(())
+                Ok("tcp".into())
             }
             Some(code) => Err(NodeError::Refused(format!(
                 "server refused access to service {service:?}: {}",

@@ -12,6 +12,7 @@
 
 mod access;
 mod duration;
+mod entry;
 mod error;
 mod forward;
 mod node;

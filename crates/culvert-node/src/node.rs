@@ -14,6 +14,7 @@ use culvert_transport::tls::{ServerTls, Verify};
 use culvert_transport::ws::ServerUrl;
 use serde::Serialize;
 
+use crate::entry::Entry;
 use crate::forward::{Fallback, Forward, ForwardSpec};
 use crate::node_config::{reverse_port, Direction, NodeFile, TunnelFile};
 use crate::{NodeError, UdpForward};
@@ -47,35 +48,6 @@ pub struct TunnelStatus {
     pub bytes_from_target: u64,
     /// The last failure, in words.
     pub last_error: Option<String>,
-}
-
-/// Where a forward tunnel's connections enter on this node.
-enum Entry {
-    Tcp(Forward),
-    Udp(UdpForward),
-}
-
-impl Entry {
-    fn status(&self) -> crate::ForwardStatus {
-        match self {
-            Entry::Tcp(f) => f.status(),
-            Entry::Udp(f) => f.status(),
-        }
-    }
-
-    fn local_addr(&self) -> std::net::SocketAddr {
-        match self {
-            Entry::Tcp(f) => f.local_addr(),
-            Entry::Udp(f) => f.local_addr(),
-        }
-    }
-
-    fn close(&self) {
-        match self {
-            Entry::Tcp(f) => f.close(),
-            Entry::Udp(f) => f.close(),
-        }
-    }
 }
 
 struct Tunnel {
@@ -171,7 +143,8 @@ impl Node {
                     })?;
                     let entry = if t.protocol == "udp" {
                         Entry::Udp(
-                            UdpForward::bind(&t.name, listen, &t.target, link.clone()).await?,
+                            UdpForward::bind(&t.name, listen, &t.target, None, link.clone())
+                                .await?,
                         )
                     } else {
                         let spec = ForwardSpec {

@@ -32,6 +32,7 @@ const SETUP_QUEUE: usize = 64;
 
 struct Shared {
     name: String,
+    expires: Option<Instant>,
     target: String,
     socket: Arc<UdpSocket>,
     link: Arc<AgentHandle>,
@@ -58,11 +59,14 @@ impl Drop for UdpForward {
 }
 
 impl UdpForward {
-    /// Binds `listen` and relays its clients' datagrams to `target` over `link`.
+    /// Binds `listen` and relays its clients' datagrams to `target` over `link` (a
+    /// `HOST:PORT` the peer dials, or the name of a UDP service); with a `ttl`, the port
+    /// and every flow close that long after start.
     pub async fn bind(
         name: &str,
         listen: SocketAddr,
         target: &str,
+        ttl: Option<Duration>,
         link: Arc<AgentHandle>,
     ) -> Result<UdpForward, NodeError> {
         let socket = UdpSocket::bind(listen)
@@ -77,6 +81,7 @@ impl UdpForward {
         })?;
         let shared = Arc::new(Shared {
             name: name.to_owned(),
+            expires: ttl.map(|t| Instant::now() + t),
             target: target.to_owned(),
             socket: Arc::new(socket),
             link,
@@ -91,6 +96,18 @@ impl UdpForward {
         });
         let span = tracing::info_span!("udp_forward", name = %name, listen = %local_addr);
         tokio::spawn(receive_loop(shared.clone()).instrument(span));
+        if let Some(ttl) = ttl {
+            let s = shared.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(ttl) => {
+                        tracing::info!(forward = %s.name, "time-to-live expired: UDP port and flows closed");
+                        s.stop.cancel();
+                    }
+                    _ = s.stop.cancelled() => {}
+                }
+            });
+        }
         Ok(UdpForward { shared, local_addr })
     }
 
@@ -104,6 +121,11 @@ impl UdpForward {
         self.shared.stop.cancel();
     }
 
+    /// Resolves when the forward has closed (TTL expiry or [`UdpForward::close`]).
+    pub async fn closed(&self) {
+        self.shared.stop.cancelled().await
+    }
+
     /// Current figures (connections are flows).
     pub fn status(&self) -> ForwardStatus {
         let s = &self.shared;
@@ -111,7 +133,9 @@ impl UdpForward {
             name: s.name.clone(),
             target: s.target.clone(),
             local_addr: self.local_addr.to_string(),
-            remaining_secs: None,
+            remaining_secs: s
+                .expires
+                .map(|t| t.saturating_duration_since(Instant::now()).as_secs()),
             expired: s.stop.is_cancelled(),
             open_connections: s.open.load(Ordering::Relaxed),
             connections: s.created.load(Ordering::Relaxed),

@@ -36,6 +36,7 @@ pub(crate) struct Ctx {
     pub(crate) session: Arc<Session>,
     pub(crate) mux: Mux,
     pub(crate) dials: Arc<TargetFlows>,
+    pub(crate) spliced: Arc<crate::udp::Spliced>,
 }
 
 /// Serves one peer-opened stream in its own task.
@@ -45,9 +46,13 @@ pub(crate) fn spawn(ctx: Ctx, stream: TunnelStream, target: String) {
         async move {
             let (inner, session) = (&ctx.inner, &ctx.session);
             if let Some(name) = target.strip_prefix('?') {
-                check(inner, session, stream, name);
+                check(inner, session, stream, name).await;
             } else if let Some(addr) = target.strip_prefix("udp://") {
-                dial_udp(&ctx, stream, addr).await;
+                if addr.contains(':') {
+                    dial_udp(&ctx, stream, addr).await;
+                } else {
+                    access_udp(&ctx, stream, addr).await;
+                }
             } else if target.contains(':') {
                 dial(inner, session, stream, &target).await;
             } else {
@@ -58,8 +63,14 @@ pub(crate) fn spawn(ctx: Ctx, stream: TunnelStream, target: String) {
     );
 }
 
-/// Why `session` may not reach the service `name`, as a reset code and a reason.
-fn refusal(inner: &Inner, session: &Session, name: &str) -> Option<(u64, String)> {
+/// Why `session` may not reach the service `name` over `protocol` (`None`: either), as a
+/// reset code and a reason.
+fn refusal(
+    inner: &Inner,
+    session: &Session,
+    name: &str,
+    protocol: Option<Protocol>,
+) -> Option<(u64, String)> {
     if !session.token.may_access(name) {
         return Some((
             reset_code::NOT_ALLOWED,
@@ -74,9 +85,13 @@ fn refusal(inner: &Inner, session: &Session, name: &str) -> Option<(u64, String)
             reset_code::UNKNOWN_TARGET,
             format!("no service {name:?} is registered"),
         )),
-        Some((_, svc)) if svc.protocol != Protocol::Tcp => Some((
+        Some((_, svc)) if protocol.is_some_and(|p| p != svc.protocol) => Some((
             reset_code::UNKNOWN_TARGET,
-            format!("service {name:?} is UDP; access streams carry TCP"),
+            format!(
+                "service {name:?} is {}, and this stream asked for {}",
+                proto_name(svc.protocol),
+                protocol.map_or("either", proto_name)
+            ),
         )),
         Some((owner, _)) if owner.pick().is_none() => Some((
             reset_code::UNAVAILABLE,
@@ -86,10 +101,25 @@ fn refusal(inner: &Inner, session: &Session, name: &str) -> Option<(u64, String)
     }
 }
 
-/// `?NAME`: answers with a FIN when the service can be reached, else a reset saying why.
-fn check(inner: &Inner, session: &Session, stream: TunnelStream, name: &str) {
-    match refusal(inner, session, name) {
+fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+    }
+}
+
+/// `?NAME`: when the service can be reached, answers its protocol (`tcp` or `udp`) and a
+/// FIN; else a reset saying why.
+async fn check(inner: &Inner, session: &Session, stream: TunnelStream, name: &str) {
+    match refusal(inner, session, name, None) {
         None => {
+            let protocol = match inner.find_service(name) {
+                Some((_, svc)) if svc.protocol == Protocol::Udp => "udp",
+                _ => "tcp",
+            };
+            let _ = stream
+                .send(bytes::Bytes::from_static(protocol.as_bytes()))
+                .await;
             let _ = stream.finish();
             // Freed once the peer's FIN arrives; a peer that never sends one loses the
             // stream after the check timeout (dropping it resets it).
@@ -109,7 +139,7 @@ fn check(inner: &Inner, session: &Session, stream: TunnelStream, name: &str) {
 
 /// `NAME`: opens a stream to the agent serving `NAME` and splices the two.
 async fn access(inner: &Inner, session: &Session, stream: TunnelStream, name: &str) {
-    if let Some((code, reason)) = refusal(inner, session, name) {
+    if let Some((code, reason)) = refusal(inner, session, name, Some(Protocol::Tcp)) {
         tracing::info!(%reason, "access refused");
         stream.reset(code);
         return;
@@ -207,6 +237,68 @@ async fn dial_udp(ctx: &Ctx, stream: TunnelStream, target: &str) {
     .await;
     // Idle or ended: the stream goes too (a reset if the peer has not finished it).
     stream.reset(reset_code::CANCEL);
+}
+
+/// `udp://NAME`: a UDP flow from an access client to the UDP service `NAME`. The server
+/// announces a flow to the serving agent (a Connect, as for a public client) and joins the
+/// two: the client's datagrams (its stream's id) go to the agent's flow, the replies back.
+/// It lasts as long as the client's stream.
+async fn access_udp(ctx: &Ctx, stream: TunnelStream, name: &str) {
+    let (inner, session) = (&ctx.inner, &ctx.session);
+    if let Some((code, reason)) = refusal(inner, session, name, Some(Protocol::Udp)) {
+        tracing::info!(%reason, "udp access refused");
+        stream.reset(code);
+        return;
+    }
+    let Some((owner, svc)) = inner.find_service(name) else {
+        stream.reset(reset_code::UNKNOWN_TARGET);
+        return;
+    };
+    let config = inner.config();
+    if owner.flows().len() >= config.udp_max_flows_per_session {
+        tracing::info!(service = %name, "udp access refused: the agent's flow cap is reached");
+        stream.reset(reset_code::REFUSED);
+        return;
+    }
+    // Odd, from the owner's counter, like the flows of its public ports.
+    let flow = owner.next_flow.fetch_add(2, Ordering::Relaxed);
+    let Some(agent_mux) = owner.pick_for_flow(flow) else {
+        stream.reset(reset_code::UNAVAILABLE);
+        return;
+    };
+    let client_flow = stream.id().0;
+    owner.flows().insert(
+        flow,
+        crate::udp::FlowRoute::to_access_client(
+            svc.clone(),
+            agent_mux.clone(),
+            ctx.mux.clone(),
+            client_flow,
+        ),
+    );
+    ctx.spliced.insert(client_flow, (agent_mux.clone(), flow));
+    let connect = Control::Connect {
+        service_id: svc.id,
+        connection_id: Uuid::new_v4(),
+        client_addr: format!("access:{}@{}", session.token.name, session.peer),
+        ext: Some(ConnectExt {
+            stream_id: culvert_proto::StreamId(flow),
+        }),
+    };
+    if agent_mux.send_control(connect).is_ok() {
+        svc.connections.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(service = %name, flow, client_flow, "udp access flow opened");
+        // The client ends the flow by ending its stream (idle, TTL or gone); the agent's
+        // connection closing ends it too.
+        tokio::select! {
+            _ = async { while let Ok(Some(_)) = stream.recv().await {} } => {}
+            _ = agent_mux.closed() => stream.reset(reset_code::UNAVAILABLE),
+        }
+    } else {
+        stream.reset(reset_code::UNAVAILABLE);
+    }
+    ctx.spliced.remove(client_flow);
+    owner.flows().remove(&flow);
 }
 
 /// `HOST:PORT`: dials the target if this server's allow-list permits it, then relays.

@@ -531,8 +531,14 @@ async fn serve_connection(
     session.attach(mux.clone());
     // Target-side UDP flows this connection's peer asked this server to dial.
     let dials = Arc::new(culvert_transport::udp_target::TargetFlows::default());
+    // Flows this connection's peer opened to UDP services of other agents.
+    let spliced = Arc::new(crate::udp::Spliced::default());
     if session.culvert {
-        mux.set_datagram_sink(crate::udp::reply_sink(session.clone(), dials.clone()));
+        mux.set_datagram_sink(crate::udp::reply_sink(
+            session.clone(),
+            dials.clone(),
+            spliced.clone(),
+        ));
     }
     if session.ended.load(Ordering::SeqCst) {
         mux.abort("session ended");
@@ -551,6 +557,7 @@ async fn serve_connection(
                         session: session.clone(),
                         mux: mux.clone(),
                         dials: dials.clone(),
+                        spliced: spliced.clone(),
                     };
                     crate::peer_streams::spawn(ctx, stream, target);
                 } else {

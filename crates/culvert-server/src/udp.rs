@@ -72,9 +72,29 @@ pub(crate) struct FlowRoute {
     service: Arc<Service>,
     mux: Mux,
     last_active: Instant,
+    /// Set for a flow an access client opened: replies go to its connection, tagged
+    /// with its stream's id, instead of to a public address.
+    to_stream: Option<(Mux, u64)>,
 }
 
 impl FlowRoute {
+    /// A flow of `service` (on the agent's connection `mux`) whose replies go to the
+    /// access client's connection `client` as flow `client_flow`.
+    pub(crate) fn to_access_client(
+        service: Arc<Service>,
+        mux: Mux,
+        client: Mux,
+        client_flow: u64,
+    ) -> FlowRoute {
+        FlowRoute {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            service,
+            mux,
+            last_active: Instant::now(),
+            to_stream: Some((client, client_flow)),
+        }
+    }
+
     pub(crate) fn is_of(&self, service: &Arc<Service>) -> bool {
         Arc::ptr_eq(&self.service, service)
     }
@@ -126,6 +146,29 @@ pub(crate) async fn serve_udp(config: ServerConfig, session: Arc<Session>, servi
             }
         }
         flush(&mut pending, &mut batch, &counters);
+    }
+}
+
+/// Flows an access client opened on one connection towards a UDP service, by the client's
+/// flow id (its stream's id): where their datagrams go (the agent's connection and flow).
+#[derive(Debug, Default)]
+pub(crate) struct Spliced(Mutex<HashMap<u64, (Mux, u64)>>);
+
+impl Spliced {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Mux, u64)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn insert(&self, client_flow: u64, to: (Mux, u64)) {
+        self.lock().insert(client_flow, to);
+    }
+
+    pub(crate) fn remove(&self, client_flow: u64) {
+        self.lock().remove(&client_flow);
+    }
+
+    fn get(&self, client_flow: u64) -> Option<(Mux, u64)> {
+        self.lock().get(&client_flow).cloned()
     }
 }
 
@@ -206,6 +249,7 @@ fn flow_for(
             service: service.clone(),
             mux: mux.clone(),
             last_active: Instant::now(),
+            to_stream: None,
         },
     );
     udp.counters.flows_created.fetch_add(1, Ordering::Relaxed);
@@ -246,22 +290,39 @@ fn evict_idle(session: &Session, service: &Arc<Service>, idle: Duration) {
 pub(crate) fn reply_sink(
     session: Arc<Session>,
     dials: Arc<culvert_transport::udp_target::TargetFlows>,
+    spliced: Arc<Spliced>,
 ) -> culvert_transport::DatagramSink {
     Arc::new(move |d: culvert_proto::Datagram| {
         if d.flow % 2 == 0 {
-            dials.deliver(d);
+            // An access client's flow to a service: on to the serving agent.
+            let route = spliced.get(d.flow);
+            match route {
+                Some((mux, flow)) => {
+                    let _ = mux.send_datagram(flow, d.data);
+                }
+                None => dials.deliver(d),
+            }
             return;
         }
+        let mut to_client = None;
         let target = {
             let mut flows = session.flows();
             flows.get_mut(&d.flow).and_then(|r| {
                 r.last_active = Instant::now();
+                if let Some(c) = &r.to_stream {
+                    to_client = Some(c.clone());
+                    return None;
+                }
                 r.service
                     .udp
                     .as_ref()
                     .map(|u| (u.socket.clone(), r.addr, u.counters.clone()))
             })
         };
+        if let Some((mux, flow)) = to_client {
+            let _ = mux.send_datagram(flow, d.data);
+            return;
+        }
         // A reply for an unknown (evicted) flow goes nowhere: only owners get replies.
         if let Some((socket, addr, counters)) = target {
             if socket.try_send_to(&d.data, addr).is_ok() {

@@ -120,9 +120,12 @@ pub async fn run(
     }
     let (config, admin) = config(args)?;
     let access = Arc::new(Access::start(config).await?);
-    for (service, addr) in access.local_addrs() {
-        // Addresses on stdout (one per line, for scripts); everything else on stderr.
-        println!("{service} {addr}");
+    for (service, addr, protocol) in access.local_addrs() {
+        // Addresses on stdout (one per line, for scripts; UDP ones marked); the rest on stderr.
+        match protocol {
+            "udp" => println!("{service} {addr} udp"),
+            _ => println!("{service} {addr}"),
+        }
     }
     if let Some(addr) = admin {
         crate::admin::serve(addr, Arc::new(crate::admin::AccessAdmin(access.clone()))).await?;

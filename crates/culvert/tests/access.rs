@@ -353,3 +353,86 @@ fn a_token_ttl_is_enforced_by_the_server() {
     );
     assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, local)).is_err());
 }
+
+/// A UDP echo service on a free loopback port (a thread answering every datagram).
+fn udp_echo() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = s.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65_536];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    port
+}
+
+/// One datagram to 127.0.0.1:`port` from `sock` and its echo, retried up to 3 times.
+fn udp_round_trip(sock: &std::net::UdpSocket, port: u16, msg: &[u8]) -> Option<Vec<u8>> {
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    for _ in 0..3 {
+        sock.send_to(msg, ("127.0.0.1", port)).unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            return Some(buf[..n].to_vec());
+        }
+    }
+    None
+}
+
+#[test]
+fn access_session_to_a_private_udp_service() {
+    let echo = udp_echo();
+    let s = Setup::new("access-udp", &["dns"]);
+    let mut agent = Proc::spawn(
+        "culvert agent",
+        culvert()
+            .args(["agent", "--server", &s.url(), "--token-file"])
+            .arg(s.dir.join("agent.token"))
+            .args([
+                "--expose",
+                &format!("dns=udp://127.0.0.1:{echo}"),
+                "--private",
+            ]),
+    );
+    agent.wait_line("service exposed", 0, WAIT);
+    let mut access = s.access(
+        "access.token",
+        &["dns", "--listen", "127.0.0.1", "--ttl", "6s"],
+    );
+    let line = access
+        .try_wait_match(
+            &|l| l.starts_with("dns 127.0.0.1:") && l.ends_with(" udp"),
+            "dns … udp",
+            0,
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port: u16 = line["dns 127.0.0.1:".len()..line.len() - " udp".len()]
+        .parse()
+        .unwrap();
+
+    // Two clients, each getting only its own replies.
+    let (a, b) = (
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+    );
+    for i in 0..50 {
+        for (sock, tag) in [(&a, "a"), (&b, "b")] {
+            let msg = format!("{tag}-{i}");
+            assert_eq!(
+                udp_round_trip(sock, port, msg.as_bytes()).as_deref(),
+                Some(msg.as_bytes()),
+                "round trip {i} of client {tag}\n--- access:\n{}\n--- server:\n{}",
+                access.log(),
+                s.server.log()
+            );
+        }
+    }
+    // At expiry the port stops answering and the process ends.
+    access.wait_line("time-to-live expired", 0, Duration::from_secs(30));
+    assert_eq!(udp_round_trip(&a, port, b"late"), None);
+    let exit = wait_child_proc(&mut access, WAIT);
+    assert!(exit.success(), "{}", access.log());
+}
