@@ -354,19 +354,6 @@ fn a_token_ttl_is_enforced_by_the_server() {
     assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, local)).is_err());
 }
 
-/// A UDP echo service on a free loopback port (a thread answering every datagram).
-fn udp_echo() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = s.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 65_536];
-        while let Ok((n, from)) = s.recv_from(&mut buf) {
-            let _ = s.send_to(&buf[..n], from);
-        }
-    });
-    port
-}
-
 /// One datagram to 127.0.0.1:`port` from `sock` and its echo, retried up to 3 times.
 fn udp_round_trip(sock: &std::net::UdpSocket, port: u16, msg: &[u8]) -> Option<Vec<u8>> {
     sock.set_read_timeout(Some(Duration::from_millis(500)))

@@ -351,19 +351,6 @@ fn targets_outside_the_allow_list_are_refused_and_peer_restart_recovers() {
     a.proc.kill();
 }
 
-/// A UDP echo service on a free loopback port (a thread answering every datagram).
-fn udp_echo() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = s.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 65_536];
-        while let Ok((n, from)) = s.recv_from(&mut buf) {
-            let _ = s.send_to(&buf[..n], from);
-        }
-    });
-    port
-}
-
 /// Sends `count` numbered datagrams from a fresh client socket to 127.0.0.1:`port`, one at a
 /// time (each retried up to 3 times), and returns how many came back, each checked to be
 /// the client's own.

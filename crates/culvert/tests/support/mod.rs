@@ -408,3 +408,16 @@ pub fn access_port(proc: &mut Proc, service: &str) -> u16 {
         .unwrap_or_else(|e| panic!("{e}"));
     line[prefix.len()..].trim().parse().expect("port")
 }
+
+/// A UDP echo service on a free loopback port (a thread answering every datagram).
+pub fn udp_echo() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = s.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65_536];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    port
+}
