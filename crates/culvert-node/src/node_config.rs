@@ -186,6 +186,28 @@ impl NodeFile {
         if self.node.listen.is_some() && self.node.tokens.is_none() {
             return Err("[node] listen needs tokens = \"FILE\" (the peers' token hashes)".into());
         }
+        // Settings of the accepting side are checked even when they would go unused, and
+        // flagged when they do: a typo must not pass silently.
+        culvert_server::AllowList::parse(&self.node.allow)
+            .map_err(|e| format!("[node] allow: {e}"))?;
+        for (key, range) in [
+            ("port_range", &self.node.port_range),
+            ("udp_port_range", &self.node.udp_port_range),
+        ] {
+            if let Some(r) = range {
+                r.parse::<culvert_server::PortRange>()
+                    .map_err(|e| format!("[node] {key}: {e}"))?;
+            }
+        }
+        if self.node.listen.is_none()
+            && (!self.node.allow.is_empty()
+                || self.node.tokens.is_some()
+                || self.node.port_range.is_some())
+        {
+            return Err(
+                "[node] allow, tokens and port_range only apply to a node that accepts peers: set listen too".into(),
+            );
+        }
         Ok(())
     }
 }

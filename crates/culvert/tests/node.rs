@@ -547,3 +547,25 @@ fn a_forward_tunnel_reaches_a_private_service_its_token_is_allowed() {
         WAIT,
     );
 }
+
+#[test]
+fn a_bad_node_config_fails_at_start_naming_the_problem() {
+    let dir = TempDir::new("node-bad");
+    let cases = [
+        ("[node]\nlisten = \"127.0.0.1:1\"\ninsecure_plain = true\ntokenz = \"t.toml\"\n", "tokenz"),
+        ("[[tunnel]]\nname = \"x\"\npeer = \"ws://127.0.0.1:1/\"\ntoken = \"t\"\ndirection = \"forward\"\nlisten = \"127.0.0.1:0\"\ntarget = \"no where\"\n", "target must be HOST:PORT"),
+        ("[[tunnel]]\nname = \"x\"\npeer = \"ws://127.0.0.1:1/\"\ntoken = \"t\"\ndirection = \"forward\"\nlisten = \"127.0.0.1:0\"\ntarget = \"127.0.0.1:5432\"\n[node]\nallow = [\"10.0.0.1/8:5432\"]\n", "allow"),
+        ("", "nothing to do"),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let path = dir.join(&format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = run(culvert().args(["node", "--config"]).arg(&path), WAIT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "case {i} started:\n{err}");
+        assert!(
+            err.contains(want),
+            "case {i}: {err:?} should mention {want:?}"
+        );
+    }
+}
