@@ -14,12 +14,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let file = NodeFile::load(&args.config)?;
     let admin = args.admin.or(file.node.admin);
+    let tokens = file.node.tokens.clone();
     let name = file.node.name.clone().unwrap_or_else(|| "node".into());
     let node = Arc::new(
         Node::start(file)
             .await
             .with_context(|| format!("starting node {name:?}"))?,
     );
+    // Like the server: the peers' token file is reloaded on SIGHUP and when it changes.
+    if let (Some(server), Some(path)) = (node.server(), tokens) {
+        tokio::spawn(crate::run::reload_tokens_on_change(path, server.clone()));
+    }
     if let Some(addr) = admin {
         crate::admin::serve(addr, Arc::new(crate::admin::NodeAdmin(node.clone()))).await?;
     }

@@ -152,7 +152,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
 
 /// Reloads the token file on SIGHUP and whenever it changes (checked every 2 s). A file that
 /// does not load keeps the old tokens in force, with a warning.
-async fn reload_tokens_on_change(
+pub(crate) async fn reload_tokens_on_change(
     path: PathBuf,
     handle: std::sync::Arc<culvert_server::ServerHandle>,
 ) {

@@ -569,3 +569,49 @@ fn a_bad_node_config_fails_at_start_naming_the_problem() {
         );
     }
 }
+
+#[test]
+fn revoking_a_peers_token_closes_its_session_without_a_restart() {
+    let echo = echo_service();
+    let (dir, [_, a_admin, b_listen, b_admin]) = two_nodes("node-revoke");
+    let fwd = free_port();
+    let b_cfg = node_section(
+        dir.path(),
+        "b",
+        b_listen,
+        b_admin,
+        &[format!("127.0.0.1:{echo}")],
+    );
+    let a_cfg = format!("[node]\nadmin = \"127.0.0.1:{a_admin}\"\n")
+        + &tunnel(
+            "echo",
+            b_listen,
+            &dir.join("a-to-b.token"),
+            "forward",
+            &format!("127.0.0.1:{fwd}"),
+            &format!("127.0.0.1:{echo}"),
+        );
+    let mut b = start_node(dir.path(), "b", &b_cfg);
+    let _a = start_node(dir.path(), "a", &a_cfg);
+    wait_tunnel(a_admin, "echo", "connected", |t| t["state"] == "connected");
+    assert_eq!(echo_round_trip(fwd, b"before").unwrap(), b"before");
+
+    // B's operator removes A's token from the file: B reloads it and closes A's session;
+    // A keeps retrying and says why.
+    std::fs::write(dir.join("b-tokens.toml"), "").unwrap();
+    let from = b.proc.line_count();
+    new_token(&dir.join("b-tokens.toml"), "someone-else");
+    b.proc.wait_line("token revoked", from, WAIT);
+    let t = wait_tunnel(a_admin, "echo", "refused", |t| {
+        t["state"] != "connected"
+            && t["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused the token"))
+    });
+    eprintln!("after revocation: {t}");
+    let got = echo_round_trip(fwd, b"after");
+    assert!(
+        got.as_ref().map_or(true, |v| v.is_empty()),
+        "revoked tunnel carried data: {got:?}"
+    );
+}
