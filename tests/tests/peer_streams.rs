@@ -35,10 +35,13 @@ async fn counting_echo() -> (SocketAddr, std::sync::Arc<std::sync::atomic::Atomi
 /// when it did not reset it (the stream carries data or ended cleanly).
 async fn answer(link: &culvert_agent::AgentHandle, target: &str) -> Option<u64> {
     let s = link.open(target).await.expect("open a stream");
-    let _ = s.send(bytes::Bytes::from_static(b"hello")).await;
-    let _ = s.finish();
-    let r = within(WAIT, "the server's answer", s.recv()).await;
-    match r {
+    // The reset may arrive before any of these steps; whichever sees it first reports it.
+    let r = async {
+        s.send(bytes::Bytes::from_static(b"hello")).await?;
+        s.finish()?;
+        s.recv().await
+    };
+    match within(WAIT, "the server's answer", r).await {
         Ok(_) => None,
         Err(e) => Some(reset_code_of(&e).unwrap_or_else(|| panic!("{target:?}: not a reset: {e}"))),
     }
