@@ -367,11 +367,7 @@ async fn start_server(file: &NodeFile) -> Result<ServerHandle, NodeError> {
     let tls = match (&n.tls_cert, &n.tls_key, n.self_signed, n.insecure_plain) {
         (Some(c), Some(k), false, false) => Some(ServerTls::from_pem(c, k)?),
         (None, None, true, false) => {
-            let mut names = vec!["localhost".to_owned()];
-            if !listen.ip().is_unspecified() {
-                names.push(listen.ip().to_string());
-            }
-            let t = ServerTls::self_signed(&names)?;
+            let t = ServerTls::self_signed_for(listen)?;
             tracing::info!(fingerprint = %t.fingerprint, "self-signed certificate generated; peers pin it with fingerprint = \"…\"");
             Some(t)
         }

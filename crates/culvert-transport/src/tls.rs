@@ -86,6 +86,16 @@ impl ServerTls {
         ServerTls::from_parts(vec![ck.cert.der().clone()], key)
     }
 
+    /// A fresh self-signed certificate for a server listening on `listen`: valid for
+    /// `localhost` and, unless it is the unspecified address, the listen IP.
+    pub fn self_signed_for(listen: std::net::SocketAddr) -> Result<ServerTls, TransportError> {
+        let mut names = vec!["localhost".to_owned()];
+        if !listen.ip().is_unspecified() {
+            names.push(listen.ip().to_string());
+        }
+        ServerTls::self_signed(&names)
+    }
+
     /// Generates a self-signed certificate for `names` and writes it and its key as PEM
     /// files (the key readable by its owner only), so a server or node keeps one identity
     /// across restarts: peers pin its fingerprint (returned) or trust the file as a CA.

@@ -106,11 +106,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let tls = match (cert, key, self_signed, plain) {
         (Some(c), Some(k), false, false) => Some(ServerTls::from_pem(&c, &k)?),
         (None, None, true, false) => {
-            let mut names = vec!["localhost".to_owned()];
-            if !listen.ip().is_unspecified() {
-                names.push(listen.ip().to_string());
-            }
-            let t = ServerTls::self_signed(&names)?;
+            let t = ServerTls::self_signed_for(listen)?;
             tracing::info!(fingerprint = %t.fingerprint, "self-signed certificate generated; agents pin it with --fingerprint");
             Some(t)
         }
