@@ -195,6 +195,40 @@ impl Access {
             .collect()
     }
 
+    /// Prometheus text: per session, open connections, bytes each way and the TTL left.
+    pub fn metrics(&self) -> String {
+        crate::metrics::render(
+            &self.status(),
+            |s| format!("service=\"{}\"", culvert_transport::prom::label(&s.name)),
+            &[
+                (
+                    "culvert_access_open_connections",
+                    "gauge",
+                    "Connections (UDP: flows) being relayed.",
+                    |s| Some(s.open_connections as f64),
+                ),
+                (
+                    "culvert_access_bytes_up_total",
+                    "counter",
+                    "Bytes from local clients into the tunnel.",
+                    |s| Some(s.bytes_up as f64),
+                ),
+                (
+                    "culvert_access_bytes_down_total",
+                    "counter",
+                    "Bytes from the tunnel to local clients.",
+                    |s| Some(s.bytes_down as f64),
+                ),
+                (
+                    "culvert_access_remaining_seconds",
+                    "gauge",
+                    "Time-to-live left (sessions with a TTL).",
+                    |s| s.remaining_secs.map(|r| r as f64),
+                ),
+            ],
+        )
+    }
+
     /// Figures of every session.
     pub fn status(&self) -> Vec<ForwardStatus> {
         self.forwards.iter().map(Entry::status).collect()

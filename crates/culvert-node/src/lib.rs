@@ -15,6 +15,7 @@ mod duration;
 mod entry;
 mod error;
 mod forward;
+mod metrics;
 mod node;
 mod node_config;
 mod udp_forward;

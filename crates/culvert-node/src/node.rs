@@ -189,66 +189,54 @@ impl Node {
     /// Prometheus text: per-tunnel state, round trip, connections and bytes, then the
     /// server role's own metrics.
     pub fn metrics(&self) -> String {
-        use culvert_transport::prom::{family, label};
-        let st = self.status();
-        let mut out = String::new();
-        let per = |f: &dyn Fn(&TunnelStatus) -> Option<f64>| -> Vec<(String, f64)> {
-            st.iter()
-                .filter_map(|t| {
-                    f(t).map(|v| {
-                        (
-                            format!(
-                                "tunnel=\"{}\",direction=\"{}\"",
-                                label(&t.name),
-                                t.direction
-                            ),
-                            v,
-                        )
-                    })
-                })
-                .collect()
-        };
-        family(
-            &mut out,
-            "culvert_node_tunnel_up",
-            "gauge",
-            "1 when the tunnel's peer link is connected.",
-            &per(&|t| Some(f64::from(u8::from(t.state == "connected")))),
-        );
-        family(
-            &mut out,
-            "culvert_node_tunnel_rtt_seconds",
-            "gauge",
-            "Latest heartbeat round trip to the tunnel's peer.",
-            &per(&|t| t.rtt_ms.map(|m| m / 1000.0)),
-        );
-        family(
-            &mut out,
-            "culvert_node_tunnel_open_connections",
-            "gauge",
-            "Connections being relayed.",
-            &per(&|t| Some(t.open_connections as f64)),
-        );
-        family(
-            &mut out,
-            "culvert_node_tunnel_connections_total",
-            "counter",
-            "Connections since start.",
-            &per(&|t| Some(t.connections as f64)),
-        );
-        family(
-            &mut out,
-            "culvert_node_tunnel_bytes_to_target_total",
-            "counter",
-            "Bytes towards the tunnel's target.",
-            &per(&|t| Some(t.bytes_to_target as f64)),
-        );
-        family(
-            &mut out,
-            "culvert_node_tunnel_bytes_from_target_total",
-            "counter",
-            "Bytes from the tunnel's target.",
-            &per(&|t| Some(t.bytes_from_target as f64)),
+        use culvert_transport::prom::label;
+        let mut out = crate::metrics::render(
+            &self.status(),
+            |t| {
+                format!(
+                    "tunnel=\"{}\",direction=\"{}\"",
+                    label(&t.name),
+                    t.direction
+                )
+            },
+            &[
+                (
+                    "culvert_node_tunnel_up",
+                    "gauge",
+                    "1 when the tunnel's peer link is connected.",
+                    |t| Some(f64::from(u8::from(t.state == "connected"))),
+                ),
+                (
+                    "culvert_node_tunnel_rtt_seconds",
+                    "gauge",
+                    "Latest heartbeat round trip to the tunnel's peer.",
+                    |t| t.rtt_ms.map(|m| m / 1000.0),
+                ),
+                (
+                    "culvert_node_tunnel_open_connections",
+                    "gauge",
+                    "Connections being relayed.",
+                    |t| Some(t.open_connections as f64),
+                ),
+                (
+                    "culvert_node_tunnel_connections_total",
+                    "counter",
+                    "Connections since start.",
+                    |t| Some(t.connections as f64),
+                ),
+                (
+                    "culvert_node_tunnel_bytes_to_target_total",
+                    "counter",
+                    "Bytes towards the tunnel's target.",
+                    |t| Some(t.bytes_to_target as f64),
+                ),
+                (
+                    "culvert_node_tunnel_bytes_from_target_total",
+                    "counter",
+                    "Bytes from the tunnel's target.",
+                    |t| Some(t.bytes_from_target as f64),
+                ),
+            ],
         );
         if let Some(s) = &self.server {
             out.push_str(&s.metrics());

@@ -190,47 +190,7 @@ pub struct AccessAdmin(pub Arc<culvert_node::Access>);
 
 impl AdminSource for AccessAdmin {
     fn metrics(&self) -> String {
-        let mut out = String::new();
-        let st = self.0.status();
-        let samples = |f: &dyn Fn(&culvert_node::ForwardStatus) -> f64| -> Vec<(String, f64)> {
-            st.iter()
-                .map(|s| {
-                    (
-                        format!("service=\"{}\"", culvert_transport::prom::label(&s.name)),
-                        f(s),
-                    )
-                })
-                .collect()
-        };
-        culvert_transport::prom::family(
-            &mut out,
-            "culvert_access_open_connections",
-            "gauge",
-            "Connections being relayed.",
-            &samples(&|s| s.open_connections as f64),
-        );
-        culvert_transport::prom::family(
-            &mut out,
-            "culvert_access_bytes_up_total",
-            "counter",
-            "Bytes from local clients into the tunnel.",
-            &samples(&|s| s.bytes_up as f64),
-        );
-        culvert_transport::prom::family(
-            &mut out,
-            "culvert_access_bytes_down_total",
-            "counter",
-            "Bytes from the tunnel to local clients.",
-            &samples(&|s| s.bytes_down as f64),
-        );
-        culvert_transport::prom::family(
-            &mut out,
-            "culvert_access_remaining_seconds",
-            "gauge",
-            "Time-to-live left.",
-            &samples(&|s| s.remaining_secs.map_or(f64::INFINITY, |r| r as f64)),
-        );
-        out
+        self.0.metrics()
     }
 
     fn ready(&self) -> bool {
