@@ -62,6 +62,8 @@ pub(crate) struct State {
     /// A WebSocket ping to answer.
     pending_pong: Option<Bytes>,
     pending_control: usize,
+    /// Where received datagrams go (see [`Mux::set_datagram_sink`]).
+    sink: Option<DatagramSink>,
 }
 
 /// Receives each datagram as soon as the reader decodes it (see [`Mux::set_datagram_sink`]).
@@ -69,11 +71,7 @@ pub type DatagramSink = Arc<dyn Fn(culvert_proto::Datagram) + Send + Sync>;
 
 pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
-    /// When set, the reader hands datagrams here instead of queueing them.
-    sink: Mutex<Option<DatagramSink>>,
     pub(crate) writer_wake: Notify,
-    /// Wakes [`Mux::recv_datagram`] when datagrams arrive or the connection closes.
-    datagram_wake: Notify,
     events: mpsc::UnboundedSender<MuxEvent>,
     closed_tx: watch::Sender<bool>,
 }
@@ -99,7 +97,6 @@ impl Shared {
         let _ = self.events.send(MuxEvent::Closed(reason));
         let _ = self.closed_tx.send(true);
         self.writer_wake.notify_one();
-        self.datagram_wake.notify_one();
     }
 
     /// Routes the connection's events: wake stream handles, hand new streams and
@@ -145,7 +142,9 @@ impl Shared {
                 }
                 Event::HeartbeatRtt(rtt) => tracing::trace!(?rtt, "heartbeat"),
                 // Datagrams stay in the connection's bounded drop-oldest queue until read.
-                Event::DatagramReadable => self.datagram_wake.notify_one(),
+                // The reader hands them to the sink after releasing the lock (until a sink
+                // is set they wait in the connection's bounded drop-oldest queue).
+                Event::DatagramReadable => {}
             }
         }
         Ok(())
@@ -192,7 +191,6 @@ impl Mux {
         let (events, rx) = mpsc::unbounded_channel();
         let (closed_tx, closed_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            sink: Mutex::new(None),
             state: Mutex::new(State {
                 conn,
                 wakers: HashMap::new(),
@@ -202,9 +200,9 @@ impl Mux {
                 closing: None,
                 pending_pong: None,
                 pending_control: 0,
+                sink: None,
             }),
             writer_wake: Notify::new(),
-            datagram_wake: Notify::new(),
             events,
             closed_tx,
         });
@@ -311,31 +309,15 @@ impl Mux {
     /// Delivers every datagram received from now on (and those already queued) to `sink`,
     /// called from the connection's reader task right after decoding, outside the
     /// connection's lock: no queue, no task hop. The sink must not block (use non-blocking
-    /// sends, dropping on a full socket buffer as UDP would). Replaces
-    /// [`Mux::recv_datagram`] for this connection.
+    /// sends, dropping on a full socket buffer as UDP would). Until a sink is set,
+    /// datagrams wait in the connection's bounded drop-oldest queue.
     pub fn set_datagram_sink(&self, sink: DatagramSink) {
-        *self.shared.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink.clone());
         let queued: Vec<_> = {
             let mut st = self.shared.lock();
+            st.sink = Some(sink.clone());
             std::iter::from_fn(|| st.conn.recv_datagram()).collect()
         };
         queued.into_iter().for_each(|d| sink(d));
-    }
-
-    /// The next received datagram; `None` once the connection is closed. One consumer per connection.
-    pub async fn recv_datagram(&self) -> Option<culvert_proto::Datagram> {
-        loop {
-            {
-                let mut st = self.shared.lock();
-                if let Some(d) = st.conn.recv_datagram() {
-                    return Some(d);
-                }
-                if st.closed.is_some() {
-                    return None;
-                }
-            }
-            self.shared.datagram_wake.notified().await;
-        }
     }
 
     /// Acknowledges that the application handled one [`MuxEvent::Control`] (the flood bound).
@@ -428,11 +410,6 @@ where
             Ok(WsIn::Close) => break "peer closed the websocket".to_owned(),
             Err(e) => break format!("websocket read: {e}"),
         };
-        let sink = shared
-            .sink
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         let mut st = shared.lock();
         if let Err(e) = st.conn.handle_bytes(Instant::now(), data) {
             drop(st);
@@ -441,6 +418,7 @@ where
         let r = shared.dispatch(&mut st);
         let wake = st.conn.wants_transmit();
         // With a sink, this message's datagrams go out from here, after the lock is released.
+        let sink = st.sink.clone();
         let datagrams: Vec<_> = match &sink {
             Some(_) => std::iter::from_fn(|| st.conn.recv_datagram()).collect(),
             None => Vec::new(),

@@ -67,7 +67,8 @@ impl TunnelStream {
     }
 
     fn gone(&self, st: &mut crate::driver::State) -> io::Error {
-        if let Some(code) = st.resets.remove(&self.id) {
+        // Kept until the handle drops, so every later call reports the same reset.
+        if let Some(&code) = st.resets.get(&self.id) {
             return io::Error::new(io::ErrorKind::ConnectionReset, ResetByPeer(code));
         }
         if let Some(r) = &st.closed {
