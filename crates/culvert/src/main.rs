@@ -2,6 +2,7 @@
 
 mod access;
 mod admin;
+mod allocator;
 mod cli;
 mod demo;
 mod file_config;
@@ -15,6 +16,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     logging::init(cli.log_format);
+    allocator::tune();
     // One worker: a current-thread runtime, so tasks never wake each other across threads.
     let mut builder = match cli.worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
