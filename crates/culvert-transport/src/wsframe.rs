@@ -8,7 +8,7 @@
 
 use std::io::{self, IoSlice};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
@@ -43,13 +43,17 @@ fn bad(msg: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-/// XORs `data` with the 4-byte `key`, starting at key offset `offset`; eight bytes at a time.
-pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
+fn key64(key: [u8; 4], offset: usize) -> ([u8; 8], u64) {
     let mut k = [0u8; 8];
     for (i, b) in k.iter_mut().enumerate() {
         *b = key[(offset + i) % 4];
     }
-    let k64 = u64::from_ne_bytes(k);
+    (k, u64::from_ne_bytes(k))
+}
+
+/// XORs `data` with the 4-byte `key`, starting at key offset `offset`; eight bytes at a time.
+pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
+    let (k, k64) = key64(key, offset);
     let mut chunks = data.chunks_exact_mut(8);
     for c in &mut chunks {
         let v = u64::from_ne_bytes(c.try_into().expect("8 bytes")) ^ k64;
@@ -57,6 +61,27 @@ pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
     }
     for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
         *b ^= k[i % 4];
+    }
+}
+
+/// Writes `src` XORed with `key` (from key offset `offset`) into `dst` of the same length:
+/// masking while copying, so the sender's one copy of each byte is also its masking pass.
+pub fn copy_masked(dst: &mut [u8], src: &[u8], key: [u8; 4], offset: usize) {
+    debug_assert_eq!(dst.len(), src.len());
+    let (k, k64) = key64(key, offset);
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (dc, sc) in (&mut d).zip(&mut s) {
+        let v = u64::from_ne_bytes(sc.try_into().expect("8 bytes")) ^ k64;
+        dc.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, (db, sb)) in d
+        .into_remainder()
+        .iter_mut()
+        .zip(s.remainder())
+        .enumerate()
+    {
+        *db = sb ^ k[i % 4];
     }
 }
 
@@ -171,7 +196,7 @@ pub struct WsWriter<W> {
     io: W,
     role: Role,
     /// For the client: masked copy of a batch. For non-vectored transports: the coalesced batch.
-    scratch: BytesMut,
+    scratch: Vec<u8>,
 }
 
 impl<W: AsyncWrite + Unpin> WsWriter<W> {
@@ -180,7 +205,7 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         WsWriter {
             io,
             role,
-            scratch: BytesMut::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -214,20 +239,24 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
     pub async fn send(&mut self, segments: &[Bytes], len: usize) -> io::Result<()> {
         let (h, hlen, key) = self.header(0x2, len);
         if key.is_some() || !self.io.is_write_vectored() {
-            // Masking rewrites every byte anyway: do it while coalescing, in one pass.
-            self.scratch.clear();
-            self.scratch.reserve(hlen + len);
-            self.scratch.put_slice(&h[..hlen]);
-            let mut off = 0;
-            for s in segments {
-                let start = self.scratch.len();
-                self.scratch.put_slice(s);
-                if let Some(k) = key {
-                    apply_mask(&mut self.scratch[start..], k, off);
-                }
-                off += s.len();
+            // Masking rewrites every byte anyway: do it while coalescing, in one pass. The
+            // scratch buffer only grows (zeroed once), so no pass clears it per batch.
+            let total = hlen + len;
+            if self.scratch.len() < total {
+                self.scratch.resize(total, 0);
             }
-            return self.io.write_all(&self.scratch).await;
+            let out = &mut self.scratch[..total];
+            out[..hlen].copy_from_slice(&h[..hlen]);
+            let mut at = hlen;
+            for s in segments {
+                let dst = &mut out[at..at + s.len()];
+                match key {
+                    Some(k) => copy_masked(dst, s, k, at - hlen),
+                    None => dst.copy_from_slice(s),
+                }
+                at += s.len();
+            }
+            return self.io.write_all(&self.scratch[..total]).await;
         }
         // Vectored: header plus the multiplexer's buffers, no copy.
         let mut head: &[u8] = &h[..hlen];
@@ -339,15 +368,31 @@ mod tests {
         }
     }
 
+    #[test]
+    fn copy_masked_matches_copy_then_mask() {
+        let key = [9, 8, 7, 6];
+        for off in 0..5 {
+            for len in 0..40 {
+                let src: Vec<u8> = (0..len as u8).map(|x| x.wrapping_mul(31)).collect();
+                let mut a = vec![0u8; len];
+                copy_masked(&mut a, &src, key, off);
+                let mut b = src.clone();
+                apply_mask(&mut b, key, off);
+                assert_eq!(a, b);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn round_trip_both_roles_and_split_reads() {
         for (w_role, r_role) in [(Role::Client, Role::Server), (Role::Server, Role::Client)] {
             let (a, b) = tokio::io::duplex(64);
             let mut w = WsWriter::new(a, w_role);
             let mut r = WsReader::new(b, r_role);
-            let segs = vec![Bytes::from(vec![7u8; 70_000]), Bytes::from_static(b"tail")];
+            // An odd first segment: the mask of the next one starts mid-key.
+            let segs = vec![Bytes::from(vec![7u8; 70_001]), Bytes::from_static(b"tail")];
             let t = tokio::spawn(async move {
-                w.send(&segs, 70_004).await.unwrap();
+                w.send(&segs, 70_005).await.unwrap();
                 w.send_control(0x9, b"hi").await.unwrap();
                 w.close().await.unwrap();
             });
@@ -360,9 +405,9 @@ mod tests {
                 }
             }
             t.await.unwrap();
-            assert_eq!(got.len(), 70_004);
-            assert!(got[..70_000].iter().all(|x| *x == 7));
-            assert_eq!(&got[70_000..], b"tail");
+            assert_eq!(got.len(), 70_005);
+            assert!(got[..70_001].iter().all(|x| *x == 7));
+            assert_eq!(&got[70_001..], b"tail");
         }
     }
 
