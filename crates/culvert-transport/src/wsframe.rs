@@ -75,14 +75,20 @@ pub fn copy_masked(dst: &mut [u8], src: &[u8], key: [u8; 4], offset: usize) {
         let v = u64::from_ne_bytes(sc.try_into().expect("8 bytes")) ^ k64;
         dc.copy_from_slice(&v.to_ne_bytes());
     }
-    for (i, (db, sb)) in d
-        .into_remainder()
-        .iter_mut()
-        .zip(s.remainder())
-        .enumerate()
-    {
+    for (i, (db, sb)) in d.into_remainder().iter_mut().zip(s.remainder()).enumerate() {
         *db = sb ^ k[i % 4];
     }
+}
+
+/// A data frame whose payload is still arriving: delivered piece by piece as it comes, so
+/// the read buffer never holds (and never has to move) more than a frame header.
+#[derive(Debug, Clone, Copy)]
+struct InFrame {
+    /// Payload bytes not received yet.
+    remaining: usize,
+    /// The client's masking key, and where in it the next byte falls.
+    key: Option<[u8; 4]>,
+    offset: usize,
 }
 
 /// Reads frames from one half of the socket.
@@ -90,6 +96,7 @@ pub struct WsReader<R> {
     io: R,
     buf: BytesMut,
     role: Role,
+    frame: Option<InFrame>,
 }
 
 impl<R: AsyncRead + Unpin> WsReader<R> {
@@ -99,6 +106,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             io,
             buf: BytesMut::with_capacity(READ_SIZE),
             role,
+            frame: None,
         }
     }
 
@@ -108,6 +116,8 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             if let Some(m) = self.parse()? {
                 return Ok(m);
             }
+            // What is left is at most a header or a short control frame, so growing
+            // (which copies it when earlier payloads still share the buffer) is cheap.
             if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
                 self.buf.reserve(READ_SIZE);
             }
@@ -122,6 +132,22 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
 
     fn parse(&mut self) -> io::Result<Option<WsIn>> {
         loop {
+            if let Some(f) = &mut self.frame {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let take = f.remaining.min(self.buf.len());
+                let mut payload = self.buf.split_to(take);
+                if let Some(k) = f.key {
+                    apply_mask(&mut payload, k, f.offset);
+                }
+                f.offset += take;
+                f.remaining -= take;
+                if f.remaining == 0 {
+                    self.frame = None;
+                }
+                return Ok(Some(WsIn::Data(payload.freeze())));
+            }
             let b = &self.buf[..];
             if b.len() < 2 {
                 return Ok(None);
@@ -154,6 +180,11 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             if len > BATCH_CAP as u64 {
                 return Err(bad("websocket frame larger than the batch cap"));
             }
+            match opcode {
+                0x0 | 0x2 | 0x8 | 0x9 | 0xa => {}
+                0x1 => return Err(bad("text frame on the tunnel")),
+                _ => return Err(bad("unknown websocket opcode")),
+            }
             let len = len as usize;
             let key = if masked {
                 if b.len() < hlen + 4 {
@@ -165,9 +196,19 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             } else {
                 None
             };
+            if !control {
+                // Data: its payload is handed on in whatever pieces it arrives.
+                self.buf.advance(hlen);
+                if len > 0 {
+                    self.frame = Some(InFrame {
+                        remaining: len,
+                        key,
+                        offset: 0,
+                    });
+                }
+                continue;
+            }
             if b.len() < hlen + len {
-                // Make room for the rest of this frame (bounded by the batch cap).
-                self.buf.reserve(hlen + len - self.buf.len());
                 return Ok(None);
             }
             self.buf.advance(hlen);
@@ -176,16 +217,9 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                 apply_mask(&mut payload, k, 0);
             }
             match opcode {
-                0x0 | 0x2 => {
-                    if !payload.is_empty() {
-                        return Ok(Some(WsIn::Data(payload.freeze())));
-                    }
-                }
-                0x1 => return Err(bad("text frame on the tunnel")),
                 0x8 => return Ok(Some(WsIn::Close)),
                 0x9 => return Ok(Some(WsIn::Ping(payload.freeze()))),
-                0xa => {}
-                _ => return Err(bad("unknown websocket opcode")),
+                _ => {} // pong
             }
         }
     }
