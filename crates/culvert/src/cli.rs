@@ -14,8 +14,8 @@ pub struct Cli {
     /// Log format on stderr (levels are set by RUST_LOG, default info).
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// Runtime worker threads (default: one per CPU). 1 runs everything on one thread,
-    /// which avoids cross-thread wake-ups and lowers latency on small machines.
+    /// Runtime worker threads (default: one per CPU, or 1 on machines with two CPUs or
+    /// fewer). 1 runs everything on one thread, which avoids cross-thread wake-ups.
     #[arg(long, global = true, env = "CULVERT_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
     #[command(subcommand)]

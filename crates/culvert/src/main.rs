@@ -18,14 +18,13 @@ fn main() -> std::process::ExitCode {
     logging::init(cli.log_format);
     allocator::tune();
     // One worker: a current-thread runtime, so tasks never wake each other across threads.
-    let mut builder = match cli.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
+    let mut builder = match cli.worker_threads.unwrap_or_else(default_worker_threads) {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(n.max(1));
             b
         }
-        None => tokio::runtime::Builder::new_multi_thread(),
     };
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -43,5 +42,17 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Worker threads when `--worker-threads` is not given: one per CPU, except on machines with
+/// two CPUs or fewer, where the tunnel shares the CPUs with the programs it connects and a
+/// second worker mostly adds cross-thread wake-ups. Measured on a 2-CPU machine (iperf3
+/// through `ws://`, 12 interleaved pairs): one worker moved more in 11 pairs, at lower CPU
+/// seconds per GB in nearly all.
+fn default_worker_threads() -> usize {
+    match std::thread::available_parallelism().map(usize::from) {
+        Ok(n) if n > 2 => n,
+        _ => 1,
     }
 }
