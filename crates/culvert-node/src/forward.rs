@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use culvert_agent::AgentHandle;
 use culvert_proto::reset_code;
-use culvert_transport::{relay_tcp_counted, reset_code_of, tune_tcp, RelayCounters};
+use culvert_transport::{
+    relay_tcp_counted, reset_code_of, tune_accepted, tune_listener, tune_tcp, RelayCounters,
+};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -108,6 +110,7 @@ impl Forward {
                 addr: spec.listen.to_string(),
                 source,
             })?;
+        tune_listener(&listener);
         let local_addr = listener.local_addr().map_err(|source| NodeError::Bind {
             addr: spec.listen.to_string(),
             source,
@@ -216,7 +219,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        tune_tcp(&sock);
+        tune_accepted(&sock);
         shared.connections.fetch_add(1, Ordering::Relaxed);
         let s = shared.clone();
         let span = tracing::debug_span!("conn", client = %peer);

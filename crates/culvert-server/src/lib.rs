@@ -5,6 +5,7 @@
 
 pub mod allow;
 mod config;
+mod ids;
 mod limits;
 mod metrics;
 mod peer_streams;

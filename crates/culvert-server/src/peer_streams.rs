@@ -17,7 +17,6 @@ use culvert_transport::udp_target::TargetFlows;
 use culvert_transport::{relay_streams, relay_tcp, tune_tcp, Mux, TunnelStream};
 use tokio::net::TcpStream;
 use tracing::Instrument;
-use uuid::Uuid;
 
 use crate::registry::Protocol;
 use crate::server::Inner;
@@ -160,7 +159,7 @@ async fn access(inner: &Inner, session: &Session, stream: TunnelStream, name: &s
             return;
         }
     };
-    let connection_id = Uuid::new_v4();
+    let connection_id = crate::ids::new_uuid();
     owner.connect_sent(connection_id);
     let connect = Control::Connect {
         service_id: svc.id,
@@ -279,7 +278,7 @@ async fn access_udp(ctx: &Ctx, stream: TunnelStream, name: &str) {
     ctx.spliced.insert(client_flow, (agent_mux.clone(), flow));
     let connect = Control::Connect {
         service_id: svc.id,
-        connection_id: Uuid::new_v4(),
+        connection_id: crate::ids::new_uuid(),
         client_addr: format!("access:{}@{}", session.token.name, session.peer),
         ext: Some(ConnectExt {
             stream_id: culvert_proto::StreamId(flow),

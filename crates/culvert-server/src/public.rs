@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use culvert_proto::control::ConnectExt;
 use culvert_proto::Control;
-use culvert_transport::{relay_tcp, tune_tcp};
+use culvert_transport::{relay_tcp, tune_accepted};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
-use uuid::Uuid;
 
 use crate::session::{Service, Session};
 
@@ -50,7 +49,7 @@ async fn handle(
     session: Arc<Session>,
     service: Arc<Service>,
 ) {
-    tune_tcp(&sock);
+    tune_accepted(&sock);
     let Some(mux) = session.pick() else {
         tracing::debug!("no live agent connection; closing client");
         return;
@@ -67,7 +66,7 @@ async fn handle(
         }
     };
     tracing::Span::current().record("stream", stream.id().0);
-    let connection_id = Uuid::new_v4();
+    let connection_id = crate::ids::new_uuid();
     session.connect_sent(connection_id);
     let connect = Control::Connect {
         service_id: service.id,

@@ -13,7 +13,7 @@ use culvert_proto::{reset_code, Connection, Control, FrameType, Header, Side, HE
 use culvert_transport::tls::ServerTls;
 use culvert_transport::ws::{self, ServerIo};
 use culvert_transport::wsframe::{WsConn, WsIn};
-use culvert_transport::{tune_tcp, Mux, MuxEvent};
+use culvert_transport::{tune_accepted, tune_listener, Mux, MuxEvent};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -216,6 +216,7 @@ impl Server {
             ));
         }
         let listener = TcpListener::bind(config.listen).await?;
+        tune_listener(&listener);
         let inner = Arc::new(Inner {
             registry: Arc::new(Registry::new(config.tcp_ports, config.udp_ports)),
             admission: Arc::new(Admission::new(
@@ -392,7 +393,7 @@ async fn handshake(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<Option<Handshaken>, String> {
-    tune_tcp(&tcp);
+    tune_accepted(&tcp);
     let deadline = tokio::time::Instant::now() + inner.config.handshake_timeout;
     let step = async {
         let io: ServerIo = match &inner.tls {
@@ -812,7 +813,11 @@ enum PublicSocket {
 async fn bind_public(inner: &Inner, proto: Protocol, port: u16) -> std::io::Result<PublicSocket> {
     let addr = SocketAddr::new(inner.config.public_bind, port);
     Ok(match proto {
-        Protocol::Tcp => PublicSocket::Tcp(TcpListener::bind(addr).await?),
+        Protocol::Tcp => {
+            let l = TcpListener::bind(addr).await?;
+            tune_listener(&l);
+            PublicSocket::Tcp(l)
+        }
         Protocol::Udp => {
             // Bursts from many clients arrive while the relay task is busy: a 4 MiB receive
             // buffer (the kernel caps it at net.core.rmem_max) keeps them from being dropped.

@@ -47,7 +47,7 @@ impl Service {
     ) -> Service {
         Service {
             name: name.to_owned(),
-            id: Uuid::new_v4(),
+            id: crate::ids::new_uuid(),
             protocol,
             port,
             private: lease.is_none(),

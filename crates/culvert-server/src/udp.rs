@@ -13,7 +13,6 @@ use culvert_proto::control::ConnectExt;
 use culvert_proto::{Control, StreamId};
 use culvert_transport::Mux;
 use tokio::net::UdpSocket;
-use uuid::Uuid;
 
 use crate::session::{Service, Session};
 use crate::ServerConfig;
@@ -229,7 +228,7 @@ fn flow_for(
     // The agent sets the flow up from this Connect (its stream id field carries the flow id).
     let connect = Control::Connect {
         service_id: service.id,
-        connection_id: Uuid::new_v4(),
+        connection_id: crate::ids::new_uuid(),
         client_addr: from.to_string(),
         ext: Some(ConnectExt {
             stream_id: StreamId(flow),
