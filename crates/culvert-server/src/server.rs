@@ -397,12 +397,14 @@ async fn handshake(
     let deadline = tokio::time::Instant::now() + inner.config.handshake_timeout;
     let step = async {
         let io: ServerIo = match &inner.tls {
-            Some(acceptor) => ServerIo::Right(
-                acceptor
+            Some(acceptor) => {
+                let mut s = acceptor
                     .accept(tcp)
                     .await
-                    .map_err(|e| format!("tls: {e}"))?,
-            ),
+                    .map_err(|e| format!("tls: {e}"))?;
+                s.get_mut().1.set_buffer_limit(Some(ws::TLS_BUFFER_LIMIT));
+                ServerIo::Right(s)
+            }
             None => ServerIo::Left(tcp),
         };
         let mut ws = ws::accept(io).await.map_err(|e| e.to_string())?;

@@ -53,6 +53,10 @@ where
     Ok(WsConn::new(ws.into_inner(), Role::Client))
 }
 
+/// Encrypted bytes a TLS connection may hold unsent. rustls's default (64 KiB) splits each
+/// batch into four `writev` calls of four records; room for two batches sends one in one.
+pub const TLS_BUFFER_LIMIT: usize = 2 * BATCH_CAP;
+
 /// The agent's transport: plain TCP or TLS over TCP.
 pub type ClientIo = tokio_util::either::Either<
     tokio::net::TcpStream,
@@ -130,10 +134,11 @@ pub async fn dial(
             tls.ok_or_else(|| TransportError::Tls("wss:// needs a TLS configuration".into()))?;
         let name = rustls::pki_types::ServerName::try_from(url.host.clone())
             .map_err(|e| TransportError::Tls(format!("server name {}: {e}", url.host)))?;
-        let s = tokio_rustls::TlsConnector::from(config)
+        let mut s = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| TransportError::Tls(e.to_string()))?;
+        s.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
         tokio_util::either::Either::Right(s)
     } else {
         tokio_util::either::Either::Left(tcp)
