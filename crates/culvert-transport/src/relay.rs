@@ -5,13 +5,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
 use culvert_proto::reset_code;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::TunnelStream;
 
-/// First read size from the socket: small, so idle connections hold little memory.
+/// Read size once a connection carries bulk data (see [`SMALL_READ`]).
 const READ_FIRST: usize = 16 * 1024;
+/// Reads of a quiet connection go into this much stack and are copied out, so an idle
+/// connection holds no read buffer while it waits: a heap buffer per idle connection (and
+/// the heap fragmentation of allocating and freeing one per read) was most of the memory
+/// of a thousand idle tunneled connections. A read that fills it switches to heap buffers.
+const SMALL_READ: usize = 4 * 1024;
 /// Largest read size: a read that fills its buffer doubles the next one up to this, so a
 /// bulk transfer moves 256 KiB (four full frames) per syscall.
 const READ_MAX: usize = 256 * 1024;
@@ -52,29 +57,40 @@ pub async fn relay_tcp_counted(
     stream: &TunnelStream,
     counters: Option<&RelayCounters>,
 ) -> std::io::Result<RelayTotals> {
-    let (mut rd, mut wr) = tcp.into_split();
+    let (rd, mut wr) = tcp.into_split();
     let up = async {
         let mut size = READ_FIRST;
-        let mut buf = BytesMut::with_capacity(size);
+        let mut buf = BytesMut::new();
         let mut total = 0u64;
         loop {
-            if buf.capacity() - buf.len() < size / 4 {
-                buf.reserve(size);
-            }
-            let room = buf.capacity() - buf.len();
-            let n = rd.read_buf(&mut buf).await?;
+            rd.readable().await?;
+            let got = if buf.capacity() == 0 {
+                read_small(&rd)
+            } else {
+                read_into(&rd, &mut buf, &mut size)
+            };
+            let chunk = match got {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            let n = chunk.len();
             if n == 0 {
                 stream.finish()?;
                 return Ok::<u64, std::io::Error>(total);
             }
-            if n == room && size < READ_MAX {
-                size *= 2;
+            if n < SMALL_READ {
+                // Quiet: wait for the next read with no buffer.
+                buf = BytesMut::new();
+                size = READ_FIRST;
+            } else if buf.capacity() == 0 {
+                buf.reserve(size);
             }
             total += n as u64;
             if let Some(c) = counters {
                 c.up.fetch_add(n as u64, Ordering::Relaxed);
             }
-            stream.send(buf.split().freeze()).await?;
+            stream.send(chunk).await?;
         }
     };
     let down = async {
@@ -93,6 +109,31 @@ pub async fn relay_tcp_counted(
     };
     let (up, down) = tokio::try_join!(up, down)?;
     Ok(RelayTotals { up, down })
+}
+
+/// One read of at most [`SMALL_READ`] bytes into the stack, copied out (empty at the end of
+/// the stream). Not async: the stack buffer never becomes part of a task's state.
+fn read_small(rd: &tokio::net::tcp::OwnedReadHalf) -> std::io::Result<Bytes> {
+    let mut b = [0u8; SMALL_READ];
+    let n = rd.try_read(&mut b)?;
+    Ok(Bytes::copy_from_slice(&b[..n]))
+}
+
+/// One read into `buf`, whose reads double up to [`READ_MAX`] while they fill it.
+fn read_into(
+    rd: &tokio::net::tcp::OwnedReadHalf,
+    buf: &mut BytesMut,
+    size: &mut usize,
+) -> std::io::Result<Bytes> {
+    if buf.capacity() - buf.len() < *size / 4 {
+        buf.reserve(*size);
+    }
+    let room = buf.capacity() - buf.len();
+    let n = rd.try_read_buf(buf)?;
+    if n == room && *size < READ_MAX {
+        *size *= 2;
+    }
+    Ok(buf.split().freeze())
 }
 
 /// Writes every chunk with as few vectored writes as the socket allows, emptying `chunks`.
