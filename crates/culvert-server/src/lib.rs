@@ -5,6 +5,7 @@
 
 pub mod allow;
 mod config;
+mod fd_reserve;
 mod ids;
 mod limits;
 mod metrics;

@@ -7,6 +7,8 @@ use std::time::Duration;
 use culvert_proto::control::ConnectExt;
 use culvert_proto::Control;
 use culvert_transport::{relay_tcp, tune_accepted};
+
+use crate::fd_reserve::{out_of_descriptors, FdReserve};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
@@ -15,18 +17,32 @@ use crate::session::{Service, Session};
 /// Time to get a stream opened towards the agent (waits only when the peer's stream limit is reached).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts public clients until aborted. Accept errors (such as running out of file
-/// descriptors) are logged once per burst and retried after a pause, never fatal.
-pub(crate) async fn serve_tcp(listener: TcpListener, session: Arc<Session>, service: Arc<Service>) {
+/// Accepts public clients until aborted. Accept errors are logged once per burst and
+/// retried after a pause, never fatal; out of file descriptors, the clients already
+/// waiting are refused with a reset (using `reserve`) rather than left hanging.
+pub(crate) async fn serve_tcp(
+    listener: TcpListener,
+    session: Arc<Session>,
+    service: Arc<Service>,
+    reserve: Arc<FdReserve>,
+) {
     let mut last_error_log = None::<std::time::Instant>;
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
+                let refused = if out_of_descriptors(&e) {
+                    reserve.refuse_waiting(&listener)
+                } else {
+                    0
+                };
                 let now = std::time::Instant::now();
                 if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
-                    tracing::warn!(service = %service.name, error = %e, "public accept failed; backing off");
+                    tracing::warn!(service = %service.name, error = %e, refused,
+                        "public accept failed; waiting clients refused, backing off (repeats within 10 s are logged at debug)");
                     last_error_log = Some(now);
+                } else {
+                    tracing::debug!(service = %service.name, error = %e, refused, "public accept failed");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;

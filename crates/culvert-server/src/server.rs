@@ -14,6 +14,8 @@ use culvert_transport::tls::ServerTls;
 use culvert_transport::ws::{self, ServerIo};
 use culvert_transport::wsframe::{WsConn, WsIn};
 use culvert_transport::{tune_accepted, tune_listener, Mux, MuxEvent};
+
+use crate::fd_reserve::{out_of_descriptors, FdReserve};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -47,6 +49,8 @@ pub(crate) struct Inner {
     admission: Arc<Admission>,
     sessions: Mutex<HashMap<Uuid, Arc<Session>>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Lets listeners at the descriptor limit refuse waiting clients instead of leaving them hanging.
+    pub(crate) fd_reserve: Arc<FdReserve>,
 }
 
 /// A bound server, ready to run.
@@ -230,6 +234,7 @@ impl Server {
             tokens: RwLock::new(tokens),
             sessions: Mutex::new(HashMap::new()),
             tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config)),
+            fd_reserve: Arc::new(FdReserve::new()),
             config,
         });
         Ok(Server { inner, listener })
@@ -260,11 +265,19 @@ impl Server {
             let (tcp, peer) = match self.listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
-                    // Typically out of file descriptors: refuse quietly, keep serving.
+                    // Typically out of file descriptors: refuse what waits, keep serving.
+                    let refused = if out_of_descriptors(&e) {
+                        self.inner.fd_reserve.refuse_waiting(&self.listener)
+                    } else {
+                        0
+                    };
                     let now = Instant::now();
                     if last_error_log.is_none_or(|t| now.duration_since(t).as_secs() >= 10) {
-                        tracing::warn!(error = %e, "accept failed; backing off");
+                        tracing::warn!(error = %e, refused,
+                            "accept failed; waiting clients refused, backing off (repeats within 10 s are logged at debug)");
                         last_error_log = Some(now);
+                    } else {
+                        tracing::debug!(error = %e, refused, "accept failed; backing off");
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
@@ -762,10 +775,11 @@ async fn register(
                     let (tx, rx) = tokio::sync::oneshot::channel::<Arc<Service>>();
                     let sess = session.clone();
                     let config = inner.config.clone();
+                    let reserve = inner.fd_reserve.clone();
                     let task = tokio::spawn(async move {
                         let Ok(svc) = rx.await else { return };
                         match listener {
-                            Some(l) => crate::public::serve_tcp(l, sess, svc).await,
+                            Some(l) => crate::public::serve_tcp(l, sess, svc, reserve).await,
                             None => crate::udp::serve_udp(config, sess, svc).await,
                         }
                     });
