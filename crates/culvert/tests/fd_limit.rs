@@ -26,17 +26,6 @@ fn limited(n: u32) -> Command {
     c
 }
 
-fn agent_args(port: u16, token_file: &std::path::Path, echo: u16) -> Vec<String> {
-    vec![
-        "--server".into(),
-        format!("ws://127.0.0.1:{port}"),
-        "--token-file".into(),
-        token_file.display().to_string(),
-        "--expose".into(),
-        format!("echo=tcp://127.0.0.1:{echo}"),
-    ]
-}
-
 /// Opens [`CLIENTS`] connections to `public`, each sending one byte, then reads each
 /// answer: (echoed, refused). A client that gets neither within the read timeout fails
 /// the test: nothing may hang.
@@ -104,7 +93,10 @@ fn server_at_its_descriptor_limit_refuses_waiting_clients_and_keeps_serving() {
     server
         .try_wait_line("tunnel endpoint ready", 0, WAIT)
         .unwrap_or_else(|e| panic!("{e}"));
-    let (mut agent, public) = start_agent(&agent_args(port, &token_file, echo), "echo");
+    let (mut agent, public) = start_agent(
+        &agent_args(port, &token_file, &format!("echo=tcp://127.0.0.1:{echo}")),
+        "echo",
+    );
 
     let before = server.line_count();
     let (served, refused) = flood(public);
@@ -141,9 +133,11 @@ fn agent_at_its_descriptor_limit_fails_connections_and_keeps_serving() {
     // About 15 descriptors are in use once its pool is connected.
     let mut agent = Proc::spawn(
         "culvert agent (32 descriptors)",
-        limited(32)
-            .arg("agent")
-            .args(agent_args(port, &token_file, echo)),
+        limited(32).arg("agent").args(agent_args(
+            port,
+            &token_file,
+            &format!("echo=tcp://127.0.0.1:{echo}"),
+        )),
     );
     let line = agent
         .try_wait_match(

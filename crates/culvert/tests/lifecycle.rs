@@ -35,17 +35,6 @@ fn slow_source(total: usize) -> u16 {
     port
 }
 
-fn agent_args(port: u16, token_file: &std::path::Path, expose: &str) -> Vec<String> {
-    vec![
-        "--server".into(),
-        format!("ws://127.0.0.1:{port}"),
-        "--token-file".into(),
-        token_file.display().to_string(),
-        "--expose".into(),
-        expose.into(),
-    ]
-}
-
 #[test]
 fn sigterm_lets_a_transfer_finish_within_the_grace_then_exits() {
     const TOTAL: usize = 2 << 20;

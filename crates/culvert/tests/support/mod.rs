@@ -350,6 +350,18 @@ pub fn start_server(tokens: &Path, extra: &[&str]) -> (Proc, u16) {
     panic!("the server did not start: {last}");
 }
 
+/// Arguments of an agent dialing `ws://127.0.0.1:PORT` with a token file, exposing `expose`.
+pub fn agent_args(port: u16, token_file: &std::path::Path, expose: &str) -> Vec<String> {
+    vec![
+        "--server".into(),
+        format!("ws://127.0.0.1:{port}"),
+        "--token-file".into(),
+        token_file.display().to_string(),
+        "--expose".into(),
+        expose.into(),
+    ]
+}
+
 /// Starts `culvert agent` with `args` and waits for the public port of `service`.
 pub fn start_agent(args: &[String], service: &str) -> (Proc, u16) {
     let mut p = Proc::spawn("culvert agent", culvert().arg("agent").args(args));
