@@ -5,7 +5,6 @@
 
 pub mod allow;
 mod config;
-mod fd_reserve;
 mod ids;
 mod limits;
 mod metrics;

@@ -8,7 +8,7 @@ use culvert_proto::control::ConnectExt;
 use culvert_proto::Control;
 use culvert_transport::{relay_tcp, tune_accepted};
 
-use crate::fd_reserve::{out_of_descriptors, FdReserve};
+use culvert_transport::fd_reserve::{out_of_descriptors, refuse_waiting};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
@@ -19,20 +19,15 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts public clients until aborted. Accept errors are logged once per burst and
 /// retried after a pause, never fatal; out of file descriptors, the clients already
-/// waiting are refused with a reset (using `reserve`) rather than left hanging.
-pub(crate) async fn serve_tcp(
-    listener: TcpListener,
-    session: Arc<Session>,
-    service: Arc<Service>,
-    reserve: Arc<FdReserve>,
-) {
+/// waiting are refused with a reset rather than left hanging.
+pub(crate) async fn serve_tcp(listener: TcpListener, session: Arc<Session>, service: Arc<Service>) {
     let mut last_error_log = None::<std::time::Instant>;
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 let refused = if out_of_descriptors(&e) {
-                    reserve.refuse_waiting(&listener)
+                    refuse_waiting(&listener)
                 } else {
                     0
                 };

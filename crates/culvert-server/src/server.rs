@@ -15,7 +15,7 @@ use culvert_transport::ws::{self, ServerIo};
 use culvert_transport::wsframe::{WsConn, WsIn};
 use culvert_transport::{tune_accepted, tune_listener, Mux, MuxEvent};
 
-use crate::fd_reserve::{out_of_descriptors, FdReserve};
+use culvert_transport::fd_reserve::{out_of_descriptors, refuse_waiting};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -49,8 +49,6 @@ pub(crate) struct Inner {
     admission: Arc<Admission>,
     sessions: Mutex<HashMap<Uuid, Arc<Session>>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    /// Lets listeners at the descriptor limit refuse waiting clients instead of leaving them hanging.
-    pub(crate) fd_reserve: Arc<FdReserve>,
 }
 
 /// A bound server, ready to run.
@@ -234,7 +232,6 @@ impl Server {
             tokens: RwLock::new(tokens),
             sessions: Mutex::new(HashMap::new()),
             tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config)),
-            fd_reserve: Arc::new(FdReserve::new()),
             config,
         });
         Ok(Server { inner, listener })
@@ -267,7 +264,7 @@ impl Server {
                 Err(e) => {
                     // Typically out of file descriptors: refuse what waits, keep serving.
                     let refused = if out_of_descriptors(&e) {
-                        self.inner.fd_reserve.refuse_waiting(&self.listener)
+                        refuse_waiting(&self.listener)
                     } else {
                         0
                     };
@@ -775,11 +772,10 @@ async fn register(
                     let (tx, rx) = tokio::sync::oneshot::channel::<Arc<Service>>();
                     let sess = session.clone();
                     let config = inner.config.clone();
-                    let reserve = inner.fd_reserve.clone();
                     let task = tokio::spawn(async move {
                         let Ok(svc) = rx.await else { return };
                         match listener {
-                            Some(l) => crate::public::serve_tcp(l, sess, svc, reserve).await,
+                            Some(l) => crate::public::serve_tcp(l, sess, svc).await,
                             None => crate::udp::serve_udp(config, sess, svc).await,
                         }
                     });

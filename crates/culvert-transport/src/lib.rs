@@ -5,6 +5,7 @@
 
 mod driver;
 mod error;
+pub mod fd_reserve;
 pub mod prom;
 mod relay;
 mod socket;

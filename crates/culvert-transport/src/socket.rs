@@ -28,8 +28,10 @@ pub fn tune_tcp(s: &TcpStream) {
 
 /// Gives a listener the options of [`tune_tcp`]. On Linux the sockets it accepts inherit
 /// them, which saves four system calls per accepted connection (see [`tune_accepted`]).
+/// It also takes the process's reserve descriptor ([`crate::fd_reserve`]).
 pub fn tune_listener(l: &TcpListener) {
     apply(socket2::SockRef::from(l));
+    crate::fd_reserve::take_reserve();
 }
 
 /// [`tune_tcp`] for a socket accepted from a listener given [`tune_listener`]: nothing to do
