@@ -18,11 +18,15 @@ fn main() -> std::process::ExitCode {
     logging::init(cli.log_format);
     allocator::tune();
     // One worker: a current-thread runtime, so tasks never wake each other across threads.
-    let mut builder = match cli.worker_threads.unwrap_or_else(default_worker_threads) {
+    let mut builder = match cli
+        .worker_threads
+        .unwrap_or_else(default_worker_threads)
+        .max(1)
+    {
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
+            b.worker_threads(n);
             b
         }
     };
