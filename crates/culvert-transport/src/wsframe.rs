@@ -445,6 +445,102 @@ mod tests {
         }
     }
 
+    /// Hands out its bytes in the given chunk sizes (cycled), as a socket might.
+    struct Chunked {
+        data: Vec<u8>,
+        pos: usize,
+        sizes: Vec<usize>,
+        next: usize,
+    }
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            out: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            let want = self.sizes[self.next % self.sizes.len()];
+            self.next += 1;
+            let n = want.min(out.remaining()).min(self.data.len() - self.pos);
+            let pos = self.pos;
+            out.put_slice(&self.data[pos..pos + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Adjacent data pieces joined into one.
+    fn joined(items: Vec<WsIn>) -> Vec<WsIn> {
+        let mut out: Vec<WsIn> = Vec::new();
+        for item in items {
+            match (out.last_mut(), item) {
+                (Some(WsIn::Data(prev)), WsIn::Data(d)) => {
+                    let mut v = prev.to_vec();
+                    v.extend_from_slice(&d);
+                    *prev = Bytes::from(v);
+                }
+                (_, item) => out.push(item),
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Whatever the frame sizes and however reads split them, the reader yields the data
+        /// frames' bytes in order, unmasked, and every ping once, where it was sent.
+        #[test]
+        fn any_frames_any_splits_round_trip(
+            frames in proptest::collection::vec(
+                (proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000), 0u8..8),
+                1..12,
+            ),
+            sizes in proptest::collection::vec(1usize..5000, 1..8),
+            client in proptest::prelude::any::<bool>(),
+        ) {
+            let (w_role, r_role) = if client {
+                (Role::Client, Role::Server)
+            } else {
+                (Role::Server, Role::Client)
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let mut w = WsWriter::new(Vec::<u8>::new(), w_role);
+                let mut want = Vec::new();
+                for (payload, kind) in &frames {
+                    if *kind == 0 {
+                        w.send_control(0x9, &payload[..payload.len().min(125)]).await.unwrap();
+                        want.push(WsIn::Ping(Bytes::copy_from_slice(&payload[..payload.len().min(125)])));
+                    } else {
+                        // Split into 1-3 segments, so masking offsets cross segment edges.
+                        let cut = payload.len() / usize::from(*kind);
+                        let segs = [
+                            Bytes::copy_from_slice(&payload[..cut]),
+                            Bytes::copy_from_slice(&payload[cut..]),
+                        ];
+                        w.send(&segs, payload.len()).await.unwrap();
+                        if !payload.is_empty() {
+                            want.push(WsIn::Data(Bytes::copy_from_slice(payload)));
+                        }
+                    }
+                }
+                w.send_control(0x8, &[]).await.unwrap();
+                let data = std::mem::take(&mut w.io);
+                let mut r = WsReader::new(Chunked { data, pos: 0, sizes, next: 0 }, r_role);
+                let mut got = Vec::new();
+                loop {
+                    match r.next().await.unwrap() {
+                        WsIn::Close => break,
+                        other => got.push(other),
+                    }
+                }
+                // Frame and read boundaries carry no meaning: compare the runs of data bytes
+                // between pings.
+                let (got, want) = (joined(got), joined(want));
+                assert_eq!(format!("{got:?}"), format!("{want:?}"));
+            });
+        }
+    }
+
     #[tokio::test]
     async fn rejects_wrong_masking_and_oversize() {
         let (a, b) = tokio::io::duplex(1024);
