@@ -39,6 +39,8 @@
 #                            columns to run (default: all); `tcp` and `udp` stand for
 #                            all TCP or all UDP columns, e.g. BENCH_ONLY=udp
 #   BENCH_SECONDS=5          length of each iperf3 run, and time cap of each load loop
+#   BENCH_REPEAT=1           iperf3 TCP runs per cell; the table shows their medians
+#                            (throughput and each CPU-s/GB separately)
 #   BENCH_RR_COUNT=20000     round trips at most in the request/response test
 #   BENCH_CPS_COUNT=10000    connections at most in the new-connections test
 #   BENCH_CPS_WORKERS=8      concurrent workers in the new-connections test
@@ -69,7 +71,7 @@ UDP_COLUMNS="direct-udp,culvert-ws-udp,culvert-wss-udp,rathole-udp,rathole-tls-u
 ALL_COLUMNS="$TCP_COLUMNS,$UDP_COLUMNS"
 # settings given in the environment, repeated in the report's "Run:" line
 RUN_VARS=""
-for v in BENCH_ONLY BENCH_UDP_RATES BENCH_UDP_LEN BENCH_UDP_SECONDS BENCH_UDP_WINDOW \
+for v in BENCH_ONLY BENCH_REPEAT BENCH_UDP_RATES BENCH_UDP_LEN BENCH_UDP_SECONDS BENCH_UDP_WINDOW \
   BENCH_UDP_RR_COUNT BENCH_UDP_RR_TIMEOUT_MS BENCH_RR_COUNT BENCH_CPS_COUNT BENCH_CPS_WORKERS \
   BENCH_IDLE_CONNS; do
   [[ -z ${!v+x} ]] || RUN_VARS+="$v=${!v} "
@@ -77,6 +79,7 @@ done
 BENCH_ONLY=${BENCH_ONLY:-$ALL_COLUMNS}
 BENCH_ONLY=$(printf ',%s,' "$BENCH_ONLY" | sed -e "s/,tcp,/,$TCP_COLUMNS,/; s/,udp,/,$UDP_COLUMNS,/; s/^,//; s/,$//")
 BENCH_SECONDS=${BENCH_SECONDS:-5}
+BENCH_REPEAT=${BENCH_REPEAT:-1}
 BENCH_RR_COUNT=${BENCH_RR_COUNT:-20000}
 BENCH_CPS_COUNT=${BENCH_CPS_COUNT:-10000}
 BENCH_CPS_WORKERS=${BENCH_CPS_WORKERS:-8}
@@ -506,37 +509,52 @@ setup_culvert() {
   AGT_PID=$LAST_PID
 }
 
-iperf_run() { # iperf_run COL VARIANT PORT
-  local col=$1 v=$2 port=$3 json=$RUN/$1/iperf-$2.json
-  local s0=0 a0=0 s1=0 a1=0 out gbps bytes
+iperf_once() { # iperf_once COL VARIANT PORT N: one run; sets ONCE_GBPS, ONCE_CPUS, ONCE_CPUA
+  local col=$1 v=$2 port=$3 json=$RUN/$1/iperf-$2-$4.json
+  local s0=0 a0=0 s1=0 a1=0 out bytes
   if [[ -n $SRV_PID ]]; then s0=$(cpu_ticks "$SRV_PID") a0=$(cpu_ticks "$AGT_PID"); fi
   # shellcheck disable=SC2086
   if ! timeout $((BENCH_SECONDS + 20)) iperf3 -c 127.0.0.1 -p "$port" -t "$BENCH_SECONDS" -J \
     --connect-timeout 5000 ${VARGS[$v]} >"$json" 2>"$RUN/logs/$col-iperf-$v.err" ||
     ! out=$("${TOOL[@]}" iperf-parse "$json" 2>>"$RUN/logs/$col-iperf-$v.err"); then
-    put "$col" "gbps_$v" "fail"
     note "$col: iperf3 ${VARGS[$v]:-(1 stream)} failed: $(last_line "$RUN/logs/$col-iperf-$v.err")"
     # a failed test can leave iperf3's one-test-at-a-time server stuck: start it afresh
     stop_iperf
     start_iperf "$IB" "$col-$v" || true
-    return
+    return 1
   fi
   if [[ -n $SRV_PID ]]; then s1=$(cpu_ticks "$SRV_PID") a1=$(cpu_ticks "$AGT_PID"); fi
-  read -r gbps bytes <<<"$out"
+  read -r ONCE_GBPS bytes <<<"$out"
   if ! tunnel_alive; then
-    put "$col" "gbps_$v" "fail"
     note "$col: a tunnel process exited during iperf3 ${VARGS[$v]:-(1 stream)}"
-    return
+    return 1
   fi
-  put "$col" "gbps_$v" "$gbps"
+  ONCE_CPUS="—" ONCE_CPUA="—"
   if [[ -n $SRV_PID ]]; then
-    put "$col" "cpus_$v" "$(awk -v t=$((s1 - s0)) -v hz="$CLK_TCK" -v b="$bytes" 'BEGIN { printf "%.3f", (t / hz) / (b / 1e9) }')"
-    put "$col" "cpua_$v" "$(awk -v t=$((a1 - a0)) -v hz="$CLK_TCK" -v b="$bytes" 'BEGIN { printf "%.3f", (t / hz) / (b / 1e9) }')"
-  else
-    put "$col" "cpus_$v" "—"
-    put "$col" "cpua_$v" "—"
+    ONCE_CPUS=$(awk -v t=$((s1 - s0)) -v hz="$CLK_TCK" -v b="$bytes" 'BEGIN { printf "%.3f", (t / hz) / (b / 1e9) }')
+    ONCE_CPUA=$(awk -v t=$((a1 - a0)) -v hz="$CLK_TCK" -v b="$bytes" 'BEGIN { printf "%.3f", (t / hz) / (b / 1e9) }')
   fi
-  log "$col ${VARGS[$v]:-1 stream}: $gbps Gbit/s"
+}
+
+median() { # median of the numbers on stdin ("—" when there are none)
+  sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) print "—"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+iperf_run() { # iperf_run COL VARIANT PORT: BENCH_REPEAT runs; their medians go in the table
+  local col=$1 v=$2 port=$3 i gbps=() cpus=() cpua=()
+  for ((i = 1; i <= BENCH_REPEAT; i++)); do
+    if ! iperf_once "$col" "$v" "$port" "$i"; then
+      put "$col" "gbps_$v" "fail"
+      return
+    fi
+    gbps+=("$ONCE_GBPS") cpus+=("$ONCE_CPUS") cpua+=("$ONCE_CPUA")
+    ((i == BENCH_REPEAT)) || sleep 0.5
+  done
+  put "$col" "gbps_$v" "$(printf '%s\n' "${gbps[@]}" | median)"
+  put "$col" "cpus_$v" "$(printf '%s\n' "${cpus[@]}" | grep -v '—' | median)"
+  put "$col" "cpua_$v" "$(printf '%s\n' "${cpua[@]}" | grep -v '—' | median)"
+  log "$col ${VARGS[$v]:-1 stream}: ${gbps[*]} Gbit/s"
 }
 
 tunnel_alive() { [[ -z $SRV_PID ]] || { alive "$SRV_PID" && alive "$AGT_PID"; }; }
@@ -714,7 +732,7 @@ run_column() {
     fi
   fi
   for v in "${VARIANTS[@]}"; do
-    if ! have_time $((BENCH_SECONDS + 10)); then
+    if ! have_time $(((BENCH_SECONDS + 10) * BENCH_REPEAT)); then
       note "$col: iperf3 ${VARGS[$v]:-(1 stream)} skipped: time limit"
       continue
     fi
@@ -899,7 +917,9 @@ REPORT=$OUT/latest.md
     "rathole $RATHOLE_VERSION (features $RATHOLE_FEATURES); Culvert at $culvert_rev;" \
     "load average before measuring: $LOADAVG (other work on the machine skews throughput more than CPU-s/GB)."
   if wants_any "$TCP_COLUMNS"; then
-    echo "Each iperf3 run ${BENCH_SECONDS} s; CPU-s/GB = (utime+stime delta of the process) ÷ GB received by iperf3;" \
+    repeat=""
+    ((BENCH_REPEAT == 1)) || repeat=" (each cell the median of $BENCH_REPEAT runs, throughput and CPU-s/GB taken separately)"
+    echo "Each iperf3 run ${BENCH_SECONDS} s$repeat; CPU-s/GB = (utime+stime delta of the process) ÷ GB received by iperf3;" \
       "round trips: ≤ $BENCH_RR_COUNT sequential 64-byte echoes or ${BENCH_SECONDS} s; new connections:" \
       "≤ $BENCH_CPS_COUNT or ${BENCH_SECONDS} s; peak RSS is the VmHWM of the tunnel processes over the bulk runs, on a fresh start (the connection tests run on another)." \
       "Ratios are Culvert ÷ rathole: above 1 is better for rows marked higher-is-better, below 1 for lower-is-better."
