@@ -69,11 +69,13 @@ impl UdpForward {
         ttl: Option<Duration>,
         link: Arc<AgentHandle>,
     ) -> Result<UdpForward, NodeError> {
-        let socket = UdpSocket::bind(listen)
-            .await
-            .map_err(|source| NodeError::Bind {
-                addr: format!("udp {listen}"),
-                source,
+        // Like a server's public UDP port: room for the bursts of many local clients.
+        let socket =
+            culvert_transport::bind_udp(listen, 4 << 20, Some(4 << 20)).map_err(|source| {
+                NodeError::Bind {
+                    addr: format!("udp {listen}"),
+                    source,
+                }
             })?;
         let local_addr = socket.local_addr().map_err(|source| NodeError::Bind {
             addr: format!("udp {listen}"),

@@ -833,16 +833,7 @@ async fn bind_public(inner: &Inner, proto: Protocol, port: u16) -> std::io::Resu
         Protocol::Udp => {
             // Bursts from many clients arrive while the relay task is busy: a 4 MiB receive
             // buffer (the kernel caps it at net.core.rmem_max) keeps them from being dropped.
-            let sock = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::DGRAM,
-                Some(socket2::Protocol::UDP),
-            )?;
-            let _ = sock.set_recv_buffer_size(4 << 20);
-            let _ = sock.set_send_buffer_size(4 << 20);
-            sock.set_nonblocking(true)?;
-            sock.bind(&addr.into())?;
-            PublicSocket::Udp(tokio::net::UdpSocket::from_std(sock.into())?)
+            PublicSocket::Udp(culvert_transport::bind_udp(addr, 4 << 20, Some(4 << 20))?)
         }
     })
 }

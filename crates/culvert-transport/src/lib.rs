@@ -18,5 +18,5 @@ pub mod wsframe;
 pub use driver::{drain, DatagramSink, Mux, MuxEvent, MuxStats};
 pub use error::TransportError;
 pub use relay::{relay_streams, relay_tcp, relay_tcp_counted, RelayCounters, RelayTotals};
-pub use socket::{tune_accepted, tune_listener, tune_tcp};
+pub use socket::{bind_udp, tune_accepted, tune_listener, tune_tcp};
 pub use stream::{reset_code_of, ResetByPeer, TunnelStream};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 /// Idle time before the first keepalive probe, and the interval between probes.
 const KEEPALIVE_TIME: Duration = Duration::from_secs(30);
@@ -40,6 +40,28 @@ pub fn tune_accepted(s: &TcpStream) {
     if !cfg!(target_os = "linux") {
         tune_tcp(s);
     }
+}
+
+/// A non-blocking UDP socket bound to `bind`, asking for `recv` (and `send`, if given)
+/// bytes of kernel buffer, capped by the kernel at `net.core.[rw]mem_max`, so bursts that
+/// arrive while a relay task is busy are not dropped.
+pub fn bind_udp(
+    bind: std::net::SocketAddr,
+    recv: usize,
+    send: Option<usize>,
+) -> std::io::Result<UdpSocket> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    let _ = sock.set_recv_buffer_size(recv);
+    if let Some(n) = send {
+        let _ = sock.set_send_buffer_size(n);
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&bind.into())?;
+    UdpSocket::from_std(sock.into())
 }
 
 #[cfg(test)]

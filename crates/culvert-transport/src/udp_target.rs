@@ -197,15 +197,7 @@ pub async fn open_flow(
 /// A UDP socket for one flow. Its 1 MiB receive buffer (a cap, capped again by
 /// net.core.rmem_max) absorbs a burst of replies while the tunnel writer is busy.
 fn flow_socket(bind: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
-    let sock = socket2::Socket::new(
-        socket2::Domain::for_address(bind),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    let _ = sock.set_recv_buffer_size(1 << 20);
-    sock.set_nonblocking(true)?;
-    sock.bind(&bind.into())?;
-    UdpSocket::from_std(sock.into())
+    crate::bind_udp(bind, 1 << 20, None)
 }
 
 impl TargetFlows {
