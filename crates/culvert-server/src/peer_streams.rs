@@ -22,9 +22,6 @@ use crate::registry::Protocol;
 use crate::server::Inner;
 use crate::session::Session;
 
-/// Time to get a stream opened towards the serving agent (waits only at its stream limit).
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long an answered access check waits for the peer to finish its side.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -147,37 +144,18 @@ async fn access(inner: &Inner, session: &Session, stream: TunnelStream, name: &s
         stream.reset(reset_code::UNKNOWN_TARGET);
         return;
     };
-    let Some(mux) = owner.pick() else {
-        stream.reset(reset_code::UNAVAILABLE);
-        return;
-    };
-    let towards = match tokio::time::timeout(OPEN_TIMEOUT, mux.open(&svc.name)).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            tracing::debug!("could not open a stream to the serving agent");
+    let client_addr = format!("access:{}@{}", session.token.name, session.peer);
+    let towards = match owner.open_connection(&svc, client_addr).await {
+        Ok(s) => s,
+        Err(reason) => {
+            tracing::debug!(%reason, "access stream not served");
             stream.reset(reset_code::UNAVAILABLE);
             return;
         }
     };
-    let connection_id = crate::ids::new_uuid();
-    owner.connect_sent(connection_id);
-    let connect = Control::Connect {
-        service_id: svc.id,
-        connection_id,
-        client_addr: format!("access:{}@{}", session.token.name, session.peer),
-        ext: Some(ConnectExt {
-            stream_id: towards.id(),
-        }),
-    };
-    if mux.send_control(connect).is_err() {
-        stream.reset(reset_code::UNAVAILABLE);
-        return;
-    }
     svc.connections.fetch_add(1, Ordering::Relaxed);
     let totals = relay_streams(&stream, &towards).await;
-    let t = totals.as_ref().copied().unwrap_or_default();
-    svc.bytes_in.fetch_add(t.up, Ordering::Relaxed);
-    svc.bytes_out.fetch_add(t.down, Ordering::Relaxed);
+    svc.count(&totals);
     match totals {
         Ok(t) => tracing::debug!(up = t.up, down = t.down, "access stream done"),
         Err(e) => tracing::debug!(error = %e, "access stream aborted"),

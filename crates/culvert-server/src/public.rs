@@ -4,18 +4,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use culvert_proto::control::ConnectExt;
-use culvert_proto::Control;
-use culvert_transport::{relay_tcp, tune_accepted};
-
 use culvert_transport::fd_reserve::{out_of_descriptors, refuse_waiting};
+use culvert_transport::{relay_tcp, tune_accepted};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use crate::session::{Service, Session};
-
-/// Time to get a stream opened towards the agent (waits only when the peer's stream limit is reached).
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts public clients until aborted. Accept errors are logged once per burst and
 /// retried after a pause, never fatal; out of file descriptors, the clients already
@@ -61,39 +55,16 @@ async fn handle(
     service: Arc<Service>,
 ) {
     tune_accepted(&sock);
-    let Some(mux) = session.pick() else {
-        tracing::debug!("no live agent connection; closing client");
-        return;
-    };
-    let stream = match tokio::time::timeout(OPEN_TIMEOUT, mux.open(&service.name)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "could not open a stream to the agent");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!("timed out opening a stream to the agent");
+    let stream = match session.open_connection(&service, peer.to_string()).await {
+        Ok(s) => s,
+        Err(reason) => {
+            tracing::debug!(%reason, "closing client");
             return;
         }
     };
     tracing::Span::current().record("stream", stream.id().0);
-    let connection_id = crate::ids::new_uuid();
-    session.connect_sent(connection_id);
-    let connect = Control::Connect {
-        service_id: service.id,
-        connection_id,
-        client_addr: peer.to_string(),
-        ext: Some(ConnectExt {
-            stream_id: stream.id(),
-        }),
-    };
-    if mux.send_control(connect).is_err() {
-        return;
-    }
     let totals = relay_tcp(sock, &stream).await;
-    let t = totals.as_ref().copied().unwrap_or_default();
-    service.bytes_in.fetch_add(t.up, Ordering::Relaxed);
-    service.bytes_out.fetch_add(t.down, Ordering::Relaxed);
+    service.count(&totals);
     match totals {
         Ok(t) => tracing::debug!(up = t.up, down = t.down, "public connection done"),
         Err(e) => tracing::debug!(error = %e, "public connection aborted"),

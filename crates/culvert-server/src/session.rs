@@ -6,11 +6,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use culvert_transport::Mux;
+use culvert_proto::control::ConnectExt;
+use culvert_proto::Control;
+use culvert_transport::{Mux, RelayTotals, TunnelStream};
 use uuid::Uuid;
 
 use crate::registry::Protocol;
 use crate::tokens::TokenEntry;
+
+/// Time to get a stream opened towards an agent (waits only when the agent's stream limit
+/// is reached).
+pub(crate) const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A registered service and its public port.
 #[derive(Debug)]
@@ -58,6 +64,14 @@ impl Service {
             udp: None,
             _lease: lease,
         }
+    }
+
+    /// Adds a finished connection's bytes to the service's totals (what was moved before an
+    /// error counts too).
+    pub(crate) fn count(&self, totals: &std::io::Result<RelayTotals>) {
+        let t = totals.as_ref().copied().unwrap_or_default();
+        self.bytes_in.fetch_add(t.up, Ordering::Relaxed);
+        self.bytes_out.fetch_add(t.down, Ordering::Relaxed);
     }
 }
 
@@ -154,6 +168,39 @@ impl Session {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id)
+    }
+
+    /// Opens a stream to this session's agent for `service` and announces it with a Connect
+    /// naming `client_addr`: how a public client and an access stream both begin. Waits at
+    /// most [`OPEN_TIMEOUT`] for the agent's stream limit; `Err` says why it failed.
+    pub(crate) async fn open_connection(
+        &self,
+        service: &Service,
+        client_addr: String,
+    ) -> Result<TunnelStream, String> {
+        let mux = self.pick().ok_or("no live agent connection")?;
+        let stream = match tokio::time::timeout(OPEN_TIMEOUT, mux.open(&service.name)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("could not open a stream to the agent: {e}")),
+            Err(_) => {
+                // The agent's stream limit held for the whole timeout: worth an operator's eye.
+                tracing::warn!(service = %service.name, "timed out opening a stream to the agent");
+                return Err("timed out opening a stream to the agent".into());
+            }
+        };
+        let connection_id = crate::ids::new_uuid();
+        self.connect_sent(connection_id);
+        let connect = Control::Connect {
+            service_id: service.id,
+            connection_id,
+            client_addr,
+            ext: Some(ConnectExt {
+                stream_id: stream.id(),
+            }),
+        };
+        mux.send_control(connect)
+            .map_err(|e| format!("could not announce the connection: {e}"))?;
+        Ok(stream)
     }
 
     /// Drops the UDP flows of `service` (it is going away).
