@@ -33,17 +33,9 @@ done
 PGBENCH=$(command -v pgbench || echo "$BINDIR/pgbench")
 PSQL=$(command -v psql || echo "$BINDIR/psql")
 
-WORK=$(mktemp -d /tmp/culvert-pgbench.XXXXXX)
+source scripts/lib/procs.sh
+procs_init culvert-pgbench
 chmod 755 "$WORK"   # postgres (another user under root) must reach its data directory
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 as_pg() {
     if [[ $(id -u) == 0 ]]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi
@@ -54,7 +46,13 @@ mkdir -p "$WORK/pg"
 [[ $(id -u) == 0 ]] && chown -R postgres:postgres "$WORK/pg"
 as_pg "$BINDIR/initdb" -D "$WORK/pg/data" -A trust -U postgres --no-sync -E UTF8 >/dev/null
 PG_PORT=$(free_port)
-as_pg "$BINDIR/postgres" -D "$WORK/pg/data" -p "$PG_PORT" -k "$WORK/pg/data" \
+# In the background: exec makes the subshell that `&` forks become postgres itself, so the
+# PID recorded is the one cleanup stops (the subshell's would leave postgres running).
+as_pg_exec() {
+    if [[ $(id -u) == 0 ]]; then exec setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; fi
+    exec "$@"
+}
+as_pg_exec "$BINDIR/postgres" -D "$WORK/pg/data" -p "$PG_PORT" -k "$WORK/pg/data" \
     -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50 >"$WORK/pg.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do

@@ -18,15 +18,8 @@ BIN=${CULVERT_BIN:-$PWD/target/release/culvert}
 [[ -x $BIN ]] || cargo build --release --locked -p culvert >&2
 command -v iperf3 >/dev/null || { echo "iperf3 missing: apt-get install iperf3 (or run scripts/bench.sh once)" >&2; exit 1; }
 
-WORK=$(mktemp -d /tmp/culvert-udp-loss.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source scripts/lib/procs.sh
+procs_init culvert-udp-loss
 rcvbuf_errors() { awk '/^Udp:/ && $2 ~ /^[0-9]/ {print $6}' /proc/net/snmp; }
 
 if [[ -n ${WSS:-} ]]; then SMODE=--self-signed AMODE=--insecure-skip-verify SCHEME=wss
