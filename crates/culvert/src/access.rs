@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use culvert_node::{parse_duration, Access, AccessConfig, AccessSpec, Fallback};
 use culvert_transport::tls::Verify;
-use culvert_transport::ws::ServerUrl;
 
 use crate::cli::{AccessArgs, AccessCommand};
 use crate::file_config::{self, AccessSessionFile};
@@ -43,11 +42,7 @@ fn parse_fallback(
 
 fn config(args: AccessArgs) -> anyhow::Result<(AccessConfig, Option<SocketAddr>)> {
     let file = file_config::load(args.config.as_deref())?.access;
-    let url = args
-        .server
-        .or(file.server)
-        .ok_or_else(|| anyhow::anyhow!("--server wss://HOST:PORT is required"))?;
-    let server = ServerUrl::parse(&url)?;
+    let server = crate::run::server_url(args.server.or(file.server))?;
     let token = crate::run::read_token(args.token_file.or(file.token_file))?;
     let verify = Verify::from_options(
         args.verify.ca.or(file.ca),

@@ -183,6 +183,12 @@ pub(crate) async fn reload_tokens_on_change(
     }
 }
 
+/// The server to dial, from the flag or the config file; required.
+pub(crate) fn server_url(url: Option<String>) -> anyhow::Result<ServerUrl> {
+    let url = url.ok_or_else(|| anyhow::anyhow!("--server wss://HOST:PORT is required"))?;
+    Ok(ServerUrl::parse(&url)?)
+}
+
 pub(crate) fn read_token(path: Option<PathBuf>) -> anyhow::Result<String> {
     let token = match path {
         Some(p) => std::fs::read_to_string(&p)
@@ -200,11 +206,7 @@ pub(crate) fn read_token(path: Option<PathBuf>) -> anyhow::Result<String> {
 
 pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     let file = file_config::load(args.config.as_deref())?.agent;
-    let url = args
-        .server
-        .or(file.server)
-        .ok_or_else(|| anyhow::anyhow!("--server wss://HOST:PORT is required"))?;
-    let server = ServerUrl::parse(&url)?;
+    let server = server_url(args.server.or(file.server))?;
     let token = read_token(args.token_file.or(file.token_file))?;
     let expose: Vec<String> = if args.expose.is_empty() {
         file.expose
