@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use culvert_agent::AgentHandle;
 use culvert_proto::reset_code;
 use culvert_transport::{
-    fd_reserve, relay_tcp_counted, reset_code_of, tune_accepted, tune_listener, tune_tcp,
+    relay_tcp_counted, reset_code_of, tune_accepted, tune_listener, tune_tcp, AcceptErrors,
     RelayCounters,
 };
 use serde::Serialize;
@@ -201,7 +201,8 @@ fn is_loopback_target(addr: &str) -> bool {
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    let mut last_error_log = None::<Instant>;
+    let mut errors = AcceptErrors::default();
+    let name = format!("forward listener {}", shared.spec.name);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -210,21 +211,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         let (sock, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                // Out of file descriptors, typically: refuse what waits, keep serving.
-                let refused = if fd_reserve::out_of_descriptors(&e) {
-                    fd_reserve::refuse_waiting(&listener)
-                } else {
-                    0
-                };
-                let now = Instant::now();
-                if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
-                    tracing::warn!(error = %e, refused,
-                        "accept failed; waiting clients refused, backing off (repeats within 10 s are logged at debug)");
-                    last_error_log = Some(now);
-                } else {
-                    tracing::debug!(error = %e, refused, "accept failed");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                errors.on_error(&listener, &name, &e).await;
                 continue;
             }
         };

@@ -2,10 +2,8 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use culvert_transport::fd_reserve::{out_of_descriptors, refuse_waiting};
-use culvert_transport::{relay_tcp, tune_accepted};
+use culvert_transport::{relay_tcp, tune_accepted, AcceptErrors};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
@@ -15,25 +13,13 @@ use crate::session::{Service, Session};
 /// retried after a pause, never fatal; out of file descriptors, the clients already
 /// waiting are refused with a reset rather than left hanging.
 pub(crate) async fn serve_tcp(listener: TcpListener, session: Arc<Session>, service: Arc<Service>) {
-    let mut last_error_log = None::<std::time::Instant>;
+    let mut errors = AcceptErrors::default();
+    let name = format!("public port of {}", service.name);
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                let refused = if out_of_descriptors(&e) {
-                    refuse_waiting(&listener)
-                } else {
-                    0
-                };
-                let now = std::time::Instant::now();
-                if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
-                    tracing::warn!(service = %service.name, error = %e, refused,
-                        "public accept failed; waiting clients refused, backing off (repeats within 10 s are logged at debug)");
-                    last_error_log = Some(now);
-                } else {
-                    tracing::debug!(service = %service.name, error = %e, refused, "public accept failed");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                errors.on_error(&listener, &name, &e).await;
                 continue;
             }
         };

@@ -13,9 +13,8 @@ use culvert_proto::{reset_code, Connection, Control, FrameType, Header, Side, HE
 use culvert_transport::tls::ServerTls;
 use culvert_transport::ws::{self, ServerIo};
 use culvert_transport::wsframe::{WsConn, WsIn};
-use culvert_transport::{tune_accepted, tune_listener, Mux, MuxEvent};
+use culvert_transport::{tune_accepted, tune_listener, AcceptErrors, Mux, MuxEvent};
 
-use culvert_transport::fd_reserve::{out_of_descriptors, refuse_waiting};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -255,28 +254,14 @@ impl Server {
         // Sessions of expired tokens end within a second, for as long as the server runs.
         let sweeper = tokio::spawn(end_expired_sessions(self.inner.clone()));
         let _sweeper = AbortOnDrop(sweeper);
-        let mut last_error_log = None::<Instant>;
+        let mut errors = AcceptErrors::default();
         tracing::info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             tls = self.inner.tls.is_some(), "tunnel endpoint ready");
         loop {
             let (tcp, peer) = match self.listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
-                    // Typically out of file descriptors: refuse what waits, keep serving.
-                    let refused = if out_of_descriptors(&e) {
-                        refuse_waiting(&self.listener)
-                    } else {
-                        0
-                    };
-                    let now = Instant::now();
-                    if last_error_log.is_none_or(|t| now.duration_since(t).as_secs() >= 10) {
-                        tracing::warn!(error = %e, refused,
-                            "accept failed; waiting clients refused, backing off (repeats within 10 s are logged at debug)");
-                        last_error_log = Some(now);
-                    } else {
-                        tracing::debug!(error = %e, refused, "accept failed; backing off");
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    errors.on_error(&self.listener, "tunnel endpoint", &e).await;
                     continue;
                 }
             };

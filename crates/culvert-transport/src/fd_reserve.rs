@@ -37,9 +37,9 @@ fn lock() -> std::sync::MutexGuard<'static, Option<File>> {
 }
 
 /// Refuses the clients waiting on `listener` with a reset, using the reserve for each;
-/// returns how many. Never waits. Call it when `accept` failed with
-/// [`out_of_descriptors`].
-pub fn refuse_waiting(listener: &TcpListener) -> usize {
+/// returns how many, or `None` when no descriptor could be freed for it (clients then
+/// keep waiting). Never waits. Call it when `accept` failed with [`out_of_descriptors`].
+pub fn refuse_waiting(listener: &TcpListener) -> Option<usize> {
     let mut reserve = lock();
     let mut refused = 0;
     while refused < MAX_REFUSED_AT_ONCE {
@@ -50,7 +50,7 @@ pub fn refuse_waiting(listener: &TcpListener) -> usize {
             .or_else(|| File::open("/dev/null").ok())
             .is_none()
         {
-            break;
+            return (refused > 0).then_some(refused);
         }
         let accepted = try_accept(listener);
         let got_one = matches!(accepted, Some(Ok(_)));
@@ -64,7 +64,7 @@ pub fn refuse_waiting(listener: &TcpListener) -> usize {
         }
         refused += 1;
     }
-    refused
+    Some(refused)
 }
 
 fn try_accept(l: &TcpListener) -> Option<std::io::Result<(TcpStream, SocketAddr)>> {

@@ -3,9 +3,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod accept_errors;
 mod driver;
 mod error;
-pub mod fd_reserve;
+mod fd_reserve;
 pub mod prom;
 mod relay;
 mod socket;
@@ -15,6 +16,7 @@ pub mod udp_target;
 pub mod ws;
 pub mod wsframe;
 
+pub use accept_errors::AcceptErrors;
 pub use driver::{drain, DatagramSink, Mux, MuxEvent, MuxStats};
 pub use error::TransportError;
 pub use relay::{relay_streams, relay_tcp, relay_tcp_counted, RelayCounters, RelayTotals};
