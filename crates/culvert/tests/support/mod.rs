@@ -129,7 +129,13 @@ pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 #[derive(Default)]
 struct Lines {
     lines: Vec<String>,
+    /// Output pipes not yet at end of file: a process can exit before its reader threads
+    /// have taken its last lines.
+    open: usize,
 }
+
+/// How long an exited process's output may take to reach its reader threads.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 
 /// A long-running child process whose stderr (and stdout) lines are collected. It is
 /// killed when dropped.
@@ -157,15 +163,19 @@ impl Proc {
             .stderr
             .take()
             .map(|s| Box::new(s) as Box<dyn Read + Send>);
-        for stream in [out, err].into_iter().flatten() {
+        let streams: Vec<_> = [out, err].into_iter().flatten().collect();
+        lines.0.lock().unwrap_or_else(|p| p.into_inner()).open = streams.len();
+        for stream in streams {
             let lines = lines.clone();
             std::thread::spawn(move || {
+                let (m, cv) = &*lines;
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
-                    let (m, cv) = &*lines;
                     m.lock().unwrap_or_else(|p| p.into_inner()).lines.push(line);
                     cv.notify_all();
                 }
+                m.lock().unwrap_or_else(|p| p.into_inner()).open -= 1;
+                cv.notify_all();
             });
         }
         Proc {
@@ -232,9 +242,7 @@ impl Proc {
                     .wait_timeout(g, left.min(Duration::from_millis(100)))
                     .unwrap_or_else(|p| p.into_inner());
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the reader threads take the last lines.
-                std::thread::sleep(Duration::from_millis(100));
+            if let Some(status) = self.exited() {
                 let (m, _) = &*self.lines;
                 let g = m.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(l) = g.lines.iter().skip(from).find(|l| pred(l)) {
@@ -256,8 +264,24 @@ impl Proc {
     }
 
     /// Whether it has exited.
+    /// Once it has exited, its log is complete (its output pipes have been read to the
+    /// end, or [`OUTPUT_DRAIN`] has passed).
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        let status = self.child.try_wait().ok().flatten()?;
+        let deadline = Instant::now() + OUTPUT_DRAIN;
+        let (m, cv) = &*self.lines;
+        let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+        while g.open > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            g = cv
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Some(status)
     }
 
     /// Kills it with SIGKILL (by its PID) and reaps it.
