@@ -45,7 +45,10 @@ r1=$(rcvbuf_errors)
 dropped=$(python3 - "$ADMIN" <<'PY'
 import sys, urllib.request
 body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
-print(next((l.split()[-1] for l in body.splitlines() if l.startswith("culvert_datagrams_dropped_total")), "?"))
+drops = {d: next((l.split()[-1] for l in body.splitlines()
+                  if l.startswith(f'culvert_datagrams_dropped_total{{direction="{d}"}}')), "?")
+         for d in ("send", "recv")}
+print(f"{drops['send']}/{drops['recv']}")
 PY
 )
-echo "$(basename "$BIN") ${SCHEME} -b $RATE ${DIR:-(client->service)}: $(awk '{print $7, $8, $12, $13}' <<<"$line") kernel_rcvbuf_drops=$((r1 - r0)) server_queue_drops=$dropped"
+echo "$(basename "$BIN") ${SCHEME} -b $RATE ${DIR:-(client->service)}: $(awk '{print $7, $8, $12, $13}' <<<"$line") kernel_rcvbuf_drops=$((r1 - r0)) server_queue_drops(send/recv)=$dropped"

@@ -273,9 +273,12 @@ impl AgentHandle {
         };
         let live = lock(&self.shared.live).clone();
         let (mut open, mut opened, mut sent, mut recv) = (0usize, 0u64, 0u64, 0u64);
+        let (mut dg_drop_send, mut dg_drop_recv) = (0u64, 0u64);
         let mut rtts = Vec::new();
         for (i, m) in live.iter().enumerate() {
             let st = m.stats();
+            dg_drop_send += st.proto.datagrams_dropped_send;
+            dg_drop_recv += st.proto.datagrams_dropped_recv;
             open += st.open_streams;
             opened += st.proto.streams_opened;
             sent += st.proto.stream_bytes_sent;
@@ -351,6 +354,7 @@ impl AgentHandle {
             "Latest heartbeat round trip per pooled connection.",
             rtts,
         );
+        culvert_transport::prom::datagrams_dropped(&mut out, dg_drop_send, dg_drop_recv);
         out
     }
 

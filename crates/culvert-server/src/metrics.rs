@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use crate::registry::Protocol;
 use crate::server::Inner;
 
+use culvert_transport::prom::datagrams_dropped;
 pub(crate) use culvert_transport::prom::{family, label};
 
 /// Upper bounds (seconds) of the stream-open latency histogram buckets.
@@ -68,7 +69,8 @@ pub(crate) fn render(inner: &Inner) -> String {
         &one(sessions.len() as f64),
     );
     let mut conns = 0usize;
-    let (mut open, mut opened, mut sent, mut recv, mut dg_drop) = (0usize, 0u64, 0u64, 0u64, 0u64);
+    let (mut open, mut opened, mut sent, mut recv) = (0usize, 0u64, 0u64, 0u64);
+    let (mut dg_drop_send, mut dg_drop_recv) = (0u64, 0u64);
     let mut rtts = Vec::new();
     let mut svc_bytes = Vec::new();
     let mut svc_conns = Vec::new();
@@ -81,7 +83,8 @@ pub(crate) fn render(inner: &Inner) -> String {
             opened += st.proto.streams_opened;
             sent += st.proto.stream_bytes_sent;
             recv += st.proto.stream_bytes_received;
-            dg_drop += st.proto.datagrams_dropped_send + st.proto.datagrams_dropped_recv;
+            dg_drop_send += st.proto.datagrams_dropped_send;
+            dg_drop_recv += st.proto.datagrams_dropped_recv;
             if let Some(r) = st.rtt {
                 rtts.push((format!("session=\"{}\"", s.id), r.as_secs_f64()));
             }
@@ -284,13 +287,7 @@ pub(crate) fn render(inner: &Inner) -> String {
         "Idle UDP flows evicted per service.",
         &pick("evicted"),
     );
-    family(
-        &mut out,
-        "culvert_datagrams_dropped_total",
-        "counter",
-        "Datagrams dropped from full multiplexer queues.",
-        &one(dg_drop as f64),
-    );
+    datagrams_dropped(&mut out, dg_drop_send, dg_drop_recv);
     inner.open_latency.render(
         &mut out,
         "culvert_stream_open_seconds",

@@ -133,6 +133,14 @@ fn metrics_count_exact_bytes_and_readyz_follows_the_server() {
         metric(&metrics, "culvert_stream_open_seconds_count").is_some_and(|n| n >= 1),
         "stream-open latency observed:\n{metrics}"
     );
+    // Both ends say which datagram queue dropped (none here: no UDP service).
+    let (_, agent_metrics) = get(agent_admin, "/metrics").unwrap();
+    for (who, body) in [("server", &metrics), ("agent", &agent_metrics)] {
+        for dir in ["send", "recv"] {
+            let name = format!("culvert_datagrams_dropped_total{{direction=\"{dir}\"}}");
+            assert_eq!(metric(body, &name), Some(0), "{who}: {name} in:\n{body}");
+        }
+    }
     let (_, sessions) = get(server_admin, "/api/sessions").unwrap();
     assert!(sessions.contains("\"token\": \"node\""), "{sessions}");
     assert!(!sessions.contains(&token), "the token never appears");
