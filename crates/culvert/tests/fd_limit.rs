@@ -1,7 +1,7 @@
-//! The server and the agent at their file-descriptor limits (set with `prlimit` on the real
-//! binaries): what they cannot take is refused at once, nothing hangs, neither process
-//! exits, the log gets a line per burst rather than one per client, and service resumes
-//! as soon as descriptors are free again.
+//! The server, the agent and a node's forward listener at their file-descriptor limits
+//! (set with `prlimit` on the real binaries): what they cannot take is refused at once,
+//! nothing hangs, no process exits, the log gets a line per burst rather than one per
+//! client, and service resumes as soon as descriptors are free again.
 
 mod support;
 
@@ -72,6 +72,32 @@ fn lines_containing(p: &Proc, needle: &str) -> usize {
     p.log().lines().filter(|l| l.contains(needle)).count()
 }
 
+/// Floods `listener_port`, whose listener belongs to the limited process `p`: some clients
+/// are served, the rest refused, `p` warns once with the count refused, and once the
+/// flood's clients close a new one is served again.
+fn flood_is_refused_with_one_warning(p: &mut Proc, listener_port: u16) {
+    let before = p.line_count();
+    let (served, refused) = flood(listener_port);
+    assert!(!served.is_empty(), "some clients fit");
+    assert!(refused > 0, "the rest are refused, not left waiting");
+    assert_eq!(served.len() + refused, CLIENTS);
+    let line = p
+        .try_wait_line("accept failed", before, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        field(&line, "refused").is_some_and(|n| n != "0"),
+        "the warning counts refused clients: {line}"
+    );
+    // One line per burst, not one per refused client.
+    assert!(
+        lines_containing(p, "accept failed") <= 2,
+        "the log is flooded:\n{}",
+        p.log()
+    );
+    drop(served);
+    served_again(listener_port);
+}
+
 #[test]
 fn server_at_its_descriptor_limit_refuses_waiting_clients_and_keeps_serving() {
     let dir = TempDir::new("fd-server");
@@ -98,26 +124,7 @@ fn server_at_its_descriptor_limit_refuses_waiting_clients_and_keeps_serving() {
         "echo",
     );
 
-    let before = server.line_count();
-    let (served, refused) = flood(public);
-    assert!(!served.is_empty(), "some clients fit");
-    assert!(refused > 0, "the rest are refused, not left waiting");
-    assert_eq!(served.len() + refused, CLIENTS);
-    let line = server
-        .try_wait_line("accept failed", before, WAIT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        field(&line, "refused").is_some_and(|n| n != "0"),
-        "the warning counts refused clients: {line}"
-    );
-    // One line per burst, not one per refused client.
-    assert!(
-        lines_containing(&server, "accept failed") <= 2,
-        "the log is flooded:\n{}",
-        server.log()
-    );
-    drop(served);
-    served_again(public);
+    flood_is_refused_with_one_warning(&mut server, public);
     assert!(server.exited().is_none(), "the server is still running");
     assert!(agent.exited().is_none(), "the agent is still running");
 }
@@ -167,4 +174,53 @@ fn agent_at_its_descriptor_limit_fails_connections_and_keeps_serving() {
     served_again(public);
     assert!(agent.exited().is_none(), "the agent is still running");
     assert!(server.exited().is_none(), "the server is still running");
+}
+
+#[test]
+fn node_forward_listener_at_its_descriptor_limit_refuses_waiting_clients_and_keeps_serving() {
+    let dir = TempDir::new("fd-node");
+    let echo = echo_service();
+    let b_tokens = dir.join("b-tokens.toml");
+    let token_file = dir.join("a-to-b.token");
+    std::fs::write(&token_file, new_token(&b_tokens, "node-a")).unwrap();
+    let (b_listen, forward) = (free_port(), free_port());
+    // Node B accepts A and may dial the echo service; it has no limit.
+    let b_cfg = dir.join("b.toml");
+    std::fs::write(
+        &b_cfg,
+        format!(
+            "[node]\nname = \"b\"\nlisten = \"127.0.0.1:{b_listen}\"\ninsecure_plain = true\n\
+             tokens = \"{}\"\nallow = [\"127.0.0.1:{echo}\"]\n",
+            b_tokens.display()
+        ),
+    )
+    .unwrap();
+    let mut b = Proc::spawn(
+        "culvert node b",
+        culvert().args(["node", "--config"]).arg(&b_cfg),
+    );
+    b.wait_line("node running", 0, WAIT);
+    // Node A, limited, listens for a forward tunnel to the echo service through B.
+    let a_cfg = dir.join("a.toml");
+    std::fs::write(
+        &a_cfg,
+        format!(
+            "[node]\nname = \"a\"\n\n[[tunnel]]\nname = \"echo\"\n\
+             peer = \"ws://127.0.0.1:{b_listen}/\"\ntoken_file = \"{}\"\n\
+             direction = \"forward\"\nlisten = \"127.0.0.1:{forward}\"\n\
+             target = \"127.0.0.1:{echo}\"\n",
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let mut a = Proc::spawn(
+        "culvert node a (40 descriptors)",
+        limited(40).args(["node", "--config"]).arg(&a_cfg),
+    );
+    a.wait_line("node running", 0, WAIT);
+    served_again(forward);
+
+    flood_is_refused_with_one_warning(&mut a, forward);
+    assert!(a.exited().is_none(), "node a is still running");
+    assert!(b.exited().is_none(), "node b is still running");
 }
