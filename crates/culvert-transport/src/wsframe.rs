@@ -385,6 +385,7 @@ impl<S: AsyncRead + AsyncWrite> WsConn<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     #[test]
     fn mask_matches_bytewise_at_any_offset() {
@@ -537,6 +538,104 @@ mod tests {
                 // between pings.
                 let (got, want) = (joined(got), joined(want));
                 assert_eq!(format!("{got:?}"), format!("{want:?}"));
+            });
+        }
+    }
+
+    /// A frame as a hostile peer to a reader of role `server` might write it: mostly a
+    /// plausible first byte and the right mask bit (so parsing goes deep), sometimes any
+    /// first byte or the wrong mask bit; any length encoding, lengths near every boundary
+    /// (the batch cap among them); then up to 300 payload bytes whatever the header claims.
+    fn hostile_frame(server: bool) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let b0 = prop_oneof![
+            9 => (any::<bool>(), prop::sample::select(vec![0u8, 1, 2, 8, 9, 10]))
+                .prop_map(|(fin, op)| if fin { 0x80 | op } else { op }),
+            1 => any::<u8>(),
+        ];
+        let masked = prop_oneof![9 => Just(server), 1 => Just(!server)];
+        let len = prop_oneof![
+            0u64..130,
+            Just(125u64),
+            Just(126),
+            Just(127),
+            Just(65_535),
+            Just(65_536),
+            Just(BATCH_CAP as u64),
+            Just(BATCH_CAP as u64 + 1),
+            Just(u64::MAX),
+            any::<u64>(),
+        ];
+        (
+            b0,
+            masked,
+            len,
+            0u8..3,
+            any::<[u8; 4]>(),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(|(b0, masked, len, encoding, key, payload)| {
+                let mut f = vec![b0];
+                let m = if masked { 0x80 } else { 0 };
+                match encoding {
+                    0 => f.push(m | (len % 126) as u8),
+                    1 => {
+                        f.push(m | 126);
+                        f.extend_from_slice(&(len as u16).to_be_bytes());
+                    }
+                    _ => {
+                        f.push(m | 127);
+                        f.extend_from_slice(&len.to_be_bytes());
+                    }
+                }
+                if masked {
+                    f.extend_from_slice(&key);
+                }
+                f.extend_from_slice(&payload);
+                f
+            })
+    }
+
+    proptest::proptest! {
+        /// Whatever a peer sends, split however, the reader never panics: it yields at most
+        /// the bytes it was given, then a close or an error (EOF included), and never
+        /// claims more data than arrived.
+        #[test]
+        fn hostile_input_errs_or_closes_and_never_panics(
+            (server, frames) in proptest::prelude::any::<bool>().prop_flat_map(|server| {
+                (proptest::strategy::Just(server), proptest::collection::vec(hostile_frame(server), 1..8))
+            }),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            sizes in proptest::collection::vec(
+                proptest::prop_oneof![1usize..8, 1usize..700], 1..6),
+        ) {
+            let mut data: Vec<u8> = frames.concat();
+            data.extend_from_slice(&noise);
+            let total = data.len();
+            let role = if server { Role::Server } else { Role::Client };
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let mut r = WsReader::new(Chunked { data, pos: 0, sizes, next: 0 }, role);
+                let mut out = 0usize;
+                // Each item consumes input, so this ends; the bound only guards the test.
+                for _ in 0..=total {
+                    match r.next().await {
+                        Ok(WsIn::Data(d)) => {
+                            assert!(!d.is_empty(), "an empty data item");
+                            out += d.len();
+                        }
+                        Ok(WsIn::Ping(p)) => out += p.len(),
+                        Ok(WsIn::Close) => break,
+                        Err(e) => {
+                            assert!(matches!(
+                                e.kind(),
+                                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                            ), "unexpected error kind: {e}");
+                            break;
+                        }
+                    }
+                }
+                assert!(out <= total, "{out} bytes out of {total} in");
             });
         }
     }
