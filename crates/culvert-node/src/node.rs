@@ -356,13 +356,19 @@ async fn start_server(file: &NodeFile) -> Result<ServerHandle, NodeError> {
         (Some(c), Some(k), false, false) => Some(ServerTls::from_pem(c, k)?),
         (None, None, true, false) => {
             let t = ServerTls::self_signed_for(listen)?;
-            tracing::info!(fingerprint = %t.fingerprint, "self-signed certificate generated; peers pin it with fingerprint = \"…\"");
+            tracing::info!(fingerprint = %t.fingerprint, "self-signed certificate generated for this run only (a new one at each start); peers pin it with fingerprint = \"…\"");
+            Some(t)
+        }
+        (Some(c), Some(k), true, false) => {
+            let (t, created) = ServerTls::self_signed_kept(listen, c, k)?;
+            tracing::info!(fingerprint = %t.fingerprint, created, cert = %c.display(),
+                "self-signed certificate kept across restarts; peers pin it with fingerprint = \"…\"");
             Some(t)
         }
         (None, None, false, true) => None,
         _ => {
             return Err(NodeError::Config(
-                "[node]: choose one of tls_cert + tls_key, self_signed, insecure_plain".into(),
+                "[node]: choose one of tls_cert + tls_key, self_signed (with tls_cert + tls_key: kept in those files), insecure_plain".into(),
             ))
         }
     };

@@ -51,7 +51,8 @@ pub struct NodeSection {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key.
     pub tls_key: Option<PathBuf>,
-    /// Generate a certificate at start (peers pin its fingerprint, printed in the log).
+    /// Generate a certificate at start (peers pin its fingerprint, printed in the log); with
+    /// `tls_cert`/`tls_key` it is written there the first time and read back afterwards.
     #[serde(default)]
     pub self_signed: bool,
     /// Plain `ws://`, loopback listen addresses only.

@@ -65,6 +65,16 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
         .ok_or_else(|| tls_err(format!("{}: no private key found", path.display())))
 }
 
+/// Names a generated certificate is valid for: `localhost` and, unless it is the
+/// unspecified address, the listen IP.
+fn names_for(listen: std::net::SocketAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned()];
+    if !listen.ip().is_unspecified() {
+        names.push(listen.ip().to_string());
+    }
+    names
+}
+
 /// A server TLS configuration and the fingerprint of its leaf certificate.
 pub struct ServerTls {
     /// rustls configuration for the acceptor.
@@ -89,11 +99,34 @@ impl ServerTls {
     /// A fresh self-signed certificate for a server listening on `listen`: valid for
     /// `localhost` and, unless it is the unspecified address, the listen IP.
     pub fn self_signed_for(listen: std::net::SocketAddr) -> Result<ServerTls, TransportError> {
-        let mut names = vec!["localhost".to_owned()];
-        if !listen.ip().is_unspecified() {
-            names.push(listen.ip().to_string());
-        }
-        ServerTls::self_signed(&names)
+        ServerTls::self_signed(&names_for(listen))
+    }
+
+    /// A self-signed certificate kept in `cert` and `key`: generated and written (as
+    /// [`ServerTls::write_self_signed`] does) when neither file exists, read back when
+    /// both do, so the fingerprint peers pin survives restarts. One file without the
+    /// other is an error, never silently replaced. The flag says whether it was generated.
+    pub fn self_signed_kept(
+        listen: std::net::SocketAddr,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<(ServerTls, bool), TransportError> {
+        let created = match (cert.exists(), key.exists()) {
+            (true, true) => false,
+            (false, false) => {
+                ServerTls::write_self_signed(&names_for(listen), cert, key)?;
+                true
+            }
+            (has_cert, _) => {
+                let (present, missing) = if has_cert { (cert, key) } else { (key, cert) };
+                return Err(tls_err(format!(
+                    "{} exists but {} does not: restore it, or remove both to generate a new certificate",
+                    present.display(),
+                    missing.display()
+                )));
+            }
+        };
+        Ok((ServerTls::from_pem(cert, key)?, created))
     }
 
     /// Generates a self-signed certificate for `names` and writes it and its key as PEM

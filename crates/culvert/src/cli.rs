@@ -166,7 +166,9 @@ pub struct ServerArgs {
     /// PEM private key for TLS.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Generate a self-signed certificate and print its SHA-256 fingerprint (for agents' --fingerprint).
+    /// Generate a self-signed certificate and print its SHA-256 fingerprint (for agents'
+    /// --fingerprint). A new one at each start, unless --tls-cert/--tls-key name where to
+    /// keep it: written there the first time, read back afterwards.
     #[arg(long)]
     pub self_signed: bool,
     /// Serve plain ws:// without TLS (only allowed on a loopback listen address).

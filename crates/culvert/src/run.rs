@@ -107,7 +107,13 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         (Some(c), Some(k), false, false) => Some(ServerTls::from_pem(&c, &k)?),
         (None, None, true, false) => {
             let t = ServerTls::self_signed_for(listen)?;
-            tracing::info!(fingerprint = %t.fingerprint, "self-signed certificate generated; agents pin it with --fingerprint");
+            tracing::info!(fingerprint = %t.fingerprint, "self-signed certificate generated for this run only (a new one at each start); agents pin it with --fingerprint");
+            Some(t)
+        }
+        (Some(c), Some(k), true, false) => {
+            let (t, created) = ServerTls::self_signed_kept(listen, &c, &k)?;
+            tracing::info!(fingerprint = %t.fingerprint, created, cert = %c.display(),
+                "self-signed certificate kept across restarts; agents pin it with --fingerprint");
             Some(t)
         }
         (None, None, false, true) => {
@@ -122,7 +128,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         (None, None, false, false) => {
             bail!("configure TLS with --tls-cert and --tls-key, or --self-signed (or --insecure-plain on loopback)")
         }
-        _ => bail!("choose one of: --tls-cert/--tls-key, --self-signed, --insecure-plain"),
+        _ => bail!("choose one of: --tls-cert/--tls-key, --self-signed (with --tls-cert/--tls-key: kept in those files), --insecure-plain"),
     };
     tracing::info!(tokens = tokens.len(), file = %tokens_path.display(), ports = %range, "loaded tokens");
     let server = Server::bind(config, tokens, tls)

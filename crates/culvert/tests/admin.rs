@@ -167,20 +167,7 @@ fn metrics_count_exact_bytes_and_readyz_follows_the_server() {
         "agent still ready after the server died"
     );
     // Bring a server back on the same port: the agent reconnects by itself and is ready again.
-    let mut back_server = Proc::spawn(
-        "culvert server",
-        culvert()
-            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--tokens")
-            .arg(&tokens)
-            .args([
-                "--port-range",
-                &port_range(),
-                "--public-bind",
-                "127.0.0.1",
-                "--insecure-plain",
-            ]),
-    );
+    let mut back_server = spawn_server(&tokens, port, &["--insecure-plain"]);
     back_server
         .try_wait_line("tunnel endpoint ready", 0, WAIT)
         .unwrap_or_else(|e| panic!("{e}"));

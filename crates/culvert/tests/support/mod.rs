@@ -357,21 +357,27 @@ pub fn start_server(tokens: &Path, extra: &[&str]) -> (Proc, u16) {
     let mut last = String::new();
     for _ in 0..3 {
         let port = free_port();
-        let mut p = Proc::spawn(
-            "culvert server",
-            culvert()
-                .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-                .arg("--tokens")
-                .arg(tokens)
-                .args(["--port-range", &port_range(), "--public-bind", "127.0.0.1"])
-                .args(extra),
-        );
+        let mut p = spawn_server(tokens, port, extra);
         match p.try_wait_line("tunnel endpoint ready", 0, WAIT) {
             Ok(_) => return (p, port),
             Err(e) => last = e,
         }
     }
     panic!("the server did not start: {last}");
+}
+
+/// Spawns `culvert server` on 127.0.0.1:`port` with `tokens`, the test port range, public
+/// ports on loopback and `extra` flags; does not wait for it.
+pub fn spawn_server(tokens: &Path, port: u16, extra: &[&str]) -> Proc {
+    Proc::spawn(
+        "culvert server",
+        culvert()
+            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tokens")
+            .arg(tokens)
+            .args(["--port-range", &port_range(), "--public-bind", "127.0.0.1"])
+            .args(extra),
+    )
 }
 
 /// Arguments of an agent dialing `ws://127.0.0.1:PORT` with a token file, exposing `expose`.
