@@ -29,10 +29,34 @@ pub fn culvert() -> Command {
     c
 }
 
-/// A loopback port that was free a moment ago (bound by the OS, then released).
+/// Ports [`free_port`] picks from: between [`port_range`]'s blocks (20000–29999) and the
+/// kernel's ephemeral range (32768 and up).
+const FREE_PORTS: std::ops::Range<u32> = 30_000..32_768;
+
+/// A loopback port free for TCP and UDP a moment ago. It is taken below the ephemeral range:
+/// a port the OS picked (bind to port 0) could meanwhile become the local port of one of
+/// the many outgoing connections that tests running in parallel make, and the process
+/// meant to listen on it would fail with "address already in use".
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let span = FREE_PORTS.end - FREE_PORTS.start;
+    for _ in 0..span {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let mix = nanos
+            ^ std::process::id().wrapping_mul(2_654_435_761)
+            ^ CALLS.fetch_add(1, Ordering::Relaxed).wrapping_mul(7_919);
+        let port = (FREE_PORTS.start + mix % span) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+            && std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port in {FREE_PORTS:?}");
 }
 
 /// 200 public ports below the ephemeral range, chosen at random per test.
