@@ -109,12 +109,7 @@ fn server_at_its_descriptor_limit_refuses_waiting_clients_and_keeps_serving() {
     // About 17 descriptors are in use once an agent's pool is connected.
     let mut server = Proc::spawn(
         "culvert server (40 descriptors)",
-        limited(40)
-            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--tokens")
-            .arg(&tokens)
-            .args(["--port-range", &port_range(), "--public-bind", "127.0.0.1"])
-            .arg("--insecure-plain"),
+        server_args(&mut limited(40), &tokens, port).arg("--insecure-plain"),
     );
     server
         .try_wait_line("tunnel endpoint ready", 0, WAIT)
@@ -146,15 +141,7 @@ fn agent_at_its_descriptor_limit_fails_connections_and_keeps_serving() {
             &format!("echo=tcp://127.0.0.1:{echo}"),
         )),
     );
-    let line = agent
-        .try_wait_match(
-            &|l| l.contains("public_port=") && l.contains("service=echo "),
-            "public_port= of echo",
-            0,
-            WAIT,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    let public: u16 = field(&line, "public_port").unwrap().parse().unwrap();
+    let public = public_port_of(&mut agent, "echo", 0);
 
     let (served, refused) = flood(public);
     assert!(!served.is_empty(), "some clients fit");

@@ -29,19 +29,6 @@ fn logged_certificate(p: &mut Proc) -> (String, String) {
     )
 }
 
-/// Waits for the agent to log a public port for `echo` after line `from`; returns it.
-fn echo_port_after(agent: &mut Proc, from: usize) -> u16 {
-    let line = agent
-        .try_wait_match(
-            &|l| l.contains("public_port=") && l.contains("service=echo "),
-            "public_port= of echo",
-            from,
-            WAIT,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    field(&line, "public_port").unwrap().parse().unwrap()
-}
-
 #[test]
 fn a_kept_self_signed_certificate_survives_a_server_restart() {
     let dir = TempDir::new("kept-cert");
@@ -77,7 +64,7 @@ fn a_kept_self_signed_certificate_survives_a_server_restart() {
             &format!("echo=tcp://127.0.0.1:{echo}"),
         ]),
     );
-    let public = echo_port_after(&mut agent, 0);
+    let public = public_port_of(&mut agent, "echo", 0);
     assert_eq!(echo_round_trip(public, b"before").unwrap(), b"before");
 
     // Restart: the same certificate is read back, and the pinning agent comes back by itself.
@@ -89,7 +76,7 @@ fn a_kept_self_signed_certificate_survives_a_server_restart() {
         (fingerprint.clone(), "false".to_owned()),
         "the restarted server must present the same certificate"
     );
-    let public = echo_port_after(&mut agent, before);
+    let public = public_port_of(&mut agent, "echo", before);
     assert_eq!(echo_round_trip(public, b"after").unwrap(), b"after");
     assert!(
         !agent.log().contains("does not match the pinned"),
@@ -102,12 +89,13 @@ fn a_kept_self_signed_certificate_survives_a_server_restart() {
     std::fs::remove_file(&key).unwrap();
     let cert_before = std::fs::read(&cert).unwrap();
     let out = run(
-        culvert()
-            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--tokens")
-            .arg(&tokens)
-            .args(["--port-range", &port_range()])
-            .args(["--self-signed", "--tls-cert", cert_s, "--tls-key", key_s]),
+        server_args(&mut culvert(), &tokens, port).args([
+            "--self-signed",
+            "--tls-cert",
+            cert_s,
+            "--tls-key",
+            key_s,
+        ]),
         Duration::from_secs(20),
     );
     let err = String::from_utf8_lossy(&out.stderr);

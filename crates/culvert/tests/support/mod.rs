@@ -390,17 +390,21 @@ pub fn start_server(tokens: &Path, extra: &[&str]) -> (Proc, u16) {
     panic!("the server did not start: {last}");
 }
 
-/// Spawns `culvert server` on 127.0.0.1:`port` with `tokens`, the test port range, public
-/// ports on loopback and `extra` flags; does not wait for it.
+/// Adds to `cmd` (the `culvert` binary, run directly or through a wrapper) the arguments
+/// of a test server: `server` on 127.0.0.1:`port` with `tokens`, the test port range and
+/// public ports on loopback.
+pub fn server_args<'a>(cmd: &'a mut Command, tokens: &Path, port: u16) -> &'a mut Command {
+    cmd.args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--tokens")
+        .arg(tokens)
+        .args(["--port-range", &port_range(), "--public-bind", "127.0.0.1"])
+}
+
+/// Spawns a test server ([`server_args`]) with `extra` flags; does not wait for it.
 pub fn spawn_server(tokens: &Path, port: u16, extra: &[&str]) -> Proc {
     Proc::spawn(
         "culvert server",
-        culvert()
-            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--tokens")
-            .arg(tokens)
-            .args(["--port-range", &port_range(), "--public-bind", "127.0.0.1"])
-            .args(extra),
+        server_args(&mut culvert(), tokens, port).args(extra),
     )
 }
 
@@ -419,12 +423,19 @@ pub fn agent_args(port: u16, token_file: &std::path::Path, expose: &str) -> Vec<
 /// Starts `culvert agent` with `args` and waits for the public port of `service`.
 pub fn start_agent(args: &[String], service: &str) -> (Proc, u16) {
     let mut p = Proc::spawn("culvert agent", culvert().arg("agent").args(args));
+    let port = public_port_of(&mut p, service, 0);
+    (p, port)
+}
+
+/// Waits for the agent `p` to log, from line `from` on, the public port the server gave
+/// `service`; returns it.
+pub fn public_port_of(p: &mut Proc, service: &str, from: usize) -> u16 {
     let tag = format!("service={service} ");
     let line = p
         .try_wait_match(
             &|l| l.contains("public_port=") && l.contains(&tag),
             &format!("public_port= of {service}"),
-            0,
+            from,
             WAIT,
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -432,7 +443,7 @@ pub fn start_agent(args: &[String], service: &str) -> (Proc, u16) {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no public_port in {line:?}"));
     assert_ne!(port, 0, "public port 0 in {line:?}");
-    (p, port)
+    port
 }
 
 /// A plain TCP echo service on a free loopback port, served by a thread for the rest of
