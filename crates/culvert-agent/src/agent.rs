@@ -235,12 +235,13 @@ impl AgentHandle {
     async fn open_on(&self, target: &str) -> Result<(Mux, TunnelStream), String> {
         let mux = {
             let live = lock(&self.shared.live);
+            // A suspect connection (silent past a heartbeat) gets no new stream.
             let usable: Vec<&Mux> = live
                 .iter()
-                .filter(|m| !m.is_closed() && !m.peer_going_away())
+                .filter(|m| !m.is_closed() && !m.peer_going_away() && !m.is_suspect())
                 .collect();
             if usable.is_empty() {
-                return Err("no tunnel connection is up".into());
+                return Err("no live tunnel connection (all are down or suspect)".into());
             }
             let k = self.shared.next_open.fetch_add(1, Ordering::Relaxed);
             usable[k % usable.len()].clone()
@@ -260,9 +261,24 @@ impl AgentHandle {
         self.shutdown();
     }
 
-    /// Ready when every pooled connection is up and has registered every service.
+    /// Pooled connections up but suspect: silent past a heartbeat interval with a
+    /// heartbeat unanswered, so they get no new streams.
+    pub fn connections_suspect(&self) -> usize {
+        lock(&self.shared.live)
+            .iter()
+            .filter(|m| m.is_suspect())
+            .count()
+    }
+
+    /// Ready when every pooled connection is up, has registered every service and is not
+    /// suspect (a connection on a silent path does not count).
     pub fn is_ready(&self) -> bool {
-        self.connections_up() >= self.shared.config.pool.max(1)
+        let pool = self.shared.config.pool.max(1);
+        self.connections_up() >= pool
+            && self
+                .connections_up()
+                .saturating_sub(self.connections_suspect())
+                >= pool
     }
 
     /// Prometheus text exposition of the agent's state and counters.
@@ -295,6 +311,12 @@ impl AgentHandle {
             one(self.connections_up() as f64),
         );
         gauge(
+            "culvert_agent_connections_suspect",
+            "gauge",
+            "Pooled connections silent past a heartbeat with a heartbeat unanswered (given no new streams).",
+            one(self.connections_suspect() as f64),
+        );
+        gauge(
             "culvert_agent_pool_size",
             "gauge",
             "Pooled connections configured.",
@@ -303,7 +325,7 @@ impl AgentHandle {
         gauge(
             "culvert_agent_ready",
             "gauge",
-            "1 when every pooled connection is up and registered.",
+            "1 when every pooled connection is up, registered and not suspect.",
             one(f64::from(u8::from(self.is_ready()))),
         );
         gauge(
@@ -489,10 +511,13 @@ type Connected = (
 async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
     let cfg = &shared.config;
     let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
-    let ws = tokio::time::timeout_at(deadline, dial(&cfg.server, shared.tls.clone()))
-        .await
-        .map_err(|_| "timed out connecting to the server".to_owned())?
-        .map_err(|e| e.to_string())?;
+    let ws = tokio::time::timeout_at(
+        deadline,
+        dial(&cfg.server, shared.tls.clone(), cfg.proto.idle_timeout),
+    )
+    .await
+    .map_err(|_| "timed out connecting to the server".to_owned())?
+    .map_err(|e| e.to_string())?;
     let mut conn = Connection::new(Side::Client, cfg.proto.clone(), Instant::now())
         .map_err(|e| e.to_string())?;
     conn.send_control_first(Control::Auth {

@@ -69,6 +69,7 @@ pub(crate) fn render(inner: &Inner) -> String {
         &one(sessions.len() as f64),
     );
     let mut conns = 0usize;
+    let mut suspect = 0usize;
     let (mut open, mut opened, mut sent, mut recv) = (0usize, 0u64, 0u64, 0u64);
     let (mut dg_drop_send, mut dg_drop_recv) = (0u64, 0u64);
     let mut rtts = Vec::new();
@@ -78,6 +79,7 @@ pub(crate) fn render(inner: &Inner) -> String {
     for s in &sessions {
         for m in s.live_muxes() {
             conns += 1;
+            suspect += usize::from(m.is_suspect());
             let st = m.stats();
             open += st.open_streams;
             opened += st.proto.streams_opened;
@@ -142,6 +144,13 @@ pub(crate) fn render(inner: &Inner) -> String {
         "gauge",
         "Pooled agent WebSocket connections up.",
         &one(conns as f64),
+    );
+    family(
+        &mut out,
+        "culvert_agent_connections_suspect",
+        "gauge",
+        "Agent connections silent past a heartbeat with a heartbeat unanswered (given no new streams).",
+        &one(suspect as f64),
     );
     family(
         &mut out,

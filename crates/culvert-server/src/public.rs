@@ -44,7 +44,9 @@ async fn handle(
     let stream = match session.open_connection(&service, peer.to_string()).await {
         Ok(s) => s,
         Err(reason) => {
-            tracing::debug!(%reason, "closing client");
+            // Refused at once with a reset, so the client fails fast instead of hanging.
+            tracing::debug!(%reason, "refusing client");
+            culvert_transport::reset_on_close(&sock);
             return;
         }
     };

@@ -134,6 +134,7 @@ impl ServerHandle {
                 peer: s.peer,
                 uptime: s.started.elapsed(),
                 connections: s.connection_count(),
+                suspect_connections: s.suspect_count(),
                 culvert: s.culvert,
                 services: s
                     .services()
@@ -186,6 +187,8 @@ pub struct SessionInfo {
     pub uptime: std::time::Duration,
     /// Live pooled connections.
     pub connections: usize,
+    /// Of those, connections silent past a heartbeat (placed no new streams).
+    pub suspect_connections: usize,
     /// Whether it speaks Culvert (false: a zlayer-tunnel v1 agent).
     pub culvert: bool,
     /// Registered services: name, protocol and public port.
@@ -389,6 +392,7 @@ async fn handshake(
     peer: SocketAddr,
 ) -> Result<Option<Handshaken>, String> {
     tune_accepted(&tcp);
+    culvert_transport::tune_tunnel(&tcp, inner.config.proto.idle_timeout);
     let deadline = tokio::time::Instant::now() + inner.config.handshake_timeout;
     let step = async {
         let io: ServerIo = match &inner.tls {

@@ -178,7 +178,9 @@ impl Session {
         service: &Service,
         client_addr: String,
     ) -> Result<TunnelStream, String> {
-        let mux = self.pick().ok_or("no live agent connection")?;
+        let mux = self
+            .pick()
+            .ok_or("no live agent connection (all are gone or suspect)")?;
         let stream = match tokio::time::timeout(OPEN_TIMEOUT, mux.open(&service.name)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(format!("could not open a stream to the agent: {e}")),
@@ -209,17 +211,24 @@ impl Session {
     }
 
     /// The live connection for a UDP flow: chosen by flow hash, so one flow keeps one
-    /// connection (and so its order) while the pool is stable.
+    /// connection (and so its order) while the pool is stable; when that connection is
+    /// suspect (silent past a heartbeat), the flow moves to a healthy one.
     pub(crate) fn pick_for_flow(&self, flow: u64) -> Option<Mux> {
-        let h = flow.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
-        self.choose(|m| !m.is_closed(), h as usize)
+        let h = (flow.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize;
+        let first = self.choose(|m| !m.is_closed(), h)?;
+        if !first.is_suspect() {
+            return Some(first);
+        }
+        self.choose(|m| !m.is_suspect(), h)
     }
 
     /// The next live connection, round-robin, so streams spread over the agent's pool;
-    /// connections whose agent is going away get no new streams.
+    /// connections whose agent is going away, and suspect ones (silent past a heartbeat
+    /// with a heartbeat unanswered), get no new streams. `None` when none is usable: the
+    /// caller refuses the client at once rather than leave it hanging.
     pub(crate) fn pick(&self) -> Option<Mux> {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
-        self.choose(|m| !m.is_closed() && !m.peer_going_away(), key)
+        self.choose(|m| !m.peer_going_away() && !m.is_suspect(), key)
     }
 
     /// The `key`-th (modulo their number) connection that is `usable`.
@@ -230,6 +239,11 @@ impl Session {
             return None;
         }
         Some(usable[key % usable.len()].clone())
+    }
+
+    /// Live connections that are suspect, for status views and metrics.
+    pub(crate) fn suspect_count(&self) -> usize {
+        self.conns().iter().filter(|m| m.is_suspect()).count()
     }
 
     /// Live connections, for metrics.

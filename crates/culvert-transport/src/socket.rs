@@ -26,6 +26,27 @@ pub fn tune_tcp(s: &TcpStream) {
     apply(socket2::SockRef::from(s));
 }
 
+/// Options of a tunnel connection's socket (both ends): `TCP_USER_TIMEOUT` set to the
+/// connection's idle timeout, so the kernel gives up on unacknowledged data as soon as the
+/// connection's own timers would (its default retransmission limit is about 15 minutes),
+/// and a write blocked on a dead path fails instead of waiting that long. Linux only.
+pub fn tune_tunnel(s: &TcpStream, user_timeout: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    if let Err(e) = socket2::SockRef::from(s).set_tcp_user_timeout(Some(user_timeout)) {
+        tracing::debug!(error = %e, "set_tcp_user_timeout failed");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
+    let _ = (s, user_timeout);
+}
+
+/// Makes dropping `s` send a reset instead of a FIN (`SO_LINGER` 0; no blocking on drop):
+/// how a client that cannot be served is refused at once rather than left to wait.
+pub fn reset_on_close(s: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO)) {
+        tracing::debug!(error = %e, "set_linger failed");
+    }
+}
+
 /// Gives a listener the options of [`tune_tcp`]. On Linux the sockets it accepts inherit
 /// them, which saves four system calls per accepted connection (see [`tune_accepted`]).
 /// It also takes the process's reserve descriptor ([`crate::fd_reserve`]).
@@ -85,5 +106,18 @@ mod tests {
             assert_eq!(r.keepalive_time().unwrap(), KEEPALIVE_TIME);
             assert_eq!(r.keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn tunnel_sockets_get_the_user_timeout() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        tune_tunnel(&c, Duration::from_millis(4500));
+        let r = socket2::SockRef::from(&c);
+        assert_eq!(
+            r.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(4500))
+        );
     }
 }

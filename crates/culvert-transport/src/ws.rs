@@ -122,13 +122,17 @@ impl ServerUrl {
     }
 }
 
-/// Dials the server: TCP, then TLS when the URL is `wss://` (verified by `tls`), then the upgrade.
+/// Dials the server: TCP, then TLS when the URL is `wss://` (verified by `tls`), then the
+/// upgrade. `user_timeout` is the connection's idle timeout, given to the kernel as
+/// `TCP_USER_TIMEOUT` (see [`crate::tune_tunnel`]).
 pub async fn dial(
     url: &ServerUrl,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    user_timeout: std::time::Duration,
 ) -> Result<WsConn<ClientIo>, TransportError> {
     let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port)).await?;
     crate::tune_tcp(&tcp);
+    crate::tune_tunnel(&tcp, user_timeout);
     let io = if url.tls {
         let config =
             tls.ok_or_else(|| TransportError::Tls("wss:// needs a TLS configuration".into()))?;

@@ -227,7 +227,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
 
 /// Writes frames to the other half of the socket.
 pub struct WsWriter<W> {
-    io: W,
+    io: crate::progress::Counted<W>,
     role: Role,
     /// For the client: masked copy of a batch. For non-vectored transports: the coalesced batch.
     scratch: Vec<u8>,
@@ -237,10 +237,16 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
     /// A writer for `role`.
     pub fn new(io: W, role: Role) -> WsWriter<W> {
         WsWriter {
-            io,
+            io: crate::progress::Counted::new(io),
             role,
             scratch: Vec::new(),
         }
+    }
+
+    /// Bytes the transport has accepted from this writer so far, readable while a write
+    /// is in flight (the connection driver's write-progress deadline watches it).
+    pub(crate) fn progress(&self) -> crate::progress::Progress {
+        self.io.progress()
     }
 
     fn header(&self, opcode: u8, len: usize) -> ([u8; 14], usize, Option<[u8; 4]>) {
@@ -525,7 +531,7 @@ mod tests {
                     }
                 }
                 w.send_control(0x8, &[]).await.unwrap();
-                let data = std::mem::take(&mut w.io);
+                let data = std::mem::take(w.io.get_mut());
                 let mut r = WsReader::new(Chunked { data, pos: 0, sizes, next: 0 }, r_role);
                 let mut got = Vec::new();
                 loop {

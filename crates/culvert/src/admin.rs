@@ -122,6 +122,7 @@ impl AdminSource for ServerAdmin {
                     "peer": s.peer.to_string(),
                     "uptime_secs": s.uptime.as_secs(),
                     "connections": s.connections,
+                    "suspect_connections": s.suspect_connections,
                     "culvert": s.culvert,
                     "services": s.services.iter().map(|(name, proto, port)| serde_json::json!({
                         "name": name,
@@ -153,6 +154,7 @@ impl AdminSource for AgentAdmin {
         serde_json::json!({
             "role": "agent",
             "connections_up": self.0.connections_up(),
+            "connections_suspect": self.0.connections_suspect(),
             "ready": self.0.is_ready(),
             "services": ports.iter().map(|(n, p)| serde_json::json!({ "name": n, "public_port": p })).collect::<Vec<_>>(),
         })

@@ -186,6 +186,10 @@ pub struct ServerArgs {
     /// Address public listeners bind on.
     #[arg(long)]
     pub public_bind: Option<IpAddr>,
+    /// Seconds between heartbeats on agent connections; an agent silent for two is
+    /// dropped, and one silent past one and a half gets no new streams [default: 10].
+    #[arg(long)]
+    pub heartbeat_interval: Option<u64>,
     /// Admin listener (/metrics, /healthz, /readyz, /api/sessions); keep it on loopback.
     #[arg(long)]
     pub admin: Option<SocketAddr>,

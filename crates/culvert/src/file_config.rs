@@ -59,6 +59,7 @@ pub struct ServerFile {
     pub port_range: Option<String>,
     pub udp_port_range: Option<String>,
     pub public_bind: Option<IpAddr>,
+    pub heartbeat_interval: Option<u64>,
     pub admin: Option<SocketAddr>,
     pub grace: Option<u64>,
 }

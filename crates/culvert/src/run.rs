@@ -99,6 +99,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(b) = args.public_bind.or(file.public_bind) {
         config.public_bind = b;
     }
+    if let Some(h) = args.heartbeat_interval.or(file.heartbeat_interval) {
+        set_heartbeat(&mut config.proto, h);
+    }
     let cert = args.tls_cert.or(file.tls_cert);
     let key = args.tls_key.or(file.tls_key);
     let self_signed = args.self_signed || file.self_signed;
@@ -244,9 +247,7 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         config.pool = p.clamp(1, 64);
     }
     if let Some(h) = args.heartbeat_interval.or(file.heartbeat_interval) {
-        let h = Duration::from_secs(h.max(1));
-        config.proto.heartbeat_interval = h;
-        config.proto.idle_timeout = 2 * h;
+        set_heartbeat(&mut config.proto, h);
     }
     Ok(config)
 }
@@ -272,4 +273,12 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     );
     handle.drain(grace).await;
     Ok(())
+}
+
+/// Heartbeats every `secs` seconds (at least one); the peer is declared dead after two
+/// silent intervals, and a write that moves nothing for as long ends the connection.
+pub(crate) fn set_heartbeat(proto: &mut culvert_proto::Config, secs: u64) {
+    let h = Duration::from_secs(secs.max(1));
+    proto.heartbeat_interval = h;
+    proto.idle_timeout = 2 * h;
 }

@@ -71,7 +71,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                     s["id"].as_str().unwrap_or("?"),
                     s["token"].as_str().unwrap_or("?"),
                     s["peer"].as_str().unwrap_or("?"),
-                    s["connections"].to_string(),
+                    match s["suspect_connections"].as_u64() {
+                        Some(n) if n > 0 => format!("{} ({n} suspect)", s["connections"]),
+                        _ => s["connections"].to_string(),
+                    },
                     s["uptime_secs"].to_string(),
                     services.join(" ")
                 );
@@ -79,8 +82,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         }
         Some("agent") => {
             println!(
-                "connections up: {}  ready: {}",
-                v["connections_up"], v["ready"]
+                "connections up: {}  suspect: {}  ready: {}",
+                v["connections_up"], v["connections_suspect"], v["ready"]
             );
             println!("{:<24} public port", "service");
             for s in v["services"].as_array().into_iter().flatten() {

@@ -358,6 +358,34 @@ impl Connection {
         Ok(())
     }
 
+    /// Records a sign of life that carries no frame (a WebSocket ping or pong), so a peer
+    /// that answers only at the transport level is not counted silent.
+    pub fn handle_keepalive(&mut self, now: Instant) {
+        self.advance(now);
+        self.last_recv = self.now;
+    }
+
+    /// How long the peer has been silent (no bytes of any kind) at `now`.
+    pub fn silent_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_recv)
+    }
+
+    /// Silence after which a connection with a heartbeat unanswered is suspect: one
+    /// heartbeat interval (the peer's own heartbeats arrive at least that often) plus half
+    /// an interval of margin for a busy peer, and never less than 250 ms of margin.
+    pub fn suspect_after(&self) -> Duration {
+        let i = self.config.heartbeat_interval;
+        i + (i / 2).max(Duration::from_millis(250))
+    }
+
+    /// Whether the peer has shown no sign of life for [`Connection::suspect_after`] while a
+    /// heartbeat of ours is unanswered: new streams should go to another connection. A
+    /// failed connection is always suspect.
+    pub fn is_suspect(&self, now: Instant) -> bool {
+        self.error.is_some()
+            || (self.heartbeat_outstanding.is_some() && self.silent_for(now) > self.suspect_after())
+    }
+
     /// Makes the next heartbeat due at once (at the next [`Connection::handle_timeout`]), so
     /// a fresh connection learns its round-trip time without waiting a whole interval.
     pub fn heartbeat_now(&mut self, now: Instant) {

@@ -8,14 +8,16 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use culvert_proto::{Config, Connection, Control, Event, Side, StreamId, Transmit};
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use culvert_proto::{Config, Connection, Control, Event, Side, StreamId};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::stream::TunnelStream;
-use crate::ws::BATCH_CAP;
-use crate::wsframe::{WsConn, WsIn, WsReader, WsWriter};
+use crate::wsframe::WsConn;
 use crate::TransportError;
+
+mod reader;
+mod writer;
 
 /// Control messages the application may leave unread before the peer counts as flooding.
 const MAX_PENDING_CONTROL: usize = 1024;
@@ -58,12 +60,14 @@ pub(crate) struct State {
     open_waiters: Vec<Waker>,
     pub(crate) closed: Option<String>,
     /// Set by [`Mux::close`]: the writer flushes what is queued, then closes.
-    closing: Option<String>,
+    pub(crate) closing: Option<String>,
+    /// Set by [`Mux::abort`]: the socket is dropped at once, with no close handshake.
+    pub(crate) aborted: bool,
     /// A WebSocket ping to answer.
-    pending_pong: Option<Bytes>,
+    pub(crate) pending_pong: Option<Bytes>,
     pending_control: usize,
     /// Where received datagrams go (see [`Mux::set_datagram_sink`]).
-    sink: Option<DatagramSink>,
+    pub(crate) sink: Option<DatagramSink>,
 }
 
 /// Receives each datagram as soon as the reader decodes it (see [`Mux::set_datagram_sink`]).
@@ -73,7 +77,7 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) writer_wake: Notify,
     events: mpsc::UnboundedSender<MuxEvent>,
-    closed_tx: watch::Sender<bool>,
+    pub(crate) closed_tx: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -82,7 +86,7 @@ impl Shared {
     }
 
     /// Marks the connection dead and wakes everybody waiting on it.
-    fn close(self: &Arc<Self>, reason: String) {
+    pub(crate) fn close(self: &Arc<Self>, reason: String) {
         let mut st = self.lock();
         if st.closed.is_some() {
             return;
@@ -101,7 +105,7 @@ impl Shared {
 
     /// Routes the connection's events: wake stream handles, hand new streams and
     /// control messages to the application.
-    fn dispatch(self: &Arc<Self>, st: &mut State) -> Result<(), String> {
+    pub(crate) fn dispatch(self: &Arc<Self>, st: &mut State) -> Result<(), String> {
         while let Some(ev) = st.conn.poll_event() {
             match ev {
                 Event::Readable(id) | Event::Finished(id) => {
@@ -198,6 +202,7 @@ impl Mux {
                 open_waiters: Vec::new(),
                 closed: None,
                 closing: None,
+                aborted: false,
                 pending_pong: None,
                 pending_control: 0,
                 sink: None,
@@ -206,8 +211,8 @@ impl Mux {
             events,
             closed_tx,
         });
-        tokio::spawn(reader(shared.clone(), ws.reader));
-        tokio::spawn(writer(shared.clone(), ws.writer));
+        tokio::spawn(reader::run(shared.clone(), ws.reader));
+        tokio::spawn(writer::run(shared.clone(), ws.writer));
         // Events the connection produced before the tasks existed (e.g. from bytes fed during the handshake).
         {
             let mut st = shared.lock();
@@ -353,9 +358,19 @@ impl Mux {
         }
     }
 
-    /// Closes the connection at once, resetting its streams.
+    /// Closes the connection at once, resetting its streams; the socket is closed at once
+    /// too, even while a write to it is blocked.
     pub fn abort(&self, reason: &str) {
+        self.shared.lock().aborted = true;
         self.shared.close(reason.to_owned());
+    }
+
+    /// Whether the peer has shown no sign of life for longer than a heartbeat interval
+    /// plus a margin while a heartbeat is unanswered (or the connection is gone): new
+    /// streams and flows belong on another connection.
+    pub fn is_suspect(&self) -> bool {
+        let st = self.shared.lock();
+        st.closed.is_some() || st.conn.is_suspect(Instant::now())
     }
 
     /// Whether the peer announced it takes no new streams.
@@ -387,111 +402,6 @@ impl Mux {
             open_streams: st.conn.open_streams(),
             rtt: st.conn.rtt(),
         }
-    }
-}
-
-async fn reader<S>(shared: Arc<Shared>, mut ws: WsReader<ReadHalf<S>>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut closed = shared.closed_tx.subscribe();
-    let reason = loop {
-        let msg = tokio::select! {
-            m = ws.next() => m,
-            _ = closed.wait_for(|c| *c) => break "closed".to_owned(),
-        };
-        let data = match msg {
-            Ok(WsIn::Data(b)) => b,
-            Ok(WsIn::Ping(p)) => {
-                shared.lock().pending_pong = Some(p);
-                shared.writer_wake.notify_one();
-                continue;
-            }
-            Ok(WsIn::Close) => break "peer closed the websocket".to_owned(),
-            Err(e) => break format!("websocket read: {e}"),
-        };
-        let mut st = shared.lock();
-        if let Err(e) = st.conn.handle_bytes(Instant::now(), data) {
-            drop(st);
-            break format!("protocol violation by peer: {e}");
-        }
-        let r = shared.dispatch(&mut st);
-        let wake = st.conn.wants_transmit();
-        // With a sink, this message's datagrams go out from here, after the lock is released.
-        let sink = st.sink.clone();
-        let datagrams: Vec<_> = match &sink {
-            Some(_) => std::iter::from_fn(|| st.conn.recv_datagram()).collect(),
-            None => Vec::new(),
-        };
-        drop(st);
-        if let Some(sink) = &sink {
-            datagrams.into_iter().for_each(|d| sink(d));
-        }
-        if let Err(e) = r {
-            break e;
-        }
-        if wake {
-            shared.writer_wake.notify_one();
-        }
-    };
-    shared.close(reason);
-}
-
-async fn writer<S>(shared: Arc<Shared>, mut ws: WsWriter<WriteHalf<S>>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut tx = Transmit::new();
-    let reason = loop {
-        let (n, pong, deadline) = {
-            let mut st = shared.lock();
-            if st.closed.is_some() {
-                break None;
-            }
-            let n = st.conn.poll_transmit_segments(&mut tx, BATCH_CAP);
-            if let Err(e) = shared.dispatch(&mut st) {
-                break Some(e);
-            }
-            (n, st.pending_pong.take(), st.conn.poll_timeout())
-        };
-        if let Some(p) = pong {
-            if let Err(e) = ws.send_control(0xa, &p).await {
-                break Some(format!("websocket write: {e}"));
-            }
-        }
-        if n > 0 {
-            let r = ws.send(&tx.segments, tx.len).await;
-            tx.clear();
-            if let Err(e) = r {
-                break Some(format!("websocket write: {e}"));
-            }
-            continue;
-        }
-        if let Err(e) = ws.flush().await {
-            break Some(format!("websocket flush: {e}"));
-        }
-        if let Some(r) = shared.lock().closing.clone() {
-            break Some(r);
-        }
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shared.writer_wake.notified() => {}
-            _ = sleep => {
-                let mut st = shared.lock();
-                if let Err(e) = st.conn.handle_timeout(Instant::now()) {
-                    break Some(format!("{e}"));
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close()).await;
-    if let Some(r) = reason {
-        shared.close(r);
     }
 }
 

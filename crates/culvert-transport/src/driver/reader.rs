@@ -1,0 +1,62 @@
+//! The reader task of a connection: feeds received WebSocket messages into the
+//! [`culvert_proto::Connection`] and dispatches what they produce. It never waits on
+//! anything but the socket and the connection's closing, so an abort ends it at once; the
+//! writer's clock ends a connection whose peer fell silent.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
+
+use super::Shared;
+use crate::wsframe::{WsIn, WsReader};
+
+pub(super) async fn run<S>(shared: Arc<Shared>, mut ws: WsReader<ReadHalf<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut closed = shared.closed_tx.subscribe();
+    let reason = loop {
+        let msg = tokio::select! {
+            m = ws.next() => m,
+            _ = closed.wait_for(|c| *c) => return,
+        };
+        let data = match msg {
+            Ok(WsIn::Data(b)) => b,
+            Ok(WsIn::Ping(p)) => {
+                let mut st = shared.lock();
+                st.conn.handle_keepalive(Instant::now());
+                st.pending_pong = Some(p);
+                drop(st);
+                shared.writer_wake.notify_one();
+                continue;
+            }
+            Ok(WsIn::Close) => break "peer closed the websocket".to_owned(),
+            Err(e) => break format!("websocket read: {e}"),
+        };
+        let mut st = shared.lock();
+        if let Err(e) = st.conn.handle_bytes(Instant::now(), data) {
+            drop(st);
+            break format!("protocol violation by peer: {e}");
+        }
+        let r = shared.dispatch(&mut st);
+        let wake = st.conn.wants_transmit();
+        // With a sink, this message's datagrams go out from here, after the lock is released.
+        let sink = st.sink.clone();
+        let datagrams: Vec<_> = match &sink {
+            Some(_) => std::iter::from_fn(|| st.conn.recv_datagram()).collect(),
+            None => Vec::new(),
+        };
+        drop(st);
+        if let Some(sink) = &sink {
+            datagrams.into_iter().for_each(|d| sink(d));
+        }
+        if let Err(e) = r {
+            break e;
+        }
+        if wake {
+            shared.writer_wake.notify_one();
+        }
+    };
+    shared.close(reason);
+}

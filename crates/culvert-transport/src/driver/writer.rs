@@ -1,0 +1,183 @@
+//! The writer task of a connection, and the clock that runs the connection's timers.
+//!
+//! Every wait of the writer, whether for work or on the socket, goes through [`Clock`], so
+//! heartbeats, the idle timeout and the write-progress deadline fire whatever the socket
+//! does: a path that goes silent with data in flight fills the socket's send buffer and
+//! blocks the write, and the connection must still notice within its idle timeout (it used
+//! to wait for the kernel's retransmission timeout, about 15 minutes). A close or abort
+//! ends any wait at once, dropping the write in flight, so the socket closes even mid-write.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use culvert_proto::Transmit;
+use tokio::io::{AsyncRead, AsyncWrite, WriteHalf};
+use tokio::sync::watch;
+
+use super::Shared;
+use crate::progress::Progress;
+use crate::ws::BATCH_CAP;
+use crate::wsframe::WsWriter;
+
+/// How long a graceful close may take to send its close frame before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Why the writer stopped.
+enum Stop {
+    /// Closed elsewhere (abort, the reader saw the end, a timer of this task).
+    Closed,
+    /// Closed by this task, for this reason; the socket is of no further use.
+    Failed(String),
+    /// [`super::Mux::close`]: everything queued is written; close the WebSocket politely.
+    Closing(String),
+}
+
+/// Runs the connection's timers while the writer waits.
+struct Clock {
+    shared: Arc<Shared>,
+    closed: watch::Receiver<bool>,
+    progress: Progress,
+    /// A write that moves no byte for this long ends the connection: the peer's idle
+    /// timeout, the same figure that declares a silent peer dead.
+    stall_limit: Duration,
+}
+
+impl Clock {
+    /// Fires the protocol timers due now (heartbeats, idle timeout).
+    fn fire(&self) -> Result<(), Stop> {
+        let mut st = self.shared.lock();
+        if let Err(e) = st.conn.handle_timeout(Instant::now()) {
+            return Err(Stop::Failed(e.to_string()));
+        }
+        let wake = st.conn.wants_transmit();
+        drop(st);
+        if wake {
+            self.shared.writer_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.shared.lock().conn.poll_timeout()
+    }
+
+    /// Awaits one socket operation while running the timers; fails the connection when
+    /// the operation moves no byte for [`Clock::stall_limit`].
+    async fn io<F>(&mut self, what: &str, fut: F) -> Result<(), Stop>
+    where
+        F: Future<Output = std::io::Result<()>>,
+    {
+        tokio::pin!(fut);
+        // The common case completes at once: no timer is armed and no lock taken for it.
+        let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+        if let Poll::Ready(r) = first {
+            return r.map_err(|e| Stop::Failed(format!("websocket {what}: {e}")));
+        }
+        let mut seen = self.progress.load(Ordering::Relaxed);
+        let mut since = Instant::now();
+        loop {
+            let stall_at = since + self.stall_limit;
+            let deadline = self.next_timer().map_or(stall_at, |t| t.min(stall_at));
+            tokio::select! {
+                biased;
+                r = &mut fut => {
+                    return r.map_err(|e| Stop::Failed(format!("websocket {what}: {e}")));
+                }
+                _ = self.closed.wait_for(|c| *c) => return Err(Stop::Closed),
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            let now = Instant::now();
+            let p = self.progress.load(Ordering::Relaxed);
+            if p != seen {
+                seen = p;
+                since = now;
+            } else if now >= stall_at {
+                return Err(Stop::Failed(format!(
+                    "websocket {what} made no progress for {:?} (the peer stopped reading or the path is down)",
+                    self.stall_limit
+                )));
+            }
+            self.fire()?;
+        }
+    }
+
+    /// Waits for work (a wake-up) or the next timer.
+    async fn idle(&mut self, deadline: Option<Instant>) -> Result<(), Stop> {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.closed.wait_for(|c| *c) => return Err(Stop::Closed),
+            _ = self.shared.writer_wake.notified() => return Ok(()),
+            _ = sleep => {}
+        }
+        self.fire()
+    }
+}
+
+pub(super) async fn run<S>(shared: Arc<Shared>, mut ws: WsWriter<WriteHalf<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut clock = Clock {
+        closed: shared.closed_tx.subscribe(),
+        progress: ws.progress(),
+        stall_limit: shared.lock().conn.config().idle_timeout,
+        shared: shared.clone(),
+    };
+    let mut tx = Transmit::new();
+    let stop = loop {
+        let (n, pong, deadline) = {
+            let mut st = shared.lock();
+            if st.closed.is_some() {
+                break Stop::Closed;
+            }
+            let n = st.conn.poll_transmit_segments(&mut tx, BATCH_CAP);
+            if let Err(e) = shared.dispatch(&mut st) {
+                break Stop::Failed(e);
+            }
+            (n, st.pending_pong.take(), st.conn.poll_timeout())
+        };
+        if let Some(p) = pong {
+            if let Err(s) = clock.io("write", ws.send_control(0xa, &p)).await {
+                break s;
+            }
+        }
+        if n > 0 {
+            let r = clock.io("write", ws.send(&tx.segments, tx.len)).await;
+            tx.clear();
+            if let Err(s) = r {
+                break s;
+            }
+            continue;
+        }
+        if let Err(s) = clock.io("flush", ws.flush()).await {
+            break s;
+        }
+        if let Some(r) = shared.lock().closing.clone() {
+            break Stop::Closing(r);
+        }
+        if let Err(s) = clock.idle(deadline).await {
+            break s;
+        }
+    };
+    match stop {
+        Stop::Failed(reason) => shared.close(reason),
+        Stop::Closing(reason) => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, ws.close()).await;
+            shared.close(reason);
+        }
+        // The peer ended it (say so politely, briefly); an abort drops the socket at once.
+        Stop::Closed if !shared.lock().aborted => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, ws.close()).await;
+        }
+        Stop::Closed => {}
+    }
+}
