@@ -108,6 +108,12 @@ async fn a_write_without_progress_ends_the_connection_even_if_the_peer_talks() {
 async fn abort_closes_the_socket_mid_write() {
     let (mux, _events, mut far) = mux_over_pipe(4096);
     fill(&mux, 256 * 1024).await;
+    // Let the writer take the batch and block on the full pipe.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        mux.stats().proto.stream_bytes_sent > 0,
+        "the writer is mid-write"
+    );
     mux.abort("test abort");
     // The far end never reads (reading would unblock the write): it writes, and a write
     // fails once the near end of the pipe is gone, i.e. once the socket is closed.
