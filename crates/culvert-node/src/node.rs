@@ -128,6 +128,7 @@ impl Node {
                 });
             }
             let mut config = AgentConfig::new(url, token, services);
+            config.proto = file.node.proto_config();
             config.verify = verify_of(&members[0])?;
             config.pool = members
                 .iter()
@@ -342,6 +343,7 @@ async fn start_server(file: &NodeFile) -> Result<ServerHandle, NodeError> {
         .parse()
         .map_err(|e: String| NodeError::Config(format!("[node] port_range: {e}")))?;
     let mut config = ServerConfig::new(listen, range);
+    config.proto = n.proto_config();
     if let Some(u) = &n.udp_port_range {
         config.udp_ports = u
             .parse()

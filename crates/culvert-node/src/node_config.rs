@@ -70,6 +70,23 @@ pub struct NodeSection {
     pub allow: Vec<String>,
     /// Admin listener (`/metrics`, `/readyz`, `/api/sessions` with tunnel status).
     pub admin: Option<SocketAddr>,
+    /// Seconds between heartbeats on every tunnel connection, both the ones this node
+    /// accepts and the ones it dials (default 10): a peer silent for two is dropped, one
+    /// silent past one and a half gets no new streams.
+    pub heartbeat_interval: Option<u64>,
+}
+
+impl NodeSection {
+    /// The multiplexer settings of this node's connections.
+    pub fn proto_config(&self) -> culvert_proto::Config {
+        let mut c = culvert_proto::Config::default();
+        if let Some(secs) = self.heartbeat_interval {
+            let h = std::time::Duration::from_secs(secs.max(1));
+            c.heartbeat_interval = h;
+            c.idle_timeout = 2 * h;
+        }
+        c
+    }
 }
 
 /// Which way a tunnel's connections go.

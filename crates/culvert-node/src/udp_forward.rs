@@ -249,7 +249,11 @@ async fn relay(
                 };
                 last = Instant::now();
                 shared.bytes_down.fetch_add(d.len() as u64, Ordering::Relaxed);
-                let _ = shared.socket.send_to(&d, client).await;
+                // Non-blocking: a full socket buffer drops the datagram rather than
+                // stalling this flow's loop (and its idle timer) on the send.
+                if shared.socket.try_send_to(&d, client).is_err() {
+                    shared.drop_one("local socket buffer full");
+                }
             }
             _ = tokio::time::sleep(idle_left) => break,
             _ = shared.stop.cancelled() => break,

@@ -139,7 +139,9 @@ pub async fn open_flow(
         t.pending.remove(&flow).unwrap_or_default()
     };
     for d in parked {
-        if entry.socket.send(&d).await.is_ok() {
+        // Non-blocking, as every UDP send here: a full socket buffer drops the datagram
+        // (UDP's own semantics) instead of stalling the flow.
+        if entry.socket.try_send(&d).is_ok() {
             if let Some(c) = &entry.counters {
                 c.down.fetch_add(d.len() as u64, Ordering::Relaxed);
             }
