@@ -13,10 +13,10 @@
 //! relay stops that thread and closes every socket it holds.
 //!
 //! Buffering is bounded: each direction of each connection reads into a fixed
-//! [`READ_BUF`] (64 KiB) buffer and holds at most one such read of unsent bytes, or up to
-//! [`QUEUE_CAP`] (plus one read) while a latency is set and bytes wait out their delay. A
-//! stopped direction does not read at all, so the sender's socket buffers fill and its
-//! writes block, as they do behind a real partition.
+//! [`READ_BUF`] (64 KiB) buffer and reads again only while it holds less than one such
+//! buffer of unsent bytes, or less than [`QUEUE_CAP`] while a latency is set and bytes wait
+//! out their delay. A stopped direction does not read at all, so the sender's socket
+//! buffers fill and its writes block, as they do behind a real partition.
 //!
 //! ```no_run
 //! use culvert_testkit::fault_relay::{Direction, FaultRelay};
@@ -45,9 +45,10 @@ use tokio::sync::{mpsc, watch, Notify};
 /// Size of the buffer each direction of a connection reads into.
 pub const READ_BUF: usize = 64 * 1024;
 
-/// Most read-but-unsent bytes one direction of a connection holds while a latency is set
-/// (without latency it holds at most one [`READ_BUF`]). With latency `d` this caps a
-/// connection's throughput at about `QUEUE_CAP / d`, like a bandwidth-delay product.
+/// Read-but-unsent bytes below which one direction of a connection goes on reading while a
+/// latency is set (without latency: one [`READ_BUF`]); it holds at most this plus one read.
+/// With latency `d` this caps a connection's throughput at about `QUEUE_CAP / d`, like a
+/// bandwidth-delay product.
 pub const QUEUE_CAP: usize = 1024 * 1024;
 
 /// How long a cut waits for the relay thread to carry it out before giving up (with a
