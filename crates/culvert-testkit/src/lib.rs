@@ -1,6 +1,13 @@
 //! An in-memory pair of [`Connection`]s with a manual clock, as in quinn-proto's
 //! `tests/util.rs`: tests, fuzzing and benchmarks drive the real state machines
 //! deterministically, with no sockets and no wall-clock time.
+//!
+//! With the `net` feature, the `fault_relay` module adds a loopback TCP relay that injects network
+//! faults (partitions, stalls, latency, throttling, resets) into real connections, for
+//! end-to-end tests.
+
+#[cfg(feature = "net")]
+pub mod fault_relay;
 
 use std::time::{Duration, Instant};
 
