@@ -568,7 +568,7 @@ async fn serve_connection(
             }
             MuxEvent::GoingAway(reason) => tracing::info!(%reason, "agent going away"),
             MuxEvent::Closed(reason) => {
-                tracing::debug!(%reason, "agent connection closed");
+                tracing::info!(session = %session.id, %reason, "agent connection closed");
                 break;
             }
         }

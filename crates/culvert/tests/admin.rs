@@ -7,41 +7,9 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
-
-/// A plain GET against an admin listener: (status code, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((code, body))
-}
-
-/// Polls `f` every 100 ms until it is true or `limit` passes; returns whether it became true.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
-}
-
-fn metric(body: &str, prefix: &str) -> Option<u64> {
-    body.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-}
 
 #[test]
 fn metrics_count_exact_bytes_and_readyz_follows_the_server() {
@@ -93,11 +61,14 @@ fn metrics_count_exact_bytes_and_readyz_follows_the_server() {
     ];
     let (_agent, public) = start_agent(&agent_args, "echo");
     assert!(
-        eventually(WAIT, || get(agent_admin, "/readyz")
+        eventually(WAIT, || admin_get(agent_admin, "/readyz")
             .is_some_and(|(c, _)| c == 200)),
         "agent never ready"
     );
-    assert_eq!(get(server_admin, "/healthz").map(|(c, _)| c), Some(200));
+    assert_eq!(
+        admin_get(server_admin, "/healthz").map(|(c, _)| c),
+        Some(200)
+    );
 
     // A known transfer: 3,000,001 bytes each way.
     const N: usize = 3_000_001;
@@ -117,7 +88,7 @@ fn metrics_count_exact_bytes_and_readyz_follows_the_server() {
     assert_eq!(back.len(), N);
 
     let counted = |dir: &str| {
-        get(server_admin, "/metrics").and_then(|(_, b)| {
+        admin_get(server_admin, "/metrics").and_then(|(_, b)| {
             metric(&b, &format!("culvert_service_bytes_total{{service=\"echo\",token=\"node\",direction=\"{dir}\"}}"))
         })
     };
@@ -128,20 +99,20 @@ fn metrics_count_exact_bytes_and_readyz_follows_the_server() {
         counted("in"),
         counted("out")
     );
-    let (_, metrics) = get(server_admin, "/metrics").unwrap();
+    let (_, metrics) = admin_get(server_admin, "/metrics").unwrap();
     assert!(
         metric(&metrics, "culvert_stream_open_seconds_count").is_some_and(|n| n >= 1),
         "stream-open latency observed:\n{metrics}"
     );
     // Both ends say which datagram queue dropped (none here: no UDP service).
-    let (_, agent_metrics) = get(agent_admin, "/metrics").unwrap();
+    let (_, agent_metrics) = admin_get(agent_admin, "/metrics").unwrap();
     for (who, body) in [("server", &metrics), ("agent", &agent_metrics)] {
         for dir in ["send", "recv"] {
             let name = format!("culvert_datagrams_dropped_total{{direction=\"{dir}\"}}");
             assert_eq!(metric(body, &name), Some(0), "{who}: {name} in:\n{body}");
         }
     }
-    let (_, sessions) = get(server_admin, "/api/sessions").unwrap();
+    let (_, sessions) = admin_get(server_admin, "/api/sessions").unwrap();
     assert!(sessions.contains("\"token\": \"node\""), "{sessions}");
     assert!(!sessions.contains(&token), "the token never appears");
     let status = run(
@@ -162,7 +133,7 @@ fn metrics_count_exact_bytes_and_readyz_follows_the_server() {
     // the check allows scheduling slack but no more than a few intervals).
     server.kill();
     assert!(
-        eventually(Duration::from_secs(4), || get(agent_admin, "/readyz")
+        eventually(Duration::from_secs(4), || admin_get(agent_admin, "/readyz")
             .is_some_and(|(c, _)| c == 503)),
         "agent still ready after the server died"
     );
@@ -172,8 +143,11 @@ fn metrics_count_exact_bytes_and_readyz_follows_the_server() {
         .try_wait_line("tunnel endpoint ready", 0, WAIT)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        eventually(Duration::from_secs(30), || get(agent_admin, "/readyz")
-            .is_some_and(|(c, _)| c == 200)),
+        eventually(Duration::from_secs(30), || admin_get(
+            agent_admin,
+            "/readyz"
+        )
+        .is_some_and(|(c, _)| c == 200)),
         "agent did not recover"
     );
 }

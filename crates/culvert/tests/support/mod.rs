@@ -20,7 +20,11 @@ pub const WAIT: Duration = Duration::from_secs(60);
 
 /// The `culvert` binary under test.
 pub fn culvert() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_culvert"));
+    // CULVERT_TEST_BIN runs the tests against another build (e.g. an older one, to see a
+    // fault test fail before its fix).
+    let bin = std::env::var("CULVERT_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_culvert").to_owned());
+    let mut c = Command::new(bin);
     c.env(
         "RUST_LOG",
         std::env::var("CULVERT_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -497,4 +501,38 @@ pub fn udp_echo() -> u16 {
         }
     });
     port
+}
+
+/// A plain GET against an admin listener on 127.0.0.1:`port`: (status code, body).
+pub fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, body))
+}
+
+/// Polls `f` every 50 ms until it is true or `limit` passes; returns whether it became true.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// The value of the first metric line starting with `prefix` in a Prometheus text body.
+pub fn metric(body: &str, prefix: &str) -> Option<u64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
 }
