@@ -542,40 +542,53 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
             }
             other => return Err(format!("unexpected {:?} before AuthOk", other.frame_type())),
         }
-        // Register every service, one at a time (replies come in order).
+        // Register every service, one at a time (replies come in order). A service with no
+        // configured port asks for the port it had before, so a restarted server (which
+        // remembers nothing) gives clients the same port back; if that port is taken now,
+        // it asks again for any port.
         let mut ids = HashMap::new();
         for svc in &cfg.services {
-            mux.send_control(Control::Register {
-                name: svc.name.clone(),
-                protocol: svc.protocol,
-                local_port: svc.local_port(),
-                remote_port: svc.remote_port,
-                // Only a private service needs the extension (plain v1 servers ignore it).
-                ext: svc.private.then_some(RegisterExt { flags: 1 }),
-            })
-            .map_err(|e| e.to_string())?;
-            match next_control(&mux, &mut events, &mut early).await? {
-                Control::RegisterOk { service_id, ext } => {
-                    ids.insert(service_id, svc.clone());
-                    let port = ext.map(|e| e.assigned_port).unwrap_or(0);
-                    let previous = shared
-                        .ports
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(svc.name.clone(), port);
-                    if previous != Some(port) {
-                        tracing::info!(service = %svc.name, target = %svc.target, public_port = port, "service exposed");
+            let previous = (svc.remote_port == 0 && !svc.private)
+                .then(|| lock(&shared.ports).get(&svc.name).copied())
+                .flatten()
+                .unwrap_or(0);
+            let mut ask = if svc.remote_port != 0 {
+                svc.remote_port
+            } else {
+                previous
+            };
+            let (service_id, ext) = loop {
+                mux.send_control(Control::Register {
+                    name: svc.name.clone(),
+                    protocol: svc.protocol,
+                    local_port: svc.local_port(),
+                    remote_port: ask,
+                    // Only a private service needs the extension (plain v1 servers ignore it).
+                    ext: svc.private.then_some(RegisterExt { flags: 1 }),
+                })
+                .map_err(|e| e.to_string())?;
+                match next_control(&mux, &mut events, &mut early).await? {
+                    Control::RegisterOk { service_id, ext } => break (service_id, ext),
+                    Control::RegisterFail { reason } if ask != svc.remote_port => {
+                        tracing::info!(service = %svc.name, port = ask, %reason, "previous public port not available; asking for any");
+                        ask = svc.remote_port;
+                    }
+                    Control::RegisterFail { reason } => {
+                        return Err(format!("server refused service {:?}: {reason}", svc.name))
+                    }
+                    other => {
+                        return Err(format!(
+                            "unexpected {:?} before RegisterOk",
+                            other.frame_type()
+                        ))
                     }
                 }
-                Control::RegisterFail { reason } => {
-                    return Err(format!("server refused service {:?}: {reason}", svc.name))
-                }
-                other => {
-                    return Err(format!(
-                        "unexpected {:?} before RegisterOk",
-                        other.frame_type()
-                    ))
-                }
+            };
+            ids.insert(service_id, svc.clone());
+            let port = ext.map(|e| e.assigned_port).unwrap_or(0);
+            let previous = lock(&shared.ports).insert(svc.name.clone(), port);
+            if previous != Some(port) {
+                tracing::info!(service = %svc.name, target = %svc.target, public_port = port, "service exposed");
             }
         }
         Ok::<_, String>(ids)
