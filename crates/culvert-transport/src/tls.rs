@@ -75,7 +75,9 @@ fn names_for(listen: std::net::SocketAddr) -> Vec<String> {
     names
 }
 
-/// A server TLS configuration and the fingerprint of its leaf certificate.
+/// A server TLS configuration and the fingerprint of its leaf certificate. Cloning shares
+/// the configuration (a server restarted in-process keeps its identity).
+#[derive(Clone)]
 pub struct ServerTls {
     /// rustls configuration for the acceptor.
     pub config: Arc<ServerConfig>,
