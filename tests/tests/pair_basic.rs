@@ -65,3 +65,72 @@ fn open_write_finish_both_ways() {
     assert_eq!(p.client.open_streams(), 0);
     assert_eq!(p.server.open_streams(), 0);
 }
+
+/// A stream whose reader stopped (a backend that never reads) holds at most its window;
+/// the other streams of the connection keep flowing. Its window had grown while it was
+/// read fast, and a stream window allowed to grow to the whole connection window took all
+/// of it: every other stream stopped dead (failed before stream windows were capped at a
+/// quarter of the connection window).
+#[test]
+fn a_stuck_stream_leaves_the_other_streams_room() {
+    let mut p = Pair::new(Config::default());
+    let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+    let stuck = p.client.open_stream("stuck").unwrap();
+    let mut stuck_server = None;
+    // Read fast for a while, so the stuck stream's window grows as far as it may.
+    let mut read = 0usize;
+    for _ in 0..2_000 {
+        while p.client.write(stuck, chunk.clone()).unwrap_or(0) > 0 {}
+        p.step().unwrap();
+        p.collect_events();
+        for e in p.server_events.drain(..) {
+            if let Event::StreamOpened { id, .. } = e {
+                stuck_server = Some(id);
+            }
+        }
+        if let Some(sid) = stuck_server {
+            read += read_all(&mut p.server, sid).0.len();
+        }
+        if read >= 32 << 20 {
+            break;
+        }
+    }
+    assert!(read >= 32 << 20, "the stream moved only {read} bytes");
+    // Now its reader stops; the sender keeps pushing until it is blocked.
+    for _ in 0..200 {
+        while p.client.write(stuck, chunk.clone()).unwrap_or(0) > 0 {}
+        p.step().unwrap();
+    }
+    // Another stream must still get 8 MiB through.
+    let other = p.client.open_stream("other").unwrap();
+    let mut other_server = None;
+    let (mut sent, mut got) = (0usize, 0usize);
+    for _ in 0..5_000 {
+        if sent < 8 << 20 {
+            sent += p.client.write(other, chunk.clone()).unwrap_or(0);
+        }
+        p.step().unwrap();
+        p.collect_events();
+        for e in p.server_events.drain(..) {
+            if let Event::StreamOpened { id, .. } = e {
+                other_server = Some(id);
+            }
+        }
+        if let Some(sid) = other_server {
+            got += read_all(&mut p.server, sid).0.len();
+        }
+        if got >= 8 << 20 {
+            break;
+        }
+    }
+    assert!(
+        got >= 8 << 20,
+        "another stream moved only {got} bytes beside a stuck one (buffered for it: {})",
+        p.server.recv_buffered()
+    );
+    assert!(
+        p.server.recv_buffered() <= Config::default().connection_window / 4 + (256 << 10),
+        "the stuck stream holds {} bytes",
+        p.server.recv_buffered()
+    );
+}

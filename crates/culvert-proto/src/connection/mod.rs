@@ -740,7 +740,13 @@ impl Connection {
             .rtt
             .map_or(100_000, |r| r.as_micros() as u64)
             .max(1_000);
-        let max_window = self.config.max_stream_window;
+        // A stream may grow to a quarter of the connection window at most: one whose reader
+        // stops (a backend that never reads) then leaves three quarters to the others.
+        let max_window = self
+            .config
+            .max_stream_window
+            .min(self.config.connection_window / 4)
+            .max(self.config.stream_window);
         let divisor = self.config.credit_divisor;
         let Some(s) = self.streams.get_mut(&id) else {
             return;
