@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use culvert_testkit::fault_relay::FaultRelay;
+use support::faults::noticed;
 use support::*;
 
 const HB: Duration = Duration::from_secs(2);
@@ -104,14 +105,6 @@ impl Drop for Busy {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-    }
-}
-
-/// Time from `since` until `p` logs a line containing `needle` (from line `from` on).
-fn noticed(p: &mut Proc, needle: &str, from: usize, since: Instant, limit: Duration) -> Duration {
-    match p.try_wait_line(needle, from, limit) {
-        Ok(_) => since.elapsed(),
-        Err(e) => panic!("{e}\n--- log:\n{}", p.log()),
     }
 }
 

@@ -6,6 +6,7 @@
 //! the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod pg;
 
 use std::io::{BufRead, BufReader, Read};
@@ -398,10 +399,21 @@ pub fn start_server(tokens: &Path, extra: &[&str]) -> (Proc, u16) {
 /// of a test server: `server` on 127.0.0.1:`port` with `tokens`, the test port range and
 /// public ports on loopback.
 pub fn server_args<'a>(cmd: &'a mut Command, tokens: &Path, port: u16) -> &'a mut Command {
+    server_args_in(cmd, tokens, port, &port_range())
+}
+
+/// [`server_args`] with the public port range `range` (such as [`port_range`] gave), so a
+/// restarted server hands out the ports its predecessor did.
+pub fn server_args_in<'a>(
+    cmd: &'a mut Command,
+    tokens: &Path,
+    port: u16,
+    range: &str,
+) -> &'a mut Command {
     cmd.args(["server", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--tokens")
         .arg(tokens)
-        .args(["--port-range", &port_range(), "--public-bind", "127.0.0.1"])
+        .args(["--port-range", range, "--public-bind", "127.0.0.1"])
 }
 
 /// Spawns a test server ([`server_args`]) with `extra` flags; does not wait for it.

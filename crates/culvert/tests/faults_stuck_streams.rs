@@ -1,0 +1,322 @@
+//! Streams that stop moving, one each way, on the agent's only tunnel connection (pool 1):
+//! a backend that accepts and never reads (a public client writes to it until everything
+//! on the way is full), and a public client that never reads (a backend writes to it until
+//! everything on the way is full). Flow control must stop each of them at its windows, so
+//! neither end buffers more than those, and the other streams of the connection must not
+//! wait behind them.
+//!
+//! Figures asserted:
+//! - `stuck_streams_hold_no_more_than_their_windows`: the resident memory (VmRSS) of the
+//!   server and of the agent, sampled while the two streams are stuck and the public
+//!   client keeps pushing, stays within its baseline (measured after a warm-up transfer,
+//!   before the stuck streams) plus [`rss_allowance`]: per pooled connection its receive
+//!   window (4 MiB) and its send buffer (4 MiB), the most flow control lets one process
+//!   hold for the streams of a connection whatever they are (per stream: a 256 KiB window,
+//!   auto-tuned up to 4 MiB, and a 256 KiB send buffer), plus 8 MiB for the allocator and
+//!   the stuck streams' tasks. The stream into the sink takes no byte more once stuck, and
+//!   the stream from the source is stuck, not broken: once read, it flows again,
+//!   byte-exact.
+//! - `stuck_streams_do_not_slow_the_others` (ignored: fails on this build and the one
+//!   before, see its documentation): an echo transfer on the same connection keeps at
+//!   least [`MIN_SHARE`] of the throughput it had alone (median bytes over fixed windows),
+//!   and is byte-exact to its end of file.
+//!
+//! The figures (memory before and with the stuck streams, throughputs) are printed.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use support::faults::*;
+use support::*;
+
+/// Share of its lone throughput the busy transfer keeps beside the stuck streams.
+const MIN_SHARE: f64 = 0.8;
+/// One sample: bytes echoed, or the resident memory, over this window.
+const WINDOW: Duration = Duration::from_secs(1);
+/// Samples per measurement.
+const SAMPLES: usize = 5;
+const SEED_ECHO: u64 = 0x57_0c4e_0001;
+const SEED_SOURCE: u64 = 0x57_0c4e_0002;
+const SEED_SINK: u64 = 0x57_0c4e_0003;
+
+/// The most the stuck streams may add to one process's resident memory, in KiB: per
+/// pooled connection its receive window and its send buffer, plus 8 MiB of slack.
+fn rss_allowance(pool: u64) -> u64 {
+    const CONNECTION_WINDOW_KIB: u64 = 4 << 10;
+    const CONNECTION_SEND_BUFFER_KIB: u64 = 4 << 10;
+    const SLACK_KIB: u64 = 8 << 10;
+    pool * (CONNECTION_WINDOW_KIB + CONNECTION_SEND_BUFFER_KIB) + SLACK_KIB
+}
+
+/// A backend that accepts connections and never reads from them (it keeps them open for
+/// the rest of the test process).
+fn sink_service() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind sink");
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().take(64) {
+            held.extend(s.ok());
+        }
+    });
+    port
+}
+
+/// A backend that writes stream [`SEED_SOURCE`] to each connection as fast as the
+/// connection takes it (bounded: 4 GiB or ten minutes per connection); `written` counts
+/// the bytes its writes took.
+fn source_service(written: Arc<AtomicU64>) -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind source");
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(64) {
+            let Ok(mut s) = s else { continue };
+            let written = written.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(600);
+                let mut buf = vec![0u8; 64 << 10];
+                let mut pos = 0u64;
+                while pos < 4 << 30 && Instant::now() < deadline {
+                    pattern(SEED_SOURCE, pos, &mut buf);
+                    if s.write_all(&buf).is_err() {
+                        return;
+                    }
+                    pos += buf.len() as u64;
+                    written.store(pos, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Waits until `count` stops growing for a second (the stream is stuck); bounded by WAIT.
+fn wait_stuck(what: &str, count: impl Fn() -> u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    let mut last = count();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = count();
+        if now == last {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{what} never got stuck");
+        last = now;
+    }
+}
+
+/// A tunnel (pool 1) exposing `echo`, `sink` and `source`.
+fn tunnel(tag: &str, source_written: Arc<AtomicU64>) -> Tunnel {
+    // A heartbeat of 5 s: liveness is not what is tested here.
+    TunnelSpec::new(5, 1)
+        .service("echo", echo_service())
+        .service("sink", sink_service())
+        .service("source", source_service(source_written))
+        .start(tag)
+}
+
+/// The two stuck streams: a public client pushing into `sink` (and still trying), and a
+/// public client of `source` that does not read.
+struct Stuck {
+    to_sink: TcpStream,
+    pushed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    pusher: Option<JoinHandle<()>>,
+    from_source: TcpStream,
+    /// Bytes the sink's client had written, and the source had written, once stuck.
+    stuck_at: (u64, u64),
+}
+
+impl Stuck {
+    /// Opens both and waits until both are stuck.
+    fn start(t: &Tunnel, source_written: &AtomicU64) -> Stuck {
+        let to_sink = TcpStream::connect(("127.0.0.1", t.public("sink"))).unwrap();
+        to_sink
+            .set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let pushed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let pusher = {
+            let (mut s, pushed, stop) =
+                (to_sink.try_clone().unwrap(), pushed.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(600);
+                let mut buf = vec![0u8; 64 << 10];
+                let mut pos = 0u64;
+                // Bounded: 4 GiB, ten minutes, or the stop flag.
+                while pos < 4 << 30 && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                    pattern(SEED_SINK, pos, &mut buf);
+                    match s.write(&buf) {
+                        Ok(n) => {
+                            pos += n as u64;
+                            pushed.store(pos, Ordering::Relaxed);
+                        }
+                        Err(e) if is_timeout(&e) => {}
+                        Err(_) => return,
+                    }
+                }
+            })
+        };
+        let from_source = TcpStream::connect(("127.0.0.1", t.public("source"))).unwrap();
+        let up = wait_stuck("the stream into the sink", || {
+            pushed.load(Ordering::Relaxed)
+        });
+        let down = wait_stuck("the stream from the source", || {
+            source_written.load(Ordering::Relaxed)
+        });
+        Stuck {
+            to_sink,
+            pushed,
+            stop,
+            pusher: Some(pusher),
+            from_source,
+            stuck_at: (up, down),
+        }
+    }
+
+    fn pushed(&self) -> u64 {
+        self.pushed.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Stuck {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.to_sink.shutdown(Shutdown::Both);
+        if let Some(p) = self.pusher.take() {
+            let _ = p.join();
+        }
+    }
+}
+
+#[test]
+fn stuck_streams_hold_no_more_than_their_windows() {
+    let source_written = Arc::new(AtomicU64::new(0));
+    let t = tunnel("stuck-memory", source_written.clone());
+    let (server_pid, agent_pid) = (t.server.pid(), t.agent.pid());
+    let rss = |pid| rss_kib(pid).expect("VmRSS");
+    // Warm up: buffers and tasks of a busy stream have been allocated once.
+    let warm = echo_exact(
+        t.public("echo"),
+        SEED_ECHO,
+        32 << 20,
+        256 << 10,
+        Duration::from_secs(30),
+        Duration::from_secs(120),
+    )
+    .unwrap_or_else(|e| panic!("warm-up transfer: {e}\n{}", t.logs()));
+    assert!(warm.exact(), "warm-up transfer not byte-exact");
+    let base = (rss(server_pid), rss(agent_pid));
+
+    let stuck = Stuck::start(&t, &source_written);
+    let mut peak = (rss(server_pid), rss(agent_pid));
+    for _ in 0..SAMPLES {
+        std::thread::sleep(WINDOW);
+        peak = (peak.0.max(rss(server_pid)), peak.1.max(rss(agent_pid)));
+    }
+    assert_eq!(
+        stuck.pushed(),
+        stuck.stuck_at.0,
+        "the stream into the sink took more once stuck"
+    );
+
+    // The stream from the source is stuck, not broken: it flows again once read.
+    let mut from_source = stuck.from_source.try_clone().unwrap();
+    from_source
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = vec![0u8; 8 << 20];
+    from_source
+        .read_exact(&mut got)
+        .unwrap_or_else(|e| panic!("reading the stuck stream: {e}\n{}", t.logs()));
+    let mut want = vec![0u8; got.len()];
+    pattern(SEED_SOURCE, 0, &mut want);
+    assert!(got == want, "the stuck stream resumed with other bytes");
+    assert!(
+        eventually(Duration::from_secs(10), || source_written
+            .load(Ordering::Relaxed)
+            > stuck.stuck_at.1),
+        "the source's writes did not resume"
+    );
+
+    let allowance = rss_allowance(t.pool as u64);
+    eprintln!(
+        "stuck once {} KiB went into the sink, {} KiB out of the source\n\
+         RSS KiB: server {} -> peak {} (+{}), agent {} -> peak {} (+{}); allowance +{allowance}",
+        stuck.stuck_at.0 >> 10,
+        stuck.stuck_at.1 >> 10,
+        base.0,
+        peak.0,
+        peak.0.saturating_sub(base.0),
+        base.1,
+        peak.1,
+        peak.1.saturating_sub(base.1),
+    );
+    assert!(
+        peak.0 <= base.0 + allowance,
+        "server RSS grew by {} KiB",
+        peak.0 - base.0
+    );
+    assert!(
+        peak.1 <= base.1 + allowance,
+        "agent RSS grew by {} KiB",
+        peak.1 - base.1
+    );
+}
+
+/// Ignored because it fails, on this build and on the one before the liveness changes
+/// (154d64e): the transfer beside the stuck streams stops dead (0 bytes per second), and
+/// stays stopped after the stuck clients close. One stream whose reader stops holds the
+/// whole connection receive window: a stream's window auto-tunes up to
+/// `max_stream_window` (4 MiB) while its reader keeps up, which equals
+/// `connection_window` (4 MiB); once that reader stops, the 4 MiB sit unread and the peer
+/// gets no connection credit for any other stream. The connection still answers
+/// heartbeats, so it is neither suspect nor dropped, and it keeps getting new streams.
+/// Run it with `cargo nextest run --run-ignored all`.
+#[test]
+#[ignore = "one stuck stream takes the whole 4 MiB connection window (max_stream_window = connection_window): the other streams of the connection stop"]
+fn stuck_streams_do_not_slow_the_others() {
+    let source_written = Arc::new(AtomicU64::new(0));
+    let t = tunnel("stuck-throughput", source_written.clone());
+    let pump = EchoPump::start(t.public("echo"), SEED_ECHO);
+    assert!(
+        eventually(WAIT, || pump.read() >= 8 << 20),
+        "the transfer did not get going"
+    );
+    let median = |pump: &EchoPump| {
+        let mut v: Vec<u64> = (0..SAMPLES).map(|_| pump.rate_over(WINDOW)).collect();
+        v.sort();
+        v[SAMPLES / 2]
+    };
+    let alone = median(&pump);
+    let stuck = Stuck::start(&t, &source_written);
+    let with = median(&pump);
+    let share = with as f64 / alone.max(1) as f64;
+    let mib_s = |b: u64| b as f64 / WINDOW.as_secs_f64() / 1048576.0;
+    eprintln!(
+        "stuck once {} KiB went into the sink, {} KiB out of the source; \
+         transfer MiB/s: alone {:.1}, beside the stuck streams {:.1} ({:.0} %)",
+        stuck.stuck_at.0 >> 10,
+        stuck.stuck_at.1 >> 10,
+        mib_s(alone),
+        mib_s(with),
+        share * 100.0
+    );
+    assert!(
+        share >= MIN_SHARE,
+        "beside the stuck streams the transfer kept {:.0} % of its throughput\n{}",
+        share * 100.0,
+        t.logs()
+    );
+    drop(stuck);
+    let total = pump
+        .finish(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the transfer: {e}\n{}", t.logs()));
+    eprintln!("transfer byte-exact: {} MiB each way", total >> 20);
+}
