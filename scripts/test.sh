@@ -20,6 +20,10 @@ required=(
   # resolver on port 53.
   dnsmasq:dnsmasq-base
   dig:dnsutils
+  # The agent in a network namespace behind a veth link (crates/culvert/tests/faults_netns.rs),
+  # with a python3 echo service inside the namespace.
+  ip:iproute2
+  python3:python3
 )
 missing=()
 for entry in "${required[@]}"; do
