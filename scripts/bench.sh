@@ -1298,23 +1298,27 @@ run_udp_column() {
 
 # ------------------------------------------------------------------ syscall mode
 # For each of SYS_COLS, one tunnel start: iperf3 -n BYTES up, the same down (-R), then
-# BENCH_SYSCALLS_RR_COUNT round trips; around each, for the server and the agent/client
-# process(es): context switches over all threads, CPU time, and system calls by name from
-# `perf stat -e 'syscalls:sys_enter_*'` (counting, not sampling: every call is counted,
-# nothing is lost, and the tunnel is not stopped per call as under strace). perf starts
-# with its events disabled and is enabled and disabled through its control FIFO, with an
-# acknowledgement, exactly around the load.
+# BENCH_SYSCALLS_RR_COUNT round trips. Each load runs twice. First bare: context switches
+# over all threads and CPU time of the server and of the agent/client process(es). Then
+# under `perf stat -a -e 'syscalls:sys_enter_*' --filter 'common_pid == TID || ...'` (one
+# perf per side, the filter listing that side's threads): system calls by name, counted
+# (not sampled: nothing is lost, and nothing stops the process per call as strace does).
+# Counting system-wide with a thread filter, not per task (-p): per-task events are
+# switched in and out with the task, hundreds of them here, which cost the tunnel about
+# four times its CPU per round trip in a trial; system-wide the events stay put. perf
+# starts with its events disabled and is enabled and disabled through its control FIFO,
+# with an acknowledgement, exactly around the load.
 SYS_REC=$RUN/sys.tsv
 SYS_PERF=0
 declare -A PERF_PID=() PERF_CTL=() PERF_ACK=()
 sysrec() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$SYS_REC"; }
-perf_attach() { # perf_attach TAG PIDS OUT stat|record PERF-ARGS...: PIDS comma-separated
-  local tag=$1 pids=$2 out=$3 kind=$4 ctl ack fd
-  shift 4
+perf_attach() { # perf_attach TAG OUT stat|record PERF-ARGS...
+  local tag=$1 out=$2 kind=$3 ctl ack fd
+  shift 3
   ctl=$RUN/sys/$tag.ctl ack=$RUN/sys/$tag.ack
   rm -f "$ctl" "$ack"
   mkfifo "$ctl" "$ack"
-  start_bg "$RUN/logs/perf-$tag.log" perf "$kind" -D -1 --control "fifo:$ctl,$ack" -o "$out" "$@" -p "$pids"
+  start_bg "$RUN/logs/perf-$tag.log" perf "$kind" -D -1 --control "fifo:$ctl,$ack" -o "$out" "$@"
   PERF_PID[$tag]=$LAST_PID
   exec {fd}<>"$ctl"
   PERF_CTL[$tag]=$fd
@@ -1341,6 +1345,13 @@ perf_detach() { # SIGINT makes perf write its results; bounded wait, then stop_p
   exec {c}>&- {k}>&-
   rm -f "$RUN/sys/$tag.ctl" "$RUN/sys/$tag.ack"
 }
+tid_filter() { # tid_filter PID...: "common_pid == TID || ..." over every thread of the PIDs
+  local p t f=""
+  for p in "$@"; do
+    for t in "/proc/$p/task/"*; do f+="${f:+ || }common_pid == ${t##*/}"; done
+  done
+  echo "$f"
+}
 SYS_DENOM=
 sys_iperf() { # sys_iperf COL LOAD [-R]: iperf3 -n BYTES; SYS_DENOM = bytes received
   local json=$RUN/sys/$1-$2.json out gbps
@@ -1359,37 +1370,20 @@ sys_rr() { # sys_rr COL: round trips over one connection; SYS_DENOM = all of the
   read -r a b <<<"$r"
   SYS_DENOM=$((a + b))
 }
-# sys_window COL LOAD CMD...: CMD with the counters around it; records to SYS_REC
+# sys_window COL LOAD CMD...: CMD twice, bare (context switches, CPU) then under perf stat
+# (syscalls by name); records to SYS_REC
 sys_window() {
-  local col=$1 load=$2 agts perf_on=0 ok=1 s0 a0 s1 a1 cs0 ca0 cs1 ca1 role v0 i0 t0 v1 i1 t1 tk
+  local col=$1 load=$2 perf_on=0 s0 a0 s1 a1 cs0 ca0 cs1 ca1 role v0 i0 t0 v1 i1 t1 tk unit=bytes
   shift 2
-  agts=$(IFS=,; echo "${AGT_PIDS[*]}")
+  [[ $load != rr ]] || unit=rts
   SYS_DENOM=
-  if ((SYS_PERF)); then
-    perf_attach "$col-$load-srv" "$SRV_PID" "$RUN/sys/$col-$load-srv.perf" stat -x, -e 'syscalls:sys_enter_*'
-    perf_attach "$col-$load-agt" "$agts" "$RUN/sys/$col-$load-agt.perf" stat -x, -e 'syscalls:sys_enter_*'
-    if perf_ctl "$col-$load-srv" enable && perf_ctl "$col-$load-agt" enable; then
-      perf_on=1
-    else
-      note "$col $load: perf stat did not start (target/bench/run/logs/perf-$col-$load-*.log); no syscall counts"
-    fi
-  fi
   cs0=$(ctxsw "$SRV_PID") ca0=$(ctxsw "${AGT_PIDS[@]}") s0=$(cpu_ticks "$SRV_PID") a0=$(agt_ticks)
-  "$@" || ok=0
-  s1=$(cpu_ticks "$SRV_PID") a1=$(agt_ticks) cs1=$(ctxsw "$SRV_PID") ca1=$(ctxsw "${AGT_PIDS[@]}")
-  if ((perf_on)); then
-    perf_ctl "$col-$load-srv" disable || perf_on=0
-    perf_ctl "$col-$load-agt" disable || perf_on=0
-  fi
-  if ((SYS_PERF)); then
-    perf_detach "$col-$load-srv"
-    perf_detach "$col-$load-agt"
-  fi
-  if ((!ok)) || [[ -z $SYS_DENOM ]] || ! tunnel_alive; then
+  if ! "$@" || [[ -z $SYS_DENOM ]] || ! tunnel_alive; then
     note "$col: syscall-mode load '$load' failed (target/bench/run/logs/$col-sys-*.err)"
     return 1
   fi
-  sysrec "$col" "$load" - "$([[ $load == rr ]] && echo rts || echo bytes)" "$SYS_DENOM"
+  s1=$(cpu_ticks "$SRV_PID") a1=$(agt_ticks) cs1=$(ctxsw "$SRV_PID") ca1=$(ctxsw "${AGT_PIDS[@]}")
+  sysrec "$col" "$load" - "$unit" "$SYS_DENOM"
   for role in srv agt; do
     if [[ $role == srv ]]; then
       read -r v0 i0 t0 <<<"$cs0"
@@ -1404,15 +1398,44 @@ sys_window() {
     sysrec "$col" "$load" "$role" vcsw $((v1 - v0))
     sysrec "$col" "$load" "$role" ivcsw $((i1 - i0))
     ((t0 == t1)) || note "$col $load: the $role side had $t0 threads before and $t1 after; context switches of threads that came or went are not all counted"
-    ((!perf_on)) || sysrec "$col" "$load" "$role" perf "$RUN/sys/$col-$load-$role.perf"
   done
+  ((SYS_PERF)) || return 0
+  sleep 0.5
+  local fs fa ts ta
+  fs=$(tid_filter "$SRV_PID") fa=$(tid_filter "${AGT_PIDS[@]}")
+  perf_attach "$col-$load-srv" "$RUN/sys/$col-$load-srv.perf" stat -a -x, -e 'syscalls:sys_enter_*' --filter "$fs"
+  perf_attach "$col-$load-agt" "$RUN/sys/$col-$load-agt.perf" stat -a -x, -e 'syscalls:sys_enter_*' --filter "$fa"
+  if perf_ctl "$col-$load-srv" enable && perf_ctl "$col-$load-agt" enable; then
+    perf_on=1
+  else
+    note "$col $load: perf stat did not start (target/bench/run/logs/perf-$col-$load-*.log); no syscall counts"
+  fi
+  SYS_DENOM=
+  if ((perf_on)); then
+    "$@" || perf_on=0
+    perf_ctl "$col-$load-srv" disable || perf_on=0
+    perf_ctl "$col-$load-agt" disable || perf_on=0
+  fi
+  ts=$(ctxsw "$SRV_PID") ta=$(ctxsw "${AGT_PIDS[@]}")
+  perf_detach "$col-$load-srv"
+  perf_detach "$col-$load-agt"
+  if ((perf_on)) && [[ -n $SYS_DENOM ]] && tunnel_alive; then
+    sysrec "$col" "$load" - "${unit}_perf" "$SYS_DENOM"
+    sysrec "$col" "$load" srv perf "$RUN/sys/$col-$load-srv.perf"
+    sysrec "$col" "$load" agt perf "$RUN/sys/$col-$load-agt.perf"
+    # the filters list the threads there were when perf started
+    [[ ${ts##* } == "${cs1##* }" && ${ta##* } == "${ca1##* }" ]] ||
+      note "$col $load: threads came or went during the perf run; the syscalls of new threads are not counted"
+  else
+    note "$col: syscall counting for '$load' failed (target/bench/run/logs/perf-$col-$load-*.log)"
+  fi
 }
 # sys_profile COL: perf record -g of one more client→service transfer; top 20 symbols
 sys_profile() {
   local col=$1 agts role f
   agts=$(IFS=,; echo "${AGT_PIDS[*]}")
-  perf_attach "$col-prof-srv" "$SRV_PID" "$RUN/sys/$col-srv.perf.data" record -g -F 999 -q
-  perf_attach "$col-prof-agt" "$agts" "$RUN/sys/$col-agt.perf.data" record -g -F 999 -q
+  perf_attach "$col-prof-srv" "$RUN/sys/$col-srv.perf.data" record -g -F 999 -q -p "$SRV_PID"
+  perf_attach "$col-prof-agt" "$RUN/sys/$col-agt.perf.data" record -g -F 999 -q -p "$agts"
   if perf_ctl "$col-prof-srv" enable && perf_ctl "$col-prof-agt" enable; then
     sys_iperf "$col" prof "" || note "$col: the profiled transfer failed"
     perf_ctl "$col-prof-srv" disable || true
@@ -1497,7 +1520,8 @@ done
 stop_pg
 if ((${#SYS_COLS[@]})); then
   : >"$SYS_REC"
-  if command -v perf >/dev/null && perf stat -e 'syscalls:sys_enter_getpid' -- true >/dev/null 2>&1; then
+  if command -v perf >/dev/null &&
+    perf stat -a -e 'syscalls:sys_enter_getpid' --filter 'common_pid == 1' -- true >/dev/null 2>&1; then
     SYS_PERF=1
   else
     note "perf cannot count syscall tracepoints here (perf missing, perf_event_paranoid or tracefs): context switches and CPU only"
@@ -1563,10 +1587,11 @@ REPORT=$OUT/latest.md
     echo
     echo "One tunnel start per column; iperf3 -n $BENCH_SYSCALLS_BYTES client→service, the same service→client (-R), then" \
       "$BENCH_SYSCALLS_RR_COUNT sequential 64-byte round trips over one connection (+50 warm-up ones, inside the window and counted)." \
-      "Around each load, per process: voluntary and involuntary context switches summed over all its threads" \
-      "(/proc/PID/task/*/status), CPU time (utime+stime), and system calls by name, counted by \`perf stat -e 'syscalls:sys_enter_*'\`" \
-      "enabled and disabled through perf's control FIFO around the load (counting does not stop the process per call as strace would)." \
-      "Per GB: ÷ bytes iperf3 received; per round trip: ÷ round trips. The ratio column compares the server+agent totals."
+      "Each load runs twice. Bare: voluntary and involuntary context switches summed over all threads of each process" \
+      "(/proc/PID/task/*/status) and CPU time (utime+stime). Then again for system calls by name, counted by" \
+      "\`perf stat -a -e 'syscalls:sys_enter_*' --filter 'common_pid == TID || …'\` (that process's threads), enabled and disabled" \
+      "through perf's control FIFO around the load (counting, not sampling; nothing stops the process per call as under strace)." \
+      "Per GB: ÷ bytes iperf3 received in that run; per round trip: ÷ round trips. The ratio column compares the server+agent totals."
     echo
     "${TOOL[@]}" sys-table "$SYS_REC" --top "$BENCH_SYSCALLS_TOP" \
       --labels "up=iperf3 -n $BENCH_SYSCALLS_BYTES, client→service;down=iperf3 -n $BENCH_SYSCALLS_BYTES -R, service→client;rr=64-byte round trips, 1 connection"

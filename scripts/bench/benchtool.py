@@ -704,14 +704,17 @@ def cmd_sys_table(a):
         cols = [c for c in order_cols if any(k[0] == c and k[1] == load for k in recs)]
         if not cols:
             continue
-        denom, procs = {}, []
+        unit_key = "rts" if per_rt else "bytes"
+        denom, pdenom, procs = {}, {}, []
         counts = {}
         for c in cols:
-            try:
-                d = float(recs[(c, load, "-", "rts" if per_rt else "bytes")])
-                denom[c] = d if per_rt else d / 1e9
-            except (KeyError, ValueError):
-                denom[c] = None
+            # the bare run's denominator, and the perf run's for the syscall counts
+            for dd, k in ((denom, unit_key), (pdenom, unit_key + "_perf")):
+                try:
+                    d = float(recs[(c, load, "-", k)])
+                    dd[c] = d if per_rt else d / 1e9
+                except (KeyError, ValueError):
+                    dd[c] = None
             for r, rname in roles:
                 procs.append((c, r, f"{c} {rname}"))
                 fn = recs.get((c, load, r, "perf"))
@@ -722,10 +725,15 @@ def cmd_sys_table(a):
         out.append(f"#### {labels.get(load, load)}: per {unit}")
         out.append("")
         dn = []
+        what = "round trips" if per_rt else "bytes"
         for c in cols:
-            v = recs.get((c, load, "-", "rts" if per_rt else "bytes"))
+            v = recs.get((c, load, "-", unit_key))
+            v2 = recs.get((c, load, "-", unit_key + "_perf"))
             if v is not None:
-                dn.append(f"{c}: {int(float(v)):,} {'round trips' if per_rt else 'bytes'}")
+                t = f"{c}: {int(float(v)):,} {what}"
+                if v2 is not None:
+                    t += f" (the run counting syscalls: {int(float(v2)):,})"
+                dn.append(t)
         if dn:
             out.append("Measured over " + "; ".join(dn) + ".")
             out.append("")
@@ -749,25 +757,33 @@ def cmd_sys_table(a):
             except (KeyError, ValueError):
                 return None
 
-        def row(label, key, scale=1.0, fmt=None):
+        def row(label, key, scale=1.0):
             cells = [label]
             tots = []
+            dens = pdenom if key.startswith("sc:") else denom
+            def cell(x):
+                return "<0.001" if 0 < x < 0.0005 else _fmt(x)
+
             for c, r, _ in procs:
                 v = val(c, r, key)
-                d = denom.get(c)
-                cells.append("" if v is None or not d else _fmt(v * scale / d))
+                d = dens.get(c)
+                cells.append("" if v is None or not d else cell(v * scale / d))
             for c in cols:
                 vs = [val(c, r, key) for r, _ in roles]
-                d = denom.get(c)
+                d = dens.get(c)
                 if any(v is None for v in vs) or not d:
                     cells.append("")
                     tots.append(None)
                 else:
                     t = sum(vs) * scale / d
-                    cells.append(_fmt(t))
+                    cells.append(cell(t))
                     tots.append(t)
             if ratio:
-                cells.append(f"{tots[0] / tots[1]:.2f}×" if None not in tots and tots[1] else "")
+                r = ""
+                if None not in tots and tots[1]:
+                    q = tots[0] / tots[1]
+                    r = "0×" if q == 0 else ">100×" if q > 100 else "<0.01×" if q < 0.01 else f"{q:.2f}×"
+                cells.append(r)
             out.append("| " + " | ".join(cells) + " |")
 
         row("CPU seconds" if not per_rt else "CPU µs", "cpu_s", 1.0 if not per_rt else 1e6)
@@ -777,7 +793,7 @@ def cmd_sys_table(a):
         top = {}
         for (c, r), cs in counts.items():
             for name, n in (cs or {}).items():
-                d = denom.get(c)
+                d = pdenom.get(c)
                 if d:
                     top[name] = max(top.get(name, 0), n / d)
         for name in sorted(top, key=lambda n: -top[n])[: a.top]:
