@@ -46,14 +46,14 @@
 #
 # Syscall mode (BENCH_SYSCALLS=1, or =only to skip the columns above): for Culvert (ws)
 # and wstunnel (ws) by default, one tunnel start each, iperf3 -n 2G client→service and
-# service→client, then a fixed count of 64-byte round trips over one connection; for
-# the tunnel's server and agent/client processes, around each: voluntary and
-# involuntary context switches summed over all threads (/proc/PID/task/*/status), CPU
-# time, and system calls by name (perf stat counting the syscalls:sys_enter_*
-# tracepoints, enabled and disabled through perf's control FIFO exactly around the
-# load). Printed as tables per GB and per round trip. BENCH_SYSCALLS_PROFILE=1 adds a
-# `perf record -g` of one more client→service transfer and the top 20 symbols of each
-# process.
+# service→client, then a fixed count of 64-byte round trips over one connection; each
+# load twice, for the tunnel's server and agent/client processes: first bare, voluntary
+# and involuntary context switches summed over all threads (/proc/PID/task/*/status)
+# and CPU time; then system calls by name (perf stat -a counting the syscalls:sys_enter_*
+# tracepoints, filtered to the process's threads, enabled and disabled through perf's
+# control FIFO exactly around the load). Printed as tables per GB and per round trip.
+# BENCH_SYSCALLS_PROFILE=1 adds a `perf record -g` of one more client→service transfer
+# and the top 20 symbols of each process.
 #
 # Installs what it needs when missing: iperf3 (Debian package), rathole (pinned
 # version, built by cargo into target/bench/), wstunnel (pinned source tarball from
