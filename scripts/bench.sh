@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
-# Loopback benchmark of whole binaries: no tunnel, Culvert over ws:// and wss://, and
-# rathole over its plain TCP and its TLS transports, measured the same way in one run.
+# Loopback benchmark of whole binaries: no tunnel, Culvert over ws:// and wss://, and its
+# peers measured the same way in one run: rathole over its plain TCP and its TLS
+# transports, wstunnel (reverse tunnel) over ws:// and wss://, and bore (plain TCP).
 #
-# Measures, per configuration:
+# Measures, per TCP configuration (direct, culvert-ws, culvert-wss, rathole-tcp,
+# rathole-tls, wstunnel-ws, wstunnel-wss, bore):
 #   - iperf3 TCP throughput, 1 stream and 8 streams (-P 8), both directions (-R);
 #   - CPU seconds per GB moved, for the tunnel's server and agent/client processes
 #     separately (utime+stime from /proc/PID/stat around each iperf3 run, divided by
 #     the bytes iperf3 reports as received);
 #   - 64-byte request/response round trips per second over one connection, p50/p99;
+#   - the same with 8 connections at once, each doing sequential round trips (aggregate
+#     round trips/s, p50/p99 over all of them);
 #   - new connections per second (connect, 1 byte, echo, close; several workers);
+#   - pgbench -S (select-only, 8 clients, -j 2) against a PostgreSQL the script starts
+#     itself (as the postgres user when run as root), exposed through each tunnel: tps;
 #   - RSS of server and agent: idle, holding 1,000 idle tunneled connections, and
 #     peak (VmHWM, reset just before) during the bulk iperf3 runs.
+# Every iperf3 run, round-trip test, new-connections test and pgbench run is repeated
+# BENCH_REPEAT times (3 by default) and the table shows the medians.
 # Each tunnel is started twice on fresh ports: once for the connection tests (RSS idle
-# and with idle connections, round trips, new connections) and once for the bulk runs,
-# so neither phase's retained memory shows in the other's RSS figures.
+# and with idle connections, round trips, new connections, pgbench) and once for the
+# bulk runs, so neither phase's retained memory shows in the other's RSS figures.
+# bore serves one local port per `bore local` process: it runs three (iperf3, echo,
+# PostgreSQL); its agent/client CPU and RSS figures are the sums over the three. bore's
+# control port is fixed at 7835 (bore has no flag for it): the bore column needs
+# 127.0.0.1:7835 free.
 # UDP columns (direct-udp, culvert-ws-udp, culvert-wss-udp, rathole-udp over rathole's
 # TCP transport, rathole-tls-udp over its TLS transport) measure, through one tunnel
 # start each:
@@ -26,25 +38,55 @@
 #     echo up to a timeout; a timeout counts as a lost round trip), p50/p99;
 #   - peak RSS of the tunnel processes over the UDP runs.
 # Prints one markdown table for TCP and one for UDP (both also written to
-# target/bench/latest.md) with Culvert ÷ rathole ratio columns.
+# target/bench/latest.md). The TCP table has, per metric, culvert-ws ÷ best peer and
+# culvert-wss ÷ best peer (the best of rathole-tcp, rathole-tls, wstunnel-ws,
+# wstunnel-wss and bore in this run: highest for higher-is-better rows, lowest for
+# lower-is-better ones; the cell names it), culvert-wss ÷ wstunnel-wss, and Culvert ÷
+# rathole; the UDP table Culvert ÷ rathole.
+#
+# Syscall mode (BENCH_SYSCALLS=1, or =only to skip the columns above): for Culvert (ws)
+# and wstunnel (ws) by default, one tunnel start each, iperf3 -n 2G client→service and
+# service→client, then a fixed count of 64-byte round trips over one connection; each
+# load twice, for the tunnel's server and agent/client processes: first bare, voluntary
+# and involuntary context switches summed over all threads (/proc/PID/task/*/status)
+# and CPU time; then system calls by name (perf stat -a counting the syscalls:sys_enter_*
+# tracepoints, filtered to the process's threads, enabled and disabled through perf's
+# control FIFO exactly around the load). Printed as tables per GB and per round trip.
+# BENCH_SYSCALLS_PROFILE=1 adds a `perf record -g` of one more client→service transfer
+# and the top 20 symbols of each process.
 #
 # Installs what it needs when missing: iperf3 (Debian package), rathole (pinned
-# version, built by cargo into target/bench/), Culvert (cargo build --release).
+# version, built by cargo into target/bench/), wstunnel (pinned source tarball from
+# ../shared/peers/ next to the repository, built with its own lock file and release
+# profile into target/bench/wstunnel-VERSION/, about 10 minutes on 2 cores), bore
+# (crates.io package bore-cli, pinned, cargo install --locked into target/bench/),
+# Culvert (cargo build --release --locked). PostgreSQL 15 (initdb, postgres, pgbench)
+# must be installed already (scripts/test.sh installs it); without it the pgbench rows
+# are left out with a note. perf (for the syscall mode) is used as found.
 # Everything runs on 127.0.0.1 only; every process started here is recorded by PID
-# and stopped by PID on exit.
+# and stopped by PID on exit; the PostgreSQL cluster lives in a /tmp directory removed
+# on exit.
 #
 # Usage: scripts/bench.sh
 # Environment (all optional):
-#   BENCH_ONLY=direct,culvert-ws,culvert-wss,rathole-tcp,rathole-tls,direct-udp,culvert-ws-udp,culvert-wss-udp,rathole-udp,rathole-tls-udp
+#   BENCH_ONLY=direct,culvert-ws,culvert-wss,rathole-tcp,rathole-tls,wstunnel-ws,wstunnel-wss,bore,direct-udp,culvert-ws-udp,culvert-wss-udp,rathole-udp,rathole-tls-udp
 #                            columns to run (default: all); `tcp` and `udp` stand for
 #                            all TCP or all UDP columns, e.g. BENCH_ONLY=udp
 #   BENCH_SECONDS=5          length of each iperf3 run, and time cap of each load loop
-#   BENCH_REPEAT=1           iperf3 TCP runs per cell; the table shows their medians
-#                            (throughput and each CPU-s/GB separately)
-#   BENCH_RR_COUNT=20000     round trips at most in the request/response test
+#   BENCH_REPEAT=3           runs per cell of the iperf3 TCP, round-trip, new-connection
+#                            and pgbench tests; the table shows their medians (each
+#                            figure separately: throughput and each CPU-s/GB, rate, p50, p99)
+#   BENCH_RR_COUNT=20000     round trips at most in the 1-connection request/response test
+#   BENCH_RR_CONNS=8         connections of the concurrent request/response test
+#   BENCH_RR_CONC_COUNT      round trips at most (all connections together) in the
+#                            concurrent test (default 4 × BENCH_RR_COUNT)
 #   BENCH_CPS_COUNT=10000    connections at most in the new-connections test
 #   BENCH_CPS_WORKERS=8      concurrent workers in the new-connections test
 #   BENCH_IDLE_CONNS=1000    idle tunneled connections held for the RSS test
+#   BENCH_PGBENCH=1          0: no PostgreSQL, no pgbench rows
+#   BENCH_PGBENCH_CLIENTS=8  pgbench -c;  BENCH_PGBENCH_JOBS=2: pgbench -j
+#   BENCH_PGBENCH_SECONDS    pgbench -T of each run (default BENCH_SECONDS)
+#   BENCH_PGBENCH_SCALE=10   pgbench -i -s, once, directly (not through a tunnel)
 #   BENCH_UDP_RATES=200M,1G  offered iperf3 UDP rates (-b); CPU-s/GB is shown for the last
 #   BENCH_UDP_LEN=1200       UDP datagram payload bytes (iperf3 -l)
 #   BENCH_UDP_SECONDS        length of each iperf3 UDP run (default BENCH_SECONDS)
@@ -53,39 +95,68 @@
 #                            iperf3's default)
 #   BENCH_UDP_RR_COUNT=20000 UDP round trips at most (time cap BENCH_SECONDS)
 #   BENCH_UDP_RR_TIMEOUT_MS=500  wait for each UDP echo; a timeout counts as lost
-#   BENCH_MAX_SECONDS=600    limit for the measuring phase (builds not included);
+#   BENCH_SYSCALLS=0         1: add the syscall mode after the columns; only: run just it
+#   BENCH_SYSCALLS_COLUMNS=culvert-ws,wstunnel-ws
+#                            tunnels measured in the syscall mode (any TCP column but direct)
+#   BENCH_SYSCALLS_BYTES=2G  iperf3 -n of each syscall-mode transfer
+#   BENCH_SYSCALLS_RR_COUNT=20000  round trips of the syscall mode (plus 50 warm-up ones,
+#                            counted in the denominator since they are inside the window)
+#   BENCH_SYSCALLS_TOP=10    system calls shown by name (the most frequent)
+#   BENCH_SYSCALLS_PROFILE=0 1: also a perf record -g profile, top 20 symbols per process
+#   BENCH_MAX_SECONDS=2400   limit for the measuring phase (builds not included);
 #                            what does not fit is reported as skipped
-#   BENCH_BUILD_TIMEOUT=1200 limit for each build/install step
+#   BENCH_BUILD_TIMEOUT=1800 limit for each build/install step
 #   BENCH_NO_BUILD=1         use target/release/culvert as it is (no cargo build)
-#   BENCH_TUNNEL_LOG=warn    RUST_LOG given to the tunnel processes
+#   BENCH_TUNNEL_LOG=warn    RUST_LOG given to the tunnel processes (wstunnel: --log-lvl)
 #   CULVERT_BIN=path         Culvert binary (default target/release/culvert)
 #   BENCH_CULVERT_SERVER_ARGS, BENCH_CULVERT_AGENT_ARGS
 #                            extra flags for `culvert server` / `culvert agent` (e.g. "--pool 2")
 #   RATHOLE_BIN=path         rathole binary (default: the pinned one, installed on demand)
+#   WSTUNNEL_BIN=path        wstunnel binary (default: the pinned one, built on demand)
+#   WSTUNNEL_TARBALL=path    its source (default ../shared/peers/wstunnel-10.6.2-14168c5.tar.gz
+#                            relative to the repository root)
+#   BORE_BIN=path            bore binary (default: the pinned one, installed on demand)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-TCP_COLUMNS="direct,culvert-ws,culvert-wss,rathole-tcp,rathole-tls"
+TCP_COLUMNS="direct,culvert-ws,culvert-wss,rathole-tcp,rathole-tls,wstunnel-ws,wstunnel-wss,bore"
+# the peers Culvert's TCP columns are compared with (the best of them, per metric)
+PEER_COLUMNS="rathole-tcp,rathole-tls,wstunnel-ws,wstunnel-wss,bore"
 UDP_COLUMNS="direct-udp,culvert-ws-udp,culvert-wss-udp,rathole-udp,rathole-tls-udp"
 ALL_COLUMNS="$TCP_COLUMNS,$UDP_COLUMNS"
 # settings given in the environment, repeated in the report's "Run:" line
 RUN_VARS=""
 for v in BENCH_ONLY BENCH_REPEAT BENCH_UDP_RATES BENCH_UDP_LEN BENCH_UDP_SECONDS BENCH_UDP_WINDOW \
-  BENCH_UDP_RR_COUNT BENCH_UDP_RR_TIMEOUT_MS BENCH_RR_COUNT BENCH_CPS_COUNT BENCH_CPS_WORKERS \
-  BENCH_IDLE_CONNS; do
+  BENCH_UDP_RR_COUNT BENCH_UDP_RR_TIMEOUT_MS BENCH_RR_COUNT BENCH_RR_CONNS BENCH_RR_CONC_COUNT \
+  BENCH_CPS_COUNT BENCH_CPS_WORKERS BENCH_IDLE_CONNS BENCH_PGBENCH BENCH_PGBENCH_CLIENTS \
+  BENCH_PGBENCH_JOBS BENCH_PGBENCH_SECONDS BENCH_PGBENCH_SCALE BENCH_SYSCALLS BENCH_SYSCALLS_COLUMNS \
+  BENCH_SYSCALLS_BYTES BENCH_SYSCALLS_RR_COUNT BENCH_SYSCALLS_PROFILE; do
   [[ -z ${!v+x} ]] || RUN_VARS+="$v=${!v} "
 done
 BENCH_ONLY=${BENCH_ONLY:-$ALL_COLUMNS}
 BENCH_ONLY=$(printf ',%s,' "$BENCH_ONLY" | sed -e "s/,tcp,/,$TCP_COLUMNS,/; s/,udp,/,$UDP_COLUMNS,/; s/^,//; s/,$//")
 BENCH_SECONDS=${BENCH_SECONDS:-5}
-BENCH_REPEAT=${BENCH_REPEAT:-1}
+BENCH_REPEAT=${BENCH_REPEAT:-3}
 BENCH_RR_COUNT=${BENCH_RR_COUNT:-20000}
+BENCH_RR_CONNS=${BENCH_RR_CONNS:-8}
+BENCH_RR_CONC_COUNT=${BENCH_RR_CONC_COUNT:-}
+BENCH_PGBENCH=${BENCH_PGBENCH:-1}
+BENCH_PGBENCH_CLIENTS=${BENCH_PGBENCH_CLIENTS:-8}
+BENCH_PGBENCH_JOBS=${BENCH_PGBENCH_JOBS:-2}
+BENCH_PGBENCH_SECONDS=${BENCH_PGBENCH_SECONDS:-$BENCH_SECONDS}
+BENCH_PGBENCH_SCALE=${BENCH_PGBENCH_SCALE:-10}
+BENCH_SYSCALLS=${BENCH_SYSCALLS:-0}
+BENCH_SYSCALLS_COLUMNS=${BENCH_SYSCALLS_COLUMNS:-culvert-ws,wstunnel-ws}
+BENCH_SYSCALLS_BYTES=${BENCH_SYSCALLS_BYTES:-2G}
+BENCH_SYSCALLS_RR_COUNT=${BENCH_SYSCALLS_RR_COUNT:-20000}
+BENCH_SYSCALLS_TOP=${BENCH_SYSCALLS_TOP:-10}
+BENCH_SYSCALLS_PROFILE=${BENCH_SYSCALLS_PROFILE:-0}
 BENCH_CPS_COUNT=${BENCH_CPS_COUNT:-10000}
 BENCH_CPS_WORKERS=${BENCH_CPS_WORKERS:-8}
 BENCH_IDLE_CONNS=${BENCH_IDLE_CONNS:-1000}
-BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-600}
-BENCH_BUILD_TIMEOUT=${BENCH_BUILD_TIMEOUT:-1200}
+BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-2400}
+BENCH_BUILD_TIMEOUT=${BENCH_BUILD_TIMEOUT:-1800}
 BENCH_NO_BUILD=${BENCH_NO_BUILD:-0}
 BENCH_TUNNEL_LOG=${BENCH_TUNNEL_LOG:-warn}
 BENCH_UDP_RATES=${BENCH_UDP_RATES:-200M,1G}
@@ -106,24 +177,62 @@ RATHOLE_TIME_PIN=0.3.36
 RATHOLE_FEATURES=server,client,tls
 RATHOLE_ROOT=$ROOT/target/bench/rathole-$RATHOLE_VERSION
 RATHOLE_BIN=${RATHOLE_BIN:-$RATHOLE_ROOT/bin/rathole}
-CULVERT_BIN=${CULVERT_BIN:-$ROOT/target/release/culvert}
+# wstunnel is on no registry reachable here: a pinned source tarball (wstunnel 10.6.2 plus
+# five commits, git 14168c5) sits in ../shared/peers/ next to the repository. It is built
+# with its own lock file and its own release profile (fat LTO, one codegen unit,
+# symbols stripped), into target/bench/wstunnel-VERSION/ (src/, build/, bin/).
+WSTUNNEL_NAME=wstunnel-10.6.2-14168c5
+WSTUNNEL_TARBALL=${WSTUNNEL_TARBALL:-$ROOT/../shared/peers/$WSTUNNEL_NAME.tar.gz}
+WSTUNNEL_ROOT=$ROOT/target/bench/$WSTUNNEL_NAME
+WSTUNNEL_BIN_SET=${WSTUNNEL_BIN:-}
+WSTUNNEL_BIN=${WSTUNNEL_BIN:-$WSTUNNEL_ROOT/bin/wstunnel}
+# bore: crates.io package bore-cli, pinned, installed with its published lock file.
+BORE_VERSION=0.6.0
+BORE_ROOT=$ROOT/target/bench/bore-$BORE_VERSION
+BORE_BIN_SET=${BORE_BIN:-}
+BORE_BIN=${BORE_BIN:-$BORE_ROOT/bin/bore}
+BORE_CONTROL_PORT=7835 # fixed in bore (no flag to change it)
+CULVERT_BIN=${CULVERT_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/culvert}
 
 OUT=$ROOT/target/bench
 RUN=$OUT/run   # configs, certificates, logs and raw results of the latest run
 TOOL=(python3 "$ROOT/scripts/bench/benchtool.py")
 
-for v in BENCH_SECONDS BENCH_RR_COUNT BENCH_CPS_COUNT BENCH_CPS_WORKERS BENCH_IDLE_CONNS \
-  BENCH_MAX_SECONDS BENCH_BUILD_TIMEOUT BENCH_UDP_LEN BENCH_UDP_SECONDS BENCH_UDP_RR_COUNT \
-  BENCH_UDP_RR_TIMEOUT_MS; do
+for v in BENCH_SECONDS BENCH_REPEAT BENCH_RR_COUNT BENCH_RR_CONNS BENCH_CPS_COUNT \
+  BENCH_CPS_WORKERS BENCH_IDLE_CONNS BENCH_PGBENCH_CLIENTS BENCH_PGBENCH_JOBS BENCH_PGBENCH_SECONDS \
+  BENCH_PGBENCH_SCALE BENCH_SYSCALLS_RR_COUNT BENCH_SYSCALLS_TOP BENCH_MAX_SECONDS BENCH_BUILD_TIMEOUT \
+  BENCH_UDP_LEN BENCH_UDP_SECONDS BENCH_UDP_RR_COUNT BENCH_UDP_RR_TIMEOUT_MS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench: $v must be a whole number" >&2; exit 2; }
 done
+[[ -n $BENCH_RR_CONC_COUNT ]] || BENCH_RR_CONC_COUNT=$((4 * BENCH_RR_COUNT))
+[[ $BENCH_RR_CONC_COUNT =~ ^[0-9]+$ ]] || { echo "bench: BENCH_RR_CONC_COUNT must be a whole number" >&2; exit 2; }
+((BENCH_REPEAT >= 1)) || { echo "bench: BENCH_REPEAT must be at least 1" >&2; exit 2; }
+((BENCH_RR_CONNS >= 1)) || { echo "bench: BENCH_RR_CONNS must be at least 1" >&2; exit 2; }
+for v in BENCH_PGBENCH BENCH_SYSCALLS_PROFILE; do
+  [[ ${!v} == 0 || ${!v} == 1 ]] || { echo "bench: $v is 0 or 1" >&2; exit 2; }
+done
+[[ $BENCH_SYSCALLS == 0 || $BENCH_SYSCALLS == 1 || $BENCH_SYSCALLS == only ]] ||
+  { echo "bench: BENCH_SYSCALLS is 0, 1 or only" >&2; exit 2; }
+[[ $BENCH_SYSCALLS_BYTES =~ ^[0-9]+[KMG]?$ ]] ||
+  { echo "bench: BENCH_SYSCALLS_BYTES looks like 2G or 500M, not '$BENCH_SYSCALLS_BYTES'" >&2; exit 2; }
+SYS_COLS=()
+if [[ $BENCH_SYSCALLS != 0 ]]; then
+  IFS=',' read -r -a SYS_COLS <<<"$BENCH_SYSCALLS_COLUMNS"
+  for c in "${SYS_COLS[@]}"; do
+    [[ $c != direct && ",$TCP_COLUMNS," == *",$c,"* ]] ||
+      { echo "bench: BENCH_SYSCALLS_COLUMNS takes tunnel TCP columns, not '$c'" >&2; exit 2; }
+  done
+fi
+# BENCH_SYSCALLS=only: none of the table columns run
+[[ $BENCH_SYSCALLS != only ]] || BENCH_ONLY=""
 IFS=',' read -r -a UDP_RATES <<<"$BENCH_UDP_RATES"
 for r in "${UDP_RATES[@]}"; do
   [[ $r =~ ^[0-9]+[KMG]?$ ]] || { echo "bench: BENCH_UDP_RATES entries look like 200M or 1G, not '$r'" >&2; exit 2; }
 done
 [[ -z $BENCH_UDP_WINDOW || $BENCH_UDP_WINDOW =~ ^[0-9]+[KM]?$ ]] ||
   { echo "bench: BENCH_UDP_WINDOW looks like 2M, not '$BENCH_UDP_WINDOW'" >&2; exit 2; }
-IFS=',' read -r -a COLS <<<"$BENCH_ONLY"
+COLS=()
+[[ -z $BENCH_ONLY ]] || IFS=',' read -r -a COLS <<<"$BENCH_ONLY"
 for c in "${COLS[@]}"; do
   [[ ",$ALL_COLUMNS," == *",$c,"* ]] || { echo "bench: unknown column '$c' in BENCH_ONLY (known: $ALL_COLUMNS)" >&2; exit 2; }
 done
@@ -134,9 +243,16 @@ wants_any() { # wants_any COL,COL,... : is any of them selected?
   for c in "${cs[@]}"; do wants "$c" && return 0; done
   return 1
 }
+needs_any() { # needs_any COL,COL,... : does a selected column or the syscall mode use any of them?
+  local c
+  wants_any "$1" && return 0
+  for c in "${SYS_COLS[@]}"; do [[ ",$1," != *",$c,"* ]] || return 0; done
+  return 1
+}
 is_udp_col() { [[ $1 == *-udp ]]; }
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+last_line() { grep -v '^\s*$' "$1" 2>/dev/null | tail -n1 | cut -c1-160 || true; }
 
 # ------------------------------------------------------------------ processes
 # Every process started in the background is recorded here and stopped by PID.
@@ -168,9 +284,19 @@ stop_pid() {
   for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
   PIDS=("${keep[@]}")
 }
+PG_PID=
+PG_WORK=
 cleanup() {
   local p
   trap - EXIT INT TERM
+  # PostgreSQL first, with a fast shutdown (SIGINT): SIGTERM would wait for its clients.
+  if [[ -n $PG_PID ]] && is_mine "$PG_PID"; then
+    kill -INT "$PG_PID" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      kill -0 "$PG_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+  fi
   local mine=()
   for p in "${PIDS[@]}"; do
     if is_mine "$p"; then
@@ -184,6 +310,7 @@ cleanup() {
     wait "$p" 2>/dev/null || true
   done
   PIDS=()
+  [[ $PG_WORK != /tmp/culvert-bench-pg.* ]] || rm -rf "$PG_WORK"
 }
 trap cleanup EXIT
 trap 'log "stopped by a signal or by the time limit"; exit 130' INT TERM
@@ -201,6 +328,31 @@ cpu_ticks() { # utime + stime of a process, in clock ticks
 }
 status_kb() { # status_kb PID FIELD  -> value in kB
   awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
+}
+# The agent/client side may be several processes (bore: one per exposed port); these sum
+# over AGT_PIDS.
+agt_ticks() {
+  local t=0 p
+  for p in "${AGT_PIDS[@]}"; do t=$((t + $(cpu_ticks "$p"))); done
+  echo "$t"
+}
+agt_kb() { # agt_kb FIELD
+  local t=0 p v
+  for p in "${AGT_PIDS[@]}"; do
+    v=$(status_kb "$p" "$1" 2>/dev/null || true)
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+reset_hwm() { # VmHWM back to the current RSS ("5" in clear_refs), for server and agent(s)
+  local p
+  for p in "$SRV_PID" "${AGT_PIDS[@]}"; do echo 5 >"/proc/$p/clear_refs" || return 1; done 2>/dev/null
+}
+ctxsw() { # ctxsw PID... -> "VOLUNTARY INVOLUNTARY THREADS", summed over every thread
+  local p
+  for p in "$@"; do cat "/proc/$p/task/"*/status 2>/dev/null || true; done |
+    awk '$1 == "voluntary_ctxt_switches:" { v += $2 } $1 == "nonvoluntary_ctxt_switches:" { n += $2 }
+      $1 == "Pid:" { t++ } END { print v + 0, n + 0, t + 0 }'
 }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
@@ -228,7 +380,14 @@ declare -A VARGS=([p1]="" [p1r]="-R" [p8]="-P 8" [p8r]="-P 8 -R")
   printf 'rr_rps\t64-byte round trips/s, 1 connection\tup\n'
   printf 'rr_p50\tround trip p50 µs\tdown\n'
   printf 'rr_p99\tround trip p99 µs\tdown\n'
+  printf 'rrc_rps\t64-byte round trips/s, %s connections at once\tup\n' "$BENCH_RR_CONNS"
+  printf 'rrc_p50\tround trip p50 µs, %s connections\tdown\n' "$BENCH_RR_CONNS"
+  printf 'rrc_p99\tround trip p99 µs, %s connections\tdown\n' "$BENCH_RR_CONNS"
   printf 'cps\tnew connections/s, %s workers\tup\n' "$BENCH_CPS_WORKERS"
+  if [[ $BENCH_PGBENCH == 1 ]]; then
+    printf 'pgb_tps\tpgbench -S tps, %s clients\tup\n' "$BENCH_PGBENCH_CLIENTS"
+    printf 'pgb_lat\tpgbench -S latency average ms\tdown\n'
+  fi
   printf 'rss_idle_s\tserver RSS MB, idle\tdown\n'
   printf 'rss_idle_a\tagent/client RSS MB, idle\tdown\n'
   printf 'rss_conn_s\tserver RSS MB, %s idle tunneled conns\tdown\n' "$BENCH_IDLE_CONNS"
@@ -277,7 +436,7 @@ apt_install() {
   timeout "$BENCH_BUILD_TIMEOUT" apt-get install -y -qq "$@" >/dev/null
 }
 command -v iperf3 >/dev/null || apt_install iperf3
-if wants_any rathole-tls,rathole-tls-udp && ! command -v openssl >/dev/null; then apt_install openssl; fi
+if needs_any rathole-tls,rathole-tls-udp && ! command -v openssl >/dev/null; then apt_install openssl; fi
 
 RATHOLE_NA=
 install_rathole() {
@@ -302,7 +461,7 @@ install_rathole() {
   timeout "$BENCH_BUILD_TIMEOUT" cargo install rathole --version "$RATHOLE_VERSION" --no-default-features \
     --features "$RATHOLE_FEATURES" --root "$RATHOLE_ROOT" >>"$blog" 2>&1
 }
-if wants_any rathole-tcp,rathole-tls,rathole-udp,rathole-tls-udp; then
+if needs_any rathole-tcp,rathole-tls,rathole-udp,rathole-tls-udp; then
   if [[ ! -x $RATHOLE_BIN ]]; then
     # rathole's tls feature links OpenSSL through native-tls: it needs its headers.
     if ! pkg-config --exists openssl 2>/dev/null; then apt_install pkg-config libssl-dev || true; fi
@@ -313,11 +472,58 @@ if wants_any rathole-tcp,rathole-tls,rathole-udp,rathole-tls-udp; then
   fi
 fi
 
+# peer_cargo TARGET_DIR CARGO-ARGS...: cargo for a peer's build, without this
+# environment's release-profile overrides (CARGO_PROFILE_*) or RUSTFLAGS, so that the peer
+# builds with its own profile; TARGET_DIR empty: cargo's own choice.
+peer_cargo() {
+  local tdir=$1 envs=(-u RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS) v
+  shift
+  for v in $(compgen -e | grep '^CARGO_PROFILE_' || true); do envs+=(-u "$v"); done
+  if [[ -n $tdir ]]; then envs+=("CARGO_TARGET_DIR=$tdir"); else envs=(-u CARGO_TARGET_DIR "${envs[@]}"); fi
+  timeout "$BENCH_BUILD_TIMEOUT" env "${envs[@]}" cargo "$@"
+}
+
+WSTUNNEL_NA=
+install_wstunnel() {
+  local blog=$RUN/logs/wstunnel-build.log src=$WSTUNNEL_ROOT/src/$WSTUNNEL_NAME
+  : >"$blog"
+  if [[ ! -r $WSTUNNEL_TARBALL ]]; then
+    echo "wstunnel source not found: $WSTUNNEL_TARBALL" >>"$blog"
+    return 1
+  fi
+  log "building $WSTUNNEL_NAME into ${WSTUNNEL_ROOT#"$ROOT"/} (about 10 minutes on 2 cores, once)"
+  mkdir -p "$WSTUNNEL_ROOT/src" "$WSTUNNEL_ROOT/bin"
+  if [[ ! -f $src/Cargo.lock ]]; then
+    tar -xzf "$WSTUNNEL_TARBALL" -C "$WSTUNNEL_ROOT/src" >>"$blog" 2>&1 || return 1
+  fi
+  # Its own lock file and release profile (and its .cargo/config.toml rustflags).
+  (cd "$src" && peer_cargo "$WSTUNNEL_ROOT/build" build --release --locked) >>"$blog" 2>&1 || return 1
+  install -m 755 "$WSTUNNEL_ROOT/build/release/wstunnel" "$WSTUNNEL_BIN"
+}
+if needs_any wstunnel-ws,wstunnel-wss; then
+  if [[ ! -x $WSTUNNEL_BIN && $WSTUNNEL_BIN == "$WSTUNNEL_ROOT/bin/wstunnel" ]]; then install_wstunnel || true; fi
+  if [[ ! -x $WSTUNNEL_BIN ]]; then
+    WSTUNNEL_NA="wstunnel build failed ($(last_line "$RUN/logs/wstunnel-build.log" | cut -c1-60); target/bench/run/logs/wstunnel-build.log)"
+  fi
+fi
+
+BORE_NA=
+if needs_any bore; then
+  if [[ ! -x $BORE_BIN && $BORE_BIN == "$BORE_ROOT/bin/bore" ]]; then
+    log "installing bore-cli $BORE_VERSION into ${BORE_ROOT#"$ROOT"/} (a minute or two, once)"
+    peer_cargo "" install --locked bore-cli --version "$BORE_VERSION" --root "$BORE_ROOT" \
+      >"$RUN/logs/bore-install.log" 2>&1 || true
+  fi
+  if [[ ! -x $BORE_BIN ]]; then
+    BORE_NA="bore install failed (target/bench/run/logs/bore-install.log)"
+  fi
+fi
+
 CULVERT_NA=
-if wants_any culvert-ws,culvert-wss,culvert-ws-udp,culvert-wss-udp; then
+if needs_any culvert-ws,culvert-wss,culvert-ws-udp,culvert-wss-udp; then
   if [[ $BENCH_NO_BUILD != 1 ]]; then
-    log "building Culvert (cargo build --release -p culvert)"
-    if ! timeout "$BENCH_BUILD_TIMEOUT" cargo build --release -p culvert >"$RUN/logs/culvert-build.log" 2>&1; then
+    log "building Culvert (cargo build --release --locked -p culvert)"
+    if ! timeout "$BENCH_BUILD_TIMEOUT" cargo build --release --locked -p culvert >"$RUN/logs/culvert-build.log" 2>&1; then
       CULVERT_NA="build failed: $(grep -m1 -E '^error' "$RUN/logs/culvert-build.log" | cut -c1-120 || true)"
     fi
   fi
@@ -348,8 +554,11 @@ if (($(ulimit -n) < BENCH_IDLE_CONNS * 2 + 256)); then
 fi
 
 # Ports (free for both TCP and UDP): BASE is the TCP echo backend, BASE+1 the UDP echo
-# backend, and column i uses BASE+2+12i .. BASE+13+12i.
-BASE=$("${TOOL[@]}" freeblock 128)
+# backend, BASE+2 PostgreSQL, and column i uses BASE+4+12i .. BASE+15+12i (the columns of
+# the table first, then those of the syscall mode).
+col_ports() { echo $((BASE + 4 + $1 * 12)); }
+N_ALL=$(tr ',' '\n' <<<"$ALL_COLUMNS" | wc -l)
+BASE=$("${TOOL[@]}" freeblock $((4 + (N_ALL + ${#SYS_COLS[@]}) * 12)))
 ECHO_PORT=$BASE
 UECHO_PORT=$((BASE + 1))
 start_bg "$RUN/logs/echo-backend.log" "${TOOL[@]}" echo-server "$ECHO_PORT" --max-seconds $((BENCH_MAX_SECONDS + 120))
@@ -359,6 +568,54 @@ if wants_any "$UDP_COLUMNS"; then
   "${TOOL[@]}" wait-listen --udp --timeout 10 "$UECHO_PORT"
 fi
 log "ports from $BASE; echo backends on $ECHO_PORT (TCP) and $UECHO_PORT (UDP)"
+
+# PostgreSQL for the pgbench rows: a throwaway cluster in /tmp (the postgres user must
+# reach it when we are root), fsync off, initialised once with pgbench -i, directly.
+PG_PORT=
+start_pg() {
+  local plog=$RUN/logs/postgres-setup.log
+  # shellcheck source=scripts/lib/pg.sh
+  source "$ROOT/scripts/lib/pg.sh"
+  if ! pg_tools 2>"$plog"; then
+    note "pgbench rows left out: $(last_line "$plog")"
+    return 1
+  fi
+  PG_WORK=$(mktemp -d /tmp/culvert-bench-pg.XXXXXX)
+  chmod 755 "$PG_WORK"
+  if ! pg_init_cluster "$PG_WORK/pg" >"$plog" 2>&1; then
+    note "pgbench rows left out: initdb failed: $(last_line "$plog")"
+    return 1
+  fi
+  pg_server_cmd "$PG_WORK/pg" $((BASE + 2)) 100
+  start_bg "$RUN/logs/postgres.log" "${PG_SERVER_CMD[@]}"
+  PG_PID=$LAST_PID
+  if ! pg_wait_ready $((BASE + 2)) 30 || ! alive "$PG_PID"; then
+    note "pgbench rows left out: PostgreSQL did not start: $(last_line "$RUN/logs/postgres.log")"
+    return 1
+  fi
+  log "PostgreSQL on $((BASE + 2)); pgbench -i -s $BENCH_PGBENCH_SCALE"
+  if ! timeout 600 "$PGBENCH" -h 127.0.0.1 -p $((BASE + 2)) -U postgres -i -s "$BENCH_PGBENCH_SCALE" -q postgres \
+    >>"$plog" 2>&1; then
+    note "pgbench rows left out: pgbench -i failed: $(last_line "$plog")"
+    return 1
+  fi
+  PG_PORT=$((BASE + 2))
+}
+stop_pg() { # fast shutdown (SIGINT), by PID
+  [[ -n $PG_PID ]] || return 0
+  if is_mine "$PG_PID"; then
+    kill -INT "$PG_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      kill -0 "$PG_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+  fi
+  stop_pid "$PG_PID"
+  PG_PID=''
+}
+if [[ $BENCH_PGBENCH == 1 ]] && wants_any "$TCP_COLUMNS"; then
+  start_pg || stop_pg
+fi
 
 IPERF_PID=
 stop_iperf() {
@@ -373,11 +630,11 @@ start_iperf() { # start_iperf PORT TAG
 
 SRV_PID=
 AGT_PID=
+AGT_PIDS=()
 SRV_LOG=
 AGT_LOG=
 SETUP_ERR=
 PHASE=
-last_line() { grep -v '^\s*$' "$1" 2>/dev/null | tail -n1 | cut -c1-160 || true; }
 
 # Each setup function starts the tunnel for column $1 with ports from $2 (iperf backend
 # $IB, control port, public ports $PI and $PE) and sets SRV_PID/AGT_PID, or SETUP_ERR.
@@ -423,6 +680,10 @@ setup_rathole() {
   else
     srv_svc+=$(printf '\n\n[server.services.echo]\ntoken = "%s"\nbind_addr = "127.0.0.1:%s"\n' "$token" "$PE")
     cli_svc+=$(printf '\n\n[client.services.echo]\ntoken = "%s"\nlocal_addr = "127.0.0.1:%s"\n' "$token" "$ECHO_PORT")
+    if [[ -n $PG_PORT ]]; then
+      srv_svc+=$(printf '\n\n[server.services.pg]\ntoken = "%s"\nbind_addr = "127.0.0.1:%s"\n' "$token" "$PP")
+      cli_svc+=$(printf '\n\n[client.services.pg]\ntoken = "%s"\nlocal_addr = "127.0.0.1:%s"\n' "$token" "$PG_PORT")
+    fi
   fi
   cat >"$dir/server.toml" <<EOF
 [server]
@@ -502,6 +763,7 @@ setup_culvert() {
     expose+=(--expose "iperfudp=udp://127.0.0.1:$IB@$PI" --expose "echo=udp://127.0.0.1:$UECHO_PORT@$PE")
   else
     expose+=(--expose "echo=tcp://127.0.0.1:$ECHO_PORT@$PE")
+    [[ -z $PG_PORT ]] || expose+=(--expose "pg=tcp://127.0.0.1:$PG_PORT@$PP")
   fi
   RUST_LOG=$BENCH_TUNNEL_LOG start_bg "$AGT_LOG" "$CULVERT_BIN" agent \
     --server "$scheme://127.0.0.1:$ctrl" --token-file "$dir/agent.token" \
@@ -509,10 +771,58 @@ setup_culvert() {
   AGT_PID=$LAST_PID
 }
 
+# wstunnel: a reverse tunnel per exposed port (-R on the client); the server listens on a
+# public port once the client has asked for it. wss: the server's built-in self-signed
+# certificate; the client does not verify certificates unless told to.
+setup_wstunnel() {
+  local col=$1 o=$2 scheme=ws
+  local ctrl=$((o + 1))
+  [[ $col != wstunnel-wss ]] || scheme=wss
+  SRV_LOG=$RUN/logs/$col-$PHASE-server.log AGT_LOG=$RUN/logs/$col-$PHASE-client.log
+  start_bg "$SRV_LOG" "$WSTUNNEL_BIN" --no-color --log-lvl "$BENCH_TUNNEL_LOG" server "$scheme://127.0.0.1:$ctrl"
+  SRV_PID=$LAST_PID
+  if ! "${TOOL[@]}" wait-listen --timeout 15 "$ctrl" 2>/dev/null || ! alive "$SRV_PID"; then
+    SETUP_ERR="server did not start: $(last_line "$SRV_LOG")"
+    return
+  fi
+  local rev=(-R "tcp://127.0.0.1:$PI:127.0.0.1:$IB" -R "tcp://127.0.0.1:$PE:127.0.0.1:$ECHO_PORT")
+  [[ -z $PG_PORT ]] || rev+=(-R "tcp://127.0.0.1:$PP:127.0.0.1:$PG_PORT")
+  start_bg "$AGT_LOG" "$WSTUNNEL_BIN" --no-color --log-lvl "$BENCH_TUNNEL_LOG" client "${rev[@]}" \
+    "$scheme://127.0.0.1:$ctrl"
+  AGT_PID=$LAST_PID
+}
+
+# bore: `bore server` (control port fixed at 7835, bound to 127.0.0.1 with --bind-addr,
+# public ports limited to this column's range) and one `bore local` per exposed port.
+setup_bore() {
+  local col=$1 o=$2 svc name lport pport
+  if ! "${TOOL[@]}" port-free "$BORE_CONTROL_PORT"; then
+    SETUP_ERR="bore's fixed control port $BORE_CONTROL_PORT is in use on 127.0.0.1"
+    return
+  fi
+  SRV_LOG=$RUN/logs/$col-$PHASE-server.log
+  RUST_LOG=$BENCH_TUNNEL_LOG start_bg "$SRV_LOG" "$BORE_BIN" server --bind-addr 127.0.0.1 \
+    --min-port $((o + 2)) --max-port $((o + 5))
+  SRV_PID=$LAST_PID
+  if ! "${TOOL[@]}" wait-listen --timeout 15 "$BORE_CONTROL_PORT" 2>/dev/null || ! alive "$SRV_PID"; then
+    SETUP_ERR="server did not start: $(last_line "$SRV_LOG")"
+    return
+  fi
+  local svcs=("iperf:$IB:$PI" "echo:$ECHO_PORT:$PE")
+  [[ -z $PG_PORT ]] || svcs+=("pg:$PG_PORT:$PP")
+  for svc in "${svcs[@]}"; do
+    IFS=: read -r name lport pport <<<"$svc"
+    RUST_LOG=$BENCH_TUNNEL_LOG start_bg "$RUN/logs/$col-$PHASE-local-$name.log" "$BORE_BIN" local "$lport" \
+      --local-host 127.0.0.1 --to 127.0.0.1 --port "$pport"
+    AGT_PIDS+=("$LAST_PID")
+  done
+  AGT_PID=${AGT_PIDS[0]} AGT_LOG=$RUN/logs/$col-$PHASE-local-iperf.log
+}
+
 iperf_once() { # iperf_once COL VARIANT PORT N: one run; sets ONCE_GBPS, ONCE_CPUS, ONCE_CPUA
   local col=$1 v=$2 port=$3 json=$RUN/$1/iperf-$2-$4.json
   local s0=0 a0=0 s1=0 a1=0 out bytes
-  if [[ -n $SRV_PID ]]; then s0=$(cpu_ticks "$SRV_PID") a0=$(cpu_ticks "$AGT_PID"); fi
+  if [[ -n $SRV_PID ]]; then s0=$(cpu_ticks "$SRV_PID") a0=$(agt_ticks); fi
   # shellcheck disable=SC2086
   if ! timeout $((BENCH_SECONDS + 20)) iperf3 -c 127.0.0.1 -p "$port" -t "$BENCH_SECONDS" -J \
     --connect-timeout 5000 ${VARGS[$v]} >"$json" 2>"$RUN/logs/$col-iperf-$v.err" ||
@@ -523,7 +833,7 @@ iperf_once() { # iperf_once COL VARIANT PORT N: one run; sets ONCE_GBPS, ONCE_CP
     start_iperf "$IB" "$col-$v" || true
     return 1
   fi
-  if [[ -n $SRV_PID ]]; then s1=$(cpu_ticks "$SRV_PID") a1=$(cpu_ticks "$AGT_PID"); fi
+  if [[ -n $SRV_PID ]]; then s1=$(cpu_ticks "$SRV_PID") a1=$(agt_ticks); fi
   read -r ONCE_GBPS bytes <<<"$out"
   if ! tunnel_alive; then
     note "$col: a tunnel process exited during iperf3 ${VARGS[$v]:-(1 stream)}"
@@ -557,37 +867,96 @@ iperf_run() { # iperf_run COL VARIANT PORT: BENCH_REPEAT runs; their medians go 
   log "$col ${VARGS[$v]:-1 stream}: ${gbps[*]} Gbit/s"
 }
 
-tunnel_alive() { [[ -z $SRV_PID ]] || { alive "$SRV_PID" && alive "$AGT_PID"; }; }
+# repeat_json COL NAME KEYS TIMEOUT FUNC ARGS...: runs `FUNC ARGS... OUTFILE` BENCH_REPEAT
+# times (each bounded by TIMEOUT seconds), each writing one JSON object to
+# $RUN/COL/NAME-N.json; sets REP_OUT to the medians of the comma-separated KEYS (space
+# separated), or REP_ERR and fails when a run fails or the tunnel died.
+repeat_json() {
+  local col=$1 name=$2 keys=$3 tmo=$4 i f files=()
+  shift 4
+  REP_OUT='' REP_ERR=''
+  : >"$RUN/logs/$col-$name.err"
+  for ((i = 1; i <= BENCH_REPEAT; i++)); do
+    f=$RUN/$col/$name-$i.json
+    if ! ONCE_TIMEOUT=$tmo "$@" "$f" 2>>"$RUN/logs/$col-$name.err"; then
+      REP_ERR="run $i: $(last_line "$RUN/logs/$col-$name.err")"
+      return 1
+    fi
+    if ! tunnel_alive; then
+      REP_ERR="a tunnel process exited during run $i"
+      return 1
+    fi
+    files+=("$f")
+    ((i == BENCH_REPEAT)) || sleep 0.3
+  done
+  REP_OUT=$("${TOOL[@]}" json-median "$keys" "${files[@]}")
+}
+rr_once() { # rr_once PORT CONNS COUNT OUT
+  timeout "$ONCE_TIMEOUT" "${TOOL[@]}" rr "$1" --conns "$2" --count "$3" --seconds "$BENCH_SECONDS" >"$4"
+}
+cps_once() { # cps_once PORT OUT
+  timeout "$ONCE_TIMEOUT" "${TOOL[@]}" cps "$1" --count "$BENCH_CPS_COUNT" --seconds "$BENCH_SECONDS" \
+    --workers "$BENCH_CPS_WORKERS" >"$2"
+}
+pgb_once() { # pgb_once PORT OUT: pgbench -S, its text output kept beside the JSON
+  local txt=${2%.json}.txt
+  # -n: no vacuum (select-only); the tables were initialised once, directly.
+  if ! PGCONNECT_TIMEOUT=5 timeout "$ONCE_TIMEOUT" "$PGBENCH" -h 127.0.0.1 -p "$1" -U postgres -S -n \
+    -c "$BENCH_PGBENCH_CLIENTS" -j "$BENCH_PGBENCH_JOBS" -T "$BENCH_PGBENCH_SECONDS" postgres >"$txt" 2>&1; then
+    last_line "$txt" >&2
+    return 1
+  fi
+  "${TOOL[@]}" pgbench-parse "$txt" >"$2"
+}
+
+tunnel_alive() {
+  local p
+  [[ -n $SRV_PID ]] || return 0
+  alive "$SRV_PID" || return 1
+  for p in "${AGT_PIDS[@]}"; do alive "$p" || return 1; done
+}
+agents_alive() {
+  local p
+  for p in "${AGT_PIDS[@]}"; do alive "$p" || return 1; done
+}
 
 # start_tunnel COL OFFSET: starts the tunnel for COL on fresh ports from OFFSET (control
-# port OFFSET+1, public ports OFFSET+2..OFFSET+5) and waits until an echo (a datagram for
-# UDP columns) goes through it; sets PI/PE (public iperf3/echo ports), SRV_PID/AGT_PID,
-# or SETUP_ERR.
+# port OFFSET+1, public ports OFFSET+2..OFFSET+5) and waits until every public port
+# listens and an echo (a datagram for UDP columns) goes through it; sets PI/PE/PP (public
+# iperf3/echo/PostgreSQL ports), SRV_PID, AGT_PID and AGT_PIDS (all agent/client
+# processes), or SETUP_ERR.
 start_tunnel() {
   local col=$1 o=$2
   SRV_PID='' AGT_PID='' SRV_LOG='' AGT_LOG='' SETUP_ERR=''
-  PI=$((o + 2)) PE=$((o + 3))
+  AGT_PIDS=()
+  PI=$((o + 2)) PE=$((o + 3)) PP=$((o + 4))
   case $col in
-  direct) PI=$IB PE=$ECHO_PORT ;;
+  direct) PI=$IB PE=$ECHO_PORT PP=$PG_PORT ;;
   direct-udp) PI=$IB PE=$UECHO_PORT ;;
   culvert-*) setup_culvert "$col" "$o" ;;
   rathole-*) setup_rathole "$col" "$o" ;;
+  wstunnel-*) setup_wstunnel "$col" "$o" ;;
+  bore) setup_bore "$col" "$o" ;;
   esac
+  if [[ -n $AGT_PID && ${#AGT_PIDS[@]} -eq 0 ]]; then AGT_PIDS=("$AGT_PID"); fi
   if [[ -z $SETUP_ERR && -n $SRV_PID ]]; then
-    local ready=0
+    local ready=0 ports=("$PI" "$PE")
     if is_udp_col "$col"; then
       # TCP control port listening, both UDP ports bound, and a datagram echoed back.
       "${TOOL[@]}" wait-listen --timeout 20 "$PI" 2>/dev/null &&
         "${TOOL[@]}" wait-listen --udp --timeout 20 "$PI" "$PE" 2>/dev/null &&
         "${TOOL[@]}" wait-udp-echo --timeout 15 "$PE" 2>/dev/null && ready=1
     else
-      "${TOOL[@]}" wait-listen --timeout 20 "$PI" "$PE" 2>/dev/null &&
+      # Every public port listening, and a byte echoed back through the echo port (the
+      # PostgreSQL port is checked with a query before pgbench).
+      [[ -z $PG_PORT ]] || ports+=("$PP")
+      "${TOOL[@]}" wait-listen --timeout 20 "${ports[@]}" 2>/dev/null &&
         "${TOOL[@]}" wait-echo --timeout 15 "$PE" 2>/dev/null && ready=1
     fi
     if ((!ready)); then
       if ! alive "$SRV_PID"; then
         SETUP_ERR="server exited: $(last_line "$SRV_LOG")"
-      elif ! alive "$AGT_PID"; then
+      elif ! agents_alive; then
         SETUP_ERR="agent exited: $(last_line "$AGT_LOG")"
       else
         SETUP_ERR="tunnel not ready in time (logs in target/bench/run/logs/$col-$PHASE-*)"
@@ -597,9 +966,11 @@ start_tunnel() {
   [[ -z $SETUP_ERR ]]
 }
 stop_tunnel() {
-  [[ -z $AGT_PID ]] || stop_pid "$AGT_PID"
+  local p
+  for p in "${AGT_PIDS[@]}"; do stop_pid "$p"; done
   [[ -z $SRV_PID ]] || stop_pid "$SRV_PID"
   AGT_PID='' SRV_PID=''
+  AGT_PIDS=()
 }
 na_column() { # na_column COL REASON
   local short=${2//|//}
@@ -613,13 +984,16 @@ na_column() { # na_column COL REASON
 # once for the bulk iperf3 runs, so that neither phase's retained memory shows in the
 # other's RSS figures.
 run_column() {
-  local col=$1 o=$((BASE + 2 + $2 * 12)) v a b c d r
+  local col=$1 o v a b c d r
+  o=$(col_ports "$2")
   IB=$o
   log "== $col"
   SETUP_ERR=''
   case $col in
   culvert-*) SETUP_ERR=$CULVERT_NA ;;
   rathole-*) SETUP_ERR=$RATHOLE_NA ;;
+  wstunnel-*) SETUP_ERR=$WSTUNNEL_NA ;;
+  bore) SETUP_ERR=$BORE_NA ;;
   esac
   if [[ -z $SETUP_ERR ]] && ! have_time 30; then SETUP_ERR="skipped: time limit (BENCH_MAX_SECONDS)"; fi
   if [[ -n $SETUP_ERR ]]; then
@@ -647,7 +1021,7 @@ run_column() {
     sleep 1
     tunnel_alive || note "$col: a tunnel process exited right after start"
     put "$col" rss_idle_s "$(mb "$(status_kb "$SRV_PID" VmRSS)")"
-    put "$col" rss_idle_a "$(mb "$(status_kb "$AGT_PID" VmRSS)")"
+    put "$col" rss_idle_a "$(mb "$(agt_kb VmRSS)")"
     local hold_log=$RUN/logs/$col-hold.log hold_pid ready=""
     start_bg "$hold_log" "${TOOL[@]}" hold "$PE" "$BENCH_IDLE_CONNS" --open-seconds 40 --max-seconds 90
     hold_pid=$LAST_PID
@@ -661,7 +1035,7 @@ run_column() {
       sleep 1
       local held=${BASH_REMATCH[1]}
       put "$col" rss_conn_s "$(mb "$(status_kb "$SRV_PID" VmRSS)")"
-      put "$col" rss_conn_a "$(mb "$(status_kb "$AGT_PID" VmRSS)")"
+      put "$col" rss_conn_a "$(mb "$(agt_kb VmRSS)")"
       if ((held < BENCH_IDLE_CONNS)); then
         note "$col: only $held of $BENCH_IDLE_CONNS idle connections were established (${ready#READY * })"
       fi
@@ -676,38 +1050,67 @@ run_column() {
     for v in rss_idle_s rss_idle_a rss_conn_s rss_conn_a rss_peak_s rss_peak_a; do put "$col" "$v" "—"; done
   fi
 
-  # --- 64-byte request/response
-  if have_time 20 && tunnel_alive; then
-    local rr=$RUN/$col/rr.json
-    mkdir -p "$RUN/$col"
-    if timeout $((BENCH_SECONDS + 20)) "${TOOL[@]}" rr "$PE" --count "$BENCH_RR_COUNT" --seconds "$BENCH_SECONDS" \
-      >"$rr" 2>"$RUN/logs/$col-rr.err" && r=$("${TOOL[@]}" json-get "$rr" rps p50_us p99_us); then
-      read -r a b c <<<"$r"
+  # --- 64-byte request/response: one connection, then BENCH_RR_CONNS at once
+  mkdir -p "$RUN/$col"
+  if have_time $(((BENCH_SECONDS + 5) * BENCH_REPEAT)) && tunnel_alive; then
+    if repeat_json "$col" rr "rps,p50_us,p99_us" $((BENCH_SECONDS + 20)) \
+      rr_once "$PE" 1 "$BENCH_RR_COUNT"; then
+      read -r a b c <<<"$REP_OUT"
       put "$col" rr_rps "$a"
       put "$col" rr_p50 "$b"
       put "$col" rr_p99 "$c"
       log "$col round trips: $a/s p50 ${b}µs p99 ${c}µs"
     else
       put "$col" rr_rps "fail"
-      note "$col: round-trip test failed: $(last_line "$RUN/logs/$col-rr.err")"
+      note "$col: round-trip test failed: $REP_ERR"
+    fi
+  fi
+  if have_time $(((BENCH_SECONDS + 5) * BENCH_REPEAT)) && tunnel_alive; then
+    if repeat_json "$col" rrc "rps,p50_us,p99_us" $((BENCH_SECONDS + 30)) \
+      rr_once "$PE" "$BENCH_RR_CONNS" "$BENCH_RR_CONC_COUNT"; then
+      read -r a b c <<<"$REP_OUT"
+      put "$col" rrc_rps "$a"
+      put "$col" rrc_p50 "$b"
+      put "$col" rrc_p99 "$c"
+      log "$col round trips, $BENCH_RR_CONNS connections: $a/s p50 ${b}µs p99 ${c}µs"
+    else
+      put "$col" rrc_rps "fail"
+      note "$col: round-trip test with $BENCH_RR_CONNS connections failed: $REP_ERR"
     fi
   fi
 
   # --- new connections per second
-  if have_time 20 && tunnel_alive; then
-    local cps=$RUN/$col/cps.json
-    if timeout $((BENCH_SECONDS + 30)) "${TOOL[@]}" cps "$PE" --count "$BENCH_CPS_COUNT" --seconds "$BENCH_SECONDS" \
-      --workers "$BENCH_CPS_WORKERS" >"$cps" 2>"$RUN/logs/$col-cps.err" &&
-      r=$("${TOOL[@]}" json-get "$cps" cps ok errors last_error); then
-      read -r a b c d <<<"$r"
+  if have_time $(((BENCH_SECONDS + 5) * BENCH_REPEAT)) && tunnel_alive; then
+    if repeat_json "$col" cps "cps,ok,errors" $((BENCH_SECONDS + 30)) cps_once "$PE"; then
+      read -r a b c <<<"$REP_OUT"
       put "$col" cps "$a"
-      log "$col new connections: $a/s ($b ok, $c errors)"
-      ((c == 0)) || note "$col: $c of $((b + c)) new connections failed ($d)"
+      log "$col new connections: $a/s (medians: $b ok, $c errors)"
+      local errs last
+      errs=$("${TOOL[@]}" json-median errors "$RUN/$col"/cps-*.json)
+      last=$(grep -ho '"last_error": "[^"]*"' "$RUN/$col"/cps-*.json 2>/dev/null | tail -n1 | cut -d'"' -f4 || true)
+      [[ ${errs%.*} == 0 ]] || note "$col: new connections failed in the runs (median $errs errors; last: $last)"
     else
       put "$col" cps "fail"
-      note "$col: new-connections test failed: $(last_line "$RUN/logs/$col-cps.err")"
+      note "$col: new-connections test failed: $REP_ERR"
     fi
     sleep 1
+  fi
+
+  # --- pgbench -S through the tunnel
+  if [[ -n $PG_PORT ]] && have_time $(((BENCH_PGBENCH_SECONDS + 10) * BENCH_REPEAT)) && tunnel_alive; then
+    if ! pg_wait_ready "$PP" 15; then
+      put "$col" pgb_tps "fail"
+      note "$col: PostgreSQL not reachable through the tunnel (port $PP) in 15 s"
+    elif repeat_json "$col" pgbench "tps,lat_ms,failed" $((BENCH_PGBENCH_SECONDS + 30)) pgb_once "$PP"; then
+      read -r a b c <<<"$REP_OUT"
+      put "$col" pgb_tps "$a"
+      put "$col" pgb_lat "$b"
+      log "$col pgbench -S: $a tps, ${b} ms average latency"
+      [[ ${c%.*} == 0 ]] || note "$col: pgbench reported failed transactions (median $c)"
+    else
+      put "$col" pgb_tps "fail"
+      note "$col: pgbench failed: $REP_ERR"
+    fi
   fi
 
   # ---------------- phase 2: bulk (iperf3), with CPU per GB and peak RSS
@@ -727,7 +1130,7 @@ run_column() {
   if [[ -n $SRV_PID ]]; then
     sleep 1
     # "5" resets VmHWM to the current RSS, so the peak below is the peak of the bulk runs.
-    if ! { echo 5 >"/proc/$SRV_PID/clear_refs" && echo 5 >"/proc/$AGT_PID/clear_refs"; } 2>/dev/null; then
+    if ! reset_hwm; then
       note "$col: could not reset VmHWM; peak RSS covers the whole process life"
     fi
   fi
@@ -745,7 +1148,7 @@ run_column() {
   done
   if [[ -n $SRV_PID ]] && tunnel_alive; then
     put "$col" rss_peak_s "$(mb "$(status_kb "$SRV_PID" VmHWM)")"
-    put "$col" rss_peak_a "$(mb "$(status_kb "$AGT_PID" VmHWM)")"
+    put "$col" rss_peak_a "$(mb "$(agt_kb VmHWM)")"
   fi
   if [[ -n $SRV_PID ]] && ! tunnel_alive; then
     note "$col: a tunnel process exited during the bulk runs (logs in target/bench/run/logs/$col-bulk-*)"
@@ -761,7 +1164,7 @@ iperf_udp_run() {
   local col=$1 v=$2 port=$3 json=$RUN/$1/iperf-$2.json
   local s0=0 a0=0 s1=0 a1=0 out mbps loss jit bytes win=()
   [[ -z $BENCH_UDP_WINDOW ]] || win=(-w "$BENCH_UDP_WINDOW")
-  if [[ -n $SRV_PID ]]; then s0=$(cpu_ticks "$SRV_PID") a0=$(cpu_ticks "$AGT_PID"); fi
+  if [[ -n $SRV_PID ]]; then s0=$(cpu_ticks "$SRV_PID") a0=$(agt_ticks); fi
   # shellcheck disable=SC2086
   if ! timeout $((BENCH_UDP_SECONDS + 20)) iperf3 -c 127.0.0.1 -p "$port" -u -l "$BENCH_UDP_LEN" \
     -t "$BENCH_UDP_SECONDS" -J --connect-timeout 5000 --get-server-output "${win[@]}" ${UARGS[$v]} \
@@ -773,7 +1176,7 @@ iperf_udp_run() {
     start_iperf "$IB" "$col-$v" || true
     return
   fi
-  if [[ -n $SRV_PID ]]; then s1=$(cpu_ticks "$SRV_PID") a1=$(cpu_ticks "$AGT_PID"); fi
+  if [[ -n $SRV_PID ]]; then s1=$(cpu_ticks "$SRV_PID") a1=$(agt_ticks); fi
   read -r mbps loss jit bytes <<<"$out"
   if ! tunnel_alive; then
     put "$col" "mbps_$v" "fail"
@@ -797,13 +1200,16 @@ iperf_udp_run() {
 # run_udp_column COL INDEX: one tunnel start; UDP round trips first, then the iperf3
 # UDP runs (with CPU per GB and peak RSS).
 run_udp_column() {
-  local col=$1 o=$((BASE + 2 + $2 * 12)) v a b c d e f r
+  local col=$1 o v a b c d e f r
+  o=$(col_ports "$2")
   IB=$o
   log "== $col"
   SETUP_ERR=''
   case $col in
   culvert-*) SETUP_ERR=$CULVERT_NA ;;
   rathole-*) SETUP_ERR=$RATHOLE_NA ;;
+  wstunnel-*) SETUP_ERR=$WSTUNNEL_NA ;;
+  bore) SETUP_ERR=$BORE_NA ;;
   esac
   if [[ -z $SETUP_ERR ]] && ! have_time 30; then SETUP_ERR="skipped: time limit (BENCH_MAX_SECONDS)"; fi
   if [[ -n $SETUP_ERR ]]; then
@@ -825,7 +1231,7 @@ run_udp_column() {
   put "$col" status "ok"
   if [[ -n $SRV_PID ]]; then
     sleep 1
-    if ! { echo 5 >"/proc/$SRV_PID/clear_refs" && echo 5 >"/proc/$AGT_PID/clear_refs"; } 2>/dev/null; then
+    if ! reset_hwm; then
       note "$col: could not reset VmHWM; peak RSS covers the whole process life"
     fi
   fi
@@ -879,12 +1285,221 @@ run_udp_column() {
   done
   if [[ -n $SRV_PID ]] && tunnel_alive; then
     put "$col" urss_peak_s "$(mb "$(status_kb "$SRV_PID" VmHWM)")"
-    put "$col" urss_peak_a "$(mb "$(status_kb "$AGT_PID" VmHWM)")"
+    put "$col" urss_peak_a "$(mb "$(agt_kb VmHWM)")"
   elif [[ -n $SRV_PID ]]; then
     note "$col: a tunnel process exited during the UDP runs (logs in target/bench/run/logs/$col-udp-*)"
   else
     put "$col" urss_peak_s "—"
     put "$col" urss_peak_a "—"
+  fi
+  stop_tunnel
+  stop_iperf
+}
+
+# ------------------------------------------------------------------ syscall mode
+# For each of SYS_COLS, one tunnel start: iperf3 -n BYTES up, the same down (-R), then
+# BENCH_SYSCALLS_RR_COUNT round trips. Each load runs twice. First bare: context switches
+# over all threads and CPU time of the server and of the agent/client process(es). Then
+# under `perf stat -a -e 'syscalls:sys_enter_*' --filter 'common_pid == TID || ...'` (one
+# perf per side, the filter listing that side's threads): system calls by name, counted
+# (not sampled: nothing is lost, and nothing stops the process per call as strace does).
+# Counting system-wide with a thread filter, not per task (-p): per-task events are
+# switched in and out with the task, hundreds of them here, which cost the tunnel about
+# four times its CPU per round trip in a trial; system-wide the events stay put. perf
+# starts with its events disabled and is enabled and disabled through its control FIFO,
+# with an acknowledgement, exactly around the load.
+SYS_REC=$RUN/sys.tsv
+SYS_PERF=0
+declare -A PERF_PID=() PERF_CTL=() PERF_ACK=()
+sysrec() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$SYS_REC"; }
+perf_attach() { # perf_attach TAG OUT stat|record PERF-ARGS...
+  local tag=$1 out=$2 kind=$3 ctl ack fd
+  shift 3
+  ctl=$RUN/sys/$tag.ctl ack=$RUN/sys/$tag.ack
+  rm -f "$ctl" "$ack"
+  mkfifo "$ctl" "$ack"
+  start_bg "$RUN/logs/perf-$tag.log" perf "$kind" -D -1 --control "fifo:$ctl,$ack" -o "$out" "$@"
+  PERF_PID[$tag]=$LAST_PID
+  exec {fd}<>"$ctl"
+  PERF_CTL[$tag]=$fd
+  exec {fd}<>"$ack"
+  PERF_ACK[$tag]=$fd
+}
+perf_ctl() { # perf_ctl TAG enable|disable: sends the command, waits ≤ 30 s for perf's ack
+  local a=""
+  alive "${PERF_PID[$1]}" || return 1
+  echo "$2" >&"${PERF_CTL[$1]}" || return 1
+  read -r -t 30 -u "${PERF_ACK[$1]}" a || return 1
+  [[ $a == ack* ]]
+}
+perf_detach() { # SIGINT makes perf write its results; bounded wait, then stop_pid
+  local tag=$1 pid=${PERF_PID[$1]} c=${PERF_CTL[$1]} k=${PERF_ACK[$1]}
+  if is_mine "$pid"; then
+    kill -INT "$pid" 2>/dev/null || true
+    for _ in $(seq 1 300); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+  fi
+  stop_pid "$pid"
+  exec {c}>&- {k}>&-
+  rm -f "$RUN/sys/$tag.ctl" "$RUN/sys/$tag.ack"
+}
+tid_filter() { # tid_filter PID...: "common_pid == TID || ..." over every thread of the PIDs
+  local p t f=""
+  for p in "$@"; do
+    for t in "/proc/$p/task/"*; do f+="${f:+ || }common_pid == ${t##*/}"; done
+  done
+  echo "$f"
+}
+SYS_DENOM=
+sys_iperf() { # sys_iperf COL LOAD [-R]: iperf3 -n BYTES; SYS_DENOM = bytes received
+  local json=$RUN/sys/$1-$2.json out gbps
+  # shellcheck disable=SC2086
+  timeout 600 iperf3 -c 127.0.0.1 -p "$PI" -n "$BENCH_SYSCALLS_BYTES" -J --connect-timeout 5000 ${3:-} \
+    >"$json" 2>>"$RUN/logs/$1-sys-iperf.err" || return 1
+  out=$("${TOOL[@]}" iperf-parse "$json" 2>>"$RUN/logs/$1-sys-iperf.err") || return 1
+  read -r gbps SYS_DENOM <<<"$out"
+  log "$1 $2: $gbps Gbit/s"
+}
+sys_rr() { # sys_rr COL: round trips over one connection; SYS_DENOM = all of them (warm-up too)
+  local json=$RUN/sys/$1-rr.json r a b
+  timeout 600 "${TOOL[@]}" rr "$PE" --count "$BENCH_SYSCALLS_RR_COUNT" --seconds 500 >"$json" \
+    2>>"$RUN/logs/$1-sys-rr.err" || return 1
+  r=$("${TOOL[@]}" json-get "$json" count warmup) || return 1
+  read -r a b <<<"$r"
+  SYS_DENOM=$((a + b))
+}
+# sys_window COL LOAD CMD...: CMD twice, bare (context switches, CPU) then under perf stat
+# (syscalls by name); records to SYS_REC
+sys_window() {
+  local col=$1 load=$2 perf_on=0 s0 a0 s1 a1 cs0 ca0 cs1 ca1 role v0 i0 t0 v1 i1 t1 tk unit=bytes
+  shift 2
+  [[ $load != rr ]] || unit=rts
+  SYS_DENOM=
+  cs0=$(ctxsw "$SRV_PID") ca0=$(ctxsw "${AGT_PIDS[@]}") s0=$(cpu_ticks "$SRV_PID") a0=$(agt_ticks)
+  if ! "$@" || [[ -z $SYS_DENOM ]] || ! tunnel_alive; then
+    note "$col: syscall-mode load '$load' failed (target/bench/run/logs/$col-sys-*.err)"
+    return 1
+  fi
+  s1=$(cpu_ticks "$SRV_PID") a1=$(agt_ticks) cs1=$(ctxsw "$SRV_PID") ca1=$(ctxsw "${AGT_PIDS[@]}")
+  sysrec "$col" "$load" - "$unit" "$SYS_DENOM"
+  for role in srv agt; do
+    if [[ $role == srv ]]; then
+      read -r v0 i0 t0 <<<"$cs0"
+      read -r v1 i1 t1 <<<"$cs1"
+      tk=$((s1 - s0))
+    else
+      read -r v0 i0 t0 <<<"$ca0"
+      read -r v1 i1 t1 <<<"$ca1"
+      tk=$((a1 - a0))
+    fi
+    sysrec "$col" "$load" "$role" cpu_s "$(awk -v t="$tk" -v hz="$CLK_TCK" 'BEGIN { printf "%.4f", t / hz }')"
+    sysrec "$col" "$load" "$role" vcsw $((v1 - v0))
+    sysrec "$col" "$load" "$role" ivcsw $((i1 - i0))
+    ((t0 == t1)) || note "$col $load: the $role side had $t0 threads before and $t1 after; context switches of threads that came or went are not all counted"
+  done
+  ((SYS_PERF)) || return 0
+  sleep 0.5
+  local fs fa ts ta
+  fs=$(tid_filter "$SRV_PID") fa=$(tid_filter "${AGT_PIDS[@]}")
+  perf_attach "$col-$load-srv" "$RUN/sys/$col-$load-srv.perf" stat -a -x, -e 'syscalls:sys_enter_*' --filter "$fs"
+  perf_attach "$col-$load-agt" "$RUN/sys/$col-$load-agt.perf" stat -a -x, -e 'syscalls:sys_enter_*' --filter "$fa"
+  if perf_ctl "$col-$load-srv" enable && perf_ctl "$col-$load-agt" enable; then
+    perf_on=1
+  else
+    note "$col $load: perf stat did not start (target/bench/run/logs/perf-$col-$load-*.log); no syscall counts"
+  fi
+  SYS_DENOM=
+  if ((perf_on)); then
+    "$@" || perf_on=0
+    perf_ctl "$col-$load-srv" disable || perf_on=0
+    perf_ctl "$col-$load-agt" disable || perf_on=0
+  fi
+  ts=$(ctxsw "$SRV_PID") ta=$(ctxsw "${AGT_PIDS[@]}")
+  perf_detach "$col-$load-srv"
+  perf_detach "$col-$load-agt"
+  if ((perf_on)) && [[ -n $SYS_DENOM ]] && tunnel_alive; then
+    sysrec "$col" "$load" - "${unit}_perf" "$SYS_DENOM"
+    sysrec "$col" "$load" srv perf "$RUN/sys/$col-$load-srv.perf"
+    sysrec "$col" "$load" agt perf "$RUN/sys/$col-$load-agt.perf"
+    # the filters list the threads there were when perf started
+    [[ ${ts##* } == "${cs1##* }" && ${ta##* } == "${ca1##* }" ]] ||
+      note "$col $load: threads came or went during the perf run; the syscalls of new threads are not counted"
+  else
+    note "$col: syscall counting for '$load' failed (target/bench/run/logs/perf-$col-$load-*.log)"
+  fi
+}
+# sys_profile COL: perf record -g of one more client→service transfer; top 20 symbols
+sys_profile() {
+  local col=$1 agts role f
+  agts=$(IFS=,; echo "${AGT_PIDS[*]}")
+  perf_attach "$col-prof-srv" "$RUN/sys/$col-srv.perf.data" record -g -F 999 -q -p "$SRV_PID"
+  perf_attach "$col-prof-agt" "$RUN/sys/$col-agt.perf.data" record -g -F 999 -q -p "$agts"
+  if perf_ctl "$col-prof-srv" enable && perf_ctl "$col-prof-agt" enable; then
+    sys_iperf "$col" prof "" || note "$col: the profiled transfer failed"
+    perf_ctl "$col-prof-srv" disable || true
+    perf_ctl "$col-prof-agt" disable || true
+  else
+    note "$col: perf record did not start (target/bench/run/logs/perf-$col-prof-*.log)"
+  fi
+  perf_detach "$col-prof-srv"
+  perf_detach "$col-prof-agt"
+  for role in srv agt; do
+    f=$RUN/sys/$col-$role.perf.data
+    [[ -s $f ]] || continue
+    # the sample count, then the top 20 lines (without perf's empty IPC columns)
+    timeout 300 perf report -i "$f" --stdio --no-children -g none --sort dso,symbol --percent-limit 0.5 \
+      2>/dev/null | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//' |
+      awk '/^# Samples:/ { sub(/^# /, ""); print; next } /^ +[0-9.]+%/ && n++ < 20' >"$RUN/sys/$col-$role.top" || true
+  done
+}
+run_syscalls() { # run_syscalls COL INDEX
+  local col=$1 o
+  o=$(col_ports "$2")
+  IB=$o
+  PHASE=sys
+  log "== syscalls: $col"
+  SETUP_ERR=''
+  case $col in
+  culvert-*) SETUP_ERR=$CULVERT_NA ;;
+  rathole-*) SETUP_ERR=$RATHOLE_NA ;;
+  wstunnel-*) SETUP_ERR=$WSTUNNEL_NA ;;
+  bore) SETUP_ERR=$BORE_NA ;;
+  esac
+  if [[ -z $SETUP_ERR ]] && ! have_time 120; then SETUP_ERR="skipped: time limit (BENCH_MAX_SECONDS)"; fi
+  if [[ -n $SETUP_ERR ]]; then
+    note "syscalls, $col: n/a — $SETUP_ERR"
+    return
+  fi
+  mkdir -p "$RUN/sys" "$RUN/$col"
+  if ! start_iperf "$IB" "$col-sys"; then
+    note "syscalls, $col: iperf3 server did not start"
+    stop_iperf
+    return
+  fi
+  if ! start_tunnel "$col" "$o"; then
+    note "syscalls, $col: tunnel did not start: $SETUP_ERR"
+    stop_tunnel
+    stop_iperf
+    return
+  fi
+  sleep 1 # let the tunnel's start-up work settle before counting
+  local load
+  for load in up down rr; do
+    if ! have_time 90 || ! tunnel_alive; then
+      note "syscalls, $col: '$load' skipped (time limit or a tunnel process exited)"
+      continue
+    fi
+    case $load in
+    up) sys_window "$col" up sys_iperf "$col" up "" || true ;;
+    down) sys_window "$col" down sys_iperf "$col" down -R || true ;;
+    rr) sys_window "$col" rr sys_rr "$col" || true ;;
+    esac
+    sleep 0.5
+  done
+  if [[ $BENCH_SYSCALLS_PROFILE == 1 ]] && ((SYS_PERF)) && have_time 90 && tunnel_alive; then
+    sys_profile "$col"
   fi
   stop_tunnel
   stop_iperf
@@ -902,6 +1517,20 @@ for col in "${ALL_COLS[@]}"; do
   fi
   idx=$((idx + 1))
 done
+stop_pg
+if ((${#SYS_COLS[@]})); then
+  : >"$SYS_REC"
+  if command -v perf >/dev/null &&
+    perf stat -a -e 'syscalls:sys_enter_getpid' --filter 'common_pid == 1' -- true >/dev/null 2>&1; then
+    SYS_PERF=1
+  else
+    note "perf cannot count syscall tracepoints here (perf missing, perf_event_paranoid or tracefs): context switches and CPU only"
+  fi
+  for col in "${SYS_COLS[@]}"; do
+    run_syscalls "$col" "$idx"
+    idx=$((idx + 1))
+  done
+fi
 
 # ------------------------------------------------------------------ report
 culvert_rev=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
@@ -913,18 +1542,29 @@ REPORT=$OUT/latest.md
 {
   echo "## Loopback benchmark ($(date -u +%Y-%m-%dT%H:%MZ))"
   echo
+  peers="rathole $RATHOLE_VERSION (features $RATHOLE_FEATURES)"
+  ! needs_any wstunnel-ws,wstunnel-wss || peers+=", wstunnel ${WSTUNNEL_NAME#wstunnel-} (its own release profile)"
+  ! needs_any bore || peers+=", bore $BORE_VERSION"
+  [[ -z ${WSTUNNEL_BIN_SET:-} ]] || peers+=" (WSTUNNEL_BIN=$WSTUNNEL_BIN)"
+  [[ -z ${BORE_BIN_SET:-} ]] || peers+=" (BORE_BIN=$BORE_BIN)"
   echo "Machine: $(nproc) cores, $(uname -sr); iperf3 $(iperf3 --version 2>/dev/null | head -n1 | awk '{print $2}');" \
-    "rathole $RATHOLE_VERSION (features $RATHOLE_FEATURES); Culvert at $culvert_rev;" \
+    "$peers; Culvert at $culvert_rev;" \
     "load average before measuring: $LOADAVG (other work on the machine skews throughput more than CPU-s/GB)."
   if wants_any "$TCP_COLUMNS"; then
-    repeat=""
-    ((BENCH_REPEAT == 1)) || repeat=" (each cell the median of $BENCH_REPEAT runs, throughput and CPU-s/GB taken separately)"
+    repeat=" (one run per cell)"
+    ((BENCH_REPEAT == 1)) || repeat=" (each cell the median of $BENCH_REPEAT runs, each figure taken separately)"
+    pgb=""
+    [[ -z $PG_PORT ]] || pgb=" pgbench -S -c $BENCH_PGBENCH_CLIENTS -j $BENCH_PGBENCH_JOBS -T $BENCH_PGBENCH_SECONDS against PostgreSQL $("$PSQL" --version 2>/dev/null | awk '{print $3}') (scale $BENCH_PGBENCH_SCALE, fsync off), through each tunnel; tps without the initial connection time."
     echo "Each iperf3 run ${BENCH_SECONDS} s$repeat; CPU-s/GB = (utime+stime delta of the process) ÷ GB received by iperf3;" \
-      "round trips: ≤ $BENCH_RR_COUNT sequential 64-byte echoes or ${BENCH_SECONDS} s; new connections:" \
-      "≤ $BENCH_CPS_COUNT or ${BENCH_SECONDS} s; peak RSS is the VmHWM of the tunnel processes over the bulk runs, on a fresh start (the connection tests run on another)." \
-      "Ratios are Culvert ÷ rathole: above 1 is better for rows marked higher-is-better, below 1 for lower-is-better."
+      "round trips: ≤ $BENCH_RR_COUNT sequential 64-byte echoes or ${BENCH_SECONDS} s over one connection, and ≤ $BENCH_RR_CONC_COUNT" \
+      "over $BENCH_RR_CONNS connections at once (each sequential) or ${BENCH_SECONDS} s; new connections:" \
+      "≤ $BENCH_CPS_COUNT or ${BENCH_SECONDS} s;$pgb Peak RSS is the VmHWM of the tunnel processes over the bulk runs, on a fresh start (the connection tests run on another)." \
+      "bore runs one \`bore local\` per exposed port (three): its agent/client CPU and RSS are their sums." \
+      "\"÷ best peer\": Culvert ÷ the best of $PEER_COLUMNS in this run for that row (highest where higher is better, lowest where lower is better), named in the cell;" \
+      "other ratios Culvert ÷ that peer. Above 1 is better for rows marked higher-is-better, below 1 for lower-is-better."
     echo
-    "${TOOL[@]}" table "$METRICS" "$RES"
+    "${TOOL[@]}" table "$METRICS" "$RES" --columns "$TCP_COLUMNS" --best culvert-ws,culvert-wss \
+      --peers "$PEER_COLUMNS" --ratios "culvert-wss/wstunnel-wss,culvert-ws/rathole-tcp,culvert-wss/rathole-tls"
   fi
   if wants_any "$UDP_COLUMNS"; then
     wants_any "$TCP_COLUMNS" && { echo; echo "### UDP"; }
@@ -940,6 +1580,33 @@ REPORT=$OUT/latest.md
     echo
     "${TOOL[@]}" table "$UMETRICS" "$RES" --columns "$UDP_COLUMNS" \
       --ratios "culvert-ws-udp/rathole-udp,culvert-wss-udp/rathole-tls-udp"
+  fi
+  if ((${#SYS_COLS[@]})); then
+    echo
+    echo "### System calls and context switches (BENCH_SYSCALLS)"
+    echo
+    echo "One tunnel start per column; iperf3 -n $BENCH_SYSCALLS_BYTES client→service, the same service→client (-R), then" \
+      "$BENCH_SYSCALLS_RR_COUNT sequential 64-byte round trips over one connection (+50 warm-up ones, inside the window and counted)." \
+      "Each load runs twice. Bare: voluntary and involuntary context switches summed over all threads of each process" \
+      "(/proc/PID/task/*/status) and CPU time (utime+stime). Then again for system calls by name, counted by" \
+      "\`perf stat -a -e 'syscalls:sys_enter_*' --filter 'common_pid == TID || …'\` (that process's threads), enabled and disabled" \
+      "through perf's control FIFO around the load (counting, not sampling; nothing stops the process per call as under strace)." \
+      "Per GB: ÷ bytes iperf3 received in that run; per round trip: ÷ round trips. The ratio column compares the server+agent totals."
+    echo
+    "${TOOL[@]}" sys-table "$SYS_REC" --top "$BENCH_SYSCALLS_TOP" \
+      --labels "up=iperf3 -n $BENCH_SYSCALLS_BYTES, client→service;down=iperf3 -n $BENCH_SYSCALLS_BYTES -R, service→client;rr=64-byte round trips, 1 connection"
+    for col in "${SYS_COLS[@]}"; do
+      for role in srv agt; do
+        f=$RUN/sys/$col-$role.top
+        [[ -s $f ]] || continue
+        echo
+        echo "Profile, $col $([[ $role == srv ]] && echo server || echo agent/client), one more iperf3 -n $BENCH_SYSCALLS_BYTES client→service (perf record -g -F 999, top 20 by self time):"
+        echo
+        echo '```'
+        cat "$f"
+        echo '```'
+      done
+    done
   fi
   if ((${#NOTES[@]})); then
     echo

@@ -26,39 +26,21 @@ if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
     cargo build --release --locked -p culvert >&2
 fi
 CULVERT=$PWD/target/release/culvert
-BINDIR=$(pg_config --bindir)
-for p in initdb postgres; do
-    [[ -x $BINDIR/$p ]] || { echo "PostgreSQL missing ($BINDIR/$p); run scripts/test.sh once to install it" >&2; exit 1; }
-done
-PGBENCH=$(command -v pgbench || echo "$BINDIR/pgbench")
-PSQL=$(command -v psql || echo "$BINDIR/psql")
+source scripts/lib/pg.sh
+pg_tools || exit 1
 
 source scripts/lib/procs.sh
 procs_init culvert-pgbench
 chmod 755 "$WORK"   # postgres (another user under root) must reach its data directory
 
-as_pg() {
-    if [[ $(id -u) == 0 ]]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi
-}
-
-# PostgreSQL.
-mkdir -p "$WORK/pg"
-[[ $(id -u) == 0 ]] && chown -R postgres:postgres "$WORK/pg"
-as_pg "$BINDIR/initdb" -D "$WORK/pg/data" -A trust -U postgres --no-sync -E UTF8 >/dev/null
+# PostgreSQL. Started as a simple command in the background: setpriv execs postgres, so
+# the PID recorded is the postmaster's, the one cleanup stops.
+pg_init_cluster "$WORK/pg"
 PG_PORT=$(free_port)
-# In the background: exec makes the subshell that `&` forks become postgres itself, so the
-# PID recorded is the one cleanup stops (the subshell's would leave postgres running).
-as_pg_exec() {
-    if [[ $(id -u) == 0 ]]; then exec setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; fi
-    exec "$@"
-}
-as_pg_exec "$BINDIR/postgres" -D "$WORK/pg/data" -p "$PG_PORT" -k "$WORK/pg/data" \
-    -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50 >"$WORK/pg.log" 2>&1 &
+pg_server_cmd "$WORK/pg" "$PG_PORT" 50
+"${PG_SERVER_CMD[@]}" >"$WORK/pg.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 100); do
-    "$PSQL" -h 127.0.0.1 -p "$PG_PORT" -U postgres -Xtc 'select 1' >/dev/null 2>&1 && break
-    sleep 0.2
-done
+pg_wait_ready "$PG_PORT" 20 || true
 
 # Two nodes, TLS between them, each trusting the other's certificate file.
 cd "$WORK"

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Helpers for scripts/bench.sh: loopback-only load clients (TCP and UDP), echo
-backends (TCP and UDP), port picking, iperf3 JSON parsing and the markdown tables.
+backends (TCP and UDP), port picking, iperf3/pgbench/perf-stat parsing, medians and the
+markdown tables.
 
 Every loop here is bounded both in count and in time, and every socket goes to
 127.0.0.1 only.
@@ -60,6 +61,20 @@ def cmd_freeblock(a):
             print(base)
             return
     _die("no free block of ports found")
+
+
+def cmd_port_free(a):
+    """Exit 0 when a TCP listener could bind 127.0.0.1:PORT now (SO_REUSEADDR, as tokio's
+    listeners do), 1 otherwise."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((HOST, a.port))
+        s.listen(1)
+    except OSError:
+        sys.exit(1)
+    finally:
+        s.close()
 
 
 def _listening_ports():
@@ -243,21 +258,22 @@ def _pct(sorted_vals, q):
     return sorted_vals[i]
 
 
+RR_WARMUP = 50  # untimed round trips per connection before measuring
+
+
 def cmd_rr(a):
-    """N sequential 64-byte request/response round trips over one connection."""
+    """Sequential 64-byte request/response round trips over one connection (--conns 1),
+    or over --conns connections at once, each doing sequential round trips (aggregate
+    rate, latency percentiles over all of them). Bounded by --count round trips in total
+    and by --seconds."""
+    if a.conns > 1:
+        return _rr_multi(a)
     payload = os.urandom(64)
     lat = []
     s = socket.create_connection((HOST, a.port), timeout=5)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     # Warm the path (first stream open, data-channel creation, ...), untimed.
-    for _ in range(50):
-        s.sendall(payload)
-        got = 0
-        while got < 64:
-            n = len(s.recv(64 - got))
-            if n == 0:
-                _die("connection closed during warm-up")
-            got += n
+    _rr_warm(s, payload)
     pc = time.perf_counter_ns
     t_start = pc()
     deadline = t_start + int(a.seconds * 1e9)
@@ -284,6 +300,106 @@ def cmd_rr(a):
         json.dumps(
             {
                 "count": len(lat),
+                "conns": 1,
+                "warmup": RR_WARMUP,
+                "seconds": elapsed,
+                "rps": len(lat) / elapsed if elapsed > 0 else None,
+                "p50_us": _pct(lat, 0.50) / 1000,
+                "p99_us": _pct(lat, 0.99) / 1000,
+            }
+        )
+    )
+
+
+def _rr_warm(s, payload):
+    """RR_WARMUP blocking round trips on S (first stream open, data-channel creation...)."""
+    for _ in range(RR_WARMUP):
+        s.sendall(payload)
+        got = 0
+        while got < len(payload):
+            chunk = s.recv(len(payload) - got)
+            if not chunk:
+                _die("connection closed during warm-up")
+            got += len(chunk)
+
+
+def _rr_multi(a):
+    """--conns connections, each with one 64-byte request outstanding at a time; one
+    thread drives them all with epoll (no GIL hand-offs between client threads)."""
+    import select
+
+    size = 64
+    payload = os.urandom(size)
+    socks = []
+    for _ in range(a.conns):
+        s = socket.create_connection((HOST, a.port), timeout=5)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        socks.append(s)
+    for s in socks:
+        _rr_warm(s, payload)
+    ep = select.epoll()
+    pc = time.perf_counter_ns
+    state = {}  # fd -> [socket, bytes received, send time, buffer view]
+    lat = []
+    issued = 0
+    t_start = pc()
+    deadline = t_start + int(a.seconds * 1e9)
+    hard_end = time.monotonic() + a.seconds + 15  # a stuck connection cannot hang us
+    for s in socks:
+        s.setblocking(False)
+        st = [s, 0, 0, memoryview(bytearray(size))]
+        state[s.fileno()] = st
+        ep.register(s.fileno(), select.EPOLLIN)
+        if issued < a.count:
+            st[2] = pc()
+            if s.send(payload) != size:
+                _die("short send of a 64-byte request")
+            issued += 1
+        else:
+            ep.unregister(s.fileno())
+            del state[s.fileno()]
+    t_last = t_start
+    while state:
+        if time.monotonic() > hard_end:
+            _die(f"{len(state)} connections got no echo in time")
+        for fd, _ev in ep.poll(1.0):
+            st = state.get(fd)
+            if st is None:
+                continue
+            try:
+                n = st[0].recv_into(st[3][st[1]:], size - st[1])
+            except BlockingIOError:
+                continue
+            if n == 0:
+                _die("connection closed during round trips")
+            st[1] += n
+            if st[1] < size:
+                continue
+            now = pc()
+            lat.append(now - st[2])
+            t_last = now
+            st[1] = 0
+            if issued < a.count and now < deadline:
+                st[2] = pc()
+                if st[0].send(payload) != size:
+                    _die("short send of a 64-byte request")
+                issued += 1
+            else:
+                ep.unregister(fd)
+                del state[fd]
+    elapsed = (t_last - t_start) / 1e9
+    ep.close()
+    for s in socks:
+        s.close()
+    if not lat:
+        _die("no round trip completed")
+    lat.sort()
+    print(
+        json.dumps(
+            {
+                "count": len(lat),
+                "conns": a.conns,
+                "warmup": RR_WARMUP * a.conns,
                 "seconds": elapsed,
                 "rps": len(lat) / elapsed if elapsed > 0 else None,
                 "p50_us": _pct(lat, 0.50) / 1000,
@@ -491,9 +607,204 @@ def cmd_json_get(a):
     print(" ".join(out))
 
 
+def _median(xs):
+    xs = sorted(xs)
+    if not xs:
+        return None
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
+def cmd_json_median(a):
+    """Print, for each of the comma-separated KEYS, the median of its numeric values over
+    the JSON objects in FILES (files that do not parse are skipped), space separated;
+    an empty field when no file has a number for that key."""
+    docs = []
+    for fn in a.files:
+        try:
+            with open(fn) as f:
+                docs.append(json.load(f))
+        except (OSError, ValueError):
+            pass
+    out = []
+    for k in a.keys.split(","):
+        vals = [d[k] for d in docs if isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool)]
+        m = _median(vals)
+        out.append("" if m is None else f"{m:.6g}")
+    print(" ".join(out))
+
+
+def cmd_pgbench_parse(a):
+    """Turn pgbench's text output into JSON: tps (without initial connection time),
+    average latency in ms, transactions processed and failed."""
+    with open(a.file, errors="replace") as f:
+        text = f.read()
+    d = {}
+    m = re.search(r"^tps = ([0-9.]+)", text, re.M)
+    if m:
+        d["tps"] = float(m.group(1))
+    m = re.search(r"^latency average = ([0-9.]+) ms", text, re.M)
+    if m:
+        d["lat_ms"] = float(m.group(1))
+    m = re.search(r"^number of transactions actually processed: (\d+)", text, re.M)
+    if m:
+        d["processed"] = int(m.group(1))
+    m = re.search(r"^number of failed transactions: (\d+)", text, re.M)
+    d["failed"] = int(m.group(1)) if m else 0
+    if "tps" not in d:
+        errs = [ln for ln in text.splitlines() if "error" in ln.lower() or "fatal" in ln.lower()]
+        _die("no tps in pgbench output" + (f": {errs[-1][:160]}" if errs else ""))
+    print(json.dumps(d))
+
+
+# --------------------------------------------------------------------------- syscalls
+
+
+def _perf_stat_counts(fn):
+    """Syscall counts by name from a `perf stat -x, -e 'syscalls:sys_enter_*'` file."""
+    counts = {}
+    with open(fn, errors="replace") as f:
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) < 3 or not parts[2].startswith("syscalls:sys_enter_"):
+                continue
+            try:
+                n = int(float(parts[0]))
+            except ValueError:  # <not counted>, <not supported>
+                continue
+            if n:
+                name = parts[2][len("syscalls:sys_enter_"):]
+                counts[name] = counts.get(name, 0) + n
+    return counts
+
+
+def cmd_sys_table(a):
+    """Markdown tables from the syscall mode's records (COLUMN<TAB>LOAD<TAB>ROLE<TAB>KEY
+    <TAB>VALUE; ROLE '-' holds the load's denominators 'bytes' or 'rts', KEY 'perf' the
+    path of a perf stat file): per GB for bulk loads, per round trip for 'rr'."""
+    recs = {}
+    order_cols, order_loads = [], []
+    with open(a.records) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            col, load, role, key, val = line.split("\t", 4)
+            if col not in order_cols:
+                order_cols.append(col)
+            if load not in order_loads:
+                order_loads.append(load)
+            recs[(col, load, role, key)] = val
+    labels = dict(x.split("=", 1) for x in a.labels.split(";") if "=" in x)
+    roles = [("srv", "server"), ("agt", "agent/client")]
+    out = []
+    for load in order_loads:
+        per_rt = load == "rr"
+        unit = "round trip" if per_rt else "GB"
+        cols = [c for c in order_cols if any(k[0] == c and k[1] == load for k in recs)]
+        if not cols:
+            continue
+        unit_key = "rts" if per_rt else "bytes"
+        denom, pdenom, procs = {}, {}, []
+        counts = {}
+        for c in cols:
+            # the bare run's denominator, and the perf run's for the syscall counts
+            for dd, k in ((denom, unit_key), (pdenom, unit_key + "_perf")):
+                try:
+                    d = float(recs[(c, load, "-", k)])
+                    dd[c] = d if per_rt else d / 1e9
+                except (KeyError, ValueError):
+                    dd[c] = None
+            for r, rname in roles:
+                procs.append((c, r, f"{c} {rname}"))
+                fn = recs.get((c, load, r, "perf"))
+                try:
+                    counts[(c, r)] = _perf_stat_counts(fn) if fn else None
+                except OSError:
+                    counts[(c, r)] = None
+        out.append(f"#### {labels.get(load, load)}: per {unit}")
+        out.append("")
+        dn = []
+        what = "round trips" if per_rt else "bytes"
+        for c in cols:
+            v = recs.get((c, load, "-", unit_key))
+            v2 = recs.get((c, load, "-", unit_key + "_perf"))
+            if v is not None:
+                t = f"{c}: {int(float(v)):,} {what}"
+                if v2 is not None:
+                    t += f" (the run counting syscalls: {int(float(v2)):,})"
+                dn.append(t)
+        if dn:
+            out.append("Measured over " + "; ".join(dn) + ".")
+            out.append("")
+        hdr = ["per " + unit] + [p[2] for p in procs] + [f"{c} total" for c in cols]
+        ratio = len(cols) == 2
+        if ratio:
+            hdr.append(f"{cols[0]} ÷ {cols[1]} (totals)")
+        out.append("| " + " | ".join(hdr) + " |")
+        out.append("|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|")
+
+        def val(c, r, key):
+            if key.startswith("sc:"):
+                cs = counts.get((c, r))
+                if cs is None:
+                    return None
+                if key == "sc:*":
+                    return float(sum(cs.values()))
+                return float(cs.get(key[3:], 0))
+            try:
+                return float(recs[(c, load, r, key)])
+            except (KeyError, ValueError):
+                return None
+
+        def row(label, key, scale=1.0):
+            cells = [label]
+            tots = []
+            dens = pdenom if key.startswith("sc:") else denom
+            def cell(x):
+                return "<0.001" if 0 < x < 0.0005 else _fmt(x)
+
+            for c, r, _ in procs:
+                v = val(c, r, key)
+                d = dens.get(c)
+                cells.append("" if v is None or not d else cell(v * scale / d))
+            for c in cols:
+                vs = [val(c, r, key) for r, _ in roles]
+                d = dens.get(c)
+                if any(v is None for v in vs) or not d:
+                    cells.append("")
+                    tots.append(None)
+                else:
+                    t = sum(vs) * scale / d
+                    cells.append(cell(t))
+                    tots.append(t)
+            if ratio:
+                r = ""
+                if None not in tots and tots[1]:
+                    q = tots[0] / tots[1]
+                    r = "0×" if q == 0 else ">100×" if q > 100 else "<0.01×" if q < 0.01 else f"{q:.2f}×"
+                cells.append(r)
+            out.append("| " + " | ".join(cells) + " |")
+
+        row("CPU seconds" if not per_rt else "CPU µs", "cpu_s", 1.0 if not per_rt else 1e6)
+        row("voluntary context switches", "vcsw")
+        row("involuntary context switches", "ivcsw")
+        row("syscalls, all", "sc:*")
+        top = {}
+        for (c, r), cs in counts.items():
+            for name, n in (cs or {}).items():
+                d = pdenom.get(c)
+                if d:
+                    top[name] = max(top.get(name, 0), n / d)
+        for name in sorted(top, key=lambda n: -top[n])[: a.top]:
+            row(f"`{name}`", "sc:" + name)
+        out.append("")
+    print("\n".join(out).rstrip())
+
+
 # --------------------------------------------------------------------------- table
 
-COLUMNS = ["direct", "culvert-ws", "culvert-wss", "rathole-tcp", "rathole-tls"]
+COLUMNS = ["direct", "culvert-ws", "culvert-wss", "rathole-tcp", "rathole-tls", "wstunnel-ws", "wstunnel-wss", "bore"]
 RATIOS = [("culvert-ws", "rathole-tcp"), ("culvert-wss", "rathole-tls")]
 
 
@@ -537,20 +848,44 @@ def cmd_table(a):
                 vals[(col, key)] = val
     columns = a.columns.split(",") if a.columns else COLUMNS
     ratios = [tuple(r.split("/", 1)) for r in a.ratios.split(",")] if a.ratios else RATIOS
-    hdr = ["metric"] + columns + [f"{x} ÷ {y}" for x, y in ratios]
+    best = [c for c in a.best.split(",") if c] if a.best else []
+    peers = [c for c in a.peers.split(",") if c] if a.peers else []
+    # Columns left out by BENCH_ONLY are not shown, nor ratios that need them.
+    ran = lambda c: not vals.get((c, "status"), "").startswith("not run")
+    columns = [c for c in columns if ran(c)]
+    ratios = [(x, y) for x, y in ratios if x in columns and y in columns]
+    peers = [p for p in peers if p in columns]
+    best = [c for c in best if c in columns] if peers else []
+
+    def num(c, key):
+        try:
+            return float(vals[(c, key)])
+        except (KeyError, ValueError):
+            return None
+
+    hdr = ["metric"] + columns + [f"{x} ÷ best peer" for x in best] + [f"{x} ÷ {y}" for x, y in ratios]
     rows = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|"]
     for key, label, better in metrics:
         cells = [label + {"up": " (higher is better)", "down": " (lower is better)"}.get(better, "")]
         for c in columns:
             cells.append(_fmt(vals.get((c, key), "")))
+        # The best peer of this row: highest value for higher-is-better rows, lowest
+        # for lower-is-better ones, among the peers that have a number.
+        bp = None
+        if better in ("up", "down"):
+            cand = [(num(p, key), p) for p in peers if num(p, key) is not None]
+            if cand:
+                pick = max if better == "up" else min
+                bv = pick(v for v, _ in cand)
+                bp = next((p, v) for v, p in cand if v == bv)
+        for x in best:
+            vx = num(x, key)
+            cells.append(f"{vx / bp[1]:.2f}× {bp[0]}" if bp and vx is not None and bp[1] != 0 else "")
         for x, y in ratios:
             r = ""
-            try:
-                vx, vy = float(vals[(x, key)]), float(vals[(y, key)])
-                if better in ("up", "down") and vy != 0:
-                    r = f"{vx / vy:.2f}×"
-            except (KeyError, ValueError):
-                pass
+            vx, vy = num(x, key), num(y, key)
+            if better in ("up", "down") and vx is not None and vy:
+                r = f"{vx / vy:.2f}×"
             cells.append(r)
         rows.append("| " + " | ".join(cells) + " |")
     print("\n".join(rows))
@@ -563,6 +898,10 @@ def main():
     s = sub.add_parser("freeblock")
     s.add_argument("n", type=int)
     s.set_defaults(f=cmd_freeblock)
+
+    s = sub.add_parser("port-free")
+    s.add_argument("port", type=int)
+    s.set_defaults(f=cmd_port_free)
 
     s = sub.add_parser("wait-listen")
     s.add_argument("--timeout", type=float, default=20)
@@ -602,6 +941,7 @@ def main():
     s.add_argument("port", type=int)
     s.add_argument("--count", type=int, default=20000)
     s.add_argument("--seconds", type=float, default=5)
+    s.add_argument("--conns", type=int, default=1)
     s.set_defaults(f=cmd_rr)
 
     s = sub.add_parser("cps")
@@ -640,7 +980,24 @@ def main():
     s.add_argument("results")
     s.add_argument("--columns", default="")
     s.add_argument("--ratios", default="")
+    s.add_argument("--best", default="", help="columns that get a 'X ÷ best peer' ratio column")
+    s.add_argument("--peers", default="", help="the peer columns the best is chosen among")
     s.set_defaults(f=cmd_table)
+
+    s = sub.add_parser("json-median")
+    s.add_argument("keys")
+    s.add_argument("files", nargs="*")
+    s.set_defaults(f=cmd_json_median)
+
+    s = sub.add_parser("pgbench-parse")
+    s.add_argument("file")
+    s.set_defaults(f=cmd_pgbench_parse)
+
+    s = sub.add_parser("sys-table")
+    s.add_argument("records")
+    s.add_argument("--top", type=int, default=10, help="syscalls shown by name (most frequent)")
+    s.add_argument("--labels", default="", help="LOAD=label;... headings of the loads")
+    s.set_defaults(f=cmd_sys_table)
 
     a = p.parse_args()
     a.f(a)
