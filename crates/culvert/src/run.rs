@@ -53,6 +53,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => crate::status::run(args).await,
         Command::Node(args) => crate::node::run(args, shutdown_signal()).await,
         Command::Access(args) => crate::access::run(args, shutdown_signal()).await,
+        Command::Bench(args) => crate::bench::run(args).await,
     }
 }
 
