@@ -288,6 +288,10 @@ pub struct AgentArgs {
     /// `culvert access` and node tunnels whose token the server allows it.
     #[arg(long)]
     pub private: bool,
+    /// Also expose a built-in bench service for `culvert bench --target`: NAME (TCP) and
+    /// NAME-udp (UDP), served by this process on 127.0.0.1. Off by default.
+    #[arg(long, value_name = "NAME")]
+    pub bench_service: Option<String>,
     #[command(flatten)]
     pub verify: VerifyArgs,
     /// WebSocket connections to keep open (streams spread across them).

@@ -223,8 +223,8 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     } else {
         args.expose
     };
-    if expose.is_empty() {
-        bail!("nothing to expose: add --expose NAME=tcp://HOST:PORT");
+    if expose.is_empty() && args.bench_service.is_none() && file.bench_service.is_none() {
+        bail!("nothing to expose: add --expose NAME=tcp://HOST:PORT (or --bench-service NAME)");
     }
     let private = args.private || file.private;
     let services = expose
@@ -257,7 +257,22 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let file = file_config::load(args.config.as_deref())?.agent;
     let admin_addr = args.admin.or(file.admin);
     let grace = Duration::from_secs(args.grace.or(file.grace).unwrap_or(30));
-    let config = agent_config(args)?;
+    let bench_name = args.bench_service.clone().or(file.bench_service);
+    let private = args.private || file.private;
+    let mut config = agent_config(args)?;
+    // The bench service runs as long as the agent; its specs join the exposed services.
+    let _bench = match bench_name {
+        Some(name) => {
+            let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            let svc = crate::bench::service::BenchService::start(local, Some(local))
+                .await
+                .context("starting the bench service")?;
+            config.services.extend(svc.specs(&name, private)?);
+            tracing::info!(service = %name, udp_service = %crate::bench::service::udp_service_name(&name), tcp = %svc.tcp, udp = %svc.udp, "bench service started (measure it with culvert bench --target)");
+            Some(svc)
+        }
+        None => None,
+    };
     tracing::info!(server = %format!("{}:{}", config.server.host, config.server.port), tls = config.server.tls, pool = config.pool, "agent starting");
     let handle = std::sync::Arc::new(Agent::spawn(config)?);
     if let Some(admin) = admin_addr {
