@@ -267,7 +267,17 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             let svc = crate::bench::service::BenchService::start(local, Some(local))
                 .await
                 .context("starting the bench service")?;
-            config.services.extend(svc.specs(&name, private)?);
+            let specs = svc.specs(&name, private)?;
+            if let Some(dup) = specs
+                .iter()
+                .find(|b| config.services.iter().any(|s| s.name == b.name))
+            {
+                bail!(
+                    "--bench-service {name:?}: service {:?} is also in --expose",
+                    dup.name
+                );
+            }
+            config.services.extend(specs);
             tracing::info!(service = %name, udp_service = %crate::bench::service::udp_service_name(&name), tcp = %svc.tcp, udp = %svc.udp, "bench service started (measure it with culvert bench --target)");
             Some(svc)
         }
