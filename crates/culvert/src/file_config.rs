@@ -73,6 +73,8 @@ pub struct AgentFile {
     pub expose: Vec<String>,
     #[serde(default)]
     pub private: bool,
+    /// `--bench-service NAME`: expose the built-in bench service as NAME and NAME-udp.
+    pub bench_service: Option<String>,
     pub ca: Option<PathBuf>,
     pub fingerprint: Option<String>,
     #[serde(default)]

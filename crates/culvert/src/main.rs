@@ -1,8 +1,9 @@
-//! The `culvert` binary: `server`, `agent`, `token` and `demo` subcommands.
+//! The `culvert` binary: `server`, `agent`, `token`, `demo`, `bench` and the other subcommands.
 
 mod access;
 mod admin;
 mod allocator;
+mod bench;
 mod cli;
 mod demo;
 mod file_config;
@@ -15,7 +16,13 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    logging::init(cli.log_format);
+    // `bench` prints its own results; the in-process server and agent of `--loopback`
+    // should not bury them in info lines.
+    let default_level = match cli.command {
+        cli::Command::Bench(_) => "warn",
+        _ => "info",
+    };
+    logging::init(cli.log_format, default_level);
     allocator::tune();
     // One worker: a current-thread runtime, so tasks never wake each other across threads.
     let mut builder = match cli

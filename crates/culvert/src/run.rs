@@ -53,6 +53,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => crate::status::run(args).await,
         Command::Node(args) => crate::node::run(args, shutdown_signal()).await,
         Command::Access(args) => crate::access::run(args, shutdown_signal()).await,
+        Command::Bench(args) => crate::bench::run(args).await,
     }
 }
 
@@ -222,8 +223,8 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     } else {
         args.expose
     };
-    if expose.is_empty() {
-        bail!("nothing to expose: add --expose NAME=tcp://HOST:PORT");
+    if expose.is_empty() && args.bench_service.is_none() && file.bench_service.is_none() {
+        bail!("nothing to expose: add --expose NAME=tcp://HOST:PORT (or --bench-service NAME)");
     }
     let private = args.private || file.private;
     let services = expose
@@ -256,7 +257,32 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let file = file_config::load(args.config.as_deref())?.agent;
     let admin_addr = args.admin.or(file.admin);
     let grace = Duration::from_secs(args.grace.or(file.grace).unwrap_or(30));
-    let config = agent_config(args)?;
+    let bench_name = args.bench_service.clone().or(file.bench_service);
+    let private = args.private || file.private;
+    let mut config = agent_config(args)?;
+    // The bench service runs as long as the agent; its specs join the exposed services.
+    let _bench = match bench_name {
+        Some(name) => {
+            let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            let svc = crate::bench::service::BenchService::start(local, Some(local))
+                .await
+                .context("starting the bench service")?;
+            let specs = svc.specs(&name, private)?;
+            if let Some(dup) = specs
+                .iter()
+                .find(|b| config.services.iter().any(|s| s.name == b.name))
+            {
+                bail!(
+                    "--bench-service {name:?}: service {:?} is also in --expose",
+                    dup.name
+                );
+            }
+            config.services.extend(specs);
+            tracing::info!(service = %name, udp_service = %crate::bench::service::udp_service_name(&name), tcp = %svc.tcp, udp = %svc.udp, "bench service started (measure it with culvert bench --target)");
+            Some(svc)
+        }
+        None => None,
+    };
     tracing::info!(server = %format!("{}:{}", config.server.host, config.server.port), tls = config.server.tls, pool = config.pool, "agent starting");
     let handle = std::sync::Arc::new(Agent::spawn(config)?);
     if let Some(admin) = admin_addr {
