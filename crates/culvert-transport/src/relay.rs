@@ -107,8 +107,19 @@ pub async fn relay_tcp_counted(
         wr.shutdown().await?;
         Ok::<u64, std::io::Error>(total)
     };
-    let (up, down) = tokio::try_join!(up, down)?;
-    Ok(RelayTotals { up, down })
+    match tokio::try_join!(up, down) {
+        Ok((up, down)) => Ok(RelayTotals { up, down }),
+        Err(e) => {
+            // Cut short (the stream was reset, the tunnel lost): the socket is closed with a
+            // reset, not a FIN, so its peer can tell a cut transfer from a complete one.
+            // (A write half sends a FIN when dropped: forget it, and the socket closes when
+            // the read half drops.)
+            crate::reset_on_close(wr.as_ref());
+            wr.forget();
+            drop(rd);
+            Err(e)
+        }
+    }
 }
 
 /// One read of at most [`SMALL_READ`] bytes into the stack, copied out (empty at the end of

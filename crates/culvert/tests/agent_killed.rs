@@ -130,6 +130,13 @@ fn killed_agent_closes_public_connections_and_gets_its_port_back() {
     for (i, c) in clients.iter_mut().enumerate() {
         let how = expect_closed(c, CLOSE_LIMIT);
         eprintln!("public client {i} closed after the agent was killed: {how}");
+        // A reset, not an end of file: the client must be able to tell a transfer cut
+        // short from a complete one.
+        assert!(
+            how.contains("reset"),
+            "public client {i} saw a clean close, not a reset: {how}\n--- server:\n{}",
+            server.log()
+        );
     }
     // The agent's connections to the backend died with it.
     let deadline = Instant::now() + CLOSE_LIMIT;
