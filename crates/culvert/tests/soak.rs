@@ -11,7 +11,9 @@
 //!   byte for byte, and connections dropped mid-transfer with a reset (SO_LINGER 0);
 //! - an access worker: `culvert access` sessions with `--ttl 3s` to either private service,
 //!   each carrying a checked transfer until the TTL closes it;
-//! - a restart of an agent every 20 s (alternating SIGTERM and SIGKILL, and the agent);
+//! - an agent restart every 20 s: agent a with SIGTERM, agent b with SIGKILL then SIGTERM,
+//!   then agent a alone, alternating SIGKILL and SIGTERM (agent b's last process then lives
+//!   through most of a long run, so its slopes mean something);
 //! - a 3 s black hole through the relay every 25 s, then a heal.
 //!
 //! Every 2 s the RSS (`VmRSS`) and descriptor count (`/proc/PID/fd`) of the server and of
@@ -135,6 +137,17 @@ struct Record {
     detail: String,
 }
 
+/// A fault window: from a restart or black hole until the agent is ready again.
+#[derive(Clone, Debug)]
+struct Window {
+    /// What happened, such as `a-KILL` or `a-black-hole`.
+    label: String,
+    /// Seconds into the churn.
+    start: f64,
+    /// None while in progress.
+    end: Option<f64>,
+}
+
 /// What the threads share.
 struct Shared {
     t0: Instant,
@@ -144,8 +157,8 @@ struct Shared {
     /// Current PID of each agent.
     pids: [AtomicU32; 2],
     records: Mutex<Vec<Record>>,
-    /// Faults: (start, end) in seconds into the churn; end is None while in progress.
-    windows: Mutex<Vec<(f64, Option<f64>)>>,
+    /// Faults, in the order they started.
+    windows: Mutex<Vec<Window>>,
     bytes_verified: AtomicU64,
     seed: u64,
 }
@@ -170,13 +183,31 @@ impl Shared {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// Whether `[start, end]` overlaps a fault window (widened by [`WINDOW_SLACK`]).
-    fn in_fault(&self, start: f64, end: f64) -> bool {
+    /// The first fault window `[start, end]` overlaps (widened by [`WINDOW_SLACK`]).
+    fn fault_of(&self, start: f64, end: f64) -> Option<usize> {
         let now = self.now();
-        self.windows.lock().unwrap().iter().any(|&(ws, we)| {
-            let we = we.unwrap_or(now) + WINDOW_SLACK.as_secs_f64();
-            start <= we && end >= ws - 0.5
+        self.windows.lock().unwrap().iter().position(|w| {
+            let we = w.end.unwrap_or(now) + WINDOW_SLACK.as_secs_f64();
+            start <= we && end >= w.start - 0.5
         })
+    }
+
+    /// Opens a fault window.
+    fn fault_begins(&self, label: String) {
+        let start = self.now();
+        self.windows.lock().unwrap().push(Window {
+            label,
+            start,
+            end: None,
+        });
+    }
+
+    /// Closes the fault window opened last.
+    fn fault_ends(&self) {
+        let now = self.now();
+        if let Some(w) = self.windows.lock().unwrap().last_mut() {
+            w.end = Some(now);
+        }
     }
 }
 
@@ -834,12 +865,14 @@ fn soak() {
             break;
         }
         if now >= next_restart && now < last_fault {
+            // a-TERM, b-KILL, b-TERM, then agent a alone (KILL, TERM, …): agent b's last
+            // process lives through most of a long run, for a meaningful slope.
             let n = restarts.len();
-            let which = n.div_ceil(2) % 2;
-            let signal = if n % 2 == 0 { "-TERM" } else { "-KILL" };
+            let which = usize::from(n == 1 || n == 2);
+            let signal = if n % 2 == 1 { "-KILL" } else { "-TERM" };
             let start = shared.now();
-            shared.windows.lock().unwrap().push((start, None));
             let agent = &mut agents[which];
+            shared.fault_begins(format!("{}{signal}", agent.name));
             if signal == "-KILL" {
                 agent.proc.kill();
             } else {
@@ -862,16 +895,13 @@ fn soak() {
                 )),
             }
             let took = shared.now() - start;
-            if let Some(w) = shared.windows.lock().unwrap().last_mut() {
-                w.1 = Some(shared.now());
-            }
+            shared.fault_ends();
             restarts.push((agent.name, signal, took));
             next_restart = (next_restart + RESTART_EVERY).max(Instant::now() + SAMPLE_EVERY);
             continue;
         }
         if now >= next_black_hole && now < last_fault {
-            let start = shared.now();
-            shared.windows.lock().unwrap().push((start, None));
+            shared.fault_begins("a-black-hole".into());
             relay.black_hole();
             std::thread::sleep(BLACK_HOLE_FOR);
             relay.heal();
@@ -882,9 +912,7 @@ fn soak() {
                 ));
             }
             black_holes.push(healed.elapsed().as_secs_f64());
-            if let Some(w) = shared.windows.lock().unwrap().last_mut() {
-                w.1 = Some(shared.now());
-            }
+            shared.fault_ends();
             next_black_hole =
                 (next_black_hole + BLACK_HOLE_EVERY).max(Instant::now() + SAMPLE_EVERY);
             continue;
@@ -1053,7 +1081,7 @@ fn soak() {
             count(Outcome::AccessStart) + count(Outcome::AccessEarly) + count(Outcome::AccessExit);
         let outside: Vec<&&Record> = rs
             .iter()
-            .filter(|r| r.outcome != Outcome::Ok && !shared.in_fault(r.start, r.end))
+            .filter(|r| r.outcome != Outcome::Ok && shared.fault_of(r.start, r.end).is_none())
             .collect();
         println!(
             "{:<8} {:>7} {:>7} {:>8} {:>7} {:>6} {:>6} {:>9} {:>7}   {}",
@@ -1099,15 +1127,29 @@ fn soak() {
         agents[0].lost + agents[0].proc.log().matches("tunnel connection lost").count(),
         agents[1].lost + agents[1].proc.log().matches("tunnel connection lost").count(),
     );
+    // Failures by the fault window they overlap.
     let windows = shared.windows.lock().unwrap().clone();
+    let mut caused = vec![std::collections::BTreeMap::<Outcome, usize>::new(); windows.len()];
+    for r in records.iter().filter(|r| r.outcome != Outcome::Ok) {
+        if let Some(w) = shared.fault_of(r.start, r.end) {
+            *caused[w].entry(r.outcome).or_default() += 1;
+        }
+    }
     println!(
-        "fault windows (s): {}",
-        windows
-            .iter()
-            .map(|(s, e)| format!("{s:.1}-{:.1}", e.unwrap_or(f64::NAN)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "fault windows (s, until the agent is ready again) and the failures overlapping them:"
     );
+    for (w, c) in windows.iter().zip(&caused) {
+        println!(
+            "  {:<13} {:>6.1}-{:<6.1} {}",
+            w.label,
+            w.start,
+            w.end.unwrap_or(f64::NAN),
+            c.iter()
+                .map(|(o, n)| format!("{o:?} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 
     // Checks.
     let mismatches: Vec<&Record> = records
