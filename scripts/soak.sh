@@ -16,7 +16,8 @@
 # on server and agents), action and failure counts, and a table of checks. Hard checks
 # (streams left open, ports leaked, descriptors above setup + 8, a byte mismatch, a hang, a
 # panic, an agent that does not recover) make it exit non-zero; the RSS slope and failures
-# outside fault windows are reported only. CULVERT_SOAK_SEED=HEX replays the random choices.
+# outside fault windows are reported only. CULVERT_SOAK_SEED=HEX replays the random choices;
+# CULVERT_SOAK_VERBOSE=1 prints examples of the failures in each fault window.
 # The churn runs for MINUTES; setup, the quiet wait and teardown add well under a minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,7 @@ if [ $# -ne 1 ] || ! [[ "$1" =~ ^[0-9]+$ ]] || [ "$1" -lt 1 ] || [ "$1" -gt 1440
   echo "usage: $0 MINUTES   (a whole number of minutes, 1 to 1440)" >&2
   exit 2
 fi
-export CULVERT_SOAK_SECONDS=$(( $1 * 60 ))
+export CULVERT_SOAK_SECONDS=$(( 10#$1 * 60 ))
 
 echo "== soak: building" >&2
 cargo build -p culvert --locked

@@ -30,7 +30,9 @@
 //! [`IO_TIMEOUT`]; a final echo through each public service; no panic in any log; no
 //! worker left running. Soft (reported only): RSS slopes, and failures of actions outside
 //! the fault windows (a fault window runs from a restart or black hole until the agent is
-//! ready again, plus [`WINDOW_SLACK`]).
+//! ready again, plus [`WINDOW_SLACK`]), and echo clients that saw a clean EOF (a FIN, not a
+//! reset) before their bytes came back. `CULVERT_SOAK_SEED=HEX` replays the random choices;
+//! `CULVERT_SOAK_VERBOSE=1` prints examples of the failures in each fault window.
 
 mod support;
 
@@ -1130,15 +1132,21 @@ fn soak() {
     // Failures by the fault window they overlap.
     let windows = shared.windows.lock().unwrap().clone();
     let mut caused = vec![std::collections::BTreeMap::<Outcome, usize>::new(); windows.len()];
+    let mut examples = vec![Vec::<&Record>::new(); windows.len()];
     for r in records.iter().filter(|r| r.outcome != Outcome::Ok) {
         if let Some(w) = shared.fault_of(r.start, r.end) {
-            *caused[w].entry(r.outcome).or_default() += 1;
+            let n = caused[w].entry(r.outcome).or_default();
+            *n += 1;
+            if *n <= 3 && r.outcome != Outcome::Refused {
+                examples[w].push(r);
+            }
         }
     }
+    let verbose = std::env::var_os("CULVERT_SOAK_VERBOSE").is_some();
     println!(
         "fault windows (s, until the agent is ready again) and the failures overlapping them:"
     );
-    for (w, c) in windows.iter().zip(&caused) {
+    for ((w, c), ex) in windows.iter().zip(&caused).zip(&examples) {
         println!(
             "  {:<13} {:>6.1}-{:<6.1} {}",
             w.label,
@@ -1149,6 +1157,12 @@ fn soak() {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        for r in ex.iter().filter(|_| verbose) {
+            println!(
+                "      {} {:?} {:.2}-{:.2}s: {}",
+                r.kind, r.outcome, r.start, r.end, r.detail
+            );
+        }
     }
 
     // Checks.
@@ -1160,6 +1174,7 @@ fn soak() {
         .iter()
         .filter(|r| r.outcome == Outcome::Hung)
         .collect();
+    let cuts = records.iter().filter(|r| r.outcome == Outcome::Cut).count();
     let mut panics: Vec<String> = agents.iter().flat_map(|a| a.panics.clone()).collect();
     for (name, log) in [
         ("server", server_log),
@@ -1267,6 +1282,13 @@ fn soak() {
                 "failures outside fault windows: {} of {} actions",
                 outside_faults.len(),
                 records.len()
+            ),
+        ),
+        (
+            false,
+            cuts == 0,
+            format!(
+                "echo clients of aborted streams see a reset, not a clean EOF before their bytes came back: {cuts} clean EOFs"
             ),
         ),
     ];
