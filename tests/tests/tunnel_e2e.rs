@@ -182,13 +182,22 @@ async fn refused_backend_closes_client_and_spares_other_streams() {
             // At least 10 refused clients, and more for as long as the transfer runs (bounded).
             let mut n = 0u32;
             while n < 10 || (!done.load(Ordering::SeqCst) && n < 500) {
-                let mut c = within(
+                let connected = within(
                     WAIT,
                     "connect to the refusing service",
                     TcpStream::connect((Ipv4Addr::LOCALHOST, dead_port)),
                 )
-                .await
-                .expect("the public port accepts");
+                .await;
+                // The refusal (a reset) may arrive before the connect returns.
+                let mut c = match connected {
+                    Ok(c) => c,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                        n += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    Err(e) => panic!("the public port accepts: {e}"),
+                };
                 // Data sent before the refusal must not keep the connection alive either.
                 let _ = c.write_all(b"hello?").await;
                 // A clean EOF or a reset: closed either way, and without data.

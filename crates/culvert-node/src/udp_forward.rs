@@ -249,9 +249,14 @@ async fn relay(
                 };
                 last = Instant::now();
                 shared.bytes_down.fetch_add(d.len() as u64, Ordering::Relaxed);
-                // Non-blocking: a full socket buffer drops the datagram rather than
+                // Bounded: a socket buffer that stays full drops the datagram rather than
                 // stalling this flow's loop (and its idle timer) on the send.
-                if shared.socket.try_send_to(&d, client).is_err() {
+                let sent = tokio::time::timeout(
+                    culvert_transport::UDP_SEND_DEADLINE,
+                    shared.socket.send_to(&d, client),
+                )
+                .await;
+                if !matches!(sent, Ok(Ok(_))) {
                     shared.drop_one("local socket buffer full");
                 }
             }

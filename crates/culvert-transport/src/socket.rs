@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
+/// Longest a UDP send may wait for room in its socket buffer before the datagram is
+/// dropped: UDP sends on loopback and LANs complete at once, and a flow must not stall.
+pub const UDP_SEND_DEADLINE: Duration = Duration::from_millis(100);
+
 /// Idle time before the first keepalive probe, and the interval between probes.
 const KEEPALIVE_TIME: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);

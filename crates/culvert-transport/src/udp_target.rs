@@ -139,9 +139,13 @@ pub async fn open_flow(
         t.pending.remove(&flow).unwrap_or_default()
     };
     for d in parked {
-        // Non-blocking, as every UDP send here: a full socket buffer drops the datagram
-        // (UDP's own semantics) instead of stalling the flow.
-        if entry.socket.try_send(&d).is_ok() {
+        // Bounded: a socket that stays unwritable drops the datagram (UDP's own semantics)
+        // instead of stalling the flow. (Not `try_send`: a new socket reports WouldBlock
+        // until its first readiness event, which would drop every parked datagram.)
+        if matches!(
+            tokio::time::timeout(crate::socket::UDP_SEND_DEADLINE, entry.socket.send(&d)).await,
+            Ok(Ok(_))
+        ) {
             if let Some(c) = &entry.counters {
                 c.down.fetch_add(d.len() as u64, Ordering::Relaxed);
             }
