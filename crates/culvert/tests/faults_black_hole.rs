@@ -172,14 +172,14 @@ fn black_hole_mid_transfer_is_noticed_and_survived() {
     // Both ends notice within the bound.
     let agent_took = noticed(
         &mut agent,
-        "tunnel connection lost",
+        &["tunnel connection lost"],
         agent_from,
         t0,
         3 * bound,
     );
     let server_took = noticed(
         &mut server,
-        "agent connection closed",
+        &["agent connection closed"],
         server_from,
         t0,
         3 * bound,

@@ -39,7 +39,7 @@ fn agent_is_back_soon_after_the_server_restarts() {
     t.server.kill();
     let lost = noticed(
         &mut t.agent,
-        "tunnel connection lost",
+        AGENT_LOST,
         from,
         killed,
         Duration::from_secs(10),

@@ -309,20 +309,50 @@ pub fn admin_json(port: u16, path: &str) -> Option<serde_json::Value> {
     (code == 200).then(|| serde_json::from_str(&body).ok())?
 }
 
-/// Time from `since` until `p` logs a line containing `needle` (from line `from` on);
-/// fails the test with the log if that takes longer than `limit`.
+/// Time from `since` until `p` logs a line containing one of `needles` (from line `from`
+/// on); fails the test with the log if that takes longer than `limit`.
 pub fn noticed(
     p: &mut Proc,
-    needle: &str,
+    needles: &[&str],
     from: usize,
     since: Instant,
     limit: Duration,
 ) -> Duration {
-    match p.try_wait_line(needle, from, limit) {
-        Ok(_) => since.elapsed(),
-        Err(e) => panic!("{e}\n--- log:\n{}", p.log()),
-    }
+    noticed_within(p, needles, from, since, limit).unwrap_or_else(|| {
+        panic!(
+            "{needles:?} not logged within {limit:?}\n--- log:\n{}",
+            p.log()
+        )
+    })
 }
+
+/// [`noticed`], `None` if not within `limit`. The time is that of the line, however long
+/// after it this is called.
+pub fn noticed_within(
+    p: &mut Proc,
+    needles: &[&str],
+    from: usize,
+    since: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    let what = needles.join(" or ");
+    p.try_wait_match_at(
+        &|l| needles.iter().any(|n| l.contains(n)),
+        &what,
+        from,
+        limit,
+    )
+    .ok()
+    .map(|(_, at)| at.saturating_duration_since(since))
+}
+
+/// What the server logs when it drops an agent's connection: each connection
+/// ("agent connection closed"), or, in builds before that line, the end of the session
+/// its last connection took along ("agent session ended").
+pub const SERVER_DROPPED: &[&str] = &["agent connection closed", "agent session ended"];
+
+/// What the agent logs when it loses a tunnel connection.
+pub const AGENT_LOST: &[&str] = &["tunnel connection lost"];
 
 /// Whether a public connection to 127.0.0.1:`port` echoes a short message back within
 /// `timeout`.

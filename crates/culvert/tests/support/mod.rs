@@ -158,6 +158,8 @@ pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 #[derive(Default)]
 struct Lines {
     lines: Vec<String>,
+    /// When each line was read from the pipe (within microseconds of its printing).
+    at: Vec<Instant>,
     /// Output pipes not yet at end of file: a process can exit before its reader threads
     /// have taken its last lines.
     open: usize,
@@ -200,7 +202,10 @@ impl Proc {
                 let (m, cv) = &*lines;
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
-                    m.lock().unwrap_or_else(|p| p.into_inner()).lines.push(line);
+                    let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+                    g.lines.push(line);
+                    g.at.push(Instant::now());
+                    drop(g);
                     cv.notify_all();
                 }
                 m.lock().unwrap_or_else(|p| p.into_inner()).open -= 1;
@@ -251,13 +256,34 @@ impl Proc {
         from: usize,
         limit: Duration,
     ) -> Result<String, String> {
+        self.try_wait_match_at(pred, what, from, limit)
+            .map(|(line, _)| line)
+    }
+
+    /// [`Proc::try_wait_match`], also returning when the line was printed (read from the
+    /// pipe), which may be before this call.
+    pub fn try_wait_match_at(
+        &mut self,
+        pred: &dyn Fn(&str) -> bool,
+        what: &str,
+        from: usize,
+        limit: Duration,
+    ) -> Result<(String, Instant), String> {
         let deadline = Instant::now() + limit;
+        let found = |g: &Lines| {
+            g.lines
+                .iter()
+                .zip(&g.at)
+                .skip(from)
+                .find(|(l, _)| pred(l))
+                .map(|(l, at)| (l.clone(), *at))
+        };
         loop {
             {
                 let (m, cv) = &*self.lines;
                 let g = m.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(l) = g.lines.iter().skip(from).find(|l| pred(l)) {
-                    return Ok(l.clone());
+                if let Some(hit) = found(&g) {
+                    return Ok(hit);
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -274,8 +300,8 @@ impl Proc {
             if let Some(status) = self.exited() {
                 let (m, _) = &*self.lines;
                 let g = m.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(l) = g.lines.iter().skip(from).find(|l| pred(l)) {
-                    return Ok(l.clone());
+                if let Some(hit) = found(&g) {
+                    return Ok(hit);
                 }
                 return Err(format!(
                     "{} exited ({status}) before printing {what:?}; output:\n{}",
