@@ -19,9 +19,10 @@ pub struct Config {
     /// Receive window each new stream gets (>= [`INITIAL_STREAM_WINDOW`]).
     /// 256 KiB keeps a single stream near line rate on loopback while 1,000 idle streams cost nothing until they carry data.
     pub stream_window: u64,
-    /// Ceiling for per-stream window auto-tuning. 4 MiB covers a 100 ms, 300 Mbit/s path on one stream.
-    /// A stream never grows past a quarter of [`Config::connection_window`] either, so one
+    /// Ceiling for per-stream window auto-tuning: 4 MiB, but a stream never grows past a
+    /// quarter of [`Config::connection_window`] either (1 MiB with the defaults), so one
     /// whose reader stopped cannot hold the whole connection window and stall the others.
+    /// Raise both together for one stream on a long fat path.
     pub max_stream_window: u64,
     /// Connection receive window: the hard bound on bytes buffered for the application across all streams (the memory budget).
     /// 4 MiB per pooled WebSocket keeps an agent with four connections under 16 MiB of receive
