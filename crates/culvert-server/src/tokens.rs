@@ -124,12 +124,39 @@ fn read_file(path: &Path) -> Result<TokenFile, TokenError> {
     })
 }
 
+/// "token name X is used twice", with the line of its second `name = ` when it can be found.
+fn duplicate_message(path: &Path, name: &str) -> String {
+    let quoted = toml::Value::String(name.to_owned()).to_string();
+    let line = std::fs::read_to_string(path).ok().and_then(|text| {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| {
+                let l = l.trim_start();
+                l.starts_with("name") && l.trim_end().ends_with(&quoted)
+            })
+            .nth(1)
+            .map(|(i, _)| i + 1)
+    });
+    match line {
+        Some(n) => format!("token name {name:?} is used twice (again at line {n})"),
+        None => format!("token name {name:?} is used twice"),
+    }
+}
+
 impl TokenStore {
-    /// Loads a token file; refuses one with no tokens.
+    /// Loads a token file; refuses one with no tokens, or with a name used twice.
     pub fn load(path: &Path) -> Result<TokenStore, TokenError> {
         let file = read_file(path)?;
         let mut entries = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for t in file.tokens {
+            // Two entries with one name would make sessions, quotas and revocation ambiguous.
+            if !seen.insert(t.name.clone()) {
+                return Err(TokenError::Parse {
+                    path: path.display().to_string(),
+                    message: duplicate_message(path, &t.name),
+                });
+            }
             let mut h = [0u8; 32];
             hex::decode_to_slice(&t.sha256, &mut h).map_err(|_| TokenError::Parse {
                 path: path.display().to_string(),
@@ -280,6 +307,24 @@ mod tests {
         assert_eq!(store.check(&t2).unwrap().name, "b");
         assert!(store.check("cvt_wrong").is_none());
         assert!(store.check("").is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_name_used_twice_is_refused_naming_the_second_line() {
+        let dir = std::env::temp_dir().join(format!("culvert-tok-dup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokens.toml");
+        let h = "0".repeat(64);
+        std::fs::write(
+            &path,
+            format!(
+                "[[token]]\nname = \"a\"\nsha256 = \"{h}\"\n\n[[token]]\nname = \"b\"\nsha256 = \"{h}\"\n\n[[token]]\nname = \"a\"\nsha256 = \"{h}\"\n"
+            ),
+        )
+        .unwrap();
+        let e = TokenStore::load(&path).unwrap_err().to_string();
+        assert!(e.contains("\"a\" is used twice (again at line 10)"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
