@@ -236,10 +236,7 @@ impl AgentHandle {
         let mux = {
             let live = lock(&self.shared.live);
             // A suspect connection (silent past a heartbeat) gets no new stream.
-            let usable: Vec<&Mux> = live
-                .iter()
-                .filter(|m| !m.is_closed() && !m.peer_going_away() && !m.is_suspect())
-                .collect();
+            let usable: Vec<&Mux> = live.iter().filter(|m| m.takes_new_streams()).collect();
             if usable.is_empty() {
                 return Err("no live tunnel connection (all are down or suspect)".into());
             }
@@ -274,11 +271,9 @@ impl AgentHandle {
     /// suspect (a connection on a silent path does not count).
     pub fn is_ready(&self) -> bool {
         let pool = self.shared.config.pool.max(1);
-        self.connections_up() >= pool
-            && self
-                .connections_up()
-                .saturating_sub(self.connections_suspect())
-                >= pool
+        self.connections_up()
+            .saturating_sub(self.connections_suspect())
+            >= pool
     }
 
     /// Prometheus text exposition of the agent's state and counters.
@@ -548,14 +543,9 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
         // it asks again for any port.
         let mut ids = HashMap::new();
         for svc in &cfg.services {
-            let previous = (svc.remote_port == 0 && !svc.private)
-                .then(|| lock(&shared.ports).get(&svc.name).copied())
-                .flatten()
-                .unwrap_or(0);
-            let mut ask = if svc.remote_port != 0 {
-                svc.remote_port
-            } else {
-                previous
+            let mut ask = match svc.remote_port {
+                0 if !svc.private => lock(&shared.ports).get(&svc.name).copied().unwrap_or(0),
+                configured => configured,
             };
             let (service_id, ext) = loop {
                 mux.send_control(Control::Register {

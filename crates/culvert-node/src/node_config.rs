@@ -81,9 +81,7 @@ impl NodeSection {
     pub fn proto_config(&self) -> culvert_proto::Config {
         let mut c = culvert_proto::Config::default();
         if let Some(secs) = self.heartbeat_interval {
-            let h = std::time::Duration::from_secs(secs.max(1));
-            c.heartbeat_interval = h;
-            c.idle_timeout = 2 * h;
+            c.set_heartbeat_interval(std::time::Duration::from_secs(secs));
         }
         c
     }

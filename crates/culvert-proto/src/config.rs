@@ -96,6 +96,15 @@ impl Default for Config {
 pub struct ConfigError(pub &'static str);
 
 impl Config {
+    /// Heartbeats every `interval` (at least one second), with the idle timeout at two
+    /// intervals, as the tunnel promises: what `--heartbeat-interval` and
+    /// `heartbeat_interval` in a config file set.
+    pub fn set_heartbeat_interval(&mut self, interval: Duration) {
+        let h = interval.max(Duration::from_secs(1));
+        self.heartbeat_interval = h;
+        self.idle_timeout = 2 * h;
+    }
+
     /// Checks the relations between values that the state machine relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.stream_window < INITIAL_STREAM_WINDOW {

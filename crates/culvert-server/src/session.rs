@@ -228,7 +228,7 @@ impl Session {
     /// caller refuses the client at once rather than leave it hanging.
     pub(crate) fn pick(&self) -> Option<Mux> {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
-        self.choose(|m| !m.peer_going_away() && !m.is_suspect(), key)
+        self.choose(Mux::takes_new_streams, key)
     }
 
     /// The `key`-th (modulo their number) connection that is `usable`.

@@ -101,7 +101,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         config.public_bind = b;
     }
     if let Some(h) = args.heartbeat_interval.or(file.heartbeat_interval) {
-        set_heartbeat(&mut config.proto, h);
+        config.proto.set_heartbeat_interval(Duration::from_secs(h));
     }
     let cert = args.tls_cert.or(file.tls_cert);
     let key = args.tls_key.or(file.tls_key);
@@ -248,7 +248,7 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         config.pool = p.clamp(1, 64);
     }
     if let Some(h) = args.heartbeat_interval.or(file.heartbeat_interval) {
-        set_heartbeat(&mut config.proto, h);
+        config.proto.set_heartbeat_interval(Duration::from_secs(h));
     }
     Ok(config)
 }
@@ -299,12 +299,4 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     );
     handle.drain(grace).await;
     Ok(())
-}
-
-/// Heartbeats every `secs` seconds (at least one); the peer is declared dead after two
-/// silent intervals, and a write that moves nothing for as long ends the connection.
-pub(crate) fn set_heartbeat(proto: &mut culvert_proto::Config, secs: u64) {
-    let h = Duration::from_secs(secs.max(1));
-    proto.heartbeat_interval = h;
-    proto.idle_timeout = 2 * h;
 }

@@ -373,6 +373,13 @@ impl Mux {
         st.closed.is_some() || st.conn.is_suspect(Instant::now())
     }
 
+    /// Whether a new stream or flow may be placed here: open, the peer not going away,
+    /// and not suspect. One lock, for the pickers of server and agent.
+    pub fn takes_new_streams(&self) -> bool {
+        let st = self.shared.lock();
+        st.closed.is_none() && !st.conn.peer_going_away() && !st.conn.is_suspect(Instant::now())
+    }
+
     /// Whether the peer announced it takes no new streams.
     pub fn peer_going_away(&self) -> bool {
         self.shared.lock().conn.peer_going_away()
