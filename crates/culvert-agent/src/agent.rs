@@ -47,6 +47,9 @@ pub struct AgentConfig {
     pub udp_idle_timeout: Duration,
     /// UDP flows one tunnel connection may hold.
     pub udp_max_flows: usize,
+    /// Mask every WebSocket frame even when the server would take them unmasked, for a
+    /// path through a proxy that inspects WebSocket frames (see `ws::UNMASKED_HEADER`).
+    pub ws_mask: bool,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -77,6 +80,7 @@ impl AgentConfig {
             dial_timeout: Duration::from_secs(10),
             udp_idle_timeout: Duration::from_secs(60),
             udp_max_flows: 16_384,
+            ws_mask: false,
         }
     }
 }
@@ -508,7 +512,12 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
     let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
     let ws = tokio::time::timeout_at(
         deadline,
-        dial(&cfg.server, shared.tls.clone(), cfg.proto.idle_timeout),
+        dial(
+            &cfg.server,
+            shared.tls.clone(),
+            cfg.proto.idle_timeout,
+            cfg.ws_mask,
+        ),
     )
     .await
     .map_err(|_| "timed out connecting to the server".to_owned())?

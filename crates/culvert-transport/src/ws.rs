@@ -1,8 +1,9 @@
 //! WebSocket settings and handshakes for the tunnel endpoint.
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::wsframe::{Role, WsConn};
@@ -26,31 +27,59 @@ pub fn config() -> WebSocketConfig {
         .read_buffer_size(BATCH_CAP)
 }
 
-/// Server side of the upgrade: only `GET /tunnel/v1` is accepted.
+/// Request header by which a client asks to send and receive unmasked frames, and response
+/// header by which the server agrees (value `1` both ways). Masking guards plaintext
+/// intermediaries against browser scripts (RFC 6455 §10.3); for a tunnel agent it only
+/// costs a copy of every byte sent and a pass over every byte received. A server that does
+/// not answer with the header (an older Culvert, a proxy that drops it) keeps masking on.
+pub const UNMASKED_HEADER: &str = "culvert-unmasked-frames";
+
+/// Server side of the upgrade: only `GET /tunnel/v1` is accepted. A client that asks for
+/// unmasked frames ([`UNMASKED_HEADER`]) gets them.
 #[allow(clippy::result_large_err)] // the callback's signature is tungstenite's
 pub async fn accept<S>(io: S) -> Result<WsConn<S>, TransportError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+    let mut unmasked = false;
+    let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != TUNNEL_PATH {
             let mut r = ErrorResponse::new(Some("not found".into()));
             *r.status_mut() = StatusCode::NOT_FOUND;
             return Err(r);
         }
+        if req.headers().get(UNMASKED_HEADER).is_some_and(|v| v == "1") {
+            unmasked = true;
+            resp.headers_mut()
+                .insert(UNMASKED_HEADER, HeaderValue::from_static("1"));
+        }
         Ok(resp)
     };
     let ws = tokio_tungstenite::accept_hdr_async_with_config(io, check, Some(config())).await?;
-    Ok(WsConn::new(ws.into_inner(), Role::Server))
+    let conn = WsConn::new(ws.into_inner(), Role::Server);
+    Ok(if unmasked { conn.unmasked() } else { conn })
 }
 
 /// Client side of the upgrade to `url` (ws:// or wss://, the TLS already done by the caller).
-pub async fn connect<S>(io: S, url: &str) -> Result<WsConn<S>, TransportError>
+/// With `ask_unmasked`, the client offers [`UNMASKED_HEADER`] and sends unmasked frames if
+/// the server agrees; otherwise (or when it does not) every frame is masked.
+pub async fn connect<S>(io: S, url: &str, ask_unmasked: bool) -> Result<WsConn<S>, TransportError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, io, Some(config())).await?;
-    Ok(WsConn::new(ws.into_inner(), Role::Client))
+    let mut req = url.into_client_request()?;
+    if ask_unmasked {
+        req.headers_mut()
+            .insert(UNMASKED_HEADER, HeaderValue::from_static("1"));
+    }
+    let (ws, resp) = tokio_tungstenite::client_async_with_config(req, io, Some(config())).await?;
+    let agreed = ask_unmasked
+        && resp
+            .headers()
+            .get(UNMASKED_HEADER)
+            .is_some_and(|v| v == "1");
+    let conn = WsConn::new(ws.into_inner(), Role::Client);
+    Ok(if agreed { conn.unmasked() } else { conn })
 }
 
 /// Encrypted bytes a TLS connection may hold unsent. rustls's default (64 KiB) splits each
@@ -124,11 +153,13 @@ impl ServerUrl {
 
 /// Dials the server: TCP, then TLS when the URL is `wss://` (verified by `tls`), then the
 /// upgrade. `user_timeout` is the connection's idle timeout, given to the kernel as
-/// `TCP_USER_TIMEOUT` (see [`crate::tune_tunnel`]).
+/// `TCP_USER_TIMEOUT` (see [`crate::tune_tunnel`]). `mask` keeps every frame masked even
+/// when the server would take them unmasked (for paths through an inspecting proxy).
 pub async fn dial(
     url: &ServerUrl,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     user_timeout: std::time::Duration,
+    mask: bool,
 ) -> Result<WsConn<ClientIo>, TransportError> {
     let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port)).await?;
     crate::tune_tcp(&tcp);
@@ -147,5 +178,5 @@ pub async fn dial(
     } else {
         tokio_util::either::Either::Left(tcp)
     };
-    connect(io, &url.request_url()).await
+    connect(io, &url.request_url(), !mask).await
 }

@@ -5,6 +5,12 @@
 //! write a batch as one vectored write of the multiplexer's own buffers (the agent, which
 //! must mask, makes the one copy masking needs). Message boundaries carry no meaning for
 //! Culvert (frames may split anywhere), so fragments are delivered as they come.
+//!
+//! Masking protects intermediaries that parse plaintext WebSocket traffic from a browser
+//! script's crafted bytes (RFC 6455 §10.3); a tunnel agent is no browser script, and the
+//! mask costs the agent a copy of every byte it sends and the server a pass over every byte
+//! it receives. So the agent may ask for unmasked frames during the upgrade (see
+//! [`crate::ws::UNMASKED_HEADER`]); both sides switch only when the server agreed.
 
 use std::io::{self, IoSlice};
 
@@ -97,6 +103,8 @@ pub struct WsReader<R> {
     buf: BytesMut,
     role: Role,
     frame: Option<InFrame>,
+    /// The client's frames may come unmasked (agreed during the upgrade).
+    unmasked: bool,
 }
 
 impl<R: AsyncRead + Unpin> WsReader<R> {
@@ -107,7 +115,14 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             buf: BytesMut::with_capacity(READ_SIZE),
             role,
             frame: None,
+            unmasked: false,
         }
+    }
+
+    /// Accepts unmasked frames from the client, as agreed during the upgrade (a server
+    /// that did not agree still refuses them, as RFC 6455 requires).
+    pub fn accept_unmasked(&mut self, on: bool) {
+        self.unmasked = on;
     }
 
     /// The next data, ping or close; errors on protocol violations and EOF.
@@ -160,7 +175,9 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             let fin = b0 & 0x80 != 0;
             let masked = b1 & 0x80 != 0;
             match (self.role, masked) {
-                (Role::Server, false) => return Err(bad("unmasked frame from a websocket client")),
+                (Role::Server, false) if !self.unmasked => {
+                    return Err(bad("unmasked frame from a websocket client"))
+                }
                 (Role::Client, true) => return Err(bad("masked frame from a websocket server")),
                 _ => {}
             }
@@ -229,6 +246,8 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
 pub struct WsWriter<W> {
     io: crate::progress::Counted<W>,
     role: Role,
+    /// Whether frames are masked: a client's are, unless the server agreed otherwise.
+    mask: bool,
     /// For the client: masked copy of a batch. For non-vectored transports: the coalesced batch.
     scratch: Vec<u8>,
 }
@@ -239,8 +258,14 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         WsWriter {
             io: crate::progress::Counted::new(io),
             role,
+            mask: role == Role::Client,
             scratch: Vec::new(),
         }
+    }
+
+    /// Sends unmasked frames (a client whose server agreed during the upgrade).
+    pub fn send_unmasked(&mut self, on: bool) {
+        self.mask = self.role == Role::Client && !on;
     }
 
     /// Bytes the transport has accepted from this writer so far, readable while a write
@@ -264,7 +289,7 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
             n = 10;
         }
-        let key = (self.role == Role::Client).then(|| {
+        let key = self.mask.then(|| {
             let mut k = [0u8; 4];
             rand::rng().fill_bytes(&mut k);
             h[1] |= 0x80;
@@ -385,6 +410,13 @@ impl<S: AsyncRead + AsyncWrite> WsConn<S> {
             reader: WsReader::new(r, role),
             writer: WsWriter::new(w, role),
         }
+    }
+
+    /// Client frames go unmasked both ways of this connection (the upgrade agreed on it).
+    pub fn unmasked(mut self) -> WsConn<S> {
+        self.reader.accept_unmasked(true);
+        self.writer.send_unmasked(true);
+        self
     }
 }
 

@@ -297,6 +297,11 @@ pub struct AgentArgs {
     /// WebSocket connections to keep open (streams spread across them).
     #[arg(long)]
     pub pool: Option<usize>,
+    /// Mask every WebSocket frame (RFC 6455's client masking). By default the agent asks
+    /// the server for unmasked frames, which saves a copy of every byte; use this when a
+    /// proxy on the way inspects WebSocket frames and insists on masking.
+    #[arg(long)]
+    pub ws_mask: bool,
     /// Seconds between heartbeats; a dead server is noticed within two.
     #[arg(long)]
     pub heartbeat_interval: Option<u64>,

@@ -80,6 +80,9 @@ pub struct AgentFile {
     #[serde(default)]
     pub insecure_skip_verify: bool,
     pub pool: Option<usize>,
+    /// `--ws-mask`: mask every WebSocket frame.
+    #[serde(default)]
+    pub ws_mask: bool,
     pub heartbeat_interval: Option<u64>,
     pub admin: Option<SocketAddr>,
     pub grace: Option<u64>,

@@ -247,6 +247,7 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     if let Some(p) = args.pool.or(file.pool) {
         config.pool = p.clamp(1, 64);
     }
+    config.ws_mask = args.ws_mask || file.ws_mask;
     if let Some(h) = args.heartbeat_interval.or(file.heartbeat_interval) {
         config.proto.set_heartbeat_interval(Duration::from_secs(h));
     }
