@@ -302,54 +302,77 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
 
     /// Sends `segments` (in order, `len` bytes in all) as one binary frame.
     pub async fn send(&mut self, segments: &[Bytes], len: usize) -> io::Result<()> {
-        let (h, hlen, key) = self.header(0x2, len);
-        if key.is_some() || !self.io.is_write_vectored() {
-            // Masking rewrites every byte anyway: do it while coalescing, in one pass. The
-            // scratch buffer only grows (zeroed once), so no pass clears it per batch.
-            let total = hlen + len;
-            if self.scratch.len() < total {
-                self.scratch.resize(total, 0);
+        self.send_many(&[(segments, len)]).await
+    }
+
+    /// Sends each `(segments, len)` as one binary frame, all of them with as few (vectored)
+    /// writes as the transport takes: several batches in one system call.
+    pub async fn send_many(&mut self, msgs: &[(&[Bytes], usize)]) -> io::Result<()> {
+        if self.mask || !self.io.is_write_vectored() {
+            for &(segments, len) in msgs {
+                self.send_copied(segments, len).await?;
             }
-            let out = &mut self.scratch[..total];
-            out[..hlen].copy_from_slice(&h[..hlen]);
-            let mut at = hlen;
-            for s in segments {
-                let dst = &mut out[at..at + s.len()];
-                match key {
-                    Some(k) => copy_masked(dst, s, k, at - hlen),
-                    None => dst.copy_from_slice(s),
-                }
-                at += s.len();
-            }
-            return self.io.write_all(&self.scratch[..total]).await;
+            return Ok(());
         }
-        // Vectored: header plus the multiplexer's buffers, no copy.
-        let mut head: &[u8] = &h[..hlen];
+        // Vectored: each header, then the multiplexer's buffers, no copy.
+        let heads: Vec<([u8; 14], usize)> = msgs
+            .iter()
+            .map(|&(_, len)| {
+                let (h, n, _) = self.header(0x2, len);
+                (h, n)
+            })
+            .collect();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(msgs.iter().map(|(s, _)| s.len() + 1).sum());
+        for ((segments, _), (h, n)) in msgs.iter().zip(&heads) {
+            parts.push(&h[..*n]);
+            parts.extend(segments.iter().map(|s| &s[..]));
+        }
+        self.write_parts(&parts).await
+    }
+
+    /// One frame masked (or coalesced, for a transport without vectored writes) into the
+    /// scratch buffer and written from there.
+    async fn send_copied(&mut self, segments: &[Bytes], len: usize) -> io::Result<()> {
+        let (h, hlen, key) = self.header(0x2, len);
+        // Masking rewrites every byte anyway: do it while coalescing, in one pass. The
+        // scratch buffer only grows (zeroed once), so no pass clears it per batch.
+        let total = hlen + len;
+        if self.scratch.len() < total {
+            self.scratch.resize(total, 0);
+        }
+        let out = &mut self.scratch[..total];
+        out[..hlen].copy_from_slice(&h[..hlen]);
+        let mut at = hlen;
+        for s in segments {
+            let dst = &mut out[at..at + s.len()];
+            match key {
+                Some(k) => copy_masked(dst, s, k, at - hlen),
+                None => dst.copy_from_slice(s),
+            }
+            at += s.len();
+        }
+        self.io.write_all(&self.scratch[..total]).await
+    }
+
+    /// Writes every part, in order, with vectored writes of at most [`MAX_IOVECS`] slices.
+    async fn write_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
         let mut idx = 0;
         let mut first_off = 0;
-        while !head.is_empty() || idx < segments.len() {
-            let mut iov: Vec<IoSlice<'_>> =
-                Vec::with_capacity(MAX_IOVECS.min(segments.len() - idx + 1));
-            if !head.is_empty() {
-                iov.push(IoSlice::new(head));
+        while idx < parts.len() && parts[idx].is_empty() {
+            idx += 1;
+        }
+        while idx < parts.len() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let count = (parts.len() - idx).min(MAX_IOVECS);
+            for (j, (slot, p)) in iov.iter_mut().zip(&parts[idx..idx + count]).enumerate() {
+                *slot = IoSlice::new(if j == 0 { &p[first_off..] } else { p });
             }
-            for (j, s) in segments[idx..]
-                .iter()
-                .enumerate()
-                .take(MAX_IOVECS - iov.len())
-            {
-                let s = if j == 0 { &s[first_off..] } else { &s[..] };
-                iov.push(IoSlice::new(s));
-            }
-            let mut n = self.io.write_vectored(&iov).await?;
+            let mut n = self.io.write_vectored(&iov[..count]).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            let h_take = n.min(head.len());
-            head = &head[h_take..];
-            n -= h_take;
             while n > 0 {
-                let rest = segments[idx].len() - first_off;
+                let rest = parts[idx].len() - first_off;
                 if n >= rest {
                     n -= rest;
                     idx += 1;
@@ -359,7 +382,7 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
                     n = 0;
                 }
             }
-            while idx < segments.len() && segments[idx].len() == first_off {
+            while idx < parts.len() && parts[idx].len() == first_off {
                 idx += 1;
                 first_off = 0;
             }
@@ -452,6 +475,108 @@ mod tests {
                 let mut b = src.clone();
                 apply_mask(&mut b, key, off);
                 assert_eq!(a, b);
+            }
+        }
+    }
+
+    /// A vectored sink that takes at most `step` bytes per write, so every boundary
+    /// (inside a header, between messages, inside a segment) is hit by some short write.
+    struct ShortVectored {
+        out: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for ShortVectored {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let mut left = self.step;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(left);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn several_messages_in_one_vectored_write_survive_any_short_write() {
+        let a: Vec<Bytes> = vec![Bytes::from(vec![1u8; 300]), Bytes::from(vec![2u8; 70_000])];
+        let b: Vec<Bytes> = vec![Bytes::from(vec![3u8; 5])];
+        let c: Vec<Bytes> = (0..300).map(|i| Bytes::from(vec![i as u8; 7])).collect();
+        let mut expect = Vec::new();
+        for seg in a.iter().chain(&b).chain(&c) {
+            expect.extend_from_slice(seg);
+        }
+        for step in [1, 3, 13, 4096, 1 << 20] {
+            for (w_role, r_role, unmasked) in [
+                (Role::Server, Role::Client, false),
+                (Role::Client, Role::Server, true),
+                (Role::Client, Role::Server, false),
+            ] {
+                let mut w = WsWriter::new(
+                    ShortVectored {
+                        out: Vec::new(),
+                        step,
+                    },
+                    w_role,
+                );
+                w.send_unmasked(unmasked);
+                w.send_many(&[(&a, 70_300), (&b, 5), (&c, 2_100)])
+                    .await
+                    .unwrap();
+                let data = std::mem::take(&mut w.io.get_mut().out);
+                let len = data.len();
+                let mut r = WsReader::new(
+                    Chunked {
+                        data,
+                        pos: 0,
+                        sizes: vec![4093],
+                        next: 0,
+                    },
+                    r_role,
+                );
+                r.accept_unmasked(unmasked);
+                let mut got = Vec::new();
+                while got.len() < expect.len() {
+                    match r.next().await.unwrap() {
+                        WsIn::Data(d) => got.extend_from_slice(&d),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                assert_eq!(got, expect, "step {step}, {w_role:?}, {len} bytes");
             }
         }
     }

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Interleaved A/B of two Culvert variants over ws:// on loopback: the same transfers
+# through variant A, then B, then A, … so that the machine's load drifts over both alike.
+# A variant is a binary plus extra server and agent arguments:
+#
+#   AB_A_BIN=/tmp/culvert-old AB_B_BIN=target/release/culvert scripts/ab.sh
+#   AB_A_AGENT_ARGS=--ws-mask scripts/ab.sh          # same binary, agent flag on / off
+#
+# Per round and variant: iperf3 -n AB_BYTES client→service and service→client (one stream),
+# then AB_RR 64-byte round trips over one connection. Printed per variant: the median of
+# AB_ROUNDS rounds of Gbit/s, CPU-s/GB of server and agent (from /proc/PID/stat), and round
+# trips/s. Everything runs on free 127.0.0.1 ports below the ephemeral range (benchtool's
+# freeblock), every process is stopped by PID, every load is bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${AB_ROUNDS:-3}
+BYTES=${AB_BYTES:-2G}
+RR=${AB_RR:-5000}
+A_BIN=${AB_A_BIN:-target/release/culvert}
+B_BIN=${AB_B_BIN:-target/release/culvert}
+read -r -a A_SRV <<<"${AB_A_SERVER_ARGS:-}"
+read -r -a B_SRV <<<"${AB_B_SERVER_ARGS:-}"
+read -r -a A_AGT <<<"${AB_A_AGENT_ARGS:-}"
+read -r -a B_AGT <<<"${AB_B_AGENT_ARGS:-}"
+# Environment of each variant's processes ("NAME=VALUE …"), for settings read from it.
+read -r -a A_ENV <<<"${AB_A_ENV:-}"
+read -r -a B_ENV <<<"${AB_B_ENV:-}"
+TOOL=(python3 scripts/bench/benchtool.py)
+CLK_TCK=$(getconf CLK_TCK)
+WORK=$(mktemp -d /tmp/culvert-ab.XXXXXX)
+PIDS=()
+
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+command -v iperf3 >/dev/null || { echo "ab.sh needs iperf3 (scripts/bench.sh installs it)" >&2; exit 1; }
+[[ -x $A_BIN && -x $B_BIN ]] || { echo "ab.sh: $A_BIN or $B_BIN missing (cargo build --release)" >&2; exit 1; }
+
+BASE=$("${TOOL[@]}" freeblock 8)
+CTRL=$BASE IPERF=$((BASE + 1)) PUB=$((BASE + 2)) ECHO=$((BASE + 3)) EPUB=$((BASE + 4))
+
+iperf3 -s -p "$IPERF" >"$WORK/iperf.log" 2>&1 &
+PIDS+=($!)
+"${TOOL[@]}" echo-server --max-seconds 3600 "$ECHO" >"$WORK/echo.log" 2>&1 &
+PIDS+=($!)
+"${TOOL[@]}" wait-listen --timeout 15 "$IPERF" "$ECHO"
+
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+uticks() { awk '{ print $14 }' "/proc/$1/stat"; }
+
+# run VARIANT(A|B) ROUND: one start of server and agent, the loads, then both stopped.
+run() {
+  local v=$1 bin srv agt envs dir=$WORK/$1-$2
+  if [[ $v == A ]]; then
+    bin=$A_BIN srv=("${A_SRV[@]}") agt=("${A_AGT[@]}") envs=("${A_ENV[@]}")
+  else
+    bin=$B_BIN srv=("${B_SRV[@]}") agt=("${B_AGT[@]}") envs=("${B_ENV[@]}")
+  fi
+  mkdir -p "$dir"
+  timeout 20 "$bin" token new --name ab --tokens "$dir/tokens.toml" >"$dir/token" 2>/dev/null
+  env RUST_LOG=warn "${envs[@]}" "$bin" server --listen "127.0.0.1:$CTRL" --tokens "$dir/tokens.toml" \
+    --port-range "$PUB-$EPUB" --public-bind 127.0.0.1 --insecure-plain "${srv[@]}" >"$dir/server.log" 2>&1 &
+  local sp=$!
+  PIDS+=("$sp")
+  "${TOOL[@]}" wait-listen --timeout 15 "$CTRL"
+  env RUST_LOG=warn "${envs[@]}" "$bin" agent --server "ws://127.0.0.1:$CTRL" --token-file "$dir/token" \
+    --expose "iperf=tcp://127.0.0.1:$IPERF@$PUB" --expose "echo=tcp://127.0.0.1:$ECHO@$EPUB" "${agt[@]}" >"$dir/agent.log" 2>&1 &
+  local ap=$!
+  PIDS+=("$ap")
+  "${TOOL[@]}" wait-listen --timeout 15 "$PUB"
+  "${TOOL[@]}" wait-listen --timeout 15 "$EPUB"
+  sleep 1
+  for dirn in up down; do
+    local flag=() s0 a0 s1 a1 su0 au0 su1 au1 out gbps bytes
+    [[ $dirn == down ]] && flag=(-R)
+    s0=$(ticks "$sp") a0=$(ticks "$ap") su0=$(uticks "$sp") au0=$(uticks "$ap")
+    timeout 120 iperf3 -c 127.0.0.1 -p "$PUB" -n "$BYTES" -J "${flag[@]}" >"$dir/$dirn.json"
+    s1=$(ticks "$sp") a1=$(ticks "$ap") su1=$(uticks "$sp") au1=$(uticks "$ap")
+    out=$("${TOOL[@]}" iperf-parse "$dir/$dirn.json")
+    read -r gbps bytes <<<"$out"
+    awk -v v="$v" -v d="$dirn" -v g="$gbps" -v s=$((s1 - s0)) -v a=$((a1 - a0)) -v su=$((su1 - su0)) -v au=$((au1 - au0)) -v hz="$CLK_TCK" -v b="$bytes" \
+      'BEGIN { gb = b / 1e9; printf "%s %s gbps %s srv %.3f agt %.3f srv_user %.3f agt_user %.3f\n", v, d, g, (s / hz) / gb, (a / hz) / gb, (su / hz) / gb, (au / hz) / gb }' >>"$WORK/results"
+  done
+  local rr
+  rr=$("${TOOL[@]}" rr "$EPUB" --count "$RR" --seconds 20 | python3 -c 'import json, sys; print(round(json.load(sys.stdin)["rps"]))')
+  echo "$v rr $rr" >>"$WORK/results"
+  kill "$ap" "$sp"
+  wait "$ap" "$sp" 2>/dev/null || true
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+  run A "$r"
+  run B "$r"
+  echo "round $r done" >&2
+done
+
+med() { sort -g | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print "—" }'; }
+# Medians per variant: Gbit/s, CPU-s/GB (all, then user time only) of server and agent.
+col() { awk -v v="$1" -v d="$2" -v f="$3" '$1 == v && $2 == d { print $f }' "$WORK/results" | med; }
+printf '%-4s %-5s %-8s %-8s %-8s %-9s %-9s\n' var dir gbit/s srv_cpu agt_cpu srv_user agt_user
+for v in A B; do
+  for d in up down; do
+    printf '%-4s %-5s %-8s %-8s %-8s %-9s %-9s\n' "$v" "$d" "$(col $v $d 4)" "$(col $v $d 6)" "$(col $v $d 8)" "$(col $v $d 10)" "$(col $v $d 12)"
+  done
+  printf '%-4s rr/s  %s\n' "$v" "$(col $v rr 3)"
+done
+echo "raw:" && cat "$WORK/results"
