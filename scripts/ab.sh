@@ -5,6 +5,7 @@
 #
 #   AB_A_BIN=/tmp/culvert-old AB_B_BIN=target/release/culvert scripts/ab.sh
 #   AB_A_AGENT_ARGS=--ws-mask scripts/ab.sh          # same binary, agent flag on / off
+#   AB_SCHEME=wss scripts/ab.sh                      # over TLS (--self-signed server)
 #
 # Per round and variant: iperf3 -n AB_BYTES client→service and service→client (one stream),
 # then AB_RR 64-byte round trips over one connection. Printed per variant: the median of
@@ -15,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${AB_ROUNDS:-3}
+SCHEME=${AB_SCHEME:-ws}
 BYTES=${AB_BYTES:-2G}
 RR=${AB_RR:-5000}
 A_BIN=${AB_A_BIN:-target/release/culvert}
@@ -63,12 +65,14 @@ run() {
   fi
   mkdir -p "$dir"
   timeout 20 "$bin" token new --name ab --tokens "$dir/tokens.toml" >"$dir/token" 2>/dev/null
+  local mode=(--insecure-plain) verify=()
+  if [[ $SCHEME == wss ]]; then mode=(--self-signed) verify=(--insecure-skip-verify); fi
   env RUST_LOG=warn "${envs[@]}" "$bin" server --listen "127.0.0.1:$CTRL" --tokens "$dir/tokens.toml" \
-    --port-range "$PUB-$EPUB" --public-bind 127.0.0.1 --insecure-plain "${srv[@]}" >"$dir/server.log" 2>&1 &
+    --port-range "$PUB-$EPUB" --public-bind 127.0.0.1 "${mode[@]}" "${srv[@]}" >"$dir/server.log" 2>&1 &
   local sp=$!
   PIDS+=("$sp")
   "${TOOL[@]}" wait-listen --timeout 15 "$CTRL"
-  env RUST_LOG=warn "${envs[@]}" "$bin" agent --server "ws://127.0.0.1:$CTRL" --token-file "$dir/token" \
+  env RUST_LOG=warn "${envs[@]}" "$bin" agent --server "$SCHEME://127.0.0.1:$CTRL" --token-file "$dir/token" "${verify[@]}" \
     --expose "iperf=tcp://127.0.0.1:$IPERF@$PUB" --expose "echo=tcp://127.0.0.1:$ECHO@$EPUB" "${agt[@]}" >"$dir/agent.log" 2>&1 &
   local ap=$!
   PIDS+=("$ap")

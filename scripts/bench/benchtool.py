@@ -32,14 +32,19 @@ def _die(msg):
 
 def cmd_freeblock(a):
     """Print the first port of N consecutive ports that are free on 127.0.0.1 for both
-    TCP and UDP, chosen below the kernel's ephemeral range so that no outgoing
-    connection can take them."""
+    TCP and UDP, chosen outside the kernel's ephemeral range so that no outgoing
+    connection can take them: above it when there is room (the test suite takes its
+    ports from 20000-32767, below it, so a benchmark beside a test run does not collide
+    with it), else below it."""
     lo, hi = 20000, 32000
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            eph_lo = int(f.read().split()[0])
-        hi = min(hi, eph_lo)
-    except OSError:
+            eph_lo, eph_hi = (int(x) for x in f.read().split()[:2])
+        if 65535 - eph_hi > 4 * a.n:
+            lo, hi = eph_hi + 1, 65535
+        else:
+            hi = min(hi, eph_lo)
+    except (OSError, ValueError):
         pass
     rng = random.Random()
     for _ in range(200):
