@@ -84,9 +84,10 @@ fn resolve(
             ),
         ));
     }
+    // A target no service can have is refused like one the token may not reach.
     let Some(r) = ServiceRef::parse(target) else {
         return Err((
-            reset_code::UNKNOWN_TARGET,
+            reset_code::NOT_ALLOWED,
             format!(
                 "stream target {} is not a service (NAME or TENANT/NAME, names of A-Z a-z 0-9 . _ -)",
                 escape(target)
