@@ -105,7 +105,7 @@ impl ServerHandle {
         closed
     }
 
-    /// Public ports currently assigned, by service name.
+    /// Public ports currently assigned, by service name (two tenants using one name: either).
     pub fn ports(&self) -> HashMap<String, u16> {
         self.inner
             .lock_sessions()
