@@ -470,12 +470,12 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                 shared.state_tx.send_modify(|n| *n -= 1);
                 lock(&shared.live).retain(|m| !m.same(&mux));
                 shared.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%reason, "tunnel connection lost");
+                tracing::warn!(reason = ?reason, "tunnel connection lost");
                 *lock(&shared.last_error) = Some(format!("connection lost: {reason}"));
             }
             Err(e) => {
                 shared.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "could not establish tunnel connection");
+                tracing::warn!(error = ?e, "could not establish tunnel connection");
                 *lock(&shared.last_error) = Some(e);
             }
         }
@@ -569,7 +569,7 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
                 match next_control(&mux, &mut events, &mut early).await? {
                     Control::RegisterOk { service_id, ext } => break (service_id, ext),
                     Control::RegisterFail { reason } if ask != svc.remote_port => {
-                        tracing::info!(service = %svc.name, port = ask, %reason, "previous public port not available; asking for any");
+                        tracing::info!(service = %svc.name, port = ask, reason = ?reason, "previous public port not available; asking for any");
                         ask = svc.remote_port;
                     }
                     Control::RegisterFail { reason } => {
@@ -665,7 +665,7 @@ async fn serve(
                 if let Some(svc) = targets.get(&target) {
                     pending.insert(stream.id(), (stream, svc.clone()));
                 } else {
-                    tracing::warn!(%target, "server opened a stream for an unknown service");
+                    tracing::warn!(target = ?target, "server opened a stream for an unknown service");
                     stream.reset(reset_code::REFUSED);
                 }
             }
@@ -744,7 +744,7 @@ async fn serve(
                     }
                 }
             }
-            MuxEvent::GoingAway(reason) => tracing::info!(%reason, "server going away"),
+            MuxEvent::GoingAway(reason) => tracing::info!(reason = ?reason, "server going away"),
             MuxEvent::Closed(reason) => return reason,
         }
     }

@@ -177,13 +177,14 @@ impl NodeFile {
                 .rsplit_once(':')
                 .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
             // A forward TCP tunnel may also name a service registered on the peer (a
-            // private one, say), reached if this tunnel's token is allowed it.
+            // private one, say; NAME in the token's tenant or TENANT/NAME), reached if this
+            // tunnel's token is allowed it.
             let is_service = t.direction == Direction::Forward
                 && t.protocol == "tcp"
-                && culvert_agent::valid_service_name(&t.target);
+                && culvert_server::names::ServiceRef::parse(&t.target).is_some();
             if !is_addr && !is_service {
                 return Err(format!(
-                    "{at}: target must be HOST:PORT (or, for a forward TCP tunnel, a service name on the peer)"
+                    "{at}: target must be HOST:PORT (or, for a forward TCP tunnel, a service on the peer: NAME or TENANT/NAME)"
                 ));
             }
             match t.direction {

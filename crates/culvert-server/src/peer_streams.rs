@@ -18,9 +18,11 @@ use culvert_transport::{relay_streams, relay_tcp, tune_tcp, Mux, TunnelStream};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use crate::names::{escape, ServiceRef};
 use crate::registry::Protocol;
 use crate::server::Inner;
-use crate::session::Session;
+use crate::session::{Service, Session};
+use crate::Role;
 
 /// How long an answered access check waits for the peer to finish its side.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,7 +39,7 @@ pub(crate) struct Ctx {
 
 /// Serves one peer-opened stream in its own task.
 pub(crate) fn spawn(ctx: Ctx, stream: TunnelStream, target: String) {
-    let span = tracing::debug_span!("peer_stream", token = %ctx.session.token.name, %target, stream = stream.id().0);
+    let span = tracing::debug_span!("peer_stream", token = %ctx.session.token.name, target = ?target, stream = stream.id().0);
     tokio::spawn(
         async move {
             let (inner, session) = (&ctx.inner, &ctx.session);
@@ -59,42 +61,115 @@ pub(crate) fn spawn(ctx: Ctx, stream: TunnelStream, target: String) {
     );
 }
 
-/// Why `session` may not reach the service `name` over `protocol` (`None`: either), as a
-/// reset code and a reason.
-fn refusal(
+/// Why a stream was refused: the reset code and the reason logged.
+type Refusal = (u64, String);
+
+/// The service that `target` (`NAME` or `TENANT/NAME`) names for `session`, reachable over
+/// `protocol` (`None`: either), with its serving session; else why not. A bare name is the
+/// caller's own tenant's service; failing that, the one granted tenant holding it.
+fn resolve(
     inner: &Inner,
     session: &Session,
-    name: &str,
+    target: &str,
     protocol: Option<Protocol>,
-) -> Option<(u64, String)> {
-    if !session.token.may_access(name) {
-        return Some((
+) -> Result<(Arc<Session>, Arc<Service>), Refusal> {
+    let token = &session.token;
+    if !token.has_role(Role::Access) {
+        return Err((
             reset_code::NOT_ALLOWED,
             format!(
-                "token {:?} is not allowed service {name:?}",
-                session.token.name
+                "token {:?} may not reach services: it has no access role (its roles: {})",
+                token.name,
+                token.role_names()
             ),
         ));
     }
-    match inner.find_service(name) {
-        None => Some((
+    // A target no service can have is refused like one the token may not reach.
+    let Some(r) = ServiceRef::parse(target) else {
+        return Err((
+            reset_code::NOT_ALLOWED,
+            format!(
+                "stream target {} is not a service (NAME or TENANT/NAME, names of A-Z a-z 0-9 . _ -)",
+                escape(target)
+            ),
+        ));
+    };
+    let own = token.tenant();
+    let found = match r.tenant {
+        Some(tenant) => {
+            if !token.may_access(tenant, r.name) {
+                return Err((
+                    reset_code::NOT_ALLOWED,
+                    format!("token {:?} is not allowed service {target:?}", token.name),
+                ));
+            }
+            inner.find_service(tenant, r.name)
+        }
+        None => match inner.find_service(own, r.name) {
+            Some(found) => Some(found),
+            None => {
+                if !granted_anywhere(token, r.name) {
+                    return Err((
+                        reset_code::NOT_ALLOWED,
+                        format!(
+                            "token {:?} is not allowed service {target:?} (its tenant {own:?} has none, and no grant names it)",
+                            token.name
+                        ),
+                    ));
+                }
+                let tenants: Vec<String> = inner
+                    .tenants_holding(r.name, own)
+                    .into_iter()
+                    .filter(|t| token.grants(t, r.name))
+                    .collect();
+                match tenants.as_slice() {
+                    [] => None,
+                    [t] => inner.find_service(t, r.name),
+                    several => {
+                        return Err((
+                            reset_code::UNKNOWN_TARGET,
+                            format!(
+                            "service {target:?} is held by several tenants ({}): name it TENANT/{}",
+                            several.join(", "),
+                            r.name
+                        ),
+                        ))
+                    }
+                }
+            }
+        },
+    };
+    match found {
+        None => Err((
             reset_code::UNKNOWN_TARGET,
-            format!("no service {name:?} is registered"),
+            format!("no service {target:?} is registered"),
         )),
-        Some((_, svc)) if protocol.is_some_and(|p| p != svc.protocol) => Some((
+        Some((_, svc)) if protocol.is_some_and(|p| p != svc.protocol) => Err((
             reset_code::UNKNOWN_TARGET,
             format!(
-                "service {name:?} is {}, and this stream asked for {}",
+                "service {target:?} is {}, and this stream asked for {}",
                 proto_name(svc.protocol),
                 protocol.map_or("either", proto_name)
             ),
         )),
-        Some((owner, _)) if owner.pick().is_none() => Some((
+        Some((owner, _)) if owner.pick().is_none() => Err((
             reset_code::UNAVAILABLE,
-            format!("service {name:?} has no live agent connection"),
+            format!("service {target:?} has no live agent connection"),
         )),
-        Some(_) => None,
+        Some(found) => Ok(found),
     }
+}
+
+/// Whether any grant of `token` could name a service `name` of another tenant.
+fn granted_anywhere(token: &crate::TokenEntry, name: &str) -> bool {
+    token
+        .access
+        .iter()
+        .flatten()
+        .any(|g| match g.split_once('/') {
+            None => g == "*" || g == name,
+            Some((_, n)) => n == "*" || n == name,
+        })
 }
 
 fn proto_name(p: Protocol) -> &'static str {
@@ -107,11 +182,11 @@ fn proto_name(p: Protocol) -> &'static str {
 /// `?NAME`: when the service can be reached, answers its protocol (`tcp` or `udp`) and a
 /// FIN; else a reset saying why.
 async fn check(inner: &Inner, session: &Session, stream: TunnelStream, name: &str) {
-    match refusal(inner, session, name, None) {
-        None => {
-            let protocol = match inner.find_service(name) {
-                Some((_, svc)) if svc.protocol == Protocol::Udp => "udp",
-                _ => "tcp",
+    match resolve(inner, session, name, None) {
+        Ok((_, svc)) => {
+            let protocol = match svc.protocol {
+                Protocol::Udp => "udp",
+                Protocol::Tcp => "tcp",
             };
             let _ = stream
                 .send(bytes::Bytes::from_static(protocol.as_bytes()))
@@ -126,7 +201,7 @@ async fn check(inner: &Inner, session: &Session, stream: TunnelStream, name: &st
                 .await;
             });
         }
-        Some((code, reason)) => {
+        Err((code, reason)) => {
             tracing::info!(%reason, "access check refused");
             stream.reset(code);
         }
@@ -135,14 +210,13 @@ async fn check(inner: &Inner, session: &Session, stream: TunnelStream, name: &st
 
 /// `NAME`: opens a stream to the agent serving `NAME` and splices the two.
 async fn access(inner: &Inner, session: &Session, stream: TunnelStream, name: &str) {
-    if let Some((code, reason)) = refusal(inner, session, name, Some(Protocol::Tcp)) {
-        tracing::info!(%reason, "access refused");
-        stream.reset(code);
-        return;
-    }
-    let Some((owner, svc)) = inner.find_service(name) else {
-        stream.reset(reset_code::UNKNOWN_TARGET);
-        return;
+    let (owner, svc) = match resolve(inner, session, name, Some(Protocol::Tcp)) {
+        Ok(found) => found,
+        Err((code, reason)) => {
+            tracing::info!(%reason, "access refused");
+            stream.reset(code);
+            return;
+        }
     };
     let client_addr = format!("access:{}@{}", session.token.name, session.peer);
     let towards = match owner.open_connection(&svc, client_addr).await {
@@ -170,6 +244,12 @@ async fn allowed(
     target: &str,
 ) -> Option<Vec<SocketAddr>> {
     let config = inner.config();
+    if !session.token.has_role(Role::Node) {
+        tracing::info!(token = %session.token.name, roles = %session.token.role_names(),
+            "dial refused: the token has no node role");
+        stream.reset(reset_code::NOT_ALLOWED);
+        return None;
+    }
     if config.allow_dial.is_empty() {
         tracing::info!(token = %session.token.name, "dial refused: this server dials nothing (no allow-list)");
         stream.reset(reset_code::NOT_ALLOWED);
@@ -184,7 +264,7 @@ async fn allowed(
                 }
                 _ => reset_code::CONNECT_FAILED,
             };
-            tracing::warn!(token = %session.token.name, error = %e, "dial refused");
+            tracing::warn!(token = %session.token.name, error = ?e.to_string(), "dial refused");
             stream.reset(code);
             None
         }
@@ -222,18 +302,17 @@ async fn dial_udp(ctx: &Ctx, stream: TunnelStream, target: &str) {
 /// It lasts as long as the client's stream.
 async fn access_udp(ctx: &Ctx, stream: TunnelStream, name: &str) {
     let (inner, session) = (&ctx.inner, &ctx.session);
-    if let Some((code, reason)) = refusal(inner, session, name, Some(Protocol::Udp)) {
-        tracing::info!(%reason, "udp access refused");
-        stream.reset(code);
-        return;
-    }
-    let Some((owner, svc)) = inner.find_service(name) else {
-        stream.reset(reset_code::UNKNOWN_TARGET);
-        return;
+    let (owner, svc) = match resolve(inner, session, name, Some(Protocol::Udp)) {
+        Ok(found) => found,
+        Err((code, reason)) => {
+            tracing::info!(%reason, "udp access refused");
+            stream.reset(code);
+            return;
+        }
     };
     let config = inner.config();
     if owner.flows().len() >= config.udp_max_flows_per_session {
-        tracing::info!(service = %name, "udp access refused: the agent's flow cap is reached");
+        tracing::info!(service = ?name, "udp access refused: the agent's flow cap is reached");
         stream.reset(reset_code::REFUSED);
         return;
     }
@@ -264,7 +343,7 @@ async fn access_udp(ctx: &Ctx, stream: TunnelStream, name: &str) {
     };
     if agent_mux.send_control(connect).is_ok() {
         svc.connections.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(service = %name, flow, client_flow, "udp access flow opened");
+        tracing::debug!(service = ?name, flow, client_flow, "udp access flow opened");
         // The client ends the flow by ending its stream (idle, TTL or gone); the agent's
         // connection closing ends it too.
         tokio::select! {

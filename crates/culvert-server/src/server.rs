@@ -28,9 +28,6 @@ use crate::{PortRange, ServerConfig};
 /// The one answer to every failed Auth, whatever went wrong (missing, malformed or wrong token).
 const AUTH_FAILED: &str = "authentication failed";
 
-/// Maximum length of a service name (it travels with a u8 length prefix).
-const MAX_SERVICE_NAME: usize = 64;
-
 /// Server-wide counters for metrics.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -108,7 +105,7 @@ impl ServerHandle {
         closed
     }
 
-    /// Public ports currently assigned, by service name.
+    /// Public ports currently assigned, by service name (two tenants using one name: either).
     pub fn ports(&self) -> HashMap<String, u16> {
         self.inner
             .lock_sessions()
@@ -131,6 +128,7 @@ impl ServerHandle {
             .map(|s| SessionInfo {
                 id: s.id,
                 token: s.token.name.clone(),
+                tenant: s.token.tenant().to_owned(),
                 peer: s.peer,
                 uptime: s.started.elapsed(),
                 connections: s.connection_count(),
@@ -181,6 +179,8 @@ pub struct SessionInfo {
     pub id: Uuid,
     /// Name of the token it authenticated with (never the token).
     pub token: String,
+    /// Tenant of that token (its services are `TENANT/NAME`).
+    pub tenant: String,
     /// Address of its first connection.
     pub peer: SocketAddr,
     /// Time since it started.
@@ -321,14 +321,34 @@ impl Inner {
         &self.config
     }
 
-    /// The live session serving the service `name`, and the service.
-    pub(crate) fn find_service(&self, name: &str) -> Option<(Arc<Session>, Arc<Service>)> {
+    /// The live session serving the service `name` of `tenant`, and the service. A name is
+    /// held by one session of a tenant at most (see [`register`]), so the answer is unique.
+    pub(crate) fn find_service(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Option<(Arc<Session>, Arc<Service>)> {
         self.lock_sessions().values().find_map(|s| {
-            if s.ended.load(Ordering::SeqCst) {
+            if s.ended.load(Ordering::SeqCst) || s.token.tenant() != tenant {
                 return None;
             }
             s.services().get(name).map(|v| (s.clone(), v.clone()))
         })
+    }
+
+    /// The tenants (other than `except`) holding a live service named `name`, for a bare
+    /// name reached through a grant.
+    pub(crate) fn tenants_holding(&self, name: &str, except: &str) -> Vec<String> {
+        let mut t: Vec<String> = self
+            .lock_sessions()
+            .values()
+            .filter(|s| !s.ended.load(Ordering::SeqCst) && s.token.tenant() != except)
+            .filter(|s| s.services().contains_key(name))
+            .map(|s| s.token.tenant().to_owned())
+            .collect();
+        t.sort();
+        t.dedup();
+        t
     }
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Session>>> {
@@ -566,9 +586,9 @@ async fn serve_connection(
                     stream.reset(reset_code::REFUSED);
                 }
             }
-            MuxEvent::GoingAway(reason) => tracing::info!(%reason, "agent going away"),
+            MuxEvent::GoingAway(reason) => tracing::info!(reason = ?reason, "agent going away"),
             MuxEvent::Closed(reason) => {
-                tracing::info!(session = %session.id, %reason, "agent connection closed");
+                tracing::info!(session = %session.id, reason = ?reason, "agent connection closed");
                 break;
             }
         }
@@ -599,7 +619,8 @@ async fn handle_control(inner: &Arc<Inner>, session: &Arc<Session>, mux: &Mux, c
                     }),
                 },
                 Err(reason) => {
-                    tracing::warn!(service = %name, %reason, "registration refused");
+                    // The name comes from the peer: escaped, like every peer-supplied text.
+                    tracing::warn!(service = ?name, %reason, "registration refused");
                     Control::RegisterFail { reason }
                 }
             };
@@ -632,10 +653,10 @@ async fn handle_control(inner: &Arc<Inner>, session: &Arc<Session>, mux: &Mux, c
             reason,
         } => {
             session.take_pending_connect(&connection_id);
-            tracing::info!(%connection_id, %reason, "agent could not reach its target")
+            tracing::info!(%connection_id, reason = ?reason, "agent could not reach its target")
         }
         Control::Disconnect { reason } => {
-            tracing::info!(%reason, "agent disconnected");
+            tracing::info!(reason = ?reason, "agent disconnected");
             mux.abort("agent disconnected");
         }
         Control::Auth { .. } => mux.abort("second Auth on one connection"),
@@ -654,14 +675,17 @@ async fn register(
     requested: u16,
     private: bool,
 ) -> Result<Arc<Service>, String> {
-    if name.is_empty() || name.len() > MAX_SERVICE_NAME {
-        return Err(format!(
-            "service name must be 1 to {MAX_SERVICE_NAME} bytes"
-        ));
+    // Only A-Z a-z 0-9 . _ - : a name is safe in logs and terminals, and never reads as an
+    // address (`:`), a check (`?`) or a tenant (`/`) in a stream target.
+    if !crate::names::valid_name(name) {
+        return Err(crate::names::name_problem("service name", name));
     }
-    // A colon would make the name read as an address in a stream target, `?` as a check.
-    if name.contains(':') || name.starts_with('?') {
-        return Err("service name must not contain ':' or start with '?'".into());
+    if !session.token.has_role(crate::Role::Agent) {
+        return Err(format!(
+            "token {:?} may not register services: it has no agent role (its roles: {})",
+            session.token.name,
+            session.token.role_names()
+        ));
     }
     // Pooled connections register the same services concurrently: one at a time, so the
     // second finds the first's service instead of binding a second port.
@@ -685,6 +709,7 @@ async fn register(
         ServiceProtocol::Tcp => Protocol::Tcp,
         ServiceProtocol::Udp => Protocol::Udp,
     };
+    let tenant = session.token.tenant();
     // A new session of the same agent (same token) replaces a stale one holding the name.
     let stale: Vec<Arc<Session>> = inner
         .lock_sessions()
@@ -696,17 +721,21 @@ async fn register(
     for s in stale {
         inner.end_session(&s, "replaced by a new session of the same agent");
     }
-    // Access streams find a service by name: a name may not be held by two tokens when
-    // either of them is private, or an access stream could reach the wrong agent.
-    let clash = inner.lock_sessions().values().any(|s| {
-        s.token.name != session.token.name
-            && s.services()
-                .get(name)
-                .is_some_and(|other| other.private || private)
-    });
-    if clash {
+    // Streams find a service by tenant and name: within a tenant a name is held by one
+    // token only, or a stream could reach the wrong agent. Other tenants may use it too.
+    let holder = inner
+        .lock_sessions()
+        .values()
+        .find(|s| {
+            s.token.name != session.token.name
+                && s.token.tenant() == tenant
+                && !s.ended.load(Ordering::SeqCst)
+                && s.services().contains_key(name)
+        })
+        .map(|s| s.token.name.clone());
+    if let Some(holder) = holder {
         return Err(format!(
-            "service name {name:?} is held by another token's private service (or would clash with one)"
+            "service name {name:?} is held in tenant {tenant:?} by token {holder:?}"
         ));
     }
     if private {

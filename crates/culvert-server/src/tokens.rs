@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::names::{name_problem, valid_name};
+use crate::roles::Role;
+
 /// Prefix that makes Culvert tokens recognisable (for secret scanners too).
 pub const TOKEN_PREFIX: &str = "cvt_";
 
@@ -16,6 +19,14 @@ pub const TOKEN_PREFIX: &str = "cvt_";
 pub struct TokenEntry {
     /// Human name (shown in logs and metrics instead of the token).
     pub name: String,
+    /// Tenant the token belongs to: its services are `TENANT/NAME`, and it reaches its own
+    /// tenant's services by bare name. The token's own name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// What the token may do. Every role when absent (the rights token files had before
+    /// roles existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<Role>>,
     /// Lowercase hex SHA-256 of the token.
     pub sha256: String,
     /// Service names this token may register (all when absent).
@@ -27,8 +38,9 @@ pub struct TokenEntry {
     /// Most services this token may hold at once.
     #[serde(default = "default_max_services")]
     pub max_services: usize,
-    /// Services this token may reach through access sessions and node tunnels (by name;
-    /// `"*"` for all). None when absent: reaching a private service is never implied.
+    /// Services of other tenants this token may reach through access sessions and node
+    /// tunnels: `"TENANT/NAME"`, `"TENANT/*"`, `"*"` for all, or a bare `"NAME"` (that name in
+    /// whichever tenant holds it; refused when several do). Its own tenant needs no grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<Vec<String>>,
     /// Unix time (seconds) after which the token is refused and its sessions are closed
@@ -50,9 +62,85 @@ impl TokenEntry {
         self.expires.is_some_and(|t| now >= t)
     }
 
-    /// Whether this token may open streams to the service `name`.
-    pub fn may_access(&self, name: &str) -> bool {
-        self.access.iter().flatten().any(|s| s == "*" || s == name)
+    /// The tenant the token belongs to (its own name unless the file sets one).
+    pub fn tenant(&self) -> &str {
+        self.tenant.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Whether the token holds `role` (an entry without `roles` holds every role).
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.as_ref().is_none_or(|r| r.contains(&role))
+    }
+
+    /// The roles the token holds, for messages and listings.
+    pub fn role_names(&self) -> String {
+        let roles: Vec<&str> = match &self.roles {
+            Some(r) => r.iter().map(|r| r.as_str()).collect(),
+            None => Role::ALL.iter().map(|r| r.as_str()).collect(),
+        };
+        roles.join(",")
+    }
+
+    /// Whether this token may open streams to the service `name` of `tenant`: its own
+    /// tenant's always, another's when `access` grants it.
+    pub fn may_access(&self, tenant: &str, name: &str) -> bool {
+        tenant == self.tenant() || self.grants(tenant, name)
+    }
+
+    /// Whether `access` grants the service `name` of `tenant`.
+    pub fn grants(&self, tenant: &str, name: &str) -> bool {
+        self.access
+            .iter()
+            .flatten()
+            .any(|g| match g.split_once('/') {
+                None => g == "*" || g == name,
+                Some((t, n)) => t == tenant && (n == "*" || n == name),
+            })
+    }
+
+    /// Checks what the types cannot: names, grants, port ranges and roles.
+    fn validate(&self) -> Result<(), String> {
+        let who = format!("token {}", crate::names::escape(&self.name));
+        match &self.tenant {
+            Some(t) if !valid_name(t) => return Err(format!("{who}: {}", name_problem("tenant", t))),
+            Some(_) => {}
+            None if !valid_name(&self.name) => {
+                return Err(format!(
+                    "{who}: without `tenant` the token's name is its tenant, and {}; set tenant = \"...\"",
+                    name_problem("tenant", &self.name)
+                ))
+            }
+            None => {}
+        }
+        for s in self.services.iter().flatten() {
+            if !valid_name(s) {
+                return Err(format!("{who}: services: {}", name_problem("service", s)));
+            }
+        }
+        for g in self.access.iter().flatten() {
+            let ok = g == "*"
+                || match g.split_once('/') {
+                    None => valid_name(g),
+                    Some((t, n)) => valid_name(t) && (n == "*" || valid_name(n)),
+                };
+            if !ok {
+                return Err(format!(
+                    "{who}: access entry {} must be TENANT/NAME, TENANT/*, NAME or * (names of A-Z a-z 0-9 . _ -, 1 to 64 bytes)",
+                    crate::names::escape(g)
+                ));
+            }
+        }
+        // A malformed port range must not silently widen the token to the whole range.
+        for r in self.ports.iter().flatten() {
+            r.parse::<crate::PortRange>()
+                .map_err(|e| format!("{who}: ports: {e}"))?;
+        }
+        if self.roles.as_ref().is_some_and(|r| r.is_empty()) {
+            return Err(format!(
+                "{who}: roles is empty (give at least one of agent, access, node)"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -91,6 +179,17 @@ pub enum TokenError {
     /// A token name is used twice.
     #[error("token name {0:?} already exists")]
     Duplicate(String),
+    /// No token of that name (to revoke).
+    #[error("{path}: no token named {name:?}")]
+    NotFound {
+        /// File.
+        path: String,
+        /// The name asked for.
+        name: String,
+    },
+    /// A new token's settings are invalid.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// The tokens a server accepts.
@@ -162,14 +261,10 @@ impl TokenStore {
                 path: path.display().to_string(),
                 message: format!("token {:?}: sha256 must be 64 hex digits", t.name),
             })?;
-            // A malformed port range must not silently widen the token to the whole range.
-            for r in t.ports.iter().flatten() {
-                r.parse::<crate::PortRange>()
-                    .map_err(|e| TokenError::Parse {
-                        path: path.display().to_string(),
-                        message: format!("token {:?}: ports: {e}", t.name),
-                    })?;
-            }
+            t.validate().map_err(|message| TokenError::Parse {
+                path: path.display().to_string(),
+                message,
+            })?;
             entries.push((t, h));
         }
         if entries.is_empty() {
@@ -186,6 +281,8 @@ impl TokenStore {
                 let h = hash_token(tok);
                 let e = TokenEntry {
                     name: (*name).to_owned(),
+                    tenant: None,
+                    roles: None,
                     sha256: hex::encode(h),
                     services: None,
                     ports: None,
@@ -244,40 +341,117 @@ impl TokenStore {
     }
 }
 
-/// Creates a token named `name`, records its hash in `path` (created if missing) and returns
-/// the token itself, which is never stored. `access` lists the services it may reach
-/// through access sessions and node tunnels (none when empty); `ttl`, when given, makes
-/// the server refuse it (and close its sessions) that long from now.
-pub fn add_token(
-    path: &Path,
-    name: &str,
-    access: &[String],
-    ttl: Option<std::time::Duration>,
-) -> Result<String, TokenError> {
+/// What `culvert token new` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct NewToken {
+    /// Token name.
+    pub name: String,
+    /// Tenant (the name when none).
+    pub tenant: Option<String>,
+    /// Roles asked for; none: the narrowest that fits the other settings ([`NewToken::roles`]).
+    pub roles: Vec<Role>,
+    /// Services it may register (all when empty).
+    pub services: Vec<String>,
+    /// Public port ranges it may request (the server's whole range when empty).
+    pub ports: Vec<String>,
+    /// Most services at once (the default when none).
+    pub max_services: Option<usize>,
+    /// Services of other tenants it may reach.
+    pub access: Vec<String>,
+    /// Time to live from now.
+    pub ttl: Option<std::time::Duration>,
+}
+
+impl NewToken {
+    /// The roles the token gets: those asked for, else the narrowest that fits the other
+    /// settings: `access` alone makes an access-only token, registration limits (services,
+    /// ports, max services) an agent token, both both, nothing an agent token.
+    pub fn roles(&self) -> Vec<Role> {
+        if !self.roles.is_empty() {
+            let mut r = self.roles.clone();
+            r.sort();
+            r.dedup();
+            return r;
+        }
+        let agent =
+            !self.services.is_empty() || !self.ports.is_empty() || self.max_services.is_some();
+        match (agent, self.access.is_empty()) {
+            (_, true) => vec![Role::Agent],
+            (false, false) => vec![Role::Access],
+            (true, false) => vec![Role::Agent, Role::Access],
+        }
+    }
+}
+
+/// Creates a token as `new` describes, records its hash in `path` (created if missing;
+/// rewritten atomically) and returns the token itself, which is never stored.
+pub fn add_token(path: &Path, new: &NewToken) -> Result<String, TokenError> {
     let mut file = read_file(path)?;
-    if file.tokens.iter().any(|t| t.name == name) {
-        return Err(TokenError::Duplicate(name.to_owned()));
+    if file.tokens.iter().any(|t| t.name == new.name) {
+        return Err(TokenError::Duplicate(new.name.clone()));
     }
     let token = generate_token();
-    file.tokens.push(TokenEntry {
-        name: name.to_owned(),
+    let nonempty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    let entry = TokenEntry {
+        name: new.name.clone(),
+        tenant: new.tenant.clone(),
+        roles: Some(new.roles()),
         sha256: hex::encode(hash_token(&token)),
-        services: None,
-        ports: None,
-        max_services: default_max_services(),
-        access: (!access.is_empty()).then(|| access.to_vec()),
-        expires: ttl.map(|t| unix_now().saturating_add(t.as_secs().max(1))),
-    });
-    let text = toml::to_string_pretty(&file).expect("token file serialises");
-    let p = path.display().to_string();
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(
-        &tmp,
-        format!("# Culvert tokens: only SHA-256 hashes are stored here.\n{text}"),
-    )
-    .and_then(|()| std::fs::rename(&tmp, path))
-    .map_err(|source| TokenError::Io { path: p, source })?;
+        services: nonempty(&new.services),
+        ports: nonempty(&new.ports),
+        max_services: new.max_services.unwrap_or_else(default_max_services),
+        access: nonempty(&new.access),
+        expires: new
+            .ttl
+            .map(|t| unix_now().saturating_add(t.as_secs().max(1))),
+    };
+    entry.validate().map_err(TokenError::Invalid)?;
+    file.tokens.push(entry);
+    write_file(path, &file)?;
     Ok(token)
+}
+
+/// The entries of a token file (hashes included), in file order.
+pub fn list_tokens(path: &Path) -> Result<Vec<TokenEntry>, TokenError> {
+    Ok(read_file(path)?.tokens)
+}
+
+/// Removes the token `name` from `path`, rewriting the file atomically; a server watching
+/// the file closes its sessions on its next reload.
+pub fn revoke_token(path: &Path, name: &str) -> Result<(), TokenError> {
+    let mut file = read_file(path)?;
+    let before = file.tokens.len();
+    file.tokens.retain(|t| t.name != name);
+    if file.tokens.len() == before {
+        return Err(TokenError::NotFound {
+            path: path.display().to_string(),
+            name: name.to_owned(),
+        });
+    }
+    write_file(path, &file)
+}
+
+/// Writes the token file through a temporary file renamed over it, so a server reloading
+/// it meanwhile reads the old file or the new one, never half of one.
+fn write_file(path: &Path, file: &TokenFile) -> Result<(), TokenError> {
+    let text = toml::to_string_pretty(file).expect("token file serialises");
+    let p = path.display().to_string();
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(
+            format!("# Culvert tokens: only SHA-256 hashes are stored here.\n{text}").as_bytes(),
+        )?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        TokenError::Io { path: p, source }
+    })
 }
 
 #[cfg(test)]
@@ -291,10 +465,15 @@ mod tests {
         let path = dir.join("tokens.toml");
         let _ = std::fs::remove_file(&path);
         assert!(matches!(TokenStore::load(&path), Err(TokenError::Empty(_))));
-        let t1 = add_token(&path, "a", &[], None).unwrap();
-        let t2 = add_token(&path, "b", &["pg".to_owned()], None).unwrap();
+        let new = |name: &str, access: &[&str]| NewToken {
+            name: name.to_owned(),
+            access: access.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
+        let t1 = add_token(&path, &new("a", &[])).unwrap();
+        let t2 = add_token(&path, &new("b", &["pg"])).unwrap();
         assert!(matches!(
-            add_token(&path, "a", &[], None),
+            add_token(&path, &new("a", &[])),
             Err(TokenError::Duplicate(_))
         ));
         let text = std::fs::read_to_string(&path).unwrap();
@@ -325,6 +504,141 @@ mod tests {
         .unwrap();
         let e = TokenStore::load(&path).unwrap_err().to_string();
         assert!(e.contains("\"a\" is used twice (again at line 10)"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn load_text(tag: &str, body: &str) -> Result<TokenStore, TokenError> {
+        let dir = std::env::temp_dir().join(format!("culvert-tok-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokens.toml");
+        std::fs::write(&path, body).unwrap();
+        let r = TokenStore::load(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        r
+    }
+
+    #[test]
+    fn names_with_control_characters_are_refused_at_load_escaped() {
+        let h = "0".repeat(64);
+        // TOML escapes: the loaded strings hold ESC, a newline and BEL.
+        for (field, value) in [
+            ("tenant", r#""ac\u001b[31mme""#),
+            ("services", r#"["p\ng"]"#),
+            ("access", r#"["acme/p\u0007g"]"#),
+        ] {
+            let body = format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\n{field} = {value}\n");
+            let e = load_text("ctl", &body).unwrap_err().to_string();
+            assert!(e.contains("A-Z a-z 0-9 . _ -"), "{field}: {e}");
+            assert!(
+                !e.chars().any(|c| c.is_control()),
+                "{field}: the error carries a raw control character: {e:?}"
+            );
+        }
+        // A token without `tenant` is its own tenant: its name must then be a valid one.
+        let body = format!("[[token]]\nname = \"alice smith\"\nsha256 = \"{h}\"\n");
+        let e = load_text("ctl-name", &body).unwrap_err().to_string();
+        assert!(e.contains("set tenant"), "{e}");
+        let body =
+            format!("[[token]]\nname = \"alice smith\"\ntenant = \"acme\"\nsha256 = \"{h}\"\nroles = [\"access\"]\n");
+        let store = load_text("ctl-ok", &body).unwrap();
+        assert_eq!(store.len(), 1);
+        let body = format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nroles = [\"admin\"]\n");
+        let e = load_text("ctl-role", &body).unwrap_err().to_string();
+        assert!(e.contains("admin"), "{e}");
+        let body = format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nroles = []\n");
+        let e = load_text("ctl-noroles", &body).unwrap_err().to_string();
+        assert!(e.contains("roles is empty"), "{e}");
+    }
+
+    #[test]
+    fn tenants_grants_and_roles() {
+        let mut e = TokenStore::from_tokens(&[("alice", "t")]).entries[0]
+            .0
+            .clone();
+        assert_eq!(e.tenant(), "alice", "an old entry is its own tenant");
+        assert!(
+            Role::ALL.iter().all(|r| e.has_role(*r)),
+            "and keeps every right"
+        );
+        assert!(e.may_access("alice", "pg"));
+        assert!(!e.may_access("acme", "pg"));
+        e.tenant = Some("acme".into());
+        e.roles = Some(vec![Role::Access]);
+        e.access = Some(vec![
+            "globex/pg".into(),
+            "initech/*".into(),
+            "legacy".into(),
+        ]);
+        assert!(e.may_access("acme", "anything"));
+        assert!(e.may_access("globex", "pg") && !e.may_access("globex", "web"));
+        assert!(e.may_access("initech", "web"));
+        assert!(e.may_access("umbrella", "legacy"));
+        assert!(!e.has_role(Role::Agent) && !e.has_role(Role::Node));
+        assert_eq!(e.role_names(), "access");
+    }
+
+    #[test]
+    fn new_tokens_get_the_narrowest_role_that_fits() {
+        let t = |f: fn(&mut NewToken)| {
+            let mut n = NewToken::default();
+            f(&mut n);
+            n.roles()
+        };
+        assert_eq!(t(|_| {}), vec![Role::Agent]);
+        assert_eq!(t(|n| n.access = vec!["pg".into()]), vec![Role::Access]);
+        assert_eq!(t(|n| n.ports = vec!["30000".into()]), vec![Role::Agent]);
+        assert_eq!(
+            t(|n| {
+                n.access = vec!["pg".into()];
+                n.services = vec!["web".into()];
+            }),
+            vec![Role::Agent, Role::Access]
+        );
+        assert_eq!(
+            t(|n| n.roles = vec![Role::Node, Role::Agent, Role::Node]),
+            vec![Role::Agent, Role::Node]
+        );
+    }
+
+    #[test]
+    fn revoke_rewrites_the_file_without_the_token() {
+        let dir = std::env::temp_dir().join(format!("culvert-tok-rev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokens.toml");
+        let _ = std::fs::remove_file(&path);
+        let new = |name: &str| NewToken {
+            name: name.to_owned(),
+            tenant: Some("acme".into()),
+            services: vec!["pg".into()],
+            ports: vec!["30000-30010".into()],
+            max_services: Some(3),
+            ..Default::default()
+        };
+        let a = add_token(&path, &new("a")).unwrap();
+        let b = add_token(&path, &new("b")).unwrap();
+        let bad = NewToken {
+            tenant: Some("a/b".into()),
+            ..new("c")
+        };
+        assert!(matches!(
+            add_token(&path, &bad),
+            Err(TokenError::Invalid(_))
+        ));
+        let listed = list_tokens(&path).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].tenant(), "acme");
+        assert_eq!(listed[0].max_services, 3);
+        assert_eq!(listed[0].roles, Some(vec![Role::Agent]));
+        revoke_token(&path, "a").unwrap();
+        assert!(matches!(
+            revoke_token(&path, "a"),
+            Err(TokenError::NotFound { .. })
+        ));
+        let store = TokenStore::load(&path).unwrap();
+        assert!(store.check(&a).is_none());
+        assert_eq!(store.check(&b).unwrap().name, "b");
+        let leftovers = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary file left behind");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -75,6 +75,12 @@ fn config(args: AccessArgs) -> anyhow::Result<(AccessConfig, Option<SocketAddr>)
     }
     let mut sessions = Vec::new();
     for s in sessions_in {
+        if culvert_server::names::ServiceRef::parse(&s.service).is_none() {
+            bail!(
+                "service {:?}: expected NAME or TENANT/NAME (names of 1 to 64 A-Z a-z 0-9 . _ -)",
+                s.service
+            );
+        }
         let ttl = s
             .ttl
             .as_deref()

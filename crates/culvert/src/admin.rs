@@ -119,6 +119,7 @@ impl AdminSource for ServerAdmin {
                 serde_json::json!({
                     "id": s.id.to_string(),
                     "token": s.token,
+                    "tenant": s.tenant,
                     "peer": s.peer.to_string(),
                     "uptime_secs": s.uptime.as_secs(),
                     "connections": s.connections,

@@ -213,14 +213,53 @@ pub enum TokenCommand {
         /// Token file to add it to (created if missing).
         #[arg(long, default_value = "tokens.toml")]
         tokens: PathBuf,
-        /// A service this token may reach through `culvert access` or a node tunnel
-        /// (repeatable; `*` for every service). Without it the token reaches none.
+        /// Tenant the token belongs to (default: its own name). Its services are
+        /// TENANT/NAME; it reaches its own tenant's services by bare name.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// What the token may do: agent (register services), access (reach services),
+        /// node (have the server dial its allow-list). Repeatable or comma-separated.
+        /// Default: the narrowest that fits the other flags (--access alone: access;
+        /// otherwise agent, plus access with --access).
+        #[arg(long = "role", value_name = "ROLE", value_delimiter = ',')]
+        roles: Vec<culvert_server::Role>,
+        /// A service this token may register (repeatable or comma-separated; all when absent).
+        #[arg(long = "services", value_name = "NAME", value_delimiter = ',')]
+        services: Vec<String>,
+        /// Public ports this token may request, as PORT or FIRST-LAST (repeatable or
+        /// comma-separated; the server's whole range when absent).
+        #[arg(long = "ports", value_name = "RANGE", value_delimiter = ',')]
+        ports: Vec<String>,
+        /// Most services this token may hold at once (default 64).
+        #[arg(long)]
+        max_services: Option<usize>,
+        /// A service of another tenant this token may reach through `culvert access` or a
+        /// node tunnel: TENANT/NAME, TENANT/*, * (every service), or a bare NAME (that name
+        /// in whichever tenant holds it). Repeatable. Its own tenant needs none.
         #[arg(long = "access", value_name = "SERVICE")]
         access: Vec<String>,
         /// Time to live (90s, 15m, 1h, 2d): then the server refuses the token and closes
         /// its sessions within a second, whatever the client does.
         #[arg(long)]
         ttl: Option<String>,
+    },
+    /// List the tokens of a file: name, tenant, roles and limits (never hashes).
+    List {
+        /// Token file.
+        #[arg(long, default_value = "tokens.toml")]
+        tokens: PathBuf,
+        /// One JSON object per token.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a token from the file (rewritten atomically); a server using the file closes
+    /// the token's sessions on its next reload (SIGHUP, or within 2 s of the change).
+    Revoke {
+        /// Name of the token.
+        name: String,
+        /// Token file.
+        #[arg(long, default_value = "tokens.toml")]
+        tokens: PathBuf,
     },
 }
 

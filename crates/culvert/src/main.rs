@@ -11,6 +11,7 @@ mod logging;
 mod node;
 mod run;
 mod status;
+mod tokens_cli;
 
 use clap::Parser;
 

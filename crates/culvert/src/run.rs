@@ -10,31 +10,12 @@ use culvert_server::{PortRange, Server, ServerConfig, TokenStore};
 use culvert_transport::tls::{ServerTls, Verify};
 use culvert_transport::ws::ServerUrl;
 
-use crate::cli::{AgentArgs, CertCommand, Cli, Command, ServerArgs, TokenCommand};
+use crate::cli::{AgentArgs, CertCommand, Cli, Command, ServerArgs};
 use crate::file_config;
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Token(TokenCommand::New {
-            name,
-            tokens,
-            access,
-            ttl,
-        }) => {
-            let ttl = ttl
-                .as_deref()
-                .map(culvert_node::parse_duration)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
-            let token = culvert_server::tokens::add_token(&tokens, &name, &access, ttl)?;
-            // The token alone on stdout, so scripts can capture it; the rest on stderr.
-            println!("{token}");
-            eprintln!(
-                "token {name:?} created; its SHA-256 hash was added to {}. It is shown only this once.",
-                tokens.display()
-            );
-            Ok(())
-        }
+        Command::Token(cmd) => crate::tokens_cli::run(cmd),
         Command::Cert(CertCommand::New { cert, key, names }) => {
             let fp = ServerTls::write_self_signed(&names, &cert, &key)?;
             println!("{fp}");

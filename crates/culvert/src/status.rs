@@ -39,6 +39,25 @@ async fn get(admin: &str, path: &str) -> anyhow::Result<String> {
     Ok(body.to_owned())
 }
 
+/// A string field of the status JSON, made printable (`?` when absent).
+fn text(v: &serde_json::Value) -> String {
+    v.as_str().map_or_else(|| "?".to_owned(), printable)
+}
+
+/// `s` with control characters escaped (`\n`, `\u{1b}`): names, reasons and targets come
+/// from peers, and must neither forge lines nor drive the terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let body = get(&args.admin, "/api/sessions").await?;
     if args.json {
@@ -49,8 +68,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     match v["role"].as_str() {
         Some("server") => {
             println!(
-                "{:<38} {:<14} {:<22} {:>5} {:>9}  services",
-                "session", "token", "peer", "conns", "uptime"
+                "{:<38} {:<14} {:<14} {:<22} {:>5} {:>9}  services",
+                "session", "tenant", "token", "peer", "conns", "uptime"
             );
             for s in v["sessions"].as_array().into_iter().flatten() {
                 let services: Vec<String> = s["services"]
@@ -60,17 +79,18 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                     .map(|x| {
                         format!(
                             "{}={}/{}",
-                            x["name"].as_str().unwrap_or("?"),
-                            x["protocol"].as_str().unwrap_or("?"),
+                            text(&x["name"]),
+                            text(&x["protocol"]),
                             x["public_port"]
                         )
                     })
                     .collect();
                 println!(
-                    "{:<38} {:<14} {:<22} {:>5} {:>8}s  {}",
-                    s["id"].as_str().unwrap_or("?"),
-                    s["token"].as_str().unwrap_or("?"),
-                    s["peer"].as_str().unwrap_or("?"),
+                    "{:<38} {:<14} {:<14} {:<22} {:>5} {:>8}s  {}",
+                    text(&s["id"]),
+                    text(&s["tenant"]),
+                    text(&s["token"]),
+                    text(&s["peer"]),
                     match s["suspect_connections"].as_u64() {
                         Some(n) if n > 0 => format!("{} ({n} suspect)", s["connections"]),
                         _ => s["connections"].to_string(),
@@ -87,11 +107,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             );
             println!("{:<24} public port", "service");
             for s in v["services"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<24} {}",
-                    s["name"].as_str().unwrap_or("?"),
-                    s["public_port"]
-                );
+                println!("{:<24} {}", text(&s["name"]), s["public_port"]);
             }
         }
         Some("node") => {
@@ -102,27 +118,27 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             for t in v["tunnels"].as_array().into_iter().flatten() {
                 println!(
                     "{:<16} {:<8} {:<34} {:>8} {:>5} {:>12} {:>12}  {} -> {}",
-                    t["name"].as_str().unwrap_or("?"),
-                    t["direction"].as_str().unwrap_or("?"),
-                    t["state"].as_str().unwrap_or("?"),
+                    text(&t["name"]),
+                    text(&t["direction"]),
+                    text(&t["state"]),
                     t["rtt_ms"]
                         .as_f64()
                         .map_or("-".into(), |r| format!("{r:.2}")),
                     t["open_connections"].to_string(),
                     t["bytes_to_target"].to_string(),
                     t["bytes_from_target"].to_string(),
-                    t["listen"].as_str().unwrap_or("?"),
-                    t["target"].as_str().unwrap_or("?"),
+                    text(&t["listen"]),
+                    text(&t["target"]),
                 );
                 if let Some(e) = t["last_error"].as_str() {
-                    println!("{:<16} last error: {e}", "");
+                    println!("{:<16} last error: {}", "", printable(e));
                 }
             }
             let peers = v["peers"].as_array().map_or(0, |p| p.len());
             println!("peers connected to this node: {peers}");
         }
         Some("access") => {
-            println!("link: {}", v["link"].as_str().unwrap_or("?"));
+            println!("link: {}", text(&v["link"]));
             println!(
                 "{:<16} {:<22} {:>10} {:>5} {:>12} {:>12}",
                 "service", "local address", "ttl left", "open", "bytes up", "bytes down"
@@ -137,8 +153,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                 };
                 println!(
                     "{:<16} {:<22} {:>10} {:>5} {:>12} {:>12}",
-                    s["name"].as_str().unwrap_or("?"),
-                    s["local_addr"].as_str().unwrap_or("?"),
+                    text(&s["name"]),
+                    text(&s["local_addr"]),
                     ttl,
                     s["open_connections"].to_string(),
                     s["bytes_up"].to_string(),
@@ -149,4 +165,16 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         _ => bail!("unexpected /api/sessions answer"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peer_text_is_printed_escaped() {
+        assert_eq!(
+            super::printable("pg\u{1b}[2J\nforged é"),
+            "pg\\u{1b}[2J\\nforged é"
+        );
+        assert_eq!(super::text(&serde_json::json!(null)), "?");
+    }
 }

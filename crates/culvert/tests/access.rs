@@ -31,7 +31,11 @@ impl Setup {
             new_token_with(&tokens, "alice", &extra),
         )
         .unwrap();
-        std::fs::write(dir.join("nobody.token"), new_token(&tokens, "nobody")).unwrap();
+        std::fs::write(
+            dir.join("nobody.token"),
+            new_token_with(&tokens, "nobody", &["--role", "access"]),
+        )
+        .unwrap();
         let (server, port) = start_server(&tokens, &["--insecure-plain"]);
         Setup { dir, server, port }
     }

@@ -110,3 +110,165 @@ fn server_refuses_to_start_without_tokens() {
         );
     }
 }
+
+/// `token new` with every restriction writes them to the file; `token list` shows them
+/// (never a hash); bad names are refused before anything is written.
+#[test]
+fn token_new_writes_restrictions_and_token_list_shows_them() {
+    let dir = TempDir::new("token-list");
+    let file = dir.join("tokens.toml");
+    new_token_with(
+        &file,
+        "db-node",
+        &[
+            "--tenant",
+            "acme",
+            "--services",
+            "pg,web",
+            "--ports",
+            "30000-30010",
+            "--ports",
+            "30080",
+            "--max-services",
+            "2",
+        ],
+    );
+    new_token_with(
+        &file,
+        "alice",
+        &["--tenant", "acme", "--access", "globex/pg"],
+    );
+    new_token_with(&file, "gw", &["--role", "agent", "--role", "node"]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    for want in [
+        r#"tenant = "acme""#,
+        r#"roles = ["agent"]"#,
+        r#"services = ["#,
+        r#""30000-30010""#,
+        "max_services = 2",
+        r#"roles = ["access"]"#,
+        r#""globex/pg""#,
+        r#""node""#,
+    ] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+    let out = run(
+        culvert().args(["token", "list", "--tokens"]).arg(&file),
+        WAIT,
+    );
+    assert!(out.status.success());
+    let list = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 3, "{list}");
+    assert!(
+        lines[0].starts_with("db-node tenant=acme roles=agent services=pg,web ports=30000-30010,30080 max_services=2"),
+        "{list}"
+    );
+    assert!(
+        lines[1].starts_with("alice tenant=acme roles=access"),
+        "{list}"
+    );
+    assert!(lines[1].contains("access=globex/pg"), "{list}");
+    assert!(
+        lines[2].starts_with("gw tenant=gw roles=agent,node"),
+        "{list}"
+    );
+    assert!(!list.contains("sha256"), "{list}");
+
+    // Names outside A-Z a-z 0-9 . _ - are refused, escaped, and nothing is written.
+    for (flag, value) in [
+        ("--tenant", "ac me"),
+        ("--services", "p\u{1b}[2Jg"),
+        ("--access", "acme/p\ng"),
+    ] {
+        let out = run(
+            culvert()
+                .args(["token", "new", "--name", "x", flag, value, "--tokens"])
+                .arg(&file),
+            WAIT,
+        );
+        assert!(!out.status.success(), "{flag} {value:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("A-Z a-z 0-9 . _ -"), "{err}");
+        assert!(!err.contains('\u{1b}') && !err.contains("p\ng"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+}
+
+/// `token revoke NAME` rewrites the file without the token; a running server picks the
+/// change up (as on any reload) and closes that token's session only.
+#[test]
+fn token_revoke_closes_the_session_of_a_running_server() {
+    let dir = TempDir::new("token-revoke");
+    let tokens = dir.join("tokens.toml");
+    let (gone, kept) = (dir.join("gone.token"), dir.join("kept.token"));
+    std::fs::write(&gone, new_token(&tokens, "gone")).unwrap();
+    std::fs::write(&kept, new_token(&tokens, "kept")).unwrap();
+    let (mut server, port) = start_server(&tokens, &["--insecure-plain"]);
+    let echo = echo_service();
+    let (_a, a_port) = start_agent(
+        &agent_args(port, &gone, &format!("a=tcp://127.0.0.1:{echo}")),
+        "a",
+    );
+    let (_b, b_port) = start_agent(
+        &agent_args(port, &kept, &format!("b=tcp://127.0.0.1:{echo}")),
+        "b",
+    );
+    assert_eq!(echo_round_trip(a_port, b"a").unwrap(), b"a");
+
+    let out = run(
+        culvert()
+            .args(["token", "revoke", "gone", "--tokens"])
+            .arg(&tokens),
+        WAIT,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&tokens).unwrap();
+    assert!(
+        !text.contains("\"gone\"") && text.contains("\"kept\""),
+        "{text}"
+    );
+    let line = server.wait_line("agent session ended", 0, WAIT);
+    assert!(
+        line.contains("token=gone") && line.contains("token revoked"),
+        "{line}"
+    );
+    assert_eq!(
+        echo_round_trip(b_port, b"b").unwrap(),
+        b"b",
+        "the other token is untouched"
+    );
+
+    let out = run(
+        culvert()
+            .args(["token", "revoke", "gone", "--tokens"])
+            .arg(&tokens),
+        WAIT,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no token named \"gone\""));
+}
+
+/// `--expose` with a control character in the name is refused at start, escaped.
+#[test]
+fn expose_refuses_a_name_with_control_characters() {
+    let dir = TempDir::new("expose-ctl");
+    let token = dir.join("agent.token");
+    std::fs::write(&token, "cvt_unused").unwrap();
+    let out = run(
+        culvert()
+            .args(["agent", "--server", "ws://127.0.0.1:1", "--token-file"])
+            .arg(&token)
+            .args(["--expose", "p\u{1b}[2Jg=tcp://127.0.0.1:5432"]),
+        WAIT,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("A-Z a-z 0-9 . _ -"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err}");
+}

@@ -169,7 +169,11 @@ fn node_forward_listener_at_its_descriptor_limit_refuses_waiting_clients_and_kee
     let echo = echo_service();
     let b_tokens = dir.join("b-tokens.toml");
     let token_file = dir.join("a-to-b.token");
-    std::fs::write(&token_file, new_token(&b_tokens, "node-a")).unwrap();
+    std::fs::write(
+        &token_file,
+        new_token_with(&b_tokens, "node-a", &["--role", "node"]),
+    )
+    .unwrap();
     let (b_listen, forward) = (free_port(), free_port());
     // Node B accepts A and may dial the echo service; it has no limit.
     let b_cfg = dir.join("b.toml");

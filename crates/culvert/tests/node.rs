@@ -49,9 +49,10 @@ fn config_port(config: &str, prefix: &str) -> u16 {
 fn two_nodes(tag: &str) -> (TempDir, [u16; 4]) {
     let dir = TempDir::new(tag);
     for (from, to) in [("a", "b"), ("b", "a")] {
-        let token = new_token(
+        let token = new_token_with(
             &dir.join(&format!("{to}-tokens.toml")),
             &format!("node-{from}"),
+            &["--role", "agent,node"],
         );
         std::fs::write(dir.join(&format!("{from}-to-{to}.token")), token).unwrap();
     }
@@ -272,7 +273,7 @@ fn targets_outside_the_allow_list_are_refused_and_peer_restart_recovers() {
     let dir = TempDir::new("node-allow");
     std::fs::write(
         dir.join("a-to-b.token"),
-        new_token(&dir.join("b-tokens.toml"), "node-a"),
+        new_token_with(&dir.join("b-tokens.toml"), "node-a", &["--role", "node"]),
     )
     .unwrap();
     std::fs::write(dir.join("a-tokens.toml"), "").unwrap();
