@@ -422,9 +422,9 @@ async fn handshake(
         };
         let mut ws = ws::accept(io).await.map_err(|e| e.to_string())?;
         // The Auth may arrive in pieces (split across reads or WebSocket frames): gather
-        // it whole before judging it.
+        // it whole, or to the end of its WebSocket message, before judging it.
         let mut first = BytesMut::new();
-        while auth_needs_more(&first) {
+        while auth_needs_more(&first) && (first.is_empty() || !ws.reader.at_message_end()) {
             match ws.reader.next().await {
                 Ok(WsIn::Data(b)) => first.extend_from_slice(&b),
                 Ok(WsIn::Ping(_)) => continue,

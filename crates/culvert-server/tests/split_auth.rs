@@ -112,6 +112,21 @@ async fn an_auth_split_across_reads_is_accepted_and_not_a_failure() {
             .expect("a reply to the Auth");
         assert_eq!(reply, FrameType::AuthOk, "pieces cut at {cuts:?}");
     }
+    // Two WebSocket frames of one message: a binary frame without FIN, then its continuation.
+    let payload = &frame[6..];
+    let cut = HEADER_LEN + 3;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    upgrade(&mut tcp).await;
+    let mut two = vec![0x02, 0x80 | cut as u8, 0, 0, 0, 0];
+    two.extend_from_slice(&payload[..cut]);
+    two.extend_from_slice(&[0x80, 0x80 | (payload.len() - cut) as u8, 0, 0, 0, 0]);
+    two.extend_from_slice(&payload[cut..]);
+    tcp.write_all(&two).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), first_reply(&mut tcp))
+        .await
+        .expect("a reply to the Auth");
+    assert_eq!(reply, FrameType::AuthOk, "Auth in two WebSocket frames");
+
     let metrics = server.metrics();
     let failures = metrics
         .lines()

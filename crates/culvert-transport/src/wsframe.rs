@@ -97,6 +97,8 @@ pub struct WsReader<R> {
     buf: BytesMut,
     role: Role,
     frame: Option<InFrame>,
+    /// FIN of the latest data frame whose header was read.
+    fin: bool,
 }
 
 impl<R: AsyncRead + Unpin> WsReader<R> {
@@ -107,7 +109,15 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             buf: BytesMut::with_capacity(READ_SIZE),
             role,
             frame: None,
+            fin: false,
         }
+    }
+
+    /// Whether the data delivered so far ends a WebSocket message (the last data frame had
+    /// FIN and its payload is all delivered): a handshake reading one message in pieces
+    /// knows when no more of it is coming.
+    pub fn at_message_end(&self) -> bool {
+        self.frame.is_none() && self.fin
     }
 
     /// The next data, ping or close; errors on protocol violations and EOF.
@@ -199,6 +209,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             if !control {
                 // Data: its payload is handed on in whatever pieces it arrives.
                 self.buf.advance(hlen);
+                self.fin = fin;
                 if len > 0 {
                     self.frame = Some(InFrame {
                         remaining: len,

@@ -258,3 +258,31 @@ fn an_untrusted_certificate_is_said_once_with_the_fix() {
         plain.log()
     );
 }
+
+#[test]
+fn a_port_outside_the_range_is_permanent() {
+    let dir = TempDir::new("permanent-port");
+    let tokens = dir.join("tokens.toml");
+    let good = dir.join("good.token");
+    std::fs::write(&good, new_token(&tokens, "good")).unwrap();
+    let echo = echo_service();
+    let (_server, port) = start_server(&tokens, &["--insecure-plain"]);
+    // Port 1 lies outside every test port range.
+    let mut agent = Proc::spawn(
+        "culvert agent (port outside the range)",
+        culvert().arg("agent").args([
+            "--server",
+            &format!("ws://127.0.0.1:{port}"),
+            "--token-file",
+            good.to_str().unwrap(),
+            "--expose",
+            &format!("echo=tcp://127.0.0.1:{echo}@1"),
+            "--exit-on-auth-failure",
+        ]),
+    );
+    let status = wait_exit(&mut agent);
+    assert!(!status.success(), "exit status {status:?}");
+    let log = agent.log();
+    assert!(log.contains("outside the server's range"), "{log}");
+    assert!(log.contains("without @PORT"), "names the fix:\n{log}");
+}
