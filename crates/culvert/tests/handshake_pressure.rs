@@ -48,41 +48,64 @@ fn an_agent_gets_in_past_two_thousand_stalled_handshakes() {
     let (mut agent, public) = start_agent(&args, "echo");
     assert_eq!(echo_round_trip(public, b"before").unwrap(), b"before");
 
-    // The flood: half send nothing, half stop inside the upgrade request.
+    // The flood, in a thread: half send nothing, half stop inside the upgrade request. It
+    // keeps opening while the agent reconnects, so the caps are full throughout.
     let partial = format!("GET /tunnel/v1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
-    let mut held = Vec::with_capacity(STALLED);
-    let started = Instant::now();
-    for i in 0..STALLED {
-        let src = 2 + (i % usize::from(SOURCES)) as u8;
-        let send = if i % 2 == 0 {
-            &b""[..]
-        } else {
-            partial.as_bytes()
-        };
-        match stalled(src, server, send) {
-            Ok(s) => held.push(s),
-            // A socket the server shed meanwhile may refuse the write: it was counted.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            Err(e) => panic!("stalled connection {i} from 127.0.0.{src}: {e}"),
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flood = std::thread::spawn({
+        let opened = opened.clone();
+        move || {
+            let started = Instant::now();
+            let mut held = Vec::with_capacity(STALLED);
+            for i in 0..STALLED {
+                assert!(
+                    started.elapsed() < WAIT,
+                    "only {i} stalled connections opened in {WAIT:?}"
+                );
+                let src = 2 + (i % usize::from(SOURCES)) as u8;
+                let send = if i % 2 == 0 {
+                    &b""[..]
+                } else {
+                    partial.as_bytes()
+                };
+                match stalled(src, server, send) {
+                    Ok(s) => held.push(s),
+                    // The server may have shed it already: the write finds it reset.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                    Err(e) => panic!("stalled connection {i} from 127.0.0.{src}: {e}"),
+                }
+                opened.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+            }
+            eprintln!(
+                "{STALLED} stalled handshakes opened in {:?}",
+                started.elapsed()
+            );
+            held
         }
-    }
-    eprintln!(
-        "{} stalled handshakes opened in {:?}",
-        held.len(),
-        started.elapsed()
+    });
+    let half = STALLED / 2;
+    assert!(
+        eventually(WAIT, || opened.load(std::sync::atomic::Ordering::Relaxed)
+            >= half),
+        "the flood did not get going"
     );
+    let (_, body) = admin_get(admin, "/metrics").expect("metrics");
+    let in_progress = metric(&body, "culvert_handshakes_in_progress").unwrap_or(0);
+    eprintln!("{half} stalled connections opened; handshakes in progress: {in_progress}");
 
-    // The agent reconnects (a restart: a new process, a new client id) while they stall.
+    // The agent reconnects (a restart: a new process, a new client id) amid the flood.
     agent.kill();
     let started = Instant::now();
     let (_agent, public) = start_agent(&args, "echo");
     let took = started.elapsed();
-    eprintln!("agent in after {took:?}");
+    let during = opened.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("agent in after {took:?}, with {during} stalled connections opened by then");
     assert!(
         took < Duration::from_secs(2),
         "the agent took {took:?} to get in past the stalled handshakes"
     );
     assert_eq!(echo_round_trip(public, b"after").unwrap(), b"after");
+    let held = flood.join().expect("the flood thread");
 
     let (_, body) = admin_get(admin, "/metrics").expect("metrics");
     let shed = metric(&body, "culvert_handshakes_shed_total").unwrap_or(0);
