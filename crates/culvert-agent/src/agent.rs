@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::{Backoff, ServiceSpec};
+use crate::{Backoff, Failure, FailureKind, ServiceSpec};
 
 /// Everything the agent needs.
 #[derive(Clone)]
@@ -50,6 +50,10 @@ pub struct AgentConfig {
     /// Mask every WebSocket frame even when the server would take them unmasked, for a
     /// path through a proxy that inspects WebSocket frames (see `ws::UNMASKED_HEADER`).
     pub ws_mask: bool,
+    /// Stop (see [`AgentHandle::permanent_failure`]) at the first permanent error (refused
+    /// token, untrusted certificate, refused port) instead of retrying at the longest
+    /// backoff: for supervisors that should see the failure.
+    pub exit_on_auth_failure: bool,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -81,6 +85,7 @@ impl AgentConfig {
             udp_idle_timeout: Duration::from_secs(60),
             udp_max_flows: 16_384,
             ws_mask: false,
+            exit_on_auth_failure: false,
         }
     }
 }
@@ -108,6 +113,10 @@ struct Shared {
     next_open: AtomicUsize,
     /// UDP flows this side opened, for the datagram pumps.
     local_flows: Arc<crate::local_flows::LocalFlows>,
+    /// The last permanent error logged (logged once, not once per slot and attempt).
+    permanent_logged: Mutex<Option<String>>,
+    /// Set at a permanent error when `exit_on_auth_failure` is on.
+    permanent_tx: watch::Sender<Option<String>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -198,6 +207,20 @@ impl AgentHandle {
                 retry_in: t.saturating_duration_since(now),
             },
             None => LinkState::Connecting,
+        }
+    }
+
+    /// Resolves with the error when the agent stopped at a permanent error (only with
+    /// `exit_on_auth_failure`; otherwise never).
+    pub async fn permanent_failure(&self) -> String {
+        let mut rx = self.shared.permanent_tx.subscribe();
+        let got = rx
+            .wait_for(|e| e.is_some())
+            .await
+            .map(|e| e.clone().unwrap_or_default());
+        match got {
+            Ok(e) => e,
+            Err(_) => std::future::pending().await,
         }
     }
 
@@ -435,6 +458,8 @@ impl Agent {
                 .collect(),
             next_open: AtomicUsize::new(0),
             local_flows: Arc::default(),
+            permanent_logged: Mutex::new(None),
+            permanent_tx: watch::channel(None).0,
             config,
         });
         let tasks = (0..shared.config.pool.max(1))
@@ -463,6 +488,7 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                 let _guard = CloseOnDrop(mux.clone());
                 lock(&shared.live).push(mux.clone());
                 backoff.reset();
+                *lock(&shared.permanent_logged) = None;
                 shared.up.fetch_add(1, Ordering::SeqCst);
                 shared.state_tx.send_modify(|n| *n += 1);
                 let reason = serve(&shared, &mux, events, ids, early).await;
@@ -473,10 +499,39 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                 tracing::warn!(reason = ?reason, "tunnel connection lost");
                 *lock(&shared.last_error) = Some(format!("connection lost: {reason}"));
             }
-            Err(e) => {
+            Err(f) => {
                 shared.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = ?e, "could not establish tunnel connection");
-                *lock(&shared.last_error) = Some(e);
+                *lock(&shared.last_error) = Some(f.message.clone());
+                match f.kind {
+                    FailureKind::Transient => {
+                        tracing::warn!(error = ?f.message, "could not establish tunnel connection")
+                    }
+                    FailureKind::RetryIn(wait) => {
+                        tracing::warn!(error = ?f.message, ?wait, "could not establish tunnel connection; the server asked to wait");
+                        let delay = wait.max(backoff.next_delay());
+                        lock(&shared.slots)[slot] = SlotState::BackingOff(Instant::now() + delay);
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    FailureKind::Permanent => {
+                        let first = lock(&shared.permanent_logged).replace(f.message.clone())
+                            != Some(f.message.clone());
+                        if first {
+                            tracing::error!(error = ?f.message, retry_every = ?shared.config.backoff_max,
+                                exit = shared.config.exit_on_auth_failure,
+                                "permanent error: retrying cannot help until the configuration is fixed");
+                        } else {
+                            tracing::debug!(error = ?f.message, "permanent error again");
+                        }
+                        if shared.config.exit_on_auth_failure {
+                            shared.permanent_tx.send_replace(Some(f.message));
+                            lock(&shared.slots)[slot] =
+                                SlotState::BackingOff(Instant::now() + shared.config.backoff_max);
+                            return;
+                        }
+                        backoff.exhaust();
+                    }
+                }
             }
         }
         let delay = backoff.next_delay();
@@ -507,7 +562,7 @@ type Connected = (
     Vec<MuxEvent>,
 );
 
-async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
+async fn connect(shared: &Arc<Shared>) -> Result<Connected, Failure> {
     let cfg = &shared.config;
     let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
     let ws = tokio::time::timeout_at(
@@ -520,10 +575,10 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
         ),
     )
     .await
-    .map_err(|_| "timed out connecting to the server".to_owned())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|_| Failure::transient("timed out connecting to the server"))?
+    .map_err(|e| Failure::dial(&cfg.server, &e))?;
     let mut conn = Connection::new(Side::Client, cfg.proto.clone(), Instant::now())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::transient(e.to_string()))?;
     conn.send_control_first(Control::Auth {
         token: Token(cfg.token.clone()),
         client_id: shared.client_id,
@@ -532,19 +587,25 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
             capabilities: 0,
         }),
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| Failure::transient(e.to_string()))?;
     let (mux, mut events) = Mux::spawn_with(ws, conn);
     // The server may route public clients to this connection while it is still
     // registering: their streams and Connects wait here and are served right after.
     let mut early = Vec::new();
     let handshake = async {
         // Auth reply.
-        match next_control(&mux, &mut events, &mut early).await? {
+        match next_control(&mux, &mut events, &mut early)
+            .await
+            .map_err(Failure::transient)?
+        {
             Control::AuthOk { .. } => {}
-            Control::AuthFail { reason } => {
-                return Err(format!("server refused the token: {reason}"))
+            Control::AuthFail { reason } => return Err(Failure::auth(&reason)),
+            other => {
+                return Err(Failure::transient(format!(
+                    "unexpected {:?} before AuthOk",
+                    other.frame_type()
+                )))
             }
-            other => return Err(format!("unexpected {:?} before AuthOk", other.frame_type())),
         }
         // Register every service, one at a time (replies come in order). A service with no
         // configured port asks for the port it had before, so a restarted server (which
@@ -565,21 +626,24 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
                     // Only a private service needs the extension (plain v1 servers ignore it).
                     ext: svc.private.then_some(RegisterExt { flags: 1 }),
                 })
-                .map_err(|e| e.to_string())?;
-                match next_control(&mux, &mut events, &mut early).await? {
+                .map_err(|e| Failure::transient(e.to_string()))?;
+                match next_control(&mux, &mut events, &mut early)
+                    .await
+                    .map_err(Failure::transient)?
+                {
                     Control::RegisterOk { service_id, ext } => break (service_id, ext),
                     Control::RegisterFail { reason } if ask != svc.remote_port => {
                         tracing::info!(service = %svc.name, port = ask, reason = ?reason, "previous public port not available; asking for any");
                         ask = svc.remote_port;
                     }
                     Control::RegisterFail { reason } => {
-                        return Err(format!("server refused service {:?}: {reason}", svc.name))
+                        return Err(Failure::register(&svc.name, &reason))
                     }
                     other => {
-                        return Err(format!(
+                        return Err(Failure::transient(format!(
                             "unexpected {:?} before RegisterOk",
                             other.frame_type()
-                        ))
+                        )))
                     }
                 }
             };
@@ -590,17 +654,19 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, String> {
                 tracing::info!(service = %svc.name, target = %svc.target, public_port = port, "service exposed");
             }
         }
-        Ok::<_, String>(ids)
+        Ok::<_, Failure>(ids)
     };
     match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(ids)) => Ok((mux, events, ids, early)),
         Ok(Err(e)) => {
-            mux.abort(&e);
+            mux.abort(&e.message);
             Err(e)
         }
         Err(_) => {
             mux.abort("timeout");
-            Err("timed out authenticating and registering".to_owned())
+            Err(Failure::transient(
+                "timed out authenticating and registering",
+            ))
         }
     }
 }

@@ -33,6 +33,11 @@ impl Backoff {
         lo + Duration::from_millis(rand::rng().random_range(0..=span))
     }
 
+    /// Straight to the longest delay (after a permanent error, which retrying soon cannot cure).
+    pub fn exhaust(&mut self) {
+        self.attempt = 32;
+    }
+
     /// Back to the shortest delay (after a session that worked).
     pub fn reset(&mut self) {
         self.attempt = 0;
@@ -53,5 +58,7 @@ mod tests {
         assert!(d[9] >= Duration::from_secs(30));
         b.reset();
         assert!(b.next_delay() <= Duration::from_secs(1));
+        b.exhaust();
+        assert!(b.next_delay() >= Duration::from_secs(30));
     }
 }

@@ -6,12 +6,14 @@
 
 mod agent;
 mod backoff;
+mod failure;
 mod local_flows;
 pub mod proxy_protocol;
 mod service;
 
 pub use agent::{Agent, AgentConfig, AgentHandle, LinkState, ServiceCounters};
 pub use backoff::Backoff;
+pub use failure::{Failure, FailureKind};
 pub use local_flows::LocalFlow;
 pub use proxy_protocol::ProxyVersion;
 pub use service::{valid_service_name, ServiceSpec};

@@ -58,15 +58,21 @@ pub struct ServerConfig {
     /// Ports handed to UDP services.
     pub udp_ports: PortRange,
     /// One deadline for TCP accept, TLS, WebSocket upgrade and Auth. 10 s: generous for a
-    /// slow link, short enough that stalled handshakes cannot pile up.
+    /// slow link, short enough that stalled handshakes cannot pile up. With more than half
+    /// of `max_handshakes` in progress, new handshakes get a quarter of it (at least 1 s).
     pub handshake_timeout: Duration,
-    /// Handshakes in progress at once, from everyone.
+    /// Handshakes in progress at once, from everyone. When full, a new one sheds the oldest
+    /// handshake of the address holding the most (never refused itself).
     pub max_handshakes: usize,
-    /// Handshakes in progress at once from one IP address.
+    /// Handshakes in progress at once from one address (IPv6: one /64). When full, a new
+    /// one from that address sheds its oldest.
     pub max_handshakes_per_ip: usize,
-    /// Failed Auth attempts one IP may make per window before being refused.
+    /// Failed Auths one address (IPv6: one /64) may make within the window before it is
+    /// locked out: 1 s at first, doubling with each later failure, at most the window. A
+    /// client id is locked out after 4 failures the same way, so one agent with a wrong
+    /// token does not lock out the others behind its address.
     pub max_auth_failures: u32,
-    /// The window of `max_auth_failures`.
+    /// The window of `max_auth_failures`, and the longest lockout.
     pub auth_failure_window: Duration,
     /// Multiplexer settings of every agent connection.
     pub proto: culvert_proto::Config,

@@ -207,10 +207,47 @@ pub(crate) fn render(inner: &Inner) -> String {
     );
     family(
         &mut out,
-        "culvert_handshakes_refused_total",
+        "culvert_auth_lockouts_total",
         "counter",
-        "Handshakes refused by admission limits (global, per IP, failed-auth rate).",
-        &one(c.handshakes_refused.load(Ordering::Relaxed) as f64),
+        "Lockouts started after failed authentications, by what was locked out (an address or /64, or a client id).",
+        &[
+            (
+                "kind=\"address\"".to_owned(),
+                c.lockouts_address.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "kind=\"client\"".to_owned(),
+                c.lockouts_client.load(Ordering::Relaxed) as f64,
+            ),
+        ],
+    );
+    family(
+        &mut out,
+        "culvert_auth_locked_refusals_total",
+        "counter",
+        "Auths answered 'too many failed attempts' during a lockout (the token not checked).",
+        &one(c.auth_locked.load(Ordering::Relaxed) as f64),
+    );
+    family(
+        &mut out,
+        "culvert_auth_locked_out",
+        "gauge",
+        "Addresses and client ids locked out now.",
+        &one(inner.admission().locked_now(std::time::Instant::now()) as f64),
+    );
+    family(
+        &mut out,
+        "culvert_handshakes_in_progress",
+        "gauge",
+        "Handshakes (TLS, upgrade, Auth) in progress.",
+        &one(inner.admission().in_progress() as f64),
+    );
+    family(
+        &mut out,
+        "culvert_handshakes_shed_total",
+        "counter",
+        "Stalled handshakes closed to make room for a newer one when the global or per-address cap was full.",
+        &one(c.handshakes_shed.load(Ordering::Relaxed) as f64),
     );
     family(
         &mut out,

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::limits::{Admission, Refusal};
+use crate::limits::{Admission, Locked, Lockout};
 use crate::registry::{PortLease, Protocol, Registry};
 use crate::session::{Service, Session};
 use crate::tokens::TokenStore;
@@ -32,8 +32,13 @@ const AUTH_FAILED: &str = "authentication failed";
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) auth_failures: std::sync::atomic::AtomicU64,
-    pub(crate) handshakes_refused: std::sync::atomic::AtomicU64,
+    pub(crate) handshakes_shed: std::sync::atomic::AtomicU64,
     pub(crate) handshakes_failed: std::sync::atomic::AtomicU64,
+    /// Lockouts started, of addresses and of client ids.
+    pub(crate) lockouts_address: std::sync::atomic::AtomicU64,
+    pub(crate) lockouts_client: std::sync::atomic::AtomicU64,
+    /// Auths answered "too many failed attempts" (token not checked).
+    pub(crate) auth_locked: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -228,6 +233,7 @@ impl Server {
                 config.max_handshakes_per_ip,
                 config.max_auth_failures,
                 config.auth_failure_window,
+                config.handshake_timeout,
             )),
             counters: Counters::default(),
             open_latency: Default::default(),
@@ -268,25 +274,23 @@ impl Server {
                     continue;
                 }
             };
-            let permit = match self.inner.admission.admit(peer.ip(), Instant::now()) {
-                Ok(p) => p,
-                Err(r) => {
-                    self.inner
-                        .counters
-                        .handshakes_refused
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, refusal = ?r, "handshake refused by limits");
-                    if r == Refusal::AuthFailures {
-                        tracing::debug!(%peer, "too many failed authentications");
-                    }
-                    continue;
-                }
-            };
+            // Never refused here: when the caps are full an older stalled handshake is
+            // shed instead (see `Admission::admit`).
+            let mut permit = self.inner.admission.admit(peer.ip(), Instant::now());
+            if permit.shed_other {
+                self.inner
+                    .counters
+                    .handshakes_shed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             let inner = self.inner.clone();
             let span = tracing::info_span!("agent", %peer, session = tracing::field::Empty);
             tokio::spawn(
                 async move {
-                    let r = handshake(&inner, tcp, peer).await;
+                    let r = tokio::select! {
+                        r = handshake(&inner, tcp, peer, permit.timeout) => r,
+                        _ = &mut permit.shed => Err("shed: the handshake caps were full and this was the oldest stalled handshake".to_owned()),
+                    };
                     drop(permit);
                     match r {
                         Ok(Some((ws, conn, session))) => {
@@ -309,6 +313,10 @@ impl Server {
 }
 
 impl Inner {
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
     pub(crate) fn registry(&self) -> &Registry {
         &self.registry
     }
@@ -405,15 +413,21 @@ async fn end_expired_sessions(inner: Arc<Inner>) {
 
 type Handshaken = (WsConn<ServerIo>, Connection, Arc<Session>);
 
-/// TLS, upgrade and Auth under one deadline. `Ok(None)`: refused and answered.
+/// Largest Auth message accepted (a token of a few hundred bytes fits many times over);
+/// the bytes of an Auth split across reads are gathered up to this bound.
+const MAX_AUTH_LEN: usize = 8 * 1024;
+
+/// TLS, upgrade and Auth under one deadline (`timeout`, shorter when many handshakes are in
+/// progress). `Ok(None)`: refused and answered.
 async fn handshake(
     inner: &Arc<Inner>,
     tcp: TcpStream,
     peer: SocketAddr,
+    timeout: std::time::Duration,
 ) -> Result<Option<Handshaken>, String> {
     tune_accepted(&tcp);
     culvert_transport::tune_tunnel(&tcp, inner.config.proto.idle_timeout);
-    let deadline = tokio::time::Instant::now() + inner.config.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let step = async {
         let io: ServerIo = match &inner.tls {
             Some(acceptor) => {
@@ -427,15 +441,18 @@ async fn handshake(
             None => ServerIo::Left(tcp),
         };
         let mut ws = ws::accept(io).await.map_err(|e| e.to_string())?;
-        let first = loop {
+        // The Auth may arrive in pieces (split across reads or WebSocket frames): gather
+        // it whole, or to the end of its WebSocket message, before judging it.
+        let mut first = BytesMut::new();
+        while auth_needs_more(&first) && (first.is_empty() || !ws.reader.at_message_end()) {
             match ws.reader.next().await {
-                Ok(WsIn::Data(b)) => break b,
+                Ok(WsIn::Data(b)) => first.extend_from_slice(&b),
                 Ok(WsIn::Ping(_)) => continue,
                 Ok(WsIn::Close) => return Err("closed before Auth".to_owned()),
                 Err(e) => return Err(format!("websocket: {e}")),
             }
-        };
-        Ok::<_, String>((ws, first))
+        }
+        Ok::<_, String>((ws, first.freeze()))
     };
     let (mut ws, first) = tokio::time::timeout_at(deadline, step)
         .await
@@ -446,13 +463,30 @@ async fn handshake(
         Some(x) => x,
         None => {
             // Malformed or missing Auth gets the same answer as a wrong token.
-            inner.admission.record_failure(peer.ip(), Instant::now());
+            let lockouts = inner
+                .admission
+                .record_failure(peer.ip(), None, Instant::now());
             inner.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-            reject(&mut ws, deadline).await;
+            let reason = refusal_reason(inner, peer, &lockouts);
+            reject(&mut ws, deadline, reason).await;
             tracing::info!("authentication failed (malformed Auth)");
             return Ok(None);
         }
     };
+    // An address or client id locked out after failed attempts is told so, and for how
+    // long, without its token being checked.
+    if let Some(left) = inner.admission.locked(peer.ip(), client_id, Instant::now()) {
+        inner.counters.auth_locked.fetch_add(1, Ordering::Relaxed);
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        reject(
+            &mut ws,
+            deadline,
+            format!("too many failed attempts, retry in {secs} s"),
+        )
+        .await;
+        tracing::info!(client = %client_id, retry_in_s = secs, "authentication refused: locked out after failed attempts");
+        return Ok(None);
+    }
     let entry = inner
         .tokens
         .read()
@@ -460,12 +494,16 @@ async fn handshake(
         .check(&token)
         .cloned();
     let Some(entry) = entry else {
-        inner.admission.record_failure(peer.ip(), Instant::now());
+        let lockouts = inner
+            .admission
+            .record_failure(peer.ip(), Some(client_id), Instant::now());
         inner.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-        reject(&mut ws, deadline).await;
-        tracing::info!("authentication failed");
+        let reason = refusal_reason(inner, peer, &lockouts);
+        reject(&mut ws, deadline, reason).await;
+        tracing::info!(client = %client_id, "authentication failed");
         return Ok(None);
     };
+    inner.admission.record_success(client_id);
 
     // Attach to the agent's session (its pool shares one client id) or start one.
     let session = {
@@ -485,7 +523,7 @@ async fn handshake(
     };
     tracing::Span::current().record("session", tracing::field::display(client_id));
     let Some(session) = session else {
-        reject(&mut ws, deadline).await;
+        reject(&mut ws, deadline, AUTH_FAILED.to_owned()).await;
         tracing::info!("authentication failed (client id held by another token)");
         return Ok(None);
     };
@@ -506,13 +544,63 @@ async fn handshake(
     Ok(Some((ws, conn, session)))
 }
 
-/// Sends the single AuthFail answer and closes.
-async fn reject(ws: &mut WsConn<ServerIo>, deadline: tokio::time::Instant) {
-    let mut b = BytesMut::new();
-    let _ = Control::AuthFail {
-        reason: AUTH_FAILED.to_owned(),
+/// Whether `buf` is still short of a whole Auth frame. A header that cannot start an Auth
+/// (wrong type, too long) needs nothing more: the parse then refuses it.
+fn auth_needs_more(buf: &[u8]) -> bool {
+    if buf.len() < HEADER_LEN {
+        return true;
     }
-    .encode(&mut b);
+    let Ok(bytes) = buf[..HEADER_LEN].try_into() else {
+        return false;
+    };
+    match Header::parse(bytes) {
+        Ok(h) if h.ty == FrameType::Auth && h.len <= MAX_AUTH_LEN => buf.len() < HEADER_LEN + h.len,
+        _ => false,
+    }
+}
+
+/// The AuthFail reason after a failed Auth: the lockouts it started are logged at warn,
+/// counted, and named in the answer with the time left.
+fn refusal_reason(inner: &Inner, peer: SocketAddr, lockouts: &[Lockout]) -> String {
+    let mut longest = std::time::Duration::ZERO;
+    for l in lockouts {
+        let secs = l.duration.as_secs().max(1);
+        let ends = crate::tokens::unix_now() + secs;
+        match &l.what {
+            Locked::Address(a) => {
+                inner
+                    .counters
+                    .lockouts_address
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(address = %a, %peer, failures = l.failures, lockout_s = secs, ends_unix = ends,
+                    "authentication lockout: too many failed attempts from this address; its Auths are refused until the lockout ends");
+            }
+            Locked::Client(c) => {
+                inner
+                    .counters
+                    .lockouts_client
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(client = %c, %peer, failures = l.failures, lockout_s = secs, ends_unix = ends,
+                    "authentication lockout: too many failed attempts by this client id; its Auths are refused until the lockout ends");
+            }
+        }
+        longest = longest.max(l.duration);
+    }
+    if longest.is_zero() {
+        AUTH_FAILED.to_owned()
+    } else {
+        format!(
+            "{AUTH_FAILED}; too many failed attempts, retry in {} s",
+            longest.as_secs().max(1)
+        )
+    }
+}
+
+/// Sends the AuthFail answer (the same for every wrong, missing or malformed token; a
+/// lockout says how long it lasts) and closes.
+async fn reject(ws: &mut WsConn<ServerIo>, deadline: tokio::time::Instant, reason: String) {
+    let mut b = BytesMut::new();
+    let _ = Control::AuthFail { reason }.encode(&mut b);
     let frame = b.freeze();
     let len = frame.len();
     let _ = tokio::time::timeout_at(deadline, async {

@@ -105,6 +105,8 @@ pub struct WsReader<R> {
     frame: Option<InFrame>,
     /// The client's frames may come unmasked (agreed during the upgrade).
     unmasked: bool,
+    /// FIN of the latest data frame whose header was read.
+    fin: bool,
 }
 
 impl<R: AsyncRead + Unpin> WsReader<R> {
@@ -116,6 +118,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             role,
             frame: None,
             unmasked: false,
+            fin: false,
         }
     }
 
@@ -123,6 +126,13 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
     /// that did not agree still refuses them, as RFC 6455 requires).
     pub fn accept_unmasked(&mut self, on: bool) {
         self.unmasked = on;
+    }
+
+    /// Whether the data delivered so far ends a WebSocket message (the last data frame had
+    /// FIN and its payload is all delivered): a handshake reading one message in pieces
+    /// knows when no more of it is coming.
+    pub fn at_message_end(&self) -> bool {
+        self.frame.is_none() && self.fin
     }
 
     /// The next data, ping or close; errors on protocol violations and EOF.
@@ -216,6 +226,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             if !control {
                 // Data: its payload is handed on in whatever pieces it arrives.
                 self.buf.advance(hlen);
+                self.fin = fin;
                 if len > 0 {
                     self.frame = Some(InFrame {
                         remaining: len,

@@ -350,6 +350,11 @@ pub struct AgentArgs {
     /// Seconds streams in flight get to finish after SIGTERM/SIGINT.
     #[arg(long)]
     pub grace: Option<u64>,
+    /// Exit non-zero at the first permanent error (refused token, untrusted or mismatched
+    /// server certificate, ws:// against TLS, refused port) instead of retrying it every
+    /// longest backoff (60 s): for supervisors (systemd, Kubernetes) that should see it.
+    #[arg(long)]
+    pub exit_on_auth_failure: bool,
 }
 
 #[derive(Debug, Args)]

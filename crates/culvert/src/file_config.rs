@@ -86,6 +86,9 @@ pub struct AgentFile {
     pub heartbeat_interval: Option<u64>,
     pub admin: Option<SocketAddr>,
     pub grace: Option<u64>,
+    /// `--exit-on-auth-failure`: exit non-zero at the first permanent error.
+    #[serde(default)]
+    pub exit_on_auth_failure: bool,
 }
 
 /// Reads a config file (an absent `--config` gives the defaults).

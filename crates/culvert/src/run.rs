@@ -232,6 +232,7 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     if let Some(h) = args.heartbeat_interval.or(file.heartbeat_interval) {
         config.proto.set_heartbeat_interval(Duration::from_secs(h));
     }
+    config.exit_on_auth_failure = args.exit_on_auth_failure || file.exit_on_auth_failure;
     Ok(config)
 }
 
@@ -274,7 +275,13 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         )
         .await?;
     }
-    shutdown_signal().await;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        error = handle.permanent_failure() => {
+            handle.shutdown();
+            bail!("{error} (exiting: --exit-on-auth-failure)");
+        }
+    }
     tracing::info!(
         ?grace,
         "shutting down: no new streams; streams in flight may finish"

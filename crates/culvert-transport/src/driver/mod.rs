@@ -57,7 +57,6 @@ pub(crate) struct State {
     pub(crate) wakers: HashMap<StreamId, Wakers>,
     /// Peer resets not yet seen by their handle.
     pub(crate) resets: HashMap<StreamId, u64>,
-    open_waiters: Vec<Waker>,
     pub(crate) closed: Option<String>,
     /// Set by [`Mux::close`]: the writer flushes what is queued, then closes.
     pub(crate) closing: Option<String>,
@@ -76,6 +75,9 @@ pub type DatagramSink = Arc<dyn Fn(culvert_proto::Datagram) + Send + Sync>;
 pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) writer_wake: Notify,
+    /// Wakes opens waiting for the peer's stream limit; a waiter that gives up (timed out,
+    /// dropped) leaves nothing behind.
+    streams_available: Notify,
     events: mpsc::UnboundedSender<MuxEvent>,
     pub(crate) closed_tx: watch::Sender<bool>,
 }
@@ -96,8 +98,8 @@ impl Shared {
         for (_, w) in st.wakers.drain() {
             w.read.into_iter().chain(w.write).for_each(Waker::wake);
         }
-        st.open_waiters.drain(..).for_each(Waker::wake);
         drop(st);
+        self.streams_available.notify_waiters();
         let _ = self.events.send(MuxEvent::Closed(reason));
         let _ = self.closed_tx.send(true);
         self.writer_wake.notify_one();
@@ -133,7 +135,7 @@ impl Shared {
                     let s = TunnelStream::new(self.clone(), id);
                     let _ = self.events.send(MuxEvent::Incoming(s, target));
                 }
-                Event::StreamsAvailable => st.open_waiters.drain(..).for_each(Waker::wake),
+                Event::StreamsAvailable => self.streams_available.notify_waiters(),
                 Event::Control(c) => {
                     st.pending_control += 1;
                     if st.pending_control > MAX_PENDING_CONTROL {
@@ -199,7 +201,6 @@ impl Mux {
                 conn,
                 wakers: HashMap::new(),
                 resets: HashMap::new(),
-                open_waiters: Vec::new(),
                 closed: None,
                 closing: None,
                 aborted: false,
@@ -208,6 +209,7 @@ impl Mux {
                 sink: None,
             }),
             writer_wake: Notify::new(),
+            streams_available: Notify::new(),
             events,
             closed_tx,
         });
@@ -227,24 +229,25 @@ impl Mux {
     /// Opens a stream towards `target`, waiting while the peer's stream limit is reached.
     /// Data may be sent at once; it follows the open without a round trip.
     pub async fn open(&self, target: &str) -> Result<TunnelStream, TransportError> {
-        let id = std::future::poll_fn(|cx| {
-            let mut st = self.shared.lock();
-            if let Some(r) = &st.closed {
-                return std::task::Poll::Ready(Err(TransportError::Closed(r.clone())));
-            }
-            match st.conn.open_stream(target) {
-                Ok(id) => {
-                    st.wakers.insert(id, Wakers::default());
-                    std::task::Poll::Ready(Ok(id))
+        let id = loop {
+            // Created before the check, so a release between the check and the wait wakes it.
+            let available = self.shared.streams_available.notified();
+            {
+                let mut st = self.shared.lock();
+                if let Some(r) = &st.closed {
+                    return Err(TransportError::Closed(r.clone()));
                 }
-                Err(culvert_proto::StreamError::StreamsExhausted) => {
-                    st.open_waiters.push(cx.waker().clone());
-                    std::task::Poll::Pending
+                match st.conn.open_stream(target) {
+                    Ok(id) => {
+                        st.wakers.insert(id, Wakers::default());
+                        break id;
+                    }
+                    Err(culvert_proto::StreamError::StreamsExhausted) => {}
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => std::task::Poll::Ready(Err(e.into())),
             }
-        })
-        .await?;
+            available.await;
+        };
         self.shared.writer_wake.notify_one();
         Ok(TunnelStream::new(self.shared.clone(), id))
     }
