@@ -19,7 +19,9 @@ pub mod varint;
 mod writer;
 
 pub use config::Config;
-pub use connection::{reset_code, Connection, Datagram, Event, ReadOutcome, Stats, Transmit};
+pub use connection::{
+    goaway_code, reset_code, Connection, Datagram, Event, ReadOutcome, Stats, Transmit,
+};
 pub use control::{Control, ServiceProtocol, Token};
 pub use decoder::FrameDecoder;
 pub use error::{ConnectionError, DecodeError, EncodeError, StreamError};

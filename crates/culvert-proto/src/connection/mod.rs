@@ -8,6 +8,8 @@
 mod datagram;
 mod event;
 mod id_hash;
+#[cfg(test)]
+mod limit_tests;
 mod rate;
 mod stream;
 
@@ -62,6 +64,19 @@ pub mod reset_code {
     }
 }
 
+/// Codes carried by GoAway (see PROTOCOL.md §15.2).
+pub mod goaway_code {
+    /// An orderly shutdown.
+    pub const NO_ERROR: u64 = 0;
+    /// The peer made this side exceed a limit (its control queue, the resets it generates);
+    /// the connection closes after this GoAway (HTTP/2's ENHANCE_YOUR_CALM).
+    pub const ENHANCE_YOUR_CALM: u64 = 1;
+}
+
+/// What one queued control frame costs beyond its bytes: its `Bytes` handle in the queue
+/// (32 bytes, doubled for the queue's growth slack).
+const CONTROL_ENTRY_COST: usize = 64;
+
 /// Result of [`Connection::read`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadOutcome {
@@ -94,6 +109,14 @@ pub struct Stats {
     pub datagrams_oversize: u64,
     /// Frames received.
     pub frames_received: u64,
+    /// Stream resets this side generated (refused opens and the application's resets).
+    pub resets_sent: u64,
+    /// Times the reset cap ended the connection (0 or 1): it generated resets faster than
+    /// the reset limit and sent GoAway.
+    pub reset_cap_hits: u64,
+    /// Times the control-queue cap ended the connection (0 or 1): control frames piled up
+    /// past `max_control_queue` while the peer did not read, and it sent GoAway.
+    pub control_queue_cap_hits: u64,
 }
 
 /// One multiplexed connection (one WebSocket) as a state machine.
@@ -121,6 +144,10 @@ pub struct Connection {
     blocked_writers: Vec<StreamId>,
 
     control: VecDeque<Bytes>,
+    /// Bytes in `control`, each frame counted with [`CONTROL_ENTRY_COST`].
+    control_bytes: usize,
+    /// The GoAway that explains a failure this side detected, sent after the failure.
+    final_frame: Option<Bytes>,
     pending_heartbeat_ack: Option<u64>,
     schedule: VecDeque<StreamId>,
     datagrams_out: DatagramQueue,
@@ -134,6 +161,7 @@ pub struct Connection {
     rtt: Option<Duration>,
     heartbeat_limit: RateLimiter,
     reset_limit: RateLimiter,
+    local_reset_limit: RateLimiter,
 
     local_going_away: bool,
     peer_going_away: bool,
@@ -170,6 +198,8 @@ impl Connection {
             send_buffered_total: 0,
             blocked_writers: Vec::new(),
             control: VecDeque::new(),
+            control_bytes: 0,
+            final_frame: None,
             pending_heartbeat_ack: None,
             schedule: VecDeque::new(),
             datagrams_out: DatagramQueue::new(
@@ -191,6 +221,7 @@ impl Connection {
                 config.heartbeat_burst,
             ),
             reset_limit: RateLimiter::new(config.max_resets_per_sec, config.reset_burst),
+            local_reset_limit: RateLimiter::new(config.max_resets_per_sec, config.reset_burst),
             local_going_away: false,
             peer_going_away: false,
             error: None,
@@ -291,9 +322,93 @@ impl Connection {
     /// Encodes a frame we generated into the control queue (sent ahead of stream data).
     fn queue(&mut self, frame: Frame) {
         match frame.encode(&mut self.scratch) {
-            Ok(()) => self.control.push_back(self.scratch.split().freeze()),
+            Ok(()) => {
+                let f = self.scratch.split().freeze();
+                self.push_control(f, false);
+            }
             Err(e) => tracing::error!(error = %e, "dropping unencodable frame"),
         }
+    }
+
+    /// Queues an encoded control frame, failing the connection (with GoAway) when the
+    /// queue passes its byte cap: a peer that does not read cannot grow it further.
+    fn push_control(&mut self, f: Bytes, front: bool) {
+        if self.error.is_some() {
+            return;
+        }
+        self.control_bytes += f.len() + CONTROL_ENTRY_COST;
+        if front {
+            self.control.push_front(f);
+        } else {
+            self.control.push_back(f);
+        }
+        if self.control_bytes > self.config.max_control_queue {
+            self.stats.control_queue_cap_hits += 1;
+            self.fail_calm(ConnectionError::ControlQueueFull(
+                self.config.max_control_queue,
+            ));
+        }
+    }
+
+    /// Takes the next control frame off the queue.
+    fn pop_control(&mut self) -> Option<Bytes> {
+        let f = self.control.pop_front()?;
+        self.control_bytes -= f.len() + CONTROL_ENTRY_COST;
+        Some(f)
+    }
+
+    /// Bytes of control frames queued and not yet on the wire, each counted with its
+    /// bookkeeping: what [`Config::max_control_queue`] caps.
+    pub fn control_queued(&self) -> usize {
+        self.control_bytes
+    }
+
+    /// Fails the connection for a limit the peer made this side exceed: everything queued
+    /// is dropped, and a GoAway (`ENHANCE_YOUR_CALM`, with the reason) is kept for
+    /// [`Connection::take_final_frame`], as h2 does.
+    fn fail_calm(&mut self, e: ConnectionError) {
+        if self.error.is_some() {
+            return;
+        }
+        tracing::debug!(error = %e, "limit exceeded; going away");
+        if !self.single_frame_batches {
+            let mut reason = e.to_string();
+            reason.truncate(1024);
+            let mut b = BytesMut::new();
+            if (Frame::GoAway {
+                code: goaway_code::ENHANCE_YOUR_CALM,
+                reason,
+            })
+            .encode(&mut b)
+            .is_ok()
+            {
+                self.final_frame = Some(b.freeze());
+            }
+        }
+        self.control = VecDeque::new();
+        self.control_bytes = 0;
+        self.local_going_away = true;
+        self.error = Some(e);
+    }
+
+    /// The GoAway explaining why this side failed the connection (a limit the peer made it
+    /// exceed), to write before closing the transport; `None` afterwards or for other errors.
+    pub fn take_final_frame(&mut self) -> Option<Bytes> {
+        self.final_frame.take()
+    }
+
+    /// Counts a reset this side generates; `false` (and the connection failed with GoAway)
+    /// when they come faster than the reset limit.
+    fn allow_local_reset(&mut self) -> bool {
+        if self.local_reset_limit.allow(self.now) {
+            self.stats.resets_sent += 1;
+            return true;
+        }
+        self.stats.reset_cap_hits += 1;
+        self.fail_calm(ConnectionError::LocalResetFlood(
+            self.config.max_resets_per_sec,
+        ));
+        false
     }
 
     fn push_event(&mut self, e: Event) -> Result<(), ConnectionError> {
@@ -326,7 +441,9 @@ impl Connection {
             let r = match self.decoder.next_frame() {
                 Ok(Some(frame)) => {
                     self.stats.frames_received += 1;
+                    // A limit of ours the frame made us exceed fails the connection too.
                     self.handle_frame(frame)
+                        .and_then(|()| self.error.clone().map_or(Ok(()), Err))
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => Err(e.into()),
@@ -550,6 +667,9 @@ impl Connection {
             if !self.reset_limit.allow(self.now) {
                 return Err(ConnectionError::ResetFlood);
             }
+            if !self.allow_local_reset() {
+                return Ok(());
+            }
             self.queue(Frame::StreamReset {
                 id,
                 code: reset_code::REFUSED,
@@ -694,6 +814,9 @@ impl Connection {
             return Err(StreamError::UnknownStream(id));
         }
         self.free_stream(id);
+        if self.error.is_some() || !self.allow_local_reset() {
+            return Ok(());
+        }
         let code = code.min(varint::MAX);
         self.queue(Frame::StreamReset { id, code });
         Ok(())
@@ -860,7 +983,8 @@ impl Connection {
     /// Queues a control message (Auth, Register, Connect…) ahead of stream data.
     pub fn send_control(&mut self, msg: Control) -> Result<(), crate::EncodeError> {
         msg.encode(&mut self.scratch)?;
-        self.control.push_back(self.scratch.split().freeze());
+        let f = self.scratch.split().freeze();
+        self.push_control(f, false);
         Ok(())
     }
 
@@ -868,7 +992,8 @@ impl Connection {
     /// credit: an agent's Auth must be the first frame the server sees.
     pub fn send_control_first(&mut self, msg: Control) -> Result<(), crate::EncodeError> {
         msg.encode(&mut self.scratch)?;
-        self.control.push_front(self.scratch.split().freeze());
+        let f = self.scratch.split().freeze();
+        self.push_control(f, true);
         Ok(())
     }
 
@@ -882,6 +1007,11 @@ impl Connection {
                 .and_then(|t| FrameType::from_u8(*t))
                 .is_some_and(FrameType::is_control)
         });
+        self.control_bytes = self
+            .control
+            .iter()
+            .map(|f| f.len() + CONTROL_ENTRY_COST)
+            .sum();
     }
 
     /// Announces that we take no new streams; existing ones carry on. Later peer opens are refused.
@@ -940,7 +1070,7 @@ impl Connection {
             if out.written() > 0 && out.written() + f.len() > max {
                 return out.written();
             }
-            let f = self.control.pop_front().expect("front exists");
+            let f = self.pop_control().expect("front exists");
             out.frame(f);
             if self.single_frame_batches {
                 return out.written();

@@ -31,8 +31,15 @@ where
                 shared.writer_wake.notify_one();
                 continue;
             }
-            Ok(WsIn::Close) => break "peer closed the websocket".to_owned(),
-            Err(e) => break format!("websocket read: {e}"),
+            Ok(WsIn::Close) => match ws.peer_close() {
+                Some(c) => break format!("peer closed the websocket ({c})"),
+                None => break "peer closed the websocket".to_owned(),
+            },
+            Err(e) => {
+                // A framing error is answered with its RFC 6455 close code.
+                shared.lock().ws_close = crate::wsframe::close_code(&e);
+                break format!("websocket read: {e}");
+            }
         };
         let mut st = shared.lock();
         if let Err(e) = st.conn.handle_bytes(Instant::now(), data) {
