@@ -532,7 +532,9 @@ async fn serve_connection(
     let (mux, mut events) = Mux::spawn_with(ws, conn);
     session.attach(mux.clone());
     // Target-side UDP flows this connection's peer asked this server to dial.
-    let dials = Arc::new(culvert_transport::udp_target::TargetFlows::default());
+    let dials = Arc::new(culvert_transport::udp_target::TargetFlows::for_streams(
+        !inner.config().allow_dial.is_empty(),
+    ));
     // Flows this connection's peer opened to UDP services of other agents.
     let spliced = Arc::new(crate::udp::Spliced::default());
     if session.culvert {

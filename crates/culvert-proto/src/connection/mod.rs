@@ -975,9 +975,13 @@ impl Connection {
 
     /// The oldest received datagram not yet read.
     pub fn recv_datagram(&mut self) -> Option<Datagram> {
-        self.datagrams_in
-            .pop()
-            .map(|(flow, data)| Datagram { flow, data })
+        let (flow, data) = self.datagrams_in.pop()?;
+        let stream_open = self.streams.contains_key(&StreamId(flow));
+        Some(Datagram {
+            flow,
+            data,
+            stream_open,
+        })
     }
 
     /// Queues a control message (Auth, Register, Connect…) ahead of stream data.
