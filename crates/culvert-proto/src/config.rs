@@ -73,6 +73,10 @@ pub struct Config {
     /// sends GoAway (`ENHANCE_YOUR_CALM`) and fails. 1 MiB holds the opens, Connects and
     /// credit of a few thousand new streams queued behind one stalled write.
     pub max_control_queue: usize,
+    /// The largest buffer one received slice can keep alive (the driver's read buffer, 256
+    /// KiB plus a partial frame): used only to account received memory as an upper bound
+    /// ([`crate::Connection::recv_memory`]).
+    pub recv_pin: usize,
 }
 
 impl Default for Config {
@@ -96,6 +100,7 @@ impl Default for Config {
             reset_burst: 8192,
             max_pending_events: 65_536,
             max_control_queue: 1024 * 1024,
+            recv_pin: 320 * 1024,
         }
     }
 }

@@ -10,6 +10,9 @@ mod event;
 mod id_hash;
 #[cfg(test)]
 mod limit_tests;
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod memory_tests;
 mod rate;
 mod stream;
 
@@ -73,6 +76,12 @@ pub mod goaway_code {
     pub const ENHANCE_YOUR_CALM: u64 = 1;
 }
 
+/// Received slices (each may keep a whole read buffer alive) held at once across the
+/// streams of a connection; past it, payloads are copied. 128 covers a full 4 MiB window of
+/// 32 KiB frames, so bulk transfers stay zero-copy, and bounds what slices can pin to 128
+/// read buffers.
+pub const MAX_SHARED_CHUNKS: usize = 128;
+
 /// What one queued control frame costs beyond its bytes: its `Bytes` handle in the queue
 /// (32 bytes, doubled for the queue's growth slack).
 const CONTROL_ENTRY_COST: usize = 64;
@@ -80,7 +89,8 @@ const CONTROL_ENTRY_COST: usize = 64;
 /// Result of [`Connection::read`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadOutcome {
-    /// The next bytes, in order, split from the received frame without copying.
+    /// The next bytes, in order: a slice of the received frame, not copied, or of the
+    /// compact buffer small payloads were copied into.
     Data(Bytes),
     /// Nothing buffered yet; wait for [`Event::Readable`] or [`Event::Finished`].
     WouldBlock,
@@ -141,6 +151,8 @@ pub struct Connection {
     conn_recv_remaining: u64,
     conn_recv_pending_credit: u64,
     send_buffered_total: usize,
+    /// Received chunks, across streams, that are slices of received messages.
+    recv_shared_chunks: usize,
     blocked_writers: Vec<StreamId>,
 
     control: VecDeque<Bytes>,
@@ -196,6 +208,7 @@ impl Connection {
             conn_recv_remaining: config.connection_window,
             conn_recv_pending_credit: 0,
             send_buffered_total: 0,
+            recv_shared_chunks: 0,
             blocked_writers: Vec::new(),
             control: VecDeque::new(),
             control_bytes: 0,
@@ -276,6 +289,20 @@ impl Connection {
     /// Bytes received and waiting for the application across all streams (bounded by the connection window).
     pub fn recv_buffered(&self) -> u64 {
         self.streams.values().map(|s| s.recv_buffered as u64).sum()
+    }
+
+    /// Memory the bytes received for the application may keep alive, an upper bound of
+    /// the real one: compact buffers by capacity, each slice of a received message as the
+    /// whole read buffer it may pin ([`Config::recv_pin`]), each chunk with its bookkeeping.
+    pub fn recv_memory(&self) -> usize {
+        let pin = self.config.recv_pin;
+        self.streams.values().map(|s| s.recv_memory(pin)).sum()
+    }
+
+    /// Chunks held across all streams that are slices of received messages (at most
+    /// [`MAX_SHARED_CHUNKS`]).
+    pub fn recv_shared_chunks(&self) -> usize {
+        self.recv_shared_chunks
     }
 
     /// Bytes of received datagrams waiting for [`Connection::recv_datagram`] (bounded by the datagram queue).
@@ -611,6 +638,12 @@ impl Connection {
             }
             Frame::Datagram { flow, data } => {
                 self.stats.datagrams_received += 1;
+                // As for stream data: a small slice would pin its whole read buffer.
+                let data = if data.len() < stream::COPY_BELOW {
+                    Bytes::copy_from_slice(&data)
+                } else {
+                    data
+                };
                 if self.datagrams_in.push(flow, data) {
                     self.push_event(Event::DatagramReadable)?;
                 }
@@ -724,8 +757,11 @@ impl Connection {
         }
         s.recv_remaining -= len;
         let was_empty = s.recv_buffered == 0;
-        s.recv_buffered += data.len();
-        s.recv_buf.push_back(data);
+        // Slices pin read buffers: past the connection's share of them, payloads are copied.
+        let share = self.recv_shared_chunks < MAX_SHARED_CHUNKS;
+        let before = s.shared_chunks;
+        s.push_recv(data, share);
+        self.recv_shared_chunks = self.recv_shared_chunks + s.shared_chunks - before;
         if was_empty {
             self.push_event(Event::Readable(id))?;
         }
@@ -829,7 +865,8 @@ impl Connection {
             .streams
             .get_mut(&id)
             .ok_or(StreamError::UnknownStream(id))?;
-        let Some(mut chunk) = s.recv_buf.pop_front() else {
+        let before = s.shared_chunks;
+        let Some(chunk) = s.pop_recv(max) else {
             return Ok(match s.recv_state {
                 RecvState::Open => ReadOutcome::WouldBlock,
                 RecvState::FinReceived | RecvState::FinRead => {
@@ -841,12 +878,8 @@ impl Connection {
                 }
             });
         };
-        if chunk.len() > max.max(1) {
-            let rest = chunk.split_off(max.max(1));
-            s.recv_buf.push_front(rest);
-        }
+        self.recv_shared_chunks -= before - s.shared_chunks;
         let n = chunk.len() as u64;
-        s.recv_buffered -= chunk.len();
         if s.recv_state == RecvState::Open {
             s.recv_pending_credit += n;
             self.maybe_stream_credit(id);
@@ -909,6 +942,7 @@ impl Connection {
             return;
         };
         self.send_buffered_total -= s.send_buffered;
+        self.recv_shared_chunks -= s.shared_chunks;
         if s.recv_buffered > 0 {
             self.release_conn_credit(s.recv_buffered as u64);
         }
