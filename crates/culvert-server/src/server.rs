@@ -37,6 +37,10 @@ pub(crate) struct Counters {
     pub(crate) auth_failures: std::sync::atomic::AtomicU64,
     pub(crate) handshakes_refused: std::sync::atomic::AtomicU64,
     pub(crate) handshakes_failed: std::sync::atomic::AtomicU64,
+    /// Connections ended by the control-queue cap (GoAway ENHANCE_YOUR_CALM).
+    pub(crate) control_queue_cap_hits: std::sync::atomic::AtomicU64,
+    /// Connections ended by the cap on the resets they made this side generate.
+    pub(crate) reset_cap_hits: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -576,6 +580,12 @@ async fn serve_connection(
         }
     }
     mux.abort("connection ended");
+    let st = mux.stats().proto;
+    let c = &inner.counters;
+    c.control_queue_cap_hits
+        .fetch_add(st.control_queue_cap_hits, Ordering::Relaxed);
+    c.reset_cap_hits
+        .fetch_add(st.reset_cap_hits, Ordering::Relaxed);
     if session.detach(&mux) == 0 {
         inner.end_session(&session, "all connections closed");
     }

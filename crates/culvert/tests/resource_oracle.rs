@@ -132,13 +132,19 @@ impl Peer {
     }
 }
 
-/// A server and a token (allowed the service `sink`, its own).
-fn server(tag: &str) -> (TempDir, Proc, u16, String) {
+/// A server (with its admin endpoint on `admin`) and a token (allowed the service
+/// `sink`, its own).
+fn server_with_admin(tag: &str, admin: u16) -> (TempDir, Proc, u16, String) {
     let dir = TempDir::new(tag);
     let tokens = dir.join("tokens.toml");
     let token = new_token_with(&tokens, "hostile", &["--access", "sink"]);
-    let (server, port) = start_server(&tokens, &["--insecure-plain"]);
+    let admin = format!("127.0.0.1:{admin}");
+    let (server, port) = start_server(&tokens, &["--insecure-plain", "--admin", &admin]);
     (dir, server, port, token)
+}
+
+fn server(tag: &str) -> (TempDir, Proc, u16, String) {
+    server_with_admin(tag, free_port())
 }
 
 /// Samples the server's VmRSS while `f` runs and for `settle` after; the largest growth
@@ -268,65 +274,106 @@ async fn datagrams_for_flows_never_opened_stay_under_the_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_opens_while_never_reading_stay_under_the_bound_and_end_with_goaway() {
-    let (_dir, mut server, port, token) = server("oracle-refused");
-    let mut p = Peer::connect(port, &token).await;
-    let mut next = 0u64;
-    let growth = peak_growth(server.pid(), Duration::from_secs(2), async {
-        // Opens of a name no service holds, 250 to a message every 20 ms (12,500 a
-        // second: over the reset limit, and within the 4,096-stream limit unless the
-        // refusals lag by a third of a second); the server refuses each. Past the reset
-        // cap it ends the connection, and the writes fail.
-        for _ in 0..800 {
-            let frames: Vec<Frame> = (0..250)
-                .map(|_| {
-                    next += 1;
+    let admin = free_port();
+    let (_dir, mut server, port, token) = server_with_admin("oracle-refused", admin);
+    // Opens of a name no service holds, 250 to a message; the server refuses each. Faster
+    // than the reset limit (4,096 a second), so the reset cap ends the connection with a
+    // GoAway. The peer cannot see the server's refusals (it never reads), so when the
+    // server lags by more than the stream limit's worth (a loaded machine), the peer
+    // overruns the limit instead and the connection ends as a protocol violation: then it
+    // tries again, slower (each attempt a new connection).
+    let mut goaway = None;
+    for (attempt, per_sec) in [12_500u64, 8_000, 6_000, 5_000].into_iter().enumerate() {
+        let mut p = Peer::connect(port, &token).await;
+        let mut next = 0u64;
+        let pause = Duration::from_micros(250 * 1_000_000 / per_sec);
+        let growth = peak_growth(server.pid(), Duration::from_secs(2), async {
+            for _ in 0..2_000 {
+                let mut b = BytesMut::new();
+                for _ in 0..250 {
                     Frame::StreamOpen {
-                        id: StreamId::new(Side::Client, next - 1),
+                        id: StreamId::new(Side::Client, next),
                         target: "nothing-here".into(),
                     }
-                })
-                .collect();
-            let mut b = BytesMut::new();
-            for f in &frames {
-                f.encode(&mut b).unwrap();
-            }
-            let len = b.len();
-            match tokio::time::timeout(Duration::from_secs(10), p.w.send(&[b.freeze()], len)).await
-            {
-                Ok(Ok(())) => {}
-                _ => break,
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    eprintln!(
-        "refused opens ({next} sent): server RSS grew {} KiB (bound {} KiB)",
-        growth / 1024,
-        BOUND_REFUSED_OPENS / 1024
-    );
-    eprintln!("server log (tail):\n{}", tail(&server));
-    assert!(server.exited().is_none(), "the server is still up");
-    assert!(
-        growth <= BOUND_REFUSED_OPENS,
-        "RSS grew {growth} bytes, bound {BOUND_REFUSED_OPENS}"
-    );
-    // The connection was ended, and said why: a GoAway with a reason, or the refusals'
-    // resets if the peer's writes ran out first. Read what the server sent.
-    let mut d = culvert_proto::FrameDecoder::new();
-    let mut goaway = None;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while let Ok(Ok(m)) = tokio::time::timeout_at(deadline, p.r.next()).await {
-        if let culvert_transport::wsframe::WsIn::Data(b) = m {
-            d.push(b);
-            while let Ok(Some(f)) = d.next_frame() {
-                if let Frame::GoAway { code, reason } = f {
-                    goaway = Some((code, reason));
+                    .encode(&mut b)
+                    .unwrap();
+                    next += 1;
                 }
+                let len = b.len();
+                match tokio::time::timeout(Duration::from_secs(10), p.w.send(&[b.freeze()], len))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+                tokio::time::sleep(pause).await;
             }
+        })
+        .await;
+        eprintln!(
+            "attempt {attempt}: refused opens ({next} sent at {per_sec}/s): server RSS grew {} KiB (bound {} KiB)",
+            growth / 1024,
+            BOUND_REFUSED_OPENS / 1024
+        );
+        eprintln!("server log (tail):\n{}", tail(&server));
+        assert!(server.exited().is_none(), "the server is still up");
+        assert!(
+            growth <= BOUND_REFUSED_OPENS,
+            "RSS grew {growth} bytes, bound {BOUND_REFUSED_OPENS}"
+        );
+        // The connection was ended; read what the server sent, to see why.
+        let mut d = culvert_proto::FrameDecoder::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let (mut frames, mut bytes) = (0u64, 0usize);
+        let end = loop {
+            match tokio::time::timeout_at(deadline, p.r.next()).await {
+                Ok(Ok(culvert_transport::wsframe::WsIn::Data(b))) => {
+                    bytes += b.len();
+                    d.push(b);
+                    loop {
+                        match d.next_frame() {
+                            Ok(Some(Frame::GoAway { code, reason })) => {
+                                goaway = Some((code, reason))
+                            }
+                            Ok(Some(_)) => frames += 1,
+                            Ok(None) => break,
+                            Err(e) => panic!("the server sent an undecodable frame: {e}"),
+                        }
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => break e.to_string(),
+                Err(_) => break "no end".into(),
+            }
+        };
+        eprintln!(
+            "attempt {attempt}: read {frames} frames, {bytes} bytes, then {end}; close: {:?}",
+            p.r.peer_close()
+        );
+        if goaway.is_some() {
+            break;
         }
     }
     let (code, reason) = goaway.expect("the server sent GoAway before closing");
     eprintln!("GoAway {code}: {reason}");
     assert_eq!(code, culvert_proto::goaway_code::ENHANCE_YOUR_CALM);
+    assert!(
+        reason.contains("resets") || reason.contains("not reading"),
+        "{reason}"
+    );
+    // And the metrics count it.
+    let limited = |l: &str| {
+        admin_get(admin, "/metrics")
+            .and_then(|(_, body)| {
+                metric(
+                    &body,
+                    &format!("culvert_connections_limited_total{{limit=\"{l}\"}}"),
+                )
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        eventually(WAIT, || limited("resets") + limited("control_queue") >= 1),
+        "culvert_connections_limited_total counts the connection"
+    );
 }

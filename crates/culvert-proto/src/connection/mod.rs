@@ -424,6 +424,11 @@ impl Connection {
         self.final_frame.take()
     }
 
+    /// Whether a GoAway explaining a failure waits for [`Connection::take_final_frame`].
+    pub fn has_final_frame(&self) -> bool {
+        self.final_frame.is_some()
+    }
+
     /// Counts a reset this side generates; `false` (and the connection failed with GoAway)
     /// when they come faster than the reset limit.
     fn allow_local_reset(&mut self) -> bool {
