@@ -1,6 +1,7 @@
 //! Helpers shared by the fuzz targets: a structured generator of well-formed frames
 //! and the encode/decode round-trip check.
 
+pub mod io;
 pub mod ops;
 
 use arbitrary::Arbitrary;

@@ -60,12 +60,25 @@ pub struct Config {
     pub max_heartbeats_per_sec: u64,
     /// Heartbeat burst allowance.
     pub heartbeat_burst: u64,
-    /// Stream resets per second a peer may send before it counts as an open/reset loop.
+    /// Stream resets per second a peer may send before it counts as an open/reset loop; the
+    /// same rate (and burst) caps the resets this side generates itself (refused opens, the
+    /// application's resets), past which it sends GoAway and fails, as h2 does.
     pub max_resets_per_sec: u64,
     /// Reset burst allowance: a backend dying may reset every stream at once.
     pub reset_burst: u64,
     /// Undelivered events the application may leave pending; past it the connection fails rather than grow without bound.
     pub max_pending_events: usize,
+    /// Bytes of control frames (credit, resets, opens, control messages) queued and not yet
+    /// on the wire, each counted with its bookkeeping (see
+    /// [`crate::Connection::control_queued`]). Control frames go out ahead of everything
+    /// else, so they pile up only while the peer does not read; past this the connection
+    /// sends GoAway (`ENHANCE_YOUR_CALM`) and fails. 1 MiB holds the opens, Connects and
+    /// credit of a few thousand new streams queued behind one stalled write.
+    pub max_control_queue: usize,
+    /// The largest buffer one received slice can keep alive (the driver's read buffer, 256
+    /// KiB plus a partial frame): used only to account received memory as an upper bound
+    /// ([`crate::Connection::recv_memory`]).
+    pub recv_pin: usize,
 }
 
 impl Default for Config {
@@ -88,6 +101,8 @@ impl Default for Config {
             max_resets_per_sec: 4096,
             reset_burst: 8192,
             max_pending_events: 65_536,
+            max_control_queue: 1024 * 1024,
+            recv_pin: 320 * 1024,
         }
     }
 }
@@ -141,6 +156,9 @@ impl Config {
             return Err(ConfigError(
                 "idle_timeout must be at least one heartbeat interval",
             ));
+        }
+        if self.max_control_queue < 64 * 1024 {
+            return Err(ConfigError("max_control_queue must be at least 64 KiB"));
         }
         if self.max_pending_events < 16 {
             return Err(ConfigError("max_pending_events must be at least 16"));

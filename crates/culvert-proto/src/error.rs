@@ -134,6 +134,14 @@ pub enum ConnectionError {
     /// The application left more events unread than the configured bound.
     #[error("more than {0} events pending: the application is not draining them")]
     EventBacklog(usize),
+    /// This side generated stream resets faster than the reset limit (a peer making us
+    /// refuse or abort streams in a loop).
+    #[error("too many stream resets generated (over {0} per second): the peer keeps opening streams that are refused")]
+    LocalResetFlood(u64),
+    /// Control frames queued for the peer exceeded their byte cap: the peer does not read
+    /// while it keeps making us queue frames.
+    #[error("control queue over {0} bytes: the peer is not reading")]
+    ControlQueueFull(usize),
     /// Nothing was received within the idle timeout.
     #[error("peer silent for longer than the idle timeout")]
     IdleTimeout,

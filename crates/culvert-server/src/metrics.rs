@@ -256,6 +256,22 @@ pub(crate) fn render(inner: &Inner) -> String {
         "Handshakes that failed (TLS, upgrade, deadline).",
         &one(c.handshakes_failed.load(Ordering::Relaxed) as f64),
     );
+    family(
+        &mut out,
+        "culvert_connections_limited_total",
+        "counter",
+        "Agent connections ended with GoAway (ENHANCE_YOUR_CALM) for a limit the peer made the server exceed: its control queue while not reading, or the resets it made the server generate.",
+        &[
+            (
+                "limit=\"control_queue\"".into(),
+                c.control_queue_cap_hits.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "limit=\"resets\"".into(),
+                c.reset_cap_hits.load(Ordering::Relaxed) as f64,
+            ),
+        ],
+    );
     let (tu, ts, uu, us) = inner.registry().usage();
     family(
         &mut out,

@@ -39,6 +39,10 @@ pub(crate) struct Counters {
     pub(crate) lockouts_client: std::sync::atomic::AtomicU64,
     /// Auths answered "too many failed attempts" (token not checked).
     pub(crate) auth_locked: std::sync::atomic::AtomicU64,
+    /// Connections ended by the control-queue cap (GoAway ENHANCE_YOUR_CALM).
+    pub(crate) control_queue_cap_hits: std::sync::atomic::AtomicU64,
+    /// Connections ended by the cap on the resets they made this side generate.
+    pub(crate) reset_cap_hits: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -640,7 +644,9 @@ async fn serve_connection(
     let (mux, mut events) = Mux::spawn_with(ws, conn);
     session.attach(mux.clone());
     // Target-side UDP flows this connection's peer asked this server to dial.
-    let dials = Arc::new(culvert_transport::udp_target::TargetFlows::default());
+    let dials = Arc::new(culvert_transport::udp_target::TargetFlows::for_streams(
+        !inner.config().allow_dial.is_empty(),
+    ));
     // Flows this connection's peer opened to UDP services of other agents.
     let spliced = Arc::new(crate::udp::Spliced::default());
     if session.culvert {
@@ -682,6 +688,12 @@ async fn serve_connection(
         }
     }
     mux.abort("connection ended");
+    let st = mux.stats().proto;
+    let c = &inner.counters;
+    c.control_queue_cap_hits
+        .fetch_add(st.control_queue_cap_hits, Ordering::Relaxed);
+    c.reset_cap_hits
+        .fetch_add(st.reset_cap_hits, Ordering::Relaxed);
     if session.detach(&mux) == 0 {
         inner.end_session(&session, "all connections closed");
     }

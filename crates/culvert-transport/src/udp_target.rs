@@ -16,13 +16,70 @@ use tokio::net::UdpSocket;
 /// by another task: parking bridges that race without losing a DNS query.
 const MAX_PENDING_FLOWS: usize = 256;
 const MAX_PENDING_PER_FLOW: usize = 16;
+/// Bytes parked across all flows of one connection, each datagram counted with
+/// [`PARKED_OVERHEAD`]. The race parking bridges lasts milliseconds: 256 KiB holds 16
+/// full-size (1,200-byte) datagrams for each of 13 flows set up at once, where the count
+/// caps alone allowed 256 × 16 × 64 KiB = 268 MB.
+pub const MAX_PARKED_BYTES: usize = 256 * 1024;
+/// What one parked datagram costs beyond its payload (its handle and allocation header).
+const PARKED_OVERHEAD: usize = 64;
+/// Parked datagrams older than this are dropped: a flow not set up by then never will be.
+pub const PARK_TTL: Duration = Duration::from_secs(2);
+/// Expired parked datagrams are looked for at most this often (the sweep visits every
+/// parked flow, up to [`MAX_PENDING_FLOWS`]).
+const SWEEP_EVERY_MS: u64 = 100;
 /// Datagrams read from a flow's socket and queued together at most (one lock, one wake-up).
 const MAX_BATCH: usize = 64;
 
 #[derive(Debug, Default)]
 struct Table {
     open: HashMap<u64, Arc<Flow>>,
-    pending: HashMap<u64, Vec<Bytes>>,
+    pending: HashMap<u64, Parked>,
+    /// Bytes in `pending`, overhead included (at most [`MAX_PARKED_BYTES`]).
+    parked_bytes: usize,
+    /// When expired entries were last swept (ms since the epoch).
+    last_sweep_ms: u64,
+}
+
+/// Datagrams of one flow waiting for its socket.
+#[derive(Debug, Default)]
+struct Parked {
+    /// When the first was parked (ms since the epoch).
+    since_ms: u64,
+    datagrams: Vec<Bytes>,
+}
+
+impl Parked {
+    fn cost(&self) -> usize {
+        self.datagrams
+            .iter()
+            .map(|d| d.len() + PARKED_OVERHEAD)
+            .sum()
+    }
+}
+
+impl Table {
+    /// Takes (or drops) what was parked for `flow`, returning its bytes to the budget.
+    fn unpark(&mut self, flow: u64) -> Vec<Bytes> {
+        match self.pending.remove(&flow) {
+            Some(p) => {
+                self.parked_bytes -= p.cost();
+                p.datagrams
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Which datagrams for a flow that is not set up may be parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ParkPolicy {
+    /// Any: the flow is announced by a Connect the application may not have read yet (an
+    /// agent's flows, announced by its server).
+    Any,
+    /// Only those of a flow whose announcing stream is open (the peer opens flows with
+    /// `udp://HOST:PORT` streams), and none at all when this side dials nothing.
+    AnnouncedStream { dials: bool },
 }
 
 /// One flow: its socket towards the target and when it last carried a datagram either way.
@@ -40,21 +97,49 @@ struct Flow {
 pub struct TargetFlows {
     table: Mutex<Table>,
     epoch: Instant,
+    policy: ParkPolicy,
+    /// Datagrams dropped instead of parked (no flow the peer may open, over the byte
+    /// budget or per-flow count, or expired).
+    dropped: AtomicU64,
 }
 
 impl Default for TargetFlows {
+    /// Flows announced by Connect (the agent's): anything may be parked, within the bounds.
     fn default() -> TargetFlows {
-        TargetFlows {
-            table: Mutex::default(),
-            epoch: Instant::now(),
-        }
+        TargetFlows::with_policy(ParkPolicy::Any)
     }
 }
 
 impl TargetFlows {
+    fn with_policy(policy: ParkPolicy) -> TargetFlows {
+        TargetFlows {
+            table: Mutex::default(),
+            epoch: Instant::now(),
+            policy,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Flows the peer opens with `udp://HOST:PORT` streams (a server's or node's dials):
+    /// datagrams are parked only for a flow whose stream is open, and only when this side
+    /// dials at all (`dials`: its allow-list is not empty).
+    pub fn for_streams(dials: bool) -> TargetFlows {
+        TargetFlows::with_policy(ParkPolicy::AnnouncedStream { dials })
+    }
+
     /// Drops what was parked for `flow` (it was refused and will never open).
     pub fn forget(&self, flow: u64) {
-        self.lock().pending.remove(&flow);
+        self.lock().unpark(flow);
+    }
+
+    /// Bytes parked now, overhead included (at most [`MAX_PARKED_BYTES`]).
+    pub fn parked_bytes(&self) -> usize {
+        self.lock().parked_bytes
+    }
+
+    /// Datagrams dropped instead of parked or delivered late (for metrics and tests).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Flows open now.
@@ -98,7 +183,7 @@ pub async fn open_flow(
         }
         if t.open.len() >= max_flows {
             drop(t);
-            flows.lock().pending.remove(&flow);
+            flows.lock().unpark(flow);
             tracing::debug!(flow, "udp flow cap reached; flow refused");
             return;
         }
@@ -106,7 +191,7 @@ pub async fn open_flow(
     let target_addr = match tokio::net::lookup_host(&target).await.map(|mut a| a.next()) {
         Ok(Some(a)) => a,
         _ => {
-            flows.lock().pending.remove(&flow);
+            flows.lock().unpark(flow);
             tracing::warn!(%target, "cannot resolve udp target");
             return;
         }
@@ -119,12 +204,13 @@ pub async fn open_flow(
     let socket = match flow_socket(bind) {
         Ok(s) => s,
         Err(e) => {
-            flows.lock().pending.remove(&flow);
+            flows.lock().unpark(flow);
             tracing::warn!(error = %e, "cannot open a udp socket");
             return;
         }
     };
     if let Err(e) = socket.connect(target_addr).await {
+        flows.lock().unpark(flow);
         tracing::warn!(%target, error = %e, "cannot connect udp socket");
         return;
     }
@@ -136,7 +222,7 @@ pub async fn open_flow(
     let parked = {
         let mut t = flows.lock();
         t.open.insert(flow, entry.clone());
-        t.pending.remove(&flow).unwrap_or_default()
+        t.unpark(flow)
     };
     for d in parked {
         // Bounded: a socket that stays unwritable drops the datagram (UDP's own semantics)
@@ -211,24 +297,24 @@ impl TargetFlows {
     /// socket buffer drops it, as the network would), or parks it (bounded) when the flow
     /// is still being set up. Called from the connection's reader (a datagram sink).
     pub fn deliver(&self, d: culvert_proto::Datagram) {
+        self.deliver_at(d, self.now_ms());
+    }
+
+    /// [`TargetFlows::deliver`] at `now` (ms since the epoch), so tests can move time.
+    fn deliver_at(&self, d: culvert_proto::Datagram, now: u64) {
         let open = {
             let mut t = self.lock();
             match t.open.get(&d.flow) {
                 Some(f) => {
                     // Client traffic keeps a flow alive as much as replies do.
-                    f.last_active.store(self.now_ms(), Ordering::Relaxed);
+                    f.last_active.store(now, Ordering::Relaxed);
                     Some(f.clone())
                 }
                 None => {
-                    // Not set up yet: park it (bounded), or drop it. Parked datagrams of
-                    // flows that never opened are forgotten wholesale when the table fills.
-                    if t.pending.len() >= MAX_PENDING_FLOWS && !t.pending.contains_key(&d.flow) {
-                        t.pending.clear();
-                    }
-                    let q = t.pending.entry(d.flow).or_default();
-                    if q.len() < MAX_PENDING_PER_FLOW {
-                        q.push(d.data.clone());
-                    } else {
+                    // Not set up yet: park it (bounded in count and bytes, expired), or
+                    // drop it.
+                    if !self.park(&mut t, &d, now) {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
                         tracing::trace!(flow = d.flow, "datagram for an unknown udp flow dropped");
                     }
                     None
@@ -242,5 +328,126 @@ impl TargetFlows {
                 }
             }
         }
+    }
+
+    /// Parks `d` for a flow being set up; `false` when it may not be parked.
+    fn park(&self, t: &mut Table, d: &culvert_proto::Datagram, now: u64) -> bool {
+        if let ParkPolicy::AnnouncedStream { dials } = self.policy {
+            if !dials || !d.stream_open {
+                return false;
+            }
+        }
+        if now.saturating_sub(t.last_sweep_ms) >= SWEEP_EVERY_MS {
+            t.last_sweep_ms = now;
+            let ttl = PARK_TTL.as_millis() as u64;
+            let mut freed = (0usize, 0u64);
+            t.pending.retain(|_, p| {
+                let keep = now.saturating_sub(p.since_ms) < ttl;
+                if !keep {
+                    freed.0 += p.cost();
+                    freed.1 += p.datagrams.len() as u64;
+                }
+                keep
+            });
+            t.parked_bytes -= freed.0;
+            self.dropped.fetch_add(freed.1, Ordering::Relaxed);
+        }
+        let cost = d.data.len() + PARKED_OVERHEAD;
+        if t.parked_bytes + cost > MAX_PARKED_BYTES
+            || (t.pending.len() >= MAX_PENDING_FLOWS && !t.pending.contains_key(&d.flow))
+        {
+            return false;
+        }
+        let q = t.pending.entry(d.flow).or_insert_with(|| Parked {
+            since_ms: now,
+            datagrams: Vec::new(),
+        });
+        if q.datagrams.len() >= MAX_PENDING_PER_FLOW {
+            return false;
+        }
+        // A copy: a slice would keep the whole read buffer it came from alive.
+        q.datagrams.push(Bytes::copy_from_slice(&d.data));
+        t.parked_bytes += cost;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dgram(flow: u64, len: usize, stream_open: bool) -> culvert_proto::Datagram {
+        culvert_proto::Datagram {
+            flow,
+            data: Bytes::from(vec![7u8; len]),
+            stream_open,
+        }
+    }
+
+    #[test]
+    fn parked_bytes_stay_under_the_budget() {
+        // The old caps: 256 flows x 16 datagrams of 64 KiB, about 268 MB.
+        let flows = TargetFlows::default();
+        let mut sent = 0;
+        for flow in 0..300u64 {
+            for _ in 0..20 {
+                flows.deliver_at(dgram(flow * 2 + 1, 65_000, false), 0);
+                sent += 1;
+                assert!(flows.parked_bytes() <= MAX_PARKED_BYTES);
+            }
+        }
+        let parked = sent - flows.dropped();
+        assert!(parked >= 3, "something is parked: {parked}");
+        assert!(parked as usize * 65_000 <= MAX_PARKED_BYTES);
+        // Forgetting returns the budget.
+        for flow in 0..300u64 {
+            flows.forget(flow * 2 + 1);
+        }
+        assert_eq!(flows.parked_bytes(), 0);
+    }
+
+    #[test]
+    fn parked_datagrams_expire() {
+        let flows = TargetFlows::default();
+        flows.deliver_at(dgram(1, 1000, false), 0);
+        flows.deliver_at(dgram(3, 1000, false), 10);
+        assert_eq!(flows.parked_bytes(), 2 * (1000 + PARKED_OVERHEAD));
+        let ttl = PARK_TTL.as_millis() as u64;
+        // Before the TTL nothing goes; after it, the next parking sweeps both.
+        flows.deliver_at(dgram(5, 1000, false), ttl - 1);
+        assert_eq!(flows.parked_bytes(), 3 * (1000 + PARKED_OVERHEAD));
+        flows.deliver_at(dgram(5, 1000, false), ttl + 10 + SWEEP_EVERY_MS);
+        assert_eq!(flows.parked_bytes(), 2 * (1000 + PARKED_OVERHEAD));
+        assert_eq!(flows.dropped(), 2);
+    }
+
+    #[test]
+    fn flows_the_peer_may_not_open_are_not_parked() {
+        // No announcing stream: dropped.
+        let flows = TargetFlows::for_streams(true);
+        flows.deliver_at(dgram(2, 100, false), 0);
+        assert_eq!((flows.parked_bytes(), flows.dropped()), (0, 1));
+        flows.deliver_at(dgram(2, 100, true), 0);
+        assert_eq!(flows.parked_bytes(), 100 + PARKED_OVERHEAD);
+        // This side dials nothing (empty allow-list): nothing is ever parked.
+        let flows = TargetFlows::for_streams(false);
+        flows.deliver_at(dgram(2, 100, true), 0);
+        assert_eq!((flows.parked_bytes(), flows.dropped()), (0, 1));
+    }
+
+    #[test]
+    fn parked_datagrams_do_not_pin_the_read_buffer() {
+        let flows = TargetFlows::default();
+        let read_buf = Bytes::from(vec![1u8; 256 * 1024]);
+        flows.deliver_at(
+            culvert_proto::Datagram {
+                flow: 1,
+                data: read_buf.slice(10..11),
+                stream_open: false,
+            },
+            0,
+        );
+        // Only this test's handle is left on the read buffer: the parked byte is a copy.
+        assert!(read_buf.is_unique());
     }
 }

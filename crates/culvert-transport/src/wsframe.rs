@@ -4,7 +4,12 @@
 //! payloads on without copying (unmasking in place on the server), and the send side
 //! write a batch as one vectored write of the multiplexer's own buffers (the agent, which
 //! must mask, makes the one copy masking needs). Message boundaries carry no meaning for
-//! Culvert (frames may split anywhere), so fragments are delivered as they come.
+//! Culvert (frames may split anywhere), so fragments are delivered as they come, but the
+//! message structure is still checked as RFC 6455 §5.4 requires: a continuation with no
+//! message started, or a new data frame inside a fragmented message, is a protocol error.
+//! Each error carries the close code §7.4.1 assigns it ([`close_code`]), which the driver
+//! sends in its close frame; the peer's own close code and reason are kept
+//! ([`WsReader::peer_close`]) for the log.
 //!
 //! Masking protects intermediaries that parse plaintext WebSocket traffic from a browser
 //! script's crafted bytes (RFC 6455 §10.3); a tunnel agent is no browser script, and the
@@ -36,8 +41,98 @@ pub enum WsIn {
     Data(Bytes),
     /// A ping to answer with this payload.
     Ping(Bytes),
-    /// The peer closed the WebSocket.
+    /// The peer closed the WebSocket ([`WsReader::peer_close`] tells its code and reason).
     Close,
+}
+
+/// Close codes of RFC 6455 §7.4.1 that Culvert sends.
+pub mod close_code {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The endpoint is going away (server shutting down).
+    pub const GOING_AWAY: u16 = 1001;
+    /// A protocol error (bad framing, masking or fragmentation).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A data type the endpoint cannot accept (a text frame on the tunnel).
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A close reason that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The peer broke a policy (it made this side exceed a limit).
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A frame too big to process.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+}
+
+/// A WebSocket protocol violation by the peer, with the close code RFC 6455 assigns it.
+/// Carried inside the `io::Error` (kind `InvalidData`) the reader returns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason} (close code {code})")]
+pub struct WsProtocolError {
+    /// Close code to send (§7.4.1).
+    pub code: u16,
+    /// What was wrong.
+    pub reason: &'static str,
+}
+
+/// The close code (and reason) a reader error calls for: its protocol violation's, or
+/// `None` for transport errors (EOF, a reset), where no close frame can help.
+pub fn close_code(e: &io::Error) -> Option<(u16, &'static str)> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<WsProtocolError>())
+        .map(|p| (p.code, p.reason))
+}
+
+/// What the peer's close frame said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerClose {
+    /// Its status code; `None` when the frame had no body (RFC 6455 reads that as 1005).
+    pub code: Option<u16>,
+    /// Its reason (UTF-8, at most 123 bytes).
+    pub reason: String,
+}
+
+impl std::fmt::Display for PeerClose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            // The reason is the peer's: escaped, so it cannot forge log lines.
+            Some(c) if self.reason.is_empty() => write!(f, "code {c}"),
+            Some(c) => write!(f, "code {c}, reason \"{}\"", self.reason.escape_debug()),
+            None => f.write_str("no status code"),
+        }
+    }
+}
+
+/// Whether `code` may appear in a close frame (RFC 6455 §7.4.1 and §7.4.2: 1004, 1005,
+/// 1006 and 1015 are reserved for local use, below 1000 and 1016..=2999 are undefined).
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Parses a close frame's body (§5.5.1): empty, or a code and a UTF-8 reason.
+fn parse_close(body: &[u8]) -> io::Result<PeerClose> {
+    match body {
+        [] => Ok(PeerClose {
+            code: None,
+            reason: String::new(),
+        }),
+        [_] => Err(bad("close frame with a one-byte body")),
+        [a, b, rest @ ..] => {
+            let code = u16::from_be_bytes([*a, *b]);
+            if !valid_close_code(code) {
+                return Err(bad("close frame with an invalid status code"));
+            }
+            let reason = std::str::from_utf8(rest).map_err(|_| {
+                protocol(
+                    close_code::INVALID_PAYLOAD,
+                    "close reason that is not UTF-8",
+                )
+            })?;
+            Ok(PeerClose {
+                code: Some(code),
+                reason: reason.to_owned(),
+            })
+        }
+    }
 }
 
 /// Socket reads are this large, so a full batch usually arrives in one read.
@@ -45,8 +140,13 @@ const READ_SIZE: usize = 256 * 1024;
 /// Most segments handed to one `writev`.
 const MAX_IOVECS: usize = 256;
 
-fn bad(msg: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
+fn protocol(code: u16, reason: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, WsProtocolError { code, reason })
+}
+
+/// A protocol error (close code 1002).
+fn bad(reason: &'static str) -> io::Error {
+    protocol(close_code::PROTOCOL_ERROR, reason)
 }
 
 fn key64(key: [u8; 4], offset: usize) -> ([u8; 8], u64) {
@@ -107,6 +207,17 @@ pub struct WsReader<R> {
     unmasked: bool,
     /// FIN of the latest data frame whose header was read.
     fin: bool,
+    /// A fragmented message is under way (its last frame had FIN clear).
+    in_message: bool,
+    /// What the peer's close frame said, once it came.
+    peer_close: Option<PeerClose>,
+}
+
+impl<R> WsReader<R> {
+    /// The peer's close code and reason, after [`WsIn::Close`].
+    pub fn peer_close(&self) -> Option<&PeerClose> {
+        self.peer_close.as_ref()
+    }
 }
 
 impl<R: AsyncRead + Unpin> WsReader<R> {
@@ -119,6 +230,8 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             frame: None,
             unmasked: false,
             fin: false,
+            in_message: false,
+            peer_close: None,
         }
     }
 
@@ -204,13 +317,32 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             if control && (len > 125 || !fin) {
                 return Err(bad("invalid websocket control frame"));
             }
-            if len > BATCH_CAP as u64 {
-                return Err(bad("websocket frame larger than the batch cap"));
-            }
             match opcode {
                 0x0 | 0x2 | 0x8 | 0x9 | 0xa => {}
-                0x1 => return Err(bad("text frame on the tunnel")),
+                0x1 => {
+                    return Err(protocol(
+                        close_code::UNSUPPORTED_DATA,
+                        "text frame on the tunnel",
+                    ))
+                }
                 _ => return Err(bad("unknown websocket opcode")),
+            }
+            // Fragmentation (§5.4): a continuation needs a message under way, and a new
+            // message may not start inside one; control frames may come in between.
+            match opcode {
+                0x0 if !self.in_message => {
+                    return Err(bad("continuation frame with no message started"))
+                }
+                0x2 if self.in_message => {
+                    return Err(bad("data frame inside a fragmented message"))
+                }
+                _ => {}
+            }
+            if len > BATCH_CAP as u64 {
+                return Err(protocol(
+                    close_code::MESSAGE_TOO_BIG,
+                    "websocket frame larger than the batch cap",
+                ));
             }
             let len = len as usize;
             let key = if masked {
@@ -225,6 +357,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             };
             if !control {
                 // Data: its payload is handed on in whatever pieces it arrives.
+                self.in_message = !fin;
                 self.buf.advance(hlen);
                 self.fin = fin;
                 if len > 0 {
@@ -245,7 +378,10 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                 apply_mask(&mut payload, k, 0);
             }
             match opcode {
-                0x8 => return Ok(Some(WsIn::Close)),
+                0x8 => {
+                    self.peer_close = Some(parse_close(&payload)?);
+                    return Ok(Some(WsIn::Close));
+                }
                 0x9 => return Ok(Some(WsIn::Ping(payload.freeze()))),
                 _ => {} // pong
             }
@@ -419,9 +555,22 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         self.io.flush().await
     }
 
-    /// Sends a close frame and shuts the write side.
+    /// Sends a close frame (normal closure, 1000) and shuts the write side.
     pub async fn close(&mut self) -> io::Result<()> {
-        self.send_control(0x8, &1000u16.to_be_bytes()).await?;
+        self.close_with(close_code::NORMAL, "").await
+    }
+
+    /// Sends a close frame with `code` and `reason` (cut to the 123 bytes a control frame
+    /// leaves, at a character boundary) and shuts the write side.
+    pub async fn close_with(&mut self, code: u16, reason: &str) -> io::Result<()> {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut body = Vec::with_capacity(2 + end);
+        body.extend_from_slice(&code.to_be_bytes());
+        body.extend_from_slice(&reason.as_bytes()[..end]);
+        self.send_control(0x8, &body).await?;
         self.io.flush().await?;
         self.io.shutdown().await
     }
@@ -833,5 +982,137 @@ mod tests {
             r.next().await.unwrap_err().kind(),
             io::ErrorKind::InvalidData
         );
+    }
+
+    /// A frame as a client sends it: masked with a fixed key.
+    fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [3, 1, 4, 1];
+        let mut f = vec![b0];
+        assert!(payload.len() < 126);
+        f.push(0x80 | payload.len() as u8);
+        f.extend_from_slice(&key);
+        let mut p = payload.to_vec();
+        apply_mask(&mut p, key, 0);
+        f.extend_from_slice(&p);
+        f
+    }
+
+    /// Reads `bytes` as a server until an error or a close; the items before it.
+    async fn read_all(bytes: Vec<u8>) -> (Vec<WsIn>, io::Result<Option<PeerClose>>) {
+        let mut r = WsReader::new(
+            Chunked {
+                data: bytes,
+                pos: 0,
+                sizes: vec![3, 5000],
+                next: 0,
+            },
+            Role::Server,
+        );
+        let mut items = Vec::new();
+        loop {
+            match r.next().await {
+                Ok(WsIn::Close) => return (items, Ok(r.peer_close().cloned())),
+                Ok(item) => items.push(item),
+                Err(e) => return (items, Err(e)),
+            }
+        }
+    }
+
+    fn code_of(r: &io::Result<Option<PeerClose>>) -> Option<u16> {
+        r.as_ref().err().and_then(close_code).map(|(c, _)| c)
+    }
+
+    #[tokio::test]
+    async fn fragmentation_follows_rfc6455() {
+        // A continuation with no message started: protocol error, 1002.
+        let (_, r) = read_all(client_frame(0x80, b"x")).await;
+        assert_eq!(code_of(&r), Some(close_code::PROTOCOL_ERROR), "{r:?}");
+        // A new binary frame inside a fragmented message: 1002.
+        let mut b = client_frame(0x02, b"a");
+        b.extend(client_frame(0x82, b"b"));
+        let (items, r) = read_all(b).await;
+        assert_eq!(code_of(&r), Some(close_code::PROTOCOL_ERROR), "{r:?}");
+        assert_eq!(items.len(), 1);
+        // A fragmented message with a ping in the middle is fine, and after it a new one.
+        let mut b = client_frame(0x02, b"ab");
+        b.extend(client_frame(0x89, b"p"));
+        b.extend(client_frame(0x00, b"cd"));
+        b.extend(client_frame(0x80, b"ef"));
+        b.extend(client_frame(0x82, b"gh"));
+        b.extend(client_frame(0x88, &[0x03, 0xe8]));
+        let (items, r) = read_all(b).await;
+        let got: Vec<u8> = items
+            .iter()
+            .filter_map(|i| match i {
+                WsIn::Data(d) => Some(d.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(got, b"abcdefgh");
+        assert_eq!(r.unwrap().unwrap().code, Some(1000));
+    }
+
+    #[tokio::test]
+    async fn close_codes_for_each_violation() {
+        // Oversize: 1009.
+        let mut f = vec![0x82, 0x80 | 127];
+        f.extend_from_slice(&(BATCH_CAP as u64 + 1).to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 0]);
+        let (_, r) = read_all(f).await;
+        assert_eq!(code_of(&r), Some(close_code::MESSAGE_TOO_BIG), "{r:?}");
+        // Text: 1003.
+        let (_, r) = read_all(client_frame(0x81, b"hi")).await;
+        assert_eq!(code_of(&r), Some(close_code::UNSUPPORTED_DATA), "{r:?}");
+        // Close bodies: one byte, a reserved code, a reason that is not UTF-8.
+        let (_, r) = read_all(client_frame(0x88, &[3])).await;
+        assert_eq!(code_of(&r), Some(close_code::PROTOCOL_ERROR), "{r:?}");
+        let (_, r) = read_all(client_frame(0x88, &1005u16.to_be_bytes())).await;
+        assert_eq!(code_of(&r), Some(close_code::PROTOCOL_ERROR), "{r:?}");
+        let (_, r) = read_all(client_frame(0x88, &[0x03, 0xe8, 0xff, 0xfe])).await;
+        assert_eq!(code_of(&r), Some(close_code::INVALID_PAYLOAD), "{r:?}");
+        // Unmasked from a client: 1002.
+        let (_, r) = read_all(vec![0x82, 1, b'x']).await;
+        assert_eq!(code_of(&r), Some(close_code::PROTOCOL_ERROR), "{r:?}");
+        // EOF is no protocol error: no close code.
+        let (_, r) = read_all(vec![0x82]).await;
+        assert_eq!(r.as_ref().unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(code_of(&r), None);
+    }
+
+    #[tokio::test]
+    async fn peer_close_code_and_reason_are_read() {
+        for (code, reason, want) in [
+            (None, "", "no status code"),
+            (Some(1000), "", "code 1000"),
+            (Some(1001), "bye", "code 1001, reason \"bye\""),
+            (Some(4000), "a\nb", "code 4000, reason \"a\\nb\""),
+        ] {
+            let mut w = WsWriter::new(Vec::<u8>::new(), Role::Client);
+            match code {
+                Some(c) => w.close_with(c, reason).await.unwrap(),
+                None => w.send_control(0x8, &[]).await.unwrap(),
+            }
+            let data = std::mem::take(w.io.get_mut());
+            let (_, r) = read_all(data).await;
+            let close = r.unwrap().unwrap();
+            assert_eq!(close.code, code);
+            assert_eq!(close.reason, reason);
+            assert_eq!(close.to_string(), want);
+        }
+        // close() is a normal closure; a long reason is cut at a character boundary.
+        let mut w = WsWriter::new(Vec::<u8>::new(), Role::Client);
+        w.close().await.unwrap();
+        let (_, r) = read_all(std::mem::take(w.io.get_mut())).await;
+        assert_eq!(r.unwrap().unwrap().code, Some(close_code::NORMAL));
+        let mut w = WsWriter::new(Vec::<u8>::new(), Role::Client);
+        let long = "é".repeat(100);
+        w.close_with(close_code::POLICY_VIOLATION, &long)
+            .await
+            .unwrap();
+        let (_, r) = read_all(std::mem::take(w.io.get_mut())).await;
+        let close = r.unwrap().unwrap();
+        assert_eq!(close.code, Some(close_code::POLICY_VIOLATION));
+        assert_eq!(close.reason, "é".repeat(61));
     }
 }

@@ -53,4 +53,9 @@ pub struct Datagram {
     pub flow: u64,
     /// Payload.
     pub data: Bytes,
+    /// Whether a stream with the flow's id was open on this connection when the datagram
+    /// was read. Flows a peer opens are announced by their stream (`udp://…`), which goes
+    /// out ahead of their datagrams, so a datagram that fails this names no flow the peer
+    /// opened and the receiver may drop it rather than park it.
+    pub stream_open: bool,
 }

@@ -8,6 +8,11 @@
 mod datagram;
 mod event;
 mod id_hash;
+#[cfg(test)]
+mod limit_tests;
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod memory_tests;
 mod rate;
 mod stream;
 
@@ -62,10 +67,30 @@ pub mod reset_code {
     }
 }
 
+/// Codes carried by GoAway (see PROTOCOL.md §15.2).
+pub mod goaway_code {
+    /// An orderly shutdown.
+    pub const NO_ERROR: u64 = 0;
+    /// The peer made this side exceed a limit (its control queue, the resets it generates);
+    /// the connection closes after this GoAway (HTTP/2's ENHANCE_YOUR_CALM).
+    pub const ENHANCE_YOUR_CALM: u64 = 1;
+}
+
+/// Received slices (each may keep a whole read buffer alive) held at once across the
+/// streams of a connection; past it, payloads are copied. 128 covers a full 4 MiB window of
+/// 32 KiB frames, so bulk transfers stay zero-copy, and bounds what slices can pin to 128
+/// read buffers.
+pub const MAX_SHARED_CHUNKS: usize = 128;
+
+/// What one queued control frame costs beyond its bytes: its `Bytes` handle in the queue
+/// (32 bytes, doubled for the queue's growth slack).
+const CONTROL_ENTRY_COST: usize = 64;
+
 /// Result of [`Connection::read`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadOutcome {
-    /// The next bytes, in order, split from the received frame without copying.
+    /// The next bytes, in order: a slice of the received frame, not copied, or of the
+    /// compact buffer small payloads were copied into.
     Data(Bytes),
     /// Nothing buffered yet; wait for [`Event::Readable`] or [`Event::Finished`].
     WouldBlock,
@@ -94,6 +119,14 @@ pub struct Stats {
     pub datagrams_oversize: u64,
     /// Frames received.
     pub frames_received: u64,
+    /// Stream resets this side generated (refused opens and the application's resets).
+    pub resets_sent: u64,
+    /// Times the reset cap ended the connection (0 or 1): it generated resets faster than
+    /// the reset limit and sent GoAway.
+    pub reset_cap_hits: u64,
+    /// Times the control-queue cap ended the connection (0 or 1): control frames piled up
+    /// past `max_control_queue` while the peer did not read, and it sent GoAway.
+    pub control_queue_cap_hits: u64,
 }
 
 /// One multiplexed connection (one WebSocket) as a state machine.
@@ -118,9 +151,15 @@ pub struct Connection {
     conn_recv_remaining: u64,
     conn_recv_pending_credit: u64,
     send_buffered_total: usize,
+    /// Received chunks, across streams, that are slices of received messages.
+    recv_shared_chunks: usize,
     blocked_writers: Vec<StreamId>,
 
     control: VecDeque<Bytes>,
+    /// Bytes in `control`, each frame counted with [`CONTROL_ENTRY_COST`].
+    control_bytes: usize,
+    /// The GoAway that explains a failure this side detected, sent after the failure.
+    final_frame: Option<Bytes>,
     pending_heartbeat_ack: Option<u64>,
     schedule: VecDeque<StreamId>,
     datagrams_out: DatagramQueue,
@@ -134,6 +173,7 @@ pub struct Connection {
     rtt: Option<Duration>,
     heartbeat_limit: RateLimiter,
     reset_limit: RateLimiter,
+    local_reset_limit: RateLimiter,
 
     local_going_away: bool,
     peer_going_away: bool,
@@ -168,8 +208,11 @@ impl Connection {
             conn_recv_remaining: config.connection_window,
             conn_recv_pending_credit: 0,
             send_buffered_total: 0,
+            recv_shared_chunks: 0,
             blocked_writers: Vec::new(),
             control: VecDeque::new(),
+            control_bytes: 0,
+            final_frame: None,
             pending_heartbeat_ack: None,
             schedule: VecDeque::new(),
             datagrams_out: DatagramQueue::new(
@@ -191,6 +234,7 @@ impl Connection {
                 config.heartbeat_burst,
             ),
             reset_limit: RateLimiter::new(config.max_resets_per_sec, config.reset_burst),
+            local_reset_limit: RateLimiter::new(config.max_resets_per_sec, config.reset_burst),
             local_going_away: false,
             peer_going_away: false,
             error: None,
@@ -247,6 +291,20 @@ impl Connection {
         self.streams.values().map(|s| s.recv_buffered as u64).sum()
     }
 
+    /// Memory the bytes received for the application may keep alive, an upper bound of
+    /// the real one: compact buffers by capacity, each slice of a received message as the
+    /// whole read buffer it may pin ([`Config::recv_pin`]), each chunk with its bookkeeping.
+    pub fn recv_memory(&self) -> usize {
+        let pin = self.config.recv_pin;
+        self.streams.values().map(|s| s.recv_memory(pin)).sum()
+    }
+
+    /// Chunks held across all streams that are slices of received messages (at most
+    /// [`MAX_SHARED_CHUNKS`]).
+    pub fn recv_shared_chunks(&self) -> usize {
+        self.recv_shared_chunks
+    }
+
     /// Bytes of received datagrams waiting for [`Connection::recv_datagram`] (bounded by the datagram queue).
     pub fn datagrams_buffered(&self) -> usize {
         self.datagrams_in.bytes()
@@ -291,9 +349,98 @@ impl Connection {
     /// Encodes a frame we generated into the control queue (sent ahead of stream data).
     fn queue(&mut self, frame: Frame) {
         match frame.encode(&mut self.scratch) {
-            Ok(()) => self.control.push_back(self.scratch.split().freeze()),
+            Ok(()) => {
+                let f = self.scratch.split().freeze();
+                self.push_control(f, false);
+            }
             Err(e) => tracing::error!(error = %e, "dropping unencodable frame"),
         }
+    }
+
+    /// Queues an encoded control frame, failing the connection (with GoAway) when the
+    /// queue passes its byte cap: a peer that does not read cannot grow it further.
+    fn push_control(&mut self, f: Bytes, front: bool) {
+        if self.error.is_some() {
+            return;
+        }
+        self.control_bytes += f.len() + CONTROL_ENTRY_COST;
+        if front {
+            self.control.push_front(f);
+        } else {
+            self.control.push_back(f);
+        }
+        if self.control_bytes > self.config.max_control_queue {
+            self.stats.control_queue_cap_hits += 1;
+            self.fail_calm(ConnectionError::ControlQueueFull(
+                self.config.max_control_queue,
+            ));
+        }
+    }
+
+    /// Takes the next control frame off the queue.
+    fn pop_control(&mut self) -> Option<Bytes> {
+        let f = self.control.pop_front()?;
+        self.control_bytes -= f.len() + CONTROL_ENTRY_COST;
+        Some(f)
+    }
+
+    /// Bytes of control frames queued and not yet on the wire, each counted with its
+    /// bookkeeping: what [`Config::max_control_queue`] caps.
+    pub fn control_queued(&self) -> usize {
+        self.control_bytes
+    }
+
+    /// Fails the connection for a limit the peer made this side exceed: everything queued
+    /// is dropped, and a GoAway (`ENHANCE_YOUR_CALM`, with the reason) is kept for
+    /// [`Connection::take_final_frame`], as h2 does.
+    fn fail_calm(&mut self, e: ConnectionError) {
+        if self.error.is_some() {
+            return;
+        }
+        tracing::debug!(error = %e, "limit exceeded; going away");
+        if !self.single_frame_batches {
+            let mut reason = e.to_string();
+            reason.truncate(1024);
+            let mut b = BytesMut::new();
+            if (Frame::GoAway {
+                code: goaway_code::ENHANCE_YOUR_CALM,
+                reason,
+            })
+            .encode(&mut b)
+            .is_ok()
+            {
+                self.final_frame = Some(b.freeze());
+            }
+        }
+        self.control = VecDeque::new();
+        self.control_bytes = 0;
+        self.local_going_away = true;
+        self.error = Some(e);
+    }
+
+    /// The GoAway explaining why this side failed the connection (a limit the peer made it
+    /// exceed), to write before closing the transport; `None` afterwards or for other errors.
+    pub fn take_final_frame(&mut self) -> Option<Bytes> {
+        self.final_frame.take()
+    }
+
+    /// Whether a GoAway explaining a failure waits for [`Connection::take_final_frame`].
+    pub fn has_final_frame(&self) -> bool {
+        self.final_frame.is_some()
+    }
+
+    /// Counts a reset this side generates; `false` (and the connection failed with GoAway)
+    /// when they come faster than the reset limit.
+    fn allow_local_reset(&mut self) -> bool {
+        if self.local_reset_limit.allow(self.now) {
+            self.stats.resets_sent += 1;
+            return true;
+        }
+        self.stats.reset_cap_hits += 1;
+        self.fail_calm(ConnectionError::LocalResetFlood(
+            self.config.max_resets_per_sec,
+        ));
+        false
     }
 
     fn push_event(&mut self, e: Event) -> Result<(), ConnectionError> {
@@ -326,7 +473,9 @@ impl Connection {
             let r = match self.decoder.next_frame() {
                 Ok(Some(frame)) => {
                     self.stats.frames_received += 1;
+                    // A limit of ours the frame made us exceed fails the connection too.
                     self.handle_frame(frame)
+                        .and_then(|()| self.error.clone().map_or(Ok(()), Err))
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => Err(e.into()),
@@ -494,6 +643,12 @@ impl Connection {
             }
             Frame::Datagram { flow, data } => {
                 self.stats.datagrams_received += 1;
+                // As for stream data: a small slice would pin its whole read buffer.
+                let data = if data.len() < stream::COPY_BELOW {
+                    Bytes::copy_from_slice(&data)
+                } else {
+                    data
+                };
                 if self.datagrams_in.push(flow, data) {
                     self.push_event(Event::DatagramReadable)?;
                 }
@@ -550,6 +705,9 @@ impl Connection {
             if !self.reset_limit.allow(self.now) {
                 return Err(ConnectionError::ResetFlood);
             }
+            if !self.allow_local_reset() {
+                return Ok(());
+            }
             self.queue(Frame::StreamReset {
                 id,
                 code: reset_code::REFUSED,
@@ -604,8 +762,11 @@ impl Connection {
         }
         s.recv_remaining -= len;
         let was_empty = s.recv_buffered == 0;
-        s.recv_buffered += data.len();
-        s.recv_buf.push_back(data);
+        // Slices pin read buffers: past the connection's share of them, payloads are copied.
+        let share = self.recv_shared_chunks < MAX_SHARED_CHUNKS;
+        let before = s.shared_chunks;
+        s.push_recv(data, share);
+        self.recv_shared_chunks = self.recv_shared_chunks + s.shared_chunks - before;
         if was_empty {
             self.push_event(Event::Readable(id))?;
         }
@@ -694,6 +855,9 @@ impl Connection {
             return Err(StreamError::UnknownStream(id));
         }
         self.free_stream(id);
+        if self.error.is_some() || !self.allow_local_reset() {
+            return Ok(());
+        }
         let code = code.min(varint::MAX);
         self.queue(Frame::StreamReset { id, code });
         Ok(())
@@ -706,7 +870,8 @@ impl Connection {
             .streams
             .get_mut(&id)
             .ok_or(StreamError::UnknownStream(id))?;
-        let Some(mut chunk) = s.recv_buf.pop_front() else {
+        let before = s.shared_chunks;
+        let Some(chunk) = s.pop_recv(max) else {
             return Ok(match s.recv_state {
                 RecvState::Open => ReadOutcome::WouldBlock,
                 RecvState::FinReceived | RecvState::FinRead => {
@@ -718,12 +883,8 @@ impl Connection {
                 }
             });
         };
-        if chunk.len() > max.max(1) {
-            let rest = chunk.split_off(max.max(1));
-            s.recv_buf.push_front(rest);
-        }
+        self.recv_shared_chunks -= before - s.shared_chunks;
         let n = chunk.len() as u64;
-        s.recv_buffered -= chunk.len();
         if s.recv_state == RecvState::Open {
             s.recv_pending_credit += n;
             self.maybe_stream_credit(id);
@@ -786,6 +947,7 @@ impl Connection {
             return;
         };
         self.send_buffered_total -= s.send_buffered;
+        self.recv_shared_chunks -= s.shared_chunks;
         if s.recv_buffered > 0 {
             self.release_conn_credit(s.recv_buffered as u64);
         }
@@ -852,15 +1014,20 @@ impl Connection {
 
     /// The oldest received datagram not yet read.
     pub fn recv_datagram(&mut self) -> Option<Datagram> {
-        self.datagrams_in
-            .pop()
-            .map(|(flow, data)| Datagram { flow, data })
+        let (flow, data) = self.datagrams_in.pop()?;
+        let stream_open = self.streams.contains_key(&StreamId(flow));
+        Some(Datagram {
+            flow,
+            data,
+            stream_open,
+        })
     }
 
     /// Queues a control message (Auth, Register, Connect…) ahead of stream data.
     pub fn send_control(&mut self, msg: Control) -> Result<(), crate::EncodeError> {
         msg.encode(&mut self.scratch)?;
-        self.control.push_back(self.scratch.split().freeze());
+        let f = self.scratch.split().freeze();
+        self.push_control(f, false);
         Ok(())
     }
 
@@ -868,7 +1035,8 @@ impl Connection {
     /// credit: an agent's Auth must be the first frame the server sees.
     pub fn send_control_first(&mut self, msg: Control) -> Result<(), crate::EncodeError> {
         msg.encode(&mut self.scratch)?;
-        self.control.push_front(self.scratch.split().freeze());
+        let f = self.scratch.split().freeze();
+        self.push_control(f, true);
         Ok(())
     }
 
@@ -882,6 +1050,11 @@ impl Connection {
                 .and_then(|t| FrameType::from_u8(*t))
                 .is_some_and(FrameType::is_control)
         });
+        self.control_bytes = self
+            .control
+            .iter()
+            .map(|f| f.len() + CONTROL_ENTRY_COST)
+            .sum();
     }
 
     /// Announces that we take no new streams; existing ones carry on. Later peer opens are refused.
@@ -940,7 +1113,7 @@ impl Connection {
             if out.written() > 0 && out.written() + f.len() > max {
                 return out.written();
             }
-            let f = self.control.pop_front().expect("front exists");
+            let f = self.pop_control().expect("front exists");
             out.frame(f);
             if self.single_frame_batches {
                 return out.written();

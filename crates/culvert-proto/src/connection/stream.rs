@@ -2,7 +2,44 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+
+/// Received payloads shorter than this are copied into the stream's compact buffer rather
+/// than kept as slices of the received message. A slice costs a 32-byte handle and keeps
+/// its whole read buffer (256 KiB) alive, so 1-byte frames cost 32 times their size and can
+/// pin buffers thousands of times larger; copying 1 KiB takes about as long as the
+/// reference counting a slice needs (tens of nanoseconds), while payloads of bulk transfers
+/// (frames of up to the 32 KiB quantum) stay zero-copy.
+pub(crate) const COPY_BELOW: usize = 1024;
+/// Capacity of a new compact buffer: four small payloads' worth of room at the least.
+pub(crate) const COMPACT_CAPACITY: usize = 4096;
+/// Chunks one stream holds at most; past it, payloads are copied onto its last chunk, so a
+/// stream's bookkeeping stays bounded whatever the frame sizes.
+pub(crate) const MAX_RECV_CHUNKS: usize = 64;
+/// What one chunk costs beyond the memory it refers to: its 40-byte slot in the queue,
+/// doubled for the queue's growth slack.
+pub(crate) const CHUNK_OVERHEAD: usize = 80;
+
+/// Received bytes waiting for the application.
+#[derive(Debug)]
+pub(crate) enum Chunk {
+    /// A slice of a received message, not copied (keeps that message's buffer alive).
+    Shared(Bytes),
+    /// Small payloads copied together into a buffer of their own.
+    Compact(BytesMut),
+}
+
+impl Chunk {
+    /// Memory this chunk may keep alive: a slice counts as the whole buffer it may pin
+    /// (`pin`), a compact buffer as its capacity.
+    pub(crate) fn memory(&self, pin: usize) -> usize {
+        CHUNK_OVERHEAD
+            + match self {
+                Chunk::Shared(b) => b.len().max(pin),
+                Chunk::Compact(m) => m.capacity(),
+            }
+    }
+}
 
 /// Where the sending direction is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +76,10 @@ pub(crate) struct Stream {
     /// A write was cut short: announce `Writable` when room frees.
     pub(crate) write_blocked: bool,
 
-    pub(crate) recv_buf: VecDeque<Bytes>,
+    pub(crate) recv_buf: VecDeque<Chunk>,
     pub(crate) recv_buffered: usize,
+    /// Chunks in `recv_buf` that are slices of received messages.
+    pub(crate) shared_chunks: usize,
     /// Current receive window size (auto-tuned).
     pub(crate) recv_window: u64,
     /// Bytes the peer may still send before exceeding what we granted.
@@ -63,6 +102,7 @@ impl Stream {
             write_blocked: false,
             recv_buf: VecDeque::new(),
             recv_buffered: 0,
+            shared_chunks: 0,
             recv_window,
             recv_remaining: recv_granted,
             recv_pending_credit: 0,
@@ -75,6 +115,69 @@ impl Stream {
     pub(crate) fn wants_send(&self) -> bool {
         (self.send_buffered > 0 && self.send_window > 0)
             || (self.send_buffered == 0 && self.send_state == SendState::FinQueued)
+    }
+
+    /// Buffers received bytes for the application: as a slice when `share` allows it and
+    /// the payload is not small, else copied onto the last compact buffer (or a new one).
+    /// At [`MAX_RECV_CHUNKS`] everything is copied onto the last chunk.
+    pub(crate) fn push_recv(&mut self, data: Bytes, share: bool) {
+        let n = data.len();
+        self.recv_buffered += n;
+        let at_cap = self.recv_buf.len() >= MAX_RECV_CHUNKS;
+        if share && n >= COPY_BELOW && !at_cap {
+            self.shared_chunks += 1;
+            self.recv_buf.push_back(Chunk::Shared(data));
+            return;
+        }
+        match self.recv_buf.back_mut() {
+            Some(Chunk::Compact(m)) if at_cap || m.capacity() - m.len() >= n => {
+                if m.capacity() - m.len() < n {
+                    // Grows by doubling, so appends stay amortized O(1).
+                    m.reserve(n.max(m.len()));
+                }
+                m.extend_from_slice(&data);
+            }
+            Some(back @ Chunk::Shared(_)) if at_cap => {
+                let Chunk::Shared(b) = std::mem::replace(back, Chunk::Compact(BytesMut::new()))
+                else {
+                    unreachable!("matched a shared chunk");
+                };
+                let mut m = BytesMut::with_capacity(2 * (b.len() + n));
+                m.extend_from_slice(&b);
+                m.extend_from_slice(&data);
+                *back = Chunk::Compact(m);
+                self.shared_chunks -= 1;
+            }
+            _ => {
+                let mut m = BytesMut::with_capacity(COMPACT_CAPACITY.max(n));
+                m.extend_from_slice(&data);
+                self.recv_buf.push_back(Chunk::Compact(m));
+            }
+        }
+    }
+
+    /// Takes up to `max` (at least 1) buffered bytes from the front.
+    pub(crate) fn pop_recv(&mut self, max: usize) -> Option<Bytes> {
+        let max = max.max(1);
+        let front = self.recv_buf.front_mut()?;
+        let out = match front {
+            Chunk::Shared(b) if b.len() > max => b.split_to(max),
+            Chunk::Compact(m) if m.len() > max => m.split_to(max).freeze(),
+            _ => match self.recv_buf.pop_front().expect("front exists") {
+                Chunk::Shared(b) => {
+                    self.shared_chunks -= 1;
+                    b
+                }
+                Chunk::Compact(m) => m.freeze(),
+            },
+        };
+        self.recv_buffered -= out.len();
+        Some(out)
+    }
+
+    /// Memory the received bytes may keep alive (see [`Chunk::memory`]).
+    pub(crate) fn recv_memory(&self, pin: usize) -> usize {
+        self.recv_buf.iter().map(|c| c.memory(pin)).sum()
     }
 
     /// Both directions are done: the state can be freed.

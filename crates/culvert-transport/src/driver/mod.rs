@@ -64,6 +64,8 @@ pub(crate) struct State {
     pub(crate) aborted: bool,
     /// A WebSocket ping to answer.
     pub(crate) pending_pong: Option<Bytes>,
+    /// The close code (and reason) the reader's framing error calls for.
+    pub(crate) ws_close: Option<(u16, &'static str)>,
     pending_control: usize,
     /// Where received datagrams go (see [`Mux::set_datagram_sink`]).
     pub(crate) sink: Option<DatagramSink>,
@@ -205,6 +207,7 @@ impl Mux {
                 closing: None,
                 aborted: false,
                 pending_pong: None,
+                ws_close: None,
                 pending_control: 0,
                 sink: None,
             }),

@@ -9,6 +9,10 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
 
 use super::Shared;
+
+/// How long the reader leaves the writer to explain a limit (send GoAway and close) before
+/// it closes the connection itself: the writer's close grace and a margin.
+const GOODBYE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 use crate::wsframe::{WsIn, WsReader};
 
 pub(super) async fn run<S>(shared: Arc<Shared>, mut ws: WsReader<ReadHalf<S>>)
@@ -16,6 +20,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut closed = shared.closed_tx.subscribe();
+    // A limit the peer made the connection exceed (not a violation): the writer explains.
+    let mut explain = false;
     let reason = loop {
         let msg = tokio::select! {
             m = ws.next() => m,
@@ -31,11 +37,19 @@ where
                 shared.writer_wake.notify_one();
                 continue;
             }
-            Ok(WsIn::Close) => break "peer closed the websocket".to_owned(),
-            Err(e) => break format!("websocket read: {e}"),
+            Ok(WsIn::Close) => match ws.peer_close() {
+                Some(c) => break format!("peer closed the websocket ({c})"),
+                None => break "peer closed the websocket".to_owned(),
+            },
+            Err(e) => {
+                // A framing error is answered with its RFC 6455 close code.
+                shared.lock().ws_close = crate::wsframe::close_code(&e);
+                break format!("websocket read: {e}");
+            }
         };
         let mut st = shared.lock();
         if let Err(e) = st.conn.handle_bytes(Instant::now(), data) {
+            explain = st.conn.has_final_frame();
             drop(st);
             break format!("protocol violation by peer: {e}");
         }
@@ -58,5 +72,14 @@ where
             shared.writer_wake.notify_one();
         }
     };
+    if explain {
+        // The writer sends the GoAway that says why, then closes; closing here first would
+        // drop the socket under it. Bounded.
+        shared.writer_wake.notify_one();
+        let wait = async {
+            let _ = closed.wait_for(|c| *c).await.is_ok();
+        };
+        let _ = tokio::time::timeout(GOODBYE_WAIT, wait).await;
+    }
     shared.close(reason);
 }

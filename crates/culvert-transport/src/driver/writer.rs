@@ -20,7 +20,8 @@ use tokio::sync::watch;
 use super::Shared;
 use crate::progress::Progress;
 use crate::ws::BATCH_CAP;
-use crate::wsframe::WsWriter;
+use crate::wsframe::{close_code, WsWriter};
+use culvert_proto::ConnectionError;
 
 /// WebSocket messages (batches of at most [`BATCH_CAP`]) sent with one vectored write when
 /// that much is queued: four, about 1 MiB per system call, as a stream's send buffer holds.
@@ -38,6 +39,9 @@ enum Stop {
     Failed(String),
     /// [`super::Mux::close`]: everything queued is written; close the WebSocket politely.
     Closing(String),
+    /// The connection failed on a limit or violation it noticed outside the reader (say a
+    /// reset over the reset cap): explain, close the WebSocket, then end.
+    Failing(String),
 }
 
 /// Runs the connection's timers while the writer waits.
@@ -144,6 +148,9 @@ where
             if st.closed.is_some() {
                 break Stop::Closed;
             }
+            if let Some(e) = st.conn.error() {
+                break Stop::Failing(format!("protocol: {e}"));
+            }
             let mut k = 0;
             let mut n = 0;
             while k < txs.len() {
@@ -191,10 +198,49 @@ where
             let _ = tokio::time::timeout(CLOSE_GRACE, ws.close()).await;
             shared.close(reason);
         }
+        Stop::Failing(reason) => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, goodbye(&shared, &mut ws)).await;
+            shared.close(reason);
+        }
         // The peer ended it (say so politely, briefly); an abort drops the socket at once.
         Stop::Closed if !shared.lock().aborted => {
-            let _ = tokio::time::timeout(CLOSE_GRACE, ws.close()).await;
+            let _ = tokio::time::timeout(CLOSE_GRACE, goodbye(&shared, &mut ws)).await;
         }
         Stop::Closed => {}
+    }
+}
+
+/// Closes the WebSocket saying why: the GoAway of a limit the peer made the connection
+/// exceed, then a close frame with the code of what ended it (the reader's framing error,
+/// a protocol violation, a policy limit, or a normal closure).
+async fn goodbye<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    ws: &mut WsWriter<W>,
+) -> std::io::Result<()> {
+    let (final_frame, code, reason) = {
+        let mut st = shared.lock();
+        let (code, reason) = match (st.ws_close.take(), st.conn.error()) {
+            (Some((code, reason)), _) => (code, reason.to_owned()),
+            (None, Some(e)) => (close_code_of(e), e.to_string()),
+            (None, None) => (close_code::NORMAL, String::new()),
+        };
+        (st.conn.take_final_frame(), code, reason)
+    };
+    if let Some(f) = final_frame {
+        let len = f.len();
+        ws.send(&[f], len).await?;
+    }
+    ws.close_with(code, &reason).await
+}
+
+/// The WebSocket close code for a connection failure: a limit the peer made us exceed is a
+/// policy violation, anything else a protocol error.
+fn close_code_of(e: &ConnectionError) -> u16 {
+    match e {
+        ConnectionError::ControlQueueFull(_) | ConnectionError::LocalResetFlood(_) => {
+            close_code::POLICY_VIOLATION
+        }
+        ConnectionError::IdleTimeout => close_code::GOING_AWAY,
+        _ => close_code::PROTOCOL_ERROR,
     }
 }

@@ -1,0 +1,178 @@
+//! Flow control counts bytes, but memory is buffers: 1-byte frames, frames of every size and
+//! slices of read buffers against the memory they really take (issue 13, item 12).
+//!
+//! A counting allocator measures the live heap of the test's own thread, so the figure is
+//! the real one (handles, queue slots, pinned read buffers), not a model of it.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use super::stream::{COPY_BELOW, MAX_RECV_CHUNKS};
+use super::{Connection, Event, MAX_SHARED_CHUNKS};
+use crate::{Config, Frame, Side, StreamId};
+
+/// The system allocator, counting the live bytes of each thread.
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded to `System` unchanged; the counter is a const-initialized
+// thread-local `Cell`, which neither allocates nor re-enters the allocator.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let _ = LIVE.try_with(|c| c.set(c.get() + l.size() as isize));
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        let _ = LIVE.try_with(|c| c.set(c.get() - l.size() as isize));
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        let _ = LIVE.try_with(|c| c.set(c.get() + new as isize - l.size() as isize));
+        System.realloc(p, l, new)
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+fn live() -> isize {
+    LIVE.with(Cell::get)
+}
+
+/// A server connection with `streams` streams the peer opened and the application holds.
+fn server_with_streams(streams: u64) -> (Connection, Vec<StreamId>) {
+    let mut c = Connection::new(Side::Server, Config::default(), Instant::now()).unwrap();
+    let mut b = BytesMut::new();
+    let ids: Vec<StreamId> = (0..streams)
+        .map(|s| StreamId::new(Side::Client, s))
+        .collect();
+    for id in &ids {
+        Frame::StreamOpen {
+            id: *id,
+            target: "t".into(),
+        }
+        .encode(&mut b)
+        .unwrap();
+    }
+    c.handle_bytes(Instant::now(), b.freeze()).unwrap();
+    while c.poll_event().is_some() {}
+    (c, ids)
+}
+
+/// Sends `per_stream` bytes to each stream in frames of `frame_len`, round-robin, in
+/// messages of about 256 KiB (as the driver reads them); the messages are dropped after
+/// being fed, so only what the connection keeps stays alive. Never reads.
+fn flood(c: &mut Connection, ids: &[StreamId], frame_len: usize, per_stream: usize) {
+    let payload = Bytes::from(vec![0x5a; frame_len]);
+    let mut msg = BytesMut::with_capacity(256 * 1024);
+    let mut sent = 0;
+    while sent < per_stream {
+        let n = frame_len.min(per_stream - sent);
+        for id in ids {
+            Frame::StreamData {
+                id: *id,
+                data: payload.slice(..n),
+            }
+            .encode(&mut msg)
+            .unwrap();
+            if msg.len() >= 256 * 1024 - 64 * 1024 {
+                c.handle_bytes(Instant::now(), msg.split().freeze())
+                    .unwrap();
+                msg = BytesMut::with_capacity(256 * 1024);
+            }
+        }
+        sent += n;
+    }
+    if !msg.is_empty() {
+        c.handle_bytes(Instant::now(), msg.split().freeze())
+            .unwrap();
+    }
+    while let Some(e) = c.poll_event() {
+        assert!(matches!(e, Event::Readable(_)), "{e:?}");
+    }
+}
+
+/// Floods, then checks real growth against the accounted memory and the bytes buffered.
+fn check(frame_len: usize, streams: u64, per_stream: usize) -> (usize, isize, usize) {
+    let (mut c, ids) = server_with_streams(streams);
+    let before = live();
+    flood(&mut c, &ids, frame_len, per_stream);
+    let real = live() - before;
+    let accounted = c.recv_memory();
+    let buffered = c.recv_buffered() as usize;
+    assert_eq!(buffered, per_stream * streams as usize);
+    assert!(
+        real <= accounted as isize,
+        "{frame_len}-byte frames: real {real} bytes, accounted {accounted}"
+    );
+    for s in c.streams.values() {
+        assert!(s.recv_buf.len() <= MAX_RECV_CHUNKS);
+    }
+    assert!(c.recv_shared_chunks() <= MAX_SHARED_CHUNKS);
+    (buffered, real, accounted)
+}
+
+#[test]
+fn one_byte_frames_cost_about_their_bytes() {
+    // 16 streams x 64 KiB in 1-byte frames: 1 MiB of payload in 1,048,576 frames. As slices
+    // this took 32 bytes a frame plus every read buffer; copied, about the bytes themselves.
+    let (buffered, real, accounted) = check(1, 16, 64 * 1024);
+    assert!(
+        real <= 2 * buffered as isize,
+        "real {real} bytes for {buffered} buffered"
+    );
+    assert!(
+        accounted <= 2 * buffered,
+        "accounted {accounted} for {buffered}"
+    );
+}
+
+#[test]
+fn accounted_memory_bounds_the_real_one_for_every_frame_size() {
+    for frame_len in [1, 7, COPY_BELOW - 1, COPY_BELOW, 1500, 16 * 1024, 32 * 1024] {
+        check(frame_len, 8, 128 * 1024);
+    }
+}
+
+#[test]
+fn reads_return_every_byte_in_order_across_chunk_kinds() {
+    let (mut c, ids) = server_with_streams(1);
+    let id = ids[0];
+    let mut b = BytesMut::new();
+    let mut want = Vec::new();
+    let mut x = 0u8;
+    // Small and large payloads mixed, past the chunk cap.
+    for i in 0..150usize {
+        let n = [1, 3, 2000, 100, 5000][i % 5];
+        let data: Vec<u8> = (0..n)
+            .map(|_| {
+                x = x.wrapping_add(1);
+                x
+            })
+            .collect();
+        want.extend_from_slice(&data);
+        Frame::StreamData {
+            id,
+            data: Bytes::from(data),
+        }
+        .encode(&mut b)
+        .unwrap();
+    }
+    c.handle_bytes(Instant::now(), b.freeze()).unwrap();
+    assert!(c.streams[&id].recv_buf.len() <= MAX_RECV_CHUNKS);
+    let mut got = Vec::new();
+    let mut i = 0;
+    while let Ok(super::ReadOutcome::Data(d)) = c.read(id, [1, 700, 10_000][i % 3]) {
+        got.extend_from_slice(&d);
+        i += 1;
+    }
+    assert_eq!(got, want);
+    assert_eq!(c.recv_buffered(), 0);
+    assert_eq!(c.recv_shared_chunks(), 0);
+}
