@@ -95,7 +95,7 @@ pub(crate) fn render(inner: &Inner) -> String {
             let l = format!(
                 "service=\"{}\",token=\"{}\"",
                 label(&svc.name),
-                label(&s.token.name)
+                label(&s.token().name)
             );
             svc_bytes.push((
                 format!("{l},direction=\"in\""),
@@ -218,6 +218,26 @@ pub(crate) fn render(inner: &Inner) -> String {
             (
                 "kind=\"client\"".to_owned(),
                 c.lockouts_client.load(Ordering::Relaxed) as f64,
+            ),
+        ],
+    );
+    family(
+        &mut out,
+        "culvert_reload_withdrawals_total",
+        "counter",
+        "What token reloads took from live sessions: sessions ended (token removed or expired), services withdrawn, streams reset.",
+        &[
+            (
+                "what=\"session\"".to_owned(),
+                c.reload_sessions_closed.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "what=\"service\"".to_owned(),
+                c.reload_services_withdrawn.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "what=\"stream\"".to_owned(),
+                c.reload_streams_reset.load(Ordering::Relaxed) as f64,
             ),
         ],
     );

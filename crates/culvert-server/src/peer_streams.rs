@@ -14,7 +14,7 @@ use std::time::Duration;
 use culvert_proto::control::ConnectExt;
 use culvert_proto::{reset_code, Control};
 use culvert_transport::udp_target::TargetFlows;
-use culvert_transport::{relay_streams, relay_tcp, tune_tcp, Mux, TunnelStream};
+use culvert_transport::{relay_streams, relay_tcp_until, tune_tcp, Mux, TunnelStream};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -39,7 +39,7 @@ pub(crate) struct Ctx {
 
 /// Serves one peer-opened stream in its own task.
 pub(crate) fn spawn(ctx: Ctx, stream: TunnelStream, target: String) {
-    let span = tracing::debug_span!("peer_stream", token = %ctx.session.token.name, target = ?target, stream = stream.id().0);
+    let span = tracing::debug_span!("peer_stream", token = %ctx.session.token().name, target = ?target, stream = stream.id().0);
     tokio::spawn(
         async move {
             let (inner, session) = (&ctx.inner, &ctx.session);
@@ -73,7 +73,8 @@ fn resolve(
     target: &str,
     protocol: Option<Protocol>,
 ) -> Result<(Arc<Session>, Arc<Service>), Refusal> {
-    let token = &session.token;
+    let current = session.token();
+    let token = &*current;
     if !token.has_role(Role::Access) {
         return Err((
             reset_code::NOT_ALLOWED,
@@ -218,7 +219,9 @@ async fn access(inner: &Inner, session: &Session, stream: TunnelStream, name: &s
             return;
         }
     };
-    let client_addr = format!("access:{}@{}", session.token.name, session.peer);
+    let tenant = owner.token().tenant().to_owned();
+    let token = session.token().name.clone();
+    let client_addr = format!("access:{token}@{}", session.peer);
     let towards = match owner.open_connection(&svc, client_addr).await {
         Ok(s) => s,
         Err(reason) => {
@@ -228,7 +231,17 @@ async fn access(inner: &Inner, session: &Session, stream: TunnelStream, name: &s
         }
     };
     svc.connections.fetch_add(1, Ordering::Relaxed);
-    let totals = relay_streams(&stream, &towards).await;
+    // The stream lasts while the reloaded token still lets it reach the service, and the
+    // service is still registered.
+    let totals = tokio::select! {
+        t = relay_streams(&stream, &towards) => t,
+        reason = crate::reload::access_withdrawn(session, &tenant, &svc) => {
+            stream.reset(reset_code::NOT_ALLOWED);
+            towards.reset(reset_code::CANCEL);
+            crate::reload::stream_reset(&inner.counters, &token, name, &reason);
+            return;
+        }
+    };
     svc.count(&totals);
     match totals {
         Ok(t) => tracing::debug!(up = t.up, down = t.down, "access stream done"),
@@ -244,14 +257,15 @@ async fn allowed(
     target: &str,
 ) -> Option<Vec<SocketAddr>> {
     let config = inner.config();
-    if !session.token.has_role(Role::Node) {
-        tracing::info!(token = %session.token.name, roles = %session.token.role_names(),
+    let token = session.token();
+    if !token.has_role(Role::Node) {
+        tracing::info!(token = %token.name, roles = %token.role_names(),
             "dial refused: the token has no node role");
         stream.reset(reset_code::NOT_ALLOWED);
         return None;
     }
     if config.allow_dial.is_empty() {
-        tracing::info!(token = %session.token.name, "dial refused: this server dials nothing (no allow-list)");
+        tracing::info!(token = %token.name, "dial refused: this server dials nothing (no allow-list)");
         stream.reset(reset_code::NOT_ALLOWED);
         return None;
     }
@@ -264,7 +278,7 @@ async fn allowed(
                 }
                 _ => reset_code::CONNECT_FAILED,
             };
-            tracing::warn!(token = %session.token.name, error = ?e.to_string(), "dial refused");
+            tracing::warn!(token = %token.name, error = ?e.to_string(), "dial refused");
             stream.reset(code);
             None
         }
@@ -280,7 +294,13 @@ async fn dial_udp(ctx: &Ctx, stream: TunnelStream, target: &str) {
         return;
     };
     let config = ctx.inner.config();
-    let ended = async { while let Ok(Some(_)) = stream.recv().await {} };
+    // The flow ends with its stream, or when a reload takes the node role away.
+    let ended = async {
+        tokio::select! {
+            () = async { while let Ok(Some(_)) = stream.recv().await {} } => {}
+            _ = crate::reload::rights_lost(&ctx.session, crate::reload::may_dial) => {}
+        }
+    };
     culvert_transport::udp_target::open_flow(
         ctx.mux.clone(),
         ctx.dials.clone(),
@@ -292,6 +312,12 @@ async fn dial_udp(ctx: &Ctx, stream: TunnelStream, target: &str) {
         ended,
     )
     .await;
+    if let Err(reason) = crate::reload::may_dial(&ctx.session.token()) {
+        stream.reset(reset_code::NOT_ALLOWED);
+        let token = ctx.session.token().name.clone();
+        crate::reload::stream_reset(&ctx.inner.counters, &token, target, &reason);
+        return;
+    }
     // Idle or ended: the stream goes too (a reset if the peer has not finished it).
     stream.reset(reset_code::CANCEL);
 }
@@ -336,7 +362,7 @@ async fn access_udp(ctx: &Ctx, stream: TunnelStream, name: &str) {
     let connect = Control::Connect {
         service_id: svc.id,
         connection_id: crate::ids::new_uuid(),
-        client_addr: format!("access:{}@{}", session.token.name, session.peer),
+        client_addr: format!("access:{}@{}", session.token().name, session.peer),
         ext: Some(ConnectExt {
             stream_id: culvert_proto::StreamId(flow),
         }),
@@ -346,9 +372,15 @@ async fn access_udp(ctx: &Ctx, stream: TunnelStream, name: &str) {
         tracing::debug!(service = ?name, flow, client_flow, "udp access flow opened");
         // The client ends the flow by ending its stream (idle, TTL or gone); the agent's
         // connection closing ends it too.
+        let tenant = owner.token().tenant().to_owned();
         tokio::select! {
             _ = async { while let Ok(Some(_)) = stream.recv().await {} } => {}
             _ = agent_mux.closed() => stream.reset(reset_code::UNAVAILABLE),
+            reason = crate::reload::access_withdrawn(session, &tenant, &svc) => {
+                stream.reset(reset_code::NOT_ALLOWED);
+                let token = session.token().name.clone();
+                crate::reload::stream_reset(&inner.counters, &token, name, &reason);
+            }
         }
     } else {
         stream.reset(reset_code::UNAVAILABLE);
@@ -387,8 +419,19 @@ async fn dial(inner: &Inner, session: &Session, stream: TunnelStream, target: &s
         }
     };
     tune_tcp(&tcp);
-    match relay_tcp(tcp, &stream).await {
+    // The connection lasts while the reloaded token keeps the node role.
+    let lost = async {
+        crate::reload::rights_lost(session, crate::reload::may_dial).await;
+    };
+    match relay_tcp_until(tcp, &stream, None, lost).await {
         Ok(t) => tracing::debug!(up = t.up, down = t.down, "dialed connection done"),
-        Err(e) => tracing::debug!(error = %e, "dialed connection aborted"),
+        Err(e) => match crate::reload::may_dial(&session.token()) {
+            Err(reason) => {
+                stream.reset(reset_code::NOT_ALLOWED);
+                let token = session.token().name.clone();
+                crate::reload::stream_reset(&inner.counters, &token, target, &reason);
+            }
+            Ok(()) => tracing::debug!(error = %e, "dialed connection aborted"),
+        },
     }
 }

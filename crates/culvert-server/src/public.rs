@@ -3,16 +3,23 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use culvert_transport::{relay_tcp, tune_accepted, AcceptErrors};
+use culvert_proto::reset_code;
+use culvert_transport::{relay_tcp_until, tune_accepted, AcceptErrors};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
+use crate::server::Inner;
 use crate::session::{Service, Session};
 
 /// Accepts public clients until aborted. Accept errors are logged once per burst and
 /// retried after a pause, never fatal; out of file descriptors, the clients already
 /// waiting are refused with a reset rather than left hanging.
-pub(crate) async fn serve_tcp(listener: TcpListener, session: Arc<Session>, service: Arc<Service>) {
+pub(crate) async fn serve_tcp(
+    inner: Arc<Inner>,
+    listener: TcpListener,
+    session: Arc<Session>,
+    service: Arc<Service>,
+) {
     let mut errors = AcceptErrors::default();
     let name = format!("public port of {}", service.name);
     loop {
@@ -30,11 +37,14 @@ pub(crate) async fn serve_tcp(listener: TcpListener, session: Arc<Session>, serv
             client = %peer,
             stream = tracing::field::Empty
         );
-        tokio::spawn(handle(sock, peer, session.clone(), service.clone()).instrument(span));
+        tokio::spawn(
+            handle(inner.clone(), sock, peer, session.clone(), service.clone()).instrument(span),
+        );
     }
 }
 
 async fn handle(
+    inner: Arc<Inner>,
     sock: TcpStream,
     peer: std::net::SocketAddr,
     session: Arc<Session>,
@@ -51,8 +61,20 @@ async fn handle(
         }
     };
     tracing::Span::current().record("stream", stream.id().0);
-    let totals = relay_tcp(sock, &stream).await;
+    // A reload that withdraws the service cuts its connections: the client's socket and the
+    // stream to the agent are both reset.
+    let totals = relay_tcp_until(sock, &stream, None, service.withdrawn()).await;
     service.count(&totals);
+    if totals.is_err() && service.is_withdrawn() {
+        stream.reset(reset_code::NOT_ALLOWED);
+        crate::reload::stream_reset(
+            &inner.counters,
+            &session.token().name,
+            &service.name,
+            "its service was withdrawn",
+        );
+        return;
+    }
     match totals {
         Ok(t) => tracing::debug!(up = t.up, down = t.down, "public connection done"),
         Err(e) => tracing::debug!(error = %e, "public connection aborted"),

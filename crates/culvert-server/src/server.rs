@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::limits::{Admission, Locked, Lockout};
 use crate::registry::{PortLease, Protocol, Registry};
+use crate::reload::{Follow, ReloadReport};
 use crate::session::{Service, Session};
 use crate::tokens::TokenStore;
 use crate::{PortRange, ServerConfig};
@@ -43,6 +44,12 @@ pub(crate) struct Counters {
     pub(crate) control_queue_cap_hits: std::sync::atomic::AtomicU64,
     /// Connections ended by the cap on the resets they made this side generate.
     pub(crate) reset_cap_hits: std::sync::atomic::AtomicU64,
+    /// Sessions a token reload ended (token removed or expired).
+    pub(crate) reload_sessions_closed: std::sync::atomic::AtomicU64,
+    /// Services a token reload withdrew from live sessions.
+    pub(crate) reload_services_withdrawn: std::sync::atomic::AtomicU64,
+    /// Live streams reset because a token reload withdrew their right to exist.
+    pub(crate) reload_streams_reset: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -94,24 +101,35 @@ impl ServerHandle {
         self.shutdown();
     }
 
-    /// Replaces the accepted tokens. Sessions whose token is gone (or changed) are closed at
-    /// once; the others are untouched. Returns how many sessions were closed.
-    pub fn reload_tokens(&self, tokens: TokenStore) -> usize {
-        *self.inner.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
-        let store = self
-            .inner
-            .tokens
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut closed = 0;
+    /// Replaces the accepted tokens, and live sessions follow: a session whose token is gone
+    /// (or whose new entry has expired) is closed at once; one whose entry changed takes the
+    /// new entry, losing the services it no longer allows (unregistered, listeners closed,
+    /// streams reset) and the access and node streams it no longer allows (reset).
+    pub fn reload_tokens(&self, tokens: TokenStore) -> ReloadReport {
+        let store = {
+            let mut t = self.inner.tokens.write().unwrap_or_else(|p| p.into_inner());
+            *t = tokens;
+            t.clone()
+        };
+        let mut report = ReloadReport::default();
         for s in self.inner.sessions_snapshot() {
-            if !store.contains(&s.token) {
-                self.inner.end_session(&s, "token revoked");
-                closed += 1;
+            match crate::reload::follow(&s, &store, &self.inner.counters) {
+                Follow::Unchanged => {}
+                Follow::Updated { withdrawn } => {
+                    report.sessions_updated += 1;
+                    report.services_withdrawn += withdrawn;
+                }
+                Follow::End(reason) => {
+                    self.inner.end_session(&s, reason);
+                    self.inner
+                        .counters
+                        .reload_sessions_closed
+                        .fetch_add(1, Ordering::Relaxed);
+                    report.sessions_closed += 1;
+                }
             }
         }
-        closed
+        report
     }
 
     /// Public ports currently assigned, by service name (two tenants using one name: either).
@@ -136,8 +154,8 @@ impl ServerHandle {
             .values()
             .map(|s| SessionInfo {
                 id: s.id,
-                token: s.token.name.clone(),
-                tenant: s.token.tenant().to_owned(),
+                token: s.token().name.clone(),
+                tenant: s.token().tenant().to_owned(),
                 peer: s.peer,
                 uptime: s.started.elapsed(),
                 connections: s.connection_count(),
@@ -341,7 +359,7 @@ impl Inner {
         name: &str,
     ) -> Option<(Arc<Session>, Arc<Service>)> {
         self.lock_sessions().values().find_map(|s| {
-            if s.ended.load(Ordering::SeqCst) || s.token.tenant() != tenant {
+            if s.ended.load(Ordering::SeqCst) || s.token().tenant() != tenant {
                 return None;
             }
             s.services().get(name).map(|v| (s.clone(), v.clone()))
@@ -354,9 +372,9 @@ impl Inner {
         let mut t: Vec<String> = self
             .lock_sessions()
             .values()
-            .filter(|s| !s.ended.load(Ordering::SeqCst) && s.token.tenant() != except)
+            .filter(|s| !s.ended.load(Ordering::SeqCst) && s.token().tenant() != except)
             .filter(|s| s.services().contains_key(name))
-            .map(|s| s.token.tenant().to_owned())
+            .map(|s| s.token().tenant().to_owned())
             .collect();
         t.sort();
         t.dedup();
@@ -387,7 +405,7 @@ impl Inner {
             // The port returns to the pool when the last reference (the aborted task) is gone.
             tracing::info!(session = %s.id, service = %svc.name, port = svc.port, "service released");
         }
-        tracing::info!(session = %s.id, token = %s.token.name, %reason, "agent session ended");
+        tracing::info!(session = %s.id, token = %s.token().name, %reason, "agent session ended");
     }
 }
 
@@ -400,7 +418,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Every second, closes the sessions whose token has expired.
+/// Every second, closes the sessions whose token has expired (by the entry in force: a
+/// reload that adds or shortens `expires` moves the end).
 async fn end_expired_sessions(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -408,7 +427,7 @@ async fn end_expired_sessions(inner: Arc<Inner>) {
         tick.tick().await;
         let now = crate::tokens::unix_now();
         for s in inner.sessions_snapshot() {
-            if s.token.expired(now) {
+            if s.token().expired(now) {
                 inner.end_session(&s, "token expired");
             }
         }
@@ -513,7 +532,7 @@ async fn handshake(
     let session = {
         let mut map = inner.lock_sessions();
         match map.get(&client_id) {
-            Some(s) if s.token.name == entry.name && !s.ended.load(Ordering::SeqCst) => {
+            Some(s) if s.token().name == entry.name && !s.ended.load(Ordering::SeqCst) => {
                 Some(s.clone())
             }
             Some(_) => None,
@@ -531,6 +550,19 @@ async fn handshake(
         tracing::info!("authentication failed (client id held by another token)");
         return Ok(None);
     };
+    // A reload between the token check above and this session's entry in the map would
+    // have passed the session by: it follows the tokens in force now.
+    let tokens_now = crate::reload::follow(
+        &session,
+        &inner.tokens.read().unwrap_or_else(|p| p.into_inner()),
+        &inner.counters,
+    );
+    if let Follow::End(reason) = tokens_now {
+        inner.end_session(&session, reason);
+        reject(&mut ws, deadline, AUTH_FAILED.to_owned()).await;
+        tracing::info!(%reason, "authentication failed (the token was reloaded meanwhile)");
+        return Ok(None);
+    }
 
     let mut conn = Connection::new(Side::Server, inner.config.proto.clone(), Instant::now())
         .map_err(|e| e.to_string())?;
@@ -780,17 +812,20 @@ async fn register(
     if !crate::names::valid_name(name) {
         return Err(crate::names::name_problem("service name", name));
     }
-    if !session.token.has_role(crate::Role::Agent) {
+    // The entry in force when the registration starts; a reload that changes it meanwhile
+    // is caught when the service is recorded (see `record`).
+    let token = session.token();
+    if !token.has_role(crate::Role::Agent) {
         return Err(format!(
             "token {:?} may not register services: it has no agent role (its roles: {})",
-            session.token.name,
-            session.token.role_names()
+            token.name,
+            token.role_names()
         ));
     }
     // Pooled connections register the same services concurrently: one at a time, so the
     // second finds the first's service instead of binding a second port.
     let _registering = session.register_lock.lock().await;
-    if let Some(allowed) = &session.token.services {
+    if let Some(allowed) = &token.services {
         if !allowed.iter().any(|s| s == name) {
             return Err(format!("token may not register service {name:?}"));
         }
@@ -799,22 +834,22 @@ async fn register(
         // Another pooled connection of the same agent registers again: same answer.
         return Ok(existing.clone());
     }
-    if session.services().len() >= session.token.max_services {
+    if session.services().len() >= token.max_services {
         return Err(format!(
             "token quota of {} services reached",
-            session.token.max_services
+            token.max_services
         ));
     }
     let proto = match protocol {
         ServiceProtocol::Tcp => Protocol::Tcp,
         ServiceProtocol::Udp => Protocol::Udp,
     };
-    let tenant = session.token.tenant();
+    let tenant = token.tenant();
     // A new session of the same agent (same token) replaces a stale one holding the name.
     let stale: Vec<Arc<Session>> = inner
         .lock_sessions()
         .values()
-        .filter(|s| !Arc::ptr_eq(s, session) && s.token.name == session.token.name)
+        .filter(|s| !Arc::ptr_eq(s, session) && s.token().name == token.name)
         .filter(|s| s.services().contains_key(name))
         .cloned()
         .collect();
@@ -827,12 +862,12 @@ async fn register(
         .lock_sessions()
         .values()
         .find(|s| {
-            s.token.name != session.token.name
-                && s.token.tenant() == tenant
+            s.token().name != token.name
+                && s.token().tenant() == tenant
                 && !s.ended.load(Ordering::SeqCst)
                 && s.services().contains_key(name)
         })
-        .map(|s| s.token.name.clone());
+        .map(|s| s.token().name.clone());
     if let Some(holder) = holder {
         return Err(format!(
             "service name {name:?} is held in tenant {tenant:?} by token {holder:?}"
@@ -843,12 +878,11 @@ async fn register(
         if session.ended.load(Ordering::SeqCst) {
             return Err("session ended".into());
         }
-        session.services().insert(name.to_owned(), svc.clone());
+        let svc = record(session, tenant, svc)?;
         tracing::info!(session = %session.id, service = %name, "private service registered (no public port)");
         return Ok(svc);
     }
-    let allowed: Vec<PortRange> = session
-        .token
+    let allowed: Vec<PortRange> = token
         .ports
         .iter()
         .flatten()
@@ -858,10 +892,7 @@ async fn register(
         // A returning agent's previous port may still be held by its ending session for a
         // moment (its tasks are being torn down): wait briefly for it.
         for _ in 0..50 {
-            if !inner
-                .registry
-                .remembered_in_use(proto, &session.token.name, name)
-            {
+            if !inner.registry.remembered_in_use(proto, &token.name, name) {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -872,7 +903,7 @@ async fn register(
     for _ in 0..64 {
         let port = inner
             .registry
-            .assign(proto, &session.token.name, name, requested, &allowed, &skip)
+            .assign(proto, &token.name, name, requested, &allowed, &skip)
             .map_err(|e| e.to_string())?;
         match bind_public(inner, proto, port).await {
             Ok(socket) => {
@@ -890,10 +921,11 @@ async fn register(
                     let (tx, rx) = tokio::sync::oneshot::channel::<Arc<Service>>();
                     let sess = session.clone();
                     let config = inner.config.clone();
+                    let server = inner.clone();
                     let task = tokio::spawn(async move {
                         let Ok(svc) = rx.await else { return };
                         match listener {
-                            Some(l) => crate::public::serve_tcp(l, sess, svc).await,
+                            Some(l) => crate::public::serve_tcp(server, l, sess, svc).await,
                             None => crate::udp::serve_udp(config, sess, svc).await,
                         }
                     });
@@ -913,7 +945,7 @@ async fn register(
                     }
                     return Err("session ended".into());
                 }
-                session.services().insert(name.to_owned(), svc.clone());
+                let svc = record(session, tenant, svc)?;
                 tracing::info!(session = %session.id, service = %name, ?proto, port, "service registered");
                 return Ok(svc);
             }
@@ -933,6 +965,18 @@ async fn register(
         }
     }
     Err("no bindable port found".into())
+}
+
+/// Records a new service of `tenant` in its session, unless a reload narrowed the token
+/// meanwhile: that reload's pass over the session's services may have come before this.
+fn record(session: &Session, tenant: &str, svc: Arc<Service>) -> Result<Arc<Service>, String> {
+    session.services().insert(svc.name.clone(), svc.clone());
+    // Read after the insert: a reload that put a new entry in force before it is seen here.
+    if let Some(reason) = crate::reload::service_refusal(&session.token(), tenant, &svc) {
+        session.withdraw_service(&svc);
+        return Err(format!("the token was reloaded meanwhile: {reason}"));
+    }
+    Ok(svc)
 }
 
 enum PublicSocket {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use culvert_proto::control::ConnectExt;
@@ -38,6 +38,9 @@ pub(crate) struct Service {
     pub(crate) bytes_out: AtomicU64,
     /// UDP state of a UDP service.
     pub(crate) udp: Option<crate::udp::UdpService>,
+    /// Set once a reload withdrew the service (its token no longer allows it): the public
+    /// connections and access streams it carries are then reset.
+    withdrawn: tokio::sync::watch::Sender<bool>,
     /// Holds the port until the service is dropped. Declared last: dropped after the socket.
     pub(crate) _lease: Option<crate::registry::PortLease>,
 }
@@ -62,7 +65,32 @@ impl Service {
             bytes_in: Default::default(),
             bytes_out: Default::default(),
             udp: None,
+            withdrawn: tokio::sync::watch::Sender::new(false),
             _lease: lease,
+        }
+    }
+
+    /// Marks the service withdrawn and stops its public listener: whatever waits in
+    /// [`Service::withdrawn`] (its live connections and streams) is woken to reset itself.
+    pub(crate) fn withdraw(&self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+        self.withdrawn.send_replace(true);
+    }
+
+    /// Whether a reload withdrew the service.
+    pub(crate) fn is_withdrawn(&self) -> bool {
+        *self.withdrawn.borrow()
+    }
+
+    /// Resolves once the service is withdrawn (at once if it already is).
+    pub(crate) async fn withdrawn(&self) {
+        let mut rx = self.withdrawn.subscribe();
+        let seen = rx.wait_for(|w| *w).await.is_ok();
+        if !seen {
+            // The sender lives as long as the service, which the caller holds.
+            std::future::pending::<()>().await;
         }
     }
 
@@ -79,7 +107,11 @@ impl Service {
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) id: Uuid,
-    pub(crate) token: TokenEntry,
+    /// The token entry in force: replaced when a reload changes it, so every check (and the
+    /// expiry sweeper) reads the current one. Read it with [`Session::token`].
+    token: RwLock<Arc<TokenEntry>>,
+    /// Bumped each time a reload replaces the entry: live streams re-check their rights.
+    rights: tokio::sync::watch::Sender<u64>,
     /// Whether the agent speaks Culvert (false: a plain zlayer-tunnel v1 agent, control only).
     pub(crate) culvert: bool,
     pub(crate) peer: std::net::SocketAddr,
@@ -110,7 +142,8 @@ impl Session {
     ) -> Session {
         Session {
             id,
-            token,
+            token: RwLock::new(Arc::new(token)),
+            rights: tokio::sync::watch::Sender::new(0),
             culvert,
             peer,
             started: Instant::now(),
@@ -123,6 +156,47 @@ impl Session {
             register_lock: tokio::sync::Mutex::new(()),
             pending_connects: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The token entry in force now (a reload may replace it at any time).
+    pub(crate) fn token(&self) -> Arc<TokenEntry> {
+        self.token.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `entry` in force and wakes the streams waiting in [`Session::rights`]; returns
+    /// the entry it replaced, or `None` when nothing changed.
+    pub(crate) fn set_token(&self, entry: &TokenEntry) -> Option<Arc<TokenEntry>> {
+        let old = {
+            let mut t = self.token.write().unwrap_or_else(|p| p.into_inner());
+            if **t == *entry {
+                return None;
+            }
+            std::mem::replace(&mut *t, Arc::new(entry.clone()))
+        };
+        self.rights.send_modify(|g| *g = g.wrapping_add(1));
+        Some(old)
+    }
+
+    /// A receiver that sees each later change of the token entry.
+    pub(crate) fn rights(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.rights.subscribe()
+    }
+
+    /// Removes `svc` from the session's services (if it is still there) and withdraws it:
+    /// its listener stops, its UDP flows are forgotten and its live streams reset
+    /// themselves. Returns whether it was there.
+    pub(crate) fn withdraw_service(&self, svc: &Arc<Service>) -> bool {
+        let removed = {
+            let mut map = self.services();
+            if map.get(&svc.name).is_some_and(|x| Arc::ptr_eq(x, svc)) {
+                map.remove(&svc.name)
+            } else {
+                None
+            }
+        };
+        svc.withdraw();
+        self.forget_flows_of(svc);
+        removed.is_some()
     }
 
     fn conns(&self) -> std::sync::MutexGuard<'_, Vec<Mux>> {

@@ -325,9 +325,16 @@ impl TokenStore {
 
     /// Whether `entry` (same name and hash) is still in the store.
     pub fn contains(&self, entry: &TokenEntry) -> bool {
+        self.current(entry).is_some()
+    }
+
+    /// The store's entry for the token of `entry` (same name and hash), with the rights
+    /// the store gives it now: what a live session of that token follows after a reload.
+    pub fn current(&self, entry: &TokenEntry) -> Option<&TokenEntry> {
         self.entries
             .iter()
-            .any(|(e, _)| e.name == entry.name && e.sha256.eq_ignore_ascii_case(&entry.sha256))
+            .map(|(e, _)| e)
+            .find(|e| e.name == entry.name && e.sha256.eq_ignore_ascii_case(&entry.sha256))
     }
 
     /// Number of tokens.

@@ -20,7 +20,9 @@ pub mod wsframe;
 pub use accept_errors::AcceptErrors;
 pub use driver::{drain, DatagramSink, Mux, MuxEvent, MuxStats};
 pub use error::TransportError;
-pub use relay::{relay_streams, relay_tcp, relay_tcp_counted, RelayCounters, RelayTotals};
+pub use relay::{
+    relay_streams, relay_tcp, relay_tcp_counted, relay_tcp_until, RelayCounters, RelayTotals,
+};
 pub use socket::{
     bind_udp, reset_on_close, tune_accepted, tune_listener, tune_tcp, tune_tunnel,
     UDP_SEND_DEADLINE,

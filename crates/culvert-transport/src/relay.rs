@@ -57,6 +57,18 @@ pub async fn relay_tcp_counted(
     stream: &TunnelStream,
     counters: Option<&RelayCounters>,
 ) -> std::io::Result<RelayTotals> {
+    relay_tcp_until(tcp, stream, counters, std::future::pending()).await
+}
+
+/// [`relay_tcp_counted`] that is also cut short when `stop` resolves (a stream whose right
+/// to exist was withdrawn while it ran): the socket is then closed with a reset, as on any
+/// cut transfer, and the error is `ConnectionAborted`; the caller resets the stream.
+pub async fn relay_tcp_until(
+    tcp: TcpStream,
+    stream: &TunnelStream,
+    counters: Option<&RelayCounters>,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<RelayTotals> {
     let (rd, mut wr) = tcp.into_split();
     let up = async {
         let mut size = READ_FIRST;
@@ -107,7 +119,15 @@ pub async fn relay_tcp_counted(
         wr.shutdown().await?;
         Ok::<u64, std::io::Error>(total)
     };
-    match tokio::try_join!(up, down) {
+    let relayed = tokio::select! {
+        biased;
+        r = async { tokio::try_join!(up, down) } => r,
+        () = stop => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "relay stopped: no longer allowed",
+        )),
+    };
+    match relayed {
         Ok((up, down)) => Ok(RelayTotals { up, down }),
         Err(e) => {
             // Cut short (the stream was reset, the tunnel lost): the socket is closed with a

@@ -164,8 +164,10 @@ pub(crate) async fn reload_tokens_on_change(
         match TokenStore::load(&path) {
             Ok(store) => {
                 let n = store.len();
-                let closed = handle.reload_tokens(store);
-                tracing::info!(tokens = n, sessions_closed = closed, file = %path.display(), "tokens reloaded");
+                let r = handle.reload_tokens(store);
+                tracing::info!(tokens = n, sessions_closed = r.sessions_closed,
+                    sessions_updated = r.sessions_updated, services_withdrawn = r.services_withdrawn,
+                    file = %path.display(), "tokens reloaded");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "token reload failed; the previous tokens stay in force")
