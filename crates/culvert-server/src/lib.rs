@@ -11,6 +11,7 @@ mod metrics;
 pub mod names;
 mod peer_streams;
 mod public;
+mod quota;
 mod registry;
 pub mod roles;
 mod server;
@@ -20,6 +21,7 @@ pub mod udp;
 
 pub use allow::{AllowError, AllowList, AllowRule};
 pub use config::{PortRange, ServerConfig};
+pub use quota::TenantLimits;
 pub use registry::Protocol;
 pub use roles::Role;
 pub use server::{Server, ServerHandle, SessionInfo};

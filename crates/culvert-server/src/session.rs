@@ -38,6 +38,9 @@ pub(crate) struct Service {
     pub(crate) bytes_out: AtomicU64,
     /// UDP state of a UDP service.
     pub(crate) udp: Option<crate::udp::UdpService>,
+    /// What the service is charged to its token and tenant (a service, and a public port);
+    /// given back when it is removed from its session, not when the last reference goes.
+    pub(crate) quota: Mutex<Vec<crate::quota::Charge>>,
     /// Holds the port until the service is dropped. Declared last: dropped after the socket.
     pub(crate) _lease: Option<crate::registry::PortLease>,
 }
@@ -62,8 +65,15 @@ impl Service {
             bytes_in: Default::default(),
             bytes_out: Default::default(),
             udp: None,
+            quota: Mutex::new(Vec::new()),
             _lease: lease,
         }
+    }
+
+    /// Gives back the service's quota charges: called when it leaves its session, so a
+    /// token's freed capacity is free at once (tasks still tearing down hold the service).
+    pub(crate) fn release_quota(&self) {
+        self.quota.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Adds a finished connection's bytes to the service's totals (what was moved before an
