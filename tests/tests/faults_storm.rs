@@ -31,7 +31,14 @@ const AGENTS: usize = 200;
 const TOKEN: &str = "storm-token-0123456789abcdef0123456789abcdef";
 
 async fn server_on(addr: SocketAddr, tls: ServerTls) -> ServerHandle {
-    let tokens = TokenStore::from_tokens(&[("storm", TOKEN)]);
+    // One token for all the agents, each registering its own service: the token's
+    // `max_services` (counted over all its sessions) must cover them.
+    let mut entry = TokenStore::from_tokens(&[("storm", TOKEN)])
+        .check(TOKEN)
+        .expect("the token")
+        .clone();
+    entry.max_services = AGENTS;
+    let tokens = TokenStore::from_entries(vec![(entry, TOKEN)]);
     let mut config = ServerConfig::new(addr, port_range());
     config.public_bind = Ipv4Addr::LOCALHOST.into();
     // Each agent registers one service; the default per-address admission limits hold.

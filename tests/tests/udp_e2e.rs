@@ -1425,3 +1425,60 @@ async fn pooled_connections_register_each_udp_service_once() {
         );
     }
 }
+
+/// UDP flows are counted per token over all its sessions (`udp_max_flows_per_token`): two
+/// agents of one token (two sessions) share 3 flows; a fourth client's datagrams are
+/// dropped and counted as a token quota refusal, while the first three keep their replies.
+/// On the old code each session had only its own cap, and the fourth flow got through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_flows_are_counted_per_token_across_its_sessions() {
+    let backend = Backend::spawn(true).await;
+    let tunnel = start_server(|c| c.udp_max_flows_per_token = 3).await;
+    let a = tunnel
+        .agent(tunnel.agent_config(&[("u1", backend.addr)]))
+        .await;
+    let b = tunnel
+        .agent(tunnel.agent_config(&[("u2", backend.addr)]))
+        .await;
+    let (p1, p2) = (public_addr(&a, "u1"), public_addr(&b, "u2"));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(client_socket().await);
+    }
+    for (i, to) in [p1, p1, p2].into_iter().enumerate() {
+        let owner = format!("c{i}:");
+        roundtrip(
+            &clients[i],
+            to,
+            owner.as_bytes(),
+            format!("{owner}x").as_bytes(),
+            3,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("client {i}: {e}"));
+    }
+    let fourth = roundtrip(&clients[3], p2, b"c3:", b"c3:x", 2).await;
+    assert!(fourth.is_err(), "a fourth flow of the token got through");
+    assert!(
+        tunnel
+            .counters("u2")
+            .dropped_flow_cap
+            .load(Ordering::Relaxed)
+            >= 1,
+        "{}",
+        show(&tunnel.counters("u2"))
+    );
+    roundtrip(&clients[0], p1, b"c0:", b"c0:y", 3)
+        .await
+        .unwrap_or_else(|e| panic!("an existing flow after the refusal: {e}"));
+    let metrics = tunnel.server.metrics();
+    let refused = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("culvert_quota_refusals_total{scope=\"token\",limit=\"udp_flows\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 1.0, "the refusals are counted:\n{metrics}");
+}

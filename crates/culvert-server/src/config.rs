@@ -84,6 +84,15 @@ pub struct ServerConfig {
     pub udp_max_flows_per_service: usize,
     /// UDP flows one agent session may hold across its services.
     pub udp_max_flows_per_session: usize,
+    /// UDP flows the services of one token may hold across all its sessions, unless its
+    /// entry sets `max_udp_flows`: many sessions of one token cannot multiply the above.
+    pub udp_max_flows_per_token: usize,
+    /// Tunnel connections one agent session (one client id) may hold; more are refused
+    /// with AuthFail "... retry in 30 s". 64: the largest pool an agent opens.
+    pub max_connections_per_session: usize,
+    /// Tunnel connections one token may hold across all its sessions, unless its entry
+    /// sets `max_connections`: a new client id per connection gains nothing.
+    pub max_connections_per_token: usize,
     /// Largest datagram relayed; larger ones are dropped and counted, never split. The
     /// default is what one frame carries for any flow id.
     pub udp_max_datagram: usize,
@@ -111,6 +120,9 @@ impl ServerConfig {
             udp_idle_timeout: Duration::from_secs(60),
             udp_max_flows_per_service: 4096,
             udp_max_flows_per_session: 16_384,
+            udp_max_flows_per_token: 16_384,
+            max_connections_per_session: 64,
+            max_connections_per_token: 256,
             udp_max_datagram: culvert_proto::MAX_PAYLOAD_LEN - 8,
             allow_dial: Default::default(),
             dial_timeout: Duration::from_secs(10),

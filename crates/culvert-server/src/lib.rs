@@ -11,6 +11,7 @@ mod metrics;
 pub mod names;
 mod peer_streams;
 mod public;
+mod quota;
 mod registry;
 mod reload;
 pub mod roles;
@@ -21,6 +22,7 @@ pub mod udp;
 
 pub use allow::{AllowError, AllowList, AllowRule};
 pub use config::{PortRange, ServerConfig};
+pub use quota::TenantLimits;
 pub use registry::Protocol;
 pub use reload::ReloadReport;
 pub use roles::Role;

@@ -292,6 +292,40 @@ pub(crate) fn render(inner: &Inner) -> String {
             ),
         ],
     );
+    let quota_refusals: Vec<(String, f64)> = inner
+        .quotas()
+        .refusals()
+        .into_iter()
+        .map(|(scope, res, n)| (format!("scope=\"{scope}\",limit=\"{res}\""), n as f64))
+        .collect();
+    family(
+        &mut out,
+        "culvert_quota_refusals_total",
+        "counter",
+        "Registrations, connections and UDP flows refused because a token, its tenant or a session held its limit, by whose limit (scope) and what it counts.",
+        &quota_refusals,
+    );
+    let held: Vec<(String, f64)> = inner
+        .quotas()
+        .held()
+        .into_iter()
+        .map(|(scope, name, res, n)| {
+            (
+                format!(
+                    "scope=\"{scope}\",name=\"{}\",resource=\"{res}\"",
+                    label(&name)
+                ),
+                n as f64,
+            )
+        })
+        .collect();
+    family(
+        &mut out,
+        "culvert_quota_held",
+        "gauge",
+        "What each token and tenant holds now across all its sessions (services, public ports, UDP flows, connections).",
+        &held,
+    );
     let (tu, ts, uu, us) = inner.registry().usage();
     family(
         &mut out,

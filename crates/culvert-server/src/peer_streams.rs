@@ -342,6 +342,15 @@ async fn access_udp(ctx: &Ctx, stream: TunnelStream, name: &str) {
         stream.reset(reset_code::REFUSED);
         return;
     }
+    // Counted for the serving agent's token and tenant, as its public flows are.
+    let quota = match crate::udp::charge_flow(inner, &owner) {
+        Ok(c) => c,
+        Err(refusal) => {
+            tracing::warn!(service = ?name, %refusal, "udp access refused: quota reached");
+            stream.reset(reset_code::REFUSED);
+            return;
+        }
+    };
     // Odd, from the owner's counter, like the flows of its public ports.
     let flow = owner.next_flow.fetch_add(2, Ordering::Relaxed);
     let Some(agent_mux) = owner.pick_for_flow(flow) else {
@@ -356,6 +365,7 @@ async fn access_udp(ctx: &Ctx, stream: TunnelStream, name: &str) {
             agent_mux.clone(),
             ctx.mux.clone(),
             client_flow,
+            quota,
         ),
     );
     ctx.spliced.insert(client_flow, (agent_mux.clone(), flow));

@@ -206,6 +206,9 @@ mod tests {
             services: None,
             ports: None,
             max_services: 64,
+            max_ports: None,
+            max_udp_flows: None,
+            max_connections: None,
             access: None,
             expires: None,
         }

@@ -59,6 +59,8 @@ pub(crate) struct Inner {
     tokens: RwLock<TokenStore>,
     registry: Arc<Registry>,
     admission: Arc<Admission>,
+    /// Services, ports, UDP flows and connections per token, tenant and session.
+    quotas: Arc<crate::quota::Quotas>,
     sessions: Mutex<HashMap<Uuid, Arc<Session>>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -257,6 +259,7 @@ impl Server {
                 config.auth_failure_window,
                 config.handshake_timeout,
             )),
+            quotas: Arc::default(),
             counters: Counters::default(),
             open_latency: Default::default(),
             tokens: RwLock::new(tokens),
@@ -315,8 +318,8 @@ impl Server {
                     };
                     drop(permit);
                     match r {
-                        Ok(Some((ws, conn, session))) => {
-                            serve_connection(inner, ws, conn, session).await
+                        Ok(Some((ws, conn, session, charge))) => {
+                            serve_connection(inner, ws, conn, session, charge).await
                         }
                         Ok(None) => {}
                         Err(e) => {
@@ -341,6 +344,18 @@ impl Inner {
 
     pub(crate) fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    pub(crate) fn quotas(&self) -> &Arc<crate::quota::Quotas> {
+        &self.quotas
+    }
+
+    /// The limits shared by the tokens of `tenant`, from the current token file.
+    pub(crate) fn tenant_limits(&self, tenant: &str) -> crate::TenantLimits {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .tenant_limits(tenant)
     }
 
     pub(crate) fn sessions_snapshot(&self) -> Vec<Arc<Session>> {
@@ -399,6 +414,7 @@ impl Inner {
         s.abort_all(reason);
         s.flows().clear();
         for (_, svc) in s.services().drain() {
+            svc.release_quota();
             if let Some(t) = &svc.task {
                 t.abort();
             }
@@ -434,7 +450,17 @@ async fn end_expired_sessions(inner: Arc<Inner>) {
     }
 }
 
-type Handshaken = (WsConn<ServerIo>, Connection, Arc<Session>);
+/// A connection past Auth: its socket, protocol state, session, and its place in the
+/// connection quotas (held while it lives).
+type Handshaken = (
+    WsConn<ServerIo>,
+    Connection,
+    Arc<Session>,
+    crate::quota::Charge,
+);
+
+/// Seconds an agent refused for a connection quota is asked to wait (AuthFail "retry in").
+const QUOTA_RETRY_S: u64 = 30;
 
 /// Largest Auth message accepted (a token of a few hundred bytes fits many times over);
 /// the bytes of an Auth split across reads are gathered up to this bound.
@@ -528,27 +554,43 @@ async fn handshake(
     };
     inner.admission.record_success(client_id);
 
-    // Attach to the agent's session (its pool shares one client id) or start one.
+    // Attach to the agent's session (its pool shares one client id) or start one, if the
+    // connection quotas of the session, the token and its tenant allow one more.
+    let tenant_limits = inner.tenant_limits(entry.tenant());
+    let admit = || {
+        inner
+            .quotas
+            .admit_connection(client_id, &entry, &tenant_limits, &inner.config)
+    };
     let session = {
         let mut map = inner.lock_sessions();
         match map.get(&client_id) {
             Some(s) if s.token().name == entry.name && !s.ended.load(Ordering::SeqCst) => {
-                Some(s.clone())
+                Some(admit().map(|c| (s.clone(), c)))
             }
             Some(_) => None,
-            None => {
+            None => Some(admit().map(|c| {
                 let s = Arc::new(Session::new(client_id, entry.clone(), culvert, peer));
                 map.insert(client_id, s.clone());
                 tracing::info!(session = %client_id, token = %entry.name, culvert, "agent session started");
-                Some(s)
-            }
+                (s, c)
+            })),
         }
     };
     tracing::Span::current().record("session", tracing::field::display(client_id));
-    let Some(session) = session else {
-        reject(&mut ws, deadline, AUTH_FAILED.to_owned()).await;
-        tracing::info!("authentication failed (client id held by another token)");
-        return Ok(None);
+    let (session, charge) = match session {
+        Some(Ok(x)) => x,
+        Some(Err(refusal)) => {
+            tracing::warn!(client = %client_id, token = ?entry.name, %refusal, "connection refused: quota reached");
+            let reason = format!("connection refused: {refusal}; retry in {QUOTA_RETRY_S} s");
+            reject(&mut ws, deadline, reason).await;
+            return Ok(None);
+        }
+        None => {
+            reject(&mut ws, deadline, AUTH_FAILED.to_owned()).await;
+            tracing::info!("authentication failed (client id held by another token)");
+            return Ok(None);
+        }
     };
     // A reload between the token check above and this session's entry in the map would
     // have passed the session by: it follows the tokens in force now.
@@ -577,7 +619,7 @@ async fn handshake(
         conn.handle_bytes(Instant::now(), rest)
             .map_err(|e| e.to_string())?;
     }
-    Ok(Some((ws, conn, session)))
+    Ok(Some((ws, conn, session, charge)))
 }
 
 /// Whether `buf` is still short of a whole Auth frame. A header that cannot start an Auth
@@ -667,11 +709,14 @@ fn parse_auth(mut first: Bytes) -> Option<(String, Uuid, bool, Bytes)> {
     }
 }
 
+/// Serves one agent connection until it closes; `_quota` (its place in the connection
+/// quotas) is given back when it does.
 async fn serve_connection(
     inner: Arc<Inner>,
     ws: WsConn<ServerIo>,
     conn: Connection,
     session: Arc<Session>,
+    _quota: crate::quota::Charge,
 ) {
     let (mux, mut events) = Mux::spawn_with(ws, conn);
     session.attach(mux.clone());
@@ -768,6 +813,7 @@ async fn handle_control(inner: &Arc<Inner>, session: &Arc<Session>, mux: &Mux, c
                 name.and_then(|n| svcs.remove(&n))
             };
             if let Some(svc) = removed {
+                svc.release_quota();
                 if let Some(t) = &svc.task {
                     t.abort();
                 }
@@ -834,12 +880,6 @@ async fn register(
         // Another pooled connection of the same agent registers again: same answer.
         return Ok(existing.clone());
     }
-    if session.services().len() >= token.max_services {
-        return Err(format!(
-            "token quota of {} services reached",
-            token.max_services
-        ));
-    }
     let proto = match protocol {
         ServiceProtocol::Tcp => Protocol::Tcp,
         ServiceProtocol::Udp => Protocol::Udp,
@@ -873,8 +913,23 @@ async fn register(
             "service name {name:?} is held in tenant {tenant:?} by token {holder:?}"
         ));
     }
+    // Counted for the token and its tenant over all their sessions (a new client id gains
+    // nothing); given back when the service leaves its session, or here if it fails.
+    let tenant_limits = inner.tenant_limits(tenant);
+    let charge = |r| {
+        inner
+            .quotas
+            .charge_token(r, &session.token(), &tenant_limits, &inner.config)
+            .map_err(|e| e.to_string())
+    };
+    let mut charges = vec![charge(crate::quota::Resource::Services)?];
+    if !private {
+        charges.push(charge(crate::quota::Resource::Ports)?);
+    }
     if private {
-        let svc = Arc::new(Service::new(name, proto, 0, None));
+        let svc = Service::new(name, proto, 0, None);
+        *svc.quota.lock().unwrap_or_else(|p| p.into_inner()) = charges;
+        let svc = Arc::new(svc);
         if session.ended.load(Ordering::SeqCst) {
             return Err("session ended".into());
         }
@@ -909,6 +964,8 @@ async fn register(
             Ok(socket) => {
                 let lease = PortLease::new(inner.registry.clone(), proto, port);
                 let mut svc = Service::new(name, proto, port, Some(lease));
+                *svc.quota.get_mut().unwrap_or_else(|p| p.into_inner()) =
+                    std::mem::take(&mut charges);
                 let listener = match socket {
                     PublicSocket::Tcp(l) => Some(l),
                     PublicSocket::Udp(u) => {
@@ -920,13 +977,12 @@ async fn register(
                     // The serving task needs the service; create it, then record its handle.
                     let (tx, rx) = tokio::sync::oneshot::channel::<Arc<Service>>();
                     let sess = session.clone();
-                    let config = inner.config.clone();
                     let server = inner.clone();
                     let task = tokio::spawn(async move {
                         let Ok(svc) = rx.await else { return };
                         match listener {
                             Some(l) => crate::public::serve_tcp(server, l, sess, svc).await,
-                            None => crate::udp::serve_udp(config, sess, svc).await,
+                            None => crate::udp::serve_udp(server, sess, svc).await,
                         }
                     });
                     svc.task = Some(task.abort_handle());
@@ -940,6 +996,7 @@ async fn register(
                     Arc::new(svc)
                 };
                 if session.ended.load(Ordering::SeqCst) {
+                    svc.release_quota();
                     if let Some(t) = &svc.task {
                         t.abort();
                     }

@@ -41,6 +41,9 @@ pub(crate) struct Service {
     /// Set once a reload withdrew the service (its token no longer allows it): the public
     /// connections and access streams it carries are then reset.
     withdrawn: tokio::sync::watch::Sender<bool>,
+    /// What the service is charged to its token and tenant (a service, and a public port);
+    /// given back when it is removed from its session, not when the last reference goes.
+    pub(crate) quota: Mutex<Vec<crate::quota::Charge>>,
     /// Holds the port until the service is dropped. Declared last: dropped after the socket.
     pub(crate) _lease: Option<crate::registry::PortLease>,
 }
@@ -66,6 +69,7 @@ impl Service {
             bytes_out: Default::default(),
             udp: None,
             withdrawn: tokio::sync::watch::Sender::new(false),
+            quota: Mutex::new(Vec::new()),
             _lease: lease,
         }
     }
@@ -92,6 +96,12 @@ impl Service {
             // The sender lives as long as the service, which the caller holds.
             std::future::pending::<()>().await;
         }
+    }
+
+    /// Gives back the service's quota charges: called when it leaves its session, so a
+    /// token's freed capacity is free at once (tasks still tearing down hold the service).
+    pub(crate) fn release_quota(&self) {
+        self.quota.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Adds a finished connection's bytes to the service's totals (what was moved before an
@@ -195,6 +205,8 @@ impl Session {
             }
         };
         svc.withdraw();
+        // It left the session: its share of the token's and tenant's quotas is free again.
+        svc.release_quota();
         self.forget_flows_of(svc);
         removed.is_some()
     }

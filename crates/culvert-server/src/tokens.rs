@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use std::collections::BTreeMap;
+
 use crate::names::{name_problem, valid_name};
+use crate::quota::TenantLimits;
 use crate::roles::Role;
 
 /// Prefix that makes Culvert tokens recognisable (for secret scanners too).
@@ -35,9 +38,21 @@ pub struct TokenEntry {
     /// Public ports this token may request, as ranges like "30000-30010" (any in the server range when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<String>>,
-    /// Most services this token may hold at once.
+    /// Most services this token may hold at once, across all its sessions.
     #[serde(default = "default_max_services")]
     pub max_services: usize,
+    /// Most public ports this token may hold at once, across all its sessions (only
+    /// `max_services` bounds them when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ports: Option<usize>,
+    /// Most UDP flows its services may hold at once, across all its sessions (the server's
+    /// `udp_max_flows_per_token` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_udp_flows: Option<usize>,
+    /// Most tunnel connections it may hold at once, across all its sessions (the server's
+    /// `max_connections_per_token` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
     /// Services of other tenants this token may reach through access sessions and node
     /// tunnels: `"TENANT/NAME"`, `"TENANT/*"`, `"*"` for all, or a bare `"NAME"` (that name in
     /// whichever tenant holds it; refused when several do). Its own tenant needs no grant.
@@ -152,6 +167,9 @@ fn default_max_services() -> usize {
 struct TokenFile {
     #[serde(default, rename = "token")]
     tokens: Vec<TokenEntry>,
+    /// Limits shared by the tokens of a tenant, by tenant name (`[tenants.acme]`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    tenants: BTreeMap<String, TenantLimits>,
 }
 
 /// Errors reading or writing the token file.
@@ -192,10 +210,11 @@ pub enum TokenError {
     Invalid(String),
 }
 
-/// The tokens a server accepts.
+/// The tokens a server accepts, and the limits of their tenants.
 #[derive(Debug, Clone, Default)]
 pub struct TokenStore {
     entries: Vec<(TokenEntry, [u8; 32])>,
+    tenants: BTreeMap<String, TenantLimits>,
 }
 
 /// SHA-256 of a token.
@@ -270,7 +289,18 @@ impl TokenStore {
         if entries.is_empty() {
             return Err(TokenError::Empty(path.display().to_string()));
         }
-        Ok(TokenStore { entries })
+        for t in file.tenants.keys() {
+            if !valid_name(t) {
+                return Err(TokenError::Parse {
+                    path: path.display().to_string(),
+                    message: format!("[tenants]: {}", name_problem("tenant", t)),
+                });
+            }
+        }
+        Ok(TokenStore {
+            entries,
+            tenants: file.tenants,
+        })
     }
 
     /// A store from entries (tests, embedded use).
@@ -287,13 +317,19 @@ impl TokenStore {
                     services: None,
                     ports: None,
                     max_services: default_max_services(),
+                    max_ports: None,
+                    max_udp_flows: None,
+                    max_connections: None,
                     access: None,
                     expires: None,
                 };
                 (e, h)
             })
             .collect();
-        TokenStore { entries }
+        TokenStore {
+            entries,
+            tenants: BTreeMap::new(),
+        }
     }
 
     /// A store from full entries (tests and embedded use that need permissions).
@@ -306,7 +342,21 @@ impl TokenStore {
                 (e, h)
             })
             .collect();
-        TokenStore { entries }
+        TokenStore {
+            entries,
+            tenants: BTreeMap::new(),
+        }
+    }
+
+    /// The same store with the tenant limits `tenants` (tests and embedded use).
+    pub fn with_tenants(mut self, tenants: BTreeMap<String, TenantLimits>) -> TokenStore {
+        self.tenants = tenants;
+        self
+    }
+
+    /// The limits shared by the tokens of `tenant` (none when the file sets none).
+    pub fn tenant_limits(&self, tenant: &str) -> TenantLimits {
+        self.tenants.get(tenant).copied().unwrap_or_default()
     }
 
     /// Finds the entry whose hash matches `token`. Every entry is compared, in constant
@@ -407,6 +457,9 @@ pub fn add_token(path: &Path, new: &NewToken) -> Result<String, TokenError> {
         services: nonempty(&new.services),
         ports: nonempty(&new.ports),
         max_services: new.max_services.unwrap_or_else(default_max_services),
+        max_ports: None,
+        max_udp_flows: None,
+        max_connections: None,
         access: nonempty(&new.access),
         expires: new
             .ttl
@@ -555,6 +608,51 @@ mod tests {
         let body = format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nroles = []\n");
         let e = load_text("ctl-noroles", &body).unwrap_err().to_string();
         assert!(e.contains("roles is empty"), "{e}");
+    }
+
+    #[test]
+    fn tenant_limits_load_and_survive_a_rewrite() {
+        let dir = std::env::temp_dir().join(format!("culvert-tok-ten-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokens.toml");
+        let h = "0".repeat(64);
+        std::fs::write(
+            &path,
+            format!("[[token]]\nname = \"a\"\ntenant = \"acme\"\nsha256 = \"{h}\"\nmax_connections = 3\n\n[tenants.acme]\nmax_services = 2\nmax_udp_flows = 9\n"),
+        )
+        .unwrap();
+        let store = TokenStore::load(&path).unwrap();
+        let acme = store.tenant_limits("acme");
+        assert_eq!(acme.max_services, Some(2));
+        assert_eq!(acme.max_udp_flows, Some(9));
+        assert_eq!(acme.max_ports, None);
+        assert_eq!(store.tenant_limits("globex"), TenantLimits::default());
+        // `token new` rewrites the file: the tenants' limits stay.
+        add_token(
+            &path,
+            &NewToken {
+                name: "b".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let store = TokenStore::load(&path).unwrap();
+        assert_eq!(store.tenant_limits("acme").max_services, Some(2));
+        assert_eq!(list_tokens(&path).unwrap()[0].max_connections, Some(3));
+        std::fs::write(
+            &path,
+            format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\n\n[tenants.\"a b\"]\nmax_services = 2\n"),
+        )
+        .unwrap();
+        let e = TokenStore::load(&path).unwrap_err().to_string();
+        assert!(e.contains("[tenants]"), "{e}");
+        std::fs::write(
+            &path,
+            format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\n\n[tenants.a]\nmax_service = 2\n"),
+        )
+        .unwrap();
+        assert!(TokenStore::load(&path).is_err(), "unknown keys are errors");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -14,8 +14,8 @@ use culvert_proto::{Control, StreamId};
 use culvert_transport::Mux;
 use tokio::net::UdpSocket;
 
+use crate::server::Inner;
 use crate::session::{Service, Session};
-use crate::ServerConfig;
 
 /// Counters of one UDP service (exact, for metrics and tests).
 #[derive(Debug, Default)]
@@ -74,6 +74,8 @@ pub(crate) struct FlowRoute {
     /// Set for a flow an access client opened: replies go to its connection, tagged
     /// with its stream's id, instead of to a public address.
     to_stream: Option<(Mux, u64)>,
+    /// The flow counted for the service's token and tenant while it lives.
+    _quota: crate::quota::Charge,
 }
 
 impl FlowRoute {
@@ -84,6 +86,7 @@ impl FlowRoute {
         mux: Mux,
         client: Mux,
         client_flow: u64,
+        quota: crate::quota::Charge,
     ) -> FlowRoute {
         FlowRoute {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -91,6 +94,7 @@ impl FlowRoute {
             mux,
             last_active: Instant::now(),
             to_stream: Some((client, client_flow)),
+            _quota: quota,
         }
     }
 
@@ -100,7 +104,8 @@ impl FlowRoute {
 }
 
 /// Relays client datagrams of one UDP service until aborted.
-pub(crate) async fn serve_udp(config: ServerConfig, session: Arc<Session>, service: Arc<Service>) {
+pub(crate) async fn serve_udp(server: Arc<Inner>, session: Arc<Session>, service: Arc<Service>) {
+    let config = server.config();
     let Some(udp) = &service.udp else { return };
     let socket = udp.socket.clone();
     let counters = udp.counters.clone();
@@ -133,7 +138,7 @@ pub(crate) async fn serve_udp(config: ServerConfig, session: Arc<Session>, servi
             burst += 1;
             if n > config.udp_max_datagram {
                 counters.dropped_oversize.fetch_add(1, Ordering::Relaxed);
-            } else if let Some((flow, mux)) = flow_for(&config, &session, &service, from) {
+            } else if let Some((flow, mux)) = flow_for(&server, &session, &service, from) {
                 if pending.as_ref().is_some_and(|(f, _)| *f != flow) {
                     flush(&mut pending, &mut batch, &counters);
                 }
@@ -190,11 +195,12 @@ fn flush(pending: &mut Option<(u64, Mux)>, batch: &mut Vec<Bytes>, counters: &Ud
 
 /// The flow of `from`, created (and announced with Connect) when new and under the caps.
 fn flow_for(
-    config: &ServerConfig,
+    server: &Inner,
     session: &Arc<Session>,
     service: &Arc<Service>,
     from: SocketAddr,
 ) -> Option<(u64, Mux)> {
+    let config = server.config();
     let udp = service.udp.as_ref()?;
     let existing = udp.by_addr().get(&from).copied();
     if let Some(flow) = existing {
@@ -217,6 +223,19 @@ fn flow_for(
             .fetch_add(1, Ordering::Relaxed);
         return None;
     }
+    let quota = match charge_flow(server, session) {
+        Ok(c) => c,
+        Err(refusal) => {
+            udp.counters
+                .dropped_flow_cap
+                .fetch_add(1, Ordering::Relaxed);
+            if server.quotas().log_now() {
+                tracing::warn!(service = %service.name, client = %from, %refusal,
+                    "udp flow refused: quota reached (logged at most once a second)");
+            }
+            return None;
+        }
+    };
     // Odd ids: even ones are the stream ids of flows the agent side opens (PROTOCOL.md §6.8).
     let flow = session.next_flow.fetch_add(2, Ordering::Relaxed);
     let Some(mux) = session.pick_for_flow(flow) else {
@@ -249,11 +268,26 @@ fn flow_for(
             mux: mux.clone(),
             last_active: Instant::now(),
             to_stream: None,
+            _quota: quota,
         },
     );
     udp.counters.flows_created.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(service = %service.name, client = %from, flow, "udp flow opened");
     Some((flow, mux))
+}
+
+/// Charges a new UDP flow of a service of `session` to its token and tenant.
+pub(crate) fn charge_flow(
+    server: &Inner,
+    session: &Session,
+) -> Result<crate::quota::Charge, crate::quota::Refusal> {
+    let token = session.token();
+    server.quotas().charge_token(
+        crate::quota::Resource::UdpFlows,
+        &token,
+        &server.tenant_limits(token.tenant()),
+        server.config(),
+    )
 }
 
 fn evict_idle(session: &Session, service: &Arc<Service>, idle: Duration) {

@@ -307,6 +307,10 @@ pub struct ServerArgs {
     /// Seconds streams in flight get to finish after SIGTERM/SIGINT.
     #[arg(long)]
     pub grace: Option<u64>,
+    /// Tunnel connections one agent session (one client id) may hold; more are refused
+    /// with "retry in 30 s" [default: 64, the largest agent pool].
+    #[arg(long)]
+    pub max_connections_per_session: Option<usize>,
 }
 
 #[derive(Debug, Args, Default)]

@@ -62,6 +62,7 @@ pub struct ServerFile {
     pub heartbeat_interval: Option<u64>,
     pub admin: Option<SocketAddr>,
     pub grace: Option<u64>,
+    pub max_connections_per_session: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -84,6 +84,12 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(h) = args.heartbeat_interval.or(file.heartbeat_interval) {
         config.proto.set_heartbeat_interval(Duration::from_secs(h));
     }
+    if let Some(n) = args
+        .max_connections_per_session
+        .or(file.max_connections_per_session)
+    {
+        config.max_connections_per_session = n.max(1);
+    }
     let cert = args.tls_cert.or(file.tls_cert);
     let key = args.tls_key.or(file.tls_key);
     let self_signed = args.self_signed || file.self_signed;

@@ -84,6 +84,15 @@ fn listing_line(e: &TokenEntry) -> String {
     list("services", &e.services, &mut line);
     list("ports", &e.ports, &mut line);
     line.push_str(&format!(" max_services={}", e.max_services));
+    for (key, v) in [
+        ("max_ports", e.max_ports),
+        ("max_udp_flows", e.max_udp_flows),
+        ("max_connections", e.max_connections),
+    ] {
+        if let Some(v) = v {
+            line.push_str(&format!(" {key}={v}"));
+        }
+    }
     list("access", &e.access, &mut line);
     if let Some(t) = e.expires {
         let left = t.saturating_sub(tokens::unix_now());
@@ -101,6 +110,9 @@ fn listing_json(e: &TokenEntry) -> serde_json::Value {
         "services": e.services,
         "ports": e.ports,
         "max_services": e.max_services,
+        "max_ports": e.max_ports,
+        "max_udp_flows": e.max_udp_flows,
+        "max_connections": e.max_connections,
         "access": e.access,
         "expires": e.expires,
     })
