@@ -6,6 +6,7 @@
 #   AB_A_BIN=/tmp/culvert-old AB_B_BIN=target/release/culvert scripts/ab.sh
 #   AB_A_AGENT_ARGS=--ws-mask scripts/ab.sh          # same binary, agent flag on / off
 #   AB_SCHEME=wss scripts/ab.sh                      # over TLS (--self-signed server)
+#   AB_STREAMS=8 AB_B_AGENT_ARGS="--pool 8" scripts/ab.sh   # eight parallel streams
 #
 # Per round and variant: iperf3 -n AB_BYTES client→service and service→client (one stream),
 # then AB_RR 64-byte round trips over one connection. Printed per variant: the median of
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 
 ROUNDS=${AB_ROUNDS:-3}
 SCHEME=${AB_SCHEME:-ws}
+STREAMS=${AB_STREAMS:-1}  # iperf3 -P: parallel streams per transfer
 BYTES=${AB_BYTES:-2G}
 RR=${AB_RR:-5000}
 A_BIN=${AB_A_BIN:-target/release/culvert}
@@ -83,7 +85,7 @@ run() {
     local flag=() s0 a0 s1 a1 su0 au0 su1 au1 out gbps bytes
     [[ $dirn == down ]] && flag=(-R)
     s0=$(ticks "$sp") a0=$(ticks "$ap") su0=$(uticks "$sp") au0=$(uticks "$ap")
-    timeout 120 iperf3 -c 127.0.0.1 -p "$PUB" -n "$BYTES" -J "${flag[@]}" >"$dir/$dirn.json"
+    timeout 120 iperf3 -c 127.0.0.1 -p "$PUB" -n "$BYTES" -P "$STREAMS" -J "${flag[@]}" >"$dir/$dirn.json"
     s1=$(ticks "$sp") a1=$(ticks "$ap") su1=$(uticks "$sp") au1=$(uticks "$ap")
     out=$("${TOOL[@]}" iperf-parse "$dir/$dirn.json")
     read -r gbps bytes <<<"$out"
