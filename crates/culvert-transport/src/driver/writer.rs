@@ -142,6 +142,10 @@ where
         shared: shared.clone(),
     };
     let mut txs: Vec<Transmit> = (0..BATCHES_PER_WRITE).map(|_| Transmit::new()).collect();
+    // Set when a write ended before all of it was written (cut by a close, a timer or an
+    // error): the peer's WebSocket stream then stops mid-frame, and anything written after
+    // it (a GoAway, a close frame) would be read as the rest of that frame.
+    let mut torn = false;
     let stop = loop {
         let (k, n, pong, deadline) = {
             let mut st = shared.lock();
@@ -168,6 +172,7 @@ where
         };
         if let Some(p) = pong {
             if let Err(s) = clock.io("write", ws.send_control(0xa, &p)).await {
+                torn = true;
                 break s;
             }
         }
@@ -178,6 +183,7 @@ where
             drop(msgs);
             txs[..k].iter_mut().for_each(Transmit::clear);
             if let Err(s) = r {
+                torn = true;
                 break s;
             }
             continue;
@@ -202,8 +208,9 @@ where
             let _ = tokio::time::timeout(CLOSE_GRACE, goodbye(&shared, &mut ws)).await;
             shared.close(reason);
         }
-        // The peer ended it (say so politely, briefly); an abort drops the socket at once.
-        Stop::Closed if !shared.lock().aborted => {
+        // The peer ended it (say so politely, briefly); an abort drops the socket at once,
+        // and so does a write cut mid-frame (nothing more can be framed after it).
+        Stop::Closed if !torn && !shared.lock().aborted => {
             let _ = tokio::time::timeout(CLOSE_GRACE, goodbye(&shared, &mut ws)).await;
         }
         Stop::Closed => {}
