@@ -12,6 +12,8 @@ pub mod prom;
 mod relay;
 mod socket;
 mod stream;
+mod upgrade_tail;
+
 pub mod tls;
 pub mod udp_target;
 pub mod ws;

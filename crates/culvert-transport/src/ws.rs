@@ -4,8 +4,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::upgrade_tail::Recorder;
 use crate::wsframe::{Role, WsConn};
 
 use crate::TransportError;
@@ -16,16 +16,6 @@ pub const TUNNEL_PATH: &str = "/tunnel/v1";
 /// Largest WebSocket message (one batch of frames) either side sends or accepts.
 /// 256 KiB amortises WebSocket framing over several 64 KiB frames while keeping per-connection buffers small.
 pub const BATCH_CAP: usize = 256 * 1024;
-
-/// WebSocket limits matching the batch cap, with a bounded write buffer so backpressure is real.
-pub fn config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_message_size(Some(BATCH_CAP))
-        .max_frame_size(Some(BATCH_CAP))
-        .write_buffer_size(BATCH_CAP)
-        .max_write_buffer_size(4 * BATCH_CAP)
-        .read_buffer_size(BATCH_CAP)
-}
 
 /// Request header by which a client asks to send and receive unmasked frames, and response
 /// header by which the server agrees (value `1` both ways). Masking guards plaintext
@@ -55,8 +45,11 @@ where
         }
         Ok(resp)
     };
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(io, check, Some(config())).await?;
-    let conn = WsConn::new(ws.into_inner(), Role::Server);
+    // tungstenite only does the upgrade; the framer takes the socket over, with whatever
+    // the client sent behind its request.
+    let ws = tokio_tungstenite::accept_hdr_async(Recorder::new(io), check).await?;
+    let (io, tail) = ws.into_inner().finish();
+    let conn = WsConn::with_prefix(io, Role::Server, &tail);
     Ok(if unmasked { conn.unmasked() } else { conn })
 }
 
@@ -72,13 +65,14 @@ where
         req.headers_mut()
             .insert(UNMASKED_HEADER, HeaderValue::from_static("1"));
     }
-    let (ws, resp) = tokio_tungstenite::client_async_with_config(req, io, Some(config())).await?;
+    let (ws, resp) = tokio_tungstenite::client_async(req, Recorder::new(io)).await?;
     let agreed = ask_unmasked
         && resp
             .headers()
             .get(UNMASKED_HEADER)
             .is_some_and(|v| v == "1");
-    let conn = WsConn::new(ws.into_inner(), Role::Client);
+    let (io, tail) = ws.into_inner().finish();
+    let conn = WsConn::with_prefix(io, Role::Client, &tail);
     Ok(if agreed { conn.unmasked() } else { conn })
 }
 

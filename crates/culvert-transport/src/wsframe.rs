@@ -585,12 +585,19 @@ pub struct WsConn<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite> WsConn<S> {
-    /// Takes over an upgraded socket (nothing may be buffered in the handshake: Culvert's
-    /// peers send nothing until the upgrade completes).
+    /// Takes over an upgraded socket with nothing read past the upgrade.
     pub fn new(io: S, role: Role) -> WsConn<S> {
+        WsConn::with_prefix(io, role, &[])
+    }
+
+    /// Takes over an upgraded socket whose handshake already read `prefix`, the first bytes
+    /// of the peer's WebSocket stream (sent right behind its request or response).
+    pub fn with_prefix(io: S, role: Role, prefix: &[u8]) -> WsConn<S> {
         let (r, w) = tokio::io::split(io);
+        let mut reader = WsReader::new(r, role);
+        reader.buf.extend_from_slice(prefix);
         WsConn {
-            reader: WsReader::new(r, role),
+            reader,
             writer: WsWriter::new(w, role),
         }
     }
