@@ -24,6 +24,9 @@ required=(
   # with a python3 echo service inside the namespace.
   ip:iproute2
   python3:python3
+  # An HTTP proxy the agent reaches the server through (crates/culvert/tests/proxy.rs);
+  # tinyproxy-bin is the program alone, without a system-wide proxy service.
+  tinyproxy:tinyproxy-bin
 )
 missing=()
 for entry in "${required[@]}"; do

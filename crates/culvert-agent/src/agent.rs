@@ -10,7 +10,7 @@ use culvert_proto::{
     reset_code, Config, Connection, Control, ServiceProtocol, Side, StreamId, Token,
 };
 use culvert_transport::tls::{client_config, Verify};
-use culvert_transport::ws::{dial, ServerUrl};
+use culvert_transport::ws::{dial_via, ServerUrl};
 use culvert_transport::{relay_tcp_counted, tune_tcp, Mux, MuxEvent, RelayCounters, TunnelStream};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -50,6 +50,9 @@ pub struct AgentConfig {
     /// Mask every WebSocket frame even when the server would take them unmasked, for a
     /// path through a proxy that inspects WebSocket frames (see `ws::UNMASKED_HEADER`).
     pub ws_mask: bool,
+    /// HTTP proxy the server is reached through (`CONNECT`), unless the server's host is
+    /// in its bypass list; `None` dials directly. Never logged with its password.
+    pub proxy: Option<culvert_transport::Proxy>,
     /// Stop (see [`AgentHandle::permanent_failure`]) at the first permanent error (refused
     /// token, untrusted certificate, refused port) instead of retrying at the longest
     /// backoff: for supervisors that should see the failure.
@@ -64,6 +67,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("services", &self.services)
             .field("pool", &self.pool)
             .field("verify", &self.verify)
+            .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
@@ -85,6 +89,7 @@ impl AgentConfig {
             udp_idle_timeout: Duration::from_secs(60),
             udp_max_flows: 16_384,
             ws_mask: false,
+            proxy: None,
             exit_on_auth_failure: false,
         }
     }
@@ -567,11 +572,12 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, Failure> {
     let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
     let ws = tokio::time::timeout_at(
         deadline,
-        dial(
+        dial_via(
             &cfg.server,
             shared.tls.clone(),
             cfg.proto.idle_timeout,
             cfg.ws_mask,
+            cfg.proxy.as_ref(),
         ),
     )
     .await

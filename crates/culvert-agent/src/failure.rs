@@ -68,6 +68,10 @@ impl Failure {
                      test servers only) or give the server a certificate"
                 ))
             }
+            // Retrying with the same credentials cannot help.
+            TransportError::Proxy(s) if s.contains("proxy authentication") => {
+                Failure::permanent(text)
+            }
             TransportError::WebSocket(_) if !url.tls && looks_like_tls_answer(&text) => {
                 Failure::permanent(format!(
                     "{text}: ws:// used against a TLS server; use wss:// with --fingerprint or --ca"

@@ -45,6 +45,8 @@ pub struct AccessConfig {
     /// How long start-up waits for the server before giving up (or, with a `direct`
     /// fallback, carrying on without it).
     pub connect_timeout: Duration,
+    /// HTTP proxy the server is reached through (see `culvert_transport::Proxy`).
+    pub proxy: Option<culvert_transport::Proxy>,
 }
 
 impl std::fmt::Debug for AccessConfig {
@@ -53,6 +55,7 @@ impl std::fmt::Debug for AccessConfig {
             .field("server", &self.server)
             .field("token", &"<redacted>")
             .field("sessions", &self.sessions)
+            .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
@@ -113,6 +116,7 @@ impl Access {
         agent.verify = config.verify.clone();
         agent.pool = config.pool.max(1);
         agent.connect_timeout = config.connect_timeout;
+        agent.proxy = config.proxy.clone();
         let link = Arc::new(Agent::spawn(agent)?);
         let all_direct = config
             .sessions

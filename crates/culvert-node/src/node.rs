@@ -130,6 +130,7 @@ impl Node {
             let mut config = AgentConfig::new(url, token, services);
             config.proto = file.node.proto_config();
             config.verify = verify_of(&members[0])?;
+            config.proxy = culvert_transport::Proxy::from_setting(file.node.proxy.as_deref())?;
             config.pool = members
                 .iter()
                 .find_map(|t| t.pool)

@@ -74,6 +74,9 @@ pub struct NodeSection {
     /// accepts and the ones it dials (default 10): a peer silent for two is dropped, one
     /// silent past one and a half gets no new streams.
     pub heartbeat_interval: Option<u64>,
+    /// HTTP proxy the tunnels this node dials go through (`CONNECT`), `none` for none;
+    /// absent: `HTTPS_PROXY` from the environment (minus `NO_PROXY`).
+    pub proxy: Option<String>,
 }
 
 impl NodeSection {

@@ -12,6 +12,10 @@ pub enum TransportError {
     /// WebSocket handshake or framing failure.
     #[error("websocket: {0}")]
     WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The HTTP proxy could not be used (its URL, or its answer to CONNECT); the message
+    /// never holds the proxy's password.
+    #[error("proxy: {0}")]
+    Proxy(String),
     /// The server URL is not usable.
     #[error("bad server url: {0}")]
     Url(String),

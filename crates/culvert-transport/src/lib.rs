@@ -9,6 +9,7 @@ mod error;
 mod fd_reserve;
 mod progress;
 pub mod prom;
+mod proxy;
 mod relay;
 mod socket;
 mod stream;
@@ -22,6 +23,7 @@ pub mod wsframe;
 pub use accept_errors::AcceptErrors;
 pub use driver::{drain, DatagramSink, Mux, MuxEvent, MuxStats};
 pub use error::TransportError;
+pub use proxy::Proxy;
 pub use relay::{
     relay_streams, relay_tcp, relay_tcp_counted, relay_tcp_until, RelayCounters, RelayTotals,
 };

@@ -155,7 +155,26 @@ pub async fn dial(
     user_timeout: std::time::Duration,
     mask: bool,
 ) -> Result<WsConn<ClientIo>, TransportError> {
-    let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port)).await?;
+    dial_via(url, tls, user_timeout, mask, None).await
+}
+
+/// [`dial`] through an HTTP proxy (`CONNECT`) when `proxy` is given and the server's host
+/// is not in its bypass list. The caller's deadline bounds the whole dial; the proxy's
+/// answer has its own, the idle timeout.
+pub async fn dial_via(
+    url: &ServerUrl,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    user_timeout: std::time::Duration,
+    mask: bool,
+    proxy: Option<&crate::Proxy>,
+) -> Result<WsConn<ClientIo>, TransportError> {
+    let tcp = match proxy.filter(|p| p.applies_to(&url.host)) {
+        Some(p) => {
+            tracing::debug!(proxy = %p, server = %url.host, "dialing through the proxy");
+            p.connect(&url.host, url.port, user_timeout).await?
+        }
+        None => tokio::net::TcpStream::connect((url.host.as_str(), url.port)).await?,
+    };
     crate::tune_tcp(&tcp);
     crate::tune_tunnel(&tcp, user_timeout);
     let io = if url.tls {

@@ -107,6 +107,7 @@ fn config(args: AccessArgs) -> anyhow::Result<(AccessConfig, Option<SocketAddr>)
             sessions,
             pool: 2,
             connect_timeout: Duration::from_secs(10),
+            proxy: culvert_transport::Proxy::from_setting(args.proxy.or(file.proxy).as_deref())?,
         },
         args.admin.or(file.admin),
     ))

@@ -164,6 +164,10 @@ pub struct AccessArgs {
     pub direct: Vec<String>,
     #[command(flatten)]
     pub verify: VerifyArgs,
+    /// HTTP proxy to reach the server through (CONNECT): http://[USER:PASSWORD@]HOST:PORT,
+    /// or `none`. Default: HTTPS_PROXY from the environment, minus the hosts in NO_PROXY.
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
     /// Admin listener serving the sessions to `culvert access list`.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
@@ -340,6 +344,10 @@ pub struct AgentArgs {
     /// WebSocket connections to keep open (streams spread across them).
     #[arg(long)]
     pub pool: Option<usize>,
+    /// HTTP proxy to reach the server through (CONNECT): http://[USER:PASSWORD@]HOST:PORT,
+    /// or `none`. Default: HTTPS_PROXY from the environment, minus the hosts in NO_PROXY.
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
     /// Mask every WebSocket frame (RFC 6455's client masking). By default the agent asks
     /// the server for unmasked frames, which saves a copy of every byte; use this when a
     /// proxy on the way inspects WebSocket frames and insists on masking.

@@ -30,6 +30,8 @@ pub struct AccessFile {
     pub ttl: Option<String>,
     pub fallback: Option<String>,
     pub admin: Option<SocketAddr>,
+    /// `--proxy URL`: the HTTP proxy to reach the server through (`none`: no proxy).
+    pub proxy: Option<String>,
     #[serde(default)]
     pub session: Vec<AccessSessionFile>,
 }
@@ -84,6 +86,8 @@ pub struct AgentFile {
     /// `--ws-mask`: mask every WebSocket frame.
     #[serde(default)]
     pub ws_mask: bool,
+    /// `--proxy URL`: the HTTP proxy to reach the server through (`none`: no proxy).
+    pub proxy: Option<String>,
     pub heartbeat_interval: Option<u64>,
     pub admin: Option<SocketAddr>,
     pub grace: Option<u64>,

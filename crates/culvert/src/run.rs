@@ -9,6 +9,7 @@ use culvert_agent::{Agent, AgentConfig, ServiceSpec};
 use culvert_server::{PortRange, Server, ServerConfig, TokenStore};
 use culvert_transport::tls::{ServerTls, Verify};
 use culvert_transport::ws::ServerUrl;
+use culvert_transport::Proxy;
 
 use crate::cli::{AgentArgs, CertCommand, Cli, Command, ServerArgs};
 use crate::file_config;
@@ -237,6 +238,7 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         config.pool = p.clamp(1, 64);
     }
     config.ws_mask = args.ws_mask || file.ws_mask;
+    config.proxy = Proxy::from_setting(args.proxy.or(file.proxy).as_deref())?;
     if let Some(h) = args.heartbeat_interval.or(file.heartbeat_interval) {
         config.proto.set_heartbeat_interval(Duration::from_secs(h));
     }
