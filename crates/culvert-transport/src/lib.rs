@@ -13,6 +13,7 @@ mod proxy;
 mod relay;
 mod socket;
 mod stream;
+mod stream_io;
 mod upgrade_tail;
 
 pub mod tls;
