@@ -833,6 +833,15 @@ async fn forward(
     client_addr: String,
     counters: Arc<ServiceCounters>,
 ) {
+    if let Some(backend) = svc.http.clone() {
+        // An HTTP service: the stream carries HTTP; the backend is dialed per request.
+        let _ = mux.send_control(Control::ConnectAck { connection_id });
+        counters.connections.fetch_add(1, Ordering::Relaxed);
+        counters.open.fetch_add(1, Ordering::Relaxed);
+        crate::http_proxy::serve(stream, backend, timeout).await;
+        counters.open.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
     let mut tcp = match tokio::time::timeout(timeout, TcpStream::connect(&svc.target)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return fail(&mux, stream, connection_id, format!("{}: {e}", svc.target)),

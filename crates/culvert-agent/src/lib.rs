@@ -7,6 +7,8 @@
 mod agent;
 mod backoff;
 mod failure;
+mod http_backend;
+mod http_proxy;
 mod local_flows;
 pub mod proxy_protocol;
 mod service;
@@ -14,6 +16,7 @@ mod service;
 pub use agent::{Agent, AgentConfig, AgentHandle, LinkState, ServiceCounters};
 pub use backoff::Backoff;
 pub use failure::{Failure, FailureKind};
+pub use http_backend::{HttpBackend, SecretSource};
 pub use local_flows::LocalFlow;
 pub use proxy_protocol::ProxyVersion;
 pub use service::{valid_service_name, ServiceSpec};

@@ -1,4 +1,6 @@
-//! What the agent exposes: `NAME=tcp://HOST:PORT[@PUBLIC_PORT][?proxy=v1|v2][&private]`.
+//! What the agent exposes: `NAME=tcp://HOST:PORT[@PUBLIC_PORT][?proxy=v1|v2][&private]`,
+//! or an HTTP service `NAME=http[s]://HOST[:PORT][/PATH]` (served through the server's HTTP
+//! ingress, never on a public port of its own).
 
 use culvert_proto::ServiceProtocol;
 
@@ -21,6 +23,9 @@ pub struct ServiceSpec {
     /// A private service gets no public port: it is reached only through access sessions
     /// and node tunnels whose token the server allows it (`--private` or `?private`).
     pub private: bool,
+    /// An HTTP service: requests arrive through the server's HTTP ingress and the agent
+    /// proxies them to this backend, adding its injected headers.
+    pub http: Option<std::sync::Arc<crate::HttpBackend>>,
 }
 
 /// Whether `name` can name a service: 1 to 64 of `A-Z a-z 0-9 . _ -`. Stream targets with a
@@ -44,12 +49,18 @@ impl std::str::FromStr for ServiceSpec {
                 "{s:?}: service name must be 1 to 64 of A-Z a-z 0-9 . _ -"
             ));
         }
+        if url.starts_with("http://") || url.starts_with("https://") {
+            let backend = crate::HttpBackend::parse(url).map_err(|e| format!("{s:?}: {e}"))?;
+            return Ok(ServiceSpec::http(name, backend));
+        }
         let (protocol, rest) = if let Some(r) = url.strip_prefix("tcp://") {
             (ServiceProtocol::Tcp, r)
         } else if let Some(r) = url.strip_prefix("udp://") {
             (ServiceProtocol::Udp, r)
         } else {
-            return Err(format!("{s:?}: target must start with tcp:// or udp://"));
+            return Err(format!(
+                "{s:?}: target must start with tcp://, udp://, http:// or https://"
+            ));
         };
         let (rest, (proxy, private)) = match rest.split_once('?') {
             Some((r, query)) => (r, parse_query(s, query)?),
@@ -79,6 +90,7 @@ impl std::str::FromStr for ServiceSpec {
             remote_port,
             proxy,
             private,
+            http: None,
         })
     }
 }
@@ -102,6 +114,20 @@ fn parse_query(s: &str, query: &str) -> Result<(Option<ProxyVersion>, bool), Str
 }
 
 impl ServiceSpec {
+    /// An HTTP service `name` proxied to `backend`: private (callers come through the
+    /// server's HTTP ingress), TCP between server and agent.
+    pub fn http(name: &str, backend: crate::HttpBackend) -> ServiceSpec {
+        ServiceSpec {
+            name: name.to_owned(),
+            protocol: ServiceProtocol::Tcp,
+            target: format!("{}:{}", backend.host, backend.port),
+            remote_port: 0,
+            proxy: None,
+            private: true,
+            http: Some(std::sync::Arc::new(backend)),
+        }
+    }
+
     /// The target's port, sent as Register's `local_port` (informational for the server).
     pub fn local_port(&self) -> u16 {
         self.target
@@ -128,7 +154,9 @@ mod tests {
         let s: ServiceSpec = "v6=tcp://[::1]:22".parse().unwrap();
         assert_eq!(s.target, "[::1]:22");
         assert!("x".parse::<ServiceSpec>().is_err());
-        assert!("x=http://a:1".parse::<ServiceSpec>().is_err());
+        assert!("x=ftp://a:1".parse::<ServiceSpec>().is_err());
+        let h: ServiceSpec = "erp=http://10.0.0.5:8080/api".parse().unwrap();
+        assert!(h.private && h.http.is_some() && h.target == "10.0.0.5:8080");
         assert!("x=tcp://a".parse::<ServiceSpec>().is_err());
         assert_eq!(s.proxy, None);
     }

@@ -125,6 +125,7 @@ impl Node {
                     remote_port: reverse_port(&t.listen).unwrap_or(0),
                     proxy: None,
                     private: false,
+                    http: None,
                 });
             }
             let mut config = AgentConfig::new(url, token, services);

@@ -88,12 +88,30 @@ pub struct AgentFile {
     pub ws_mask: bool,
     /// `--proxy URL`: the HTTP proxy to reach the server through (`none`: no proxy).
     pub proxy: Option<String>,
+    /// `[[agent.service]]`: services written as tables (HTTP services with injected headers).
+    #[serde(default)]
+    pub service: Vec<AgentServiceFile>,
     pub heartbeat_interval: Option<u64>,
     pub admin: Option<SocketAddr>,
     pub grace: Option<u64>,
     /// `--exit-on-auth-failure`: exit non-zero at the first permanent error.
     #[serde(default)]
     pub exit_on_auth_failure: bool,
+}
+
+/// `[[agent.service]]`: one service as a table. `url` is what `--expose NAME=URL` takes;
+/// HTTP services may add `inject_headers` (values `env:VAR` or `file:PATH`, read at start and
+/// on SIGHUP, never logged), `keep_host` and `ca` (for an `https://` backend).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentServiceFile {
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub inject_headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub keep_host: bool,
+    pub ca: Option<PathBuf>,
 }
 
 /// Reads a config file (an absent `--config` gives the defaults).

@@ -213,7 +213,11 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     } else {
         args.expose
     };
-    if expose.is_empty() && args.bench_service.is_none() && file.bench_service.is_none() {
+    if expose.is_empty()
+        && file.service.is_empty()
+        && args.bench_service.is_none()
+        && file.bench_service.is_none()
+    {
         bail!("nothing to expose: add --expose NAME=tcp://HOST:PORT (or --bench-service NAME)");
     }
     let private = args.private || file.private;
@@ -228,6 +232,18 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
                 .map_err(anyhow::Error::msg)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut services = services;
+    for t in &file.service {
+        services.push(service_table(t)?);
+    }
+    for s in services
+        .iter()
+        .filter_map(|s| s.http.as_ref().map(|h| (s, h)))
+    {
+        s.1.reload()
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("service {:?}: injected headers", s.0.name))?;
+    }
     let mut config = AgentConfig::new(server, token, services);
     config.verify = Verify::from_options(
         args.verify.ca.or(file.ca),
@@ -244,6 +260,69 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     }
     config.exit_on_auth_failure = args.exit_on_auth_failure || file.exit_on_auth_failure;
     Ok(config)
+}
+
+/// A `[[agent.service]]` table as a service.
+fn service_table(t: &file_config::AgentServiceFile) -> anyhow::Result<ServiceSpec> {
+    let what = || format!("[[agent.service]] {:?}", t.name);
+    let mut spec: ServiceSpec = format!("{}={}", t.name, t.url)
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .with_context(what)?;
+    match spec.http.take() {
+        Some(b) => {
+            let mut b = std::sync::Arc::try_unwrap(b).expect("just parsed");
+            b.keep_host = t.keep_host;
+            b.ca = t.ca.clone();
+            let b = b
+                .with_inject(
+                    t.inject_headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                )
+                .map_err(anyhow::Error::msg)
+                .with_context(what)?;
+            spec.http = Some(std::sync::Arc::new(b));
+        }
+        None if !t.inject_headers.is_empty() || t.keep_host || t.ca.is_some() => {
+            bail!(
+                "{}: inject_headers, keep_host and ca are for http:// and https:// services",
+                what()
+            );
+        }
+        None => {}
+    }
+    Ok(spec)
+}
+
+/// Re-reads the injected header values of the HTTP services on every SIGHUP (a failed
+/// read keeps the previous values and is logged without them).
+fn reload_secrets_on_sighup(services: Vec<ServiceSpec>) {
+    let http: Vec<_> = services
+        .into_iter()
+        .filter_map(|s| s.http.map(|h| (s.name, h)))
+        .collect();
+    if http.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            for (name, b) in &http {
+                match b.reload() {
+                    Ok(()) => {
+                        tracing::info!(service = %name, headers = b.inject.len(), "injected headers re-read")
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %name, error = %e, "injected headers not re-read; the previous values stay")
+                    }
+                }
+            }
+        }
+    });
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
@@ -277,6 +356,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         None => None,
     };
     tracing::info!(server = %format!("{}:{}", config.server.host, config.server.port), tls = config.server.tls, pool = config.pool, "agent starting");
+    reload_secrets_on_sighup(config.services.clone());
     let handle = std::sync::Arc::new(Agent::spawn(config)?);
     if let Some(admin) = admin_addr {
         crate::admin::serve(

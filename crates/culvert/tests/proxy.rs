@@ -151,7 +151,11 @@ fn a_wrong_proxy_password_is_named() {
         )
         .unwrap_or_else(|e| panic!("no proxy authentication error: {e}"));
     assert!(line.contains("401") || line.contains("407"), "{line}");
-    assert!(line.contains("permanent") || agent.log().contains("permanent"), "{}", agent.log());
+    assert!(
+        line.contains("permanent") || agent.log().contains("permanent"),
+        "{}",
+        agent.log()
+    );
     assert!(!agent.log().contains("not-the-password"), "{}", agent.log());
     agent.kill();
     proxy.kill();

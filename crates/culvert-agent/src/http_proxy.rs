@@ -1,0 +1,299 @@
+//! The agent's reverse proxy for HTTP services: a hyper server on each tunnel stream the
+//! server opens for the service, and a hyper client to the backend.
+//!
+//! Per request: hop-by-hop headers are dropped, `Host` becomes the backend's (unless the
+//! service keeps the caller's), the service's injected headers are set (replacing any the
+//! caller sent), and bodies stream both ways without being buffered. The `X-Forwarded-*`
+//! headers come from the server, which saw the caller. One backend connection serves a
+//! tunnel stream's requests in turn (keep-alive), and is replaced if the backend closes
+//! it. An `Upgrade` (WebSocket) is passed through: after the backend's 101 the two sides
+//! are spliced.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use crate::http_backend::HttpBackend;
+use culvert_transport::TunnelStream;
+
+/// Body of what the agent answers: the backend's, or a short error of its own.
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// How long a request head may take to arrive on a tunnel stream: a stream that sends
+/// nothing does not hold a task forever.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Serves HTTP on one tunnel stream until the server closes it.
+pub async fn serve(stream: TunnelStream, backend: Arc<HttpBackend>, dial_timeout: Duration) {
+    let conn = Arc::new(Mutex::new(None::<SendRequest<Incoming>>));
+    let svc = hyper::service::service_fn(move |req| {
+        let (backend, conn) = (backend.clone(), conn.clone());
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                match forward(req, &backend, &conn, dial_timeout).await {
+                    Ok(r) => r,
+                    Err((status, why)) => {
+                        tracing::info!(backend = %backend.url(), %status, reason = %why, "request not forwarded");
+                        error_response(status, &why)
+                    }
+                },
+            )
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades()
+        .await
+    {
+        tracing::debug!(error = %e, "http stream ended");
+    }
+}
+
+/// An error answered by the agent itself (the backend's answers pass unchanged).
+fn error_response(status: StatusCode, why: &str) -> Response<ProxyBody> {
+    let body = format!("{{\"error\":{:?}}}\n", why);
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+type Refusal = (StatusCode, String);
+
+async fn forward(
+    mut req: Request<Incoming>,
+    backend: &HttpBackend,
+    conn: &Mutex<Option<SendRequest<Incoming>>>,
+    dial_timeout: Duration,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .cloned()
+        .filter(|_| connection_has(req.headers(), "upgrade"));
+    let caller_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    rewrite_request(&mut req, backend, upgrade.as_ref())?;
+
+    let mut slot = conn.lock().await;
+    let reuse = match slot.as_mut() {
+        Some(s) => s.ready().await.is_ok(),
+        None => false,
+    };
+    if !reuse {
+        *slot = Some(connect(backend, dial_timeout).await?);
+    }
+    let sender = slot.as_mut().expect("set above");
+    let mut resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| (StatusCode::BAD_GATEWAY, format!("backend: {e}")))?;
+    drop(slot);
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(caller) = caller_upgrade {
+            let backend_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(caller, backend_side) {
+                    Ok((a, b)) => {
+                        let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+                        let r = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                        tracing::debug!(result = ?r, "upgraded connection done");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+    } else {
+        strip_hop_by_hop(resp.headers_mut());
+    }
+    Ok(resp.map(|b| b.boxed()))
+}
+
+/// Makes the caller's request the backend's: path under the URL's prefix, `Host`, no
+/// hop-by-hop headers (but the upgrade, when there is one), injected headers set.
+fn rewrite_request(
+    req: &mut Request<Incoming>,
+    backend: &HttpBackend,
+    upgrade: Option<&HeaderValue>,
+) -> Result<(), Refusal> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let path = format!("{}{}", backend.base_path, pq);
+    *req.uri_mut() = path
+        .parse::<Uri>()
+        .map_err(|_| (StatusCode::BAD_REQUEST, "bad request path".to_owned()))?;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    if let Some(u) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, u.clone());
+    }
+    if !backend.keep_host || !headers.contains_key(header::HOST) {
+        let host = HeaderValue::from_str(&backend.authority)
+            .map_err(|_| (StatusCode::BAD_GATEWAY, "bad backend host".to_owned()))?;
+        headers.insert(header::HOST, host);
+    }
+    for (name, value) in backend.injected().iter() {
+        headers.insert(name.clone(), value.clone());
+    }
+    Ok(())
+}
+
+/// Whether the `Connection` header lists `token`.
+fn connection_has(h: &HeaderMap, token: &str) -> bool {
+    h.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .unwrap_or("")
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    })
+}
+
+/// Drops the hop-by-hop headers and those the `Connection` header names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    for n in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        h.remove(n);
+    }
+    h.remove(header::UPGRADE);
+}
+
+/// A new connection to the backend (TCP, TLS for `https://`), its driver spawned.
+async fn connect(
+    backend: &HttpBackend,
+    dial_timeout: Duration,
+) -> Result<SendRequest<Incoming>, Refusal> {
+    let gateway = |e: String| {
+        (
+            StatusCode::BAD_GATEWAY,
+            format!("backend {}: {e}", backend.url()),
+        )
+    };
+    let tcp = tokio::time::timeout(
+        dial_timeout,
+        TcpStream::connect((backend.host.as_str(), backend.port)),
+    )
+    .await
+    .map_err(|_| {
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("backend {}: connect timed out", backend.url()),
+        )
+    })?
+    .map_err(|e| gateway(e.to_string()))?;
+    culvert_transport::tune_tcp(&tcp);
+    if backend.tls {
+        let verify = match &backend.ca {
+            Some(ca) => culvert_transport::tls::Verify::CaFile(ca.clone()),
+            None => culvert_transport::tls::Verify::SystemRoots,
+        };
+        let config =
+            culvert_transport::tls::client_config(&verify).map_err(|e| gateway(e.to_string()))?;
+        let name = rustls::pki_types::ServerName::try_from(backend.host.clone())
+            .map_err(|e| gateway(e.to_string()))?;
+        let tls = tokio::time::timeout(
+            dial_timeout,
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| {
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("backend {}: TLS timed out", backend.url()),
+            )
+        })?
+        .map_err(|e| gateway(e.to_string()))?;
+        handshake(TokioIo::new(tls)).await.map_err(gateway)
+    } else {
+        handshake(TokioIo::new(tcp)).await.map_err(gateway)
+    }
+}
+
+async fn handshake<T>(io: T) -> Result<SendRequest<Incoming>, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "backend connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+}
