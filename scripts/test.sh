@@ -27,6 +27,8 @@ required=(
   # An HTTP proxy the agent reaches the server through (crates/culvert/tests/proxy.rs);
   # tinyproxy-bin is the program alone, without a system-wide proxy service.
   tinyproxy:tinyproxy-bin
+  # Callers of HTTP services through the server's HTTP ingress (crates/culvert/tests/http_services.rs).
+  curl:curl
 )
 missing=()
 for entry in "${required[@]}"; do

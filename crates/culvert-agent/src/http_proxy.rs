@@ -16,13 +16,14 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::http_backend::HttpBackend;
+use culvert_transport::http_hop::{connection_has, strip_hop_by_hop};
 use culvert_transport::TunnelStream;
 
 /// Body of what the agent answers: the backend's, or a short error of its own.
@@ -31,18 +32,6 @@ pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 /// How long a request head may take to arrive on a tunnel stream: a stream that sends
 /// nothing does not hold a task forever.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
 
 /// Serves HTTP on one tunnel stream until the server closes it.
 pub async fn serve(stream: TunnelStream, backend: Arc<HttpBackend>, dial_timeout: Duration) {
@@ -174,39 +163,6 @@ fn rewrite_request(
     Ok(())
 }
 
-/// Whether the `Connection` header lists `token`.
-fn connection_has(h: &HeaderMap, token: &str) -> bool {
-    h.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .unwrap_or("")
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    })
-}
-
-/// Drops the hop-by-hop headers and those the `Connection` header names.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<String> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| {
-            v.to_str()
-                .unwrap_or("")
-                .split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-        })
-        .filter(|t| !t.is_empty())
-        .collect();
-    for n in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named.iter().map(String::as_str))
-    {
-        h.remove(n);
-    }
-    h.remove(header::UPGRADE);
-}
-
 /// A new connection to the backend (TCP, TLS for `https://`), its driver spawned.
 async fn connect(
     backend: &HttpBackend,
@@ -271,29 +227,4 @@ where
         }
     });
     Ok(sender)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strips_hop_by_hop_and_named_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, X-Secret-Hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-kept"));
-    }
 }

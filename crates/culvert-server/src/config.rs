@@ -101,6 +101,8 @@ pub struct ServerConfig {
     pub allow_dial: crate::allow::AllowList,
     /// Deadline for resolving and connecting such a target.
     pub dial_timeout: Duration,
+    /// The HTTP ingress (`--http-listen`): HTTP services called by name. Off when `None`.
+    pub http: Option<crate::HttpIngressConfig>,
 }
 
 impl ServerConfig {
@@ -126,6 +128,7 @@ impl ServerConfig {
             udp_max_datagram: culvert_proto::MAX_PAYLOAD_LEN - 8,
             allow_dial: Default::default(),
             dial_timeout: Duration::from_secs(10),
+            http: None,
         }
     }
 }

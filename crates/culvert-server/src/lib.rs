@@ -5,6 +5,8 @@
 
 pub mod allow;
 mod config;
+mod http_ingress;
+mod http_metrics;
 mod ids;
 mod limits;
 mod metrics;
@@ -22,6 +24,7 @@ pub mod udp;
 
 pub use allow::{AllowError, AllowList, AllowRule};
 pub use config::{PortRange, ServerConfig};
+pub use http_ingress::HttpIngressConfig;
 pub use quota::TenantLimits;
 pub use registry::Protocol;
 pub use reload::ReloadReport;

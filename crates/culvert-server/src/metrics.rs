@@ -409,6 +409,7 @@ pub(crate) fn render(inner: &Inner) -> String {
         "culvert_stream_open_seconds",
         "Time from accepting a public TCP connection to the agent's ConnectAck (target dialed).",
     );
+    inner.http_metrics.render(&mut out);
     out
 }
 

@@ -15,11 +15,17 @@ pub enum Role {
     Access,
     /// Has the server dial `HOST:PORT` on its allow-list: a node's forward tunnels to addresses.
     Node,
+    /// Calls HTTP services through the server's HTTP ingress (never implied: a token file
+    /// entry without `roles` does not hold it).
+    Http,
 }
 
 impl Role {
-    /// Every role: what a token file entry without `roles` holds (the rights of old files).
+    /// What a token file entry without `roles` holds (the rights of files from before roles).
     pub const ALL: [Role; 3] = [Role::Agent, Role::Access, Role::Node];
+
+    /// Every role there is.
+    pub const KNOWN: [Role; 4] = [Role::Agent, Role::Access, Role::Node, Role::Http];
 
     /// The role's name in token files and flags.
     pub fn as_str(self) -> &'static str {
@@ -27,6 +33,7 @@ impl Role {
             Role::Agent => "agent",
             Role::Access => "access",
             Role::Node => "node",
+            Role::Http => "http",
         }
     }
 }
@@ -41,9 +48,9 @@ impl std::str::FromStr for Role {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Role, String> {
-        Role::ALL
+        Role::KNOWN
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?}: expected agent, access or node"))
+            .ok_or_else(|| format!("unknown role {s:?}: expected agent, access, node or http"))
     }
 }

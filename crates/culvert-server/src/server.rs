@@ -56,19 +56,23 @@ pub(crate) struct Inner {
     pub(crate) counters: Counters,
     pub(crate) open_latency: crate::metrics::Histogram,
     config: ServerConfig,
-    tokens: RwLock<TokenStore>,
+    pub(crate) tokens: RwLock<TokenStore>,
     registry: Arc<Registry>,
-    admission: Arc<Admission>,
+    pub(crate) admission: Arc<Admission>,
     /// Services, ports, UDP flows and connections per token, tenant and session.
     quotas: Arc<crate::quota::Quotas>,
     sessions: Mutex<HashMap<Uuid, Arc<Session>>>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Per-service metrics of the HTTP ingress.
+    pub(crate) http_metrics: crate::http_metrics::IngressMetrics,
 }
 
 /// A bound server, ready to run.
 pub struct Server {
     inner: Arc<Inner>,
     listener: TcpListener,
+    /// The HTTP ingress listener, when configured.
+    http: Option<TcpListener>,
 }
 
 /// A running server (for tests and embedding): its address and a way to stop it.
@@ -250,6 +254,10 @@ impl Server {
         }
         let listener = TcpListener::bind(config.listen).await?;
         tune_listener(&listener);
+        let http = match &config.http {
+            Some(h) => Some(crate::http_ingress::bind(h, tls.is_some()).await?),
+            None => None,
+        };
         let inner = Arc::new(Inner {
             registry: Arc::new(Registry::new(config.tcp_ports, config.udp_ports)),
             admission: Arc::new(Admission::new(
@@ -265,9 +273,14 @@ impl Server {
             tokens: RwLock::new(tokens),
             sessions: Mutex::new(HashMap::new()),
             tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config)),
+            http_metrics: Default::default(),
             config,
         });
-        Ok(Server { inner, listener })
+        Ok(Server {
+            inner,
+            listener,
+            http,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -288,6 +301,14 @@ impl Server {
         // Sessions of expired tokens end within a second, for as long as the server runs.
         let sweeper = tokio::spawn(end_expired_sessions(self.inner.clone()));
         let _sweeper = AbortOnDrop(sweeper);
+        let _http = match (self.http, &self.inner.config.http) {
+            (Some(l), Some(c)) => Some(AbortOnDrop(tokio::spawn(crate::http_ingress::serve(
+                self.inner.clone(),
+                l,
+                c.clone(),
+            )))),
+            _ => None,
+        };
         let mut errors = AcceptErrors::default();
         tracing::info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             tls = self.inner.tls.is_some(), "tunnel endpoint ready");

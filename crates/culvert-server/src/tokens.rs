@@ -84,7 +84,10 @@ impl TokenEntry {
 
     /// Whether the token holds `role` (an entry without `roles` holds every role).
     pub fn has_role(&self, role: Role) -> bool {
-        self.roles.as_ref().is_none_or(|r| r.contains(&role))
+        match &self.roles {
+            Some(r) => r.contains(&role),
+            None => Role::ALL.contains(&role),
+        }
     }
 
     /// The roles the token holds, for messages and listings.

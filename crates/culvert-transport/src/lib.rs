@@ -7,6 +7,7 @@ mod accept_errors;
 mod driver;
 mod error;
 mod fd_reserve;
+pub mod http_hop;
 mod progress;
 pub mod prom;
 mod proxy;

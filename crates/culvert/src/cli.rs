@@ -315,6 +315,17 @@ pub struct ServerArgs {
     /// with "retry in 30 s" [default: 64, the largest agent pool].
     #[arg(long)]
     pub max_connections_per_session: Option<usize>,
+    /// HTTP ingress address: callers reach HTTP services at /t/TENANT/SERVICE/… with a
+    /// token of role http (TLS with the server's certificate; plain on loopback only).
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// Also route https://SERVICE.TENANT.DOMAIN/… by host name.
+    #[arg(long, value_name = "DOMAIN", requires = "http_listen")]
+    pub http_domain: Option<String>,
+    /// Header carrying the caller's token as is (default: Authorization: Bearer TOKEN), so
+    /// callers can keep Authorization for the backend.
+    #[arg(long, value_name = "HEADER", requires = "http_listen")]
+    pub http_token_header: Option<String>,
 }
 
 #[derive(Debug, Args, Default)]

@@ -65,6 +65,10 @@ pub struct ServerFile {
     pub admin: Option<SocketAddr>,
     pub grace: Option<u64>,
     pub max_connections_per_session: Option<usize>,
+    /// `--http-listen`, `--http-domain`, `--http-token-header`.
+    pub http_listen: Option<SocketAddr>,
+    pub http_domain: Option<String>,
+    pub http_token_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

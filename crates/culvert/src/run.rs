@@ -91,6 +91,20 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     {
         config.max_connections_per_session = n.max(1);
     }
+    if let Some(listen) = args.http_listen.or(file.http_listen) {
+        let token_header = match args.http_token_header.or(file.http_token_header) {
+            Some(h) => Some(
+                h.parse::<hyper::header::HeaderName>()
+                    .map_err(|_| anyhow::anyhow!("--http-token-header {h:?}: not a header name"))?,
+            ),
+            None => None,
+        };
+        config.http = Some(culvert_server::HttpIngressConfig {
+            listen,
+            domain: args.http_domain.or(file.http_domain),
+            token_header,
+        });
+    }
     let cert = args.tls_cert.or(file.tls_cert);
     let key = args.tls_key.or(file.tls_key);
     let self_signed = args.self_signed || file.self_signed;

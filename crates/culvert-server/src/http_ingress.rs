@@ -1,0 +1,483 @@
+//! The HTTP ingress: callers send ordinary HTTP requests to the server by service name
+//! (`/t/{tenant}/{service}/{path…}`, or `https://{service}.{tenant}.{domain}/{path…}`),
+//! and the server forwards each over a tunnel stream to the agent serving that service,
+//! whose reverse proxy adds the backend's credentials. Callers never learn a tunnel exists;
+//! the credentials never leave the private network.
+//!
+//! Callers authenticate with a token of role `http` (`Authorization: Bearer …`, or the header
+//! the operator names); the server removes it before forwarding. A service with no agent
+//! answers `503` with `Retry-After` at once: the ingress fails closed, never hangs and never
+//! falls back to anything else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tracing::Instrument;
+
+use crate::http_metrics::Counted;
+use crate::names::ServiceRef;
+use crate::server::Inner;
+use crate::Role;
+use culvert_transport::http_hop::{connection_has, strip_hop_by_hop};
+use culvert_transport::AcceptErrors;
+
+/// What answers the caller: the agent's response, or the ingress's own short JSON.
+type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// The tunnel stream a caller connection used last (by `TENANT/SERVICE`), kept for its
+/// next request to the same service.
+type Upstream = Mutex<Option<(String, SendRequest<Counted<Incoming>>)>>;
+
+/// Seconds a `503` tells the caller to wait before retrying.
+const RETRY_AFTER_SECS: &str = "5";
+
+/// How the ingress is set up.
+#[derive(Debug, Clone)]
+pub struct HttpIngressConfig {
+    /// Address the ingress listens on (TLS with the server's certificate, or plain on
+    /// loopback only).
+    pub listen: SocketAddr,
+    /// With a domain, `{service}.{tenant}.{domain}` routes by host name too.
+    pub domain: Option<String>,
+    /// Header carrying the caller's token as is; `None`: `Authorization: Bearer TOKEN`.
+    pub token_header: Option<HeaderName>,
+}
+
+/// Accepts callers until the task is dropped.
+pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener, config: HttpIngressConfig) {
+    let mut errors = AcceptErrors::default();
+    let config = Arc::new(config);
+    tracing::info!(listen = %config.listen, tls = inner.tls.is_some(), domain = ?config.domain, "http ingress ready");
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                errors.on_error(&listener, "http ingress", &e).await;
+                continue;
+            }
+        };
+        culvert_transport::tune_accepted(&tcp);
+        let (inner, config) = (inner.clone(), config.clone());
+        tokio::spawn(
+            connection(inner, config, tcp, peer).instrument(tracing::debug_span!("http", %peer)),
+        );
+    }
+}
+
+/// One caller connection: TLS (when configured), then HTTP/1.1 with keep-alive.
+async fn connection(
+    inner: Arc<Inner>,
+    config: Arc<HttpIngressConfig>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let timeout = inner.config().handshake_timeout;
+    match inner.tls.clone() {
+        Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => http(inner, config, TokioIo::new(tls), peer, true).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
+            Err(_) => tracing::debug!("tls handshake timed out"),
+        },
+        None => http(inner, config, TokioIo::new(tcp), peer, false).await,
+    }
+}
+
+async fn http<T>(
+    inner: Arc<Inner>,
+    config: Arc<HttpIngressConfig>,
+    io: T,
+    peer: SocketAddr,
+    tls: bool,
+) where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    // The tunnel stream of the service this connection used last, reused while it lasts.
+    let upstream: Arc<Upstream> = Arc::default();
+    let header_timeout = inner.config().handshake_timeout;
+    let svc = hyper::service::service_fn(move |req| {
+        let (inner, config, upstream) = (inner.clone(), config.clone(), upstream.clone());
+        async move {
+            let started = Instant::now();
+            let method = req.method().clone();
+            let path = req.uri().path().to_owned();
+            let (resp, route) = handle(&inner, &config, req, peer, tls, &upstream).await;
+            let status = resp.status();
+            let elapsed = started.elapsed();
+            if let Some(route) = &route {
+                inner.http_metrics.observe(route, status, elapsed);
+            }
+            tracing::info!(target: "culvert::http_access", %peer, %method,
+                route = route.as_deref().unwrap_or("-"), path = %crate::names::escape(&path),
+                status = status.as_u16(), duration_ms = elapsed.as_secs_f64() * 1e3, "http request");
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    if let Err(e) = builder.serve_connection(io, svc).with_upgrades().await {
+        tracing::debug!(error = %e, "http connection ended");
+    }
+}
+
+/// An answer of the ingress itself: a small JSON body.
+fn reply(status: StatusCode, error: &str, service: Option<&str>) -> Response<Body> {
+    let body = match service {
+        Some(s) => format!("{{\"error\":{error:?},\"service\":{s:?}}}\n"),
+        None => format!("{{\"error\":{error:?}}}\n"),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        StatusCode::UNAUTHORIZED => {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        _ => {}
+    }
+    r
+}
+
+/// `503` for a service with no agent (or none reachable now), counted under its name.
+fn unavailable(name: String) -> (Response<Body>, Option<String>) {
+    let r = reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service unavailable",
+        Some(&name),
+    );
+    (r, Some(name))
+}
+
+/// Where a request goes: the service and the path the backend sees.
+#[derive(Debug, PartialEq, Eq)]
+struct Route {
+    tenant: String,
+    service: String,
+    path_and_query: String,
+}
+
+/// Routes by host name under the domain, else by `/t/{tenant}/{service}/…`.
+fn route(uri: &Uri, host: Option<&str>, domain: Option<&str>) -> Option<Route> {
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    if let (Some(host), Some(domain)) = (host, domain) {
+        let host = host
+            .rsplit_once(':')
+            .filter(|(_, p)| p.parse::<u16>().is_ok())
+            .map_or(host, |(h, _)| h);
+        let host = host.to_ascii_lowercase();
+        let suffix = format!(".{}", domain.trim_start_matches('.').to_ascii_lowercase());
+        if let Some(prefix) = host.strip_suffix(&suffix) {
+            let (service, tenant) = prefix.rsplit_once('.')?;
+            return valid(tenant, service).then(|| Route {
+                tenant: tenant.to_owned(),
+                service: service.to_owned(),
+                path_and_query: format!("{}{query}", uri.path()),
+            });
+        }
+    }
+    let rest = uri.path().strip_prefix("/t/")?;
+    let mut parts = rest.splitn(3, '/');
+    let (tenant, service) = (parts.next()?, parts.next()?);
+    let path = format!("/{}", parts.next().unwrap_or(""));
+    valid(tenant, service).then(|| Route {
+        tenant: tenant.to_owned(),
+        service: service.to_owned(),
+        path_and_query: format!("{path}{query}"),
+    })
+}
+
+fn valid(tenant: &str, service: &str) -> bool {
+    ServiceRef::parse(&format!("{tenant}/{service}")).is_some()
+}
+
+/// The caller's token from the configured header.
+fn caller_token<'a>(h: &'a HeaderMap, name: Option<&HeaderName>) -> Option<&'a str> {
+    match name {
+        Some(n) => h.get(n)?.to_str().ok().map(str::trim),
+        None => {
+            let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        }
+    }
+}
+
+async fn handle(
+    inner: &Arc<Inner>,
+    config: &HttpIngressConfig,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+    upstream: &Upstream,
+) -> (Response<Body>, Option<String>) {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let Some(route) = route(req.uri(), host.as_deref(), config.domain.as_deref()) else {
+        return (
+            reply(
+                StatusCode::NOT_FOUND,
+                "no such route: use /t/TENANT/SERVICE/…",
+                None,
+            ),
+            None,
+        );
+    };
+    let name = format!("{}/{}", route.tenant, route.service);
+
+    // The caller: a live token of role http that may reach this service. Unknown, missing
+    // and expired tokens get one answer; failures count towards the address's lockout.
+    let now = std::time::Instant::now();
+    if let Some(left) = inner.admission.locked(peer.ip(), uuid::Uuid::nil(), now) {
+        let mut r = reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed attempts",
+            None,
+        );
+        if let Ok(v) = HeaderValue::from_str(&(left.as_secs() + 1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return (r, None);
+    }
+    let entry = caller_token(req.headers(), config.token_header.as_ref()).and_then(|t| {
+        inner
+            .tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(t)
+            .filter(|e| !e.expired(crate::tokens::unix_now()))
+            .cloned()
+    });
+    let Some(entry) = entry else {
+        inner.admission.record_failure(peer.ip(), None, now);
+        inner
+            .counters
+            .auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return (reply(StatusCode::UNAUTHORIZED, "unauthorized", None), None);
+    };
+    if !entry.has_role(Role::Http) || !entry.may_access(&route.tenant, &route.service) {
+        tracing::info!(token = %entry.name, service = %name, "http caller not allowed this service");
+        return (reply(StatusCode::FORBIDDEN, "forbidden", Some(&name)), None);
+    }
+
+    // Fail closed: no agent, no request.
+    let Some((owner, svc)) = inner.find_service(&route.tenant, &route.service) else {
+        return unavailable(name);
+    };
+
+    // What the backend sees: the path under the service, no caller token, who asked.
+    let caller_upgrade = prepare(&mut req, &route, config, host.as_deref(), peer, tls);
+    let sender = {
+        let mut slot = upstream.lock().await;
+        let reusable = match slot.as_mut() {
+            Some((k, s)) if *k == name => s.ready().await.is_ok(),
+            _ => false,
+        };
+        if !reusable {
+            let stream = match owner
+                .open_connection(&svc, format!("http:{}@{peer}", entry.name))
+                .await
+            {
+                Ok(s) => s,
+                Err(reason) => {
+                    tracing::debug!(%reason, service = %name, "no stream to the agent");
+                    return unavailable(name);
+                }
+            };
+            svc.connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok((sender, conn)) => {
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.with_upgrades().await {
+                            tracing::debug!(error = %e, "tunnel stream ended");
+                        }
+                    });
+                    *slot = Some((name.clone(), sender));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "http over the tunnel stream failed");
+                    return (
+                        reply(StatusCode::BAD_GATEWAY, "bad gateway", Some(&name)),
+                        Some(name),
+                    );
+                }
+            }
+        }
+        let (_, sender) = slot.as_mut().expect("set above");
+        let metrics = inner.http_metrics.service(&name);
+        let req = req.map(|b| Counted::up(b, metrics));
+        sender.send_request(req)
+    };
+    let mut resp = match sender.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, service = %name, "no answer through the tunnel");
+            *upstream.lock().await = None;
+            return (
+                reply(StatusCode::BAD_GATEWAY, "bad gateway", Some(&name)),
+                Some(name),
+            );
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(caller) = caller_upgrade {
+            let agent_side = hyper::upgrade::on(&mut resp);
+            // The stream now carries the upgraded protocol: it serves no further requests.
+            *upstream.lock().await = None;
+            tokio::spawn(async move {
+                if let Ok((a, b)) = tokio::try_join!(caller, agent_side) {
+                    let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+            });
+        }
+    } else {
+        strip_hop_by_hop(resp.headers_mut());
+    }
+    let metrics = inner.http_metrics.service(&name);
+    (resp.map(|b| Counted::down(b, metrics).boxed()), Some(name))
+}
+
+/// Rewrites the caller's request for the agent; returns the caller's side of an upgrade.
+fn prepare(
+    req: &mut Request<Incoming>,
+    route: &Route,
+    config: &HttpIngressConfig,
+    host: Option<&str>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Option<hyper::upgrade::OnUpgrade> {
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .cloned()
+        .filter(|_| connection_has(req.headers(), "upgrade"));
+    let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut *req));
+    if let Ok(uri) = route.path_and_query.parse::<Uri>() {
+        *req.uri_mut() = uri;
+    }
+    let h = req.headers_mut();
+    match &config.token_header {
+        Some(n) => {
+            h.remove(n);
+        }
+        None => {
+            h.remove(header::AUTHORIZATION);
+        }
+    }
+    strip_hop_by_hop(h);
+    if let Some(u) = upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u);
+    }
+    // Set from what the server saw, not appended to what the caller claims.
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    match host.and_then(|v| HeaderValue::from_str(v).ok()) {
+        Some(v) => {
+            h.insert("x-forwarded-host", v);
+        }
+        None => {
+            h.remove("x-forwarded-host");
+        }
+    }
+    on_upgrade
+}
+
+/// Binds the ingress listener, refusing plain HTTP off loopback.
+pub(crate) async fn bind(config: &HttpIngressConfig, tls: bool) -> std::io::Result<TcpListener> {
+    if !tls && !config.listen.ip().is_loopback() {
+        return Err(std::io::Error::other(
+            "plain HTTP ingress is only allowed on a loopback address; configure TLS",
+        ));
+    }
+    TcpListener::bind(config.listen).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(uri: &str, host: Option<&str>, domain: Option<&str>) -> Option<Route> {
+        route(&uri.parse().unwrap(), host, domain)
+    }
+
+    #[test]
+    fn routes_by_path_and_by_host() {
+        let x = r("/t/acme/erp/api/orders?x=1", None, None).unwrap();
+        assert_eq!(
+            (
+                x.tenant.as_str(),
+                x.service.as_str(),
+                x.path_and_query.as_str()
+            ),
+            ("acme", "erp", "/api/orders?x=1")
+        );
+        assert_eq!(r("/t/acme/erp", None, None).unwrap().path_and_query, "/");
+        assert!(r("/x/acme/erp", None, None).is_none());
+        assert!(r("/t/acme", None, None).is_none());
+        assert!(r("/t/ac%20me/erp/", None, None).is_none());
+        let x = r(
+            "/api?y",
+            Some("erp.acme.example.com:8443"),
+            Some("example.com"),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                x.tenant.as_str(),
+                x.service.as_str(),
+                x.path_and_query.as_str()
+            ),
+            ("acme", "erp", "/api?y")
+        );
+        // Another host falls back to the path route.
+        assert!(r("/api", Some("other.org"), Some("example.com")).is_none());
+    }
+
+    #[test]
+    fn tokens_from_bearer_or_a_named_header() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(caller_token(&h, None), Some("abc"));
+        let n = HeaderName::from_static("x-culvert-token");
+        assert_eq!(caller_token(&h, Some(&n)), None);
+        h.insert(n.clone(), HeaderValue::from_static("def"));
+        assert_eq!(caller_token(&h, Some(&n)), Some("def"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(caller_token(&h, None), None);
+    }
+}

@@ -1,0 +1,320 @@
+//! HTTP services by name (issue 15), with real processes on loopback: callers use curl
+//! against the server's HTTP ingress; the agent's reverse proxy adds the backend's
+//! credential from its environment; a real HTTP backend (hyper) records what it receives.
+//! The agent reaches the server through a recording relay, so the test can show that the
+//! injected secret and the caller's token never cross the tunnel.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::Digest;
+use support::*;
+
+const SECRET: &str = "Bearer backend-secret-42";
+
+/// What the backend saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body_len: usize,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A hyper HTTP/1.1 backend on loopback: records each request and answers
+/// `len=N sha=HEX` of the body it read (streamed, never held whole).
+fn backend() -> (u16, Arc<Mutex<Vec<Seen>>>) {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    let rec = seen.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            loop {
+                let Ok((tcp, _)) = l.accept().await else {
+                    continue;
+                };
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let rec = rec.clone();
+                            async move {
+                                use http_body_util::BodyExt;
+                                let (parts, mut body) = req.into_parts();
+                                let mut h = sha2::Sha256::new();
+                                let mut len = 0;
+                                while let Some(f) = body.frame().await {
+                                    if let Ok(d) = f?.into_data() {
+                                        len += d.len();
+                                        h.update(&d);
+                                    }
+                                }
+                                rec.lock().unwrap().push(Seen {
+                                    method: parts.method.to_string(),
+                                    path: parts.uri.to_string(),
+                                    headers: parts
+                                        .headers
+                                        .iter()
+                                        .map(|(n, v)| {
+                                            (n.to_string(), v.to_str().unwrap_or("").to_owned())
+                                        })
+                                        .collect(),
+                                    body_len: len,
+                                });
+                                let text = format!("len={len} sha={}", hex::encode(h.finalize()));
+                                Ok::<_, hyper::Error>(hyper::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from(text)),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    (port, seen)
+}
+
+/// A TCP relay from a local port to `to`, keeping a copy of every byte either way.
+fn recording_relay(to: u16) -> (u16, Arc<Mutex<Vec<u8>>>) {
+    let wire: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let w = wire.clone();
+    std::thread::spawn(move || {
+        for a in l.incoming() {
+            let Ok(a) = a else { continue };
+            let Ok(b) = TcpStream::connect((Ipv4Addr::LOCALHOST, to)) else {
+                continue;
+            };
+            for (mut from, mut into) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || into.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        let mut w = w.lock().unwrap();
+                        if w.len() < 64 << 20 {
+                            w.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (port, wire)
+}
+
+/// `curl` against the ingress: (status, headers, body).
+fn curl(args: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-D", "-", "--max-time", "30"])
+        .args(args)
+        .output()
+        .expect("curl (scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn write_agent_config(path: &Path, relay: u16, token: &Path, backend: u16) {
+    std::fs::write(
+        path,
+        format!(
+            "[agent]\nserver = \"ws://127.0.0.1:{relay}\"\ntoken_file = {:?}\npool = 1\n\n\
+             [[agent.service]]\nname = \"erp\"\nurl = \"http://127.0.0.1:{backend}/base\"\n\
+             inject_headers = {{ Authorization = \"env:ERP_TOKEN\" }}\n",
+            token.display().to_string()
+        ),
+    )
+    .unwrap();
+}
+
+fn start_agent_via(config: &Path) -> Proc {
+    Proc::spawn(
+        "culvert agent",
+        culvert()
+            .args(["agent", "--config"])
+            .arg(config)
+            .env("ERP_TOKEN", SECRET),
+    )
+}
+
+#[test]
+fn http_requests_reach_the_backend_with_the_injected_credential_and_nothing_else() {
+    let dir = TempDir::new("http-services");
+    let tokens = dir.join("tokens.toml");
+    let agent_token = dir.join("agent.token");
+    std::fs::write(
+        &agent_token,
+        new_token_with(&tokens, "erp-agent", &["--tenant", "acme"]),
+    )
+    .unwrap();
+    let caller = new_token_with(
+        &tokens,
+        "caller",
+        &["--tenant", "web", "--role", "http", "--access", "acme/erp"],
+    );
+    let outsider = new_token_with(&tokens, "outsider", &["--role", "http"]);
+    let http_port = free_port();
+    let http = format!("127.0.0.1:{http_port}");
+    let (mut server, port) = start_server(&tokens, &["--insecure-plain", "--http-listen", &http]);
+    server
+        .try_wait_line("http ingress ready", 0, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (backend_port, seen) = backend();
+    let (relay, wire) = recording_relay(port);
+    let config = dir.join("agent.toml");
+    write_agent_config(&config, relay, &agent_token, backend_port);
+    let mut agent = start_agent_via(&config);
+
+    let url = format!("http://{http}/t/acme/erp/api/orders?x=1");
+    let bearer = format!("Authorization: Bearer {caller}");
+    // Registered: the service answers (503 until the agent is in).
+    assert!(
+        eventually(Duration::from_secs(30), || curl(&["-H", &bearer, &url]).0
+            == 200),
+        "service never answered\n--- agent:\n{}\n--- server:\n{}",
+        agent.log(),
+        server.log()
+    );
+    let (status, _, body) = curl(&["-H", &bearer, "-H", "X-Forwarded-For: 6.6.6.6", &url]);
+    assert_eq!(status, 200);
+    assert!(body.starts_with("len=0 "), "{body}");
+    let got = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(got.method, "GET");
+    assert_eq!(got.path, "/base/api/orders?x=1");
+    assert_eq!(got.header("authorization"), Some(SECRET), "{got:?}");
+    assert_eq!(
+        got.header("host"),
+        Some(format!("127.0.0.1:{backend_port}").as_str())
+    );
+    assert_eq!(
+        got.header("x-forwarded-for"),
+        Some("127.0.0.1"),
+        "set by the server, not the caller"
+    );
+    assert_eq!(got.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(got.header("x-forwarded-host"), Some(http.as_str()));
+    assert!(
+        !got.headers.iter().any(|(_, v)| v.contains(&caller)),
+        "the caller's token reached the backend: {got:?}"
+    );
+
+    // A 4 MiB upload streams through and arrives intact.
+    let upload = dir.join("upload.bin");
+    let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    std::fs::write(&upload, &data).unwrap();
+    let (status, _, body) = curl(&[
+        "-H",
+        &bearer,
+        "-H",
+        "Expect:",
+        "--data-binary",
+        &format!("@{}", upload.display()),
+        &format!("http://{http}/t/acme/erp/upload"),
+    ]);
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        format!(
+            "len={} sha={}",
+            data.len(),
+            hex::encode(sha2::Sha256::digest(&data))
+        )
+    );
+    let got = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((got.method.as_str(), got.body_len), ("POST", data.len()));
+
+    // Callers without the right: one answer for every unknown token.
+    let (s1, _, b1) = curl(&[&url]);
+    let (s2, _, b2) = curl(&["-H", "Authorization: Bearer nope", &url]);
+    assert_eq!((s1, s2), (401, 401));
+    assert_eq!(b1, b2);
+    let (s3, _, _) = curl(&["-H", &format!("Authorization: Bearer {outsider}"), &url]);
+    assert_eq!(s3, 403, "a token of another tenant without a grant");
+    let agent_bearer = format!(
+        "Authorization: Bearer {}",
+        std::fs::read_to_string(&agent_token).unwrap().trim()
+    );
+    let (s4, _, _) = curl(&["-H", &agent_bearer, &url]);
+    assert_eq!(s4, 403, "an agent token has no http role");
+
+    // Neither the injected secret nor the caller's token crossed the tunnel.
+    {
+        let wire = wire.lock().unwrap();
+        let has = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            has(b"/base/api/orders") || has(b"/api/orders"),
+            "the relay saw the tunnel's bytes"
+        );
+        assert!(
+            !has(b"backend-secret-42"),
+            "the injected secret crossed the tunnel"
+        );
+        assert!(
+            !has(caller.as_bytes()),
+            "the caller's token crossed the tunnel"
+        );
+    }
+
+    // Agent gone: 503 with Retry-After and the service named; back: answers again.
+    agent.kill();
+    assert!(
+        eventually(Duration::from_secs(30), || curl(&["-H", &bearer, &url]).0
+            == 503),
+        "no 503 once the agent is gone"
+    );
+    let (status, head, body) = curl(&["-H", &bearer, &url]);
+    assert_eq!(status, 503);
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+    assert!(body.contains("\"service\":\"acme/erp\""), "{body}");
+    let mut agent = start_agent_via(&config);
+    assert!(
+        eventually(Duration::from_secs(30), || curl(&["-H", &bearer, &url]).0
+            == 200),
+        "service not back with the agent\n--- agent:\n{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(
+        !log.contains("backend-secret"),
+        "the secret is in the agent's log"
+    );
+
+    agent.kill();
+    server.kill();
+}
