@@ -62,6 +62,9 @@ fn backend() -> (u16, Arc<Mutex<Vec<Seen>>>) {
                             let rec = rec.clone();
                             async move {
                                 use http_body_util::BodyExt;
+                                if let Some(r) = special(req.uri(), req.headers()) {
+                                    return Ok(r(req));
+                                }
                                 let (parts, mut body) = req.into_parts();
                                 let mut h = sha2::Sha256::new();
                                 let mut len = 0;
@@ -85,19 +88,96 @@ fn backend() -> (u16, Arc<Mutex<Vec<Seen>>>) {
                                 });
                                 let text = format!("len={len} sha={}", hex::encode(h.finalize()));
                                 Ok::<_, hyper::Error>(hyper::Response::new(
-                                    http_body_util::Full::new(bytes::Bytes::from(text)),
+                                    http_body_util::Full::new(bytes::Bytes::from(text))
+                                        .map_err(|n| match n {})
+                                        .boxed(),
                                 ))
                             }
                         },
                     );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .with_upgrades()
                         .await;
                 });
             }
         });
     });
     (port, seen)
+}
+
+type TestBody = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
+type Special =
+    Box<dyn FnOnce(hyper::Request<hyper::body::Incoming>) -> hyper::Response<TestBody> + Send>;
+
+/// The backend's other routes: `/download?n=N` streams N zero bytes; a WebSocket upgrade
+/// gets an echo server.
+fn special(uri: &hyper::Uri, h: &hyper::HeaderMap) -> Option<Special> {
+    use http_body_util::BodyExt;
+    if uri.path().ends_with("/download") {
+        let n: u64 = uri.query()?.strip_prefix("n=")?.parse().ok()?;
+        return Some(Box::new(move |_| hyper::Response::new(Zeros(n).boxed())));
+    }
+    let key = h.get("sec-websocket-key")?.as_bytes().to_vec();
+    Some(Box::new(move |mut req| {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use futures::{SinkExt, StreamExt};
+            let Ok(up) = on.await else { return };
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(up),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_close() || ws.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut r =
+            hyper::Response::new(http_body_util::Empty::new().map_err(|n| match n {}).boxed());
+        *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+        let h = r.headers_mut();
+        h.insert(
+            "upgrade",
+            hyper::header::HeaderValue::from_static("websocket"),
+        );
+        h.insert(
+            "connection",
+            hyper::header::HeaderValue::from_static("upgrade"),
+        );
+        h.insert("sec-websocket-accept", accept.parse().unwrap());
+        r
+    }))
+}
+
+/// A body of `n` zero bytes, in 64 KiB frames, made as it is read.
+struct Zeros(u64);
+
+impl hyper::body::Body for Zeros {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        static CHUNK: [u8; 65536] = [0; 65536];
+        if self.0 == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.0.min(CHUNK.len() as u64);
+        self.0 -= n;
+        let data = bytes::Bytes::from_static(&CHUNK[..n as usize]);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.0)
+    }
 }
 
 /// A TCP relay from a local port to `to`, keeping a copy of every byte either way.
@@ -315,6 +395,163 @@ fn http_requests_reach_the_backend_with_the_injected_credential_and_nothing_else
         "the secret is in the agent's log"
     );
 
+    agent.kill();
+    server.kill();
+}
+
+/// Peak RSS (KiB) of `pids` while `f` runs, sampled every 50 ms.
+fn peak_rss_during<T>(pids: [u32; 2], f: impl FnOnce() -> T) -> (T, [u64; 2]) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak = Arc::new(Mutex::new([0u64; 2]));
+    let (s, p) = (stop.clone(), peak.clone());
+    let sampler = std::thread::spawn(move || {
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            for (i, pid) in pids.iter().enumerate() {
+                let r = support::faults::rss_kib(*pid).unwrap_or(0);
+                let mut p = p.lock().unwrap();
+                p[i] = p[i].max(r);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let out = f();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = *peak.lock().unwrap();
+    (out, peak)
+}
+
+#[test]
+fn bulk_both_ways_with_bounded_memory_websocket_host_route_and_token_header() {
+    const GIB: u64 = 1 << 30;
+    let dir = TempDir::new("http-bulk");
+    let tokens = dir.join("tokens.toml");
+    let agent_token = dir.join("agent.token");
+    std::fs::write(
+        &agent_token,
+        new_token_with(&tokens, "erp-agent", &["--tenant", "acme"]),
+    )
+    .unwrap();
+    let caller = new_token_with(&tokens, "caller", &["--tenant", "acme", "--role", "http"]);
+    let http_port = free_port();
+    let http = format!("127.0.0.1:{http_port}");
+    let (mut server, port) = start_server(
+        &tokens,
+        &[
+            "--insecure-plain",
+            "--http-listen",
+            &http,
+            "--http-domain",
+            "tunnel.test",
+            "--http-token-header",
+            "X-Culvert-Token",
+        ],
+    );
+    let (backend_port, seen) = backend();
+    let config = dir.join("agent.toml");
+    write_agent_config(&config, port, &agent_token, backend_port);
+    let mut agent = start_agent_via(&config);
+    let token_header = format!("X-Culvert-Token: {caller}");
+    let base = format!("http://{http}/t/acme/erp");
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            curl(&["-H", &token_header, &format!("{base}/x")]).0 == 200
+        }),
+        "service never answered\n--- agent:\n{}",
+        agent.log()
+    );
+    // The operator's header carries the token and is removed; the caller keeps
+    // Authorization for itself, and the agent's injected one replaces it.
+    let (status, _, _) = curl(&[
+        "-H",
+        &token_header,
+        "-H",
+        "Authorization: Basic Y2FsbGVyOm93bg==",
+        &format!("{base}/x"),
+    ]);
+    assert_eq!(status, 200);
+    let got = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(got.header("authorization"), Some(SECRET));
+    assert_eq!(got.header("x-culvert-token"), None);
+    let bearer = format!("Authorization: Bearer {caller}");
+    assert_eq!(curl(&["-H", &bearer, &format!("{base}/x")]).0, 401);
+
+    // By host name: SERVICE.TENANT.DOMAIN.
+    let (status, _, body) = curl(&[
+        "-H",
+        &token_header,
+        "-H",
+        "Host: erp.acme.tunnel.test",
+        &format!("http://{http}/by-host?q=1"),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        seen.lock().unwrap().last().unwrap().path,
+        "/base/by-host?q=1"
+    );
+
+    // 1 GiB each way, streamed: neither process holds it.
+    let pids = [server.pid(), agent.pid()];
+    let ((up, down), peak) = peak_rss_during(pids, || {
+        let up = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "head -c {GIB} /dev/zero | curl -sS --max-time 600 -H 'Expect:' -H '{token_header}' -T - {base}/upload"
+            ))
+            .output()
+            .unwrap();
+        let down = Command::new("curl")
+            .args(["-sS", "--max-time", "600", "-o", "/dev/null"])
+            .args(["-w", "%{size_download}", "-H", &token_header])
+            .arg(format!("{base}/download?n={GIB}"))
+            .output()
+            .unwrap();
+        (up, down)
+    });
+    let up = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert!(up.starts_with(&format!("len={GIB} ")), "upload: {up}");
+    assert_eq!(
+        String::from_utf8_lossy(&down.stdout),
+        GIB.to_string(),
+        "download"
+    );
+    assert!(
+        peak.iter().all(|kib| *kib < 160 * 1024),
+        "peak RSS server / agent {peak:?} KiB during 1 GiB each way"
+    );
+    eprintln!("peak RSS server / agent during 1 GiB each way: {peak:?} KiB");
+
+    // A WebSocket through the ingress, echoed by the backend.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{http}/t/acme/erp/ws")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("x-culvert-token", caller.parse().unwrap());
+        let tcp = tokio::net::TcpStream::connect(&http).await.unwrap();
+        let upgrade = tokio_tungstenite::client_async(req, tcp);
+        let (mut ws, resp) = tokio::time::timeout(Duration::from_secs(30), upgrade)
+            .await
+            .expect("upgrade in time")
+            .expect("upgrade through the ingress");
+        assert_eq!(resp.status(), 101);
+        for i in 0..20 {
+            let m = tokio_tungstenite::tungstenite::Message::text(format!("hello {i}"));
+            ws.send(m.clone()).await.unwrap();
+            let back = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(back, m);
+        }
+    });
     agent.kill();
     server.kill();
 }
