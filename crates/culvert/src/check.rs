@@ -20,6 +20,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let has = |key: &str| table.contains_key(key);
     let what = if has("node") || has("tunnel") {
         let file = culvert_node::NodeFile::load(path)?;
+        crate::node::require_node_cert(&file)?;
         format!("node config, {} tunnel(s)", file.tunnels.len())
     } else if has("token") || has("tenants") {
         let store = culvert_server::TokenStore::load(path)?;

@@ -157,17 +157,28 @@ pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
 
 /// Loads `--tls-cert`/`--tls-key`; a missing file says how to make one.
 pub(crate) fn load_pem(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<ServerTls> {
+    require_cert_files(cert, key, "--self-signed")?;
+    Ok(ServerTls::from_pem(cert, key)?)
+}
+
+/// Fails, saying how to make them, when the certificate or key file is missing;
+/// `self_signed` names the setting that generates one instead (a flag or a TOML key).
+pub(crate) fn require_cert_files(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    self_signed: &str,
+) -> anyhow::Result<()> {
     if let Some(missing) = [cert, key].into_iter().find(|p| !p.exists()) {
         bail!(
             "{}: no such file. Make a certificate and key with `culvert cert new --cert {} --key {}` \
-             (prints the fingerprint agents pin with --fingerprint), or start with --self-signed \
-             (with --tls-cert/--tls-key it writes them the first time and keeps them)",
+             (prints the fingerprint peers pin), or use {self_signed} (with the certificate and \
+             key files named too, it writes them the first time and keeps them)",
             missing.display(),
             cert.display(),
             key.display()
         );
     }
-    Ok(ServerTls::from_pem(cert, key)?)
+    Ok(())
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {

@@ -155,9 +155,37 @@ fn check_accepts_good_files_and_names_what_is_wrong_in_bad_ones() {
     let (ok, out, err) = culvert_out(&["check", "--config", &tokens.display().to_string()]);
     assert!(ok && out.contains("token file"), "{out} {err}");
 
+    // A node config names its certificate relative to the working directory: missing
+    // there, the check says how to make it; made, the check passes.
     let node = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/node-a.toml");
-    let (ok, out, err) = culvert_out(&["check", "--config", node]);
-    assert!(ok && out.contains("node config"), "{out} {err}");
+    let check_node = || {
+        run(
+            culvert()
+                .current_dir(dir.path())
+                .args(["check", "--config", node]),
+            WAIT,
+        )
+    };
+    let out = check_node();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("culvert cert new"),
+        "{err}"
+    );
+    let made = run(
+        culvert()
+            .current_dir(dir.path())
+            .args(["cert", "new", "--cert", "a.crt", "--key", "a.key"]),
+        WAIT,
+    );
+    assert!(made.status.success());
+    let out = check_node();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("node config"),
+        "{stdout} {:?}",
+        out.stderr
+    );
 
     for (name, text, want) in [
         ("typo.toml", "[agent]\nsevrer = \"x\"\n", "sevrer"),
