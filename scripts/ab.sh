@@ -3,7 +3,7 @@
 # through variant A, then B, then A, … so that the machine's load drifts over both alike.
 # A variant is a binary plus extra server and agent arguments:
 #
-#   AB_A_BIN=/tmp/culvert-old AB_B_BIN=target/release/culvert scripts/ab.sh
+#   AB_A_BIN=/tmp/culvert-old AB_B_BIN=target/profiling/culvert scripts/ab.sh
 #   AB_A_AGENT_ARGS=--ws-mask scripts/ab.sh          # same binary, agent flag on / off
 #   AB_SCHEME=wss scripts/ab.sh                      # over TLS (--self-signed server)
 #   AB_STREAMS=8 AB_B_AGENT_ARGS="--pool 8" scripts/ab.sh   # eight parallel streams
@@ -21,8 +21,8 @@ SCHEME=${AB_SCHEME:-ws}
 STREAMS=${AB_STREAMS:-1}  # iperf3 -P: parallel streams per transfer
 BYTES=${AB_BYTES:-2G}
 RR=${AB_RR:-5000}
-A_BIN=${AB_A_BIN:-target/release/culvert}
-B_BIN=${AB_B_BIN:-target/release/culvert}
+A_BIN=${AB_A_BIN:-${CARGO_TARGET_DIR:-target}/profiling/culvert}
+B_BIN=${AB_B_BIN:-${CARGO_TARGET_DIR:-target}/profiling/culvert}
 read -r -a A_SRV <<<"${AB_A_SERVER_ARGS:-}"
 read -r -a B_SRV <<<"${AB_B_SERVER_ARGS:-}"
 read -r -a A_AGT <<<"${AB_A_AGENT_ARGS:-}"
@@ -43,7 +43,7 @@ cleanup() {
 trap cleanup EXIT
 
 command -v iperf3 >/dev/null || { echo "ab.sh needs iperf3 (scripts/bench.sh installs it)" >&2; exit 1; }
-[[ -x $A_BIN && -x $B_BIN ]] || { echo "ab.sh: $A_BIN or $B_BIN missing (cargo build --release)" >&2; exit 1; }
+[[ -x $A_BIN && -x $B_BIN ]] || { echo "ab.sh: $A_BIN or $B_BIN missing (cargo build --profile profiling -p culvert)" >&2; exit 1; }
 
 BASE=$("${TOOL[@]}" freeblock 8)
 CTRL=$BASE IPERF=$((BASE + 1)) PUB=$((BASE + 2)) ECHO=$((BASE + 3)) EPUB=$((BASE + 4))

@@ -60,7 +60,7 @@
 # ../shared/peers/ next to the repository, built with its own lock file and release
 # profile into target/bench/wstunnel-VERSION/, about 10 minutes on 2 cores), bore
 # (crates.io package bore-cli, pinned, cargo install --locked into target/bench/),
-# Culvert (cargo build --release --locked). PostgreSQL 15 (initdb, postgres, pgbench)
+# Culvert (cargo build --profile profiling --locked: release with line tables). PostgreSQL 15 (initdb, postgres, pgbench)
 # must be installed already (scripts/test.sh installs it); without it the pgbench rows
 # are left out with a note. perf (for the syscall mode) is used as found.
 # Everything runs on 127.0.0.1 only; every process started here is recorded by PID
@@ -106,9 +106,9 @@
 #   BENCH_MAX_SECONDS=2400   limit for the measuring phase (builds not included);
 #                            what does not fit is reported as skipped
 #   BENCH_BUILD_TIMEOUT=1800 limit for each build/install step
-#   BENCH_NO_BUILD=1         use target/release/culvert as it is (no cargo build)
+#   BENCH_NO_BUILD=1         use target/profiling/culvert as it is (no cargo build)
 #   BENCH_TUNNEL_LOG=warn    RUST_LOG given to the tunnel processes (wstunnel: --log-lvl)
-#   CULVERT_BIN=path         Culvert binary (default target/release/culvert)
+#   CULVERT_BIN=path         Culvert binary (default target/profiling/culvert)
 #   BENCH_CULVERT_SERVER_ARGS, BENCH_CULVERT_AGENT_ARGS
 #                            extra flags for `culvert server` / `culvert agent` (e.g. "--pool 2")
 #   RATHOLE_BIN=path         rathole binary (default: the pinned one, installed on demand)
@@ -192,7 +192,7 @@ BORE_ROOT=$ROOT/target/bench/bore-$BORE_VERSION
 BORE_BIN_SET=${BORE_BIN:-}
 BORE_BIN=${BORE_BIN:-$BORE_ROOT/bin/bore}
 BORE_CONTROL_PORT=7835 # fixed in bore (no flag to change it)
-CULVERT_BIN=${CULVERT_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/culvert}
+CULVERT_BIN=${CULVERT_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/profiling/culvert}
 
 OUT=$ROOT/target/bench
 RUN=$OUT/run   # configs, certificates, logs and raw results of the latest run
@@ -522,8 +522,8 @@ fi
 CULVERT_NA=
 if needs_any culvert-ws,culvert-wss,culvert-ws-udp,culvert-wss-udp; then
   if [[ $BENCH_NO_BUILD != 1 ]]; then
-    log "building Culvert (cargo build --release --locked -p culvert)"
-    if ! timeout "$BENCH_BUILD_TIMEOUT" cargo build --release --locked -p culvert >"$RUN/logs/culvert-build.log" 2>&1; then
+    log "building Culvert (cargo build --profile profiling --locked -p culvert)"
+    if ! timeout "$BENCH_BUILD_TIMEOUT" cargo build --profile profiling --locked -p culvert >"$RUN/logs/culvert-build.log" 2>&1; then
       CULVERT_NA="build failed: $(grep -m1 -E '^error' "$RUN/logs/culvert-build.log" | cut -c1-120 || true)"
     fi
   fi

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# pgbench through node-to-node tunnels vs direct, on loopback, release build.
+# pgbench through node-to-node tunnels vs direct, on loopback, profiling build (release
+# with line tables).
 #
 # Starts a throwaway PostgreSQL (as the postgres user when run as root), two
 # `culvert node` processes with TLS (certificates from `culvert cert new`), node B next
@@ -14,7 +15,7 @@
 #   PGB_SECONDS=15     duration of each pgbench run (-T)
 #   PGB_CLIENTS=4      concurrent clients (-c)
 #   PGB_MODE=tpcb      tpcb (pgbench's default read-write script) or select (-S)
-#   BENCH_NO_BUILD=1   reuse target/release/culvert
+#   BENCH_NO_BUILD=1   reuse target/profiling/culvert
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,9 +24,9 @@ CLIENTS=${PGB_CLIENTS:-4}
 MODE=${PGB_MODE:-tpcb}
 
 if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
-    cargo build --release --locked -p culvert >&2
+    cargo build --profile profiling --locked -p culvert >&2
 fi
-CULVERT=$PWD/target/release/culvert
+CULVERT=${CARGO_TARGET_DIR:-$PWD/target}/profiling/culvert
 source scripts/lib/pg.sh
 pg_tools || exit 1
 

@@ -5,7 +5,7 @@
 #
 # Usage: scripts/udp-loss.sh [RATE] [-R]      e.g. scripts/udp-loss.sh 1G -R
 # Environment (optional):
-#   CULVERT_BIN=path   binary to run (default target/release/culvert, built if missing)
+#   CULVERT_BIN=path   binary to run (default target/profiling/culvert, built if missing)
 #   WSS=1              wss:// with a self-signed certificate instead of ws://
 #   UDP_SECONDS=4      iperf3 -t
 # Needs iperf3 (scripts/bench.sh installs it). Everything listens on 127.0.0.1; every
@@ -14,8 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${1:-1G}
 DIR=${2:-}
-BIN=${CULVERT_BIN:-$PWD/target/release/culvert}
-[[ -x $BIN ]] || cargo build --release --locked -p culvert >&2
+BIN=${CULVERT_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/profiling/culvert}
+[[ -x $BIN ]] || cargo build --profile profiling --locked -p culvert >&2
 command -v iperf3 >/dev/null || { echo "iperf3 missing: apt-get install iperf3 (or run scripts/bench.sh once)" >&2; exit 1; }
 
 source scripts/lib/procs.sh

@@ -657,7 +657,11 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, Failure> {
             let port = ext.map(|e| e.assigned_port).unwrap_or(0);
             let previous = lock(&shared.ports).insert(svc.name.clone(), port);
             if previous != Some(port) {
-                tracing::info!(service = %svc.name, target = %svc.target, public_port = port, "service exposed");
+                if svc.private {
+                    tracing::info!(service = %svc.name, target = %svc.target, "service exposed privately (no public port: reached through culvert access and node tunnels)");
+                } else {
+                    tracing::info!(service = %svc.name, target = %svc.target, public_port = port, "service exposed");
+                }
             }
         }
         Ok::<_, Failure>(ids)

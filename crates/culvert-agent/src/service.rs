@@ -64,6 +64,12 @@ impl std::str::FromStr for ServiceSpec {
         };
         let (rest, (proxy, private)) = match rest.split_once('?') {
             Some((r, query)) => (r, parse_query(s, query)?),
+            // `&private` or `&proxy=v1` without the `?` that starts the options.
+            None if rest.contains('&') => {
+                return Err(format!(
+                    "{s:?}: options after the address start with '?' (e.g. tcp://HOST:PORT?private or ?proxy=v1&private)"
+                ))
+            }
             None => (rest, (None, false)),
         };
         if proxy.is_some() && protocol != ServiceProtocol::Tcp {
@@ -178,6 +184,14 @@ mod tests {
             "x=tcp://127.0.0.1:1?private=maybe",
         ] {
             assert!(bad.parse::<ServiceSpec>().is_err(), "{bad}");
+        }
+        // Options joined with `&` but no `?`: said so, not "target needs HOST:PORT".
+        for bad in [
+            "pg=tcp://127.0.0.1:5432&private",
+            "pg=tcp://127.0.0.1:5432@30080&proxy=v1",
+        ] {
+            let e = bad.parse::<ServiceSpec>().unwrap_err();
+            assert!(e.contains("start with '?'"), "{bad}: {e}");
         }
         assert!(valid_service_name("db-1.eu_west"));
         assert!(!valid_service_name(&"x".repeat(65)));

@@ -271,6 +271,8 @@ async fn handle(shared: &Shared, sock: TcpStream) {
         Ok(s) => s,
         Err(reason) => return fall_back(shared, sock, reason).await,
     };
+    // The tunnel carries connections again: an earlier failure is no longer the state.
+    *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     match relay_tcp_counted(sock, &stream, Some(&shared.bytes)).await {
         Ok(t) => tracing::debug!(up = t.up, down = t.down, "connection done"),
         Err(e) => match reset_code_of(&e) {

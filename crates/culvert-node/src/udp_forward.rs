@@ -213,7 +213,11 @@ async fn run_flow(shared: Arc<Shared>, client: SocketAddr, mut rx: mpsc::Receive
     shared.open.fetch_add(1, Ordering::Relaxed);
     let opened = shared.link.open_flow(&shared.target).await;
     match opened {
-        Ok(flow) => relay(&shared, client, flow, &mut rx).await,
+        Ok(flow) => {
+            // The tunnel carries flows again: an earlier failure is no longer the state.
+            *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            relay(&shared, client, flow, &mut rx).await
+        }
         Err(e) => shared.drop_one(&format!("cannot open flow: {e}")),
     }
     shared.flows().remove(&client);

@@ -495,7 +495,9 @@ pub fn revoke_token(path: &Path, name: &str) -> Result<(), TokenError> {
 }
 
 /// Writes the token file through a temporary file renamed over it, so a server reloading
-/// it meanwhile reads the old file or the new one, never half of one.
+/// it meanwhile reads the old file or the new one, never half of one. The file is readable
+/// by its owner only (0600): hashes are not tokens, but what tokens exist and may do is
+/// nobody else's business.
 fn write_file(path: &Path, file: &TokenFile) -> Result<(), TokenError> {
     let text = toml::to_string_pretty(file).expect("token file serialises");
     let p = path.display().to_string();
@@ -504,7 +506,14 @@ fn write_file(path: &Path, file: &TokenFile) -> Result<(), TokenError> {
     let tmp = path.with_file_name(tmp_name);
     let write = || -> std::io::Result<()> {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        // A leftover temporary file keeps its old mode through `open`: set it again.
+        #[cfg(unix)]
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         f.write_all(
             format!("# Culvert tokens: only SHA-256 hashes are stored here.\n{text}").as_bytes(),
         )?;

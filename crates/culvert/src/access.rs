@@ -40,7 +40,7 @@ fn parse_fallback(
     }
 }
 
-fn config(args: AccessArgs) -> anyhow::Result<(AccessConfig, Option<SocketAddr>)> {
+pub(crate) fn config(args: AccessArgs) -> anyhow::Result<(AccessConfig, Option<SocketAddr>)> {
     let file = file_config::load(args.config.as_deref())?.access;
     let server = crate::run::server_url(args.server.or(file.server))?;
     let token = crate::run::read_token(args.token_file.or(file.token_file))?;
@@ -118,7 +118,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     if let Some(AccessCommand::List(status)) = args.command {
-        return crate::status::run(status).await;
+        return crate::status::run(status.into()).await;
     }
     let (config, admin) = config(args)?;
     let access = Arc::new(Access::start(config).await?);

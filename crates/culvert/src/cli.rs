@@ -5,21 +5,50 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::bench::args::BenchArgs;
 use crate::logging::LogFormat;
+
+/// Seconds streams in flight get after SIGTERM/SIGINT, for every role (`--grace`).
+pub const DEFAULT_GRACE_SECS: u64 = 30;
 
 /// Culvert: reach services in private networks through connections that only they open.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Logging and runtime settings of the subcommands that run a tunnel (server, agent, node,
+/// access, demo, bench); the one-shot ones (`token`, `cert`, `status`, …) do not take them.
+#[derive(Debug, Args, Default, Clone, Copy)]
+pub struct RuntimeArgs {
     /// Log format on stderr (levels are set by RUST_LOG, default info).
-    #[arg(long, global = true, value_enum, default_value = "text")]
+    #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Runtime worker threads (default: one per CPU, or 1 on machines with two CPUs or
     /// fewer). 1 runs everything on one thread, which avoids cross-thread wake-ups.
-    #[arg(long, global = true, env = "CULVERT_WORKER_THREADS")]
+    #[arg(long, env = "CULVERT_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
-    #[command(subcommand)]
-    pub command: Command,
+}
+
+impl Command {
+    /// The logging and runtime settings of this subcommand (defaults for those without them).
+    pub fn runtime(&self) -> RuntimeArgs {
+        match self {
+            Command::Server(a) => a.runtime,
+            Command::Agent(a) => a.runtime,
+            Command::Node(a) => a.runtime,
+            Command::Access(a) => a.runtime,
+            Command::Demo(a) => a.runtime,
+            Command::Bench(a) => a.runtime,
+            Command::Token(_)
+            | Command::Cert(_)
+            | Command::Status(_)
+            | Command::Completions(_)
+            | Command::Check(_) => RuntimeArgs::default(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,7 +65,8 @@ pub enum Command {
     Cert(CertCommand),
     /// Run a server, an agent and an echo service on loopback, and print how to try it.
     Demo(DemoArgs),
-    /// Show the sessions and services of a running server or agent (from its admin listener).
+    /// Show the sessions, services or tunnels of a running server, agent, node or access
+    /// process (from its admin listener).
     Status(StatusArgs),
     /// Run a node: accept peers and dial peers, with forward and reverse tunnels from one config.
     Node(NodeArgs),
@@ -45,76 +75,29 @@ pub enum Command {
     Access(AccessArgs),
     /// Measure a tunnel: throughput, latency, connection rate and UDP, against a baseline.
     Bench(BenchArgs),
+    /// Print a shell completion script on stdout (for example
+    /// `culvert completions bash > /etc/bash_completion.d/culvert`).
+    Completions(CompletionsArgs),
+    /// Parse and validate a config file (server, agent, access or node TOML, or a token
+    /// file) without starting anything; exits 0 when it would load, 1 with the reason.
+    Check(CheckArgs),
 }
 
-/// `culvert bench`: where to measure, and how long.
+/// `culvert completions SHELL`.
 #[derive(Debug, Args)]
-#[command(
-    group(clap::ArgGroup::new("mode").required(true).args(["loopback", "target", "serve"])),
-    after_help = "Examples:\n  \
-    culvert bench --loopback                       # server, agent and bench service in this process\n  \
-    culvert agent ... --bench-service bench        # on the agent's host: logs the public ports of\n                                                 \
-    # `bench` (TCP) and `bench-udp` (UDP)\n  \
-    culvert bench --target tunnel.example.com:30001 --udp-target tunnel.example.com:30002\n  \
-    culvert bench --serve 0.0.0.0:9000             # a bench service reachable directly, for --direct\n\n\
-    Rows: upload and download throughput on 1 and on --streams streams, round-trip latency\n\
-    of 64-byte messages on one connection (p50, p99, p99.9), new connections per second\n\
-    (connect, 1-byte echo, close) from --clients workers, and UDP echo datagrams per second\n\
-    with loss (only when a UDP target is known: always with --loopback, with --udp-target\n\
-    otherwise). Ratio = tunnel / direct."
-)]
-pub struct BenchArgs {
-    /// Run a server, an agent and the bench service in this process, on loopback; the
-    /// baseline is the bench service itself.
-    #[arg(long)]
-    pub loopback: bool,
-    /// Public TCP port (HOST:PORT) of a live tunnel's service that an agent runs with
-    /// `--bench-service NAME`.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub target: Option<String>,
-    /// With --target: public UDP port of the service NAME-udp (no UDP row without it).
-    #[arg(long, value_name = "HOST:PORT", requires = "target")]
-    pub udp_target: Option<String>,
-    /// Baseline measured the same way without the tunnel: a bench service reached
-    /// directly, such as `culvert bench --serve` (TCP and UDP on HOST:PORT). With
-    /// --loopback the default is the in-process bench service.
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "serve")]
-    pub direct: Option<String>,
-    /// Skip the baseline (the direct column stays empty).
-    #[arg(long, conflicts_with = "direct")]
-    pub no_direct: bool,
-    /// Serve the bench protocol (TCP and UDP on this address) until Ctrl-C, as a baseline
-    /// for --direct.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub serve: Option<std::net::SocketAddr>,
-    /// Seconds each measurement runs.
-    #[arg(long, default_value_t = 5.0, value_parser = positive_secs)]
-    pub duration: f64,
-    /// Parallel streams of the multi-stream throughput rows.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub streams: u16,
-    /// Concurrent workers of the connection-rate row.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub clients: u16,
-    /// Seconds any single network wait (connect, read, write, final count) may take before
-    /// it counts as a failure.
-    #[arg(long, default_value_t = 10.0, value_parser = positive_secs)]
-    pub timeout: f64,
-    /// Print one JSON object with every figure instead of the table (no progress bar).
-    #[arg(long)]
-    pub json: bool,
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
-/// A number of seconds above zero (fractions allowed), at most a day.
-fn positive_secs(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if v.is_finite() && v > 0.0 && v <= 86_400.0 {
-        Ok(v)
-    } else {
-        Err(format!("{s:?}: want seconds above 0, at most 86400"))
-    }
+/// `culvert check --config FILE`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The file to check: a `[server]`/`[agent]`/`[access]` config, a node config
+    /// (`[node]`, `[[tunnel]]`) or a token file (`[[token]]`).
+    #[arg(long)]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -126,12 +109,15 @@ pub struct NodeArgs {
     /// overrides `[node] admin`.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
-    /// Seconds streams in flight get to finish after SIGTERM/SIGINT.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds streams in flight get to finish after SIGTERM/SIGINT (as for the server
+    /// and the agent).
+    #[arg(long, default_value_t = DEFAULT_GRACE_SECS)]
     pub grace: u64,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Default)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct AccessArgs {
     #[command(subcommand)]
@@ -171,22 +157,46 @@ pub struct AccessArgs {
     /// Admin listener serving the sessions to `culvert access list`.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AccessCommand {
     /// List the sessions of a running `culvert access` (service, address, TTL left, connections, bytes).
-    List(StatusArgs),
+    List(AccessListArgs),
+}
+
+/// `culvert access list`.
+#[derive(Debug, Args)]
+pub struct AccessListArgs {
+    /// Admin listener of the running `culvert access` (the address its --admin was given).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// Print the raw JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Admin listener of the server or agent.
-    #[arg(long, default_value = "http://127.0.0.1:9090")]
-    pub admin: String,
+    /// Admin listener of the server, agent or node: the ADDR given to its --admin (or
+    /// `admin` in its TOML), as 127.0.0.1:PORT or http://127.0.0.1:PORT. Nothing listens
+    /// unless that process was started with one, so there is no default.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
     /// Print the raw JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+impl From<AccessListArgs> for StatusArgs {
+    fn from(a: AccessListArgs) -> StatusArgs {
+        StatusArgs {
+            admin: a.admin,
+            json: a.json,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,7 +282,7 @@ pub struct ServerArgs {
     /// TOML config file; its `[server]` table holds the same settings as these flags.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Address of the tunnel endpoint (agents dial it).
+    /// Address of the tunnel endpoint (agents dial it) [default: 0.0.0.0:8443].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// PEM certificate chain for TLS.
@@ -289,16 +299,16 @@ pub struct ServerArgs {
     /// Serve plain ws:// without TLS (only allowed on a loopback listen address).
     #[arg(long)]
     pub insecure_plain: bool,
-    /// Token file (hashes only), as written by `culvert token new`.
+    /// Token file (hashes only), as written by `culvert token new` [default: tokens.toml].
     #[arg(long)]
     pub tokens: Option<PathBuf>,
-    /// Public TCP ports to hand out, LOW-HIGH.
+    /// Public TCP ports to hand out, LOW-HIGH [default: 30000-31000].
     #[arg(long)]
     pub port_range: Option<String>,
     /// Public UDP ports to hand out, LOW-HIGH (defaults to the TCP range).
     #[arg(long)]
     pub udp_port_range: Option<String>,
-    /// Address public listeners bind on.
+    /// Address public listeners bind on [default: 0.0.0.0].
     #[arg(long)]
     pub public_bind: Option<IpAddr>,
     /// Seconds between heartbeats on agent connections; an agent silent for two is
@@ -306,9 +316,10 @@ pub struct ServerArgs {
     #[arg(long)]
     pub heartbeat_interval: Option<u64>,
     /// Admin listener (/metrics, /healthz, /readyz, /api/sessions); keep it on loopback.
+    /// None by default.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
-    /// Seconds streams in flight get to finish after SIGTERM/SIGINT.
+    /// Seconds streams in flight get to finish after SIGTERM/SIGINT [default: 30].
     #[arg(long)]
     pub grace: Option<u64>,
     /// Tunnel connections one agent session (one client id) may hold; more are refused
@@ -326,6 +337,8 @@ pub struct ServerArgs {
     /// callers can keep Authorization for the backend.
     #[arg(long, value_name = "HEADER", requires = "http_listen")]
     pub http_token_header: Option<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 #[derive(Debug, Args, Default)]
@@ -352,7 +365,8 @@ pub struct AgentArgs {
     pub bench_service: Option<String>,
     #[command(flatten)]
     pub verify: VerifyArgs,
-    /// WebSocket connections to keep open (streams spread across them).
+    /// WebSocket connections to keep open, 1 to 64 (streams spread across them)
+    /// [default: 4].
     #[arg(long)]
     pub pool: Option<usize>,
     /// HTTP proxy to reach the server through (CONNECT): http://[USER:PASSWORD@]HOST:PORT,
@@ -364,13 +378,14 @@ pub struct AgentArgs {
     /// proxy on the way inspects WebSocket frames and insists on masking.
     #[arg(long)]
     pub ws_mask: bool,
-    /// Seconds between heartbeats; a dead server is noticed within two.
+    /// Seconds between heartbeats; a dead server is noticed within two [default: 10].
     #[arg(long)]
     pub heartbeat_interval: Option<u64>,
     /// Admin listener (/metrics, /healthz, /readyz, /api/sessions); keep it on loopback.
+    /// None by default.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
-    /// Seconds streams in flight get to finish after SIGTERM/SIGINT.
+    /// Seconds streams in flight get to finish after SIGTERM/SIGINT [default: 30].
     #[arg(long)]
     pub grace: Option<u64>,
     /// Exit non-zero at the first permanent error (refused token, untrusted or mismatched
@@ -378,6 +393,8 @@ pub struct AgentArgs {
     /// longest backoff (60 s): for supervisors (systemd, Kubernetes) that should see it.
     #[arg(long)]
     pub exit_on_auth_failure: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -385,6 +402,8 @@ pub struct DemoArgs {
     /// Do one echo round trip through the tunnel, print the result and exit.
     #[arg(long)]
     pub self_test: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// How a dialing command trusts the server's certificate.

@@ -4,6 +4,7 @@ mod access;
 mod admin;
 mod allocator;
 mod bench;
+mod check;
 mod cli;
 mod demo;
 mod file_config;
@@ -23,10 +24,11 @@ fn main() -> std::process::ExitCode {
         cli::Command::Bench(_) => "warn",
         _ => "info",
     };
-    logging::init(cli.log_format, default_level);
+    let runtime = cli.command.runtime();
+    logging::init(runtime.log_format, default_level);
     allocator::tune();
     // One worker: a current-thread runtime, so tasks never wake each other across threads.
-    let mut builder = match cli
+    let mut builder = match runtime
         .worker_threads
         .unwrap_or_else(default_worker_threads)
         .max(1)

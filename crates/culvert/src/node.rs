@@ -8,11 +8,27 @@ use culvert_node::{Node, NodeFile};
 
 use crate::cli::NodeArgs;
 
+/// A node given `tls_cert`/`tls_key` without `self_signed` needs both files; a missing one
+/// says how to make it.
+pub(crate) fn require_node_cert(file: &NodeFile) -> anyhow::Result<()> {
+    match (
+        &file.node.tls_cert,
+        &file.node.tls_key,
+        file.node.self_signed,
+    ) {
+        (Some(cert), Some(key), false) => {
+            crate::run::require_cert_files(cert, key, "`self_signed = true` in [node]")
+        }
+        _ => Ok(()),
+    }
+}
+
 pub async fn run(
     args: NodeArgs,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let file = NodeFile::load(&args.config)?;
+    require_node_cert(&file)?;
     let admin = args.admin.or(file.node.admin);
     let tokens = file.node.tokens.clone();
     let name = file.node.name.clone().unwrap_or_else(|| "node".into());

@@ -36,6 +36,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => crate::node::run(args, shutdown_signal()).await,
         Command::Access(args) => crate::access::run(args, shutdown_signal()).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "culvert", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Check(args) => crate::check::run(&args.config),
     }
 }
 
@@ -56,10 +62,38 @@ pub(crate) async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn server(args: ServerArgs) -> anyhow::Result<()> {
+/// Where the server's certificate comes from, as the flags and the config file chose it.
+pub(crate) enum TlsChoice {
+    /// `--tls-cert` and `--tls-key`: files that must exist.
+    Pem(PathBuf, PathBuf),
+    /// `--self-signed` alone: a new certificate at each start.
+    SelfSigned,
+    /// `--self-signed` with `--tls-cert`/`--tls-key`: written there the first time, kept.
+    SelfSignedKept(PathBuf, PathBuf),
+    /// `--insecure-plain`: plain ws:// on loopback.
+    Plain,
+}
+
+/// The server's settings from its flags and config file, checked but not yet acted on
+/// (nothing bound, no certificate generated): what `culvert check` validates too.
+pub(crate) struct ServerPlan {
+    pub config: ServerConfig,
+    pub tokens: TokenStore,
+    pub tokens_path: PathBuf,
+    pub tls: TlsChoice,
+    pub admin: Option<SocketAddr>,
+    pub grace: Duration,
+}
+
+/// Reads the server's flags and config file into a [`ServerPlan`].
+pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
     let file = file_config::load(args.config.as_deref())?.server;
-    let admin_addr = args.admin.or(file.admin);
-    let grace = Duration::from_secs(args.grace.or(file.grace).unwrap_or(30));
+    let admin = args.admin.or(file.admin);
+    let grace = Duration::from_secs(
+        args.grace
+            .or(file.grace)
+            .unwrap_or(crate::cli::DEFAULT_GRACE_SECS),
+    );
     let listen: SocketAddr = args
         .listen
         .or(file.listen)
@@ -110,31 +144,85 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let self_signed = args.self_signed || file.self_signed;
     let plain = args.insecure_plain || file.insecure_plain;
     let tls = match (cert, key, self_signed, plain) {
-        (Some(c), Some(k), false, false) => Some(ServerTls::from_pem(&c, &k)?),
-        (None, None, true, false) => {
-            let t = ServerTls::self_signed_for(listen)?;
-            tracing::info!(fingerprint = %t.fingerprint, "self-signed certificate generated for this run only (a new one at each start); agents pin it with --fingerprint");
-            Some(t)
-        }
-        (Some(c), Some(k), true, false) => {
-            let (t, created) = ServerTls::self_signed_kept(listen, &c, &k)?;
-            tracing::info!(fingerprint = %t.fingerprint, created, cert = %c.display(),
-                "self-signed certificate kept across restarts; agents pin it with --fingerprint");
-            Some(t)
-        }
+        (Some(c), Some(k), false, false) => TlsChoice::Pem(c, k),
+        (None, None, true, false) => TlsChoice::SelfSigned,
+        (Some(c), Some(k), true, false) => TlsChoice::SelfSignedKept(c, k),
         (None, None, false, true) => {
             if !listen.ip().is_loopback() {
                 bail!(
                     "--insecure-plain is only allowed on a loopback listen address (got {listen})"
                 );
             }
+            TlsChoice::Plain
+        }
+        (None, None, false, false) => {
+            bail!("configure TLS with --tls-cert and --tls-key (`culvert cert new --cert cert.pem --key key.pem` makes a pair), or --self-signed (or --insecure-plain on loopback)")
+        }
+        _ => bail!("choose one of: --tls-cert/--tls-key, --self-signed (with --tls-cert/--tls-key: kept in those files), --insecure-plain"),
+    };
+    Ok(ServerPlan {
+        config,
+        tokens,
+        tokens_path,
+        tls,
+        admin,
+        grace,
+    })
+}
+
+/// Loads `--tls-cert`/`--tls-key`; a missing file says how to make one.
+pub(crate) fn load_pem(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<ServerTls> {
+    require_cert_files(cert, key, "--self-signed")?;
+    Ok(ServerTls::from_pem(cert, key)?)
+}
+
+/// Fails, saying how to make them, when the certificate or key file is missing;
+/// `self_signed` names the setting that generates one instead (a flag or a TOML key).
+pub(crate) fn require_cert_files(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    self_signed: &str,
+) -> anyhow::Result<()> {
+    if let Some(missing) = [cert, key].into_iter().find(|p| !p.exists()) {
+        bail!(
+            "{}: no such file. Make a certificate and key with `culvert cert new --cert {} --key {}` \
+             (prints the fingerprint peers pin), or use {self_signed} (with the certificate and \
+             key files named too, it writes them the first time and keeps them)",
+            missing.display(),
+            cert.display(),
+            key.display()
+        );
+    }
+    Ok(())
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let ServerPlan {
+        config,
+        tokens,
+        tokens_path,
+        tls,
+        admin: admin_addr,
+        grace,
+    } = server_plan(args)?;
+    let (listen, range) = (config.listen, config.tcp_ports);
+    let tls = match tls {
+        TlsChoice::Pem(c, k) => Some(load_pem(&c, &k)?),
+        TlsChoice::SelfSigned => {
+            let t = ServerTls::self_signed_for(listen)?;
+            tracing::info!(fingerprint = %t.fingerprint, "self-signed certificate generated for this run only (a new one at each start); agents pin it with --fingerprint");
+            Some(t)
+        }
+        TlsChoice::SelfSignedKept(c, k) => {
+            let (t, created) = ServerTls::self_signed_kept(listen, &c, &k)?;
+            tracing::info!(fingerprint = %t.fingerprint, created, cert = %c.display(),
+                "self-signed certificate kept across restarts; agents pin it with --fingerprint");
+            Some(t)
+        }
+        TlsChoice::Plain => {
             tracing::warn!("serving plain ws:// without TLS (--insecure-plain)");
             None
         }
-        (None, None, false, false) => {
-            bail!("configure TLS with --tls-cert and --tls-key, or --self-signed (or --insecure-plain on loopback)")
-        }
-        _ => bail!("choose one of: --tls-cert/--tls-key, --self-signed (with --tls-cert/--tls-key: kept in those files), --insecure-plain"),
     };
     tracing::info!(tokens = tokens.len(), file = %tokens_path.display(), ports = %range, "loaded tokens");
     let server = Server::bind(config, tokens, tls)
@@ -250,6 +338,14 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     for t in &file.service {
         services.push(service_table(t)?);
     }
+    // The server keys services by name: a second one of the same name would be dropped.
+    let mut names = std::collections::HashSet::new();
+    if let Some(dup) = services.iter().find(|s| !names.insert(s.name.as_str())) {
+        bail!(
+            "service {:?} is exposed twice (--expose, `expose` or [[agent.service]] in the config): each service needs its own name",
+            dup.name
+        );
+    }
     for s in services
         .iter()
         .filter_map(|s| s.http.as_ref().map(|h| (s, h)))
@@ -342,7 +438,11 @@ fn reload_secrets_on_sighup(services: Vec<ServiceSpec>) {
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let file = file_config::load(args.config.as_deref())?.agent;
     let admin_addr = args.admin.or(file.admin);
-    let grace = Duration::from_secs(args.grace.or(file.grace).unwrap_or(30));
+    let grace = Duration::from_secs(
+        args.grace
+            .or(file.grace)
+            .unwrap_or(crate::cli::DEFAULT_GRACE_SECS),
+    );
     let bench_name = args.bench_service.clone().or(file.bench_service);
     let private = args.private || file.private;
     let mut config = agent_config(args)?;

@@ -2,41 +2,69 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
 
 use crate::cli::StatusArgs;
 
-/// A plain HTTP/1.0 GET: the admin listener is local and answers small bodies.
-async fn get(admin: &str, path: &str) -> anyhow::Result<String> {
+/// How long the whole exchange with the admin listener may take: connect, request, answer.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest answer read; the admin listener's JSON is far smaller.
+const MAX_BODY: usize = 16 << 20;
+
+/// `HOST:PORT` of an admin listener given as `HOST:PORT` or `http://HOST:PORT[/]`.
+fn admin_hostport(admin: &str) -> anyhow::Result<&str> {
     let hostport = admin
         .strip_prefix("http://")
         .unwrap_or(admin)
         .trim_end_matches('/');
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(hostport),
-    )
-    .await
-    .context("admin listener did not answer in 5 s")?
-    .with_context(|| format!("connecting to {hostport}"))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        s.take(16 << 20).read_to_end(&mut buf),
-    )
-    .await
-    .context("admin listener timed out")??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        bail!("{}", head.lines().next().unwrap_or("bad response"));
+    if hostport.is_empty() || hostport.contains('/') || hostport.contains("://") {
+        bail!("--admin {admin:?}: expected HOST:PORT or http://HOST:PORT (the admin listener speaks plain HTTP)");
     }
-    Ok(body.to_owned())
+    Ok(hostport)
+}
+
+/// GETs `path` from the admin listener with hyper's HTTP/1 client; the whole exchange is
+/// bounded by [`TIMEOUT`] and the body by [`MAX_BODY`].
+async fn get(admin: &str, path: &str) -> anyhow::Result<String> {
+    let hostport = admin_hostport(admin)?;
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(hostport)
+            .await
+            .with_context(|| format!("connecting to the admin listener {hostport}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .context("HTTP handshake with the admin listener")?;
+        let request = async {
+            let req = hyper::Request::get(path)
+                .header(hyper::header::HOST, hostport)
+                .body(Empty::<Bytes>::new())?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| anyhow!("reading the answer: {e}"))?
+                .to_bytes();
+            if !status.is_success() {
+                bail!("{hostport}{path} answered {status}");
+            }
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        };
+        tokio::pin!(conn);
+        tokio::select! {
+            r = request => r,
+            r = &mut conn => match r {
+                Ok(()) => bail!("the admin listener {hostport} closed the connection without an answer"),
+                Err(e) => bail!("talking to the admin listener {hostport}: {e}"),
+            },
+        }
+    };
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| anyhow!("the admin listener {hostport} did not answer within {TIMEOUT:?}"))?
 }
 
 /// A string field of the status JSON, made printable (`?` when absent).
@@ -59,7 +87,10 @@ fn printable(s: &str) -> String {
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let body = get(&args.admin, "/api/sessions").await?;
+    let Some(admin) = args.admin else {
+        bail!("--admin ADDR is required: the admin listener of the server, agent, node or access process, as given to its own --admin (or `admin` in its TOML); nothing listens unless one was set, so there is no default");
+    };
+    let body = get(&admin, "/api/sessions").await?;
     if args.json {
         println!("{body}");
         return Ok(());
@@ -176,5 +207,16 @@ mod tests {
             "pg\\u{1b}[2J\\nforged é"
         );
         assert_eq!(super::text(&serde_json::json!(null)), "?");
+    }
+
+    #[test]
+    fn admin_addresses_with_and_without_scheme() {
+        assert_eq!(
+            super::admin_hostport("http://127.0.0.1:9100/").unwrap(),
+            "127.0.0.1:9100"
+        );
+        assert_eq!(super::admin_hostport("[::1]:9100").unwrap(), "[::1]:9100");
+        assert!(super::admin_hostport("https://127.0.0.1:9100").is_err());
+        assert!(super::admin_hostport("http://127.0.0.1:9100/api").is_err());
     }
 }

@@ -38,6 +38,11 @@ fn token_new_prints_only_the_token_and_stores_only_its_hash() {
         "stderr repeats the token: {stderr}"
     );
 
+    // Readable by its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "token file mode {mode:o}");
+
     // The file holds the SHA-256 of the token, never the token.
     let text = std::fs::read_to_string(&file).unwrap();
     let hash = hex::encode(Sha256::digest(token.as_bytes()));

@@ -348,6 +348,15 @@ fn targets_outside_the_allow_list_are_refused_and_peer_restart_recovers() {
         t["state"] == "connected"
     });
     assert_eq!(echo_round_trip(ok_port, b"back").unwrap(), b"back");
+    // The refusal while B was down is history now: the status no longer shows it.
+    let t = tunnels(a_admin)
+        .into_iter()
+        .find(|t| t["name"] == "allowed")
+        .expect("tunnel allowed in the status");
+    assert!(
+        t["last_error"].is_null(),
+        "a stale last error after recovery: {t}"
+    );
     drop(b);
     a.proc.kill();
 }

@@ -9,6 +9,7 @@
 //!
 //! The workloads are in [`measure`], the table and JSON in [`report`].
 
+pub mod args;
 pub mod measure;
 pub mod report;
 pub mod service;
