@@ -8,6 +8,7 @@ mod agent;
 mod backoff;
 mod failure;
 mod local_flows;
+mod metrics;
 pub mod proxy_protocol;
 mod service;
 
