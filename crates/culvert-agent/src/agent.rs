@@ -95,7 +95,8 @@ impl AgentConfig {
     }
 }
 
-struct Shared {
+/// What the pool slots and the handle share.
+pub(crate) struct Shared {
     config: AgentConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
     client_id: Uuid,
@@ -181,16 +182,12 @@ pub struct AgentHandle {
 impl AgentHandle {
     /// Public ports by service name, as assigned by the server.
     pub fn ports(&self) -> HashMap<String, u16> {
-        self.shared
-            .ports
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.shared.ports()
     }
 
     /// Pooled connections currently up and registered.
     pub fn connections_up(&self) -> usize {
-        self.shared.up.load(Ordering::SeqCst)
+        self.shared.connections_up()
     }
 
     /// Whether the link is connected, connecting or backing off.
@@ -293,118 +290,27 @@ impl AgentHandle {
     /// Pooled connections up but suspect: silent past a heartbeat interval with a
     /// heartbeat unanswered, so they get no new streams.
     pub fn connections_suspect(&self) -> usize {
-        lock(&self.shared.live)
-            .iter()
-            .filter(|m| m.is_suspect())
-            .count()
+        self.shared.connections_suspect()
     }
 
     /// Ready when every pooled connection is up, has registered every service and is not
     /// suspect (a connection on a silent path does not count).
     pub fn is_ready(&self) -> bool {
-        let pool = self.shared.config.pool.max(1);
-        self.connections_up()
-            .saturating_sub(self.connections_suspect())
-            >= pool
+        self.shared.is_ready()
     }
 
-    /// Prometheus text exposition of the agent's state and counters.
+    /// Prometheus text exposition of the agent's state and counters (this agent's metrics
+    /// alone; a process registers them once with [`AgentHandle::register_metrics`]).
     pub fn metrics(&self) -> String {
-        let mut out = String::new();
-        let mut gauge = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
-            culvert_transport::prom::family(&mut out, name, kind, help, &samples)
-        };
-        let live = lock(&self.shared.live).clone();
-        let (mut open, mut opened, mut sent, mut recv) = (0usize, 0u64, 0u64, 0u64);
-        let (mut dg_drop_send, mut dg_drop_recv) = (0u64, 0u64);
-        let mut rtts = Vec::new();
-        for (i, m) in live.iter().enumerate() {
-            let st = m.stats();
-            dg_drop_send += st.proto.datagrams_dropped_send;
-            dg_drop_recv += st.proto.datagrams_dropped_recv;
-            open += st.open_streams;
-            opened += st.proto.streams_opened;
-            sent += st.proto.stream_bytes_sent;
-            recv += st.proto.stream_bytes_received;
-            if let Some(r) = st.rtt {
-                rtts.push((format!("connection=\"{i}\""), r.as_secs_f64()));
-            }
-        }
-        let one = |v: f64| vec![(String::new(), v)];
-        gauge(
-            "culvert_agent_connections_up",
-            "gauge",
-            "Pooled connections authenticated and registered.",
-            one(self.connections_up() as f64),
-        );
-        gauge(
-            "culvert_agent_connections_suspect",
-            "gauge",
-            "Pooled connections silent past a heartbeat with a heartbeat unanswered (given no new streams).",
-            one(self.connections_suspect() as f64),
-        );
-        gauge(
-            "culvert_agent_pool_size",
-            "gauge",
-            "Pooled connections configured.",
-            one(self.shared.config.pool as f64),
-        );
-        gauge(
-            "culvert_agent_ready",
-            "gauge",
-            "1 when every pooled connection is up, registered and not suspect.",
-            one(f64::from(u8::from(self.is_ready()))),
-        );
-        gauge(
-            "culvert_agent_connection_failures_total",
-            "counter",
-            "Failed connection attempts and lost connections.",
-            one(self.shared.failures.load(Ordering::Relaxed) as f64),
-        );
-        let ports = self.ports();
-        gauge(
-            "culvert_agent_service_public_port",
-            "gauge",
-            "Public port the server assigned to each service.",
-            ports
-                .iter()
-                .map(|(n, p)| {
-                    (
-                        format!("service=\"{}\"", culvert_transport::prom::label(n)),
-                        f64::from(*p),
-                    )
-                })
-                .collect(),
-        );
-        gauge(
-            "culvert_streams_open",
-            "gauge",
-            "Multiplexed streams holding state.",
-            one(open as f64),
-        );
-        gauge(
-            "culvert_streams_opened_total",
-            "counter",
-            "Streams opened on live connections.",
-            one(opened as f64),
-        );
-        gauge(
-            "culvert_tunnel_stream_bytes_total",
-            "counter",
-            "Stream payload bytes on live connections, by direction.",
-            vec![
-                ("direction=\"sent\"".into(), sent as f64),
-                ("direction=\"received\"".into(), recv as f64),
-            ],
-        );
-        gauge(
-            "culvert_heartbeat_rtt_seconds",
-            "gauge",
-            "Latest heartbeat round trip per pooled connection.",
-            rtts,
-        );
-        culvert_transport::prom::datagrams_dropped(&mut out, dg_drop_send, dg_drop_recv);
-        out
+        culvert_transport::metrics::text_of(|r| self.register_metrics(r))
+    }
+
+    /// Adds the agent's metrics to the process's registry: they are read from the
+    /// agent's counters at each scrape.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(crate::metrics::AgentCollector(
+            self.shared.clone(),
+        )));
     }
 
     /// Waits until every pooled connection is up (or the timeout passes); returns whether it is.
@@ -427,6 +333,42 @@ impl AgentHandle {
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
+    }
+}
+
+impl Shared {
+    pub(crate) fn ports(&self) -> HashMap<String, u16> {
+        lock(&self.ports).clone()
+    }
+
+    pub(crate) fn connections_up(&self) -> usize {
+        self.up.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn connections_suspect(&self) -> usize {
+        lock(&self.live).iter().filter(|m| m.is_suspect()).count()
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        let pool = self.config.pool.max(1);
+        self.connections_up()
+            .saturating_sub(self.connections_suspect())
+            >= pool
+    }
+
+    /// The live connections, for metrics.
+    pub(crate) fn live(&self) -> Vec<Mux> {
+        lock(&self.live).clone()
+    }
+
+    /// Connection attempts that failed, and connections lost.
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Pooled connections configured.
+    pub(crate) fn pool(&self) -> usize {
+        self.config.pool
     }
 }
 

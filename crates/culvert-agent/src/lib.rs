@@ -10,6 +10,7 @@ mod failure;
 mod http_backend;
 mod http_proxy;
 mod local_flows;
+mod metrics;
 pub mod proxy_protocol;
 mod service;
 

@@ -11,9 +11,11 @@ use culvert_proto::reset_code;
 use culvert_transport::reset_code_of;
 use culvert_transport::tls::Verify;
 use culvert_transport::ws::ServerUrl;
+use prometheus_client::metrics::MetricType;
 
 use crate::entry::Entry;
 use crate::forward::{Fallback, Forward, ForwardSpec, ForwardStatus};
+use crate::metrics::{Family, StatusCollector, Value};
 use crate::{NodeError, UdpForward};
 
 /// One access session: a service reached through a local address for a while.
@@ -59,6 +61,35 @@ impl std::fmt::Debug for AccessConfig {
             .finish_non_exhaustive()
     }
 }
+
+/// What `culvert access`'s metrics say of each session (counter names without `_total`,
+/// which the encoder appends).
+static SESSION_FAMILIES: &[Family<ForwardStatus>] = &[
+    (
+        "culvert_access_open_connections",
+        MetricType::Gauge,
+        "Connections (UDP: flows) being relayed.",
+        |s| Some(Value::Int(s.open_connections as u64)),
+    ),
+    (
+        "culvert_access_bytes_up",
+        MetricType::Counter,
+        "Bytes from local clients into the tunnel.",
+        |s| Some(Value::Int(s.bytes_up)),
+    ),
+    (
+        "culvert_access_bytes_down",
+        MetricType::Counter,
+        "Bytes from the tunnel to local clients.",
+        |s| Some(Value::Int(s.bytes_down)),
+    ),
+    (
+        "culvert_access_remaining_seconds",
+        MetricType::Gauge,
+        "Time-to-live left (sessions with a TTL).",
+        |s| s.remaining_secs.map(Value::Int),
+    ),
+];
 
 /// Running access sessions.
 pub struct Access {
@@ -199,38 +230,22 @@ impl Access {
             .collect()
     }
 
-    /// Prometheus text: per session, open connections, bytes each way and the TTL left.
+    /// Prometheus text: per session, open connections, bytes each way and the TTL left
+    /// (these sessions' alone; a process registers them once with
+    /// [`Access::register_metrics`]).
     pub fn metrics(&self) -> String {
-        crate::metrics::render(
-            &self.status(),
-            |s| format!("service=\"{}\"", culvert_transport::prom::label(&s.name)),
-            &[
-                (
-                    "culvert_access_open_connections",
-                    "gauge",
-                    "Connections (UDP: flows) being relayed.",
-                    |s| Some(s.open_connections as f64),
-                ),
-                (
-                    "culvert_access_bytes_up_total",
-                    "counter",
-                    "Bytes from local clients into the tunnel.",
-                    |s| Some(s.bytes_up as f64),
-                ),
-                (
-                    "culvert_access_bytes_down_total",
-                    "counter",
-                    "Bytes from the tunnel to local clients.",
-                    |s| Some(s.bytes_down as f64),
-                ),
-                (
-                    "culvert_access_remaining_seconds",
-                    "gauge",
-                    "Time-to-live left (sessions with a TTL).",
-                    |s| s.remaining_secs.map(|r| r as f64),
-                ),
-            ],
-        )
+        culvert_transport::metrics::text_of(|r| self.register_metrics(r))
+    }
+
+    /// Adds the sessions' metrics to the process's registry: they are read from the
+    /// sessions' counters at each scrape.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let forwards = self.forwards.clone();
+        registry.register_collector(Box::new(StatusCollector {
+            status: Box::new(move || forwards.iter().map(Entry::status).collect()),
+            labels: |s: &ForwardStatus| vec![("service", s.name.clone())],
+            families: SESSION_FAMILIES,
+        }));
     }
 
     /// Figures of every session.

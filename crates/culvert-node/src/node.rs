@@ -12,10 +12,12 @@ use culvert_proto::ServiceProtocol;
 use culvert_server::{AllowList, PortRange, Server, ServerConfig, ServerHandle, TokenStore};
 use culvert_transport::tls::{ServerTls, Verify};
 use culvert_transport::ws::ServerUrl;
+use prometheus_client::metrics::MetricType;
 use serde::Serialize;
 
 use crate::entry::Entry;
 use crate::forward::{Fallback, Forward, ForwardSpec};
+use crate::metrics::{Family, StatusCollector, Value};
 use crate::node_config::{reverse_port, Direction, NodeFile, TunnelFile};
 use crate::{NodeError, UdpForward};
 
@@ -50,6 +52,47 @@ pub struct TunnelStatus {
     pub last_error: Option<String>,
 }
 
+/// What the node's metrics say of each tunnel (counter names without `_total`, which the
+/// encoder appends).
+static TUNNEL_FAMILIES: &[Family<TunnelStatus>] = &[
+    (
+        "culvert_node_tunnel_up",
+        MetricType::Gauge,
+        "1 when the tunnel's peer link is connected.",
+        |t| Some(Value::Int(u64::from(t.state == "connected"))),
+    ),
+    (
+        "culvert_node_tunnel_rtt_seconds",
+        MetricType::Gauge,
+        "Latest heartbeat round trip to the tunnel's peer.",
+        |t| t.rtt_ms.map(|m| Value::Float(m / 1000.0)),
+    ),
+    (
+        "culvert_node_tunnel_open_connections",
+        MetricType::Gauge,
+        "Connections being relayed.",
+        |t| Some(Value::Int(t.open_connections as u64)),
+    ),
+    (
+        "culvert_node_tunnel_connections",
+        MetricType::Counter,
+        "Connections since start.",
+        |t| Some(Value::Int(t.connections)),
+    ),
+    (
+        "culvert_node_tunnel_bytes_to_target",
+        MetricType::Counter,
+        "Bytes towards the tunnel's target.",
+        |t| Some(Value::Int(t.bytes_to_target)),
+    ),
+    (
+        "culvert_node_tunnel_bytes_from_target",
+        MetricType::Counter,
+        "Bytes from the tunnel's target.",
+        |t| Some(Value::Int(t.bytes_from_target)),
+    ),
+];
+
 struct Tunnel {
     file: TunnelFile,
     link: Arc<AgentHandle>,
@@ -59,7 +102,8 @@ struct Tunnel {
 /// A running node.
 pub struct Node {
     server: Option<Arc<ServerHandle>>,
-    tunnels: Vec<Tunnel>,
+    /// Shared with the metrics collector, which reads their status at each scrape.
+    tunnels: Arc<Vec<Tunnel>>,
     links: Vec<Arc<AgentHandle>>,
 }
 
@@ -174,7 +218,7 @@ impl Node {
         }
         Ok(Node {
             server,
-            tunnels,
+            tunnels: Arc::new(tunnels),
             links,
         })
     }
@@ -190,61 +234,29 @@ impl Node {
     }
 
     /// Prometheus text: per-tunnel state, round trip, connections and bytes, then the
-    /// server role's own metrics.
+    /// server role's own metrics (this node's alone; a process registers them once with
+    /// [`Node::register_metrics`]).
     pub fn metrics(&self) -> String {
-        use culvert_transport::prom::label;
-        let mut out = crate::metrics::render(
-            &self.status(),
-            |t| {
-                format!(
-                    "tunnel=\"{}\",direction=\"{}\"",
-                    label(&t.name),
-                    t.direction
-                )
+        culvert_transport::metrics::text_of(|r| self.register_metrics(r))
+    }
+
+    /// Adds the node's metrics (and its server role's) to the process's registry: they
+    /// are read from the tunnels' counters at each scrape.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let tunnels = self.tunnels.clone();
+        registry.register_collector(Box::new(StatusCollector {
+            status: Box::new(move || tunnels.iter().map(tunnel_status).collect()),
+            labels: |t: &TunnelStatus| {
+                vec![
+                    ("tunnel", t.name.clone()),
+                    ("direction", t.direction.to_owned()),
+                ]
             },
-            &[
-                (
-                    "culvert_node_tunnel_up",
-                    "gauge",
-                    "1 when the tunnel's peer link is connected.",
-                    |t| Some(f64::from(u8::from(t.state == "connected"))),
-                ),
-                (
-                    "culvert_node_tunnel_rtt_seconds",
-                    "gauge",
-                    "Latest heartbeat round trip to the tunnel's peer.",
-                    |t| t.rtt_ms.map(|m| m / 1000.0),
-                ),
-                (
-                    "culvert_node_tunnel_open_connections",
-                    "gauge",
-                    "Connections being relayed.",
-                    |t| Some(t.open_connections as f64),
-                ),
-                (
-                    "culvert_node_tunnel_connections_total",
-                    "counter",
-                    "Connections since start.",
-                    |t| Some(t.connections as f64),
-                ),
-                (
-                    "culvert_node_tunnel_bytes_to_target_total",
-                    "counter",
-                    "Bytes towards the tunnel's target.",
-                    |t| Some(t.bytes_to_target as f64),
-                ),
-                (
-                    "culvert_node_tunnel_bytes_from_target_total",
-                    "counter",
-                    "Bytes from the tunnel's target.",
-                    |t| Some(t.bytes_from_target as f64),
-                ),
-            ],
-        );
+            families: TUNNEL_FAMILIES,
+        }));
         if let Some(s) = &self.server {
-            out.push_str(&s.metrics());
+            s.register_metrics(registry);
         }
-        out
     }
 
     /// Ready when the server role (if any) is up and every link has a live connection.
@@ -254,7 +266,7 @@ impl Node {
 
     /// Graceful stop: links drain their streams within `grace`, then the server role does.
     pub async fn drain(&self, grace: Duration) {
-        for t in &self.tunnels {
+        for t in self.tunnels.iter() {
             if let Some(f) = &t.forward {
                 f.close();
             }

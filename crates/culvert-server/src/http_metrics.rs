@@ -8,12 +8,27 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use culvert_transport::metrics::family;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::StatusCode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 
-/// Upper bounds of the duration buckets, in seconds.
-const BUCKETS: [f64; 11] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// Upper bounds of the duration buckets, in seconds; the last catches everything slower.
+const BUCKETS: [f64; 12] = [
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    f64::INFINITY,
 ];
 
 /// Services tracked at most; requests for more are counted under `other` (names come from
@@ -25,8 +40,8 @@ const MAX_SERVICES: usize = 1024;
 pub(crate) struct ServiceHttp {
     /// By status class: 1xx … 5xx.
     classes: [AtomicU64; 5],
-    /// Cumulative counts per bucket of [`BUCKETS`], then the count of all.
-    buckets: [AtomicU64; BUCKETS.len() + 1],
+    /// Observations per bucket of [`BUCKETS`] (not cumulative; the count is their sum).
+    buckets: [AtomicU64; BUCKETS.len()],
     sum_micros: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
@@ -59,73 +74,91 @@ impl IngressMetrics {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         s.classes[class].fetch_add(1, Ordering::Relaxed);
         let secs = took.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                s.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        s.buckets[BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
+        let i = BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(BUCKETS.len() - 1);
+        s.buckets[i].fetch_add(1, Ordering::Relaxed);
         s.sum_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// Appends the Prometheus text of every service seen.
-    pub(crate) fn render(&self, out: &mut String) {
-        use std::fmt::Write;
+    /// Writes the families of every service seen (at a scrape).
+    pub(crate) fn encode(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         let m = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        if m.is_empty() {
+            // No ingress, or nothing served yet: no families (an empty histogram family
+            // has no `_count` to show).
+            return Ok(());
+        }
         let mut names: Vec<&String> = m.keys().collect();
         names.sort();
-        out.push_str("# HELP culvert_http_requests_total HTTP ingress requests answered, by service and status class.\n# TYPE culvert_http_requests_total counter\n");
-        for n in &names {
-            for (i, c) in m[*n].classes.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "culvert_http_requests_total{{service=\"{n}\",class=\"{}xx\"}} {}",
-                    i + 1,
-                    c.load(Ordering::Relaxed)
-                );
+        let mut requests = Vec::new();
+        let mut durations = Vec::new();
+        let mut bytes = Vec::new();
+        for n in names {
+            let s = &m[n];
+            for (i, c) in s.classes.iter().enumerate() {
+                let labels = [("service", n.clone()), ("class", format!("{}xx", i + 1))];
+                requests.push((labels, ConstCounter::new(c.load(Ordering::Relaxed))));
+            }
+            let buckets: Vec<(f64, u64)> = BUCKETS
+                .iter()
+                .zip(&s.buckets)
+                .map(|(le, c)| (*le, c.load(Ordering::Relaxed)))
+                .collect();
+            let h = Durations {
+                count: buckets.iter().map(|(_, c)| c).sum(),
+                sum: s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+                buckets,
+            };
+            durations.push(([("service", n.clone())], h));
+            for (dir, c) in [("up", &s.bytes_up), ("down", &s.bytes_down)] {
+                let labels = [("service", n.clone()), ("direction", dir.to_owned())];
+                bytes.push((labels, ConstCounter::new(c.load(Ordering::Relaxed))));
             }
         }
-        out.push_str("# HELP culvert_http_request_duration_seconds Time from a request's head to its answer's head, by service.\n# TYPE culvert_http_request_duration_seconds histogram\n");
-        for n in &names {
-            let s = &m[*n];
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "culvert_http_request_duration_seconds_bucket{{service=\"{n}\",le=\"{b}\"}} {}",
-                    s.buckets[i].load(Ordering::Relaxed)
-                );
-            }
-            let all = s.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "culvert_http_request_duration_seconds_bucket{{service=\"{n}\",le=\"+Inf\"}} {all}"
-            );
-            let _ = writeln!(
-                out,
-                "culvert_http_request_duration_seconds_sum{{service=\"{n}\"}} {}",
-                s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "culvert_http_request_duration_seconds_count{{service=\"{n}\"}} {all}"
-            );
-        }
-        out.push_str("# HELP culvert_http_bytes_total HTTP ingress body bytes, by service: up is caller to service, down the answers.\n# TYPE culvert_http_bytes_total counter\n");
-        for n in &names {
-            let s = &m[*n];
-            let _ = writeln!(
-                out,
-                "culvert_http_bytes_total{{service=\"{n}\",direction=\"up\"}} {}",
-                s.bytes_up.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "culvert_http_bytes_total{{service=\"{n}\",direction=\"down\"}} {}",
-                s.bytes_down.load(Ordering::Relaxed)
-            );
-        }
+        drop(m);
+        family(
+            enc,
+            "culvert_http_requests",
+            "HTTP ingress requests answered, by service and status class.",
+            requests,
+        )?;
+        family(
+            enc,
+            "culvert_http_request_duration_seconds",
+            "Time from a request's head to its answer's head, by service.",
+            durations,
+        )?;
+        family(
+            enc,
+            "culvert_http_bytes",
+            "HTTP ingress body bytes, by service: up is caller to service, down the answers.",
+            bytes,
+        )
     }
+}
+
+/// One service's duration histogram, as read at a scrape.
+struct Durations {
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+impl EncodeMetric for Durations {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+impl TypedMetric for Durations {
+    const TYPE: MetricType = MetricType::Histogram;
 }
 
 /// A body passed through unchanged, its data bytes added to a service's counter.
@@ -193,26 +226,36 @@ mod tests {
 
     #[test]
     fn renders_classes_histogram_and_bounds_the_table() {
-        let m = IngressMetrics::default();
+        let m = Arc::new(IngressMetrics::default());
         m.observe("acme/erp", StatusCode::OK, Duration::from_millis(20));
         m.observe(
             "acme/erp",
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_millis(1),
         );
-        let mut out = String::new();
-        m.render(&mut out);
+        #[derive(Debug)]
+        struct C(Arc<IngressMetrics>);
+        impl prometheus_client::collector::Collector for C {
+            fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+                self.0.encode(&mut enc)
+            }
+        }
+        let m2 = m.clone();
+        let out =
+            culvert_transport::metrics::text_of(move |r| r.register_collector(Box::new(C(m2))));
         assert!(
             out.contains("culvert_http_requests_total{service=\"acme/erp\",class=\"2xx\"} 1"),
             "{out}"
         );
         assert!(out.contains("culvert_http_requests_total{service=\"acme/erp\",class=\"5xx\"} 1"));
-        assert!(out.contains(
-            "culvert_http_request_duration_seconds_bucket{service=\"acme/erp\",le=\"0.025\"} 2"
-        ));
-        assert!(out.contains(
-            "culvert_http_request_duration_seconds_bucket{service=\"acme/erp\",le=\"0.005\"} 1"
-        ));
+        assert!(
+            out.contains(
+                "culvert_http_request_duration_seconds_bucket{le=\"0.025\",service=\"acme/erp\"} 2"
+            ) || out.contains(
+                "culvert_http_request_duration_seconds_bucket{service=\"acme/erp\",le=\"0.025\"} 2"
+            ),
+            "{out}"
+        );
         assert!(out.contains("culvert_http_request_duration_seconds_count{service=\"acme/erp\"} 2"));
         for i in 0..MAX_SERVICES + 10 {
             m.service(&format!("t/s{i}"));

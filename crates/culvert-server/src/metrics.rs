@@ -1,416 +1,358 @@
-//! Prometheus text exposition of the server's state: sessions, connections, streams,
-//! bytes per service, heartbeat round trips, auth failures, refusals, port use, UDP.
+//! The server's Prometheus metrics: sessions, connections, streams, bytes per service,
+//! heartbeat round trips, auth failures, refusals, port use, UDP. A [`ServerCollector`]
+//! reads them from the server's counters when a scrape asks; nothing here runs per packet.
 
-use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+use culvert_transport::metrics::{family, single, MuxTotals};
 
 use crate::registry::Protocol;
 use crate::server::Inner;
 
-use culvert_transport::prom::datagrams_dropped;
-pub(crate) use culvert_transport::prom::{family, label};
-
-/// Upper bounds (seconds) of the stream-open latency histogram buckets.
-pub(crate) const OPEN_BUCKETS: [f64; 12] = [
-    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+/// Upper bounds (seconds) of the stream-open latency histogram buckets; the last catches
+/// everything slower.
+const OPEN_BUCKETS: [f64; 13] = [
+    0.000_5,
+    0.001,
+    0.002_5,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    5.0,
+    f64::INFINITY,
 ];
 
-/// A fixed-bucket latency histogram with atomic counters.
+/// A fixed-bucket latency histogram of atomic counters: one observation is two relaxed
+/// additions and no lock (prometheus-client's own histogram takes a mutex). The
+/// prometheus-client encoder writes it.
 #[derive(Debug, Default)]
 pub(crate) struct Histogram {
-    buckets: [std::sync::atomic::AtomicU64; OPEN_BUCKETS.len()],
-    count: std::sync::atomic::AtomicU64,
-    sum_micros: std::sync::atomic::AtomicU64,
+    /// Observations per bucket (not cumulative); the count is their sum, so a scrape
+    /// racing an observation still sees `_count` equal to the `+Inf` bucket.
+    buckets: [AtomicU64; OPEN_BUCKETS.len()],
+    sum_micros: AtomicU64,
 }
 
 impl Histogram {
+    /// Records one latency.
     pub(crate) fn observe(&self, d: std::time::Duration) {
         let secs = d.as_secs_f64();
-        for (i, le) in OPEN_BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (i, le) in OPEN_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{le}\"}} {}",
-                self.buckets[i].load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        let i = OPEN_BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(OPEN_BUCKETS.len() - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
         );
-        let _ = writeln!(out, "{name}_count {count}");
     }
 }
 
-pub(crate) fn render(inner: &Inner) -> String {
-    let sessions = inner.sessions_snapshot();
-    let mut out = String::new();
-    let one = |v: f64| vec![(String::new(), v)];
-    family(
-        &mut out,
-        "culvert_agent_sessions",
-        "gauge",
-        "Agent sessions connected.",
-        &one(sessions.len() as f64),
-    );
-    let mut conns = 0usize;
-    let mut suspect = 0usize;
-    let (mut open, mut opened, mut sent, mut recv) = (0usize, 0u64, 0u64, 0u64);
-    let (mut dg_drop_send, mut dg_drop_recv) = (0u64, 0u64);
-    let mut rtts = Vec::new();
-    let mut svc_bytes = Vec::new();
-    let mut svc_conns = Vec::new();
-    let mut udp = Vec::new();
-    for s in &sessions {
-        for m in s.live_muxes() {
-            conns += 1;
-            suspect += usize::from(m.is_suspect());
-            let st = m.stats();
-            open += st.open_streams;
-            opened += st.proto.streams_opened;
-            sent += st.proto.stream_bytes_sent;
-            recv += st.proto.stream_bytes_received;
-            dg_drop_send += st.proto.datagrams_dropped_send;
-            dg_drop_recv += st.proto.datagrams_dropped_recv;
-            if let Some(r) = st.rtt {
-                rtts.push((format!("session=\"{}\"", s.id), r.as_secs_f64()));
-            }
-        }
-        for svc in s.services().values() {
-            let l = format!(
-                "service=\"{}\",token=\"{}\"",
-                label(&svc.name),
-                label(&s.token().name)
-            );
-            svc_bytes.push((
-                format!("{l},direction=\"in\""),
-                svc.bytes_in.load(Ordering::Relaxed) as f64,
-            ));
-            svc_bytes.push((
-                format!("{l},direction=\"out\""),
-                svc.bytes_out.load(Ordering::Relaxed) as f64,
-            ));
-            svc_conns.push((l.clone(), svc.connections.load(Ordering::Relaxed) as f64));
-            if let Some(u) = &svc.udp {
-                let c = &u.counters;
-                udp.push(("flows", l.clone(), u.flow_count() as f64));
-                udp.push((
-                    "in",
-                    l.clone(),
-                    c.datagrams_in.load(Ordering::Relaxed) as f64,
-                ));
-                udp.push((
-                    "out",
-                    l.clone(),
-                    c.datagrams_out.load(Ordering::Relaxed) as f64,
-                ));
-                udp.push((
-                    "oversize",
-                    l.clone(),
-                    c.dropped_oversize.load(Ordering::Relaxed) as f64,
-                ));
-                udp.push((
-                    "flow_cap",
-                    l.clone(),
-                    c.dropped_flow_cap.load(Ordering::Relaxed) as f64,
-                ));
-                udp.push((
-                    "no_agent",
-                    l.clone(),
-                    c.dropped_no_agent.load(Ordering::Relaxed) as f64,
-                ));
-                udp.push(("evicted", l, c.flows_evicted.load(Ordering::Relaxed) as f64));
-            }
-        }
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        let buckets: Vec<(f64, u64)> = OPEN_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(le, n)| (*le, n.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
-    family(
-        &mut out,
-        "culvert_agent_connections",
-        "gauge",
-        "Pooled agent WebSocket connections up.",
-        &one(conns as f64),
-    );
-    family(
-        &mut out,
-        "culvert_agent_connections_suspect",
-        "gauge",
-        "Agent connections silent past a heartbeat with a heartbeat unanswered (given no new streams).",
-        &one(suspect as f64),
-    );
-    family(
-        &mut out,
-        "culvert_streams_open",
-        "gauge",
-        "Multiplexed streams holding state.",
-        &one(open as f64),
-    );
-    family(
-        &mut out,
-        "culvert_streams_opened_total",
-        "counter",
-        "Streams opened on live connections.",
-        &one(opened as f64),
-    );
-    family(
-        &mut out,
-        "culvert_tunnel_stream_bytes_total",
-        "counter",
-        "Stream payload bytes on live agent connections, by direction.",
-        &[
-            ("direction=\"sent\"".into(), sent as f64),
-            ("direction=\"received\"".into(), recv as f64),
-        ],
-    );
-    family(
-        &mut out,
-        "culvert_service_bytes_total",
-        "counter",
-        "Bytes relayed per service (in: from public clients; counted when each connection ends).",
-        &svc_bytes,
-    );
-    family(
-        &mut out,
-        "culvert_service_connections_total",
-        "counter",
-        "Public connections accepted per service.",
-        &svc_conns,
-    );
-    family(
-        &mut out,
-        "culvert_heartbeat_rtt_seconds",
-        "gauge",
-        "Latest heartbeat round trip per session connection.",
-        &rtts,
-    );
-    let c = &inner.counters;
-    family(
-        &mut out,
-        "culvert_auth_failures_total",
-        "counter",
-        "Failed agent authentications.",
-        &one(c.auth_failures.load(Ordering::Relaxed) as f64),
-    );
-    family(
-        &mut out,
-        "culvert_auth_lockouts_total",
-        "counter",
-        "Lockouts started after failed authentications, by what was locked out (an address or /64, or a client id).",
-        &[
-            (
-                "kind=\"address\"".to_owned(),
-                c.lockouts_address.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "kind=\"client\"".to_owned(),
-                c.lockouts_client.load(Ordering::Relaxed) as f64,
-            ),
-        ],
-    );
-    family(
-        &mut out,
-        "culvert_reload_withdrawals_total",
-        "counter",
-        "What token reloads took from live sessions: sessions ended (token removed or expired), services withdrawn, streams reset.",
-        &[
-            (
-                "what=\"session\"".to_owned(),
-                c.reload_sessions_closed.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "what=\"service\"".to_owned(),
-                c.reload_services_withdrawn.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "what=\"stream\"".to_owned(),
-                c.reload_streams_reset.load(Ordering::Relaxed) as f64,
-            ),
-        ],
-    );
-    family(
-        &mut out,
-        "culvert_auth_locked_refusals_total",
-        "counter",
-        "Auths answered 'too many failed attempts' during a lockout (the token not checked).",
-        &one(c.auth_locked.load(Ordering::Relaxed) as f64),
-    );
-    family(
-        &mut out,
-        "culvert_auth_locked_out",
-        "gauge",
-        "Addresses and client ids locked out now.",
-        &one(inner.admission().locked_now(std::time::Instant::now()) as f64),
-    );
-    family(
-        &mut out,
-        "culvert_handshakes_in_progress",
-        "gauge",
-        "Handshakes (TLS, upgrade, Auth) in progress.",
-        &one(inner.admission().in_progress() as f64),
-    );
-    family(
-        &mut out,
-        "culvert_handshakes_shed_total",
-        "counter",
-        "Stalled handshakes closed to make room for a newer one when the global or per-address cap was full.",
-        &one(c.handshakes_shed.load(Ordering::Relaxed) as f64),
-    );
-    family(
-        &mut out,
-        "culvert_handshakes_failed_total",
-        "counter",
-        "Handshakes that failed (TLS, upgrade, deadline).",
-        &one(c.handshakes_failed.load(Ordering::Relaxed) as f64),
-    );
-    family(
-        &mut out,
-        "culvert_connections_limited_total",
-        "counter",
-        "Agent connections ended with GoAway (ENHANCE_YOUR_CALM) for a limit the peer made the server exceed: its control queue while not reading, or the resets it made the server generate.",
-        &[
-            (
-                "limit=\"control_queue\"".into(),
-                c.control_queue_cap_hits.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "limit=\"resets\"".into(),
-                c.reset_cap_hits.load(Ordering::Relaxed) as f64,
-            ),
-        ],
-    );
-    let quota_refusals: Vec<(String, f64)> = inner
-        .quotas()
-        .refusals()
-        .into_iter()
-        .map(|(scope, res, n)| (format!("scope=\"{scope}\",limit=\"{res}\""), n as f64))
-        .collect();
-    family(
-        &mut out,
-        "culvert_quota_refusals_total",
-        "counter",
-        "Registrations, connections and UDP flows refused because a token, its tenant or a session held its limit, by whose limit (scope) and what it counts.",
-        &quota_refusals,
-    );
-    let held: Vec<(String, f64)> = inner
-        .quotas()
-        .held()
-        .into_iter()
-        .map(|(scope, name, res, n)| {
-            (
-                format!(
-                    "scope=\"{scope}\",name=\"{}\",resource=\"{res}\"",
-                    label(&name)
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Reads the server's state into its metric families at each scrape.
+pub(crate) struct ServerCollector(pub(crate) Arc<Inner>);
+
+impl std::fmt::Debug for ServerCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerCollector")
+    }
+}
+
+/// The labels of one service: its name and its token's name.
+type ServiceLabels = Vec<(&'static str, String)>;
+
+fn with(labels: &ServiceLabels, key: &'static str, value: &str) -> ServiceLabels {
+    let mut l = labels.clone();
+    l.push((key, value.to_owned()));
+    l
+}
+
+impl Collector for ServerCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let inner = &self.0;
+        let enc = &mut enc;
+        let sessions = inner.sessions_snapshot();
+        single(
+            enc,
+            "culvert_agent_sessions",
+            "Agent sessions connected.",
+            ConstGauge::new(sessions.len() as u64),
+        )?;
+        let (mut conns, mut suspect) = (0u64, 0u64);
+        let mut totals = MuxTotals::default();
+        let mut rtts = Vec::new();
+        let mut svc_bytes = Vec::new();
+        let mut svc_conns = Vec::new();
+        let mut udp_flows = Vec::new();
+        let mut udp_dgrams = Vec::new();
+        let mut udp_dropped = Vec::new();
+        let mut udp_evicted = Vec::new();
+        for s in &sessions {
+            for m in s.live_muxes() {
+                conns += 1;
+                suspect += u64::from(m.is_suspect());
+                let st = m.stats();
+                totals.add(&st);
+                if let Some(r) = st.rtt {
+                    rtts.push((
+                        [("session", s.id.to_string())],
+                        ConstGauge::new(r.as_secs_f64()),
+                    ));
+                }
+            }
+            for svc in s.services().values() {
+                let l: ServiceLabels = vec![
+                    ("service", svc.name.clone()),
+                    ("token", s.token().name.clone()),
+                ];
+                for (dir, n) in [("in", &svc.bytes_in), ("out", &svc.bytes_out)] {
+                    svc_bytes.push((
+                        with(&l, "direction", dir),
+                        ConstCounter::new(n.load(Ordering::Relaxed)),
+                    ));
+                }
+                svc_conns.push((
+                    l.clone(),
+                    ConstCounter::new(svc.connections.load(Ordering::Relaxed)),
+                ));
+                if let Some(u) = &svc.udp {
+                    let c = &u.counters;
+                    udp_flows.push((l.clone(), ConstGauge::new(u.flow_count() as u64)));
+                    for (dir, n) in [("in", &c.datagrams_in), ("out", &c.datagrams_out)] {
+                        udp_dgrams.push((
+                            with(&l, "direction", dir),
+                            ConstCounter::new(n.load(Ordering::Relaxed)),
+                        ));
+                    }
+                    for (reason, n) in [
+                        ("oversize", &c.dropped_oversize),
+                        ("flow_cap", &c.dropped_flow_cap),
+                        ("no_agent", &c.dropped_no_agent),
+                    ] {
+                        udp_dropped.push((
+                            with(&l, "reason", reason),
+                            ConstCounter::new(n.load(Ordering::Relaxed)),
+                        ));
+                    }
+                    udp_evicted.push((
+                        l,
+                        ConstCounter::new(c.flows_evicted.load(Ordering::Relaxed)),
+                    ));
+                }
+            }
+        }
+        single(
+            enc,
+            "culvert_agent_connections",
+            "Pooled agent WebSocket connections up.",
+            ConstGauge::new(conns),
+        )?;
+        single(
+            enc,
+            "culvert_agent_connections_suspect",
+            "Agent connections silent past a heartbeat with a heartbeat unanswered (given no new streams).",
+            ConstGauge::new(suspect),
+        )?;
+        totals.encode(
+            enc,
+            "Stream payload bytes on live agent connections, by direction.",
+        )?;
+        // Counter names go without `_total`: the encoder appends it.
+        family(
+            enc,
+            "culvert_service_bytes",
+            "Bytes relayed per service (in: from public clients; counted when each connection ends).",
+            svc_bytes,
+        )?;
+        family(
+            enc,
+            "culvert_service_connections",
+            "Public connections accepted per service.",
+            svc_conns,
+        )?;
+        family(
+            enc,
+            "culvert_heartbeat_rtt_seconds",
+            "Latest heartbeat round trip per session connection.",
+            rtts,
+        )?;
+        let c = &inner.counters;
+        let load = |n: &AtomicU64| ConstCounter::new(n.load(Ordering::Relaxed));
+        single(
+            enc,
+            "culvert_auth_failures",
+            "Failed agent authentications.",
+            load(&c.auth_failures),
+        )?;
+        family(
+            enc,
+            "culvert_auth_lockouts",
+            "Lockouts started after failed authentications, by what was locked out (an address or /64, or a client id).",
+            [
+                ([("kind", "address")], load(&c.lockouts_address)),
+                ([("kind", "client")], load(&c.lockouts_client)),
+            ],
+        )?;
+        family(
+            enc,
+            "culvert_reload_withdrawals",
+            "What token reloads took from live sessions: sessions ended (token removed or expired), services withdrawn, streams reset.",
+            [
+                ([("what", "session")], load(&c.reload_sessions_closed)),
+                ([("what", "service")], load(&c.reload_services_withdrawn)),
+                ([("what", "stream")], load(&c.reload_streams_reset)),
+            ],
+        )?;
+        single(
+            enc,
+            "culvert_auth_locked_refusals",
+            "Auths answered 'too many failed attempts' during a lockout (the token not checked).",
+            load(&c.auth_locked),
+        )?;
+        single(
+            enc,
+            "culvert_auth_locked_out",
+            "Addresses and client ids locked out now.",
+            ConstGauge::new(inner.admission().locked_now(std::time::Instant::now()) as u64),
+        )?;
+        single(
+            enc,
+            "culvert_handshakes_in_progress",
+            "Handshakes (TLS, upgrade, Auth) in progress.",
+            ConstGauge::new(inner.admission().in_progress() as u64),
+        )?;
+        single(
+            enc,
+            "culvert_handshakes_shed",
+            "Stalled handshakes closed to make room for a newer one when the global or per-address cap was full.",
+            load(&c.handshakes_shed),
+        )?;
+        single(
+            enc,
+            "culvert_handshakes_failed",
+            "Handshakes that failed (TLS, upgrade, deadline).",
+            load(&c.handshakes_failed),
+        )?;
+        family(
+            enc,
+            "culvert_connections_limited",
+            "Agent connections ended with GoAway (ENHANCE_YOUR_CALM) for a limit the peer made the server exceed: its control queue while not reading, or the resets it made the server generate.",
+            [
+                ([("limit", "control_queue")], load(&c.control_queue_cap_hits)),
+                ([("limit", "resets")], load(&c.reset_cap_hits)),
+            ],
+        )?;
+        family(
+            enc,
+            "culvert_quota_refusals",
+            "Registrations, connections and UDP flows refused because a token, its tenant or a session held its limit, by whose limit (scope) and what it counts.",
+            inner
+                .quotas()
+                .refusals()
+                .into_iter()
+                .map(|(scope, res, n)| ([("scope", scope), ("limit", res)], ConstCounter::new(n))),
+        )?;
+        family(
+            enc,
+            "culvert_quota_held",
+            "What each token and tenant holds now across all its sessions (services, public ports, UDP flows, connections).",
+            inner
+                .quotas()
+                .held()
+                .into_iter()
+                .map(|(scope, name, res, n)| {
+                    (
+                        [("scope", scope.to_owned()), ("name", name), ("resource", res.to_owned())],
+                        ConstGauge::new(n as u64),
+                    )
+                }),
+        )?;
+        let (tu, ts, uu, us) = inner.registry().usage();
+        family(
+            enc,
+            "culvert_ports_in_use",
+            "Public ports assigned, by protocol.",
+            [
+                (
+                    [("protocol", proto_name(Protocol::Tcp))],
+                    ConstGauge::new(tu as u64),
                 ),
-                n as f64,
-            )
-        })
-        .collect();
-    family(
-        &mut out,
-        "culvert_quota_held",
-        "gauge",
-        "What each token and tenant holds now across all its sessions (services, public ports, UDP flows, connections).",
-        &held,
-    );
-    let (tu, ts, uu, us) = inner.registry().usage();
-    family(
-        &mut out,
-        "culvert_ports_in_use",
-        "gauge",
-        "Public ports assigned, by protocol.",
-        &[
-            (
-                format!("protocol=\"{}\"", proto_name(Protocol::Tcp)),
-                tu as f64,
-            ),
-            (
-                format!("protocol=\"{}\"", proto_name(Protocol::Udp)),
-                uu as f64,
-            ),
-        ],
-    );
-    family(
-        &mut out,
-        "culvert_ports_total",
-        "gauge",
-        "Size of the public port range, by protocol.",
-        &[
-            ("protocol=\"tcp\"".into(), ts as f64),
-            ("protocol=\"udp\"".into(), us as f64),
-        ],
-    );
-    let pick = |k: &str| -> Vec<(String, f64)> {
-        udp.iter()
-            .filter(|(n, _, _)| *n == k)
-            .map(|(_, l, v)| (l.clone(), *v))
-            .collect()
-    };
-    family(
-        &mut out,
-        "culvert_udp_flows",
-        "gauge",
-        "Open UDP flows per service.",
-        &pick("flows"),
-    );
-    let mut dgrams = Vec::new();
-    for (k, dir) in [("in", "in"), ("out", "out")] {
-        dgrams.extend(
-            pick(k)
-                .into_iter()
-                .map(|(l, v)| (format!("{l},direction=\"{dir}\""), v)),
-        );
+                (
+                    [("protocol", proto_name(Protocol::Udp))],
+                    ConstGauge::new(uu as u64),
+                ),
+            ],
+        )?;
+        family(
+            enc,
+            "culvert_ports_total",
+            "Size of the public port range, by protocol.",
+            [
+                ([("protocol", "tcp")], ConstGauge::new(ts as u64)),
+                ([("protocol", "udp")], ConstGauge::new(us as u64)),
+            ],
+        )?;
+        family(
+            enc,
+            "culvert_udp_flows",
+            "Open UDP flows per service.",
+            udp_flows,
+        )?;
+        family(
+            enc,
+            "culvert_udp_datagrams",
+            "UDP datagrams relayed per service and direction.",
+            udp_dgrams,
+        )?;
+        family(
+            enc,
+            "culvert_udp_dropped",
+            "UDP datagrams dropped per service and reason.",
+            udp_dropped,
+        )?;
+        family(
+            enc,
+            "culvert_udp_flows_evicted",
+            "Idle UDP flows evicted per service.",
+            udp_evicted,
+        )?;
+        inner.open_latency.encode(enc.encode_descriptor(
+            "culvert_stream_open_seconds",
+            "Time from accepting a public TCP connection to the agent's ConnectAck (target dialed).",
+            None,
+            MetricType::Histogram,
+        )?)?;
+        inner.http_metrics.encode(enc)
     }
-    family(
-        &mut out,
-        "culvert_udp_datagrams_total",
-        "counter",
-        "UDP datagrams relayed per service and direction.",
-        &dgrams,
-    );
-    let mut dropped = Vec::new();
-    for reason in ["oversize", "flow_cap", "no_agent"] {
-        dropped.extend(
-            pick(reason)
-                .into_iter()
-                .map(|(l, v)| (format!("{l},reason=\"{reason}\""), v)),
-        );
-    }
-    family(
-        &mut out,
-        "culvert_udp_dropped_total",
-        "counter",
-        "UDP datagrams dropped per service and reason.",
-        &dropped,
-    );
-    family(
-        &mut out,
-        "culvert_udp_flows_evicted_total",
-        "counter",
-        "Idle UDP flows evicted per service.",
-        &pick("evicted"),
-    );
-    datagrams_dropped(&mut out, dg_drop_send, dg_drop_recv);
-    inner.open_latency.render(
-        &mut out,
-        "culvert_stream_open_seconds",
-        "Time from accepting a public TCP connection to the agent's ConnectAck (target dialed).",
-    );
-    inner.http_metrics.render(&mut out);
-    out
 }
 
 fn proto_name(p: Protocol) -> &'static str {

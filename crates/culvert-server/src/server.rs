@@ -176,9 +176,18 @@ impl ServerHandle {
             .collect()
     }
 
-    /// Prometheus text exposition of the server's state and counters.
+    /// Prometheus text exposition of the server's state and counters (this server's
+    /// metrics alone; a process registers them once with [`ServerHandle::register_metrics`]).
     pub fn metrics(&self) -> String {
-        crate::metrics::render(&self.inner)
+        culvert_transport::metrics::text_of(|r| self.register_metrics(r))
+    }
+
+    /// Adds the server's metrics to the process's registry: they are read from the
+    /// server's counters at each scrape.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(crate::metrics::ServerCollector(
+            self.inner.clone(),
+        )));
     }
 
     /// Counters of the UDP service `name`, if one is registered.

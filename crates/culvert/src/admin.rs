@@ -1,5 +1,6 @@
-//! The admin HTTP listener: `/metrics` (Prometheus text), `/healthz`, `/readyz` and
-//! `/api/sessions` (JSON). Meant for loopback; it serves only these read-only GETs.
+//! The admin HTTP listener: `/metrics` (Prometheus text, from the process's one metrics
+//! registry), `/healthz`, `/readyz` and `/api/sessions` (JSON). Meant for loopback; it
+//! serves only these read-only GETs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,12 +11,14 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 /// What a process exposes on its admin listener.
 pub trait AdminSource: Send + Sync + 'static {
-    /// Prometheus text exposition.
-    fn metrics(&self) -> String;
+    /// Adds the process's metrics to its registry (once, at start).
+    fn register_metrics(&self, registry: &mut Registry);
     /// Whether `/readyz` answers 200.
     fn ready(&self) -> bool;
     /// `/api/sessions` body.
@@ -29,6 +32,9 @@ pub async fn serve(addr: SocketAddr, source: Arc<dyn AdminSource>) -> anyhow::Re
     }
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let mut registry = Registry::default();
+    source.register_metrics(&mut registry);
+    let registry = Arc::new(registry);
     tracing::info!(admin = %bound, "admin endpoints ready (/metrics /healthz /readyz /api/sessions)");
     tokio::spawn(async move {
         loop {
@@ -37,10 +43,12 @@ pub async fn serve(addr: SocketAddr, source: Arc<dyn AdminSource>) -> anyhow::Re
                 continue;
             };
             let source = source.clone();
+            let registry = registry.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let source = source.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(&*source, req)) }
+                    let registry = registry.clone();
+                    async move { Ok::<_, std::convert::Infallible>(route(&*source, &registry, req)) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -62,7 +70,11 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
     r
 }
 
-fn route(source: &dyn AdminSource, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(
+    source: &dyn AdminSource,
+    registry: &Registry,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return respond(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -73,8 +85,8 @@ fn route(source: &dyn AdminSource, req: Request<Incoming>) -> Response<Full<Byte
     match req.uri().path() {
         "/metrics" => respond(
             StatusCode::OK,
-            "text/plain; version=0.0.4",
-            source.metrics(),
+            CONTENT_TYPE,
+            culvert_transport::metrics::text(registry),
         ),
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
@@ -101,8 +113,8 @@ fn route(source: &dyn AdminSource, req: Request<Incoming>) -> Response<Full<Byte
 pub struct ServerAdmin(pub Arc<culvert_server::ServerHandle>);
 
 impl AdminSource for ServerAdmin {
-    fn metrics(&self) -> String {
-        self.0.metrics()
+    fn register_metrics(&self, registry: &mut Registry) {
+        self.0.register_metrics(registry);
     }
 
     fn ready(&self) -> bool {
@@ -141,8 +153,8 @@ impl AdminSource for ServerAdmin {
 pub struct AgentAdmin(pub Arc<culvert_agent::AgentHandle>);
 
 impl AdminSource for AgentAdmin {
-    fn metrics(&self) -> String {
-        self.0.metrics()
+    fn register_metrics(&self, registry: &mut Registry) {
+        self.0.register_metrics(registry);
     }
 
     fn ready(&self) -> bool {
@@ -166,8 +178,8 @@ impl AdminSource for AgentAdmin {
 pub struct NodeAdmin(pub Arc<culvert_node::Node>);
 
 impl AdminSource for NodeAdmin {
-    fn metrics(&self) -> String {
-        self.0.metrics()
+    fn register_metrics(&self, registry: &mut Registry) {
+        self.0.register_metrics(registry);
     }
 
     fn ready(&self) -> bool {
@@ -192,8 +204,8 @@ impl AdminSource for NodeAdmin {
 pub struct AccessAdmin(pub Arc<culvert_node::Access>);
 
 impl AdminSource for AccessAdmin {
-    fn metrics(&self) -> String {
-        self.0.metrics()
+    fn register_metrics(&self, registry: &mut Registry) {
+        self.0.register_metrics(registry);
     }
 
     fn ready(&self) -> bool {

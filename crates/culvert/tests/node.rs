@@ -546,6 +546,12 @@ fn a_forward_tunnel_reaches_a_private_service_its_token_is_allowed() {
     assert_eq!(echo_round_trip(ok_port, b"private").unwrap(), b"private");
     // The node's metrics carry the tunnel's state and traffic.
     let metrics = http_get(a_admin, "/metrics");
+    let families = exposition::assert_exposition("node a", &metrics);
+    assert_eq!(families["culvert_node_tunnel_up"].kind, "gauge");
+    // A node with the server role adds the server's families.
+    let b_families = exposition::assert_exposition("node b", &http_get(b_admin, "/metrics"));
+    assert!(b_families.contains_key("culvert_agent_sessions"));
+    assert!(b_families.contains_key("culvert_node_tunnel_up"));
     assert!(
         metrics.contains("culvert_node_tunnel_up{tunnel=\"echo\",direction=\"forward\"} 1"),
         "{metrics}"

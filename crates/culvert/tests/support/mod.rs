@@ -6,6 +6,7 @@
 //! the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod exposition;
 pub mod faults;
 pub mod pg;
 

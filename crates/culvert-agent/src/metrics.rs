@@ -1,0 +1,89 @@
+//! The agent's Prometheus metrics: its pool, readiness, failures, public ports and the
+//! streams, bytes and round trips of its live connections. An [`AgentCollector`] reads
+//! them from the agent's counters when a scrape asks; nothing here runs per packet.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use culvert_transport::metrics::{family, single, MuxTotals};
+
+use crate::agent::Shared;
+
+/// Reads the agent's state into its metric families at each scrape.
+pub(crate) struct AgentCollector(pub(crate) Arc<Shared>);
+
+impl std::fmt::Debug for AgentCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentCollector")
+    }
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let shared = &self.0;
+        let enc = &mut enc;
+        let mut totals = MuxTotals::default();
+        let mut rtts = Vec::new();
+        for (i, m) in shared.live().iter().enumerate() {
+            let st = m.stats();
+            totals.add(&st);
+            if let Some(r) = st.rtt {
+                rtts.push(([("connection", i)], ConstGauge::new(r.as_secs_f64())));
+            }
+        }
+        single(
+            enc,
+            "culvert_agent_connections_up",
+            "Pooled connections authenticated and registered.",
+            ConstGauge::new(shared.connections_up() as u64),
+        )?;
+        single(
+            enc,
+            "culvert_agent_connections_suspect",
+            "Pooled connections silent past a heartbeat with a heartbeat unanswered (given no new streams).",
+            ConstGauge::new(shared.connections_suspect() as u64),
+        )?;
+        single(
+            enc,
+            "culvert_agent_pool_size",
+            "Pooled connections configured.",
+            ConstGauge::new(shared.pool() as u64),
+        )?;
+        single(
+            enc,
+            "culvert_agent_ready",
+            "1 when every pooled connection is up, registered and not suspect.",
+            ConstGauge::new(u64::from(shared.is_ready())),
+        )?;
+        // Counter names go without `_total`: the encoder appends it.
+        single(
+            enc,
+            "culvert_agent_connection_failures",
+            "Failed connection attempts and lost connections.",
+            ConstCounter::new(shared.failures()),
+        )?;
+        family(
+            enc,
+            "culvert_agent_service_public_port",
+            "Public port the server assigned to each service.",
+            shared
+                .ports()
+                .into_iter()
+                .map(|(name, port)| ([("service", name)], ConstGauge::new(u64::from(port)))),
+        )?;
+        totals.encode(
+            enc,
+            "Stream payload bytes on live connections, by direction.",
+        )?;
+        family(
+            enc,
+            "culvert_heartbeat_rtt_seconds",
+            "Latest heartbeat round trip per pooled connection.",
+            rtts,
+        )
+    }
+}

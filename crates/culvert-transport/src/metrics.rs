@@ -1,0 +1,134 @@
+//! Prometheus encoding shared by the server, the agent and the node: the families that
+//! describe a set of live multiplexed connections (streams, stream payload bytes, datagram
+//! drops), which the server and the agent sum into [`MuxTotals`] at scrape time, and two
+//! helpers that write a family in one call.
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::TypedMetric;
+use prometheus_client::registry::Registry;
+
+use crate::MuxStats;
+
+/// Figures summed over live connections when a scrape asks for them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MuxTotals {
+    /// Streams holding state.
+    pub open_streams: usize,
+    /// Streams opened.
+    pub streams_opened: u64,
+    /// Stream payload bytes sent.
+    pub bytes_sent: u64,
+    /// Stream payload bytes received.
+    pub bytes_received: u64,
+    /// Datagrams dropped from our full queue towards the peer.
+    pub datagrams_dropped_send: u64,
+    /// Datagrams from the peer dropped before they were forwarded.
+    pub datagrams_dropped_recv: u64,
+}
+
+impl MuxTotals {
+    /// Adds one connection's figures.
+    pub fn add(&mut self, st: &MuxStats) {
+        self.open_streams += st.open_streams;
+        self.streams_opened += st.proto.streams_opened;
+        self.bytes_sent += st.proto.stream_bytes_sent;
+        self.bytes_received += st.proto.stream_bytes_received;
+        self.datagrams_dropped_send += st.proto.datagrams_dropped_send;
+        self.datagrams_dropped_recv += st.proto.datagrams_dropped_recv;
+    }
+
+    /// Encodes `culvert_streams_open`, `culvert_streams_opened_total`,
+    /// `culvert_tunnel_stream_bytes_total{direction}` (described by `bytes_help`) and
+    /// `culvert_datagrams_dropped_total{direction}`. The multiplexer's datagram queues drop
+    /// the oldest when full, and an operator needs to know which side fell behind: `send`,
+    /// our queue towards the peer overflowed (the link or the peer is slow); `recv`,
+    /// datagrams from the peer were not forwarded in time.
+    pub fn encode(&self, enc: &mut DescriptorEncoder, bytes_help: &str) -> std::fmt::Result {
+        single(
+            enc,
+            "culvert_streams_open",
+            "Multiplexed streams holding state.",
+            ConstGauge::new(self.open_streams as u64),
+        )?;
+        // Counter names go without `_total`: the encoder appends it.
+        single(
+            enc,
+            "culvert_streams_opened",
+            "Streams opened on live connections.",
+            ConstCounter::new(self.streams_opened),
+        )?;
+        family(
+            enc,
+            "culvert_tunnel_stream_bytes",
+            bytes_help,
+            [
+                ([("direction", "sent")], ConstCounter::new(self.bytes_sent)),
+                (
+                    [("direction", "received")],
+                    ConstCounter::new(self.bytes_received),
+                ),
+            ],
+        )?;
+        family(
+            enc,
+            "culvert_datagrams_dropped",
+            "Datagrams dropped from full multiplexer queues on live connections, by queue.",
+            [
+                (
+                    [("direction", "send")],
+                    ConstCounter::new(self.datagrams_dropped_send),
+                ),
+                (
+                    [("direction", "recv")],
+                    ConstCounter::new(self.datagrams_dropped_recv),
+                ),
+            ],
+        )
+    }
+}
+
+/// Writes a family of one unlabelled sample. A counter's `name` goes without `_total`:
+/// the encoder appends it.
+pub fn single<M: EncodeMetric + TypedMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> std::fmt::Result {
+    metric.encode(enc.encode_descriptor(name, help, None, M::TYPE)?)
+}
+
+/// Writes a family of labelled samples (HELP and TYPE even when there are none, so the
+/// family is known before it has values). A counter's `name` goes without `_total`.
+pub fn family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, M::TYPE)?;
+    for (labels, metric) in samples {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Prometheus text (format 0.0.4) of everything registered in `registry`.
+pub fn text(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String fails only if a collector fails, and ours do not.
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, registry) {
+        tracing::warn!(error = %e, "encoding metrics failed");
+    }
+    out
+}
+
+/// Prometheus text of what `register` adds to a fresh registry: one component's metrics
+/// alone (a process serves one registry with all of its components').
+pub fn text_of(register: impl FnOnce(&mut Registry)) -> String {
+    let mut registry = Registry::default();
+    register(&mut registry);
+    text(&registry)
+}
