@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use crate::registry::Protocol;
-use crate::server::Inner;
+use crate::server::MetricsView;
 
 use culvert_transport::prom::datagrams_dropped;
 pub(crate) use culvert_transport::prom::{family, label};
@@ -57,8 +57,8 @@ impl Histogram {
     }
 }
 
-pub(crate) fn render(inner: &Inner) -> String {
-    let sessions = inner.sessions_snapshot();
+pub(crate) fn render(view: MetricsView<'_>) -> String {
+    let sessions = view.sessions;
     let mut out = String::new();
     let one = |v: f64| vec![(String::new(), v)];
     family(
@@ -197,7 +197,7 @@ pub(crate) fn render(inner: &Inner) -> String {
         "Latest heartbeat round trip per session connection.",
         &rtts,
     );
-    let c = &inner.counters;
+    let c = view.counters;
     family(
         &mut out,
         "culvert_auth_failures_total",
@@ -253,14 +253,14 @@ pub(crate) fn render(inner: &Inner) -> String {
         "culvert_auth_locked_out",
         "gauge",
         "Addresses and client ids locked out now.",
-        &one(inner.admission().locked_now(std::time::Instant::now()) as f64),
+        &one(view.admission.locked_now(std::time::Instant::now()) as f64),
     );
     family(
         &mut out,
         "culvert_handshakes_in_progress",
         "gauge",
         "Handshakes (TLS, upgrade, Auth) in progress.",
-        &one(inner.admission().in_progress() as f64),
+        &one(view.admission.in_progress() as f64),
     );
     family(
         &mut out,
@@ -292,8 +292,8 @@ pub(crate) fn render(inner: &Inner) -> String {
             ),
         ],
     );
-    let quota_refusals: Vec<(String, f64)> = inner
-        .quotas()
+    let quota_refusals: Vec<(String, f64)> = view
+        .quotas
         .refusals()
         .into_iter()
         .map(|(scope, res, n)| (format!("scope=\"{scope}\",limit=\"{res}\""), n as f64))
@@ -305,8 +305,8 @@ pub(crate) fn render(inner: &Inner) -> String {
         "Registrations, connections and UDP flows refused because a token, its tenant or a session held its limit, by whose limit (scope) and what it counts.",
         &quota_refusals,
     );
-    let held: Vec<(String, f64)> = inner
-        .quotas()
+    let held: Vec<(String, f64)> = view
+        .quotas
         .held()
         .into_iter()
         .map(|(scope, name, res, n)| {
@@ -326,7 +326,7 @@ pub(crate) fn render(inner: &Inner) -> String {
         "What each token and tenant holds now across all its sessions (services, public ports, UDP flows, connections).",
         &held,
     );
-    let (tu, ts, uu, us) = inner.registry().usage();
+    let (tu, ts, uu, us) = view.registry.usage();
     family(
         &mut out,
         "culvert_ports_in_use",
@@ -404,7 +404,7 @@ pub(crate) fn render(inner: &Inner) -> String {
         &pick("evicted"),
     );
     datagrams_dropped(&mut out, dg_drop_send, dg_drop_recv);
-    inner.open_latency.render(
+    view.open_latency.render(
         &mut out,
         "culvert_stream_open_seconds",
         "Time from accepting a public TCP connection to the agent's ConnectAck (target dialed).",
