@@ -9,7 +9,7 @@ use culvert_transport::ws::ServerIo;
 use culvert_transport::wsframe::WsConn;
 use culvert_transport::{Mux, MuxEvent};
 
-use super::control::handle_control;
+use super::control::{handle_control, Registrar};
 use super::Inner;
 use crate::session::Session;
 
@@ -41,11 +41,12 @@ pub(super) async fn serve_connection(
         mux.abort("session ended");
         return;
     }
+    let registrar = Registrar::spawn(inner.clone(), session.clone(), mux.clone());
     while let Some(ev) = events.recv().await {
         match ev {
             MuxEvent::Control(c) => {
                 mux.control_handled();
-                handle_control(&inner, &session, &mux, c).await;
+                handle_control(&inner, &session, &mux, &registrar, c);
             }
             MuxEvent::Incoming(stream, target) => {
                 if session.culvert {

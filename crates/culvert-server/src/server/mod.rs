@@ -6,6 +6,7 @@ mod connection;
 mod control;
 mod handle;
 mod handshake;
+mod register;
 mod views;
 
 use std::collections::HashMap;
@@ -200,7 +201,7 @@ impl Inner {
     }
 
     /// The live session serving the service `name` of `tenant`, and the service. A name is
-    /// held by one session of a tenant at most (see `control::register`), so the answer is unique.
+    /// held by one session of a tenant at most (see `register::register`), so the answer is unique.
     pub(crate) fn find_service(
         &self,
         tenant: &str,
