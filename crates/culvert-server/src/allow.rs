@@ -5,6 +5,10 @@
 //! refused and no node becomes an open proxy. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`)
 //! are always compared in their IPv4 form, in rules and in resolved targets alike; an IPv6
 //! rule therefore never matches an IPv4 address (`[::/0]:*` allows all of IPv6, no IPv4).
+//!
+//! It lives in the server crate because the server enforces it: a peer's dial request
+//! arrives on a server session (`peer_streams`). A node builds it from its config file
+//! into the server configuration of its server role; the agent never dials for peers.
 
 use std::collections::HashMap;
 use std::fmt;
