@@ -76,16 +76,18 @@ impl ServerHandle {
         report
     }
 
-    /// Public ports currently assigned, by service name (two tenants using one name: either).
+    /// Public ports currently assigned, by service as it is addressed: `TENANT/NAME` (two
+    /// tenants may each have a service of one name).
     pub fn ports(&self) -> HashMap<String, u16> {
         self.inner
             .lock_sessions()
             .values()
             .flat_map(|s| {
+                let tenant = s.token().tenant().to_owned();
                 s.services()
                     .values()
                     .filter(|v| !v.private)
-                    .map(|v| (v.name.clone(), v.port))
+                    .map(|v| (format!("{tenant}/{}", v.name), v.port))
                     .collect::<Vec<_>>()
             })
             .collect()
@@ -119,22 +121,23 @@ impl ServerHandle {
         crate::metrics::render(self.inner.metrics_view())
     }
 
-    /// Counters of the UDP service `name`, if one is registered.
-    pub fn udp_counters(&self, name: &str) -> Option<Arc<crate::udp::UdpCounters>> {
-        self.inner.lock_sessions().values().find_map(|s| {
-            s.services()
-                .get(name)
-                .and_then(|v| v.udp.as_ref().map(|u| u.counters.clone()))
-        })
+    /// Counters of the UDP service `service` (`TENANT/NAME`), if one is registered.
+    pub fn udp_counters(&self, service: &str) -> Option<Arc<crate::udp::UdpCounters>> {
+        let svc = self.service(service)?;
+        svc.udp.as_ref().map(|u| u.counters.clone())
     }
 
-    /// Open UDP flows of the service `name`.
-    pub fn udp_flows(&self, name: &str) -> Option<usize> {
-        self.inner.lock_sessions().values().find_map(|s| {
-            s.services()
-                .get(name)
-                .and_then(|v| v.udp.as_ref().map(|u| u.flow_count()))
-        })
+    /// Open UDP flows of the service `service` (`TENANT/NAME`).
+    pub fn udp_flows(&self, service: &str) -> Option<usize> {
+        let svc = self.service(service)?;
+        svc.udp.as_ref().map(|u| u.flow_count())
+    }
+
+    /// The live service addressed `TENANT/NAME`.
+    fn service(&self, service: &str) -> Option<Arc<crate::session::Service>> {
+        let r = crate::names::ServiceRef::parse(service)?;
+        let (_, svc) = self.inner.find_service(r.tenant?, r.name)?;
+        Some(svc)
     }
 
     /// Public ports in use and pool sizes: (TCP used, TCP size, UDP used, UDP size).
