@@ -251,6 +251,8 @@ mod tests {
 
     const TOKEN: &str = "register-test-token";
 
+    /// A server whose public ports are 20 from `first_port`: below the ephemeral range, so
+    /// no outgoing connection on the machine holds one of them.
     fn config(first_port: u16) -> ServerConfig {
         ServerConfig::new(
             "127.0.0.1:0".parse().unwrap(),
@@ -273,7 +275,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_registration_gets_a_released_port_without_polling() {
         let tokens = TokenStore::from_tokens(&[("a", TOKEN)]);
-        let server = Server::bind(config(47_310), tokens.clone(), None)
+        let server = Server::bind(config(31_510), tokens.clone(), None)
             .await
             .unwrap();
         let inner = server.inner.clone();
@@ -363,7 +365,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_registration_does_not_stop_the_connection() {
         let tokens = TokenStore::from_tokens(&[("a", TOKEN)]);
-        let server = Server::bind(config(47_340), tokens, None)
+        let server = Server::bind(config(31_540), tokens, None)
             .await
             .unwrap()
             .spawn()
