@@ -101,7 +101,7 @@ async fn a_service_name_with_control_characters_is_refused_and_logged_escaped() 
         !reason.chars().any(|c| c.is_control()),
         "the reason echoes raw control characters: {reason:?}"
     );
-    assert!(!server.ports().contains_key(evil));
+    assert!(!server.ports().contains_key(&format!("v1/{evil}")));
 
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
     assert!(text.contains("registration refused"), "{text}");

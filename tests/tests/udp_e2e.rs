@@ -160,13 +160,13 @@ impl Tunnel {
 
     fn counters(&self, service: &str) -> Arc<UdpCounters> {
         self.server
-            .udp_counters(service)
+            .udp_counters(&format!("udp-e2e/{service}"))
             .unwrap_or_else(|| panic!("no UDP service {service:?} on the server"))
     }
 
     fn flows(&self, service: &str) -> usize {
         self.server
-            .udp_flows(service)
+            .udp_flows(&format!("udp-e2e/{service}"))
             .unwrap_or_else(|| panic!("no UDP service {service:?} on the server"))
     }
 }
@@ -954,12 +954,12 @@ async fn idle_flow_is_evicted_and_rebuilt_by_the_next_datagram() {
     roundtrip(&client, public, b"idle:", b"idle:1", 3)
         .await
         .unwrap_or_else(|e| panic!("{e}; {}", show(&counters)));
-    assert_eq!(tunnel.server.udp_flows("svc"), Some(1));
+    assert_eq!(tunnel.server.udp_flows("udp-e2e/svc"), Some(1));
     assert_eq!(counters.flows_created.load(Ordering::Relaxed), 1);
     assert_eq!(counters.flows_evicted.load(Ordering::Relaxed), 0);
 
     wait_until(WAIT, "the idle flow to be evicted", || {
-        tunnel.server.udp_flows("svc") == Some(0)
+        tunnel.server.udp_flows("udp-e2e/svc") == Some(0)
     })
     .await;
     assert_eq!(
@@ -972,7 +972,7 @@ async fn idle_flow_is_evicted_and_rebuilt_by_the_next_datagram() {
     roundtrip(&client, public, b"idle:", b"idle:2", 3)
         .await
         .unwrap_or_else(|e| panic!("after eviction: {e}; {}", show(&counters)));
-    assert_eq!(tunnel.server.udp_flows("svc"), Some(1));
+    assert_eq!(tunnel.server.udp_flows("udp-e2e/svc"), Some(1));
     assert_eq!(
         counters.flows_created.load(Ordering::Relaxed),
         2,
@@ -1067,7 +1067,7 @@ async fn flow_cap_holds_under_a_flood_and_an_existing_client_keeps_working() {
             let mut max = 0;
             let deadline = Instant::now() + WAIT * 4;
             while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                max = max.max(tunnel.server.udp_flows("svc").unwrap_or(0));
+                max = max.max(tunnel.server.udp_flows("udp-e2e/svc").unwrap_or(0));
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             max
@@ -1300,7 +1300,7 @@ async fn expect_echo(tunnel: &Tunnel, client: &UdpSocket, public: SocketAddr, wh
                 "{what}: {e}; {}",
                 tunnel
                     .server
-                    .udp_counters("echo")
+                    .udp_counters("udp-e2e/echo")
                     .map(|c| show(&c))
                     .unwrap_or_default()
             )
@@ -1343,7 +1343,7 @@ async fn reconnecting_agent_gets_its_udp_port_back() {
             "round {round}: the service got another port"
         );
         assert_eq!(
-            tunnel.server.ports().get("echo"),
+            tunnel.server.ports().get("udp-e2e/echo"),
             Some(&public.port()),
             "round {round}: the server's view"
         );
@@ -1383,7 +1383,7 @@ async fn agent_restarted_at_once_gets_its_udp_port_back() {
             tunnel.server.sessions()
         );
         wait_until(WAIT, "the server to list the new session's port", || {
-            tunnel.server.ports().get("echo") == Some(&public.port())
+            tunnel.server.ports().get("udp-e2e/echo") == Some(&public.port())
         })
         .await;
         let tries = expect_echo(&tunnel, &client, public, &format!("round {round}")).await;

@@ -64,9 +64,9 @@ async fn zlayer_v1_agent_authenticates_registers_and_answers_heartbeats() {
         "recognised as a zlayer-tunnel v1 agent"
     );
     let ports = server.ports();
-    assert_eq!(ports.get("web"), Some(&29150), "requested port honoured");
+    assert_eq!(ports.get("v1/web"), Some(&29150), "requested port honoured");
     assert!(ports
-        .get("ssh")
+        .get("v1/ssh")
         .is_some_and(|p| (29100..=29199).contains(p)));
     assert!(!run.is_finished(), "agent still connected");
     run.abort();

@@ -7,6 +7,14 @@
 //!   an optional time-to-live and a fallback for when the tunnel is down.
 //! * [`Access`]: `culvert access`, one or more forwards to private services, with a TTL.
 //! * [`Node`]: `culvert node`, a server role and agent roles from one config file.
+//!
+//! Dependencies: this crate depends on `culvert-server` and `culvert-agent` as well as on
+//! `culvert-transport`, and that is intended. A node is both roles at once: it serves
+//! tunnels to its peers with the server's own code (tokens, sessions, the dial allow-list)
+//! and dials its peers with the agent's own code (pool, reconnects, registration), so that
+//! there is one implementation of each role, not a node-specific copy of either. Only the
+//! access and forward listeners above are the node's own; they open streams over the
+//! transport's `Mux` like everything else.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

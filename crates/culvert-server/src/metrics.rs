@@ -99,8 +99,10 @@ fn with(labels: &ServiceLabels, key: &'static str, value: &str) -> ServiceLabels
 impl Collector for ServerCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let inner = &self.0;
+        // What the metrics read, through the server's narrow view.
+        let view = inner.metrics_view();
         let enc = &mut enc;
-        let sessions = inner.sessions_snapshot();
+        let sessions = view.sessions.clone();
         single(
             enc,
             "culvert_agent_sessions",
@@ -205,7 +207,7 @@ impl Collector for ServerCollector {
             "Latest heartbeat round trip per session connection.",
             rtts,
         )?;
-        let c = &inner.counters;
+        let c = view.counters;
         let load = |n: &AtomicU64| ConstCounter::new(n.load(Ordering::Relaxed));
         single(
             enc,
@@ -242,13 +244,13 @@ impl Collector for ServerCollector {
             enc,
             "culvert_auth_locked_out",
             "Addresses and client ids locked out now.",
-            ConstGauge::new(inner.admission().locked_now(std::time::Instant::now()) as u64),
+            ConstGauge::new(view.admission.locked_now(std::time::Instant::now()) as u64),
         )?;
         single(
             enc,
             "culvert_handshakes_in_progress",
             "Handshakes (TLS, upgrade, Auth) in progress.",
-            ConstGauge::new(inner.admission().in_progress() as u64),
+            ConstGauge::new(view.admission.in_progress() as u64),
         )?;
         single(
             enc,
@@ -275,8 +277,7 @@ impl Collector for ServerCollector {
             enc,
             "culvert_quota_refusals",
             "Registrations, connections and UDP flows refused because a token, its tenant or a session held its limit, by whose limit (scope) and what it counts.",
-            inner
-                .quotas()
+            view.quotas
                 .refusals()
                 .into_iter()
                 .map(|(scope, res, n)| ([("scope", scope), ("limit", res)], ConstCounter::new(n))),
@@ -285,8 +286,7 @@ impl Collector for ServerCollector {
             enc,
             "culvert_quota_held",
             "What each token and tenant holds now across all its sessions (services, public ports, UDP flows, connections).",
-            inner
-                .quotas()
+            view.quotas
                 .held()
                 .into_iter()
                 .map(|(scope, name, res, n)| {
@@ -296,7 +296,7 @@ impl Collector for ServerCollector {
                     )
                 }),
         )?;
-        let (tu, ts, uu, us) = inner.registry().usage();
+        let (tu, ts, uu, us) = view.registry.usage();
         family(
             enc,
             "culvert_ports_in_use",
@@ -345,7 +345,7 @@ impl Collector for ServerCollector {
             "Idle UDP flows evicted per service.",
             udp_evicted,
         )?;
-        inner.open_latency.encode(enc.encode_descriptor(
+        view.open_latency.encode(enc.encode_descriptor(
             "culvert_stream_open_seconds",
             "Time from accepting a public TCP connection to the agent's ConnectAck (target dialed).",
             None,

@@ -20,17 +20,32 @@ use tracing::Instrument;
 
 use crate::names::{escape, ServiceRef};
 use crate::registry::Protocol;
-use crate::server::Inner;
+use crate::server::Counters;
 use crate::session::{Service, Session};
-use crate::Role;
+use crate::{Role, ServerConfig};
 
 /// How long an answered access check waits for the peer to finish its side.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What peer-opened streams need of the server, and nothing more: its configuration and
+/// counters, the live services by tenant and name, and the UDP flow quota.
+pub(crate) trait Directory: Send + Sync {
+    /// The server's configuration (allow-list, timeouts, UDP caps).
+    fn config(&self) -> &ServerConfig;
+    /// Server-wide counters (streams a reload reset).
+    fn counters(&self) -> &Counters;
+    /// The live session serving the service `name` of `tenant`, and the service.
+    fn find_service(&self, tenant: &str, name: &str) -> Option<(Arc<Session>, Arc<Service>)>;
+    /// The tenants (other than `except`) holding a live service named `name`.
+    fn tenants_holding(&self, name: &str, except: &str) -> Vec<String>;
+    /// Charges a new UDP flow of a service of `owner` to its token and tenant.
+    fn charge_flow(&self, owner: &Session) -> Result<crate::quota::Charge, crate::quota::Refusal>;
+}
+
 /// What a peer-opened stream is served with: the server, the peer's session, the
 /// connection it arrived on and that connection's dialed UDP flows.
 pub(crate) struct Ctx {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) server: Arc<dyn Directory>,
     pub(crate) session: Arc<Session>,
     pub(crate) mux: Mux,
     pub(crate) dials: Arc<TargetFlows>,
@@ -42,9 +57,9 @@ pub(crate) fn spawn(ctx: Ctx, stream: TunnelStream, target: String) {
     let span = tracing::debug_span!("peer_stream", token = %ctx.session.token().name, target = ?target, stream = stream.id().0);
     tokio::spawn(
         async move {
-            let (inner, session) = (&ctx.inner, &ctx.session);
+            let (server, session) = (&ctx.server, &ctx.session);
             if let Some(name) = target.strip_prefix('?') {
-                check(inner, session, stream, name).await;
+                check(&**server, session, stream, name).await;
             } else if let Some(addr) = target.strip_prefix("udp://") {
                 if addr.contains(':') {
                     dial_udp(&ctx, stream, addr).await;
@@ -52,9 +67,9 @@ pub(crate) fn spawn(ctx: Ctx, stream: TunnelStream, target: String) {
                     access_udp(&ctx, stream, addr).await;
                 }
             } else if target.contains(':') {
-                dial(inner, session, stream, &target).await;
+                dial(&**server, session, stream, &target).await;
             } else {
-                access(inner, session, stream, &target).await;
+                access(&**server, session, stream, &target).await;
             }
         }
         .instrument(span),
@@ -68,7 +83,7 @@ type Refusal = (u64, String);
 /// `protocol` (`None`: either), with its serving session; else why not. A bare name is the
 /// caller's own tenant's service; failing that, the one granted tenant holding it.
 fn resolve(
-    inner: &Inner,
+    server: &dyn Directory,
     session: &Session,
     target: &str,
     protocol: Option<Protocol>,
@@ -104,9 +119,9 @@ fn resolve(
                     format!("token {:?} is not allowed service {target:?}", token.name),
                 ));
             }
-            inner.find_service(tenant, r.name)
+            server.find_service(tenant, r.name)
         }
-        None => match inner.find_service(own, r.name) {
+        None => match server.find_service(own, r.name) {
             Some(found) => Some(found),
             None => {
                 if !granted_anywhere(token, r.name) {
@@ -118,14 +133,14 @@ fn resolve(
                         ),
                     ));
                 }
-                let tenants: Vec<String> = inner
+                let tenants: Vec<String> = server
                     .tenants_holding(r.name, own)
                     .into_iter()
                     .filter(|t| token.grants(t, r.name))
                     .collect();
                 match tenants.as_slice() {
                     [] => None,
-                    [t] => inner.find_service(t, r.name),
+                    [t] => server.find_service(t, r.name),
                     several => {
                         return Err((
                             reset_code::UNKNOWN_TARGET,
@@ -182,8 +197,8 @@ fn proto_name(p: Protocol) -> &'static str {
 
 /// `?NAME`: when the service can be reached, answers its protocol (`tcp` or `udp`) and a
 /// FIN; else a reset saying why.
-async fn check(inner: &Inner, session: &Session, stream: TunnelStream, name: &str) {
-    match resolve(inner, session, name, None) {
+async fn check(server: &dyn Directory, session: &Session, stream: TunnelStream, name: &str) {
+    match resolve(server, session, name, None) {
         Ok((_, svc)) => {
             let protocol = match svc.protocol {
                 Protocol::Udp => "udp",
@@ -210,8 +225,8 @@ async fn check(inner: &Inner, session: &Session, stream: TunnelStream, name: &st
 }
 
 /// `NAME`: opens a stream to the agent serving `NAME` and splices the two.
-async fn access(inner: &Inner, session: &Session, stream: TunnelStream, name: &str) {
-    let (owner, svc) = match resolve(inner, session, name, Some(Protocol::Tcp)) {
+async fn access(server: &dyn Directory, session: &Session, stream: TunnelStream, name: &str) {
+    let (owner, svc) = match resolve(server, session, name, Some(Protocol::Tcp)) {
         Ok(found) => found,
         Err((code, reason)) => {
             tracing::info!(%reason, "access refused");
@@ -238,7 +253,7 @@ async fn access(inner: &Inner, session: &Session, stream: TunnelStream, name: &s
         reason = crate::reload::access_withdrawn(session, &tenant, &svc) => {
             stream.reset(reset_code::NOT_ALLOWED);
             towards.reset(reset_code::CANCEL);
-            crate::reload::stream_reset(&inner.counters, &token, name, &reason);
+            crate::reload::stream_reset(server.counters(), &token, name, &reason);
             return;
         }
     };
@@ -251,12 +266,12 @@ async fn access(inner: &Inner, session: &Session, stream: TunnelStream, name: &s
 
 /// The allowed addresses of `target`, or `None` with the stream reset saying why.
 async fn allowed(
-    inner: &Inner,
+    server: &dyn Directory,
     session: &Session,
     stream: &TunnelStream,
     target: &str,
 ) -> Option<Vec<SocketAddr>> {
-    let config = inner.config();
+    let config = server.config();
     let token = session.token();
     if !token.has_role(Role::Node) {
         tracing::info!(token = %token.name, roles = %token.role_names(),
@@ -289,11 +304,11 @@ async fn allowed(
 /// it ends when the stream does or when idle for the UDP idle timeout.
 async fn dial_udp(ctx: &Ctx, stream: TunnelStream, target: &str) {
     let flow = stream.id().0;
-    let Some(addrs) = allowed(&ctx.inner, &ctx.session, &stream, target).await else {
+    let Some(addrs) = allowed(&*ctx.server, &ctx.session, &stream, target).await else {
         ctx.dials.forget(flow);
         return;
     };
-    let config = ctx.inner.config();
+    let config = ctx.server.config();
     // The flow ends with its stream, or when a reload takes the node role away.
     let ended = async {
         tokio::select! {
@@ -315,7 +330,7 @@ async fn dial_udp(ctx: &Ctx, stream: TunnelStream, target: &str) {
     if let Err(reason) = crate::reload::may_dial(&ctx.session.token()) {
         stream.reset(reset_code::NOT_ALLOWED);
         let token = ctx.session.token().name.clone();
-        crate::reload::stream_reset(&ctx.inner.counters, &token, target, &reason);
+        crate::reload::stream_reset(ctx.server.counters(), &token, target, &reason);
         return;
     }
     // Idle or ended: the stream goes too (a reset if the peer has not finished it).
@@ -327,8 +342,8 @@ async fn dial_udp(ctx: &Ctx, stream: TunnelStream, target: &str) {
 /// two: the client's datagrams (its stream's id) go to the agent's flow, the replies back.
 /// It lasts as long as the client's stream.
 async fn access_udp(ctx: &Ctx, stream: TunnelStream, name: &str) {
-    let (inner, session) = (&ctx.inner, &ctx.session);
-    let (owner, svc) = match resolve(inner, session, name, Some(Protocol::Udp)) {
+    let (server, session) = (&ctx.server, &ctx.session);
+    let (owner, svc) = match resolve(&**server, session, name, Some(Protocol::Udp)) {
         Ok(found) => found,
         Err((code, reason)) => {
             tracing::info!(%reason, "udp access refused");
@@ -336,14 +351,14 @@ async fn access_udp(ctx: &Ctx, stream: TunnelStream, name: &str) {
             return;
         }
     };
-    let config = inner.config();
+    let config = server.config();
     if owner.flows().len() >= config.udp_max_flows_per_session {
         tracing::info!(service = ?name, "udp access refused: the agent's flow cap is reached");
         stream.reset(reset_code::REFUSED);
         return;
     }
     // Counted for the serving agent's token and tenant, as its public flows are.
-    let quota = match crate::udp::charge_flow(inner, &owner) {
+    let quota = match server.charge_flow(&owner) {
         Ok(c) => c,
         Err(refusal) => {
             tracing::warn!(service = ?name, %refusal, "udp access refused: quota reached");
@@ -389,7 +404,7 @@ async fn access_udp(ctx: &Ctx, stream: TunnelStream, name: &str) {
             reason = crate::reload::access_withdrawn(session, &tenant, &svc) => {
                 stream.reset(reset_code::NOT_ALLOWED);
                 let token = session.token().name.clone();
-                crate::reload::stream_reset(&inner.counters, &token, name, &reason);
+                crate::reload::stream_reset(server.counters(), &token, name, &reason);
             }
         }
     } else {
@@ -400,9 +415,9 @@ async fn access_udp(ctx: &Ctx, stream: TunnelStream, name: &str) {
 }
 
 /// `HOST:PORT`: dials the target if this server's allow-list permits it, then relays.
-async fn dial(inner: &Inner, session: &Session, stream: TunnelStream, target: &str) {
-    let config = inner.config();
-    let Some(addrs) = allowed(inner, session, &stream, target).await else {
+async fn dial(server: &dyn Directory, session: &Session, stream: TunnelStream, target: &str) {
+    let config = server.config();
+    let Some(addrs) = allowed(server, session, &stream, target).await else {
         return;
     };
     let connect = async {
@@ -439,7 +454,7 @@ async fn dial(inner: &Inner, session: &Session, stream: TunnelStream, target: &s
             Err(reason) => {
                 stream.reset(reset_code::NOT_ALLOWED);
                 let token = session.token().name.clone();
-                crate::reload::stream_reset(&inner.counters, &token, target, &reason);
+                crate::reload::stream_reset(server.counters(), &token, target, &reason);
             }
             Ok(()) => tracing::debug!(error = %e, "dialed connection aborted"),
         },

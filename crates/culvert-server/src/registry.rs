@@ -61,6 +61,8 @@ pub(crate) enum AssignError {
 #[derive(Debug)]
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
+    /// Woken whenever a port returns to its pool, for the registrations waiting for one.
+    released: tokio::sync::Notify,
 }
 
 impl Registry {
@@ -72,6 +74,7 @@ impl Registry {
                 remembered: HashMap::new(),
                 remembered_order: Default::default(),
             }),
+            released: tokio::sync::Notify::new(),
         }
     }
 
@@ -154,6 +157,31 @@ impl Registry {
             Protocol::Tcp => inner.tcp.used.remove(&port),
             Protocol::Udp => inner.udp.used.remove(&port),
         };
+        drop(inner);
+        self.released.notify_waiters();
+    }
+
+    /// Waits until the port last assigned to (`token`, `service`) is free again (woken by
+    /// [`Registry::release`], never polling), or `deadline` passes. True if it is free.
+    pub(crate) async fn remembered_released(
+        &self,
+        proto: Protocol,
+        token: &str,
+        service: &str,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        loop {
+            // Registered before the check, so a release between the two is not missed.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !self.remembered_in_use(proto, token, service) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Whether the port last assigned to (`token`, `service`) is still held (by a session

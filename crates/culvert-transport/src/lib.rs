@@ -1,5 +1,8 @@
 //! The only place Culvert's sans-IO core meets IO: WebSocket (tokio-tungstenite),
-//! TLS (rustls), the per-connection driver tasks, tunnel streams and TCP relaying.
+//! TLS (rustls), the per-connection driver tasks, tunnel streams, and relaying them to
+//! their targets: TCP (`relay`) and UDP (`udp_target`). The relaying lives here, not in a
+//! role crate, because both roles use it: the agent relays to its services' targets, the
+//! server (a node's server role) to the targets its allow-list lets peers dial.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -5,127 +5,24 @@
 //! refused and no node becomes an open proxy. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`)
 //! are always compared in their IPv4 form, in rules and in resolved targets alike; an IPv6
 //! rule therefore never matches an IPv4 address (`[::/0]:*` allows all of IPv6, no IPv4).
+//!
+//! It lives in the server crate because the server enforces it: a peer's dial request
+//! arrives on a server session (`peer_streams`). A node builds it from its config file
+//! into the server configuration of its server role; the agent never dials for peers.
+
+mod error;
+mod parse;
+mod rule;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// Most characters of a peer- or config-supplied fragment echoed back in an error message.
-const MAX_ECHO: usize = 256;
-
-/// One allow-list entry: which addresses (or host name) and ports a peer may have dialled.
-///
-/// Parsed from strings such as:
-///
-/// ```text
-/// 127.0.0.1:5432               one address, one port
-/// 10.0.0.0/8:5432              an IPv4 CIDR block, one port
-/// [::1]:5432, [fd00::/8]:80    IPv6 (brackets required), optionally CIDR
-/// db.internal:5432             a host name: resolved at check time; allowed if the requested
-///                              target resolves to an address the name also resolves to
-/// 127.0.0.1:5000-5100          a port range (inclusive), on any of the forms above
-/// 127.0.0.1:*                  any port
-/// ```
-///
-/// Port 0 is never allowed, CIDR blocks must have their host bits clear, and IPv4-mapped
-/// IPv6 rules (`[::ffff:10.0.0.0/104]`) are stored as IPv4. `Display` gives the canonical form.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AllowRule {
-    host: RuleHost,
-    ports: Ports,
-}
-
-/// What a rule matches on the address side.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum RuleHost {
-    /// A network with its host bits zero; one address has a full-length prefix. Never an
-    /// IPv4-mapped IPv6 network of prefix /96 or longer (those are stored as IPv4).
-    Net { addr: IpAddr, prefix: u8 },
-    /// A lowercase host name, resolved when a target is checked.
-    Name(String),
-}
-
-/// An inclusive port range; never includes port 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Ports {
-    lo: u16,
-    hi: u16,
-}
-
-impl Ports {
-    const ANY: Ports = Ports {
-        lo: 1,
-        hi: u16::MAX,
-    };
-
-    fn contains(self, port: u16) -> bool {
-        port != 0 && self.lo <= port && port <= self.hi
-    }
-}
-
-impl fmt::Display for Ports {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if *self == Ports::ANY {
-            f.write_str("*")
-        } else if self.lo == self.hi {
-            write!(f, "{}", self.lo)
-        } else {
-            write!(f, "{}-{}", self.lo, self.hi)
-        }
-    }
-}
-
-impl AllowRule {
-    /// Whether this rule allows `addr` (already canonical) without any name resolution.
-    fn allows_ip(&self, addr: SocketAddr) -> bool {
-        match self.host {
-            RuleHost::Net { addr: net, prefix } => {
-                self.ports.contains(addr.port()) && net_contains(net, prefix, addr.ip())
-            }
-            RuleHost::Name(_) => false,
-        }
-    }
-}
-
-impl FromStr for AllowRule {
-    type Err = AllowError;
-
-    fn from_str(s: &str) -> Result<AllowRule, AllowError> {
-        let entry = s.trim();
-        parse_rule(entry).map_err(|reason| AllowError::BadRule {
-            entry: entry.to_string(),
-            reason,
-        })
-    }
-}
-
-impl fmt::Display for AllowRule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.host {
-            RuleHost::Net {
-                addr: IpAddr::V4(a),
-                prefix: 32,
-            } => write!(f, "{a}")?,
-            RuleHost::Net {
-                addr: IpAddr::V4(a),
-                prefix,
-            } => write!(f, "{a}/{prefix}")?,
-            RuleHost::Net {
-                addr: IpAddr::V6(a),
-                prefix: 128,
-            } => write!(f, "[{a}]")?,
-            RuleHost::Net {
-                addr: IpAddr::V6(a),
-                prefix,
-            } => write!(f, "[{a}/{prefix}]")?,
-            RuleHost::Name(name) => f.write_str(name)?,
-        }
-        write!(f, ":{}", self.ports)
-    }
-}
+pub use error::AllowError;
+use parse::{parse_target, quoted, Target};
+pub use rule::AllowRule;
+use rule::RuleHost;
 
 /// The targets a node may dial for its peers. Empty = dial nothing.
 #[derive(Debug, Clone, Default)]
@@ -291,69 +188,13 @@ impl AllowList {
                 rule.ports.contains(addr.port())
                     && names.get(name).is_some_and(|ips| ips.contains(&addr.ip()))
             }
-            RuleHost::Net { .. } => false,
+            RuleHost::Net(_) => false,
         })
     }
 }
 
-/// Why a dial was refused or an entry could not be parsed.
-#[derive(Debug, thiserror::Error)]
-pub enum AllowError {
-    /// An allow-list entry is malformed (a configuration error).
-    #[error("invalid allow-list entry {entry:?}: {reason}")]
-    BadRule {
-        /// The entry as written (trimmed).
-        entry: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A requested target is not `HOST:PORT`, `[IPv6]:PORT` or `IP:PORT`; the text names the
-    /// target and the problem.
-    #[error("bad target {0}")]
-    BadTarget(String),
-    /// The target's name could not be resolved in time.
-    #[error("could not resolve target {target}: {reason}")]
-    Resolve {
-        /// The target as requested (trimmed).
-        target: String,
-        /// The resolver's error, or the timeout.
-        reason: String,
-    },
-    /// The target resolved, but to no address this node's allow-list permits.
-    #[error(
-        "target {target}{} is not in this node's allow-list",
-        resolved_suffix(.resolved)
-    )]
-    NotAllowed {
-        /// The target as requested (trimmed).
-        target: String,
-        /// Every address it resolved to (empty when the allow-list is empty and nothing was
-        /// resolved).
-        resolved: Vec<SocketAddr>,
-    },
-}
-
-/// " (resolved to a, b)" for a non-empty list of addresses, "" otherwise.
-fn resolved_suffix(resolved: &[SocketAddr]) -> String {
-    if resolved.is_empty() {
-        return String::new();
-    }
-    let list: Vec<String> = resolved.iter().map(SocketAddr::to_string).collect();
-    format!(" (resolved to {})", list.join(", "))
-}
-
-/// `s` quoted and escaped for an error message, shortened if very long.
-fn quoted(s: &str) -> String {
-    if s.chars().count() > MAX_ECHO {
-        let head: String = s.chars().take(MAX_ECHO).collect();
-        format!("{head:?}…")
-    } else {
-        format!("{s:?}")
-    }
-}
-
 /// An IPv4-mapped IPv6 address in its IPv4 form; any other address unchanged.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
+pub(super) fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         IpAddr::V4(_) => ip,
@@ -363,250 +204,6 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// `addr` with its IP made canonical by [`canonical_ip`].
 fn canonical_addr(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(canonical_ip(addr.ip()), addr.port())
-}
-
-/// The netmask of an IPv4 prefix length (saturating, so it never panics).
-fn mask_v4(prefix: u8) -> u32 {
-    u32::MAX
-        .checked_shl(32u32.saturating_sub(u32::from(prefix)))
-        .unwrap_or(0)
-}
-
-/// The netmask of an IPv6 prefix length (saturating, so it never panics).
-fn mask_v6(prefix: u8) -> u128 {
-    u128::MAX
-        .checked_shl(128u32.saturating_sub(u32::from(prefix)))
-        .unwrap_or(0)
-}
-
-/// Whether `ip` (compared in canonical form) lies in the network `net`/`prefix`.
-fn net_contains(net: IpAddr, prefix: u8, ip: IpAddr) -> bool {
-    match (net, canonical_ip(ip)) {
-        (IpAddr::V4(net), IpAddr::V4(ip)) => u32::from(ip) & mask_v4(prefix) == u32::from(net),
-        (IpAddr::V6(net), IpAddr::V6(ip)) => u128::from(ip) & mask_v6(prefix) == u128::from(net),
-        _ => false,
-    }
-}
-
-/// Splits `HOST:PORT` or `[HOST]:PORT` into host, port text and whether brackets were used.
-fn split_host_port(s: &str) -> Result<(&str, &str, bool), String> {
-    if s.is_empty() {
-        return Err("empty (expected HOST:PORT)".to_string());
-    }
-    if let Some(rest) = s.strip_prefix('[') {
-        let (inside, after) = rest
-            .split_once(']')
-            .ok_or_else(|| "missing ']' after the IPv6 address".to_string())?;
-        let port = match after.strip_prefix(':') {
-            Some(port) => port,
-            None if after.is_empty() => {
-                return Err("missing port (expected [IPv6]:PORT, e.g. [::1]:5432)".to_string())
-            }
-            None => return Err(format!("expected ':' after ']', found {}", quoted(after))),
-        };
-        if inside.is_empty() {
-            return Err("missing address inside '[]'".to_string());
-        }
-        return Ok((inside, port, true));
-    }
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| "missing port (expected HOST:PORT, e.g. 127.0.0.1:5432)".to_string())?;
-    if host.contains(':') {
-        return Err("IPv6 addresses must be in brackets, e.g. [::1]:5432".to_string());
-    }
-    if host.is_empty() {
-        return Err("missing host before ':'".to_string());
-    }
-    Ok((host, port, false))
-}
-
-/// Parses one port, 1 to 65535.
-fn parse_port(s: &str) -> Result<u16, String> {
-    if s.is_empty() {
-        return Err("missing port".to_string());
-    }
-    if !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("invalid port {}", quoted(s)));
-    }
-    match s.parse::<u16>() {
-        Ok(0) => Err("port 0 is not allowed (ports are 1 to 65535)".to_string()),
-        Ok(port) => Ok(port),
-        Err(_) => Err(format!(
-            "port {} is out of range (ports are 1 to 65535)",
-            quoted(s)
-        )),
-    }
-}
-
-/// Parses a rule's port part: `*`, `N` or `LO-HI`.
-fn parse_ports(s: &str) -> Result<Ports, String> {
-    if s == "*" {
-        return Ok(Ports::ANY);
-    }
-    if let Some((lo, hi)) = s.split_once('-') {
-        if lo.is_empty() || hi.is_empty() {
-            return Err(format!(
-                "incomplete port range {} (expected LO-HI, e.g. 5000-5100)",
-                quoted(s)
-            ));
-        }
-        let (lo, hi) = (parse_port(lo)?, parse_port(hi)?);
-        if lo > hi {
-            return Err(format!(
-                "port range {lo}-{hi} is backwards (start exceeds end)"
-            ));
-        }
-        return Ok(Ports { lo, hi });
-    }
-    let port = parse_port(s)?;
-    Ok(Ports { lo: port, hi: port })
-}
-
-/// Parses a CIDR prefix length, at most `max`.
-fn parse_prefix(s: &str, max: u8, family: &str) -> Result<u8, String> {
-    if s.is_empty() {
-        return Err("missing prefix length after '/'".to_string());
-    }
-    if s.len() > 3 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("invalid prefix length {}", quoted(s)));
-    }
-    match s.parse::<u8>() {
-        Ok(prefix) if prefix <= max => Ok(prefix),
-        _ => Err(format!(
-            "{family} prefix length /{s} is out of range (must be /0 to /{max})"
-        )),
-    }
-}
-
-/// Checks that `name` is a plausible DNS host name (letters, digits, '-', '_', dots).
-fn check_host_name(name: &str) -> Result<(), String> {
-    let body = name.strip_suffix('.').unwrap_or(name);
-    if body.is_empty() {
-        return Err("empty host name".to_string());
-    }
-    if body.len() > 253 {
-        return Err("host name is longer than 253 characters".to_string());
-    }
-    let mut last = "";
-    for label in body.split('.') {
-        if label.is_empty() {
-            return Err(format!("host name {} has an empty label", quoted(name)));
-        }
-        if label.len() > 63 {
-            return Err(format!(
-                "host name {} has a label longer than 63 characters",
-                quoted(name)
-            ));
-        }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-        {
-            return Err(format!(
-                "host name {} contains invalid character {c:?}",
-                quoted(name)
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!(
-                "host name {} has a label starting or ending with '-'",
-                quoted(name)
-            ));
-        }
-        last = label;
-    }
-    if last.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "{} is neither a valid IPv4 address nor a host name",
-            quoted(name)
-        ));
-    }
-    Ok(())
-}
-
-/// Builds a network rule host, checking the prefix and host bits and storing IPv4-mapped
-/// IPv6 networks as IPv4.
-fn make_net(addr: IpAddr, prefix: u8) -> Result<RuleHost, String> {
-    let masked = match addr {
-        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask_v4(prefix))),
-        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask_v6(prefix))),
-    };
-    if masked != addr {
-        return Err(format!(
-            "{addr}/{prefix} has host bits set; the network is {masked}/{prefix}"
-        ));
-    }
-    if let IpAddr::V6(a) = addr {
-        if let Some(v4) = a.to_ipv4_mapped().filter(|_| prefix >= 96) {
-            return Ok(RuleHost::Net {
-                addr: IpAddr::V4(v4),
-                prefix: prefix - 96,
-            });
-        }
-    }
-    Ok(RuleHost::Net { addr, prefix })
-}
-
-/// Parses a trimmed rule entry, returning the reason it is bad on failure.
-fn parse_rule(entry: &str) -> Result<AllowRule, String> {
-    let (host, port, bracketed) = split_host_port(entry)?;
-    let ports = parse_ports(port)?;
-    let host = if let Some((addr, prefix)) = host.split_once('/') {
-        if bracketed {
-            let addr: Ipv6Addr = addr
-                .parse()
-                .map_err(|_| format!("invalid IPv6 network address {}", quoted(addr)))?;
-            make_net(IpAddr::V6(addr), parse_prefix(prefix, 128, "IPv6")?)?
-        } else {
-            let addr: Ipv4Addr = addr.parse().map_err(|_| {
-                format!(
-                    "invalid IPv4 network address {} (CIDR blocks need an IP address)",
-                    quoted(addr)
-                )
-            })?;
-            make_net(IpAddr::V4(addr), parse_prefix(prefix, 32, "IPv4")?)?
-        }
-    } else if bracketed {
-        let addr: Ipv6Addr = host.parse().map_err(|_| {
-            format!(
-                "invalid IPv6 address {} (brackets are only for IPv6)",
-                quoted(host)
-            )
-        })?;
-        make_net(IpAddr::V6(addr), 128)?
-    } else if let Ok(addr) = host.parse::<Ipv4Addr>() {
-        make_net(IpAddr::V4(addr), 32)?
-    } else {
-        check_host_name(host)?;
-        RuleHost::Name(host.to_ascii_lowercase())
-    };
-    Ok(AllowRule { host, ports })
-}
-
-/// A syntactically valid dial target.
-enum Target {
-    /// An IP literal: no resolution needed.
-    Addr(SocketAddr),
-    /// A host name (lowercase) and port, to be resolved.
-    Name(String, u16),
-}
-
-/// Parses a trimmed target, returning the reason it is bad on failure.
-fn parse_target(target: &str) -> Result<Target, String> {
-    let (host, port, bracketed) = split_host_port(target)?;
-    let port = parse_port(port)?;
-    if bracketed {
-        let ip: Ipv6Addr = host
-            .parse()
-            .map_err(|_| format!("invalid IPv6 address {}", quoted(host)))?;
-        return Ok(Target::Addr(SocketAddr::new(IpAddr::V6(ip), port)));
-    }
-    if let Ok(ip) = host.parse::<Ipv4Addr>() {
-        return Ok(Target::Addr(SocketAddr::new(IpAddr::V4(ip), port)));
-    }
-    check_host_name(host)?;
-    Ok(Target::Name(host.to_ascii_lowercase(), port))
 }
 
 /// Runs a resolver future under `timeout`, turning failure or timeout into a reason.
@@ -623,7 +220,13 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::rule::Ports;
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn net(addr: IpAddr, prefix: u8) -> ipnet::IpNet {
+        ipnet::IpNet::new(addr, prefix).unwrap()
+    }
 
     fn rule(s: &str) -> AllowRule {
         match s.parse() {
@@ -661,10 +264,7 @@ mod tests {
         assert_eq!(
             r,
             AllowRule {
-                host: RuleHost::Net {
-                    addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    prefix: 32
-                },
+                host: RuleHost::Net(net(IpAddr::V4(Ipv4Addr::LOCALHOST), 32)),
                 ports: Ports { lo: 5432, hi: 5432 },
             }
         );
@@ -676,10 +276,7 @@ mod tests {
         let r = rule("10.0.0.0/8:5432");
         assert_eq!(
             r.host,
-            RuleHost::Net {
-                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)),
-                prefix: 8
-            }
+            RuleHost::Net(net(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 8))
         );
         assert_eq!(r.to_string(), "10.0.0.0/8:5432");
     }
@@ -695,10 +292,7 @@ mod tests {
         );
         assert_eq!(
             rule("[::1]:5432").host,
-            RuleHost::Net {
-                addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
-                prefix: 128
-            }
+            RuleHost::Net(net(IpAddr::V6(Ipv6Addr::LOCALHOST), 128))
         );
     }
 
@@ -1069,17 +663,6 @@ mod tests {
         assert!(l.allows_addr(sa("127.0.0.1:80")));
         assert!(l.allows_addr(sa("[::1]:443")));
         assert!(!l.allows_addr(sa("127.0.0.1:22")));
-    }
-
-    #[test]
-    fn masks_never_panic() {
-        assert_eq!(mask_v4(0), 0);
-        assert_eq!(mask_v4(8), 0xff00_0000);
-        assert_eq!(mask_v4(32), u32::MAX);
-        assert_eq!(mask_v4(200), u32::MAX);
-        assert_eq!(mask_v6(0), 0);
-        assert_eq!(mask_v6(128), u128::MAX);
-        assert_eq!(mask_v6(255), u128::MAX);
     }
 
     // ---- targets ----

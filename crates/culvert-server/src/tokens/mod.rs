@@ -1,217 +1,27 @@
 //! Agent tokens: random, shown once, stored only as SHA-256 hashes, compared in constant time.
+//! One token's entry is in `entry`, the token file and the commands that edit it in `file`.
 
+mod entry;
+mod file;
+
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use std::collections::BTreeMap;
+use crate::quota::TenantLimits;
+
+use entry::default_max_services;
+pub use entry::{unix_now, TokenEntry};
+pub use file::{add_token, list_tokens, revoke_token, NewToken, TokenError};
+use file::{duplicate_message, read_file};
 
 use crate::names::{name_problem, valid_name};
-use crate::quota::TenantLimits;
-use crate::roles::Role;
 
 /// Prefix that makes Culvert tokens recognisable (for secret scanners too).
 pub const TOKEN_PREFIX: &str = "cvt_";
-
-/// One token as stored in the token file: its name, hash and permissions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenEntry {
-    /// Human name (shown in logs and metrics instead of the token).
-    pub name: String,
-    /// Tenant the token belongs to: its services are `TENANT/NAME`, and it reaches its own
-    /// tenant's services by bare name. The token's own name when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-    /// What the token may do. Every role when absent (the rights token files had before
-    /// roles existed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub roles: Option<Vec<Role>>,
-    /// Lowercase hex SHA-256 of the token.
-    pub sha256: String,
-    /// Service names this token may register (all when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub services: Option<Vec<String>>,
-    /// Public ports this token may request, as ranges like "30000-30010" (any in the server range when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<Vec<String>>,
-    /// Most services this token may hold at once, across all its sessions.
-    #[serde(default = "default_max_services")]
-    pub max_services: usize,
-    /// Most public ports this token may hold at once, across all its sessions (only
-    /// `max_services` bounds them when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_ports: Option<usize>,
-    /// Most UDP flows its services may hold at once, across all its sessions (the server's
-    /// `udp_max_flows_per_token` when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_udp_flows: Option<usize>,
-    /// Most tunnel connections it may hold at once, across all its sessions (the server's
-    /// `max_connections_per_token` when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<usize>,
-    /// Services of other tenants this token may reach through access sessions and node
-    /// tunnels: `"TENANT/NAME"`, `"TENANT/*"`, `"*"` for all, or a bare `"NAME"` (that name in
-    /// whichever tenant holds it; refused when several do). Its own tenant needs no grant.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access: Option<Vec<String>>,
-    /// Unix time (seconds) after which the token is refused and its sessions are closed
-    /// (within a second): a time-to-live the server enforces, whatever the client does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires: Option<u64>,
-}
-
-/// Seconds since the Unix epoch, now.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-impl TokenEntry {
-    /// Whether the token's time-to-live has run out at `now` (Unix seconds).
-    pub fn expired(&self, now: u64) -> bool {
-        self.expires.is_some_and(|t| now >= t)
-    }
-
-    /// The tenant the token belongs to (its own name unless the file sets one).
-    pub fn tenant(&self) -> &str {
-        self.tenant.as_deref().unwrap_or(&self.name)
-    }
-
-    /// Whether the token holds `role` (an entry without `roles` holds every role).
-    pub fn has_role(&self, role: Role) -> bool {
-        match &self.roles {
-            Some(r) => r.contains(&role),
-            None => Role::ALL.contains(&role),
-        }
-    }
-
-    /// The roles the token holds, for messages and listings.
-    pub fn role_names(&self) -> String {
-        let roles: Vec<&str> = match &self.roles {
-            Some(r) => r.iter().map(|r| r.as_str()).collect(),
-            None => Role::ALL.iter().map(|r| r.as_str()).collect(),
-        };
-        roles.join(",")
-    }
-
-    /// Whether this token may open streams to the service `name` of `tenant`: its own
-    /// tenant's always, another's when `access` grants it.
-    pub fn may_access(&self, tenant: &str, name: &str) -> bool {
-        tenant == self.tenant() || self.grants(tenant, name)
-    }
-
-    /// Whether `access` grants the service `name` of `tenant`.
-    pub fn grants(&self, tenant: &str, name: &str) -> bool {
-        self.access
-            .iter()
-            .flatten()
-            .any(|g| match g.split_once('/') {
-                None => g == "*" || g == name,
-                Some((t, n)) => t == tenant && (n == "*" || n == name),
-            })
-    }
-
-    /// Checks what the types cannot: names, grants, port ranges and roles.
-    fn validate(&self) -> Result<(), String> {
-        let who = format!("token {}", crate::names::escape(&self.name));
-        match &self.tenant {
-            Some(t) if !valid_name(t) => return Err(format!("{who}: {}", name_problem("tenant", t))),
-            Some(_) => {}
-            None if !valid_name(&self.name) => {
-                return Err(format!(
-                    "{who}: without `tenant` the token's name is its tenant, and {}; set tenant = \"...\"",
-                    name_problem("tenant", &self.name)
-                ))
-            }
-            None => {}
-        }
-        for s in self.services.iter().flatten() {
-            if !valid_name(s) {
-                return Err(format!("{who}: services: {}", name_problem("service", s)));
-            }
-        }
-        for g in self.access.iter().flatten() {
-            let ok = g == "*"
-                || match g.split_once('/') {
-                    None => valid_name(g),
-                    Some((t, n)) => valid_name(t) && (n == "*" || valid_name(n)),
-                };
-            if !ok {
-                return Err(format!(
-                    "{who}: access entry {} must be TENANT/NAME, TENANT/*, NAME or * (names of A-Z a-z 0-9 . _ -, 1 to 64 bytes)",
-                    crate::names::escape(g)
-                ));
-            }
-        }
-        // A malformed port range must not silently widen the token to the whole range.
-        for r in self.ports.iter().flatten() {
-            r.parse::<crate::PortRange>()
-                .map_err(|e| format!("{who}: ports: {e}"))?;
-        }
-        if self.roles.as_ref().is_some_and(|r| r.is_empty()) {
-            return Err(format!(
-                "{who}: roles is empty (give at least one of agent, access, node)"
-            ));
-        }
-        Ok(())
-    }
-}
-
-fn default_max_services() -> usize {
-    64
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct TokenFile {
-    #[serde(default, rename = "token")]
-    tokens: Vec<TokenEntry>,
-    /// Limits shared by the tokens of a tenant, by tenant name (`[tenants.acme]`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    tenants: BTreeMap<String, TenantLimits>,
-}
-
-/// Errors reading or writing the token file.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    /// The file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// File.
-        path: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML of the expected shape.
-    #[error("{path}: {message}")]
-    Parse {
-        /// File.
-        path: String,
-        /// What is wrong, with line and key.
-        message: String,
-    },
-    /// The file holds no tokens: a server would accept nobody, so it refuses to start.
-    #[error("{0}: no tokens; create one with `culvert token new --name NAME --tokens {0}`")]
-    Empty(String),
-    /// A token name is used twice.
-    #[error("token name {0:?} already exists")]
-    Duplicate(String),
-    /// No token of that name (to revoke).
-    #[error("{path}: no token named {name:?}")]
-    NotFound {
-        /// File.
-        path: String,
-        /// The name asked for.
-        name: String,
-    },
-    /// A new token's settings are invalid.
-    #[error("{0}")]
-    Invalid(String),
-}
 
 /// The tokens a server accepts, and the limits of their tenants.
 #[derive(Debug, Clone, Default)]
@@ -230,38 +40,6 @@ pub fn generate_token() -> String {
     let mut b = [0u8; 32];
     rand::rng().fill_bytes(&mut b);
     format!("{TOKEN_PREFIX}{}", hex::encode(b))
-}
-
-fn read_file(path: &Path) -> Result<TokenFile, TokenError> {
-    let p = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TokenFile::default()),
-        Err(source) => return Err(TokenError::Io { path: p, source }),
-    };
-    toml::from_str(&text).map_err(|e| TokenError::Parse {
-        path: p,
-        message: e.to_string(),
-    })
-}
-
-/// "token name X is used twice", with the line of its second `name = ` when it can be found.
-fn duplicate_message(path: &Path, name: &str) -> String {
-    let quoted = toml::Value::String(name.to_owned()).to_string();
-    let line = std::fs::read_to_string(path).ok().and_then(|text| {
-        text.lines()
-            .enumerate()
-            .filter(|(_, l)| {
-                let l = l.trim_start();
-                l.starts_with("name") && l.trim_end().ends_with(&quoted)
-            })
-            .nth(1)
-            .map(|(i, _)| i + 1)
-    });
-    match line {
-        Some(n) => format!("token name {name:?} is used twice (again at line {n})"),
-        None => format!("token name {name:?} is used twice"),
-    }
 }
 
 impl TokenStore {
@@ -401,134 +179,10 @@ impl TokenStore {
     }
 }
 
-/// What `culvert token new` asks for.
-#[derive(Debug, Clone, Default)]
-pub struct NewToken {
-    /// Token name.
-    pub name: String,
-    /// Tenant (the name when none).
-    pub tenant: Option<String>,
-    /// Roles asked for; none: the narrowest that fits the other settings ([`NewToken::roles`]).
-    pub roles: Vec<Role>,
-    /// Services it may register (all when empty).
-    pub services: Vec<String>,
-    /// Public port ranges it may request (the server's whole range when empty).
-    pub ports: Vec<String>,
-    /// Most services at once (the default when none).
-    pub max_services: Option<usize>,
-    /// Services of other tenants it may reach.
-    pub access: Vec<String>,
-    /// Time to live from now.
-    pub ttl: Option<std::time::Duration>,
-}
-
-impl NewToken {
-    /// The roles the token gets: those asked for, else the narrowest that fits the other
-    /// settings: `access` alone makes an access-only token, registration limits (services,
-    /// ports, max services) an agent token, both both, nothing an agent token.
-    pub fn roles(&self) -> Vec<Role> {
-        if !self.roles.is_empty() {
-            let mut r = self.roles.clone();
-            r.sort();
-            r.dedup();
-            return r;
-        }
-        let agent =
-            !self.services.is_empty() || !self.ports.is_empty() || self.max_services.is_some();
-        match (agent, self.access.is_empty()) {
-            (_, true) => vec![Role::Agent],
-            (false, false) => vec![Role::Access],
-            (true, false) => vec![Role::Agent, Role::Access],
-        }
-    }
-}
-
-/// Creates a token as `new` describes, records its hash in `path` (created if missing;
-/// rewritten atomically) and returns the token itself, which is never stored.
-pub fn add_token(path: &Path, new: &NewToken) -> Result<String, TokenError> {
-    let mut file = read_file(path)?;
-    if file.tokens.iter().any(|t| t.name == new.name) {
-        return Err(TokenError::Duplicate(new.name.clone()));
-    }
-    let token = generate_token();
-    let nonempty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-    let entry = TokenEntry {
-        name: new.name.clone(),
-        tenant: new.tenant.clone(),
-        roles: Some(new.roles()),
-        sha256: hex::encode(hash_token(&token)),
-        services: nonempty(&new.services),
-        ports: nonempty(&new.ports),
-        max_services: new.max_services.unwrap_or_else(default_max_services),
-        max_ports: None,
-        max_udp_flows: None,
-        max_connections: None,
-        access: nonempty(&new.access),
-        expires: new
-            .ttl
-            .map(|t| unix_now().saturating_add(t.as_secs().max(1))),
-    };
-    entry.validate().map_err(TokenError::Invalid)?;
-    file.tokens.push(entry);
-    write_file(path, &file)?;
-    Ok(token)
-}
-
-/// The entries of a token file (hashes included), in file order.
-pub fn list_tokens(path: &Path) -> Result<Vec<TokenEntry>, TokenError> {
-    Ok(read_file(path)?.tokens)
-}
-
-/// Removes the token `name` from `path`, rewriting the file atomically; a server watching
-/// the file closes its sessions on its next reload.
-pub fn revoke_token(path: &Path, name: &str) -> Result<(), TokenError> {
-    let mut file = read_file(path)?;
-    let before = file.tokens.len();
-    file.tokens.retain(|t| t.name != name);
-    if file.tokens.len() == before {
-        return Err(TokenError::NotFound {
-            path: path.display().to_string(),
-            name: name.to_owned(),
-        });
-    }
-    write_file(path, &file)
-}
-
-/// Writes the token file through a temporary file renamed over it, so a server reloading
-/// it meanwhile reads the old file or the new one, never half of one. The file is readable
-/// by its owner only (0600): hashes are not tokens, but what tokens exist and may do is
-/// nobody else's business.
-fn write_file(path: &Path, file: &TokenFile) -> Result<(), TokenError> {
-    let text = toml::to_string_pretty(file).expect("token file serialises");
-    let p = path.display().to_string();
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp)?;
-        // A leftover temporary file keeps its old mode through `open`: set it again.
-        #[cfg(unix)]
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        f.write_all(
-            format!("# Culvert tokens: only SHA-256 hashes are stored here.\n{text}").as_bytes(),
-        )?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        TokenError::Io { path: p, source }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::roles::Role;
 
     #[test]
     fn add_then_check() {

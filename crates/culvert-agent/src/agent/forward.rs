@@ -1,0 +1,217 @@
+//! Forwarding on one connection: each stream the server opens is matched to its Connect
+//! and relayed to the local target; UDP Connects start a flow.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use culvert_proto::{reset_code, Control, ServiceProtocol, StreamId};
+use culvert_transport::{relay_tcp_counted, tune_tcp, Mux, MuxEvent, TunnelStream};
+use tokio::net::TcpStream;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{ServiceCounters, Shared};
+use crate::ServiceSpec;
+
+/// Serves one connection until it closes: matches each Connect to its stream and relays it.
+pub(super) async fn serve(
+    shared: &Arc<Shared>,
+    mux: &Mux,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<MuxEvent>,
+    ids: HashMap<Uuid, ServiceSpec>,
+    early: Vec<MuxEvent>,
+) -> String {
+    let flows = Arc::new(culvert_transport::udp_target::TargetFlows::default());
+    mux.set_datagram_sink(crate::local_flows::sink(
+        mux,
+        flows.clone(),
+        shared.local_flows.clone(),
+    ));
+    // Streams opened by the server, waiting for their Connect (which names them).
+    // Bounded by the connection's stream limit.
+    let mut pending: HashMap<StreamId, (TunnelStream, ServiceSpec)> = HashMap::new();
+    let targets: HashMap<String, ServiceSpec> = shared
+        .config
+        .services
+        .iter()
+        .map(|s| (s.name.clone(), s.clone()))
+        .collect();
+    let mut early = early.into_iter();
+    loop {
+        let ev = match early.next() {
+            Some(ev) => ev,
+            None => match events.recv().await {
+                Some(ev) => ev,
+                None => break,
+            },
+        };
+        match ev {
+            MuxEvent::Incoming(stream, target) => {
+                if let Some(svc) = targets.get(&target) {
+                    pending.insert(stream.id(), (stream, svc.clone()));
+                } else {
+                    tracing::warn!(target = ?target, "server opened a stream for an unknown service");
+                    stream.reset(reset_code::REFUSED);
+                }
+            }
+            MuxEvent::Control(c) => {
+                mux.control_handled();
+                match c {
+                    Control::Connect {
+                        service_id,
+                        connection_id,
+                        client_addr,
+                        ext,
+                    } => {
+                        // UDP: the Connect announces a flow (its id in the stream id field).
+                        if let Some(svc) = ids
+                            .get(&service_id)
+                            .filter(|s| s.protocol == ServiceProtocol::Udp)
+                        {
+                            let Some(flow) = ext.map(|e| e.stream_id.0) else {
+                                continue;
+                            };
+                            let span = tracing::debug_span!("flow", service = %svc.name, client = %client_addr);
+                            let counters =
+                                shared.counters.get(&svc.name).cloned().unwrap_or_default();
+                            let flow = culvert_transport::udp_target::open_flow(
+                                mux.clone(),
+                                flows.clone(),
+                                flow,
+                                svc.target.clone(),
+                                shared.config.udp_idle_timeout,
+                                shared.config.udp_max_flows,
+                                Some(counters.bytes.clone()),
+                                std::future::pending(),
+                            );
+                            tokio::spawn(
+                                async move {
+                                    counters.connections.fetch_add(1, Ordering::Relaxed);
+                                    counters.open.fetch_add(1, Ordering::Relaxed);
+                                    flow.await;
+                                    counters.open.fetch_sub(1, Ordering::Relaxed);
+                                }
+                                .instrument(span),
+                            );
+                            continue;
+                        }
+                        // The open named the service; the Connect names the stream and the client.
+                        let Some((stream, svc)) = ext.and_then(|e| pending.remove(&e.stream_id))
+                        else {
+                            let _ = mux.send_control(Control::ConnectFail {
+                                connection_id,
+                                reason: "no stream for this connection".into(),
+                            });
+                            continue;
+                        };
+                        let mux = mux.clone();
+                        let timeout = shared.config.dial_timeout;
+                        let counters = shared.counters.get(&svc.name).cloned().unwrap_or_default();
+                        let span = tracing::debug_span!("conn", service = %svc.name, client = %client_addr);
+                        tokio::spawn(
+                            forward(
+                                mux,
+                                stream,
+                                svc,
+                                connection_id,
+                                timeout,
+                                client_addr,
+                                counters,
+                            )
+                            .instrument(span),
+                        );
+                    }
+                    Control::Disconnect { reason } => {
+                        return format!("server disconnected: {reason}")
+                    }
+                    other => {
+                        tracing::debug!(message = ?other.frame_type(), "ignoring control message")
+                    }
+                }
+            }
+            MuxEvent::GoingAway(reason) => tracing::info!(reason = ?reason, "server going away"),
+            MuxEvent::Closed(reason) => return reason,
+        }
+    }
+    "event channel closed".into()
+}
+
+/// Dials the local target and relays; a refused or slow target resets the stream at once.
+async fn forward(
+    mux: Mux,
+    stream: TunnelStream,
+    svc: ServiceSpec,
+    connection_id: Uuid,
+    timeout: Duration,
+    client_addr: String,
+    counters: Arc<ServiceCounters>,
+) {
+    if let Some(backend) = svc.http.clone() {
+        // An HTTP service: the stream carries HTTP; the backend is dialed per request.
+        let _ = mux.send_control(Control::ConnectAck { connection_id });
+        counters.connections.fetch_add(1, Ordering::Relaxed);
+        counters.open.fetch_add(1, Ordering::Relaxed);
+        crate::http_proxy::serve(stream, backend, timeout).await;
+        counters.open.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let mut tcp = match tokio::time::timeout(timeout, TcpStream::connect(&svc.target)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return fail(&mux, stream, connection_id, format!("{}: {e}", svc.target)),
+        Err(_) => {
+            return fail(
+                &mux,
+                stream,
+                connection_id,
+                format!("{}: connect timed out", svc.target),
+            )
+        }
+    };
+    tune_tcp(&tcp);
+    if let Some(version) = svc.proxy {
+        // The backend sees the public client (see `proxy_protocol` for the destination).
+        let header = crate::proxy_protocol::header(version, &client_addr, tcp.peer_addr().ok());
+        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut tcp, &header).await {
+            return fail(
+                &mux,
+                stream,
+                connection_id,
+                format!("{}: PROXY header: {e}", svc.target),
+            );
+        }
+    }
+    let _ = mux.send_control(Control::ConnectAck { connection_id });
+    counters.connections.fetch_add(1, Ordering::Relaxed);
+    counters.open.fetch_add(1, Ordering::Relaxed);
+    let result = relay_tcp_counted(tcp, &stream, Some(&counters.bytes)).await;
+    counters.open.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(t) => tracing::debug!(up = t.up, down = t.down, "connection done"),
+        Err(e) => tracing::debug!(error = %e, "connection aborted"),
+    }
+}
+
+fn fail(mux: &Mux, stream: TunnelStream, connection_id: Uuid, reason: String) {
+    // A dead backend or an exhausted file-descriptor table fails every connection: warn at
+    // most once per ten seconds, the rest at debug, so the log is not flooded.
+    static LAST_WARN_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let now = EPOCH.get_or_init(Instant::now).elapsed().as_secs() + 10;
+    let last = LAST_WARN_SECS.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST_WARN_SECS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(%reason, "could not reach target (further failures within 10 s are logged at debug)");
+    } else {
+        tracing::debug!(%reason, "could not reach target");
+    }
+    stream.reset(reset_code::CONNECT_FAILED);
+    let _ = mux.send_control(Control::ConnectFail {
+        connection_id,
+        reason,
+    });
+}

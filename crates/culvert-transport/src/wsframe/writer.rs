@@ -1,0 +1,200 @@
+//! The sending half: a batch of the multiplexer's buffers as one vectored write.
+
+use std::io::{self, IoSlice};
+
+use bytes::Bytes;
+use rand::RngCore;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::codec::{apply_mask, close_code, copy_masked};
+use super::Role;
+
+/// Most segments handed to one `writev`.
+const MAX_IOVECS: usize = 256;
+
+/// Writes frames to the other half of the socket.
+pub struct WsWriter<W> {
+    pub(super) io: crate::progress::Counted<W>,
+    role: Role,
+    /// Whether frames are masked: a client's are, unless the server agreed otherwise.
+    mask: bool,
+    /// For the client: masked copy of a batch. For non-vectored transports: the coalesced batch.
+    scratch: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> WsWriter<W> {
+    /// A writer for `role`.
+    pub fn new(io: W, role: Role) -> WsWriter<W> {
+        WsWriter {
+            io: crate::progress::Counted::new(io),
+            role,
+            mask: role == Role::Client,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Sends unmasked frames (a client whose server agreed during the upgrade).
+    pub fn send_unmasked(&mut self, on: bool) {
+        self.mask = self.role == Role::Client && !on;
+    }
+
+    /// Bytes the transport has accepted from this writer so far, readable while a write
+    /// is in flight (the connection driver's write-progress deadline watches it).
+    pub(crate) fn progress(&self) -> crate::progress::Progress {
+        self.io.progress()
+    }
+
+    fn header(&self, opcode: u8, len: usize) -> ([u8; 14], usize, Option<[u8; 4]>) {
+        let mut h = [0u8; 14];
+        h[0] = 0x80 | opcode;
+        let mut n = 2;
+        if len < 126 {
+            h[1] = len as u8;
+        } else if len <= u16::MAX as usize {
+            h[1] = 126;
+            h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            n = 4;
+        } else {
+            h[1] = 127;
+            h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            n = 10;
+        }
+        let key = self.mask.then(|| {
+            let mut k = [0u8; 4];
+            rand::rng().fill_bytes(&mut k);
+            h[1] |= 0x80;
+            h[n..n + 4].copy_from_slice(&k);
+            n += 4;
+            k
+        });
+        (h, n, key)
+    }
+
+    /// Sends `segments` (in order, `len` bytes in all) as one binary frame.
+    pub async fn send(&mut self, segments: &[Bytes], len: usize) -> io::Result<()> {
+        self.send_many(&[(segments, len)]).await
+    }
+
+    /// Sends each `(segments, len)` as one binary frame, all of them with as few (vectored)
+    /// writes as the transport takes: several batches in one system call.
+    pub async fn send_many(&mut self, msgs: &[(&[Bytes], usize)]) -> io::Result<()> {
+        if self.mask || !self.io.is_write_vectored() {
+            for &(segments, len) in msgs {
+                self.send_copied(segments, len).await?;
+            }
+            return Ok(());
+        }
+        // Vectored: each header, then the multiplexer's buffers, no copy.
+        let heads: Vec<([u8; 14], usize)> = msgs
+            .iter()
+            .map(|&(_, len)| {
+                let (h, n, _) = self.header(0x2, len);
+                (h, n)
+            })
+            .collect();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(msgs.iter().map(|(s, _)| s.len() + 1).sum());
+        for ((segments, _), (h, n)) in msgs.iter().zip(&heads) {
+            parts.push(&h[..*n]);
+            parts.extend(segments.iter().map(|s| &s[..]));
+        }
+        self.write_parts(&parts).await
+    }
+
+    /// One frame masked (or coalesced, for a transport without vectored writes) into the
+    /// scratch buffer and written from there.
+    async fn send_copied(&mut self, segments: &[Bytes], len: usize) -> io::Result<()> {
+        let (h, hlen, key) = self.header(0x2, len);
+        // Masking rewrites every byte anyway: do it while coalescing, in one pass. The
+        // scratch buffer only grows (zeroed once), so no pass clears it per batch.
+        let total = hlen + len;
+        if self.scratch.len() < total {
+            self.scratch.resize(total, 0);
+        }
+        let out = &mut self.scratch[..total];
+        out[..hlen].copy_from_slice(&h[..hlen]);
+        let mut at = hlen;
+        for s in segments {
+            let dst = &mut out[at..at + s.len()];
+            match key {
+                Some(k) => copy_masked(dst, s, k, at - hlen),
+                None => dst.copy_from_slice(s),
+            }
+            at += s.len();
+        }
+        self.io.write_all(&self.scratch[..total]).await
+    }
+
+    /// Writes every part, in order, with vectored writes of at most [`MAX_IOVECS`] slices.
+    async fn write_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let mut idx = 0;
+        let mut first_off = 0;
+        while idx < parts.len() && parts[idx].is_empty() {
+            idx += 1;
+        }
+        while idx < parts.len() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let count = (parts.len() - idx).min(MAX_IOVECS);
+            for (j, (slot, p)) in iov.iter_mut().zip(&parts[idx..idx + count]).enumerate() {
+                *slot = IoSlice::new(if j == 0 { &p[first_off..] } else { p });
+            }
+            let mut n = self.io.write_vectored(&iov[..count]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 {
+                let rest = parts[idx].len() - first_off;
+                if n >= rest {
+                    n -= rest;
+                    idx += 1;
+                    first_off = 0;
+                } else {
+                    first_off += n;
+                    n = 0;
+                }
+            }
+            while idx < parts.len() && parts[idx].len() == first_off {
+                idx += 1;
+                first_off = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a control frame (pong or close) with a short payload.
+    pub async fn send_control(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
+        let payload = &payload[..payload.len().min(125)];
+        let (h, hlen, key) = self.header(opcode, payload.len());
+        let mut frame = Vec::with_capacity(hlen + payload.len());
+        frame.extend_from_slice(&h[..hlen]);
+        frame.extend_from_slice(payload);
+        if let Some(k) = key {
+            apply_mask(&mut frame[hlen..], k, 0);
+        }
+        self.io.write_all(&frame).await
+    }
+
+    /// Flushes the transport (TLS buffers records).
+    pub async fn flush(&mut self) -> io::Result<()> {
+        self.io.flush().await
+    }
+
+    /// Sends a close frame (normal closure, 1000) and shuts the write side.
+    pub async fn close(&mut self) -> io::Result<()> {
+        self.close_with(close_code::NORMAL, "").await
+    }
+
+    /// Sends a close frame with `code` and `reason` (cut to the 123 bytes a control frame
+    /// leaves, at a character boundary) and shuts the write side.
+    pub async fn close_with(&mut self, code: u16, reason: &str) -> io::Result<()> {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut body = Vec::with_capacity(2 + end);
+        body.extend_from_slice(&code.to_be_bytes());
+        body.extend_from_slice(&reason.as_bytes()[..end]);
+        self.send_control(0x8, &body).await?;
+        self.io.flush().await?;
+        self.io.shutdown().await
+    }
+}
