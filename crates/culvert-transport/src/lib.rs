@@ -12,6 +12,7 @@ pub mod prom;
 mod relay;
 mod socket;
 mod stream;
+mod stream_io;
 pub mod tls;
 pub mod udp_target;
 pub mod ws;

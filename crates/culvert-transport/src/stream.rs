@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use culvert_proto::{reset_code, ReadOutcome, StreamError, StreamId};
 
 use crate::driver::Shared;
@@ -36,11 +36,20 @@ pub fn reset_code_of(e: &io::Error) -> Option<u64> {
 }
 
 /// One tunneled byte stream. Dropping it before both directions finished resets it.
+///
+/// Two ways to use it: the zero-copy methods ([`TunnelStream::send`],
+/// [`TunnelStream::recv`], [`TunnelStream::recv_many`]) take `&self`, so one task may read
+/// while another writes; and tokio's [`AsyncRead`](tokio::io::AsyncRead) +
+/// [`AsyncWrite`](tokio::io::AsyncWrite), so it can be handed to `tokio::io::copy`, a hyper
+/// connection or a database driver (those copy, as their traits require).
 pub struct TunnelStream {
-    shared: Arc<Shared>,
-    id: StreamId,
-    finished: AtomicBool,
-    eof: AtomicBool,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: StreamId,
+    pub(crate) finished: AtomicBool,
+    pub(crate) eof: AtomicBool,
+    /// Where `poll_write` copies callers' bytes: successive writes share one block, so a
+    /// write allocates only when the block is used up (see `stream_io`).
+    pub(crate) wbuf: BytesMut,
 }
 
 impl std::fmt::Debug for TunnelStream {
@@ -58,6 +67,7 @@ impl TunnelStream {
             id,
             finished: AtomicBool::new(false),
             eof: AtomicBool::new(false),
+            wbuf: BytesMut::new(),
         }
     }
 
@@ -66,7 +76,7 @@ impl TunnelStream {
         self.id
     }
 
-    fn gone(&self, st: &mut crate::driver::State) -> io::Error {
+    pub(crate) fn gone(&self, st: &mut crate::driver::State) -> io::Error {
         // Kept until the handle drops, so every later call reports the same reset.
         if let Some(&code) = st.resets.get(&self.id) {
             return io::Error::new(io::ErrorKind::ConnectionReset, ResetByPeer(code));
@@ -82,6 +92,16 @@ impl TunnelStream {
 
     /// Next chunk of bytes in order; `None` at the end (the peer finished).
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        self.poll_recv_max(cx, usize::MAX)
+    }
+
+    /// Next chunk of at most `max` bytes; the rest of a longer chunk stays queued in the
+    /// connection for the next call (so a partial read loses nothing).
+    pub(crate) fn poll_recv_max(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
         if self.eof.load(Ordering::Relaxed) {
             return Poll::Ready(Ok(None));
         }
@@ -89,7 +109,7 @@ impl TunnelStream {
         if st.closed.is_some() {
             return Poll::Ready(Err(self.gone(&mut st)));
         }
-        match st.conn.read(self.id, usize::MAX) {
+        match st.conn.read(self.id, max) {
             Ok(ReadOutcome::Data(b)) => {
                 // Reading may have released credit that must go out.
                 let wake = st.conn.wants_transmit();
@@ -191,6 +211,11 @@ impl TunnelStream {
     /// Sends all of `data` (without copying it), waiting for buffer room.
     pub async fn send(&self, mut data: Bytes) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_send(cx, &mut data)).await
+    }
+
+    /// Whether [`TunnelStream::finish`] was called (our direction is closed).
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
     }
 
     /// Half-closes: a FIN follows the bytes already sent. Receiving goes on.

@@ -1,0 +1,171 @@
+//! `TunnelStream` as tokio's `AsyncRead` + `AsyncWrite`: what `tokio::io::copy`, hyper and
+//! database drivers rely on. Two multiplexed connections over a real loopback TCP socket.
+
+use std::time::Duration;
+
+use culvert_proto::{Config, Connection, Side};
+use culvert_transport::wsframe::{Role, WsConn};
+use culvert_transport::{reset_code_of, Mux, MuxEvent, TunnelStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A client and a server connection joined by a loopback TCP socket.
+async fn pair() -> (Mux, Mux, UnboundedReceiver<MuxEvent>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let now = std::time::Instant::now();
+    let c = Connection::new(Side::Client, Config::default(), now).unwrap();
+    let s = Connection::new(Side::Server, Config::default(), now).unwrap();
+    let (client, _client_events) = Mux::spawn_with(WsConn::new(dialed.unwrap(), Role::Client), c);
+    let (server, server_events) =
+        Mux::spawn_with(WsConn::new(accepted.unwrap().0, Role::Server), s);
+    (client, server, server_events)
+}
+
+/// The next stream the peer opened.
+async fn incoming(events: &mut UnboundedReceiver<MuxEvent>) -> TunnelStream {
+    loop {
+        match tokio::time::timeout(LIMIT, events.recv()).await {
+            Ok(Some(MuxEvent::Incoming(s, _))) => return s,
+            Ok(Some(_)) => continue,
+            other => panic!("no incoming stream: {other:?}"),
+        }
+    }
+}
+
+/// A deterministic, non-repeating-looking byte pattern.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1])
+        .collect()
+}
+
+#[tokio::test]
+async fn tokio_io_copy_through_a_stream_and_back() {
+    let (client, _server, mut events) = pair().await;
+    let mut a = client.open("echo").await.unwrap();
+    let mut b = incoming(&mut events).await;
+    // The far side echoes with tokio::io::copy over its split halves.
+    let echo = tokio::spawn(async move {
+        let (mut r, mut w) = tokio::io::split(&mut b);
+        let n = tokio::io::copy(&mut r, &mut w).await.unwrap();
+        w.shutdown().await.unwrap();
+        n
+    });
+    let data = pattern(300_000);
+    let (mut r, mut w) = tokio::io::split(&mut a);
+    let sent = data.clone();
+    let writer = async move {
+        let mut src = &sent[..];
+        let n = tokio::io::copy(&mut src, &mut w).await.unwrap();
+        w.shutdown().await.unwrap();
+        n
+    };
+    let reader = async move {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        got
+    };
+    let (n, got) = tokio::time::timeout(LIMIT, async { tokio::join!(writer, reader) })
+        .await
+        .expect("echo within the limit");
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "echoed bytes differ");
+    assert_eq!(echo.await.unwrap(), data.len() as u64);
+}
+
+#[tokio::test]
+async fn shutdown_is_a_half_close() {
+    let (client, _server, mut events) = pair().await;
+    let mut a = client.open("svc").await.unwrap();
+    let mut b = incoming(&mut events).await;
+    a.write_all(b"request").await.unwrap();
+    a.shutdown().await.unwrap();
+    // A second shutdown is harmless; a write after it is an error.
+    a.shutdown().await.unwrap();
+    assert!(a.write_all(b"more").await.is_err());
+    let mut got = Vec::new();
+    tokio::time::timeout(LIMIT, b.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"request");
+    // Our reading direction is still open: the answer arrives after our FIN.
+    b.write_all(b"answer").await.unwrap();
+    b.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(LIMIT, a.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, b"answer");
+}
+
+#[tokio::test]
+async fn a_reset_surfaces_as_an_io_error_with_its_code() {
+    let (client, _server, mut events) = pair().await;
+    let mut a = client.open("svc").await.unwrap();
+    a.write_all(b"x").await.unwrap();
+    let b = incoming(&mut events).await;
+    b.reset(culvert_proto::reset_code::NOT_ALLOWED);
+    let mut buf = [0u8; 16];
+    let e = tokio::time::timeout(LIMIT, async {
+        loop {
+            match a.read(&mut buf).await {
+                Ok(0) => panic!("a reset stream ended as if finished"),
+                Ok(_) => continue,
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the reset arrives");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
+    assert_eq!(
+        reset_code_of(&e),
+        Some(culvert_proto::reset_code::NOT_ALLOWED)
+    );
+    // Writing after the reset fails too.
+    assert!(a.write_all(b"y").await.is_err());
+}
+
+#[tokio::test]
+async fn a_large_transfer_arrives_byte_exact_through_small_reads_and_writes() {
+    let (client, _server, mut events) = pair().await;
+    let mut a = client.open("bulk").await.unwrap();
+    let mut b = incoming(&mut events).await;
+    // 24 MiB: several times every send buffer and window, so writes meet backpressure.
+    let data = pattern(24 << 20);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        // Odd-sized writes, so chunks straddle frames and blocks.
+        for piece in sent.chunks(7_919) {
+            a.write_all(piece).await.unwrap();
+        }
+        a.shutdown().await.unwrap();
+        a
+    });
+    let mut got = Vec::with_capacity(data.len());
+    // Small odd-sized reads, so received chunks are split and their rest kept.
+    let mut buf = vec![0u8; 1_021];
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let n = b.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the transfer ends within the limit");
+    assert_eq!(got.len(), data.len());
+    let first_diff = got.iter().zip(&data).position(|(x, y)| x != y);
+    assert_eq!(first_diff, None, "bytes differ");
+    drop(writer.await.unwrap());
+}
