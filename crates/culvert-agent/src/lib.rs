@@ -8,6 +8,7 @@ mod agent;
 mod backoff;
 mod failure;
 mod local_flows;
+mod open_error;
 pub mod proxy_protocol;
 mod service;
 
@@ -15,5 +16,6 @@ pub use agent::{Agent, AgentConfig, AgentHandle, LinkState, ServiceCounters};
 pub use backoff::Backoff;
 pub use failure::{Failure, FailureKind};
 pub use local_flows::LocalFlow;
+pub use open_error::OpenError;
 pub use proxy_protocol::ProxyVersion;
 pub use service::{valid_service_name, ServiceSpec};
