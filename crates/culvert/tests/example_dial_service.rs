@@ -18,12 +18,30 @@ use support::*;
 
 /// Builds the example (a no-op when it is up to date) and returns its executable.
 fn build_example(name: &str) -> PathBuf {
-    let out = run(
-        Command::new(env!("CARGO"))
-            .args(["build", "--locked", "-p", "culvert", "--example", name])
-            .args(["--message-format", "json-render-diagnostics"]),
-        std::time::Duration::from_secs(900),
-    );
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args(["build", "--locked", "-p", "culvert", "--example", name])
+        .args(["--message-format", "json-render-diagnostics"]);
+    // What cargo set for this test's run describes this test, not the build: build scripts
+    // that watch such variables would rebuild, and the next test build again.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_target = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_"]
+            .iter()
+            .any(|p| key.starts_with(p))
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&key.as_ref())
+            || key == "OUT_DIR"
+            || key == "CARGO_RUSTC_CURRENT_DIR";
+        if per_target {
+            cargo.env_remove(key.as_ref());
+        }
+    }
+    let out = run(&mut cargo, std::time::Duration::from_secs(900));
     assert!(
         out.status.success(),
         "building example {name} failed:\n{}",
