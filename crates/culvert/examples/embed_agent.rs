@@ -18,7 +18,7 @@ use clap::Parser;
 struct Args {
     #[command(flatten)]
     server: common::ServerArgs,
-    /// A service to expose: NAME=tcp://HOST:PORT[@PUBLIC_PORT][&private] (repeatable).
+    /// A service to expose: NAME=tcp://HOST:PORT[@PUBLIC_PORT][?private] (repeatable).
     #[arg(long, required = true)]
     expose: Vec<String>,
     /// Tunnel connections kept open.

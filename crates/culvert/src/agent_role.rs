@@ -54,7 +54,7 @@ impl Agent {
 
 impl AgentBuilder {
     /// Exposes a service, written as on the command line:
-    /// `NAME=tcp://HOST:PORT[@PUBLIC_PORT][?proxy=v1|v2][&private]` (or `udp://`).
+    /// `NAME=tcp://HOST:PORT[@PUBLIC_PORT][?proxy=v1|v2][&private]` (or `?private` alone; `udp://` too).
     pub fn service(mut self, spec: &str) -> Result<Self, Error> {
         let spec: ServiceSpec = spec.parse().map_err(Error::Config)?;
         self.services.push(spec);

@@ -53,7 +53,7 @@
 //!
 //! # async fn run() -> Result<(), culvert::Error> {
 //! let agent = culvert::Agent::builder("wss://tunnel.example.net:7000", "TOKEN")
-//!     .service("pg=tcp://127.0.0.1:5432&private")?
+//!     .service("pg=tcp://127.0.0.1:5432?private")?
 //!     .pool(2)
 //!     .spawn()?;
 //! agent.wait_ready(Duration::from_secs(10)).await;
