@@ -11,6 +11,7 @@ mod http_backend;
 mod http_proxy;
 mod local_flows;
 mod metrics;
+mod open_error;
 pub mod proxy_protocol;
 mod service;
 
@@ -19,5 +20,6 @@ pub use backoff::Backoff;
 pub use failure::{Failure, FailureKind};
 pub use http_backend::{HttpBackend, SecretSource};
 pub use local_flows::LocalFlow;
+pub use open_error::OpenError;
 pub use proxy_protocol::ProxyVersion;
 pub use service::{valid_service_name, ServiceSpec};

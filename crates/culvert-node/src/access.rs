@@ -299,7 +299,7 @@ async fn check_access(link: &AgentHandle, service: &str) -> Result<String, NodeE
     let probe = link
         .open(&format!("?{service}"))
         .await
-        .map_err(NodeError::Unreachable)?;
+        .map_err(|e| NodeError::Unreachable(e.to_string()))?;
     let answer = tokio::time::timeout(Duration::from_secs(10), async {
         let mut protocol = Vec::new();
         while let Some(chunk) = probe.recv().await? {

@@ -263,7 +263,11 @@ impl Drop for OpenGuard<'_> {
 async fn handle(shared: &Shared, sock: TcpStream) {
     let _open = OpenGuard::new(&shared.open);
     let stream = if shared.link.connections_up() > 0 {
-        shared.link.open(&shared.spec.target).await
+        shared
+            .link
+            .open(&shared.spec.target)
+            .await
+            .map_err(|e| e.to_string())
     } else {
         Err(format!("tunnel is {}", shared.link.link_state()))
     };

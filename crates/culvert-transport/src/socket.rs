@@ -53,7 +53,7 @@ pub fn reset_on_close(s: &TcpStream) {
 
 /// Gives a listener the options of [`tune_tcp`]. On Linux the sockets it accepts inherit
 /// them, which saves four system calls per accepted connection (see [`tune_accepted`]).
-/// It also takes the process's reserve descriptor ([`crate::fd_reserve`]).
+/// It also takes the process's reserve descriptor (`fd_reserve`).
 pub fn tune_listener(l: &TcpListener) {
     apply(socket2::SockRef::from(l));
     crate::fd_reserve::take_reserve();

@@ -17,7 +17,7 @@ use tokio::net::UdpSocket;
 const MAX_PENDING_FLOWS: usize = 256;
 const MAX_PENDING_PER_FLOW: usize = 16;
 /// Bytes parked across all flows of one connection, each datagram counted with
-/// [`PARKED_OVERHEAD`]. The race parking bridges lasts milliseconds: 256 KiB holds 16
+/// `PARKED_OVERHEAD`. The race parking bridges lasts milliseconds: 256 KiB holds 16
 /// full-size (1,200-byte) datagrams for each of 13 flows set up at once, where the count
 /// caps alone allowed 256 × 16 × 64 KiB = 268 MB.
 pub const MAX_PARKED_BYTES: usize = 256 * 1024;

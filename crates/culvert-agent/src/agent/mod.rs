@@ -250,13 +250,13 @@ impl AgentHandle {
 
     /// Opens a stream towards `target` (a service name on the server side, or `HOST:PORT`
     /// for a node to dial) over the next live pooled connection. Errors when none is up.
-    pub async fn open(&self, target: &str) -> Result<TunnelStream, String> {
+    pub async fn open(&self, target: &str) -> Result<TunnelStream, crate::OpenError> {
         self.open_on(target).await.map(|(_, s)| s)
     }
 
     /// Opens a UDP flow to `HOST:PORT` dialed by the peer (a node's forward UDP tunnel):
     /// a stream with target `udp://HOST:PORT` announces it, and the stream's id is its flow id.
-    pub async fn open_flow(&self, target: &str) -> Result<crate::LocalFlow, String> {
+    pub async fn open_flow(&self, target: &str) -> Result<crate::LocalFlow, crate::OpenError> {
         let (mux, stream) = self.open_on(&format!("udp://{target}")).await?;
         Ok(crate::LocalFlow::register(
             &self.shared.local_flows,
@@ -265,21 +265,20 @@ impl AgentHandle {
         ))
     }
 
-    async fn open_on(&self, target: &str) -> Result<(Mux, TunnelStream), String> {
+    async fn open_on(&self, target: &str) -> Result<(Mux, TunnelStream), crate::OpenError> {
         let mux = {
             let live = lock(&self.shared.live);
             // A suspect connection (silent past a heartbeat) gets no new stream.
             let usable: Vec<&Mux> = live.iter().filter(|m| m.takes_new_streams()).collect();
             if usable.is_empty() {
-                return Err("no live tunnel connection (all are down or suspect)".into());
+                return Err(crate::OpenError::NotConnected);
             }
             let k = self.shared.next_open.fetch_add(1, Ordering::Relaxed);
             usable[k % usable.len()].clone()
         };
         let stream = tokio::time::timeout(self.shared.config.connect_timeout, mux.open(target))
             .await
-            .map_err(|_| "timed out opening a stream (peer's stream limit reached)".to_owned())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| crate::OpenError::Timeout)??;
         Ok((mux, stream))
     }
 
@@ -315,6 +314,12 @@ impl AgentHandle {
         registry.register_collector(Box::new(crate::metrics::AgentCollector(
             self.shared.clone(),
         )));
+    }
+
+    /// The number of pooled connections up and registered, as a watch: embedders (the
+    /// `culvert` library's readiness watch) wake on each change instead of polling.
+    pub fn watch_connections(&self) -> watch::Receiver<usize> {
+        self.state_rx.clone()
     }
 
     /// Waits until every pooled connection is up (or the timeout passes); returns whether it is.

@@ -300,7 +300,7 @@ impl Connection {
     }
 
     /// Chunks held across all streams that are slices of received messages (at most
-    /// [`MAX_SHARED_CHUNKS`]).
+    /// `MAX_SHARED_CHUNKS`).
     pub fn recv_shared_chunks(&self) -> usize {
         self.recv_shared_chunks
     }

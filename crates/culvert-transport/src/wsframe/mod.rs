@@ -7,7 +7,7 @@
 //! Culvert (frames may split anywhere), so fragments are delivered as they come, but the
 //! message structure is still checked as RFC 6455 §5.4 requires: a continuation with no
 //! message started, or a new data frame inside a fragmented message, is a protocol error.
-//! Each error carries the close code §7.4.1 assigns it ([`close_code`]), which the driver
+//! Each error carries the close code §7.4.1 assigns it ([`close_code()`]), which the driver
 //! sends in its close frame; the peer's own close code and reason are kept
 //! ([`WsReader::peer_close`]) for the log.
 //!
