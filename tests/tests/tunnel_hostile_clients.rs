@@ -109,8 +109,10 @@ async fn stalled_handshakes(server: &TestServer) -> Vec<(&'static str, Duration)
         let what = "half an Auth frame";
         let opened = Instant::now();
         let mut s = upgraded(server).await;
-        // One WebSocket frame holding the first 15 bytes of an Auth frame of 105.
-        let _ = rawws::send_binary(&mut s, &half_auth).await;
+        // The first 15 bytes of an Auth frame of 105, in a WebSocket message that never
+        // ends. (Sent as a whole message, it is judged at once: a malformed Auth, refused
+        // without waiting for the deadline.)
+        let _ = rawws::send_unfinished_binary(&mut s, &half_auth).await;
         send_and_expect_close(s, b"", what).await;
         (what, opened.elapsed())
     };

@@ -418,7 +418,25 @@ pub mod rawws {
         s: &mut S,
         payload: &[u8],
     ) -> std::io::Result<()> {
-        let mut f = vec![0x82u8];
+        send_frame(s, 0x82, payload).await
+    }
+
+    /// Sends the first frame of a binary message that never ends (FIN clear): a peer
+    /// waiting for the whole message waits.
+    pub async fn send_unfinished_binary<S: AsyncWrite + Unpin>(
+        s: &mut S,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        send_frame(s, 0x02, payload).await
+    }
+
+    /// Sends one masked frame with first byte `b0` (FIN bit and opcode) holding `payload`.
+    async fn send_frame<S: AsyncWrite + Unpin>(
+        s: &mut S,
+        b0: u8,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        let mut f = vec![b0];
         let n = payload.len();
         if n < 126 {
             f.push(0x80 | n as u8);
