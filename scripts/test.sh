@@ -15,7 +15,7 @@ required=(
   setpriv:util-linux
   # Descriptor limits of the server and agent under test (crates/culvert/tests/fd_limit.rs).
   prlimit:util-linux
-  # DNS behind the tunnel (tests/tests/udp_e2e.rs): dnsmasq answers dig through a UDP service.
+  # DNS behind the tunnel (tests/tests/udp_dns.rs): dnsmasq answers dig through a UDP service.
   # dnsmasq-base is the program alone: the dnsmasq package would also start a system-wide
   # resolver on port 53.
   dnsmasq:dnsmasq-base

@@ -42,17 +42,14 @@ async fn server_on(addr: SocketAddr, tls: ServerTls) -> ServerHandle {
     let mut config = ServerConfig::new(addr, port_range());
     config.public_bind = Ipv4Addr::LOCALHOST.into();
     // Each agent registers one service; the default per-address admission limits hold.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match Server::bind(config.clone(), tokens.clone(), Some(tls.clone())).await {
-            Ok(s) => return s.spawn().expect("spawn the server"),
-            // The old listener's port may take a moment to be free again.
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("bind {addr}: {e}"),
-        }
-    }
+    // The old listener's port may take a moment to be free again.
+    let what = format!("binding {addr} again");
+    eventually_async(WAIT, &what, || {
+        Server::bind(config.clone(), tokens.clone(), Some(tls.clone()))
+    })
+    .await
+    .spawn()
+    .expect("spawn the server")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

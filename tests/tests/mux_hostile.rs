@@ -10,6 +10,7 @@ use culvert_proto::config::{
 use culvert_proto::{
     Config, Connection, ConnectionError, Control, DecodeError, Frame, Side, StreamId,
 };
+use culvert_testkit::frames::{encode, feed, open};
 
 fn server() -> (Connection, Instant) {
     let now = Instant::now();
@@ -17,25 +18,6 @@ fn server() -> (Connection, Instant) {
         Connection::new(Side::Server, Config::default(), now).unwrap(),
         now,
     )
-}
-
-fn enc(frames: &[Frame]) -> Bytes {
-    let mut b = BytesMut::new();
-    for f in frames {
-        f.encode(&mut b).unwrap();
-    }
-    b.freeze()
-}
-
-fn open(seq: u64) -> Frame {
-    Frame::StreamOpen {
-        id: StreamId::new(Side::Client, seq),
-        target: "svc".into(),
-    }
-}
-
-fn feed(c: &mut Connection, now: Instant, frames: &[Frame]) -> Result<(), ConnectionError> {
-    c.handle_bytes(now, enc(frames))
 }
 
 // A length above the frame cap is refused from the 5 header bytes alone.
@@ -51,7 +33,7 @@ fn oversize_length_refused_from_header() {
         }))
     ));
     // The connection stays failed.
-    assert!(c.handle_bytes(now, enc(&[open(0)])).is_err());
+    assert!(c.handle_bytes(now, encode(&[open(0)])).is_err());
 }
 
 // Zero-length data frames are a flood vector and are refused; a zero-length header of a
@@ -100,7 +82,7 @@ fn unknown_type_refused() {
 #[test]
 fn truncated_frames() {
     let (mut c, now) = server();
-    let whole = enc(&[open(0)]);
+    let whole = encode(&[open(0)]);
     c.handle_bytes(now, whole.slice(..whole.len() - 1)).unwrap();
     assert!(c.poll_event().is_none(), "incomplete frame yields nothing");
     c.handle_bytes(now, whole.slice(whole.len() - 1..)).unwrap();
@@ -285,7 +267,7 @@ fn credit_overflow_refused() {
     let id = c.open_stream("svc").unwrap();
     let r = c.handle_bytes(
         now,
-        enc(&[Frame::StreamCredit {
+        encode(&[Frame::StreamCredit {
             id,
             increment: MAX_WINDOW,
         }]),
@@ -294,7 +276,7 @@ fn credit_overflow_refused() {
     let mut c = Connection::new(Side::Client, Config::default(), now).unwrap();
     let r = c.handle_bytes(
         now,
-        enc(&[Frame::ConnCredit {
+        encode(&[Frame::ConnCredit {
             increment: (1 << 62) - 1,
         }]),
     );
@@ -368,7 +350,7 @@ fn heartbeat_flood_refused() {
     let (mut c, now) = server();
     for i in 0..200u64 {
         let t = now + Duration::from_millis(250 * i);
-        c.handle_bytes(t, enc(&[hb(i)])).unwrap();
+        c.handle_bytes(t, encode(&[hb(i)])).unwrap();
     }
 }
 

@@ -9,7 +9,7 @@ mod support;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use culvert_agent::{Agent, AgentConfig, AgentHandle};
@@ -69,17 +69,16 @@ fn log_text() -> String {
 
 /// Waits (bounded) until the logs contain `needle`; fails with the logs otherwise.
 async fn expect_log(needle: &str) {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if log_text().contains(needle) {
-            return;
+    let what = format!("a log line containing {needle:?}");
+    eventually_async(WAIT, &what, || async {
+        let logs = log_text();
+        if logs.contains(needle) {
+            Ok(())
+        } else {
+            Err(culvert_testkit::Text(tail(&logs).to_owned()))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "no log line contains {needle:?}; logs:\n{}",
-        tail(&log_text())
-    );
+    })
+    .await
 }
 
 fn tail(s: &str) -> &str {
@@ -399,6 +398,20 @@ async fn refused_agents_leave_a_working_agent_alone() {
     assert_eq!(bad.connections_up(), 0);
     assert_eq!(server.handle.sessions().len(), 1);
     assert_eq!(good.connections_up(), 4);
+    // The bad agent did dial and was refused: it says so, and the server counted it (this
+    // test used to pass even if the bad agent never reached the server).
+    let refusal = eventually_async(WAIT, "the bad agent's refusal", || async {
+        bad.last_error()
+            .filter(|e| e.contains("server refused the token"))
+            .ok_or(bad.last_error())
+    })
+    .await;
+    eprintln!("the bad agent was refused: {refusal}");
+    let refused = metric(&server.handle.metrics(), "culvert_auth_failures_total");
+    assert!(
+        refused >= Some(1),
+        "the server counted no Auth failure (culvert_auth_failures_total {refused:?})"
+    );
     bad.shutdown();
     assert_secret_absent(&bad_token);
     assert_secret_absent(&server.token);

@@ -291,18 +291,7 @@ fn fallback_fail_refuses_at_once_and_direct_dials_the_service() {
 
 /// Waits for `p` to exit within `limit`; panics with its log otherwise.
 fn wait_child_proc(p: &mut Proc, limit: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(s) = p.exited() {
-            return s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "process did not exit within {limit:?}:\n{}",
-            p.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    p.expect_exit(limit)
 }
 
 #[test]

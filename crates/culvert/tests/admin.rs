@@ -61,7 +61,7 @@ fn metrics_count_exact_bytes_and_readyz_follows_the_server() {
     ];
     let (_agent, public) = start_agent(&agent_args, "echo");
     assert!(
-        eventually(WAIT, || admin_get(agent_admin, "/readyz")
+        poll_until(WAIT, || admin_get(agent_admin, "/readyz")
             .is_some_and(|(c, _)| c == 200)),
         "agent never ready"
     );
@@ -93,7 +93,7 @@ fn metrics_count_exact_bytes_and_readyz_follows_the_server() {
         })
     };
     assert!(
-        eventually(WAIT, || counted("in") == Some(N as u64)
+        poll_until(WAIT, || counted("in") == Some(N as u64)
             && counted("out") == Some(N as u64)),
         "byte counters: in {:?}, out {:?}, expected {N}",
         counted("in"),
@@ -133,7 +133,7 @@ fn metrics_count_exact_bytes_and_readyz_follows_the_server() {
     // the check allows scheduling slack but no more than a few intervals).
     server.kill();
     assert!(
-        eventually(Duration::from_secs(4), || admin_get(agent_admin, "/readyz")
+        poll_until(Duration::from_secs(4), || admin_get(agent_admin, "/readyz")
             .is_some_and(|(c, _)| c == 503)),
         "agent still ready after the server died"
     );
@@ -143,7 +143,7 @@ fn metrics_count_exact_bytes_and_readyz_follows_the_server() {
         .try_wait_line("tunnel endpoint ready", 0, WAIT)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        eventually(Duration::from_secs(30), || admin_get(
+        poll_until(Duration::from_secs(30), || admin_get(
             agent_admin,
             "/readyz"
         )

@@ -174,18 +174,7 @@ fn a_refused_token_is_said_once_and_not_retried_at_full_pace() {
 
 /// Waits (bounded) for `p` to exit and returns its status.
 fn wait_exit(p: &mut Proc) -> std::process::ExitStatus {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(s) = p.exited() {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not exit:\n{}",
-            p.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    p.expect_exit(WAIT)
 }
 
 #[test]
@@ -216,7 +205,7 @@ fn an_untrusted_certificate_is_said_once_with_the_fix() {
             .args(agent_cmd(&url, &good, echo, &["--fingerprint", &zeros])),
     );
     pinned.wait_line("permanent error", 0, WAIT);
-    assert!(eventually(WAIT, || failed() >= 1));
+    assert!(poll_until(WAIT, || failed() >= 1));
     let before = failed();
     std::thread::sleep(Duration::from_secs(5));
     let more = failed() - before;

@@ -76,7 +76,7 @@ fn refused_backend_closes_the_client_at_once_and_spares_the_others() {
 
     let pump = EchoPump::start(t.public("echo"), 0x5eed_0002);
     assert!(
-        eventually(WAIT, || pump.read() >= 1 << 20),
+        poll_until(WAIT, || pump.read() >= 1 << 20),
         "the transfer did not get going"
     );
     let window = Duration::from_secs(1);
@@ -107,7 +107,7 @@ fn refused_backend_closes_the_client_at_once_and_spares_the_others() {
             // The transfer on the other service is not held up by the refusals.
             let limit = Duration::from_secs(5);
             assert!(
-                eventually(limit, || pump.read() > moved),
+                poll_until(limit, || pump.read() > moved),
                 "the transfer stood still for {limit:?} during refusals {}..={round}",
                 round + 1 - BATCH
             );

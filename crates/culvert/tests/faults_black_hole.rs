@@ -147,7 +147,7 @@ fn black_hole_mid_transfer_is_noticed_and_survived() {
     );
     let (mut agent, public) = start_agent(&args, "echo");
     assert!(
-        eventually(WAIT, || admin_get(agent_admin, "/readyz")
+        poll_until(WAIT, || admin_get(agent_admin, "/readyz")
             .is_some_and(|(c, _)| c == 200)),
         "agent never ready"
     );
@@ -160,7 +160,7 @@ fn black_hole_mid_transfer_is_noticed_and_survived() {
     // Eight transfers, spread round-robin over the two connections.
     let busy: Vec<Busy> = (0..8).map(|_| Busy::start(public)).collect();
     assert!(
-        eventually(WAIT, || busy.iter().all(|b| b.read() >= 256 << 10)),
+        poll_until(WAIT, || busy.iter().all(|b| b.read() >= 256 << 10)),
         "transfers did not get going"
     );
 
@@ -232,7 +232,7 @@ fn black_hole_mid_transfer_is_noticed_and_survived() {
             .unwrap_or_default()
     };
     assert!(
-        eventually(Duration::from_secs(10), || {
+        poll_until(Duration::from_secs(10), || {
             let s = sessions();
             s.len() == 1 && s[0]["connections"] == 2
         }),
@@ -240,7 +240,7 @@ fn black_hole_mid_transfer_is_noticed_and_survived() {
         sessions()
     );
     assert!(
-        eventually(Duration::from_secs(10), || admin_get(
+        poll_until(Duration::from_secs(10), || admin_get(
             agent_admin,
             "/readyz"
         )

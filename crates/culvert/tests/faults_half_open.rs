@@ -41,7 +41,7 @@ fn stall_one_direction(dir: Direction, mid_transfer: bool) {
     let pump = mid_transfer.then(|| {
         let p = EchoPump::start(public, 0x4a1f_0e11);
         assert!(
-            eventually(WAIT, || p.read() >= 1 << 20),
+            poll_until(WAIT, || p.read() >= 1 << 20),
             "the transfer did not get going"
         );
         p
@@ -84,7 +84,7 @@ fn stall_one_direction(dir: Direction, mid_transfer: bool) {
 
     if let Some(p) = &pump {
         assert!(
-            eventually(bound, || p.ended().is_some()),
+            poll_until(bound, || p.ended().is_some()),
             "the transfer on the stale connection is hung"
         );
         let ended = p.ended().unwrap();
@@ -102,7 +102,7 @@ fn stall_one_direction(dir: Direction, mid_transfer: bool) {
     let limit = Duration::from_secs(10);
     t.wait_healthy(limit.saturating_sub(t0.elapsed()));
     assert!(
-        eventually(limit.saturating_sub(t0.elapsed()), || probe(
+        poll_until(limit.saturating_sub(t0.elapsed()), || probe(
             public,
             Duration::from_secs(2)
         )),

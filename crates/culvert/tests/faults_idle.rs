@@ -91,7 +91,7 @@ fn ten_thousand_idle_connections_held_then_each_used_once() {
             .env("CULVERT_IDLE_BACKEND_PORTFILE", &portfile),
     );
     assert!(
-        eventually(WAIT, || std::fs::read_to_string(&portfile)
+        poll_until(WAIT, || std::fs::read_to_string(&portfile)
             .is_ok_and(|p| p.ends_with('\n'))),
         "the echo backend did not start:\n{}",
         backend_proc.log()

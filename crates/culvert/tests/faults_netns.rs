@@ -229,7 +229,7 @@ fn agent_in_a_namespace_survives_its_link_going_down() {
     ns.link(true);
     let healed = Instant::now();
     assert!(
-        eventually(Duration::from_secs(30), || echo_round_trip(
+        poll_until(Duration::from_secs(30), || echo_round_trip(
             public, b"again"
         )
         .is_ok_and(|b| b == b"again")),

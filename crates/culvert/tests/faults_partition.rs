@@ -94,7 +94,7 @@ fn agent_serves_again_soon_after_a_partition_heals() {
     // takes milliseconds. Bound: the agent's backoff cap in these conditions (about 16 s
     // after four failures at most) plus one connect timeout (10 s).
     let mut tries = 0;
-    let ok = eventually(Duration::from_secs(30), || {
+    let ok = poll_until(Duration::from_secs(30), || {
         tries += 1;
         let mut s = match std::net::TcpStream::connect(("127.0.0.1", public)) {
             Ok(s) => s,
@@ -138,14 +138,14 @@ fn agent_serves_again_soon_after_a_partition_heals() {
             .map(|s| s.iter().filter(|s| s["token"] == "agent").count())
     };
     assert!(
-        eventually(Duration::from_secs(10), || {
+        poll_until(Duration::from_secs(10), || {
             agent_sessions(&sessions(server_admin)) == Some(1)
         }),
         "exactly one session after the heal: {}",
         sessions(server_admin)
     );
     assert!(
-        eventually(Duration::from_secs(10), || {
+        poll_until(Duration::from_secs(10), || {
             admin_get(agent_admin, "/readyz").is_some_and(|(c, _)| c == 200)
         }),
         "agent ready after the heal: {}",

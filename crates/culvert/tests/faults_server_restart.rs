@@ -49,7 +49,7 @@ fn agent_is_back_soon_after_the_server_restarts() {
 
     let limit = Duration::from_secs(10);
     let mut tries = 0;
-    let serving = eventually(Duration::from_secs(30), || {
+    let serving = poll_until(Duration::from_secs(30), || {
         tries += 1;
         probe(public, Duration::from_secs(2))
     });

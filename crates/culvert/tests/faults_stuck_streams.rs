@@ -239,7 +239,7 @@ fn stuck_streams_hold_no_more_than_their_windows() {
     pattern(SEED_SOURCE, 0, &mut want);
     assert!(got == want, "the stuck stream resumed with other bytes");
     assert!(
-        eventually(Duration::from_secs(10), || source_written
+        poll_until(Duration::from_secs(10), || source_written
             .load(Ordering::Relaxed)
             > stuck.stuck_at.1),
         "the source's writes did not resume"
@@ -281,7 +281,7 @@ fn stuck_streams_do_not_slow_the_others() {
     let t = tunnel("stuck-throughput", source_written.clone());
     let pump = EchoPump::start(t.public("echo"), SEED_ECHO);
     assert!(
-        eventually(WAIT, || pump.read() >= 8 << 20),
+        poll_until(WAIT, || pump.read() >= 8 << 20),
         "the transfer did not get going"
     );
     let median = |pump: &EchoPump| {

@@ -8,7 +8,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
@@ -58,14 +58,14 @@ fn flood(public: u16) -> (Vec<TcpStream>, usize) {
 
 /// Once the flood's connections are closed, a new client is served again.
 fn served_again(public: u16) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match echo_round_trip(public, b"again") {
-            Ok(v) if v == b"again" => return,
-            r if Instant::now() > deadline => panic!("not served again: {r:?}"),
-            _ => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+    eventually(
+        WAIT,
+        "a new client served again",
+        || match echo_round_trip(public, b"again") {
+            Ok(v) if v == b"again" => Ok(()),
+            r => Err(r),
+        },
+    );
 }
 
 fn lines_containing(p: &Proc, needle: &str) -> usize {

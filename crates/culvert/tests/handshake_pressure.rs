@@ -85,7 +85,7 @@ fn an_agent_gets_in_past_two_thousand_stalled_handshakes() {
     });
     let half = STALLED / 2;
     assert!(
-        eventually(WAIT, || opened.load(std::sync::atomic::Ordering::Relaxed)
+        poll_until(WAIT, || opened.load(std::sync::atomic::Ordering::Relaxed)
             >= half),
         "the flood did not get going"
     );

@@ -285,7 +285,7 @@ fn http_requests_reach_the_backend_with_the_injected_credential_and_nothing_else
     let bearer = format!("Authorization: Bearer {caller}");
     // Registered: the service answers (503 until the agent is in).
     assert!(
-        eventually(Duration::from_secs(30), || curl(&["-H", &bearer, &url]).0
+        poll_until(Duration::from_secs(30), || curl(&["-H", &bearer, &url]).0
             == 200),
         "service never answered\n--- agent:\n{}\n--- server:\n{}",
         agent.log(),
@@ -374,7 +374,7 @@ fn http_requests_reach_the_backend_with_the_injected_credential_and_nothing_else
     // Agent gone: 503 with Retry-After and the service named; back: answers again.
     agent.kill();
     assert!(
-        eventually(Duration::from_secs(30), || curl(&["-H", &bearer, &url]).0
+        poll_until(Duration::from_secs(30), || curl(&["-H", &bearer, &url]).0
             == 503),
         "no 503 once the agent is gone"
     );
@@ -384,7 +384,7 @@ fn http_requests_reach_the_backend_with_the_injected_credential_and_nothing_else
     assert!(body.contains("\"service\":\"acme/erp\""), "{body}");
     let mut agent = start_agent_via(&config);
     assert!(
-        eventually(Duration::from_secs(30), || curl(&["-H", &bearer, &url]).0
+        poll_until(Duration::from_secs(30), || curl(&["-H", &bearer, &url]).0
             == 200),
         "service not back with the agent\n--- agent:\n{}",
         agent.log()
@@ -454,7 +454,7 @@ fn bulk_both_ways_with_bounded_memory_websocket_host_route_and_token_header() {
     let token_header = format!("X-Culvert-Token: {caller}");
     let base = format!("http://{http}/t/acme/erp");
     assert!(
-        eventually(Duration::from_secs(30), || {
+        poll_until(Duration::from_secs(30), || {
             curl(&["-H", &token_header, &format!("{base}/x")]).0 == 200
         }),
         "service never answered\n--- agent:\n{}",

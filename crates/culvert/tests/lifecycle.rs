@@ -69,12 +69,8 @@ fn sigterm_lets_a_transfer_finish_within_the_grace_then_exits() {
     // The client is done too: the stream is now finished in both directions.
     drop(c);
     // The server exits once the stream is done, long before the 60 s grace.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.exited().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let status = server
-        .exited()
+        .wait_exit(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("server did not exit after draining:\n{}", server.log()));
     assert!(status.success(), "clean exit: {status:?}\n{}", server.log());
     assert!(term_at.elapsed() < Duration::from_secs(30));

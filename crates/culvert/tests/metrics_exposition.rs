@@ -135,7 +135,7 @@ fn server_agent_and_access_metrics_are_valid_prometheus_text() {
     };
     // The server: every family the README names, the open latency observed, UDP counted.
     assert!(
-        eventually(WAIT, || {
+        poll_until(WAIT, || {
             let body = scrape(server_admin);
             parse_exposition(&body).is_ok_and(|f| {
                 samples(&f, "culvert_stream_open_seconds")
@@ -235,7 +235,7 @@ fn server_agent_and_access_metrics_are_valid_prometheus_text() {
 
     // `culvert access`.
     assert!(
-        eventually(WAIT, || {
+        poll_until(WAIT, || {
             parse_exposition(&scrape(access_admin)).is_ok_and(|f| {
                 samples(&f, "culvert_access_bytes_up_total")
                     .iter()

@@ -7,7 +7,7 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::pg::*;
 use support::*;
@@ -131,20 +131,13 @@ fn wait_tunnel(
     what: &str,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, &format!("tunnel {tunnel} to become {what}"), || {
         let all = tunnels(admin);
-        if let Some(t) = all.iter().find(|t| t["name"] == tunnel) {
-            if pred(t) {
-                return t.clone();
-            }
+        match all.iter().find(|t| t["name"] == tunnel) {
+            Some(t) if pred(t) => Ok(t.clone()),
+            _ => Err(all),
         }
-        assert!(
-            Instant::now() < deadline,
-            "tunnel {tunnel} never became {what}: {all:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }
 
 fn pgbench_through(pgbench: &Path, port: u16, label: &str) -> String {

@@ -45,7 +45,7 @@ fn start_proxy(dir: &Path, port: u16, server_port: u16) -> Proc {
         Command::new(tinyproxy()).arg("-d").arg("-c").arg(&conf),
     );
     assert!(
-        eventually(Duration::from_secs(20), || listening(port)),
+        poll_until(Duration::from_secs(20), || listening(port)),
         "tinyproxy did not listen on {port}:\n{}",
         p.log()
     );
@@ -94,7 +94,7 @@ fn an_agent_behind_a_proxy_connects_and_comes_back_when_the_proxy_does() {
     // The proxy carried it: it logged the CONNECT to the server's port.
     let target = format!("127.0.0.1:{port}");
     assert!(
-        eventually(Duration::from_secs(10), || proxy.log().contains(&target)),
+        poll_until(Duration::from_secs(10), || proxy.log().contains(&target)),
         "tinyproxy logged no CONNECT to {target}:\n{}",
         proxy.log()
     );
@@ -108,7 +108,7 @@ fn an_agent_behind_a_proxy_connects_and_comes_back_when_the_proxy_does() {
     // Back on the same port: the agent reconnects by itself and the service works again.
     let proxy = start_proxy(dir.path(), proxy_port, port);
     assert!(
-        eventually(Duration::from_secs(90), || {
+        poll_until(Duration::from_secs(90), || {
             echo_round_trip(public, b"back").is_ok_and(|b| b == b"back")
         }),
         "service not back through the restarted proxy\n--- agent:\n{}\n--- proxy:\n{}",

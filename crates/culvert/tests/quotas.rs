@@ -135,7 +135,7 @@ fn a_sessions_connections_are_capped_and_the_agent_keeps_working() {
     a.wait_line("retry in 30 s", 0, WAIT);
     server.wait_line("connection refused: quota reached", 0, WAIT);
     assert!(
-        eventually(WAIT, || server_metric(
+        poll_until(WAIT, || server_metric(
             admin,
             "culvert_quota_refusals_total{scope=\"session\",limit=\"connections\"}"
         ) >= 2),

@@ -103,7 +103,7 @@ fn assert_cut(mut s: TcpStream, what: &str) {
 /// Fails unless 127.0.0.1:`port` stops accepting connections within [`WAIT`].
 fn assert_refuses(port: u16, what: &str) {
     assert!(
-        eventually(WAIT, || TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        poll_until(WAIT, || TcpStream::connect((Ipv4Addr::LOCALHOST, port))
             .is_err()),
         "{what}: port {port} still accepts connections after the reload"
     );

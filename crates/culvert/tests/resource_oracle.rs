@@ -378,7 +378,7 @@ async fn refused_opens_while_never_reading_stay_under_the_bound_and_end_with_goa
             .unwrap_or(0)
     };
     assert!(
-        eventually(WAIT, || limited("resets") + limited("control_queue") >= 1),
+        poll_until(WAIT, || limited("resets") + limited("control_queue") >= 1),
         "culvert_connections_limited_total counts the connection"
     );
 }

@@ -509,16 +509,7 @@ fn access_once(
 
 /// Waits at most `limit` for `p` to exit.
 fn wait_child_status(p: &mut Proc, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(s) = p.exited() {
-            return Some(s);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    p.wait_exit(limit)
 }
 
 /// Streams 4 KiB blocks through the access port until it closes; returns how it ended and
@@ -614,7 +605,7 @@ impl Agent {
         let port = field(&line, "public_port")
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| format!("no public port in {line:?}"))?;
-        if !eventually(READY_WITHIN, || ready(admin)) {
+        if !poll_until(READY_WITHIN, || ready(admin)) {
             return Err(format!("agent {name} not ready:\n{}", p.log()));
         }
         Ok((p, port))
@@ -700,7 +691,7 @@ fn soak() {
         ],
     );
     assert!(
-        eventually(WAIT, || admin_get(server_admin, "/metrics").is_some()),
+        poll_until(WAIT, || admin_get(server_admin, "/metrics").is_some()),
         "server admin never answered"
     );
     let relay = FaultRelay::start(([127, 0, 0, 1], server_port).into());
@@ -751,7 +742,7 @@ fn soak() {
         "agent a's pool goes through the relay"
     );
     assert!(
-        eventually(WAIT, || sessions(server_admin) == [2, 2]),
+        poll_until(WAIT, || sessions(server_admin) == [2, 2]),
         "two sessions of two connections after setup: {:?}",
         sessions(server_admin)
     );
@@ -908,7 +899,7 @@ fn soak() {
             std::thread::sleep(BLACK_HOLE_FOR);
             relay.heal();
             let healed = Instant::now();
-            if !eventually(READY_WITHIN, || ready(agents[0].admin)) {
+            if !poll_until(READY_WITHIN, || ready(agents[0].admin)) {
                 hard_events.push(format!(
                     "agent a not ready {READY_WITHIN:?} after a black hole healed"
                 ));
@@ -960,7 +951,7 @@ fn soak() {
             sessions(server_admin),
         )
     };
-    let quiet = eventually(QUIET_WITHIN, || {
+    let quiet = poll_until(QUIET_WITHIN, || {
         let (ss, pt, ast, ar, sf, sess) = read_state();
         ss == Some(0)
             && pt == Some(public_services)

@@ -57,7 +57,7 @@ fn service_keeps_its_port_across_a_server_restart() {
         .unwrap_or_else(|e| panic!("{e}"));
     // A reconnects by itself (backoff) and registers again.
     assert!(
-        eventually(Duration::from_secs(30), || {
+        poll_until(Duration::from_secs(30), || {
             admin_get(admin, "/readyz").is_some_and(|(c, _)| c == 200)
         }),
         "agent back after the restart:\n{}",

@@ -7,7 +7,7 @@ mod support;
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use support::*;
@@ -43,14 +43,12 @@ fn banner(port: u16) -> String {
 /// The banner through `port` once the path there is up (a node tunnel connects a moment
 /// after its process starts): retried while empty, within [`WAIT`].
 fn banner_when_up(port: u16) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let b = banner(port);
-        if !b.is_empty() || Instant::now() >= deadline {
-            return b;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut b = String::new();
+    poll_until(WAIT, || {
+        b = banner(port);
+        !b.is_empty()
+    });
+    b
 }
 
 /// A token file written as before tenants and roles existed (each entry its own tenant,
@@ -123,14 +121,7 @@ fn node_with_tunnels(dir: &Path, server: u16, tunnels: &[(&str, &Path, u16, &str
 
 /// Waits for `p` to exit within `limit`; panics with its log otherwise.
 fn exit_of(p: &mut Proc, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(s) = p.exited() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "did not exit:\n{}", p.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    p.expect_exit(limit)
 }
 
 /// The "second token steals streams" finding: with a token file of the old format, two
@@ -334,15 +325,16 @@ fn an_access_only_token_may_not_register_or_dial() {
         b_listen,
         &[("dial", &viewer, fwd, &format!("127.0.0.1:{echo}"))],
     );
-    let deadline = Instant::now() + WAIT;
-    while !b.log().contains("the token has no node role") {
-        assert!(Instant::now() < deadline, "no refusal logged:\n{}", b.log());
+    eventually(WAIT, "the node to log the refusal", || {
+        if b.log().contains("the token has no node role") {
+            return Ok(());
+        }
         let got = echo_round_trip(fwd, b"dial");
         assert!(
             got.as_ref().map_or(true, |v| v.is_empty()),
             "an access-only token had the node dial: {got:?}"
         );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        Err(Text(b.log()))
+    });
     a.wait_line("not allowed", 0, WAIT);
 }

@@ -4,6 +4,8 @@
 //! of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod codec;
+
 use bytes::{Bytes, BytesMut};
 use culvert_proto::control::{AuthExt, ConnectExt, RegisterExt, RegisterOkExt};
 use culvert_proto::frame::MAX_TARGET_LEN;

@@ -4,11 +4,12 @@
 //!
 //! Each test file includes this module with `mod support;` and uses only part of it, hence
 //! the `dead_code` allowance.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+pub mod udp;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use culvert_agent::{Agent, AgentConfig, AgentHandle, ServiceSpec};
@@ -19,6 +20,8 @@ use culvert_transport::ws::ServerUrl;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+pub use culvert_testkit::{eventually, eventually_async, metric, poll_until_async, TempDir};
 
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
@@ -59,10 +62,10 @@ pub async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) 
 /// 200 public ports for one server, below the ephemeral range and chosen at random, so tests
 /// running in parallel rarely share ports (and the server skips ports it cannot bind).
 pub fn port_range() -> PortRange {
-    let start = 20_000 + (rand::random::<u16>() % 50) * 200;
+    let block = culvert_testkit::port_block();
     PortRange {
-        start,
-        end: start + 199,
+        start: *block.start(),
+        end: *block.end(),
     }
 }
 
@@ -355,33 +358,6 @@ pub async fn wait_closed<R: AsyncRead + Unpin>(
     }
 }
 
-/// A scratch directory, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// A fresh directory named after `tag`.
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "culvert-{tag}-{}-{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A TLS connection to the server's control port, verifying its pinned certificate.
 pub async fn tls_connect(
     server: &TestServer,
@@ -442,7 +418,25 @@ pub mod rawws {
         s: &mut S,
         payload: &[u8],
     ) -> std::io::Result<()> {
-        let mut f = vec![0x82u8];
+        send_frame(s, 0x82, payload).await
+    }
+
+    /// Sends the first frame of a binary message that never ends (FIN clear): a peer
+    /// waiting for the whole message waits.
+    pub async fn send_unfinished_binary<S: AsyncWrite + Unpin>(
+        s: &mut S,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        send_frame(s, 0x02, payload).await
+    }
+
+    /// Sends one masked frame with first byte `b0` (FIN bit and opcode) holding `payload`.
+    async fn send_frame<S: AsyncWrite + Unpin>(
+        s: &mut S,
+        b0: u8,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        let mut f = vec![b0];
         let n = payload.len();
         if n < 126 {
             f.push(0x80 | n as u8);
