@@ -3,12 +3,10 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::control::Control;
-use crate::header::{FrameType, HEADER_LEN, MAX_PAYLOAD_LEN};
+pub use crate::header::MAX_TARGET_LEN;
+use crate::header::{FrameType, Header, HEADER_LEN, MAX_PAYLOAD_LEN};
 use crate::reader::Reader;
 use crate::{varint, writer, DecodeError, EncodeError, StreamId};
-
-/// Longest stream-open target, in bytes (a host name plus port fits many times over).
-pub const MAX_TARGET_LEN: usize = 1024;
 
 /// A decoded frame: a control message or a data-plane frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,8 +211,7 @@ pub(crate) fn encode_data(
         });
     }
     buf.reserve(HEADER_LEN + len);
-    buf.put_u8(FrameType::StreamData as u8);
-    buf.put_u32(len as u32);
+    Header::put(buf, FrameType::StreamData, len);
     varint::put(buf, id.0);
     buf.put_slice(data);
     Ok(())
