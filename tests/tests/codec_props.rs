@@ -9,7 +9,7 @@ use culvert_proto::control::RegisterOkExt;
 use culvert_proto::frame::MAX_TARGET_LEN;
 use culvert_proto::{
     varint, Control, DecodeError, EncodeError, Frame, FrameDecoder, FrameType, Header,
-    ServiceProtocol, StreamId, Token, HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD_LEN,
+    ServiceProtocol, StreamId, Target, Token, HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD_LEN,
 };
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -241,7 +241,7 @@ proptest! {
             }),
             2 => Frame::StreamData { id: StreamId(0), data: Bytes::from(vec![0; MAX_PAYLOAD_LEN + extra]) },
             3 => Frame::Datagram { flow: 1, data: Bytes::from(vec![0; MAX_PAYLOAD_LEN + extra]) },
-            4 => Frame::StreamOpen { id: StreamId(2), target: "t".repeat(MAX_TARGET_LEN + extra) },
+            4 => Frame::StreamOpen { id: StreamId(2), target: Target::Service("t".repeat(MAX_TARGET_LEN + extra)) },
             _ => Frame::StreamFin { id: StreamId(varint::MAX + extra as u64) },
         };
         let mut buf = BytesMut::from(&prior[..]);
@@ -569,13 +569,24 @@ fn truncated_payload_fields() {
         ),
         (
             FrameType::StreamOpen,
-            vec![0x04, 0x00],
+            vec![0x04],
+            truncated("StreamOpen", "kind"),
+        ),
+        (
+            FrameType::StreamOpen,
+            vec![0x04, 0x00, 0x00],
             truncated("StreamOpen", "target"),
         ),
         (
             FrameType::StreamOpen,
-            vec![0x04, 0x00, 0x03, b'a'],
+            vec![0x04, 0x00, 0x00, 0x03, b'a'],
             truncated("StreamOpen", "target"),
+        ),
+        // An inbound open (kind 5) without its connection id.
+        (
+            FrameType::StreamOpen,
+            vec![0x04, 0x05, 0x00, 0x01, b'a', 0x00],
+            truncated("StreamOpen", "connection_id"),
         ),
         (
             FrameType::StreamData,
@@ -697,7 +708,7 @@ fn malformed_fields() {
         ),
         (
             FrameType::StreamOpen,
-            vec![0x00, 0x00, 0x01, 0xff],
+            vec![0x00, 0x00, 0x00, 0x01, 0xff],
             not_utf8("StreamOpen", "target"),
         ),
         (
@@ -720,12 +731,12 @@ fn stream_open_target_too_long() {
         reason: "longer than MAX_TARGET_LEN",
     };
     let n = (MAX_TARGET_LEN + 1) as u16;
-    let mut payload = vec![0x00];
+    let mut payload = vec![0x00, 0x00];
     payload.extend_from_slice(&n.to_be_bytes());
     assert_eq!(err(FrameType::StreamOpen, &payload), too_long);
     payload.extend(std::iter::repeat_n(b'a', MAX_TARGET_LEN + 1));
     assert_eq!(err(FrameType::StreamOpen, &payload), too_long);
-    let mut max = vec![0x00];
+    let mut max = vec![0x00, 0x00];
     max.extend_from_slice(&(u16::MAX).to_be_bytes());
     assert_eq!(err(FrameType::StreamOpen, &max), too_long);
 
@@ -733,7 +744,7 @@ fn stream_open_target_too_long() {
     let target = "a".repeat(MAX_TARGET_LEN);
     let f = Frame::StreamOpen {
         id: StreamId(4),
-        target,
+        target: Target::Service(target),
     };
     assert_eq!(decode_one(&encode(&f)), Ok(f));
 }
@@ -774,7 +785,7 @@ fn trailing_bytes_on_fixed_layout_frames() {
         ),
         (
             FrameType::StreamOpen,
-            vec![0x00, 0x00, 0x01, b'a', b'b'],
+            vec![0x00, 0x00, 0x00, 0x01, b'a', b'b'],
             trailing("StreamOpen", 1),
         ),
         (
@@ -907,7 +918,7 @@ fn encode_errors() {
     assert_encode_err(
         &Frame::StreamOpen {
             id: StreamId(0),
-            target: "t".repeat(MAX_TARGET_LEN + 1),
+            target: Target::Service("t".repeat(MAX_TARGET_LEN + 1)),
         },
         field("target", MAX_TARGET_LEN + 1, MAX_TARGET_LEN),
     );

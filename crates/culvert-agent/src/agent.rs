@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use culvert_proto::control::{AuthExt, RegisterExt, CULVERT_VERSION};
+use culvert_proto::control::{AuthExt, RegisterExt, CULVERT_VERSION, MIN_CULVERT_VERSION};
 use culvert_proto::{
-    reset_code, Config, Connection, Control, ServiceProtocol, Side, StreamId, Token,
+    reset_code, Config, Connection, Control, ServiceProtocol, Side, Target, Token,
 };
 use culvert_transport::tls::{client_config, Verify};
 use culvert_transport::ws::{dial, ServerUrl};
@@ -598,7 +598,13 @@ async fn connect(shared: &Arc<Shared>) -> Result<Connected, Failure> {
             .await
             .map_err(Failure::transient)?
         {
-            Control::AuthOk { .. } => {}
+            // An older server would open streams in the protocol-1 form: refused before any.
+            Control::AuthOk { ext, .. } => {
+                let version = ext.map(|e| e.version);
+                if version.is_none_or(|v| v < MIN_CULVERT_VERSION) {
+                    return Err(Failure::version(version));
+                }
+            }
             Control::AuthFail { reason } => return Err(Failure::auth(&reason)),
             other => {
                 return Err(Failure::transient(format!(
@@ -694,7 +700,8 @@ async fn next_control(
     }
 }
 
-/// Serves one connection until it closes: matches each Connect to its stream and relays it.
+/// Serves one connection until it closes: relays each inbound stream to its service, and
+/// each UDP Connect to a flow.
 async fn serve(
     shared: &Arc<Shared>,
     mux: &Mux,
@@ -708,9 +715,6 @@ async fn serve(
         flows.clone(),
         shared.local_flows.clone(),
     ));
-    // Streams opened by the server, waiting for their Connect (which names them).
-    // Bounded by the connection's stream limit.
-    let mut pending: HashMap<StreamId, (TunnelStream, ServiceSpec)> = HashMap::new();
     let targets: HashMap<String, ServiceSpec> = shared
         .config
         .services
@@ -727,13 +731,43 @@ async fn serve(
             },
         };
         match ev {
-            MuxEvent::Incoming(stream, target) => {
-                if let Some(svc) = targets.get(&target) {
-                    pending.insert(stream.id(), (stream, svc.clone()));
-                } else {
-                    tracing::warn!(target = ?target, "server opened a stream for an unknown service");
+            // The open carries the service and the public client: served at once, with no
+            // Connect to wait for (PROTOCOL.md §8 step 5).
+            MuxEvent::Incoming(
+                stream,
+                Target::Inbound {
+                    service,
+                    connection_id,
+                    client_addr,
+                },
+            ) => {
+                let Some(svc) = targets.get(&service) else {
+                    tracing::warn!(service = ?service, "server opened a stream for an unknown service");
                     stream.reset(reset_code::REFUSED);
-                }
+                    let _ = mux.send_control(Control::ConnectFail {
+                        connection_id,
+                        reason: "no such service".into(),
+                    });
+                    continue;
+                };
+                let counters = shared.counters.get(&svc.name).cloned().unwrap_or_default();
+                let span = tracing::debug_span!("conn", service = %svc.name, client = %client_addr);
+                tokio::spawn(
+                    forward(
+                        mux.clone(),
+                        stream,
+                        svc.clone(),
+                        connection_id,
+                        shared.config.dial_timeout,
+                        client_addr,
+                        counters,
+                    )
+                    .instrument(span),
+                );
+            }
+            MuxEvent::Incoming(stream, target) => {
+                tracing::warn!(%target, "server opened a stream of a kind an agent does not serve");
+                stream.reset(reset_code::REFUSED);
             }
             MuxEvent::Control(c) => {
                 mux.control_handled();
@@ -776,31 +810,12 @@ async fn serve(
                             );
                             continue;
                         }
-                        // The open named the service; the Connect names the stream and the client.
-                        let Some((stream, svc)) = ext.and_then(|e| pending.remove(&e.stream_id))
-                        else {
-                            let _ = mux.send_control(Control::ConnectFail {
-                                connection_id,
-                                reason: "no stream for this connection".into(),
-                            });
-                            continue;
-                        };
-                        let mux = mux.clone();
-                        let timeout = shared.config.dial_timeout;
-                        let counters = shared.counters.get(&svc.name).cloned().unwrap_or_default();
-                        let span = tracing::debug_span!("conn", service = %svc.name, client = %client_addr);
-                        tokio::spawn(
-                            forward(
-                                mux,
-                                stream,
-                                svc,
-                                connection_id,
-                                timeout,
-                                client_addr,
-                                counters,
-                            )
-                            .instrument(span),
-                        );
+                        // A TCP connection's open carries its client itself; a Connect
+                        // naming a stream is not part of protocol 2.
+                        let _ = mux.send_control(Control::ConnectFail {
+                            connection_id,
+                            reason: "no stream for this connection".into(),
+                        });
                     }
                     Control::Disconnect { reason } => {
                         return format!("server disconnected: {reason}")

@@ -12,6 +12,9 @@ pub const MAX_PAYLOAD_LEN: usize = MAX_FRAME_LEN - HEADER_LEN;
 /// Longest stream-open target, in bytes (a host name plus port fits many times over).
 /// Here rather than in `frame` because it sizes StreamOpen's payload cap below.
 pub const MAX_TARGET_LEN: usize = 1024;
+/// Largest StreamOpen payload: stream id, target kind, a target, and for an inbound open
+/// (`Target::Inbound`) a connection id and a client address as long as a target.
+pub const MAX_OPEN_PAYLOAD: usize = 8 + 1 + 2 + MAX_TARGET_LEN + 16 + 2 + MAX_TARGET_LEN;
 
 use bytes::BufMut;
 
@@ -86,7 +89,7 @@ frame_types! {
     /// Either side closes the session with a reason.
     Disconnect = 0x41, max MAX_PAYLOAD_LEN;
     /// Opens a stream towards a target.
-    StreamOpen = 0x50, max 8 + 2 + MAX_TARGET_LEN;
+    StreamOpen = 0x50, max MAX_OPEN_PAYLOAD;
     /// Bytes of a stream.
     StreamData = 0x51, max MAX_PAYLOAD_LEN;
     /// The sender finished its direction of a stream (half-close).

@@ -5,9 +5,9 @@ use bytes::Bytes;
 
 use super::stream::{RecvState, SendState};
 use super::{Connection, Datagram};
-use crate::frame::{Frame, MAX_TARGET_LEN};
+use crate::frame::Frame;
 use crate::header::MAX_PAYLOAD_LEN;
-use crate::{varint, StreamError, StreamId};
+use crate::{varint, EncodeError, StreamError, StreamId, Target};
 
 /// Result of [`Connection::read`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,24 +22,39 @@ pub enum ReadOutcome {
 }
 
 impl Connection {
+    /// Opens a stream towards `target`, written in the string grammar of PROTOCOL.md §8.1
+    /// (`?NAME`, `udp://…`, `HOST:PORT`, else a service); see [`Connection::open_stream_to`].
+    pub fn open_stream(&mut self, target: &str) -> Result<StreamId, StreamError> {
+        self.open_stream_to(Target::parse(target))
+    }
+
     /// Opens a stream towards `target`. Data may be written at once: it follows the open
     /// within the initial window, with no round trip.
-    pub fn open_stream(&mut self, target: &str) -> Result<StreamId, StreamError> {
-        if self.error.is_some() || self.peer_going_away || self.local_going_away {
-            return Err(StreamError::Closing);
-        }
-        if target.len() > MAX_TARGET_LEN {
-            return Err(StreamError::TargetTooLong(target.len()));
+    pub fn open_stream_to(&mut self, target: Target) -> Result<StreamId, StreamError> {
+        self.can_open_stream()?;
+        if let Err(EncodeError::FieldTooLong { len, .. }) = target.check() {
+            return Err(StreamError::TargetTooLong(len));
         }
         let Some(id) = self.limits.open_local() else {
             return Err(StreamError::StreamsExhausted);
         };
-        self.queue(Frame::StreamOpen {
-            id,
-            target: target.to_owned(),
-        });
+        self.queue(Frame::StreamOpen { id, target });
         self.insert_stream(id);
         Ok(id)
+    }
+
+    /// Whether [`Connection::open_stream_to`] would take a stream now: `Closing` when
+    /// either side is going away, `StreamsExhausted` (and [`super::Event::StreamsAvailable`]
+    /// follows the peer's next raise) at its stream limit. Lets a caller that waits for the
+    /// limit keep its target rather than clone it for every attempt.
+    pub fn can_open_stream(&mut self) -> Result<(), StreamError> {
+        if self.error.is_some() || self.peer_going_away || self.local_going_away {
+            return Err(StreamError::Closing);
+        }
+        if !self.limits.can_open_local() {
+            return Err(StreamError::StreamsExhausted);
+        }
+        Ok(())
     }
 
     /// Queues bytes on a stream; returns how many were accepted (the rest when

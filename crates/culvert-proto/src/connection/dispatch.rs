@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::stream::{self, RecvState};
 use super::{reset_code, Connection, Event, MAX_SHARED_CHUNKS};
 use crate::frame::Frame;
-use crate::{ConnectionError, Control, StreamId};
+use crate::{ConnectionError, Control, StreamId, Target};
 
 impl Connection {
     /// Feeds bytes received from the peer (any split of the frame stream) at time `now`.
@@ -145,7 +145,7 @@ impl Connection {
         }
     }
 
-    fn on_open(&mut self, id: StreamId, target: String) -> Result<(), ConnectionError> {
+    fn on_open(&mut self, id: StreamId, target: Target) -> Result<(), ConnectionError> {
         self.limits.check_peer_open(id)?;
         if self.peer_going_away {
             return Err(ConnectionError::OpenAfterGoAway);

@@ -47,6 +47,16 @@ impl StreamLimits {
         self.local_max_streams
     }
 
+    /// Whether the peer's limit lets us open a stream now; when not, the next raise is
+    /// announced.
+    pub(crate) fn can_open_local(&mut self) -> bool {
+        if self.next_local_seq >= self.peer_max_streams {
+            self.blocked = true;
+            return false;
+        }
+        true
+    }
+
     /// The id of the next stream we open, or `None` (and blocked) at the peer's limit.
     pub(crate) fn open_local(&mut self) -> Option<StreamId> {
         if self.next_local_seq >= self.peer_max_streams {
