@@ -34,7 +34,8 @@ use culvert_fuzz::ops::{FuzzConfig, Input, Op};
 use culvert_proto::frame::MAX_TARGET_LEN;
 use culvert_proto::varint;
 use culvert_proto::{
-    reset_code, Config, Connection, ConnectionError, Control, Event, ReadOutcome, Side, StreamId, Target,
+    reset_code, Config, Connection, ConnectionError, Control, Event, ReadOutcome, Side, StreamId,
+    Target,
 };
 use culvert_testkit::{transfer, Pair, BATCH};
 use libfuzzer_sys::fuzz_target;
