@@ -60,7 +60,13 @@ fn sample_frames() -> Vec<(&'static str, Frame)> {
                 }),
             }),
         ),
-        ("auth-ok", c(Control::AuthOk { tunnel_id: uuid(2) })),
+        (
+            "auth-ok",
+            c(Control::AuthOk {
+                tunnel_id: uuid(2),
+                ext: None,
+            }),
+        ),
         (
             "auth-fail",
             c(Control::AuthFail {

@@ -35,6 +35,7 @@ use culvert_proto::frame::MAX_TARGET_LEN;
 use culvert_proto::varint;
 use culvert_proto::{
     reset_code, Config, Connection, ConnectionError, Control, Event, ReadOutcome, Side, StreamId,
+    Target,
 };
 use culvert_testkit::{transfer, Pair, BATCH};
 use libfuzzer_sys::fuzz_target;
@@ -71,7 +72,7 @@ struct Model {
     streams: Vec<StreamId>,
     known: HashSet<StreamId>,
     /// Target each stream was opened with.
-    targets: HashMap<StreamId, String>,
+    targets: HashMap<StreamId, Target>,
     /// Streams whose StreamOpened event was seen.
     announced: HashSet<StreamId>,
     /// Bytes accepted by `write` on (stream, writing side).
@@ -400,7 +401,7 @@ impl Harness {
                         self.m.injected || !self.m.known.contains(&id),
                         "stream id {id:?} reused"
                     );
-                    self.m.targets.insert(id, target);
+                    self.m.targets.insert(id, Target::parse(&target));
                     self.learn(id);
                 }
             }

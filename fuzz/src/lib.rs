@@ -7,7 +7,7 @@ pub mod ops;
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
 use culvert_proto::control::{AuthExt, ConnectExt, RegisterExt, RegisterOkExt};
-use culvert_proto::{Control, Frame, FrameDecoder, ServiceProtocol, StreamId, Token};
+use culvert_proto::{Control, Frame, FrameDecoder, ServiceProtocol, StreamId, Target, Token};
 use uuid::Uuid;
 
 /// A stream id biased towards the small ids a connection actually uses.
@@ -123,6 +123,7 @@ impl ArbControl {
             },
             ArbControl::AuthOk { tunnel_id } => Control::AuthOk {
                 tunnel_id: u(tunnel_id),
+                ext: None,
             },
             ArbControl::AuthFail { reason } => Control::AuthFail { reason },
             ArbControl::Register {
@@ -195,9 +196,10 @@ impl ArbFrame {
     pub fn get(self) -> Frame {
         match self {
             ArbFrame::Control(c) => Frame::Control(c.get()),
+            // The string grammar picks the kind, so every kind but an inbound open occurs.
             ArbFrame::StreamOpen { id, target } => Frame::StreamOpen {
                 id: id.get(),
-                target,
+                target: Target::parse(&target),
             },
             ArbFrame::StreamData { id, data } => Frame::StreamData {
                 id: id.get(),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use culvert_proto::frame::MAX_TARGET_LEN;
 use culvert_proto::{
-    Control, DecodeError, Frame, FrameDecoder, FrameType, Header, StreamId, HEADER_LEN,
+    Control, DecodeError, Frame, FrameDecoder, FrameType, Header, StreamId, Target, HEADER_LEN,
     MAX_PAYLOAD_LEN,
 };
 
@@ -334,13 +334,24 @@ fn truncated_payload_fields() {
         ),
         (
             FrameType::StreamOpen,
-            vec![0x04, 0x00],
+            vec![0x04],
+            truncated("StreamOpen", "kind"),
+        ),
+        (
+            FrameType::StreamOpen,
+            vec![0x04, 0x00, 0x00],
             truncated("StreamOpen", "target"),
         ),
         (
             FrameType::StreamOpen,
-            vec![0x04, 0x00, 0x03, b'a'],
+            vec![0x04, 0x00, 0x00, 0x03, b'a'],
             truncated("StreamOpen", "target"),
+        ),
+        // An inbound open (kind 5) without its connection id.
+        (
+            FrameType::StreamOpen,
+            vec![0x04, 0x05, 0x00, 0x01, b'a', 0x00],
+            truncated("StreamOpen", "connection_id"),
         ),
         (
             FrameType::StreamData,
@@ -462,7 +473,7 @@ fn malformed_fields() {
         ),
         (
             FrameType::StreamOpen,
-            vec![0x00, 0x00, 0x01, 0xff],
+            vec![0x00, 0x00, 0x00, 0x01, 0xff],
             not_utf8("StreamOpen", "target"),
         ),
         (
@@ -485,12 +496,12 @@ fn stream_open_target_too_long() {
         reason: "longer than MAX_TARGET_LEN",
     };
     let n = (MAX_TARGET_LEN + 1) as u16;
-    let mut payload = vec![0x00];
+    let mut payload = vec![0x00, 0x00];
     payload.extend_from_slice(&n.to_be_bytes());
     assert_eq!(err(FrameType::StreamOpen, &payload), too_long);
     payload.extend(std::iter::repeat_n(b'a', MAX_TARGET_LEN + 1));
     assert_eq!(err(FrameType::StreamOpen, &payload), too_long);
-    let mut max = vec![0x00];
+    let mut max = vec![0x00, 0x00];
     max.extend_from_slice(&(u16::MAX).to_be_bytes());
     assert_eq!(err(FrameType::StreamOpen, &max), too_long);
 
@@ -498,7 +509,7 @@ fn stream_open_target_too_long() {
     let target = "a".repeat(MAX_TARGET_LEN);
     let f = Frame::StreamOpen {
         id: StreamId(4),
-        target,
+        target: Target::Service(target),
     };
     assert_eq!(decode_one(&encode(&f)), Ok(f));
 }
@@ -539,7 +550,7 @@ fn trailing_bytes_on_fixed_layout_frames() {
         ),
         (
             FrameType::StreamOpen,
-            vec![0x00, 0x00, 0x01, b'a', b'b'],
+            vec![0x00, 0x00, 0x00, 0x01, b'a', b'b'],
             trailing("StreamOpen", 1),
         ),
         (

@@ -9,7 +9,7 @@ use culvert_proto::control::RegisterOkExt;
 use culvert_proto::frame::MAX_TARGET_LEN;
 use culvert_proto::{
     varint, Control, DecodeError, EncodeError, Frame, FrameDecoder, ServiceProtocol, StreamId,
-    Token, MAX_FRAME_LEN, MAX_PAYLOAD_LEN,
+    Target, Token, MAX_FRAME_LEN, MAX_PAYLOAD_LEN,
 };
 use uuid::Uuid;
 
@@ -88,7 +88,7 @@ fn encode_errors() {
     assert_encode_err(
         &Frame::StreamOpen {
             id: StreamId(0),
-            target: "t".repeat(MAX_TARGET_LEN + 1),
+            target: Target::Service("t".repeat(MAX_TARGET_LEN + 1)),
         },
         field("target", MAX_TARGET_LEN + 1, MAX_TARGET_LEN),
     );

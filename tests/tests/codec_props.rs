@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 
 use culvert_proto::frame::MAX_TARGET_LEN;
 use culvert_proto::{
-    varint, Control, Frame, FrameDecoder, Header, ServiceProtocol, StreamId, HEADER_LEN,
+    varint, Control, Frame, FrameDecoder, Header, ServiceProtocol, StreamId, Target, HEADER_LEN,
     MAX_FRAME_LEN, MAX_PAYLOAD_LEN,
 };
 use proptest::prelude::*;
@@ -176,7 +176,7 @@ proptest! {
             }),
             2 => Frame::StreamData { id: StreamId(0), data: Bytes::from(vec![0; MAX_PAYLOAD_LEN + extra]) },
             3 => Frame::Datagram { flow: 1, data: Bytes::from(vec![0; MAX_PAYLOAD_LEN + extra]) },
-            4 => Frame::StreamOpen { id: StreamId(2), target: "t".repeat(MAX_TARGET_LEN + extra) },
+            4 => Frame::StreamOpen { id: StreamId(2), target: Target::Service("t".repeat(MAX_TARGET_LEN + extra)) },
             _ => Frame::StreamFin { id: StreamId(varint::MAX + extra as u64) },
         };
         let mut buf = BytesMut::from(&prior[..]);

@@ -38,7 +38,7 @@ fn open_write_finish_both_ways() {
         p.collect_events();
         for e in p.server_events.drain(..) {
             if let Event::StreamOpened { id, target } = e {
-                assert_eq!(target, "svc:echo");
+                assert_eq!(target, culvert_proto::Target::Dial("svc:echo".into()));
                 server_id = Some(id);
             }
         }

@@ -47,7 +47,7 @@ fn to_zlayer(c: &Control) -> Message {
             token: token.0,
             client_id,
         },
-        Control::AuthOk { tunnel_id } => Message::AuthOk { tunnel_id },
+        Control::AuthOk { tunnel_id, .. } => Message::AuthOk { tunnel_id },
         Control::AuthFail { reason } => Message::AuthFail { reason },
         Control::Register {
             name,
@@ -96,7 +96,10 @@ fn from_zlayer(m: &Message) -> Control {
             client_id,
             ext: None,
         },
-        Message::AuthOk { tunnel_id } => Control::AuthOk { tunnel_id },
+        Message::AuthOk { tunnel_id } => Control::AuthOk {
+            tunnel_id,
+            ext: None,
+        },
         Message::AuthFail { reason } => Control::AuthFail { reason },
         Message::Register {
             name,
@@ -613,7 +616,10 @@ fn random_v4_uuids() {
                 client_addr: "127.0.0.1:1".into(),
                 ext: None,
             },
-            Control::AuthOk { tunnel_id: a },
+            Control::AuthOk {
+                tunnel_id: a,
+                ext: None,
+            },
             Control::Unregister { service_id: b },
         ] {
             let ours = encode_control(&c);

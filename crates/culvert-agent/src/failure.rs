@@ -83,6 +83,9 @@ impl Failure {
 
     /// Classifies the server's AuthFail reason.
     pub fn auth(reason: &str) -> Failure {
+        if reason.starts_with("unsupported Culvert protocol version") {
+            return Failure::permanent(format!("server refused this agent: {reason}"));
+        }
         if let Some(secs) = retry_in(reason) {
             if !reason.starts_with("authentication failed") {
                 return Failure {
@@ -97,6 +100,16 @@ impl Failure {
         Failure::permanent(format!(
             "server refused the token: {reason}; the token is wrong, revoked or expired: \
              check --token-file (or CULVERT_TOKEN) against the server's token file"
+        ))
+    }
+
+    /// The server speaks a Culvert protocol version this agent cannot (an older server,
+    /// whose stream opens it would misread): upgrading one side cures it, retrying does not.
+    pub fn version(server: Option<u8>) -> Failure {
+        let v = server.map_or("1".to_owned(), |v| v.to_string());
+        Failure::permanent(format!(
+            "the server speaks Culvert protocol version {v}, this agent needs {}: upgrade the server",
+            culvert_proto::control::MIN_CULVERT_VERSION
         ))
     }
 

@@ -13,8 +13,13 @@ use crate::header::FrameType;
 use crate::reader::Reader;
 use crate::{writer, DecodeError, EncodeError, StreamId};
 
-/// Culvert's protocol version, sent in [`AuthExt`].
-pub const CULVERT_VERSION: u8 = 1;
+/// Culvert's protocol version, sent in [`AuthExt`] and [`AuthOkExt`]. Version 2 made the
+/// kind of a stream's target explicit in StreamOpen ([`crate::Target`]); a version-1 peer
+/// encodes StreamOpen differently, so both ends refuse it at Auth (PROTOCOL.md §6.2).
+pub const CULVERT_VERSION: u8 = 2;
+
+/// The oldest Culvert protocol version this build speaks.
+pub const MIN_CULVERT_VERSION: u8 = 2;
 
 /// Transport protocol of a registered service (wire byte 0 = TCP, 1 = UDP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,6 +50,15 @@ pub struct AuthExt {
     pub version: u8,
     /// Capability bits (none defined yet; unknown bits are ignored).
     pub capabilities: u32,
+}
+
+/// Culvert's extension of AuthOk: the server's protocol version, so an agent can refuse a
+/// server whose streams it could not decode before any stream is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct AuthOkExt {
+    /// Culvert protocol version of the server.
+    pub version: u8,
 }
 
 /// Culvert's extension of Register.
@@ -84,6 +98,7 @@ pub enum Control {
     },
     AuthOk {
         tunnel_id: Uuid,
+        ext: Option<AuthOkExt>,
     },
     AuthFail {
         reason: String,
@@ -168,7 +183,12 @@ impl Control {
                     b.put_u32(e.capabilities);
                 }
             }
-            Control::AuthOk { tunnel_id } => b.put_slice(tunnel_id.as_bytes()),
+            Control::AuthOk { tunnel_id, ext } => {
+                b.put_slice(tunnel_id.as_bytes());
+                if let Some(e) = ext {
+                    b.put_u8(e.version);
+                }
+            }
             Control::AuthFail { reason }
             | Control::RegisterFail { reason }
             | Control::Disconnect { reason } => writer::string16(b, "reason", reason)?,
@@ -253,6 +273,13 @@ impl Control {
             }
             FrameType::AuthOk => Control::AuthOk {
                 tunnel_id: r.uuid("tunnel_id")?,
+                ext: if r.is_empty() {
+                    None
+                } else {
+                    Some(AuthOkExt {
+                        version: r.u8("version")?,
+                    })
+                },
             },
             FrameType::AuthFail => Control::AuthFail {
                 reason: r.string16("reason")?,

@@ -3,24 +3,22 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::control::Control;
-use crate::header::{FrameType, HEADER_LEN, MAX_PAYLOAD_LEN};
+pub use crate::header::MAX_TARGET_LEN;
+use crate::header::{FrameType, Header, HEADER_LEN, MAX_PAYLOAD_LEN};
 use crate::reader::Reader;
-use crate::{varint, writer, DecodeError, EncodeError, StreamId};
-
-/// Longest stream-open target, in bytes (a host name plus port fits many times over).
-pub const MAX_TARGET_LEN: usize = 1024;
+use crate::{varint, writer, DecodeError, EncodeError, StreamId, Target};
 
 /// A decoded frame: a control message or a data-plane frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// A zlayer-compatible control message.
     Control(Control),
-    /// Opens stream `id`; `target` tells the peer what to connect it to (service name or host:port).
+    /// Opens stream `id`; `target` tells the peer what to connect it to, and how.
     StreamOpen {
         /// New stream.
         id: StreamId,
-        /// Opaque to the multiplexer; at most [`MAX_TARGET_LEN`] bytes of UTF-8.
-        target: String,
+        /// Opaque to the multiplexer; names of at most [`MAX_TARGET_LEN`] bytes of UTF-8.
+        target: Target,
     },
     /// Bytes of a stream, never empty.
     StreamData {
@@ -79,19 +77,10 @@ impl Frame {
     pub fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
         match self {
             Frame::Control(c) => c.encode(buf),
-            Frame::StreamOpen { id, target } => {
-                if target.len() > MAX_TARGET_LEN {
-                    return Err(EncodeError::FieldTooLong {
-                        field: "target",
-                        len: target.len(),
-                        max: MAX_TARGET_LEN,
-                    });
-                }
-                writer::frame(buf, FrameType::StreamOpen, |b| {
-                    writer::varint(b, id.0)?;
-                    writer::string16(b, "target", target)
-                })
-            }
+            Frame::StreamOpen { id, target } => writer::frame(buf, FrameType::StreamOpen, |b| {
+                writer::varint(b, id.0)?;
+                target.encode(b)
+            }),
             Frame::StreamData { id, data } => encode_data(buf, *id, data),
             Frame::StreamFin { id } => {
                 writer::frame(buf, FrameType::StreamFin, |b| writer::varint(b, id.0))
@@ -131,15 +120,7 @@ impl Frame {
         let frame = match ty {
             FrameType::StreamOpen => {
                 let id = StreamId(r.varint("stream_id")?);
-                let n = r.u16("target")? as usize;
-                if n > MAX_TARGET_LEN {
-                    return Err(DecodeError::Malformed {
-                        frame: name,
-                        field: "target",
-                        reason: "longer than MAX_TARGET_LEN",
-                    });
-                }
-                let target = r.string(n, "target")?;
+                let target = Target::decode(&mut r)?;
                 r.finish()?;
                 Frame::StreamOpen { id, target }
             }
@@ -213,8 +194,7 @@ pub(crate) fn encode_data(
         });
     }
     buf.reserve(HEADER_LEN + len);
-    buf.put_u8(FrameType::StreamData as u8);
-    buf.put_u32(len as u32);
+    Header::put(buf, FrameType::StreamData, len);
     varint::put(buf, id.0);
     buf.put_slice(data);
     Ok(())

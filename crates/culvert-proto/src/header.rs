@@ -9,6 +9,14 @@ pub const HEADER_LEN: usize = 5;
 pub const MAX_FRAME_LEN: usize = 65_536;
 /// Largest payload: the frame cap less the header.
 pub const MAX_PAYLOAD_LEN: usize = MAX_FRAME_LEN - HEADER_LEN;
+/// Longest stream-open target, in bytes (a host name plus port fits many times over).
+/// Here rather than in `frame` because it sizes StreamOpen's payload cap below.
+pub const MAX_TARGET_LEN: usize = 1024;
+/// Largest StreamOpen payload: stream id, target kind, a target, and for an inbound open
+/// (`Target::Inbound`) a connection id and a client address as long as a target.
+pub const MAX_OPEN_PAYLOAD: usize = 8 + 1 + 2 + MAX_TARGET_LEN + 16 + 2 + MAX_TARGET_LEN;
+
+use bytes::BufMut;
 
 use crate::DecodeError;
 
@@ -81,7 +89,7 @@ frame_types! {
     /// Either side closes the session with a reason.
     Disconnect = 0x41, max MAX_PAYLOAD_LEN;
     /// Opens a stream towards a target.
-    StreamOpen = 0x50, max 8 + 2 + crate::frame::MAX_TARGET_LEN;
+    StreamOpen = 0x50, max MAX_OPEN_PAYLOAD;
     /// Bytes of a stream.
     StreamData = 0x51, max MAX_PAYLOAD_LEN;
     /// The sender finished its direction of a stream (half-close).
@@ -123,6 +131,25 @@ impl Header {
             len: len as usize,
         })
     }
+
+    /// The header's 5 bytes on the wire: the one place a frame header is encoded.
+    #[inline]
+    pub fn to_bytes(self) -> [u8; HEADER_LEN] {
+        debug_assert!(
+            self.len <= self.ty.max_payload(),
+            "{} payload of {} bytes",
+            self.ty.name(),
+            self.len
+        );
+        let [a, b, c, d] = (self.len as u32).to_be_bytes();
+        [self.ty as u8, a, b, c, d]
+    }
+
+    /// Appends the header of a `ty` frame with a `len`-byte payload to `buf`.
+    #[inline]
+    pub fn put(buf: &mut impl BufMut, ty: FrameType, len: usize) {
+        buf.put_slice(&Header { ty, len }.to_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -147,5 +174,11 @@ mod tests {
             Header::parse([0x51, 0, 0, 0xff, 0xfb]).unwrap().len,
             MAX_PAYLOAD_LEN
         );
+    }
+
+    #[test]
+    fn encodes_what_it_parses() {
+        let h = Header::parse([0x51, 0, 0, 0x12, 0x34]).unwrap();
+        assert_eq!(h.to_bytes(), [0x51, 0, 0, 0x12, 0x34]);
     }
 }

@@ -17,6 +17,7 @@ pub mod frame;
 pub mod header;
 mod reader;
 mod stream_id;
+mod target;
 pub mod varint;
 mod writer;
 
@@ -28,5 +29,6 @@ pub use control::{Control, ServiceProtocol, Token};
 pub use decoder::FrameDecoder;
 pub use error::{ConnectionError, DecodeError, EncodeError, StreamError};
 pub use frame::Frame;
-pub use header::{FrameType, Header, HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD_LEN};
+pub use header::{FrameType, Header, HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD_LEN, MAX_TARGET_LEN};
 pub use stream_id::{Side, StreamId};
+pub use target::Target;

@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::header::{FrameType, HEADER_LEN, MAX_PAYLOAD_LEN};
+use crate::header::{FrameType, Header, HEADER_LEN, MAX_PAYLOAD_LEN};
 use crate::{varint, EncodeError};
 
 /// Appends one frame: header, then whatever `body` writes; the length is patched in afterwards.
@@ -13,8 +13,7 @@ pub(crate) fn frame(
     body: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
 ) -> Result<(), EncodeError> {
     let start = buf.len();
-    buf.put_u8(ty as u8);
-    buf.put_u32(0);
+    Header::put(buf, ty, 0);
     if let Err(e) = body(buf) {
         buf.truncate(start);
         return Err(e);
@@ -27,7 +26,7 @@ pub(crate) fn frame(
             max: MAX_PAYLOAD_LEN,
         });
     }
-    buf[start + 1..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    buf[start..start + HEADER_LEN].copy_from_slice(&Header { ty, len }.to_bytes());
     Ok(())
 }
 

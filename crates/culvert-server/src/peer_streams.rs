@@ -2,9 +2,9 @@
 //! (joined to a stream the server opens to that service's agent) and node tunnels asking
 //! this server to dial `HOST:PORT` (checked against its allow-list after resolution).
 //!
-//! The stream's target says which (PROTOCOL.md §8.1): a name is a service, `?NAME` checks
-//! access without connecting, `udp://HOST:PORT` announces a UDP flow (its datagrams carry
-//! the stream id), and anything else with a colon is a TCP address.
+//! The stream's target kind says which (PROTOCOL.md §8.1): a service, a probe (`?NAME`)
+//! that checks access without connecting, a UDP flow (`udp://…`, its datagrams carry the
+//! stream id) to a service or an address, or a TCP address.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use culvert_proto::control::ConnectExt;
-use culvert_proto::{reset_code, Control};
+use culvert_proto::{reset_code, Control, Target};
 use culvert_transport::udp_target::TargetFlows;
 use culvert_transport::{relay_streams, relay_tcp_until, tune_tcp, Mux, TunnelStream};
 use tokio::net::TcpStream;
@@ -53,23 +53,19 @@ pub(crate) struct Ctx {
 }
 
 /// Serves one peer-opened stream in its own task.
-pub(crate) fn spawn(ctx: Ctx, stream: TunnelStream, target: String) {
-    let span = tracing::debug_span!("peer_stream", token = %ctx.session.token().name, target = ?target, stream = stream.id().0);
+pub(crate) fn spawn(ctx: Ctx, stream: TunnelStream, target: Target) {
+    let span = tracing::debug_span!("peer_stream", token = %ctx.session.token().name, target = %target, stream = stream.id().0);
     tokio::spawn(
         async move {
             let (server, session) = (&ctx.server, &ctx.session);
-            if let Some(name) = target.strip_prefix('?') {
-                check(&**server, session, stream, name).await;
-            } else if let Some(addr) = target.strip_prefix("udp://") {
-                if addr.contains(':') {
-                    dial_udp(&ctx, stream, addr).await;
-                } else {
-                    access_udp(&ctx, stream, addr).await;
-                }
-            } else if target.contains(':') {
-                dial(&**server, session, stream, &target).await;
-            } else {
-                access(&**server, session, stream, &target).await;
+            match &target {
+                Target::Probe(name) => check(&**server, session, stream, name).await,
+                Target::UdpDial(addr) => dial_udp(&ctx, stream, addr).await,
+                Target::UdpService(name) => access_udp(&ctx, stream, name).await,
+                Target::Dial(addr) => dial(&**server, session, stream, addr).await,
+                Target::Service(name) => access(&**server, session, stream, name).await,
+                // Only a server opens these; from a peer it is refused, like an unknown name.
+                _ => stream.reset(reset_code::NOT_ALLOWED),
             }
         }
         .instrument(span),

@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use culvert_proto::control::ConnectExt;
-use culvert_proto::Control;
+use culvert_proto::Target;
 use culvert_transport::{Mux, RelayTotals, TunnelStream};
 use uuid::Uuid;
 
@@ -256,9 +255,10 @@ impl Session {
             .remove(id)
     }
 
-    /// Opens a stream to this session's agent for `service` and announces it with a Connect
-    /// naming `client_addr`: how a public client and an access stream both begin. Waits at
-    /// most [`OPEN_TIMEOUT`] for the agent's stream limit; `Err` says why it failed.
+    /// Opens a stream to this session's agent for `service`, carrying `client_addr` and a
+    /// connection id in the open itself (`Target::Inbound`, PROTOCOL.md §8 step 5): how a
+    /// public client and an access stream both begin. Waits at most [`OPEN_TIMEOUT`] for
+    /// the agent's stream limit; `Err` says why it failed.
     pub(crate) async fn open_connection(
         &self,
         service: &Service,
@@ -267,28 +267,27 @@ impl Session {
         let mux = self
             .pick()
             .ok_or("no live agent connection (all are gone or suspect)")?;
-        let stream = match tokio::time::timeout(OPEN_TIMEOUT, mux.open(&service.name)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("could not open a stream to the agent: {e}")),
-            Err(_) => {
-                // The agent's stream limit held for the whole timeout: worth an operator's eye.
-                tracing::warn!(service = %service.name, "timed out opening a stream to the agent");
-                return Err("timed out opening a stream to the agent".into());
-            }
-        };
         let connection_id = crate::ids::new_uuid();
+        // Recorded first: the agent may acknowledge as soon as the open reaches it.
         self.connect_sent(connection_id);
-        let connect = Control::Connect {
-            service_id: service.id,
+        let target = Target::Inbound {
+            service: service.name.clone(),
             connection_id,
             client_addr,
-            ext: Some(ConnectExt {
-                stream_id: stream.id(),
-            }),
         };
-        mux.send_control(connect)
-            .map_err(|e| format!("could not announce the connection: {e}"))?;
-        Ok(stream)
+        match tokio::time::timeout(OPEN_TIMEOUT, mux.open_to(target)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => {
+                self.take_pending_connect(&connection_id);
+                Err(format!("could not open a stream to the agent: {e}"))
+            }
+            Err(_) => {
+                self.take_pending_connect(&connection_id);
+                // The agent's stream limit held for the whole timeout: worth an operator's eye.
+                tracing::warn!(service = %service.name, "timed out opening a stream to the agent");
+                Err("timed out opening a stream to the agent".into())
+            }
+        }
     }
 
     /// Drops the UDP flows of `service` (it is going away).

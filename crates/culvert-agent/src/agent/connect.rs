@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use culvert_proto::control::{AuthExt, RegisterExt, CULVERT_VERSION};
+use culvert_proto::control::{AuthExt, RegisterExt, CULVERT_VERSION, MIN_CULVERT_VERSION};
 use culvert_proto::{Connection, Control, Side, Token};
 use culvert_transport::ws::dial_via;
 use culvert_transport::{Mux, MuxEvent};
@@ -59,7 +59,13 @@ pub(super) async fn connect(shared: &Arc<Shared>) -> Result<Connected, Failure> 
             .await
             .map_err(Failure::transient)?
         {
-            Control::AuthOk { .. } => {}
+            // An older server would open streams in the protocol-1 form: refused before any.
+            Control::AuthOk { ext, .. } => {
+                let version = ext.map(|e| e.version);
+                if version.is_none_or(|v| v < MIN_CULVERT_VERSION) {
+                    return Err(Failure::version(version));
+                }
+            }
             Control::AuthFail { reason } => return Err(Failure::auth(&reason)),
             other => {
                 return Err(Failure::transient(format!(

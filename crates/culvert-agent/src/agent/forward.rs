@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use culvert_proto::{reset_code, Control, ServiceProtocol, StreamId};
+use culvert_proto::{reset_code, Control, ServiceProtocol, Target};
 use culvert_transport::{relay_tcp_counted, tune_tcp, Mux, MuxEvent, TunnelStream};
 use tokio::net::TcpStream;
 use tracing::Instrument;
@@ -15,7 +15,8 @@ use uuid::Uuid;
 use super::{ServiceCounters, Shared};
 use crate::ServiceSpec;
 
-/// Serves one connection until it closes: matches each Connect to its stream and relays it.
+/// Serves one connection until it closes: relays each inbound stream to its service, and
+/// each UDP Connect to a flow.
 pub(super) async fn serve(
     shared: &Arc<Shared>,
     mux: &Mux,
@@ -29,9 +30,6 @@ pub(super) async fn serve(
         flows.clone(),
         shared.local_flows.clone(),
     ));
-    // Streams opened by the server, waiting for their Connect (which names them).
-    // Bounded by the connection's stream limit.
-    let mut pending: HashMap<StreamId, (TunnelStream, ServiceSpec)> = HashMap::new();
     let targets: HashMap<String, ServiceSpec> = shared
         .config
         .services
@@ -48,13 +46,43 @@ pub(super) async fn serve(
             },
         };
         match ev {
-            MuxEvent::Incoming(stream, target) => {
-                if let Some(svc) = targets.get(&target) {
-                    pending.insert(stream.id(), (stream, svc.clone()));
-                } else {
-                    tracing::warn!(target = ?target, "server opened a stream for an unknown service");
+            // The open carries the service and the public client: served at once, with no
+            // Connect to wait for (PROTOCOL.md §8 step 5).
+            MuxEvent::Incoming(
+                stream,
+                Target::Inbound {
+                    service,
+                    connection_id,
+                    client_addr,
+                },
+            ) => {
+                let Some(svc) = targets.get(&service) else {
+                    tracing::warn!(service = ?service, "server opened a stream for an unknown service");
                     stream.reset(reset_code::REFUSED);
-                }
+                    let _ = mux.send_control(Control::ConnectFail {
+                        connection_id,
+                        reason: "no such service".into(),
+                    });
+                    continue;
+                };
+                let counters = shared.counters.get(&svc.name).cloned().unwrap_or_default();
+                let span = tracing::debug_span!("conn", service = %svc.name, client = %client_addr);
+                tokio::spawn(
+                    forward(
+                        mux.clone(),
+                        stream,
+                        svc.clone(),
+                        connection_id,
+                        shared.config.dial_timeout,
+                        client_addr,
+                        counters,
+                    )
+                    .instrument(span),
+                );
+            }
+            MuxEvent::Incoming(stream, target) => {
+                tracing::warn!(%target, "server opened a stream of a kind an agent does not serve");
+                stream.reset(reset_code::REFUSED);
             }
             MuxEvent::Control(c) => {
                 mux.control_handled();
@@ -97,31 +125,12 @@ pub(super) async fn serve(
                             );
                             continue;
                         }
-                        // The open named the service; the Connect names the stream and the client.
-                        let Some((stream, svc)) = ext.and_then(|e| pending.remove(&e.stream_id))
-                        else {
-                            let _ = mux.send_control(Control::ConnectFail {
-                                connection_id,
-                                reason: "no stream for this connection".into(),
-                            });
-                            continue;
-                        };
-                        let mux = mux.clone();
-                        let timeout = shared.config.dial_timeout;
-                        let counters = shared.counters.get(&svc.name).cloned().unwrap_or_default();
-                        let span = tracing::debug_span!("conn", service = %svc.name, client = %client_addr);
-                        tokio::spawn(
-                            forward(
-                                mux,
-                                stream,
-                                svc,
-                                connection_id,
-                                timeout,
-                                client_addr,
-                                counters,
-                            )
-                            .instrument(span),
-                        );
+                        // A TCP connection's open carries its client itself; a Connect
+                        // naming a stream is not part of protocol 2.
+                        let _ = mux.send_control(Control::ConnectFail {
+                            connection_id,
+                            reason: "no stream for this connection".into(),
+                        });
                     }
                     Control::Disconnect { reason } => {
                         return format!("server disconnected: {reason}")

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::{Control, StreamId};
+use crate::{Control, StreamId, Target};
 
 /// Something the application should act on, from [`super::Connection::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,7 +14,7 @@ pub enum Event {
         /// New stream.
         id: StreamId,
         /// What the peer wants it connected to.
-        target: String,
+        target: Target,
     },
     /// Bytes arrived on a stream whose receive buffer was empty.
     Readable(StreamId),

@@ -15,7 +15,7 @@ fn open_and_refuse(c: &mut Connection, now: Instant, seq: u64) -> Result<(), Con
     let mut b = BytesMut::new();
     Frame::StreamOpen {
         id: StreamId::new(Side::Client, seq),
-        target: String::new(),
+        target: crate::Target::Service(String::new()),
     }
     .encode(&mut b)
     .unwrap();

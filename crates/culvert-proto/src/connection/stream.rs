@@ -4,6 +4,8 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
+use super::flow::{RecvWindow, SendWindow};
+
 /// Received payloads shorter than this are copied into the stream's compact buffer rather
 /// than kept as slices of the received message. A slice costs a 32-byte handle and keeps
 /// its whole read buffer (256 KiB) alive, so 1-byte frames cost 32 times their size and can
@@ -69,7 +71,7 @@ pub(crate) struct Stream {
     pub(crate) send_buf: VecDeque<Bytes>,
     pub(crate) send_buffered: usize,
     /// Bytes the peer still lets us send on this stream.
-    pub(crate) send_window: u64,
+    pub(crate) send_credit: SendWindow,
     pub(crate) send_state: SendState,
     /// In the scheduler's round-robin queue.
     pub(crate) scheduled: bool,
@@ -80,40 +82,32 @@ pub(crate) struct Stream {
     pub(crate) recv_buffered: usize,
     /// Chunks in `recv_buf` that are slices of received messages.
     pub(crate) shared_chunks: usize,
-    /// Current receive window size (auto-tuned).
-    pub(crate) recv_window: u64,
-    /// Bytes the peer may still send before exceeding what we granted.
-    pub(crate) recv_remaining: u64,
-    /// Bytes read by the application and not yet granted back.
-    pub(crate) recv_pending_credit: u64,
+    /// What we granted the peer on this stream (auto-tuned).
+    pub(crate) recv_flow: RecvWindow,
     pub(crate) recv_state: RecvState,
-    /// When we last sent credit (micros since the connection's epoch), for auto-tuning.
-    pub(crate) last_credit_us: Option<u64>,
 }
 
 impl Stream {
-    pub(crate) fn new(send_window: u64, recv_granted: u64, recv_window: u64) -> Stream {
+    /// A stream whose peer lets us send `send_window` bytes, granted `recv_window`.
+    pub(crate) fn new(send_window: u64, recv_window: u64) -> Stream {
         Stream {
             send_buf: VecDeque::new(),
             send_buffered: 0,
-            send_window,
+            send_credit: SendWindow::new(send_window),
             send_state: SendState::Open,
             scheduled: false,
             write_blocked: false,
             recv_buf: VecDeque::new(),
             recv_buffered: 0,
             shared_chunks: 0,
-            recv_window,
-            recv_remaining: recv_granted,
-            recv_pending_credit: 0,
+            recv_flow: RecvWindow::new(recv_window),
             recv_state: RecvState::Open,
-            last_credit_us: None,
         }
     }
 
     /// Has bytes or a FIN to put on the wire, and window for the bytes.
     pub(crate) fn wants_send(&self) -> bool {
-        (self.send_buffered > 0 && self.send_window > 0)
+        (self.send_buffered > 0 && self.send_credit.available() > 0)
             || (self.send_buffered == 0 && self.send_state == SendState::FinQueued)
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
+use culvert_proto::control::{AuthOkExt, CULVERT_VERSION, MIN_CULVERT_VERSION};
 use culvert_proto::{Connection, Control, FrameType, Header, Side, HEADER_LEN};
 use culvert_transport::tune_accepted;
 use culvert_transport::ws::{self, ServerIo};
@@ -80,7 +81,7 @@ pub(super) async fn handshake(
         .map_err(|_| "handshake deadline passed".to_owned())??;
 
     let parsed = parse_auth(first);
-    let (token, client_id, culvert, rest) = match parsed {
+    let (token, client_id, version, rest) = match parsed {
         Some(x) => x,
         None => {
             // Malformed or missing Auth gets the same answer as a wrong token.
@@ -94,6 +95,17 @@ pub(super) async fn handshake(
             return Ok(None);
         }
     };
+    // A Culvert peer of an older protocol would misread this server's streams: refused
+    // with a reason that says so (PROTOCOL.md §6.2). No extension: a zlayer-tunnel v1 agent.
+    if let Some(v) = version.filter(|v| *v < MIN_CULVERT_VERSION) {
+        let reason = format!(
+            "unsupported Culvert protocol version {v} (this server speaks {CULVERT_VERSION}): upgrade the agent"
+        );
+        tracing::info!(client = %client_id, version = v, "connection refused: old protocol version");
+        reject(&mut ws, deadline, reason).await;
+        return Ok(None);
+    }
+    let culvert = version.is_some();
     // An address or client id locked out after failed attempts is told so, and for how
     // long, without its token being checked.
     if let Some(left) = inner.admission.locked(peer.ip(), client_id, Instant::now()) {
@@ -185,6 +197,9 @@ pub(super) async fn handshake(
     }
     conn.send_control_first(Control::AuthOk {
         tunnel_id: client_id,
+        ext: culvert.then_some(AuthOkExt {
+            version: CULVERT_VERSION,
+        }),
     })
     .map_err(|e| e.to_string())?;
     if !rest.is_empty() {
@@ -260,8 +275,9 @@ async fn reject(ws: &mut WsConn<ServerIo>, deadline: tokio::time::Instant, reaso
     .await;
 }
 
-/// The Auth at the start of the first message: (token, client id, speaks Culvert, remaining bytes).
-fn parse_auth(mut first: Bytes) -> Option<(String, Uuid, bool, Bytes)> {
+/// The Auth at the start of the first message: (token, client id, Culvert protocol version
+/// (`None`: a zlayer-tunnel v1 agent), remaining bytes).
+fn parse_auth(mut first: Bytes) -> Option<(String, Uuid, Option<u8>, Bytes)> {
     if first.len() < HEADER_LEN {
         return None;
     }
@@ -276,7 +292,7 @@ fn parse_auth(mut first: Bytes) -> Option<(String, Uuid, bool, Bytes)> {
             token,
             client_id,
             ext,
-        } => Some((token.0, client_id, ext.is_some(), first)),
+        } => Some((token.0, client_id, ext.map(|e| e.version), first)),
         _ => None,
     }
 }

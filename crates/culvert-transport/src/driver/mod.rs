@@ -8,7 +8,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use culvert_proto::{Config, Connection, Control, Event, Side, StreamId};
+use culvert_proto::{Config, Connection, Control, Event, Side, StreamId, Target};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -26,7 +26,7 @@ const MAX_PENDING_CONTROL: usize = 1024;
 #[derive(Debug)]
 pub enum MuxEvent {
     /// The peer opened a stream towards `target`.
-    Incoming(TunnelStream, String),
+    Incoming(TunnelStream, Target),
     /// A control message (Auth, Register, Connect, …).
     Control(Control),
     /// The peer takes no new streams.
@@ -232,6 +232,12 @@ impl Mux {
     /// Opens a stream towards `target`, waiting while the peer's stream limit is reached.
     /// Data may be sent at once; it follows the open without a round trip.
     pub async fn open(&self, target: &str) -> Result<TunnelStream, TransportError> {
+        self.open_to(Target::parse(target)).await
+    }
+
+    /// Opens a stream towards `target` (its kind explicit), waiting while the peer's stream
+    /// limit is reached.
+    pub async fn open_to(&self, target: Target) -> Result<TunnelStream, TransportError> {
         let id = loop {
             // Created before the check, so a release between the check and the wait wakes it.
             let available = self.shared.streams_available.notified();
@@ -240,8 +246,9 @@ impl Mux {
                 if let Some(r) = &st.closed {
                     return Err(TransportError::Closed(r.clone()));
                 }
-                match st.conn.open_stream(target) {
-                    Ok(id) => {
+                match st.conn.can_open_stream() {
+                    Ok(()) => {
+                        let id = st.conn.open_stream_to(target)?;
                         st.wakers.insert(id, Wakers::default());
                         break id;
                     }

@@ -1,0 +1,181 @@
+//! The application's calls on streams and datagrams: open, write, finish, reset, read,
+//! and the datagram queue.
+
+use bytes::Bytes;
+
+use super::stream::{RecvState, SendState};
+use super::{Connection, Datagram};
+use crate::frame::Frame;
+use crate::header::MAX_PAYLOAD_LEN;
+use crate::{varint, EncodeError, StreamError, StreamId, Target};
+
+/// Result of [`Connection::read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// The next bytes, in order: a slice of the received frame, not copied, or of the
+    /// compact buffer small payloads were copied into.
+    Data(Bytes),
+    /// Nothing buffered yet; wait for [`super::Event::Readable`] or [`super::Event::Finished`].
+    WouldBlock,
+    /// The peer finished and every byte was read.
+    Eof,
+}
+
+impl Connection {
+    /// Opens a stream towards `target`, written in the string grammar of PROTOCOL.md §8.1
+    /// (`?NAME`, `udp://…`, `HOST:PORT`, else a service); see [`Connection::open_stream_to`].
+    pub fn open_stream(&mut self, target: &str) -> Result<StreamId, StreamError> {
+        self.open_stream_to(Target::parse(target))
+    }
+
+    /// Opens a stream towards `target`. Data may be written at once: it follows the open
+    /// within the initial window, with no round trip.
+    pub fn open_stream_to(&mut self, target: Target) -> Result<StreamId, StreamError> {
+        self.can_open_stream()?;
+        if let Err(EncodeError::FieldTooLong { len, .. }) = target.check() {
+            return Err(StreamError::TargetTooLong(len));
+        }
+        let Some(id) = self.limits.open_local() else {
+            return Err(StreamError::StreamsExhausted);
+        };
+        self.queue(Frame::StreamOpen { id, target });
+        self.insert_stream(id);
+        Ok(id)
+    }
+
+    /// Whether [`Connection::open_stream_to`] would take a stream now: `Closing` when
+    /// either side is going away, `StreamsExhausted` (and [`super::Event::StreamsAvailable`]
+    /// follows the peer's next raise) at its stream limit. Lets a caller that waits for the
+    /// limit keep its target rather than clone it for every attempt.
+    pub fn can_open_stream(&mut self) -> Result<(), StreamError> {
+        if self.error.is_some() || self.peer_going_away || self.local_going_away {
+            return Err(StreamError::Closing);
+        }
+        if !self.limits.can_open_local() {
+            return Err(StreamError::StreamsExhausted);
+        }
+        Ok(())
+    }
+
+    /// Queues bytes on a stream; returns how many were accepted (the rest when
+    /// [`Event::Writable`] arrives). Never copies: `data` is sliced.
+    pub fn write(&mut self, id: StreamId, data: Bytes) -> Result<usize, StreamError> {
+        let stream_cap = self.config.stream_send_buffer;
+        let conn_room = self
+            .config
+            .connection_send_buffer
+            .saturating_sub(self.send_buffered_total);
+        let s = self
+            .streams
+            .get_mut(&id)
+            .ok_or(StreamError::UnknownStream(id))?;
+        if s.send_state != SendState::Open {
+            return Err(StreamError::ClosedForWriting(id));
+        }
+        let room = stream_cap.saturating_sub(s.send_buffered).min(conn_room);
+        let n = data.len().min(room);
+        if n < data.len() && !s.write_blocked {
+            s.write_blocked = true;
+            self.blocked_writers.push(id);
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        s.send_buf.push_back(data.slice(..n));
+        s.send_buffered += n;
+        self.send_buffered_total += n;
+        if s.wants_send() && !s.scheduled {
+            s.scheduled = true;
+            self.schedule.push_back(id);
+        }
+        Ok(n)
+    }
+
+    /// Finishes our direction: a FIN follows the last queued byte. Reading goes on.
+    pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        let s = self
+            .streams
+            .get_mut(&id)
+            .ok_or(StreamError::UnknownStream(id))?;
+        if s.send_state != SendState::Open {
+            return Err(StreamError::ClosedForWriting(id));
+        }
+        s.send_state = SendState::FinQueued;
+        if s.wants_send() && !s.scheduled {
+            s.scheduled = true;
+            self.schedule.push_back(id);
+        }
+        Ok(())
+    }
+
+    /// Aborts both directions; queued bytes are discarded and the peer is told `code`.
+    pub fn reset(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
+        if !self.streams.contains_key(&id) {
+            return Err(StreamError::UnknownStream(id));
+        }
+        self.free_stream(id);
+        if self.error.is_some() || !self.allow_local_reset() {
+            return Ok(());
+        }
+        let code = code.min(varint::MAX);
+        self.queue(Frame::StreamReset { id, code });
+        Ok(())
+    }
+
+    /// Reads up to `max` bytes from a stream, releasing flow-control credit as it goes.
+    /// After [`ReadOutcome::Eof`] with our direction finished too, the stream is gone.
+    pub fn read(&mut self, id: StreamId, max: usize) -> Result<ReadOutcome, StreamError> {
+        let s = self
+            .streams
+            .get_mut(&id)
+            .ok_or(StreamError::UnknownStream(id))?;
+        let before = s.shared_chunks;
+        let Some(chunk) = s.pop_recv(max) else {
+            return Ok(match s.recv_state {
+                RecvState::Open => ReadOutcome::WouldBlock,
+                RecvState::FinReceived | RecvState::FinRead => {
+                    s.recv_state = RecvState::FinRead;
+                    if s.is_closed() {
+                        self.free_stream(id);
+                    }
+                    ReadOutcome::Eof
+                }
+            });
+        };
+        self.recv_shared_chunks -= before - s.shared_chunks;
+        let n = chunk.len() as u64;
+        if s.recv_state == RecvState::Open {
+            s.recv_flow.release(n);
+            self.maybe_stream_credit(id);
+        }
+        self.release_conn_credit(n);
+        Ok(ReadOutcome::Data(chunk))
+    }
+
+    /// Queues a datagram for `flow`. Oversized ones are refused (and counted), never split;
+    /// when the queue is full the oldest queued datagram is dropped (and counted).
+    pub fn send_datagram(&mut self, flow: u64, data: Bytes) -> Result<(), StreamError> {
+        if flow > varint::MAX || data.len() > Connection::max_datagram_len(flow) {
+            self.stats.datagrams_oversize += 1;
+            return Err(StreamError::DatagramTooLarge(data.len()));
+        }
+        self.datagrams_out.push(flow, data);
+        Ok(())
+    }
+
+    /// Largest datagram payload [`Connection::send_datagram`] accepts for `flow`.
+    pub fn max_datagram_len(flow: u64) -> usize {
+        MAX_PAYLOAD_LEN - varint::encoded_len(flow).unwrap_or(8)
+    }
+
+    /// The oldest received datagram not yet read.
+    pub fn recv_datagram(&mut self) -> Option<Datagram> {
+        let (flow, data) = self.datagrams_in.pop()?;
+        let stream_open = self.streams.contains_key(&StreamId(flow));
+        Some(Datagram {
+            flow,
+            data,
+            stream_open,
+        })
+    }
+}

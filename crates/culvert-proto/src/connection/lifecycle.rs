@@ -1,0 +1,108 @@
+//! A stream's life in the connection: its state created on open, the credit its reads
+//! return to the peer (through the flow controllers in `flow`), and its state freed, with
+//! its buffered bytes handed back to the connection's budgets.
+
+use super::stream::Stream;
+use super::{Connection, Event};
+use crate::config::INITIAL_STREAM_WINDOW;
+use crate::frame::Frame;
+use crate::StreamId;
+
+impl Connection {
+    /// Creates stream state; both directions start at the protocol's initial window and
+    /// our side immediately grants the rest of its configured window.
+    pub(super) fn insert_stream(&mut self, id: StreamId) {
+        self.streams.insert(
+            id,
+            Stream::new(INITIAL_STREAM_WINDOW, self.config.stream_window),
+        );
+        self.stats.streams_opened += 1;
+        if self.config.stream_window > INITIAL_STREAM_WINDOW {
+            let increment = self.config.stream_window - INITIAL_STREAM_WINDOW;
+            self.queue(Frame::StreamCredit { id, increment });
+        }
+    }
+
+    /// Grants stream credit once enough was read, doubling the window (up to its ceiling)
+    /// when the last window was used within two round trips.
+    pub(super) fn maybe_stream_credit(&mut self, id: StreamId) {
+        let now_us = self.micros_since_epoch();
+        let rtt_us = self
+            .rtt
+            .map_or(100_000, |r| r.as_micros() as u64)
+            .max(1_000);
+        // A stream may grow to a quarter of the connection window at most: one whose reader
+        // stops (a backend that never reads) then leaves three quarters to the others.
+        let max_window = self
+            .config
+            .max_stream_window
+            .min(self.config.connection_window / 4)
+            .max(self.config.stream_window);
+        let divisor = self.config.credit_divisor;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if let Some(increment) = s
+            .recv_flow
+            .take_credit_tuned(divisor, now_us, rtt_us, max_window)
+        {
+            self.queue(Frame::StreamCredit { id, increment });
+        }
+    }
+
+    pub(super) fn release_conn_credit(&mut self, n: u64) {
+        self.conn_recv.release(n);
+        if let Some(increment) = self.conn_recv.take_credit(self.config.credit_divisor) {
+            self.queue(Frame::ConnCredit { increment });
+        }
+    }
+
+    /// Drops a stream's state, returning its buffered bytes to the budgets.
+    pub(super) fn free_stream(&mut self, id: StreamId) {
+        let Some(s) = self.streams.remove(&id) else {
+            return;
+        };
+        self.send_buffered_total -= s.send_buffered;
+        self.recv_shared_chunks -= s.shared_chunks;
+        if s.recv_buffered > 0 {
+            self.release_conn_credit(s.recv_buffered as u64);
+        }
+        if id.initiator() != self.side {
+            self.peer_stream_closed();
+        }
+        if s.send_buffered > 0 {
+            self.wake_writers();
+        }
+    }
+
+    /// Raises the peer's stream limit as its streams close, in steps of 1/8 of the cap.
+    pub(super) fn peer_stream_closed(&mut self) {
+        if let Some(count) = self.limits.peer_stream_closed() {
+            self.queue(Frame::MaxStreams { count });
+        }
+    }
+
+    pub(super) fn wake_writers(&mut self) {
+        if self.blocked_writers.is_empty()
+            || self.send_buffered_total > self.config.connection_send_buffer / 2
+        {
+            return;
+        }
+        let half = self.config.stream_send_buffer / 2;
+        let mut i = 0;
+        while i < self.blocked_writers.len() {
+            let id = self.blocked_writers[i];
+            match self.streams.get_mut(&id) {
+                Some(s) if s.send_buffered > half => i += 1,
+                Some(s) => {
+                    s.write_blocked = false;
+                    self.blocked_writers.swap_remove(i);
+                    self.events.push_back(Event::Writable(id));
+                }
+                None => {
+                    self.blocked_writers.swap_remove(i);
+                }
+            }
+        }
+    }
+}
