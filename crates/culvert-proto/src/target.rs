@@ -90,7 +90,7 @@ impl Target {
         }
     }
 
-    /// Checks the lengths [`Target::encode`] needs, so an open can be refused before it
+    /// Checks the lengths `Target::encode` needs, so an open can be refused before it
     /// takes a stream id.
     pub fn check(&self) -> Result<(), EncodeError> {
         let long = |field, len: usize| {

@@ -6,7 +6,7 @@
 //! - [`wait`]: bounded waits ([`eventually`]) instead of hand-written deadline loops.
 //! - [`TempDir`] and loopback [`ports`] for tests running in parallel; [`metric`] reads a
 //!   counter out of Prometheus text.
-//! - With the `process` feature, [`process`]: child processes with their output collected
+//! - With the `process` feature, `process`: child processes with their output collected
 //!   and every wait bounded.
 //! - With the `net` feature, `fault_relay`, a loopback TCP relay that injects network
 //!   faults (partitions, stalls, latency, throttling, resets) into real connections, and

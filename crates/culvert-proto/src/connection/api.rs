@@ -58,7 +58,7 @@ impl Connection {
     }
 
     /// Queues bytes on a stream; returns how many were accepted (the rest when
-    /// [`Event::Writable`] arrives). Never copies: `data` is sliced.
+    /// [`Event::Writable`](crate::Event::Writable) arrives). Never copies: `data` is sliced.
     pub fn write(&mut self, id: StreamId, data: Bytes) -> Result<usize, StreamError> {
         let stream_cap = self.config.stream_send_buffer;
         let conn_room = self

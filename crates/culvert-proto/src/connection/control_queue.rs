@@ -50,7 +50,7 @@ impl Connection {
     }
 
     /// Bytes of control frames queued and not yet on the wire, each counted with its
-    /// bookkeeping: what [`Config::max_control_queue`] caps.
+    /// bookkeeping: what [`Config::max_control_queue`](crate::Config::max_control_queue) caps.
     pub fn control_queued(&self) -> usize {
         self.control_bytes
     }
