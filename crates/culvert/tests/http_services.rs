@@ -555,3 +555,63 @@ fn bulk_both_ways_with_bounded_memory_websocket_host_route_and_token_header() {
     agent.kill();
     server.kill();
 }
+
+#[test]
+fn expired_callers_get_the_unknown_answer_and_failures_lock_the_address_out() {
+    let dir = TempDir::new("http-lockout");
+    let tokens = dir.join("tokens.toml");
+    let agent_token = dir.join("agent.token");
+    std::fs::write(
+        &agent_token,
+        new_token_with(&tokens, "erp-agent", &["--tenant", "acme"]),
+    )
+    .unwrap();
+    let caller = new_token_with(&tokens, "caller", &["--tenant", "acme", "--role", "http"]);
+    let brief = new_token_with(
+        &tokens,
+        "brief",
+        &["--tenant", "acme", "--role", "http", "--ttl", "1s"],
+    );
+    let http_port = free_port();
+    let http = format!("127.0.0.1:{http_port}");
+    let (mut server, port) = start_server(&tokens, &["--insecure-plain", "--http-listen", &http]);
+    let (backend_port, _seen) = backend();
+    let config = dir.join("agent.toml");
+    write_agent_config(&config, port, &agent_token, backend_port);
+    let mut agent = start_agent_via(&config);
+    let url = format!("http://{http}/t/acme/erp/x");
+    let bearer = |t: &str| format!("Authorization: Bearer {t}");
+    assert!(
+        poll_until(Duration::from_secs(30), || curl(&[
+            "-H",
+            &bearer(&caller),
+            &url
+        ])
+        .0 == 200),
+        "service never answered\n--- agent:\n{}",
+        agent.log()
+    );
+    // Expired (its one second has passed): the same answer as a token nobody issued.
+    std::thread::sleep(Duration::from_millis(2100));
+    let (s_expired, _, b_expired) = curl(&["-H", &bearer(&brief), &url]);
+    let (s_unknown, _, b_unknown) = curl(&["-H", &bearer("made-up"), &url]);
+    assert_eq!((s_expired, s_unknown), (401, 401));
+    assert_eq!(b_expired, b_unknown);
+
+    // Failures count towards the address's lockout, as agent logins do: 429 with
+    // Retry-After, then even a good token from that address waits.
+    let mut locked = None;
+    for _ in 0..50 {
+        let (s, head, _) = curl(&["-H", &bearer("made-up"), &url]);
+        if s == 429 {
+            locked = Some(head);
+            break;
+        }
+        assert_eq!(s, 401);
+    }
+    let head = locked.expect("no lockout after 50 failed callers");
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+    assert_eq!(curl(&["-H", &bearer(&caller), &url]).0, 429);
+    agent.kill();
+    server.kill();
+}
