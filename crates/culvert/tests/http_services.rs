@@ -615,3 +615,52 @@ fn expired_callers_get_the_unknown_answer_and_failures_lock_the_address_out() {
     agent.kill();
     server.kill();
 }
+
+#[test]
+fn the_ingress_speaks_tls_with_the_servers_certificate() {
+    let dir = TempDir::new("http-tls");
+    let tokens = dir.join("tokens.toml");
+    let agent_token = dir.join("agent.token");
+    std::fs::write(
+        &agent_token,
+        new_token_with(&tokens, "erp-agent", &["--tenant", "acme"]),
+    )
+    .unwrap();
+    let caller = new_token_with(&tokens, "caller", &["--tenant", "acme", "--role", "http"]);
+    let http_port = free_port();
+    let http = format!("127.0.0.1:{http_port}");
+    let (mut server, port) = start_server(&tokens, &["--self-signed", "--http-listen", &http]);
+    let (backend_port, seen) = backend();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nserver = \"wss://127.0.0.1:{port}\"\ntoken_file = {:?}\npool = 1\ninsecure_skip_verify = true\n\n\
+             [[agent.service]]\nname = \"erp\"\nurl = \"http://127.0.0.1:{backend_port}\"\n\
+             inject_headers = {{ Authorization = \"env:ERP_TOKEN\" }}\n",
+            agent_token.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut agent = start_agent_via(&config);
+    let url = format!("https://{http}/t/acme/erp/secure");
+    let bearer = format!("Authorization: Bearer {caller}");
+    // The server's self-signed certificate: curl is told not to verify it (-k); the point
+    // is that the ingress answers TLS and nothing in clear.
+    assert!(
+        poll_until(Duration::from_secs(30), || curl(&[
+            "-k", "-H", &bearer, &url
+        ])
+        .0 == 200),
+        "no answer over TLS\n--- agent:\n{}\n--- server:\n{}",
+        agent.log(),
+        server.log()
+    );
+    let got = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(got.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(got.header("authorization"), Some(SECRET));
+    let (plain, _, _) = curl(&["-H", &bearer, &format!("http://{http}/t/acme/erp/secure")]);
+    assert_ne!(plain, 200, "plain HTTP on a TLS ingress");
+    agent.kill();
+    server.kill();
+}
