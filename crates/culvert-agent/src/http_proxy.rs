@@ -29,8 +29,8 @@ use culvert_transport::TunnelStream;
 /// Body of what the agent answers: the backend's, or a short error of its own.
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
-/// How long a request head may take to arrive on a tunnel stream: a stream that sends
-/// nothing does not hold a task forever.
+/// How long a request head may take to arrive on a tunnel stream, and a backend's answer
+/// head to come back: neither side holds a task forever.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves HTTP on one tunnel stream until the server closes it.
@@ -104,10 +104,27 @@ async fn forward(
         *slot = Some(connect(backend, dial_timeout).await?);
     }
     let sender = slot.as_mut().expect("set above");
-    let mut resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| (StatusCode::BAD_GATEWAY, format!("backend: {e}")))?;
+    // A backend that never answers does not hold the caller forever: the answer's head
+    // must come within HEADER_TIMEOUT (bodies then stream for as long as they last).
+    let answer = tokio::time::timeout(HEADER_TIMEOUT, sender.send_request(req)).await;
+    let mut resp = match answer {
+        Ok(Ok(r)) => r,
+        // The connection is in an unknown state: the next request dials afresh.
+        Ok(Err(e)) => {
+            *slot = None;
+            return Err((StatusCode::BAD_GATEWAY, format!("backend: {e}")));
+        }
+        Err(_) => {
+            *slot = None;
+            return Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "backend {}: no answer within {HEADER_TIMEOUT:?}",
+                    backend.url()
+                ),
+            ));
+        }
+    };
     drop(slot);
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
