@@ -337,6 +337,27 @@ pub struct ServerArgs {
     /// callers can keep Authorization for the backend.
     #[arg(long, value_name = "HEADER", requires = "http_listen")]
     pub http_token_header: Option<String>,
+    /// Join a cluster of servers sharing one registry in this PostgreSQL database
+    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DB): tokens, port leases and which server
+    /// holds which agent live there, and --tokens is not read.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CULVERT_CLUSTER",
+        hide_env_values = true
+    )]
+    pub cluster: Option<String>,
+    /// This server's id in the cluster, unique among its servers [default: the host name].
+    #[arg(long, value_name = "ID", requires = "cluster")]
+    pub cluster_id: Option<String>,
+    /// Tunnel endpoint URL the other servers of the cluster dial to reach this one's agents
+    /// (wss://HOST:PORT; ws:// only on loopback) [default: from --listen].
+    #[arg(long, value_name = "URL", requires = "cluster")]
+    pub cluster_advertise: Option<String>,
+    /// Heartbeat of this server in the cluster's database (2s, 500ms); a server silent for
+    /// two is taken for dead and its agents' services are served by the others [default: 2s].
+    #[arg(long, value_name = "DURATION", requires = "cluster")]
+    pub cluster_heartbeat: Option<String>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }

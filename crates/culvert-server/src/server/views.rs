@@ -62,4 +62,8 @@ impl Directory for Inner {
     fn charge_flow(&self, owner: &Session) -> Result<crate::quota::Charge, crate::quota::Refusal> {
         crate::udp::charge_flow(self, owner)
     }
+
+    fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.as_deref()
+    }
 }
