@@ -209,12 +209,16 @@ async fn access_elsewhere(
         return false;
     };
     let client_addr = format!("access:{}@{}", token.name, session.peer);
+    let counters = server.counters();
     match cluster
         .peers
         .open(&holder, tenant, r.name, client_addr)
         .await
     {
         Ok(towards) => {
+            counters
+                .cluster_forwarded_out
+                .fetch_add(1, Ordering::Relaxed);
             match relay_streams(stream, &towards).await {
                 Ok(t) => {
                     tracing::debug!(up = t.up, down = t.down, server = %holder.id, "forwarded access stream done")
@@ -226,6 +230,9 @@ async fn access_elsewhere(
             true
         }
         Err(reason) => {
+            counters
+                .cluster_forward_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(%reason, "access stream not forwarded");
             stream.reset(reset_code::UNAVAILABLE);
             true
@@ -259,6 +266,10 @@ async fn forwarded(
         }
     };
     svc.connections.fetch_add(1, Ordering::Relaxed);
+    server
+        .counters()
+        .cluster_forwarded_in
+        .fetch_add(1, Ordering::Relaxed);
     let totals = tokio::select! {
         t = relay_streams(&stream, &towards) => t,
         () = svc.withdrawn() => {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use culvert_transport::{relay_tcp, tune_accepted, tune_listener, AcceptErrors};
@@ -161,6 +162,10 @@ async fn client(
         return;
     };
     let Some(server) = cluster.remote_holder(&tenant, &service) else {
+        inner
+            .counters
+            .cluster_forward_failures
+            .fetch_add(1, Ordering::Relaxed);
         tracing::debug!("refusing client: no server of the cluster holds the service");
         culvert_transport::reset_on_close(&sock);
         return;
@@ -172,11 +177,19 @@ async fn client(
     {
         Ok(s) => s,
         Err(reason) => {
+            inner
+                .counters
+                .cluster_forward_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(%reason, "refusing client: forwarding failed");
             culvert_transport::reset_on_close(&sock);
             return;
         }
     };
+    inner
+        .counters
+        .cluster_forwarded_out
+        .fetch_add(1, Ordering::Relaxed);
     match relay_tcp(sock, &stream).await {
         Ok(t) => {
             tracing::debug!(up = t.up, down = t.down, server = %server.id, "forwarded public connection done")

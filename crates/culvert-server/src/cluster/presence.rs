@@ -31,7 +31,14 @@ pub(super) async fn run(inner: Arc<Inner>, cluster: Arc<Cluster>) {
 /// then the listeners. Each step that fails is logged and retried on the next pass; what
 /// was read before stays in force meanwhile.
 async fn pass(inner: &Arc<Inner>, cluster: &Arc<Cluster>, recorded: &mut HashSet<Key>) {
+    let failed = || {
+        inner
+            .counters
+            .cluster_db_errors
+            .fetch_add(1, Ordering::Relaxed)
+    };
     if let Err(e) = cluster.db.heartbeat(&cluster.me).await {
+        failed();
         tracing::warn!(error = %e, "cluster heartbeat failed; tunnels keep running from the cache");
     }
     let local = local_services(inner);
@@ -42,6 +49,7 @@ async fn pass(inner: &Arc<Inner>, cluster: &Arc<Cluster>, recorded: &mut HashSet
                 recorded.insert(k.clone());
             }
             Err(e) => {
+                failed();
                 tracing::warn!(error = %e, tenant = %p.tenant, service = %p.service, "presence not recorded; retried on the next heartbeat")
             }
         }
@@ -57,6 +65,7 @@ async fn pass(inner: &Arc<Inner>, cluster: &Arc<Cluster>, recorded: &mut HashSet
                 recorded.remove(k);
             }
             Err(e) => {
+                failed();
                 tracing::warn!(error = %e, %tenant, %service, "presence not cleared; retried on the next heartbeat")
             }
         }
@@ -68,6 +77,7 @@ async fn pass(inner: &Arc<Inner>, cluster: &Arc<Cluster>, recorded: &mut HashSet
     {
         Ok(rows) => cluster.set_remote(rows),
         Err(e) => {
+            failed();
             tracing::warn!(error = %e, "cluster presence not read; forwarding follows the last view")
         }
     }

@@ -116,6 +116,10 @@ pub(super) async fn follow(inner: Arc<Inner>, cluster: Arc<Cluster>) {
                 }
             }
             Err(e) => {
+                inner
+                    .counters
+                    .cluster_db_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(error = %e, "cluster tokens not re-read; the ones in force stay")
             }
         }

@@ -50,6 +50,14 @@ pub(crate) struct Counters {
     pub(crate) reload_services_withdrawn: std::sync::atomic::AtomicU64,
     /// Live streams reset because a token reload withdrew their right to exist.
     pub(crate) reload_streams_reset: std::sync::atomic::AtomicU64,
+    /// Cluster: public connections and access streams handed to another server.
+    pub(crate) cluster_forwarded_out: std::sync::atomic::AtomicU64,
+    /// Cluster: public connections and access streams another server handed here.
+    pub(crate) cluster_forwarded_in: std::sync::atomic::AtomicU64,
+    /// Cluster: connections and streams that could not be handed to another server.
+    pub(crate) cluster_forward_failures: std::sync::atomic::AtomicU64,
+    /// Cluster: database operations of the heartbeat loop and token follower that failed.
+    pub(crate) cluster_db_errors: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct Inner {
