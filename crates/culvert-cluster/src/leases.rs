@@ -151,7 +151,7 @@ impl ClusterDb {
                     )
                     .await;
                 match written {
-                    Ok(Some(r)) => return Ok(port_of(r.get(0))?),
+                    Ok(Some(r)) => return port_of(r.get(0)),
                     Ok(None) => {}
                     Err(e) if is_unique_violation(&e) => {
                         if requested != 0 {

@@ -224,9 +224,19 @@ pub enum TokenCommand {
         /// Name of the token (shown in logs and status instead of the token).
         #[arg(long)]
         name: String,
-        /// Token file to add it to (created if missing).
-        #[arg(long, default_value = "tokens.toml")]
-        tokens: PathBuf,
+        /// Token file to add it to (created if missing) [default: tokens.toml, unless
+        /// --cluster is given].
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        /// Add it to a cluster's registry in PostgreSQL (postgres://USER@HOST/DB, as the
+        /// servers' --cluster) instead of a token file.
+        #[arg(
+            long,
+            env = "CULVERT_CLUSTER",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        cluster: Option<String>,
         /// Tenant the token belongs to (default: its own name). Its services are
         /// TENANT/NAME; it reaches its own tenant's services by bare name.
         #[arg(long)]
@@ -257,23 +267,41 @@ pub enum TokenCommand {
         #[arg(long)]
         ttl: Option<String>,
     },
-    /// List the tokens of a file: name, tenant, roles and limits (never hashes).
+    /// List the tokens of a file or cluster registry: name, tenant, roles and limits (never
+    /// hashes).
     List {
-        /// Token file.
-        #[arg(long, default_value = "tokens.toml")]
-        tokens: PathBuf,
+        /// Token file [default: tokens.toml, unless --cluster is given].
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        /// List a cluster's registry in PostgreSQL instead of a token file.
+        #[arg(
+            long,
+            env = "CULVERT_CLUSTER",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        cluster: Option<String>,
         /// One JSON object per token.
         #[arg(long)]
         json: bool,
     },
-    /// Remove a token from the file (rewritten atomically); a server using the file closes
-    /// the token's sessions on its next reload (SIGHUP, or within 2 s of the change).
+    /// Remove a token from the file (rewritten atomically) or the cluster registry; servers
+    /// close the token's sessions on their next reload (a file: SIGHUP, or within 2 s of the
+    /// change; a cluster: as soon as they are told of it).
     Revoke {
         /// Name of the token.
         name: String,
-        /// Token file.
-        #[arg(long, default_value = "tokens.toml")]
-        tokens: PathBuf,
+        /// Token file [default: tokens.toml, unless --cluster is given].
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        /// Remove it from a cluster's registry in PostgreSQL instead of a token file.
+        #[arg(
+            long,
+            env = "CULVERT_CLUSTER",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        cluster: Option<String>,
     },
 }
 

@@ -15,7 +15,7 @@ use crate::quota::TenantLimits;
 
 use entry::default_max_services;
 pub use entry::{unix_now, TokenEntry};
-pub use file::{add_token, list_tokens, revoke_token, NewToken, TokenError};
+pub use file::{add_token, list_tokens, new_entry, revoke_token, NewToken, TokenError};
 use file::{duplicate_message, read_file};
 
 use crate::names::{name_problem, valid_name};
