@@ -306,9 +306,34 @@ pub(crate) fn read_token(path: Option<PathBuf>) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// The agent's servers: the `--server` flags, else `server` and `servers` of the file.
+fn agent_servers(
+    flags: Vec<String>,
+    file: &file_config::AgentFile,
+) -> anyhow::Result<Vec<ServerUrl>> {
+    let urls: Vec<String> = if flags.is_empty() {
+        file.server.iter().chain(&file.servers).cloned().collect()
+    } else {
+        flags
+    };
+    if urls.is_empty() {
+        bail!("--server wss://HOST:PORT is required (repeat it for the servers of a cluster)");
+    }
+    let mut servers = Vec::new();
+    for u in &urls {
+        let url = ServerUrl::parse(u)?;
+        if servers.contains(&url) {
+            bail!("server {u} is given twice");
+        }
+        servers.push(url);
+    }
+    Ok(servers)
+}
+
 pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     let file = file_config::load(args.config.as_deref())?.agent;
-    let server = server_url(args.server.or(file.server))?;
+    let mut servers = agent_servers(args.server, &file)?.into_iter();
+    let server = servers.next().context("no server")?;
     let token = read_token(args.token_file.or(file.token_file))?;
     let expose: Vec<String> = if args.expose.is_empty() {
         file.expose
@@ -355,13 +380,25 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
             .with_context(|| format!("service {:?}: injected headers", s.0.name))?;
     }
     let mut config = AgentConfig::new(server, token, services);
-    config.verify = Verify::from_options(
+    config.extra_servers = servers.collect();
+    let fingerprints: Vec<String> = if args.verify.fingerprint.is_empty() {
+        file.fingerprint
+            .into_iter()
+            .chain(file.fingerprints)
+            .collect()
+    } else {
+        args.verify.fingerprint
+    };
+    config.verify = Verify::from_options_pinned(
         args.verify.ca.or(file.ca),
-        args.verify.fingerprint.or(file.fingerprint).as_deref(),
+        &fingerprints,
         args.verify.insecure_skip_verify || file.insecure_skip_verify,
     )?;
     if let Some(p) = args.pool.or(file.pool) {
         config.pool = p.clamp(1, 64);
+    }
+    if let Some(secs) = args.home_probe_interval.or(file.home_probe_interval) {
+        config.home_probe_interval = (secs > 0).then(|| Duration::from_secs(secs));
     }
     config.ws_mask = args.ws_mask || file.ws_mask;
     config.proxy = Proxy::from_setting(args.proxy.or(file.proxy).as_deref())?;
@@ -469,7 +506,12 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    tracing::info!(server = %format!("{}:{}", config.server.host, config.server.port), tls = config.server.tls, pool = config.pool, "agent starting");
+    let servers: Vec<String> = config
+        .servers()
+        .iter()
+        .map(|s| format!("{}:{}", s.host, s.port))
+        .collect();
+    tracing::info!(server = %servers.join(","), tls = config.server.tls, pool = config.pool.max(servers.len()), "agent starting");
     reload_secrets_on_sighup(config.services.clone());
     let handle = std::sync::Arc::new(Agent::spawn(config)?);
     if let Some(admin) = admin_addr {
