@@ -55,7 +55,8 @@ impl Command {
 pub enum Command {
     /// Run the server: accept agents and serve their public ports.
     Server(ServerArgs),
-    /// Run an agent: dial the server and expose local services through it.
+    /// Run an agent: dial the server (or the servers of a cluster, --server repeated) and
+    /// expose local services through it.
     Agent(AgentArgs),
     /// Manage tokens.
     #[command(subcommand)]

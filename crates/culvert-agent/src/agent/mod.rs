@@ -581,7 +581,7 @@ enum Ended {
     /// Lost (closed, dropped, refused a registration for good), with the reason.
     Lost(String),
     /// The home server answered again: this connection to it replaces the current one.
-    Home(Connected),
+    Home(Box<Connected>),
 }
 
 async fn run_slot(shared: Arc<Shared>, slot: usize) {
@@ -604,7 +604,7 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                 match serve_connection(&shared, slot, &route, c, &mut backoff).await {
                     Ended::Home(c) => {
                         route.go_home();
-                        next = Some(c);
+                        next = Some(*c);
                         continue;
                     }
                     Ended::Lost(_) => {
@@ -686,6 +686,10 @@ async fn serve_connection(
 ) -> Ended {
     let server = route.current();
     let mux = c.mux.clone();
+    if route.away() {
+        tracing::info!(server = %server_text(&shared.servers[server]), home = %server_text(&shared.servers[route.home()]),
+            "connected to another server than this slot's own (failover)");
+    }
     shared.set_slot(slot, SlotState::Up, server);
     shared.set_unregistered(slot, c.pending.names());
     mux.measure_rtt();
@@ -701,7 +705,7 @@ async fn serve_connection(
         Some(every) if route.away() => {
             tokio::select! {
                 reason = serving => Ended::Lost(reason),
-                home = home_answers(shared, route.home(), every) => Ended::Home(home),
+                home = home_answers(shared, route.home(), every) => Ended::Home(Box::new(home)),
             }
         }
         _ => Ended::Lost(serving.await),

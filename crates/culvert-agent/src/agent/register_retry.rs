@@ -149,8 +149,14 @@ mod tests {
             p.waiting.push_back(b);
             now = p.deadline().unwrap();
         }
-        assert!(delays[0] >= RETRY_MIN && delays[0] <= 2 * RETRY_MIN, "{delays:?}");
-        assert!(delays[1] >= 2 * RETRY_MIN && delays[1] <= 4 * RETRY_MIN, "{delays:?}");
+        assert!(
+            delays[0] >= RETRY_MIN && delays[0] <= 2 * RETRY_MIN,
+            "{delays:?}"
+        );
+        assert!(
+            delays[1] >= 2 * RETRY_MIN && delays[1] <= 4 * RETRY_MIN,
+            "{delays:?}"
+        );
         assert!(delays.iter().all(|d| *d <= RETRY_MAX));
         assert!(delays[7] >= RETRY_MAX / 2, "{delays:?}");
         assert_eq!(p.due(now).unwrap().name, "a");
