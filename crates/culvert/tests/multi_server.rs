@@ -312,3 +312,46 @@ fn refused_registration_is_retried_on_the_connection() {
         "the server's reason is logged:\n{log}"
     );
 }
+
+#[test]
+fn each_server_is_trusted_by_its_own_pinned_fingerprint() {
+    let echo = echo_service();
+    let (_dir, tokens, token_file) = setup("multi-server-tls");
+    let mut servers = Vec::new();
+    let mut fingerprints = Vec::new();
+    for _ in 0..2 {
+        let admin = free_port();
+        let (mut proc, port) = start_server(
+            &tokens,
+            &["--self-signed", "--admin", &format!("127.0.0.1:{admin}")],
+        );
+        let line = proc.wait_line("self-signed certificate generated", 0, WAIT);
+        fingerprints.push(field(&line, "fingerprint").expect("fingerprint"));
+        servers.push(TestServer { proc, port, admin });
+    }
+    assert_ne!(fingerprints[0], fingerprints[1]);
+    let mut cmd = culvert();
+    cmd.arg("agent");
+    for s in &servers {
+        cmd.args(["--server", &format!("wss://127.0.0.1:{}", s.port)]);
+    }
+    for f in &fingerprints {
+        cmd.args(["--fingerprint", f]);
+    }
+    cmd.arg("--token-file")
+        .arg(&token_file)
+        .args(["--expose", &format!("echo=tcp://127.0.0.1:{echo}")])
+        .args(["--pool", "1"]);
+    let _agent = Proc::spawn("culvert agent (two pinned servers)", &mut cmd);
+    eventually(WAIT, "one connection on each TLS server", || {
+        let n: Vec<Option<u64>> = servers.iter().map(|s| s.connections()).collect();
+        n.iter()
+            .all(|c| *c == Some(1))
+            .then_some(())
+            .ok_or(format!("{n:?}"))
+    });
+    for s in &servers {
+        let port = eventually(WAIT, "echo's public port", || s.echo_port());
+        assert!(echoes(port, b"pinned"), "echo through server {}", s.port);
+    }
+}
