@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use culvert_proto::control::{AuthExt, RegisterExt, CULVERT_VERSION, MIN_CULVERT_VERSION};
 use culvert_proto::{Connection, Control, Side, Token};
-use culvert_transport::ws::dial_via;
+use culvert_transport::ws::dial_addr_via;
 use culvert_transport::{Mux, MuxEvent};
 use uuid::Uuid;
 
@@ -31,12 +31,14 @@ pub(super) struct Connected {
 /// all under the connect deadline.
 pub(super) async fn connect(shared: &Arc<Shared>, server: usize) -> Result<Connected, Failure> {
     let cfg = &shared.config;
-    let url = &shared.servers[server];
+    let endpoint = &shared.servers[server];
+    let url = &endpoint.url;
     let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
     let ws = tokio::time::timeout_at(
         deadline,
-        dial_via(
+        dial_addr_via(
             url,
+            endpoint.addr,
             shared.tls.clone(),
             cfg.proto.idle_timeout,
             cfg.ws_mask,
@@ -195,7 +197,7 @@ pub(super) fn record_port(shared: &Shared, server: usize, svc: &ServiceSpec, por
     if previous == Some(port) {
         return;
     }
-    let url = super::servers::server_text(&shared.servers[server]);
+    let url = shared.servers[server].text();
     if svc.private {
         tracing::info!(service = %svc.name, target = %svc.target, server = %url, "service exposed privately (no public port: reached through culvert access and node tunnels)");
     } else {

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use connect::{connect, Connected};
 use forward::serve;
-use servers::{effective_pool, server_text, Route};
+use servers::{effective_pool, Endpoint, Route};
 
 use crate::{Backoff, FailureKind, ServiceSpec};
 
@@ -127,8 +127,9 @@ impl AgentConfig {
 pub(crate) struct Shared {
     /// The configuration, with `pool` made the effective pool (at least one per server).
     config: AgentConfig,
-    /// The servers slots dial, by index (see [`AgentConfig::servers`]).
-    servers: Vec<ServerUrl>,
+    /// The servers slots dial, by index (see [`AgentConfig::servers`]; a name resolving
+    /// to several addresses at start is one server per address).
+    servers: Vec<Endpoint>,
     /// Public port per (server, service): what a reconnecting slot asks that server for.
     server_ports: Mutex<HashMap<(usize, String), u16>>,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -293,7 +294,7 @@ impl AgentHandle {
 
     /// The servers the agent spreads its pool over, as `ws[s]://HOST:PORT`.
     pub fn servers(&self) -> Vec<String> {
-        self.shared.servers.iter().map(server_text).collect()
+        self.shared.servers.iter().map(Endpoint::text).collect()
     }
 
     /// Why the last connection attempt failed or the last connection was lost.
@@ -444,8 +445,8 @@ impl Shared {
             .enumerate()
             .map(|(slot, s)| ConnectionStatus {
                 slot,
-                server: server_text(&self.servers[s.server]),
-                home: server_text(&self.servers[s.home]),
+                server: self.servers[s.server].text(),
+                home: self.servers[s.home].text(),
                 state: match s.state {
                     SlotState::Up => LinkState::Connected,
                     SlotState::Connecting => LinkState::Connecting,
@@ -464,12 +465,12 @@ impl Shared {
         self.servers
             .iter()
             .enumerate()
-            .map(|(i, url)| {
+            .map(|(i, endpoint)| {
                 let up = slots
                     .iter()
                     .filter(|s| s.server == i && matches!(s.state, SlotState::Up))
                     .count();
-                (server_text(url), up)
+                (endpoint.text(), up)
             })
             .collect()
     }
@@ -517,8 +518,10 @@ impl Agent {
     pub fn spawn(
         mut config: AgentConfig,
     ) -> Result<AgentHandle, culvert_transport::TransportError> {
-        let servers = config.servers();
-        let tls = if servers.iter().any(|s| s.tls) {
+        let servers = servers::endpoints(&config.servers(), |u| {
+            servers::resolve_now(u, config.proxy.as_ref())
+        });
+        let tls = if servers.iter().any(|s| s.url.tls) {
             Some(client_config(&config.verify)?)
         } else {
             None
@@ -619,7 +622,7 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
             Err(f) => {
                 shared.failures.fetch_add(1, Ordering::Relaxed);
                 *lock(&shared.last_error) = Some(f.message.clone());
-                let url = server_text(&shared.servers[server]);
+                let url = shared.servers[server].text();
                 match f.kind {
                     FailureKind::Transient => {
                         tracing::warn!(error = ?f.message, server = %url, "could not establish tunnel connection");
@@ -687,7 +690,7 @@ async fn serve_connection(
     let server = route.current();
     let mux = c.mux.clone();
     if route.away() {
-        tracing::info!(server = %server_text(&shared.servers[server]), home = %server_text(&shared.servers[route.home()]),
+        tracing::info!(server = %shared.servers[server].text(), home = %shared.servers[route.home()].text(),
             "connected to another server than this slot's own (failover)");
     }
     shared.set_slot(slot, SlotState::Up, server);
@@ -716,12 +719,12 @@ async fn serve_connection(
     match &ended {
         Ended::Lost(reason) => {
             shared.failures.fetch_add(1, Ordering::Relaxed);
-            let url = server_text(&shared.servers[server]);
+            let url = shared.servers[server].text();
             tracing::warn!(reason = ?reason, server = %url, "tunnel connection lost");
             *lock(&shared.last_error) = Some(format!("connection lost: {reason}"));
         }
         Ended::Home(_) => {
-            let home = server_text(&shared.servers[route.home()]);
+            let home = shared.servers[route.home()].text();
             tracing::info!(%home, "home server answers again; this slot moves back to it");
             // The old connection takes no new streams; those in flight may finish.
             tokio::spawn(async move {
@@ -737,7 +740,8 @@ async fn serve_connection(
 /// `every`, a plain TCP connect (a dead home costs one SYN), and when that works the full
 /// handshake. Runs beside the connection it may replace, never in its path.
 async fn home_answers(shared: &Arc<Shared>, home: usize, every: Duration) -> Connected {
-    let url = &shared.servers[home];
+    let endpoint = &shared.servers[home];
+    let url = &endpoint.url;
     let direct = shared
         .config
         .proxy
@@ -746,20 +750,22 @@ async fn home_answers(shared: &Arc<Shared>, home: usize, every: Duration) -> Con
     loop {
         tokio::time::sleep(every).await;
         if direct {
-            let tcp = tokio::time::timeout(
-                shared.config.connect_timeout,
-                tokio::net::TcpStream::connect((url.host.as_str(), url.port)),
-            )
-            .await;
+            let dial = async {
+                match endpoint.addr {
+                    Some(a) => tokio::net::TcpStream::connect(a).await,
+                    None => tokio::net::TcpStream::connect((url.host.as_str(), url.port)).await,
+                }
+            };
+            let tcp = tokio::time::timeout(shared.config.connect_timeout, dial).await;
             if !matches!(tcp, Ok(Ok(_))) {
-                tracing::debug!(home = %server_text(url), "home server still not answering");
+                tracing::debug!(home = %endpoint.text(), "home server still not answering");
                 continue;
             }
         }
         match connect(shared, home).await {
             Ok(c) => return c,
             Err(f) => {
-                tracing::debug!(home = %server_text(url), error = ?f.message, "home server not back yet")
+                tracing::debug!(home = %endpoint.text(), error = ?f.message, "home server not back yet")
             }
         }
     }

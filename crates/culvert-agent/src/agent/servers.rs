@@ -2,7 +2,75 @@
 //! (slot `i` lives on server `i % n`), and a slot whose server fails tries the others in
 //! order before it backs off, so one dead server costs no waiting while another answers.
 
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
 use culvert_transport::ws::ServerUrl;
+
+/// One server the pool dials: its URL and, for a name that resolves to several addresses
+/// (each a server of the cluster), the one address this endpoint stands for. The name
+/// still goes in SNI, the Host header and the certificate check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub(crate) url: ServerUrl,
+    pub(crate) addr: Option<SocketAddr>,
+}
+
+impl Endpoint {
+    /// How status views and metrics name it: the URL, with the address when it has one.
+    pub(crate) fn text(&self) -> String {
+        match self.addr {
+            None => server_text(&self.url),
+            Some(a) => format!("{} ({a})", server_text(&self.url)),
+        }
+    }
+}
+
+/// The endpoints of `urls`: one per URL, or one per address when `resolve` gives several
+/// for its name (a name with one address keeps being resolved at each dial).
+pub(crate) fn endpoints(
+    urls: &[ServerUrl],
+    resolve: impl Fn(&ServerUrl) -> Vec<SocketAddr>,
+) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    for url in urls {
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for a in resolve(url) {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        if addrs.len() < 2 {
+            out.push(Endpoint {
+                url: url.clone(),
+                addr: None,
+            });
+        } else {
+            out.extend(addrs.into_iter().map(|a| Endpoint {
+                url: url.clone(),
+                addr: Some(a),
+            }));
+        }
+    }
+    out
+}
+
+/// The addresses `url`'s host name resolves to now (none for an IP literal, a name that
+/// does not resolve, or one reached through `proxy`, which resolves it itself).
+pub(crate) fn resolve_now(
+    url: &ServerUrl,
+    proxy: Option<&culvert_transport::Proxy>,
+) -> Vec<SocketAddr> {
+    if url.host.parse::<IpAddr>().is_ok() || proxy.is_some_and(|p| p.applies_to(&url.host)) {
+        return Vec::new();
+    }
+    match (url.host.as_str(), url.port).to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            tracing::warn!(server = %server_text(url), error = %e, "could not resolve the server's name at start; it is resolved again at each connection attempt");
+            Vec::new()
+        }
+    }
+}
 
 /// Pooled connections kept with `pool` asked for and `servers` servers: at least one per
 /// server, so each server has this agent's services.
@@ -134,6 +202,40 @@ mod tests {
         r.connected();
         assert!(r.failed());
         assert!(!r.away());
+    }
+
+    #[test]
+    fn a_name_with_several_addresses_is_several_servers() {
+        let urls = [
+            ServerUrl::parse("wss://cluster.example:8443").unwrap(),
+            ServerUrl::parse("wss://single.example:8443").unwrap(),
+        ];
+        let a: SocketAddr = "10.0.0.1:8443".parse().unwrap();
+        let b: SocketAddr = "[fd00::2]:8443".parse().unwrap();
+        let c: SocketAddr = "10.0.0.9:8443".parse().unwrap();
+        let eps = endpoints(&urls, |u| {
+            if u.host.starts_with("cluster") {
+                vec![a, b, a]
+            } else {
+                vec![c]
+            }
+        });
+        let got: Vec<(String, Option<SocketAddr>)> =
+            eps.iter().map(|e| (e.url.host.clone(), e.addr)).collect();
+        assert_eq!(
+            got,
+            [
+                ("cluster.example".to_owned(), Some(a)),
+                ("cluster.example".to_owned(), Some(b)),
+                ("single.example".to_owned(), None),
+            ]
+        );
+        assert_eq!(eps[1].text(), "wss://cluster.example:8443 ([fd00::2]:8443)");
+        assert_eq!(eps[2].text(), "wss://single.example:8443");
+        // An IP literal is never looked up.
+        let ip = ServerUrl::parse("ws://127.0.0.1:1").unwrap();
+        assert!(resolve_now(&ip, None).is_empty());
+        assert_eq!(endpoints(&[ip], |u| resolve_now(u, None)).len(), 1);
     }
 
     #[test]
