@@ -535,3 +535,56 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     handle.drain(grace).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `server` and `servers` of the agent's TOML make one list (`server` first); `--server`
+    /// flags replace it; repeated fingerprints pin each; a server given twice is refused.
+    #[test]
+    fn agent_servers_from_the_file_and_the_flags() {
+        let dir =
+            std::env::temp_dir().join(format!("culvert-agent-servers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("agent.token");
+        std::fs::write(&token, "secret").unwrap();
+        let conf = dir.join("agent.toml");
+        let a = "aa".repeat(32);
+        let b = "bb".repeat(32);
+        std::fs::write(
+            &conf,
+            format!(
+                "[agent]\nserver = \"wss://s1:8443\"\nservers = [\"wss://s2:8443\", \"wss://s3:8443\"]\n\
+                 token_file = {token:?}\nexpose = [\"pg=tcp://127.0.0.1:5432\"]\nhome_probe_interval = 5\n\
+                 fingerprints = [\"{a}\", \"{b}\"]\n"
+            ),
+        )
+        .unwrap();
+        let args = || AgentArgs {
+            config: Some(conf.clone()),
+            ..AgentArgs::default()
+        };
+        let c = agent_config(args()).unwrap();
+        let hosts: Vec<String> = c.servers().iter().map(|s| s.host.clone()).collect();
+        assert_eq!(hosts, ["s1", "s2", "s3"]);
+        assert_eq!(c.home_probe_interval, Some(Duration::from_secs(5)));
+        assert_eq!(c.verify, Verify::Fingerprints(vec![a.clone(), b]));
+
+        let mut flags = args();
+        flags.server = vec!["wss://s9:8443".into()];
+        flags.verify.fingerprint = vec![a.clone()];
+        flags.home_probe_interval = Some(0);
+        let c = agent_config(flags).unwrap();
+        assert_eq!(c.servers().len(), 1);
+        assert_eq!(c.server.host, "s9");
+        assert_eq!(c.verify, Verify::Fingerprint(a));
+        assert_eq!(c.home_probe_interval, None);
+
+        let mut twice = args();
+        twice.server = vec!["wss://s9:8443".into(), "wss://s9:8443/".into()];
+        let e = agent_config(twice).unwrap_err().to_string();
+        assert!(e.contains("given twice"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
