@@ -15,7 +15,7 @@ mod open_error;
 pub mod proxy_protocol;
 mod service;
 
-pub use agent::{Agent, AgentConfig, AgentHandle, LinkState, ServiceCounters};
+pub use agent::{Agent, AgentConfig, AgentHandle, ConnectionStatus, LinkState, ServiceCounters};
 pub use backoff::Backoff;
 pub use failure::{Failure, FailureKind};
 pub use http_backend::{HttpBackend, SecretSource};

@@ -47,6 +47,15 @@ impl Collector for AgentCollector {
             "Pooled connections silent past a heartbeat with a heartbeat unanswered (given no new streams).",
             ConstGauge::new(shared.connections_suspect() as u64),
         )?;
+        family(
+            enc,
+            "culvert_agent_server_connections",
+            "Pooled connections up and registered, per server the pool spreads over.",
+            shared
+                .connections_per_server()
+                .into_iter()
+                .map(|(server, n)| ([("server", server)], ConstGauge::new(n as u64))),
+        )?;
         single(
             enc,
             "culvert_agent_pool_size",

@@ -189,6 +189,9 @@ pub enum Verify {
     CaFile(std::path::PathBuf),
     /// Exactly the certificate with this SHA-256 fingerprint (lowercase hex).
     Fingerprint(String),
+    /// Any of these certificates, by SHA-256 fingerprint (lowercase hex): an agent of a
+    /// cluster whose servers each keep their own self-signed certificate pins them all.
+    Fingerprints(Vec<String>),
     /// Nothing is verified. Only for tests; warned about loudly.
     InsecureSkipVerify,
 }
@@ -210,6 +213,27 @@ impl Verify {
         } else {
             Verify::SystemRoots
         })
+    }
+
+    /// [`Verify::from_options`] with any number of pinned fingerprints (`--fingerprint`
+    /// repeated): one pins that certificate, several accept a server presenting any of them.
+    pub fn from_options_pinned(
+        ca: Option<std::path::PathBuf>,
+        fingerprints: &[String],
+        insecure_skip_verify: bool,
+    ) -> Result<Verify, TransportError> {
+        if ca.is_some() || fingerprints.len() < 2 {
+            return Verify::from_options(
+                ca,
+                fingerprints.first().map(String::as_str),
+                insecure_skip_verify,
+            );
+        }
+        let fps = fingerprints
+            .iter()
+            .map(|f| normalize_fingerprint(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Verify::Fingerprints(fps))
     }
 }
 
@@ -243,7 +267,14 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TransportErro
         Verify::Fingerprint(fp) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Pinned {
-                fingerprint: Some(fp.clone()),
+                fingerprints: Some(vec![fp.clone()]),
+                provider: provider(),
+            }))
+            .with_no_client_auth(),
+        Verify::Fingerprints(fps) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned {
+                fingerprints: Some(fps.clone()),
                 provider: provider(),
             }))
             .with_no_client_auth(),
@@ -252,7 +283,7 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TransportErro
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(Pinned {
-                    fingerprint: None,
+                    fingerprints: None,
                     provider: provider(),
                 }))
                 .with_no_client_auth()
@@ -261,11 +292,11 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TransportErro
     Ok(Arc::new(config))
 }
 
-/// Accepts exactly one certificate by fingerprint (or any, when `None`), still checking
-/// that the server holds its key (handshake signatures).
+/// Accepts exactly the certificates of these fingerprints (or any, when `None`), still
+/// checking that the server holds its key (handshake signatures).
 #[derive(Debug)]
 struct Pinned {
-    fingerprint: Option<String>,
+    fingerprints: Option<Vec<String>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -278,13 +309,17 @@ impl ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match &self.fingerprint {
-            None => Ok(ServerCertVerified::assertion()),
-            Some(fp) if *fp == fingerprint(end_entity) => Ok(ServerCertVerified::assertion()),
-            Some(fp) => Err(rustls::Error::General(format!(
-                "server certificate fingerprint {} does not match the pinned {fp}",
-                fingerprint(end_entity)
-            ))),
+        let Some(fps) = &self.fingerprints else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let got = fingerprint(end_entity);
+        if fps.contains(&got) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "server certificate fingerprint {got} does not match the pinned {}",
+                fps.join(" or ")
+            )))
         }
     }
 

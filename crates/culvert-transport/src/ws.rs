@@ -168,12 +168,27 @@ pub async fn dial_via(
     mask: bool,
     proxy: Option<&crate::Proxy>,
 ) -> Result<WsConn<ClientIo>, TransportError> {
-    let tcp = match proxy.filter(|p| p.applies_to(&url.host)) {
-        Some(p) => {
+    dial_addr_via(url, None, tls, user_timeout, mask, proxy).await
+}
+
+/// [`dial_via`] to one address `addr` of the server's name (when given and no proxy
+/// applies) instead of whichever the name resolves to first: the name still goes in SNI,
+/// the Host header and the certificate check. For a name that stands for several servers.
+pub async fn dial_addr_via(
+    url: &ServerUrl,
+    addr: Option<std::net::SocketAddr>,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    user_timeout: std::time::Duration,
+    mask: bool,
+    proxy: Option<&crate::Proxy>,
+) -> Result<WsConn<ClientIo>, TransportError> {
+    let tcp = match (proxy.filter(|p| p.applies_to(&url.host)), addr) {
+        (Some(p), _) => {
             tracing::debug!(proxy = %p, server = %url.host, "dialing through the proxy");
             p.connect(&url.host, url.port, user_timeout).await?
         }
-        None => tokio::net::TcpStream::connect((url.host.as_str(), url.port)).await?,
+        (None, Some(addr)) => tokio::net::TcpStream::connect(addr).await?,
+        (None, None) => tokio::net::TcpStream::connect((url.host.as_str(), url.port)).await?,
     };
     crate::tune_tcp(&tcp);
     crate::tune_tunnel(&tcp, user_timeout);

@@ -46,7 +46,12 @@ pub(crate) fn config(args: AccessArgs) -> anyhow::Result<(AccessConfig, Option<S
     let token = crate::run::read_token(args.token_file.or(file.token_file))?;
     let verify = Verify::from_options(
         args.verify.ca.or(file.ca),
-        args.verify.fingerprint.or(file.fingerprint).as_deref(),
+        args.verify
+            .fingerprint
+            .first()
+            .cloned()
+            .or(file.fingerprint)
+            .as_deref(),
         args.verify.insecure_skip_verify || file.insecure_skip_verify,
     )?;
     let ttl = args.ttl.or(file.ttl);

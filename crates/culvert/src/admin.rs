@@ -169,6 +169,15 @@ impl AdminSource for AgentAdmin {
             "connections_up": self.0.connections_up(),
             "connections_suspect": self.0.connections_suspect(),
             "ready": self.0.is_ready(),
+            "servers": self.0.servers(),
+            "connections": self.0.connections().iter().map(|c| serde_json::json!({
+                "slot": c.slot,
+                "server": c.server,
+                "home": c.home,
+                "state": c.state.to_string(),
+                "connected": c.state == culvert_agent::LinkState::Connected,
+                "unregistered": c.unregistered,
+            })).collect::<Vec<_>>(),
             "services": ports.iter().map(|(n, p)| serde_json::json!({ "name": n, "public_port": p })).collect::<Vec<_>>(),
         })
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use culvert_agent::{AgentConfig, LinkState, ServiceSpec};
+use culvert_agent::{AgentConfig, ConnectionStatus, LinkState, ServiceSpec};
 use culvert_transport::tls::Verify;
 use culvert_transport::ws::ServerUrl;
 
@@ -19,6 +19,8 @@ pub struct Agent;
 #[derive(Clone)]
 pub struct AgentBuilder {
     server: String,
+    extra_servers: Vec<String>,
+    home_probe_interval: Option<Duration>,
     token: String,
     services: Vec<ServiceSpec>,
     pool: usize,
@@ -30,6 +32,7 @@ impl std::fmt::Debug for AgentBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentBuilder")
             .field("server", &self.server)
+            .field("extra_servers", &self.extra_servers)
             .field("token", &"<redacted>")
             .field("services", &self.services)
             .field("pool", &self.pool)
@@ -43,6 +46,8 @@ impl Agent {
     pub fn builder(server: impl Into<String>, token: impl Into<String>) -> AgentBuilder {
         AgentBuilder {
             server: server.into(),
+            extra_servers: Vec::new(),
+            home_probe_interval: Some(Duration::from_secs(30)),
             token: token.into(),
             services: Vec::new(),
             pool: 4,
@@ -67,7 +72,23 @@ impl AgentBuilder {
         self
     }
 
-    /// Tunnel connections kept open; streams spread across them (default 4).
+    /// Adds another server of the same cluster (`wss://HOST:PORT`): the pool spreads over
+    /// every server (connection `i` on server `i % n`, at least one per server), and a
+    /// connection whose server fails moves to the next one at once.
+    pub fn server(mut self, url: impl Into<String>) -> Self {
+        self.extra_servers.push(url.into());
+        self
+    }
+
+    /// How often a connection that failed over to another server checks whether its own
+    /// server answers again, to move back (default 30 s; `None` never).
+    pub fn home_probe_interval(mut self, every: Option<Duration>) -> Self {
+        self.home_probe_interval = every;
+        self
+    }
+
+    /// Tunnel connections kept open; streams spread across them (default 4; with several
+    /// servers at least one per server).
     pub fn pool(mut self, n: usize) -> Self {
         self.pool = n.clamp(1, 64);
         self
@@ -96,8 +117,15 @@ impl AgentBuilder {
             )));
         }
         let url = ServerUrl::parse(&self.server)?;
+        let extra_servers = self
+            .extra_servers
+            .iter()
+            .map(|s| ServerUrl::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
         let names = self.services.iter().map(|s| s.name.clone()).collect();
         let mut config = AgentConfig::new(url, self.token, self.services);
+        config.extra_servers = extra_servers;
+        config.home_probe_interval = self.home_probe_interval;
         config.pool = self.pool;
         config.verify = self.verify;
         config.connect_timeout = self.connect_timeout;
@@ -136,6 +164,8 @@ pub struct AgentStatus {
     pub last_error: Option<String>,
     /// Each service's public port and traffic, by name.
     pub services: HashMap<String, ServiceStatus>,
+    /// Each pooled connection: the server it is on, its home server and its state.
+    pub connections: Vec<ConnectionStatus>,
 }
 
 /// Figures of one exposed service.
@@ -196,6 +226,7 @@ impl AgentHandle {
             rtt: self.inner.rtt(),
             last_error: self.inner.last_error(),
             services,
+            connections: self.inner.connections(),
         }
     }
 

@@ -55,7 +55,8 @@ impl Command {
 pub enum Command {
     /// Run the server: accept agents and serve their public ports.
     Server(ServerArgs),
-    /// Run an agent: dial the server and expose local services through it.
+    /// Run an agent: dial the server (or the servers of a cluster, --server repeated) and
+    /// expose local services through it.
     Agent(AgentArgs),
     /// Manage tokens.
     #[command(subcommand)]
@@ -395,9 +396,13 @@ pub struct AgentArgs {
     /// TOML config file; its `[agent]` table holds the same settings as these flags.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Server URL, wss://HOST:PORT (or ws:// for a loopback test server).
-    #[arg(long)]
-    pub server: Option<String>,
+    /// Server URL, wss://HOST:PORT (or ws:// for a loopback test server). Repeat it for
+    /// the servers of a cluster: the pool spreads over them (connection i on server
+    /// i mod n, at least one per server), a connection whose server fails moves to the
+    /// next one at once (backing off only when all failed in a row), and returns to its
+    /// own server when that answers again (checked every --home-probe-interval).
+    #[arg(long = "server", value_name = "URL")]
+    pub server: Vec<String>,
     /// File holding the token (or set CULVERT_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -415,9 +420,13 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub verify: VerifyArgs,
     /// WebSocket connections to keep open, 1 to 64 (streams spread across them)
-    /// [default: 4].
+    /// [default: 4]. With several --server, at least one per server.
     #[arg(long)]
     pub pool: Option<usize>,
+    /// Seconds between checks, by a connection that failed over to another server,
+    /// whether its own server answers again (then it moves back); 0 never [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub home_probe_interval: Option<u64>,
     /// HTTP proxy to reach the server through (CONNECT): http://[USER:PASSWORD@]HOST:PORT,
     /// or `none`. Default: HTTPS_PROXY from the environment, minus the hosts in NO_PROXY.
     #[arg(long, value_name = "URL")]
@@ -461,9 +470,10 @@ pub struct VerifyArgs {
     /// Trust only server certificates issued by the CA(s) in this PEM file.
     #[arg(long, conflicts_with_all = ["fingerprint", "insecure_skip_verify"])]
     pub ca: Option<PathBuf>,
-    /// Trust exactly the server certificate with this SHA-256 fingerprint.
-    #[arg(long, conflicts_with = "insecure_skip_verify")]
-    pub fingerprint: Option<String>,
+    /// Trust exactly the server certificate with this SHA-256 fingerprint. Repeatable:
+    /// a server presenting any of them is trusted (a cluster of self-signed servers).
+    #[arg(long, value_name = "SHA256", conflicts_with = "insecure_skip_verify")]
+    pub fingerprint: Vec<String>,
     /// Do not verify the server at all (tests only; logs a loud warning).
     #[arg(long)]
     pub insecure_skip_verify: bool,

@@ -80,6 +80,9 @@ pub struct ServerFile {
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
     pub server: Option<String>,
+    /// The servers of a cluster (with `server`, if also given, first).
+    #[serde(default)]
+    pub servers: Vec<String>,
     pub token_file: Option<PathBuf>,
     #[serde(default)]
     pub expose: Vec<String>,
@@ -89,9 +92,14 @@ pub struct AgentFile {
     pub bench_service: Option<String>,
     pub ca: Option<PathBuf>,
     pub fingerprint: Option<String>,
+    /// Several pinned fingerprints (a server presenting any of them is trusted).
+    #[serde(default)]
+    pub fingerprints: Vec<String>,
     #[serde(default)]
     pub insecure_skip_verify: bool,
     pub pool: Option<usize>,
+    /// `--home-probe-interval SECS`.
+    pub home_probe_interval: Option<u64>,
     /// `--ws-mask`: mask every WebSocket frame.
     #[serde(default)]
     pub ws_mask: bool,

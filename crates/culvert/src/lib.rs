@@ -114,7 +114,7 @@ pub use readiness::ReadyWatch;
 pub use server_role::{Server, ServerBuilder, ServerHandle};
 pub use udp_flow::UdpFlow;
 
-pub use culvert_agent::{LinkState, ServiceSpec};
+pub use culvert_agent::{ConnectionStatus, LinkState, ServiceSpec};
 pub use culvert_node::{Fallback, NodeFile, TunnelStatus};
 pub use culvert_server::{ReloadReport, SessionInfo, TokenStore};
 pub use culvert_transport::tls::{ServerTls, Verify};

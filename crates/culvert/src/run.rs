@@ -355,9 +355,34 @@ pub(crate) fn read_token(path: Option<PathBuf>) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// The agent's servers: the `--server` flags, else `server` and `servers` of the file.
+fn agent_servers(
+    flags: Vec<String>,
+    file: &file_config::AgentFile,
+) -> anyhow::Result<Vec<ServerUrl>> {
+    let urls: Vec<String> = if flags.is_empty() {
+        file.server.iter().chain(&file.servers).cloned().collect()
+    } else {
+        flags
+    };
+    if urls.is_empty() {
+        bail!("--server wss://HOST:PORT is required (repeat it for the servers of a cluster)");
+    }
+    let mut servers = Vec::new();
+    for u in &urls {
+        let url = ServerUrl::parse(u)?;
+        if servers.contains(&url) {
+            bail!("server {u} is given twice");
+        }
+        servers.push(url);
+    }
+    Ok(servers)
+}
+
 pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     let file = file_config::load(args.config.as_deref())?.agent;
-    let server = server_url(args.server.or(file.server))?;
+    let mut servers = agent_servers(args.server, &file)?.into_iter();
+    let server = servers.next().context("no server")?;
     let token = read_token(args.token_file.or(file.token_file))?;
     let expose: Vec<String> = if args.expose.is_empty() {
         file.expose
@@ -404,13 +429,25 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
             .with_context(|| format!("service {:?}: injected headers", s.0.name))?;
     }
     let mut config = AgentConfig::new(server, token, services);
-    config.verify = Verify::from_options(
+    config.extra_servers = servers.collect();
+    let fingerprints: Vec<String> = if args.verify.fingerprint.is_empty() {
+        file.fingerprint
+            .into_iter()
+            .chain(file.fingerprints)
+            .collect()
+    } else {
+        args.verify.fingerprint
+    };
+    config.verify = Verify::from_options_pinned(
         args.verify.ca.or(file.ca),
-        args.verify.fingerprint.or(file.fingerprint).as_deref(),
+        &fingerprints,
         args.verify.insecure_skip_verify || file.insecure_skip_verify,
     )?;
     if let Some(p) = args.pool.or(file.pool) {
         config.pool = p.clamp(1, 64);
+    }
+    if let Some(secs) = args.home_probe_interval.or(file.home_probe_interval) {
+        config.home_probe_interval = (secs > 0).then(|| Duration::from_secs(secs));
     }
     config.ws_mask = args.ws_mask || file.ws_mask;
     config.proxy = Proxy::from_setting(args.proxy.or(file.proxy).as_deref())?;
@@ -518,7 +555,12 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    tracing::info!(server = %format!("{}:{}", config.server.host, config.server.port), tls = config.server.tls, pool = config.pool, "agent starting");
+    let servers: Vec<String> = config
+        .servers()
+        .iter()
+        .map(|s| format!("{}:{}", s.host, s.port))
+        .collect();
+    tracing::info!(server = %servers.join(","), tls = config.server.tls, pool = config.pool.max(servers.len()), "agent starting");
     reload_secrets_on_sighup(config.services.clone());
     let handle = std::sync::Arc::new(Agent::spawn(config)?);
     if let Some(admin) = admin_addr {
@@ -541,4 +583,57 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     );
     handle.drain(grace).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `server` and `servers` of the agent's TOML make one list (`server` first); `--server`
+    /// flags replace it; repeated fingerprints pin each; a server given twice is refused.
+    #[test]
+    fn agent_servers_from_the_file_and_the_flags() {
+        let dir =
+            std::env::temp_dir().join(format!("culvert-agent-servers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("agent.token");
+        std::fs::write(&token, "secret").unwrap();
+        let conf = dir.join("agent.toml");
+        let a = "aa".repeat(32);
+        let b = "bb".repeat(32);
+        std::fs::write(
+            &conf,
+            format!(
+                "[agent]\nserver = \"wss://s1:8443\"\nservers = [\"wss://s2:8443\", \"wss://s3:8443\"]\n\
+                 token_file = {token:?}\nexpose = [\"pg=tcp://127.0.0.1:5432\"]\nhome_probe_interval = 5\n\
+                 fingerprints = [\"{a}\", \"{b}\"]\n"
+            ),
+        )
+        .unwrap();
+        let args = || AgentArgs {
+            config: Some(conf.clone()),
+            ..AgentArgs::default()
+        };
+        let c = agent_config(args()).unwrap();
+        let hosts: Vec<String> = c.servers().iter().map(|s| s.host.clone()).collect();
+        assert_eq!(hosts, ["s1", "s2", "s3"]);
+        assert_eq!(c.home_probe_interval, Some(Duration::from_secs(5)));
+        assert_eq!(c.verify, Verify::Fingerprints(vec![a.clone(), b]));
+
+        let mut flags = args();
+        flags.server = vec!["wss://s9:8443".into()];
+        flags.verify.fingerprint = vec![a.clone()];
+        flags.home_probe_interval = Some(0);
+        let c = agent_config(flags).unwrap();
+        assert_eq!(c.servers().len(), 1);
+        assert_eq!(c.server.host, "s9");
+        assert_eq!(c.verify, Verify::Fingerprint(a));
+        assert_eq!(c.home_probe_interval, None);
+
+        let mut twice = args();
+        twice.server = vec!["wss://s9:8443".into(), "wss://s9:8443/".into()];
+        let e = agent_config(twice).unwrap_err().to_string();
+        assert!(e.contains("given twice"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -140,6 +140,28 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             for s in v["services"].as_array().into_iter().flatten() {
                 println!("{:<24} {}", text(&s["name"]), s["public_port"]);
             }
+            let conns = v["connections"].as_array().into_iter().flatten();
+            println!("{:>4} {:<34} {:<34} state", "slot", "server", "home");
+            for c in conns {
+                let missing: Vec<String> = c["unregistered"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(text)
+                    .collect();
+                println!(
+                    "{:>4} {:<34} {:<34} {}{}",
+                    c["slot"],
+                    text(&c["server"]),
+                    text(&c["home"]),
+                    text(&c["state"]),
+                    if missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (not registered yet: {})", missing.join(", "))
+                    }
+                );
+            }
         }
         Some("node") => {
             println!(

@@ -131,3 +131,58 @@ async fn client_reaches_a_private_service_and_falls_back_when_the_tunnel_is_down
     ));
     drop(agent);
 }
+
+/// An agent of two servers through the builder (`.server(url)`): with a pool of 1 it keeps
+/// one connection on each, and its status names the server of each connection.
+#[tokio::test]
+async fn agent_spreads_over_the_servers_it_is_given() {
+    let echo = echo_service().await;
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let tokens = TokenStore::from_tokens(&[("acme", "acme-secret")]);
+        let server = Server::builder("127.0.0.1:0".parse().unwrap(), 40000..=40000)
+            .tokens(tokens)
+            .public_bind([127, 0, 0, 1].into())
+            .spawn()
+            .await
+            .unwrap();
+        servers.push(server);
+    }
+    let agent = Agent::builder(servers[0].url(), "acme-secret")
+        .server(servers[1].url())
+        .service(&format!("echo=tcp://{echo}?private"))
+        .unwrap()
+        .pool(1)
+        .home_probe_interval(Some(Duration::from_secs(1)))
+        .spawn()
+        .unwrap();
+    assert!(agent.wait_ready(LIMIT).await, "the agent did not come up");
+    let status = agent.status();
+    assert_eq!(status.connections_up, 2);
+    let mut on: Vec<String> = status
+        .connections
+        .iter()
+        .filter(|c| c.state == culvert::LinkState::Connected)
+        .map(|c| c.server.clone())
+        .collect();
+    on.sort();
+    let mut want: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    want.sort();
+    assert_eq!(on, want, "{status:?}");
+    for s in &servers {
+        let client = tokio::time::timeout(
+            LIMIT,
+            Client::builder(s.url(), "acme-secret").pool(1).connect(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let stream = client.open("echo").await.unwrap();
+        let got = tokio::time::timeout(LIMIT, round_trip(stream, b"each server"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, b"each server");
+    }
+    agent.shutdown(Duration::from_secs(1)).await;
+}

@@ -213,6 +213,7 @@ fn server_agent_and_access_metrics_are_valid_prometheus_text() {
             "culvert_agent_connections_up",
             "culvert_agent_connections_suspect",
             "culvert_agent_pool_size",
+            "culvert_agent_server_connections",
             "culvert_agent_ready",
             "culvert_agent_connection_failures_total",
             "culvert_agent_service_public_port",

@@ -7,28 +7,38 @@ use std::time::Instant;
 
 use culvert_proto::control::{AuthExt, RegisterExt, CULVERT_VERSION, MIN_CULVERT_VERSION};
 use culvert_proto::{Connection, Control, Side, Token};
-use culvert_transport::ws::dial_via;
+use culvert_transport::ws::dial_addr_via;
 use culvert_transport::{Mux, MuxEvent};
 use uuid::Uuid;
 
+use super::register_retry::PendingRegistrations;
 use super::{lock, Shared};
-use crate::{Failure, ServiceSpec};
+use crate::{Failure, FailureKind, ServiceSpec};
 
-/// Dials, authenticates and registers, all under the connect deadline.
-pub(super) type Connected = (
-    Mux,
-    tokio::sync::mpsc::UnboundedReceiver<MuxEvent>,
-    HashMap<Uuid, ServiceSpec>,
-    Vec<MuxEvent>,
-);
+/// A connection up and authenticated, with the services it registered.
+pub(super) struct Connected {
+    pub(super) mux: Mux,
+    pub(super) events: tokio::sync::mpsc::UnboundedReceiver<MuxEvent>,
+    /// Registered services by the id the server gave them.
+    pub(super) ids: HashMap<Uuid, ServiceSpec>,
+    /// Streams and Connects that arrived while registering.
+    pub(super) early: Vec<MuxEvent>,
+    /// Services refused for now, asked again on this connection.
+    pub(super) pending: PendingRegistrations,
+}
 
-pub(super) async fn connect(shared: &Arc<Shared>) -> Result<Connected, Failure> {
+/// Dials server `server` (an index into the agent's servers), authenticates and registers,
+/// all under the connect deadline.
+pub(super) async fn connect(shared: &Arc<Shared>, server: usize) -> Result<Connected, Failure> {
     let cfg = &shared.config;
+    let endpoint = &shared.servers[server];
+    let url = &endpoint.url;
     let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
     let ws = tokio::time::timeout_at(
         deadline,
-        dial_via(
-            &cfg.server,
+        dial_addr_via(
+            url,
+            endpoint.addr,
             shared.tls.clone(),
             cfg.proto.idle_timeout,
             cfg.ws_mask,
@@ -37,7 +47,7 @@ pub(super) async fn connect(shared: &Arc<Shared>) -> Result<Connected, Failure> 
     )
     .await
     .map_err(|_| Failure::transient("timed out connecting to the server"))?
-    .map_err(|e| Failure::dial(&cfg.server, &e))?;
+    .map_err(|e| Failure::dial(url, &e))?;
     let mut conn = Connection::new(Side::Client, cfg.proto.clone(), Instant::now())
         .map_err(|e| Failure::transient(e.to_string()))?;
     conn.send_control_first(Control::Auth {
@@ -79,9 +89,13 @@ pub(super) async fn connect(shared: &Arc<Shared>) -> Result<Connected, Failure> 
         // remembers nothing) gives clients the same port back; if that port is taken now,
         // it asks again for any port.
         let mut ids = HashMap::new();
-        for svc in &cfg.services {
+        let mut pending = PendingRegistrations::none();
+        'services: for svc in &cfg.services {
             let mut ask = match svc.remote_port {
-                0 if !svc.private => lock(&shared.ports).get(&svc.name).copied().unwrap_or(0),
+                0 if !svc.private => lock(&shared.server_ports)
+                    .get(&(server, svc.name.clone()))
+                    .copied()
+                    .unwrap_or(0),
                 configured => configured,
             };
             let (service_id, ext) = loop {
@@ -104,7 +118,15 @@ pub(super) async fn connect(shared: &Arc<Shared>) -> Result<Connected, Failure> 
                         ask = svc.remote_port;
                     }
                     Control::RegisterFail { reason } => {
-                        return Err(Failure::register(&svc.name, &reason))
+                        let f = Failure::register(&svc.name, &reason);
+                        if f.kind == FailureKind::Permanent {
+                            return Err(f);
+                        }
+                        // Refused for now (a port taken, a cluster's database away): the
+                        // connection serves the others and asks again for this one.
+                        tracing::warn!(service = %svc.name, reason = ?reason, "server refused the service for now; asking again on this connection");
+                        pending.add(svc.clone(), Instant::now());
+                        continue 'services;
                     }
                     other => {
                         return Err(Failure::transient(format!(
@@ -115,20 +137,23 @@ pub(super) async fn connect(shared: &Arc<Shared>) -> Result<Connected, Failure> 
                 }
             };
             ids.insert(service_id, svc.clone());
-            let port = ext.map(|e| e.assigned_port).unwrap_or(0);
-            let previous = lock(&shared.ports).insert(svc.name.clone(), port);
-            if previous != Some(port) {
-                if svc.private {
-                    tracing::info!(service = %svc.name, target = %svc.target, "service exposed privately (no public port: reached through culvert access and node tunnels)");
-                } else {
-                    tracing::info!(service = %svc.name, target = %svc.target, public_port = port, "service exposed");
-                }
-            }
+            record_port(
+                shared,
+                server,
+                svc,
+                ext.map(|e| e.assigned_port).unwrap_or(0),
+            );
         }
-        Ok::<_, Failure>(ids)
+        Ok::<_, Failure>((ids, pending))
     };
     match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(Ok(ids)) => Ok((mux, events, ids, early)),
+        Ok(Ok((ids, pending))) => Ok(Connected {
+            mux,
+            events,
+            ids,
+            early,
+            pending,
+        }),
         Ok(Err(e)) => {
             mux.abort(&e.message);
             Err(e)
@@ -162,5 +187,20 @@ async fn next_control(
             Some(ev @ MuxEvent::Incoming(..)) => early.push(ev),
             None => return Err("connection closed".into()),
         }
+    }
+}
+
+/// Notes the public port server `server` gave `svc` (logged when it is new or changed).
+pub(super) fn record_port(shared: &Shared, server: usize, svc: &ServiceSpec, port: u16) {
+    lock(&shared.ports).insert(svc.name.clone(), port);
+    let previous = lock(&shared.server_ports).insert((server, svc.name.clone()), port);
+    if previous == Some(port) {
+        return;
+    }
+    let url = shared.servers[server].text();
+    if svc.private {
+        tracing::info!(service = %svc.name, target = %svc.target, server = %url, "service exposed privately (no public port: reached through culvert access and node tunnels)");
+    } else {
+        tracing::info!(service = %svc.name, target = %svc.target, public_port = port, server = %url, "service exposed");
     }
 }

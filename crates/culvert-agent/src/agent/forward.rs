@@ -6,24 +6,54 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use culvert_proto::control::RegisterExt;
 use culvert_proto::{reset_code, Control, ServiceProtocol, Target};
 use culvert_transport::{relay_tcp_counted, tune_tcp, Mux, MuxEvent, TunnelStream};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::connect::Connected;
+use super::register_retry::Refused;
 use super::{ServiceCounters, Shared};
 use crate::ServiceSpec;
 
+/// Sleeps until `t` (forever when `None`).
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The Register asking the server again for `svc` (on its configured port, if any).
+fn register_of(svc: &ServiceSpec) -> Control {
+    Control::Register {
+        name: svc.name.clone(),
+        protocol: svc.protocol,
+        local_port: svc.local_port(),
+        remote_port: svc.remote_port,
+        ext: svc.private.then_some(RegisterExt { flags: 1 }),
+    }
+}
+
 /// Serves one connection until it closes: relays each inbound stream to its service, and
 /// each UDP Connect to a flow.
+/// Services refused for now are asked again meanwhile (see `register_retry`).
 pub(super) async fn serve(
     shared: &Arc<Shared>,
-    mux: &Mux,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<MuxEvent>,
-    ids: HashMap<Uuid, ServiceSpec>,
-    early: Vec<MuxEvent>,
+    slot: usize,
+    server: usize,
+    connected: Connected,
 ) -> String {
+    let Connected {
+        mux,
+        mut events,
+        mut ids,
+        early,
+        mut pending,
+    } = connected;
+    let mux = &mux;
     let flows = Arc::new(culvert_transport::udp_target::TargetFlows::default());
     mux.set_datagram_sink(crate::local_flows::sink(
         mux,
@@ -40,10 +70,23 @@ pub(super) async fn serve(
     loop {
         let ev = match early.next() {
             Some(ev) => ev,
-            None => match events.recv().await {
-                Some(ev) => ev,
-                None => break,
-            },
+            None => {
+                let due = pending.deadline();
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Some(ev) => ev,
+                        None => break,
+                    },
+                    _ = sleep_until(due), if due.is_some() => {
+                        if let Some(svc) = pending.due(Instant::now()) {
+                            if let Err(e) = mux.send_control(register_of(&svc)) {
+                                return e.to_string();
+                            }
+                        }
+                        continue;
+                    }
+                }
+            }
         };
         match ev {
             // The open carries the service and the public client: served at once, with no
@@ -134,6 +177,24 @@ pub(super) async fn serve(
                     }
                     Control::Disconnect { reason } => {
                         return format!("server disconnected: {reason}")
+                    }
+                    Control::RegisterOk { service_id, ext } if pending.in_flight() => {
+                        if let Some(svc) = pending.on_ok(Instant::now()) {
+                            tracing::info!(service = %svc.name, "service registered after being refused");
+                            let port = ext.map(|e| e.assigned_port).unwrap_or(0);
+                            super::connect::record_port(shared, server, &svc, port);
+                            ids.insert(service_id, svc);
+                            shared.set_unregistered(slot, pending.names());
+                        }
+                    }
+                    Control::RegisterFail { reason } if pending.in_flight() => {
+                        match pending.on_fail(&reason, Instant::now()) {
+                            Some((svc, Refused::Retry(delay))) => {
+                                tracing::warn!(service = %svc.name, reason = ?reason, retry_in = ?delay, "server refused the service again; asking again later")
+                            }
+                            Some((_, Refused::Permanent(f))) => return f.message,
+                            None => {}
+                        }
                     }
                     other => {
                         tracing::debug!(message = ?other.frame_type(), "ignoring control message")

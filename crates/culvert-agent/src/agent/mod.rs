@@ -4,6 +4,8 @@
 
 mod connect;
 mod forward;
+mod register_retry;
+mod servers;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,16 +20,24 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use connect::connect;
+use connect::{connect, Connected};
 use forward::serve;
+use servers::{effective_pool, Endpoint, Route};
 
 use crate::{Backoff, FailureKind, ServiceSpec};
 
 /// Everything the agent needs.
 #[derive(Clone)]
 pub struct AgentConfig {
-    /// Server to dial.
+    /// Server to dial (the first of a cluster's servers).
     pub server: ServerUrl,
+    /// Further servers of the same cluster, after `server`: the pool spreads over all of
+    /// them (slot `i` on server `i % n`, at least one connection each), and a slot whose
+    /// server fails tries the others in order. Empty: `server` alone, as before.
+    pub extra_servers: Vec<ServerUrl>,
+    /// How often a slot away from its home server (after a failover) checks whether home
+    /// answers again (a TCP connect, then the full handshake), to move back; `None` never.
+    pub home_probe_interval: Option<Duration>,
     /// Bearer token (never logged: see the `Debug` impl).
     pub token: String,
     /// Services to expose.
@@ -67,6 +77,7 @@ impl std::fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentConfig")
             .field("server", &self.server)
+            .field("extra_servers", &self.extra_servers)
             .field("token", &"<redacted>")
             .field("services", &self.services)
             .field("pool", &self.pool)
@@ -81,6 +92,8 @@ impl AgentConfig {
     pub fn new(server: ServerUrl, token: String, services: Vec<ServiceSpec>) -> AgentConfig {
         AgentConfig {
             server,
+            extra_servers: Vec::new(),
+            home_probe_interval: Some(Duration::from_secs(30)),
             token,
             services,
             pool: 4,
@@ -97,11 +110,28 @@ impl AgentConfig {
             exit_on_auth_failure: false,
         }
     }
+
+    /// Every server to dial: `server`, then `extra_servers`, each once.
+    pub fn servers(&self) -> Vec<ServerUrl> {
+        let mut all = vec![self.server.clone()];
+        for s in &self.extra_servers {
+            if !all.contains(s) {
+                all.push(s.clone());
+            }
+        }
+        all
+    }
 }
 
 /// What the pool slots and the handle share.
 pub(crate) struct Shared {
+    /// The configuration, with `pool` made the effective pool (at least one per server).
     config: AgentConfig,
+    /// The servers slots dial, by index (see [`AgentConfig::servers`]; a name resolving
+    /// to several addresses at start is one server per address).
+    servers: Vec<Endpoint>,
+    /// Public port per (server, service): what a reconnecting slot asks that server for.
+    server_ports: Mutex<HashMap<(usize, String), u16>>,
     tls: Option<Arc<rustls::ClientConfig>>,
     client_id: Uuid,
     /// Public port per service, as the server last reported it.
@@ -113,8 +143,8 @@ pub(crate) struct Shared {
     /// Connection attempts that failed, and connections lost.
     failures: std::sync::atomic::AtomicU64,
     state_tx: watch::Sender<usize>,
-    /// What each pool slot is doing, for status views.
-    slots: Mutex<Vec<SlotState>>,
+    /// What each pool slot is doing and on which server, for status views.
+    slots: Mutex<Vec<SlotInfo>>,
     /// The last reason a connection failed or was lost.
     last_error: Mutex<Option<String>>,
     /// Traffic per service, by name.
@@ -134,6 +164,33 @@ enum SlotState {
     Connecting,
     Up,
     BackingOff(Instant),
+}
+
+/// One pool slot: its state, the server it is on (or dialing) and its home server.
+#[derive(Debug, Clone)]
+struct SlotInfo {
+    state: SlotState,
+    server: usize,
+    home: usize,
+    /// Services this slot's connection has not registered yet (refused for now).
+    unregistered: Vec<String>,
+}
+
+/// One pooled connection as status views show it: which server it is on, and how it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStatus {
+    /// The pool slot.
+    pub slot: usize,
+    /// The server it is connected to (or dialing, or waiting for), as `ws[s]://HOST:PORT`.
+    pub server: String,
+    /// The slot's home server (where it returns after a failover).
+    pub home: String,
+    /// Connected, connecting or backing off.
+    pub state: LinkState,
+    /// Services the server refused for now on this connection (asked again with backoff);
+    /// while any is listed the agent is not ready.
+    pub unregistered: Vec<String>,
 }
 
 /// Where the agent's link to its server stands, for status views.
@@ -203,7 +260,7 @@ impl AgentHandle {
         let slots = lock(&self.shared.slots);
         let mut earliest = None::<Instant>;
         for s in slots.iter() {
-            match s {
+            match &s.state {
                 SlotState::Up | SlotState::Connecting => return LinkState::Connecting,
                 SlotState::BackingOff(t) => earliest = Some(earliest.map_or(*t, |e| e.min(*t))),
             }
@@ -228,6 +285,16 @@ impl AgentHandle {
             Ok(e) => e,
             Err(_) => std::future::pending().await,
         }
+    }
+
+    /// Each pooled connection: its server, home server and state.
+    pub fn connections(&self) -> Vec<ConnectionStatus> {
+        self.shared.connections()
+    }
+
+    /// The servers the agent spreads its pool over, as `ws[s]://HOST:PORT`.
+    pub fn servers(&self) -> Vec<String> {
+        self.shared.servers.iter().map(Endpoint::text).collect()
     }
 
     /// Why the last connection attempt failed or the last connection was lost.
@@ -360,9 +427,67 @@ impl Shared {
 
     pub(crate) fn is_ready(&self) -> bool {
         let pool = self.config.pool.max(1);
-        self.connections_up()
-            .saturating_sub(self.connections_suspect())
-            >= pool
+        let incomplete = lock(&self.slots)
+            .iter()
+            .any(|s| matches!(s.state, SlotState::Up) && !s.unregistered.is_empty());
+        !incomplete
+            && self
+                .connections_up()
+                .saturating_sub(self.connections_suspect())
+                >= pool
+    }
+
+    /// Each slot's connection, for status views.
+    pub(crate) fn connections(&self) -> Vec<ConnectionStatus> {
+        let now = Instant::now();
+        lock(&self.slots)
+            .iter()
+            .enumerate()
+            .map(|(slot, s)| ConnectionStatus {
+                slot,
+                server: self.servers[s.server].text(),
+                home: self.servers[s.home].text(),
+                state: match s.state {
+                    SlotState::Up => LinkState::Connected,
+                    SlotState::Connecting => LinkState::Connecting,
+                    SlotState::BackingOff(t) => LinkState::BackingOff {
+                        retry_in: t.saturating_duration_since(now),
+                    },
+                },
+                unregistered: s.unregistered.clone(),
+            })
+            .collect()
+    }
+
+    /// Connections up per server (every server listed, with 0 when none), for metrics.
+    pub(crate) fn connections_per_server(&self) -> Vec<(String, usize)> {
+        let slots = lock(&self.slots);
+        self.servers
+            .iter()
+            .enumerate()
+            .map(|(i, endpoint)| {
+                let up = slots
+                    .iter()
+                    .filter(|s| s.server == i && matches!(s.state, SlotState::Up))
+                    .count();
+                (endpoint.text(), up)
+            })
+            .collect()
+    }
+
+    /// Slot `slot` is now `state` on server `server`.
+    fn set_slot(&self, slot: usize, state: SlotState, server: usize) {
+        let mut slots = lock(&self.slots);
+        slots[slot].state = state;
+        slots[slot].server = server;
+        if !matches!(state, SlotState::Up) {
+            slots[slot].unregistered.clear();
+        }
+    }
+
+    /// The services slot `slot`'s connection has not registered yet.
+    pub(crate) fn set_unregistered(&self, slot: usize, names: Vec<String>) {
+        lock(&self.slots)[slot].unregistered = names;
     }
 
     /// The live connections, for metrics.
@@ -390,14 +515,33 @@ impl Drop for AgentHandle {
 impl Agent {
     /// Starts the pool. Each slot connects, authenticates, registers every service and
     /// serves streams, reconnecting by itself with backoff when it drops.
-    pub fn spawn(config: AgentConfig) -> Result<AgentHandle, culvert_transport::TransportError> {
-        let tls = if config.server.tls {
+    pub fn spawn(
+        mut config: AgentConfig,
+    ) -> Result<AgentHandle, culvert_transport::TransportError> {
+        let servers = servers::endpoints(&config.servers(), |u| {
+            servers::resolve_now(u, config.proxy.as_ref())
+        });
+        let tls = if servers.iter().any(|s| s.url.tls) {
             Some(client_config(&config.verify)?)
         } else {
             None
         };
+        config.pool = effective_pool(config.pool, servers.len());
         let (state_tx, state_rx) = watch::channel(0);
+        let slots = (0..config.pool)
+            .map(|slot| {
+                let home = Route::new(slot, servers.len()).home();
+                SlotInfo {
+                    state: SlotState::Connecting,
+                    server: home,
+                    home,
+                    unregistered: Vec::new(),
+                }
+            })
+            .collect();
         let shared = Arc::new(Shared {
+            servers,
+            server_ports: Mutex::new(HashMap::new()),
             tls,
             client_id: Uuid::new_v4(),
             ports: Mutex::new(HashMap::new()),
@@ -405,7 +549,7 @@ impl Agent {
             live: Mutex::new(Vec::new()),
             failures: Default::default(),
             state_tx,
-            slots: Mutex::new(vec![SlotState::Connecting; config.pool.max(1)]),
+            slots: Mutex::new(slots),
             last_error: Mutex::new(None),
             counters: config
                 .services
@@ -418,7 +562,7 @@ impl Agent {
             permanent_tx: watch::channel(None).0,
             config,
         });
-        let tasks = (0..shared.config.pool.max(1))
+        let tasks = (0..shared.config.pool)
             .map(|slot| {
                 let span = tracing::info_span!("tunnel", slot);
                 tokio::spawn(run_slot(shared.clone(), slot).instrument(span))
@@ -432,40 +576,69 @@ impl Agent {
     }
 }
 
+/// How long a connection left for the home server keeps its streams in flight.
+const MOVE_GRACE: Duration = Duration::from_secs(300);
+
+/// How a served connection ended.
+enum Ended {
+    /// Lost (closed, dropped, refused a registration for good), with the reason.
+    Lost(String),
+    /// The home server answered again: this connection to it replaces the current one.
+    Home(Box<Connected>),
+}
+
 async fn run_slot(shared: Arc<Shared>, slot: usize) {
     let mut backoff = Backoff::new(shared.config.backoff_min, shared.config.backoff_max);
+    let mut route = Route::new(slot, shared.servers.len());
+    // A connection to home made by the home check, served next.
+    let mut next: Option<Connected> = None;
     loop {
-        lock(&shared.slots)[slot] = SlotState::Connecting;
-        match connect(&shared).await {
-            Ok((mux, events, ids, early)) => {
-                lock(&shared.slots)[slot] = SlotState::Up;
-                mux.measure_rtt();
-                // If this task is aborted (agent shutdown), the connection goes with it.
-                let _guard = CloseOnDrop(mux.clone());
-                lock(&shared.live).push(mux.clone());
-                backoff.reset();
-                *lock(&shared.permanent_logged) = None;
-                shared.up.fetch_add(1, Ordering::SeqCst);
-                shared.state_tx.send_modify(|n| *n += 1);
-                let reason = serve(&shared, &mux, events, ids, early).await;
-                shared.up.fetch_sub(1, Ordering::SeqCst);
-                shared.state_tx.send_modify(|n| *n -= 1);
-                lock(&shared.live).retain(|m| !m.same(&mux));
-                shared.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(reason = ?reason, "tunnel connection lost");
-                *lock(&shared.last_error) = Some(format!("connection lost: {reason}"));
+        let server = route.current();
+        let attempt = match next.take() {
+            Some(c) => Ok(c),
+            None => {
+                shared.set_slot(slot, SlotState::Connecting, server);
+                connect(&shared, server).await
+            }
+        };
+        match attempt {
+            Ok(c) => {
+                route.connected();
+                match serve_connection(&shared, slot, &route, c, &mut backoff).await {
+                    Ended::Home(c) => {
+                        route.go_home();
+                        next = Some(*c);
+                        continue;
+                    }
+                    Ended::Lost(_) => {
+                        // Another server is tried at once; after every one failed in a
+                        // row (or with one server), the backoff applies.
+                        if !route.failed() {
+                            continue;
+                        }
+                    }
+                }
             }
             Err(f) => {
                 shared.failures.fetch_add(1, Ordering::Relaxed);
                 *lock(&shared.last_error) = Some(f.message.clone());
+                let url = shared.servers[server].text();
                 match f.kind {
                     FailureKind::Transient => {
-                        tracing::warn!(error = ?f.message, "could not establish tunnel connection")
+                        tracing::warn!(error = ?f.message, server = %url, "could not establish tunnel connection");
+                        if !route.failed() {
+                            continue;
+                        }
                     }
                     FailureKind::RetryIn(wait) => {
-                        tracing::warn!(error = ?f.message, ?wait, "could not establish tunnel connection; the server asked to wait");
+                        tracing::warn!(error = ?f.message, server = %url, ?wait, "could not establish tunnel connection; the server asked to wait");
+                        route.failed();
                         let delay = wait.max(backoff.next_delay());
-                        lock(&shared.slots)[slot] = SlotState::BackingOff(Instant::now() + delay);
+                        shared.set_slot(
+                            slot,
+                            SlotState::BackingOff(Instant::now() + delay),
+                            route.current(),
+                        );
                         tokio::time::sleep(delay).await;
                         continue;
                     }
@@ -473,7 +646,7 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                         let first = lock(&shared.permanent_logged).replace(f.message.clone())
                             != Some(f.message.clone());
                         if first {
-                            tracing::error!(error = ?f.message, retry_every = ?shared.config.backoff_max,
+                            tracing::error!(error = ?f.message, server = %url, retry_every = ?shared.config.backoff_max,
                                 exit = shared.config.exit_on_auth_failure,
                                 "permanent error: retrying cannot help until the configuration is fixed");
                         } else {
@@ -481,19 +654,120 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                         }
                         if shared.config.exit_on_auth_failure {
                             shared.permanent_tx.send_replace(Some(f.message));
-                            lock(&shared.slots)[slot] =
-                                SlotState::BackingOff(Instant::now() + shared.config.backoff_max);
+                            shared.set_slot(
+                                slot,
+                                SlotState::BackingOff(Instant::now() + shared.config.backoff_max),
+                                server,
+                            );
                             return;
                         }
+                        route.failed();
                         backoff.exhaust();
                     }
                 }
             }
         }
         let delay = backoff.next_delay();
-        lock(&shared.slots)[slot] = SlotState::BackingOff(Instant::now() + delay);
+        shared.set_slot(
+            slot,
+            SlotState::BackingOff(Instant::now() + delay),
+            route.current(),
+        );
         tracing::info!(slot, ?delay, "reconnecting after backoff");
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// Serves one connection of `slot` until it is lost, or until the slot's home server
+/// answers again while the slot is away from it.
+async fn serve_connection(
+    shared: &Arc<Shared>,
+    slot: usize,
+    route: &Route,
+    c: Connected,
+    backoff: &mut Backoff,
+) -> Ended {
+    let server = route.current();
+    let mux = c.mux.clone();
+    if route.away() {
+        tracing::info!(server = %shared.servers[server].text(), home = %shared.servers[route.home()].text(),
+            "connected to another server than this slot's own (failover)");
+    }
+    shared.set_slot(slot, SlotState::Up, server);
+    shared.set_unregistered(slot, c.pending.names());
+    mux.measure_rtt();
+    // If this task is aborted (agent shutdown), the connection goes with it.
+    let guard = CloseOnDrop(mux.clone());
+    lock(&shared.live).push(mux.clone());
+    backoff.reset();
+    *lock(&shared.permanent_logged) = None;
+    shared.up.fetch_add(1, Ordering::SeqCst);
+    shared.state_tx.send_modify(|n| *n += 1);
+    let serving = serve(shared, slot, server, c);
+    let ended = match shared.config.home_probe_interval {
+        Some(every) if route.away() => {
+            tokio::select! {
+                reason = serving => Ended::Lost(reason),
+                home = home_answers(shared, route.home(), every) => Ended::Home(Box::new(home)),
+            }
+        }
+        _ => Ended::Lost(serving.await),
+    };
+    shared.up.fetch_sub(1, Ordering::SeqCst);
+    shared.state_tx.send_modify(|n| *n -= 1);
+    lock(&shared.live).retain(|m| !m.same(&mux));
+    match &ended {
+        Ended::Lost(reason) => {
+            shared.failures.fetch_add(1, Ordering::Relaxed);
+            let url = shared.servers[server].text();
+            tracing::warn!(reason = ?reason, server = %url, "tunnel connection lost");
+            *lock(&shared.last_error) = Some(format!("connection lost: {reason}"));
+        }
+        Ended::Home(_) => {
+            let home = shared.servers[route.home()].text();
+            tracing::info!(%home, "home server answers again; this slot moves back to it");
+            // The old connection takes no new streams; those in flight may finish.
+            tokio::spawn(async move {
+                culvert_transport::drain(&[mux], "moving to another server", MOVE_GRACE).await;
+                drop(guard);
+            });
+        }
+    }
+    ended
+}
+
+/// Resolves with a new connection to the home server `home` once it answers: every
+/// `every`, a plain TCP connect (a dead home costs one SYN), and when that works the full
+/// handshake. Runs beside the connection it may replace, never in its path.
+async fn home_answers(shared: &Arc<Shared>, home: usize, every: Duration) -> Connected {
+    let endpoint = &shared.servers[home];
+    let url = &endpoint.url;
+    let direct = shared
+        .config
+        .proxy
+        .as_ref()
+        .is_none_or(|p| !p.applies_to(&url.host));
+    loop {
+        tokio::time::sleep(every).await;
+        if direct {
+            let dial = async {
+                match endpoint.addr {
+                    Some(a) => tokio::net::TcpStream::connect(a).await,
+                    None => tokio::net::TcpStream::connect((url.host.as_str(), url.port)).await,
+                }
+            };
+            let tcp = tokio::time::timeout(shared.config.connect_timeout, dial).await;
+            if !matches!(tcp, Ok(Ok(_))) {
+                tracing::debug!(home = %endpoint.text(), "home server still not answering");
+                continue;
+            }
+        }
+        match connect(shared, home).await {
+            Ok(c) => return c,
+            Err(f) => {
+                tracing::debug!(home = %endpoint.text(), error = ?f.message, "home server not back yet")
+            }
+        }
     }
 }
 
