@@ -132,6 +132,18 @@ async fn servers_whose_heartbeat_stopped_are_not_live() {
         assert!(live.iter().all(|(s, _)| s.id == "s1"), "{live:?}");
         if servers == [s1.clone()] && live.len() == 1 {
             assert_eq!(live[0].1.service, "web");
+            // The stale server's rows can be swept away (s1 too if this look came late).
+            assert!(db.remove_stale_servers(max_age).await.unwrap() >= 1);
+            let n: i64 = sql(&pg)
+                .await
+                .query_one(
+                    "SELECT count(*) FROM culvert_presence WHERE server_id = 's2'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 0);
             return;
         }
         last = servers;
