@@ -92,8 +92,10 @@ impl ClusterDb {
         let p = proto.as_str();
         let what = format!("leasing a {proto} port for {tenant}/{service}");
         let (ivs, starts, ends, what_c) = (&ivs, &starts, &ends, what.clone());
-        let _local = self.inner.lease_lock.lock().await;
+        let local = &self.inner.lease_lock;
         self.run(&what, |c| async move {
+            // Within the deadline: a queue of this server's leases behind a slow one.
+            let _local = local.lock().await;
             for attempt in 0..ATTEMPTS {
                 let current: Option<i32> = c
                     .query_opt(

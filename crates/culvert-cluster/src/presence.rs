@@ -51,6 +51,23 @@ impl ClusterDb {
         .await
     }
 
+    /// Deletes the rows (and presence) of servers whose heartbeat is older than `max_age`
+    /// by the database's clock: servers that died without a clean shutdown, or earlier
+    /// incarnations under other ids. Returns how many went. Any server may call it; pick a
+    /// `max_age` well above the one used for [`ClusterDb::live_presence`].
+    pub async fn remove_stale_servers(&self, max_age: Duration) -> Result<u64, ClusterError> {
+        let age = secs(max_age);
+        self.run("removing stale servers", |c| async move {
+            Ok(c.execute(
+                "DELETE FROM culvert_servers
+                 WHERE heartbeat_at < now() - $1::float8 * interval '1 second'",
+                &[&age],
+            )
+            .await?)
+        })
+        .await
+    }
+
     /// Records that server `server_id` holds an agent serving `p` (upsert). The server's
     /// row must exist: send a [`ClusterDb::heartbeat`] first.
     pub async fn set_presence(&self, server_id: &str, p: &Presence) -> Result<(), ClusterError> {

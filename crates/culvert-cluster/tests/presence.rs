@@ -132,9 +132,49 @@ async fn servers_whose_heartbeat_stopped_are_not_live() {
         assert!(live.iter().all(|(s, _)| s.id == "s1"), "{live:?}");
         if servers == [s1.clone()] && live.len() == 1 {
             assert_eq!(live[0].1.service, "web");
+            // The stale server's rows can be swept away (s1 too if this look came late).
+            assert!(db.remove_stale_servers(max_age).await.unwrap() >= 1);
+            let n: i64 = sql(&pg)
+                .await
+                .query_one(
+                    "SELECT count(*) FROM culvert_presence WHERE server_id = 's2'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 0);
             return;
         }
         last = servers;
     }
     panic!("s1 never showed as live right after its heartbeat: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_alone_send_no_notice() {
+    let pg = postgres();
+    let db = connect(&pg).await;
+    let s1 = server("s1");
+    db.heartbeat(&s1).await.unwrap();
+    let (_l, mut rx) = listen(&pg.url());
+    expect_notice(&mut rx, Notice::Reconnected, WAIT).await;
+    // Heartbeats, then a token change twice: had a heartbeat notified, its Presence notice
+    // would come before the second Tokens notice (notices arrive in commit order).
+    for _ in 0..3 {
+        db.heartbeat(&s1).await.unwrap();
+    }
+    for name in ["a", "b"] {
+        db.insert_token(name, &serde_json::json!({})).await.unwrap();
+        let n = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("a notice for the token change")
+            .expect("the listener is running");
+        assert_eq!(n, Notice::Tokens, "a heartbeat sent a notice");
+    }
+    // A changed address is worth a notice.
+    let mut moved = s1.clone();
+    moved.advertise = "elsewhere:8443".to_owned();
+    db.heartbeat(&moved).await.unwrap();
+    expect_notice(&mut rx, Notice::Presence, WAIT).await;
 }
