@@ -407,6 +407,10 @@ fn a_killed_server_fails_over_to_the_others() {
         "the agent's connections did not move to s2 and s3\n{}",
         c.logs()
     );
+    eprintln!(
+        "the agent's six connections were on s2 and s3 {:?} after the kill",
+        killed_at.elapsed()
+    );
     drop(lb);
 }
 
