@@ -38,6 +38,9 @@ use crate::registry::Protocol;
 use crate::server::Inner;
 use crate::tokens::TokenStore;
 
+/// Services held by the other servers' agents: (tenant, service) → who holds it, and how.
+type RemoteServices = HashMap<(String, String), Vec<(ServerRow, Presence)>>;
+
 /// A server's part of the cluster: the database, the other servers' presence as last
 /// read, the links to them, and the public listeners every server keeps.
 pub(crate) struct Cluster {
@@ -47,7 +50,7 @@ pub(crate) struct Cluster {
     pub(crate) me: ServerRow,
     /// Services held by agents of the other live servers: (tenant, service) → the servers
     /// holding it and its port. Kept when the database cannot be read.
-    remote: RwLock<HashMap<(String, String), Vec<(ServerRow, Presence)>>>,
+    remote: RwLock<RemoteServices>,
     /// Tunnel connections to the other servers.
     pub(crate) peers: Peers,
     /// Public TCP listeners of the cluster's services, local and remote.
@@ -157,7 +160,7 @@ impl Cluster {
 
     /// Replaces the view of the other servers' services.
     fn set_remote(&self, rows: Vec<(ServerRow, Presence)>) {
-        let mut map: HashMap<(String, String), Vec<(ServerRow, Presence)>> = HashMap::new();
+        let mut map = RemoteServices::new();
         for (server, p) in rows {
             if server.id == self.me.id {
                 continue;
