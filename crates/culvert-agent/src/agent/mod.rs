@@ -140,6 +140,8 @@ pub(crate) struct Shared {
     up: AtomicUsize,
     /// Those connections, for metrics.
     live: Mutex<Vec<Mux>>,
+    /// Connections left for the home server, finishing their streams (closed at shutdown).
+    retiring: Mutex<Vec<Mux>>,
     /// Connection attempts that failed, and connections lost.
     failures: std::sync::atomic::AtomicU64,
     state_tx: watch::Sender<usize>,
@@ -352,7 +354,8 @@ impl AgentHandle {
     /// Graceful stop: tells the server on every connection that no new streams are taken,
     /// gives the streams in flight up to `grace` to finish, then stops.
     pub async fn drain(&self, grace: Duration) {
-        let live = lock(&self.shared.live).clone();
+        let mut live = lock(&self.shared.live).clone();
+        live.extend(lock(&self.shared.retiring).iter().cloned());
         culvert_transport::drain(&live, "agent shutting down", grace).await;
         self.shutdown();
     }
@@ -401,6 +404,9 @@ impl AgentHandle {
     pub fn shutdown(&self) {
         for t in &self.tasks {
             t.abort();
+        }
+        for m in lock(&self.shared.retiring).drain(..) {
+            m.abort("agent stopping");
         }
     }
 
@@ -547,6 +553,7 @@ impl Agent {
             ports: Mutex::new(HashMap::new()),
             up: AtomicUsize::new(0),
             live: Mutex::new(Vec::new()),
+            retiring: Mutex::new(Vec::new()),
             failures: Default::default(),
             state_tx,
             slots: Mutex::new(slots),
@@ -727,8 +734,16 @@ async fn serve_connection(
             let home = shared.servers[route.home()].text();
             tracing::info!(%home, "home server answers again; this slot moves back to it");
             // The old connection takes no new streams; those in flight may finish.
+            lock(&shared.retiring).push(mux.clone());
+            let shared = shared.clone();
             tokio::spawn(async move {
-                culvert_transport::drain(&[mux], "moving to another server", MOVE_GRACE).await;
+                culvert_transport::drain(
+                    std::slice::from_ref(&mux),
+                    "moving to another server",
+                    MOVE_GRACE,
+                )
+                .await;
+                lock(&shared.retiring).retain(|m| !m.same(&mux));
                 drop(guard);
             });
         }
