@@ -29,10 +29,13 @@ required=(
   tinyproxy:tinyproxy-bin
   # Callers of HTTP services through the server's HTTP ingress (crates/culvert/tests/http_services.rs).
   curl:curl
+  # The L4 balancer in front of a cluster of servers (crates/culvert/tests/cluster.rs).
+  haproxy:haproxy
 )
 missing=()
 for entry in "${required[@]}"; do
-  command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry#*:}")
+  prog="${entry%%:*}"
+  command -v "$prog" >/dev/null 2>&1 || [ -x "/usr/sbin/$prog" ] || missing+=("${entry#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing test dependencies: ${missing[*]}" >&2

@@ -103,6 +103,9 @@ pub struct ServerConfig {
     pub dial_timeout: Duration,
     /// The HTTP ingress (`--http-listen`): HTTP services called by name. Off when `None`.
     pub http: Option<crate::HttpIngressConfig>,
+    /// The cluster this server belongs to (`--cluster`): tokens, port leases and presence
+    /// in PostgreSQL, shared with the other servers. `None`: a registry in memory.
+    pub cluster: Option<crate::ClusterConfig>,
 }
 
 impl ServerConfig {
@@ -129,6 +132,7 @@ impl ServerConfig {
             allow_dial: Default::default(),
             dial_timeout: Duration::from_secs(10),
             http: None,
+            cluster: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod allow;
+mod cluster;
 mod config;
 mod http_ingress;
 mod http_metrics;
@@ -23,6 +24,7 @@ pub mod tokens;
 pub mod udp;
 
 pub use allow::{AllowError, AllowList, AllowRule};
+pub use cluster::{ClusterConfig, JoinError};
 pub use config::{PortRange, ServerConfig};
 pub use http_ingress::HttpIngressConfig;
 pub use quota::TenantLimits;

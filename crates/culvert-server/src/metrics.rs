@@ -234,6 +234,29 @@ impl Collector for ServerCollector {
                 ([("what", "stream")], load(&c.reload_streams_reset)),
             ],
         )?;
+        if view.clustered {
+            family(
+                enc,
+                "culvert_cluster_forwarded",
+                "Public connections and access streams handed between the servers of the cluster: out (to the server holding the agent), in (from another server).",
+                [
+                    ([("direction", "out")], load(&c.cluster_forwarded_out)),
+                    ([("direction", "in")], load(&c.cluster_forwarded_in)),
+                ],
+            )?;
+            single(
+                enc,
+                "culvert_cluster_forward_failures",
+                "Public connections and access streams that could not be handed to the server holding their agent (refused).",
+                load(&c.cluster_forward_failures),
+            )?;
+            single(
+                enc,
+                "culvert_cluster_db_errors",
+                "Cluster database operations (heartbeat, presence, token reads) that failed; tunnels keep running from the cache meanwhile.",
+                load(&c.cluster_db_errors),
+            )?;
+        }
         single(
             enc,
             "culvert_auth_locked_refusals",

@@ -40,6 +40,9 @@ pub(crate) trait Directory: Send + Sync {
     fn tenants_holding(&self, name: &str, except: &str) -> Vec<String>;
     /// Charges a new UDP flow of a service of `owner` to its token and tenant.
     fn charge_flow(&self, owner: &Session) -> Result<crate::quota::Charge, crate::quota::Refusal>;
+    /// The cluster this server belongs to, if any: services held by another server's
+    /// agents are reached through it.
+    fn cluster(&self) -> Option<&crate::cluster::Cluster>;
 }
 
 /// What a peer-opened stream is served with: the server, the peer's session, the
@@ -64,6 +67,15 @@ pub(crate) fn spawn(ctx: Ctx, stream: TunnelStream, target: Target) {
                 Target::UdpService(name) => access_udp(&ctx, stream, name).await,
                 Target::Dial(addr) => dial(&**server, session, stream, addr).await,
                 Target::Service(name) => access(&**server, session, stream, name).await,
+                // Another server of the cluster hands over a public connection or an access
+                // stream for a service whose agent this server holds.
+                Target::Inbound {
+                    service,
+                    client_addr,
+                    ..
+                } if crate::cluster::Cluster::is_peer_token(&session.token().name) => {
+                    forwarded(&**server, stream, service, client_addr.clone()).await
+                }
                 // Only a server opens these; from a peer it is refused, like an unknown name.
                 _ => stream.reset(reset_code::NOT_ALLOWED),
             }
@@ -172,6 +184,103 @@ fn resolve(
     }
 }
 
+/// Serves an access stream for `target` through the cluster when no agent of this server
+/// holds it and another server's does; false when none does (the caller refuses it). The
+/// token's right to reach the service was checked by `resolve` before it looked the
+/// service up (a bare name is the token's own tenant's).
+async fn access_elsewhere(
+    server: &dyn Directory,
+    session: &Session,
+    stream: &TunnelStream,
+    target: &str,
+) -> bool {
+    let Some(cluster) = server.cluster() else {
+        return false;
+    };
+    let Some(r) = ServiceRef::parse(target) else {
+        return false;
+    };
+    let token = session.token();
+    let tenant = r.tenant.unwrap_or(token.tenant());
+    if server.find_service(tenant, r.name).is_some() {
+        return false;
+    }
+    let Some(holder) = cluster.remote_holder(tenant, r.name) else {
+        return false;
+    };
+    let client_addr = format!("access:{}@{}", token.name, session.peer);
+    let counters = server.counters();
+    match cluster
+        .peers
+        .open(&holder, tenant, r.name, client_addr)
+        .await
+    {
+        Ok(towards) => {
+            counters
+                .cluster_forwarded_out
+                .fetch_add(1, Ordering::Relaxed);
+            match relay_streams(stream, &towards).await {
+                Ok(t) => {
+                    tracing::debug!(up = t.up, down = t.down, server = %holder.id, "forwarded access stream done")
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, server = %holder.id, "forwarded access stream aborted")
+                }
+            }
+            true
+        }
+        Err(reason) => {
+            counters
+                .cluster_forward_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%reason, "access stream not forwarded");
+            stream.reset(reset_code::UNAVAILABLE);
+            true
+        }
+    }
+}
+
+/// A public connection or access stream another server of the cluster hands over for
+/// `TENANT/NAME`: joined to this server's agent serving it (never forwarded again, so a
+/// stale view cannot make two servers bounce a stream between them).
+async fn forwarded(
+    server: &dyn Directory,
+    stream: TunnelStream,
+    target: &str,
+    client_addr: String,
+) {
+    let found = ServiceRef::parse(target)
+        .and_then(|r| Some((r.tenant?, r.name)))
+        .and_then(|(tenant, name)| server.find_service(tenant, name));
+    let Some((owner, svc)) = found.filter(|(_, svc)| svc.protocol == Protocol::Tcp) else {
+        tracing::info!(target = %escape(target), "forwarded stream refused: no agent here serves it");
+        stream.reset(reset_code::UNKNOWN_TARGET);
+        return;
+    };
+    let towards = match owner.open_connection(&svc, client_addr).await {
+        Ok(s) => s,
+        Err(reason) => {
+            tracing::debug!(%reason, "forwarded stream not served");
+            stream.reset(reset_code::UNAVAILABLE);
+            return;
+        }
+    };
+    svc.connections.fetch_add(1, Ordering::Relaxed);
+    server
+        .counters()
+        .cluster_forwarded_in
+        .fetch_add(1, Ordering::Relaxed);
+    let totals = tokio::select! {
+        t = relay_streams(&stream, &towards) => t,
+        () = svc.withdrawn() => {
+            stream.reset(reset_code::NOT_ALLOWED);
+            towards.reset(reset_code::CANCEL);
+            return;
+        }
+    };
+    svc.count(&totals);
+}
+
 /// Whether any grant of `token` could name a service `name` of another tenant.
 fn granted_anywhere(token: &crate::TokenEntry, name: &str) -> bool {
     token
@@ -220,11 +329,17 @@ async fn check(server: &dyn Directory, session: &Session, stream: TunnelStream, 
     }
 }
 
-/// `NAME`: opens a stream to the agent serving `NAME` and splices the two.
+/// `NAME`: opens a stream to the agent serving `NAME` and splices the two. In a cluster,
+/// a service held by another server's agent is reached through that server.
 async fn access(server: &dyn Directory, session: &Session, stream: TunnelStream, name: &str) {
     let (owner, svc) = match resolve(server, session, name, Some(Protocol::Tcp)) {
         Ok(found) => found,
         Err((code, reason)) => {
+            if code == reset_code::UNKNOWN_TARGET
+                && access_elsewhere(server, session, &stream, name).await
+            {
+                return;
+            }
             tracing::info!(%reason, "access refused");
             stream.reset(code);
             return;

@@ -43,7 +43,8 @@ pub(crate) async fn serve_tcp(
     }
 }
 
-async fn handle(
+/// Serves one public client of `service`, whose agent this server holds.
+pub(crate) async fn handle(
     inner: Arc<Inner>,
     sock: TcpStream,
     peer: std::net::SocketAddr,

@@ -8,6 +8,8 @@
 //!   counter out of Prometheus text.
 //! - With the `process` feature, `process`: child processes with their output collected
 //!   and every wait bounded.
+//! - With the `pg` feature, `pg`: a throwaway PostgreSQL (initdb in a scratch directory),
+//!   which tests can stop and start again, and its clients.
 //! - With the `net` feature, `fault_relay`, a loopback TCP relay that injects network
 //!   faults (partitions, stalls, latency, throttling, resets) into real connections, and
 //!   the async waits.
@@ -20,6 +22,8 @@ pub mod fault_relay;
 pub mod frames;
 mod metrics;
 mod pair;
+#[cfg(feature = "pg")]
+pub mod pg;
 pub mod ports;
 #[cfg(feature = "process")]
 pub mod process;

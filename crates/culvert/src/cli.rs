@@ -225,9 +225,19 @@ pub enum TokenCommand {
         /// Name of the token (shown in logs and status instead of the token).
         #[arg(long)]
         name: String,
-        /// Token file to add it to (created if missing).
-        #[arg(long, default_value = "tokens.toml")]
-        tokens: PathBuf,
+        /// Token file to add it to (created if missing) [default: tokens.toml, unless
+        /// --cluster is given].
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        /// Add it to a cluster's registry in PostgreSQL (postgres://USER@HOST/DB, as the
+        /// servers' --cluster) instead of a token file.
+        #[arg(
+            long,
+            env = "CULVERT_CLUSTER",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        cluster: Option<String>,
         /// Tenant the token belongs to (default: its own name). Its services are
         /// TENANT/NAME; it reaches its own tenant's services by bare name.
         #[arg(long)]
@@ -258,23 +268,41 @@ pub enum TokenCommand {
         #[arg(long)]
         ttl: Option<String>,
     },
-    /// List the tokens of a file: name, tenant, roles and limits (never hashes).
+    /// List the tokens of a file or cluster registry: name, tenant, roles and limits (never
+    /// hashes).
     List {
-        /// Token file.
-        #[arg(long, default_value = "tokens.toml")]
-        tokens: PathBuf,
+        /// Token file [default: tokens.toml, unless --cluster is given].
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        /// List a cluster's registry in PostgreSQL instead of a token file.
+        #[arg(
+            long,
+            env = "CULVERT_CLUSTER",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        cluster: Option<String>,
         /// One JSON object per token.
         #[arg(long)]
         json: bool,
     },
-    /// Remove a token from the file (rewritten atomically); a server using the file closes
-    /// the token's sessions on its next reload (SIGHUP, or within 2 s of the change).
+    /// Remove a token from the file (rewritten atomically) or the cluster registry; servers
+    /// close the token's sessions on their next reload (a file: SIGHUP, or within 2 s of the
+    /// change; a cluster: as soon as they are told of it).
     Revoke {
         /// Name of the token.
         name: String,
-        /// Token file.
-        #[arg(long, default_value = "tokens.toml")]
-        tokens: PathBuf,
+        /// Token file [default: tokens.toml, unless --cluster is given].
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        /// Remove it from a cluster's registry in PostgreSQL instead of a token file.
+        #[arg(
+            long,
+            env = "CULVERT_CLUSTER",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        cluster: Option<String>,
     },
 }
 
@@ -338,6 +366,27 @@ pub struct ServerArgs {
     /// callers can keep Authorization for the backend.
     #[arg(long, value_name = "HEADER", requires = "http_listen")]
     pub http_token_header: Option<String>,
+    /// Join a cluster of servers sharing one registry in this PostgreSQL database
+    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DB): tokens, port leases and which server
+    /// holds which agent live there, and --tokens is not read.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CULVERT_CLUSTER",
+        hide_env_values = true
+    )]
+    pub cluster: Option<String>,
+    /// This server's id in the cluster, unique among its servers [default: the host name].
+    #[arg(long, value_name = "ID", requires = "cluster")]
+    pub cluster_id: Option<String>,
+    /// Tunnel endpoint URL the other servers of the cluster dial to reach this one's agents
+    /// (wss://HOST:PORT; ws:// only on loopback) [default: from --listen].
+    #[arg(long, value_name = "URL", requires = "cluster")]
+    pub cluster_advertise: Option<String>,
+    /// Heartbeat of this server in the cluster's database (2s, 500ms); a server silent for
+    /// two is taken for dead and its agents' services are served by the others [default: 2s].
+    #[arg(long, value_name = "DURATION", requires = "cluster")]
+    pub cluster_heartbeat: Option<String>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }

@@ -69,6 +69,11 @@ pub struct ServerFile {
     pub http_listen: Option<SocketAddr>,
     pub http_domain: Option<String>,
     pub http_token_header: Option<String>,
+    /// `--cluster`, `--cluster-id`, `--cluster-advertise`, `--cluster-heartbeat`.
+    pub cluster: Option<String>,
+    pub cluster_id: Option<String>,
+    pub cluster_advertise: Option<String>,
+    pub cluster_heartbeat: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

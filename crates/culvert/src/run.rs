@@ -102,7 +102,12 @@ pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
         .tokens
         .or(file.tokens)
         .unwrap_or_else(|| PathBuf::from("tokens.toml"));
-    let tokens = TokenStore::load(&tokens_path)?;
+    let cluster_url = args.cluster.or(file.cluster);
+    // In a cluster the tokens live in the database.
+    let tokens = match &cluster_url {
+        Some(_) => TokenStore::default(),
+        None => TokenStore::load(&tokens_path)?,
+    };
     let range: PortRange = args
         .port_range
         .or(file.port_range)
@@ -139,6 +144,32 @@ pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
             token_header,
         });
     }
+    if let Some(url) = cluster_url {
+        let id = match args.cluster_id.or(file.cluster_id) {
+            Some(id) => id,
+            None => hostname()?,
+        };
+        if !culvert_server::names::valid_name(&id) {
+            bail!("--cluster-id {id:?}: use 1-64 of A-Z a-z 0-9 . _ -");
+        }
+        let tls_on = !(args.insecure_plain || file.insecure_plain);
+        let advertise = match args.cluster_advertise.or(file.cluster_advertise) {
+            Some(a) => a,
+            None => {
+                if listen.ip().is_unspecified() {
+                    bail!("--cluster-advertise is needed: --listen {listen} does not say which address the other servers reach this one at");
+                }
+                format!("{}://{listen}", if tls_on { "wss" } else { "ws" })
+            }
+        };
+        let mut c = culvert_server::ClusterConfig::new(&url, &id, &advertise);
+        if let Some(h) = args.cluster_heartbeat.or(file.cluster_heartbeat) {
+            c.heartbeat = culvert_node::parse_duration(&h)
+                .map_err(|e| anyhow::anyhow!("--cluster-heartbeat {e}"))?
+                .max(Duration::from_millis(100));
+        }
+        config.cluster = Some(c);
+    }
     let cert = args.tls_cert.or(file.tls_cert);
     let key = args.tls_key.or(file.tls_key);
     let self_signed = args.self_signed || file.self_signed;
@@ -168,6 +199,18 @@ pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
         admin,
         grace,
     })
+}
+
+/// This machine's host name: a cluster server's default id.
+fn hostname() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    if name.is_empty() {
+        bail!("--cluster-id is needed: the host name could not be read");
+    }
+    Ok(name)
 }
 
 /// Loads `--tls-cert`/`--tls-key`; a missing file says how to make one.
@@ -224,7 +267,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             None
         }
     };
-    tracing::info!(tokens = tokens.len(), file = %tokens_path.display(), ports = %range, "loaded tokens");
+    let clustered = config.cluster.is_some();
+    if !clustered {
+        tracing::info!(tokens = tokens.len(), file = %tokens_path.display(), ports = %range, "loaded tokens");
+    }
     let server = Server::bind(config, tokens, tls)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -236,7 +282,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         )
         .await?;
     }
-    tokio::spawn(reload_tokens_on_change(tokens_path, handle.clone()));
+    if !clustered {
+        // In a cluster, tokens follow the database instead (see culvert_server's cluster).
+        tokio::spawn(reload_tokens_on_change(tokens_path, handle.clone()));
+    }
     shutdown_signal().await;
     tracing::info!(
         ?grace,

@@ -35,8 +35,12 @@ use std::time::{Duration, Instant};
 use support::faults::*;
 use support::*;
 
-/// Share of its lone throughput the busy transfer keeps beside the stuck streams.
-const MIN_SHARE: f64 = 0.8;
+/// Share of its lone throughput the busy transfer keeps beside the stuck streams. Before the
+/// window cap it kept 0 %; with the cap it keeps about 100 % on a quiet machine (123 % in the
+/// run that landed the cap). The floor leaves room for a loaded CI machine, where one sample
+/// window can lose a third to other processes (65 % seen while other tests ran beside it;
+/// `.config/nextest.toml` now runs this binary alone), and still fails a starved transfer.
+const MIN_SHARE: f64 = 0.5;
 /// One sample: bytes echoed, or the resident memory, over this window.
 const WINDOW: Duration = Duration::from_secs(1);
 /// Samples per measurement.

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use culvert_transport::Mux;
@@ -10,7 +9,7 @@ use uuid::Uuid;
 
 use super::Inner;
 use crate::registry::Protocol;
-use crate::reload::{Follow, ReloadReport};
+use crate::reload::ReloadReport;
 use crate::tokens::TokenStore;
 
 /// A running server (for tests and embedding): its address and a way to stop it.
@@ -25,6 +24,9 @@ impl ServerHandle {
     /// Stops accepting and closes every session.
     pub fn shutdown(&self) {
         self.task.abort();
+        if let Some(c) = &self.inner.cluster {
+            c.listeners.close_all();
+        }
         let sessions: Vec<_> = self.inner.lock_sessions().drain().map(|(_, s)| s).collect();
         for s in sessions {
             self.inner.end_session(&s, "server shutting down");
@@ -40,6 +42,15 @@ impl ServerHandle {
         for s in &sessions {
             s.stop_listeners();
         }
+        if let Some(c) = &self.inner.cluster {
+            // The other servers stop forwarding here at once, not after two heartbeats.
+            c.listeners.close_all();
+            match tokio::time::timeout(c.config.db_timeout, c.db.remove_server(&c.me.id)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "leaving the cluster registry failed; the others notice when the heartbeat stops"),
+                Err(_) => tracing::warn!("leaving the cluster registry timed out; the others notice when the heartbeat stops"),
+            }
+        }
         let muxes: Vec<Mux> = sessions.iter().flat_map(|s| s.live_muxes()).collect();
         culvert_transport::drain(&muxes, "server shutting down", grace).await;
         self.shutdown();
@@ -50,30 +61,7 @@ impl ServerHandle {
     /// new entry, losing the services it no longer allows (unregistered, listeners closed,
     /// streams reset) and the access and node streams it no longer allows (reset).
     pub fn reload_tokens(&self, tokens: TokenStore) -> ReloadReport {
-        let store = {
-            let mut t = self.inner.tokens.write().unwrap_or_else(|p| p.into_inner());
-            *t = tokens;
-            t.clone()
-        };
-        let mut report = ReloadReport::default();
-        for s in self.inner.sessions_snapshot() {
-            match crate::reload::follow(&s, &store, &self.inner.counters) {
-                Follow::Unchanged => {}
-                Follow::Updated { withdrawn } => {
-                    report.sessions_updated += 1;
-                    report.services_withdrawn += withdrawn;
-                }
-                Follow::End(reason) => {
-                    self.inner.end_session(&s, reason);
-                    self.inner
-                        .counters
-                        .reload_sessions_closed
-                        .fetch_add(1, Ordering::Relaxed);
-                    report.sessions_closed += 1;
-                }
-            }
-        }
-        report
+        self.inner.apply_tokens(tokens)
     }
 
     /// Public ports currently assigned, by service as it is addressed: `TENANT/NAME` (two

@@ -50,6 +50,14 @@ pub(crate) struct Counters {
     pub(crate) reload_services_withdrawn: std::sync::atomic::AtomicU64,
     /// Live streams reset because a token reload withdrew their right to exist.
     pub(crate) reload_streams_reset: std::sync::atomic::AtomicU64,
+    /// Cluster: public connections and access streams handed to another server.
+    pub(crate) cluster_forwarded_out: std::sync::atomic::AtomicU64,
+    /// Cluster: public connections and access streams another server handed here.
+    pub(crate) cluster_forwarded_in: std::sync::atomic::AtomicU64,
+    /// Cluster: connections and streams that could not be handed to another server.
+    pub(crate) cluster_forward_failures: std::sync::atomic::AtomicU64,
+    /// Cluster: database operations of the heartbeat loop and token follower that failed.
+    pub(crate) cluster_db_errors: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -65,6 +73,8 @@ pub(crate) struct Inner {
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     /// Per-service metrics of the HTTP ingress.
     pub(crate) http_metrics: crate::http_metrics::IngressMetrics,
+    /// This server's part of its cluster (`--cluster`); `None` for a lone server.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// A bound server, ready to run.
@@ -77,13 +87,24 @@ pub struct Server {
 
 impl Server {
     /// Binds the tunnel endpoint. `tls: None` serves plain `ws://`, which is refused unless
-    /// the listen address is loopback.
+    /// the listen address is loopback. In a cluster (`config.cluster`), the tokens come
+    /// from the cluster's database and `tokens` is not used.
     pub async fn bind(
         config: ServerConfig,
         tokens: TokenStore,
         tls: Option<ServerTls>,
     ) -> std::io::Result<Server> {
-        if tokens.is_empty() {
+        let (cluster, tokens) = match &config.cluster {
+            Some(c) => {
+                let fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
+                let (cluster, store) = crate::cluster::Cluster::join(c.clone(), fingerprint)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                (Some(Arc::new(cluster)), store)
+            }
+            None => (None, tokens),
+        };
+        if tokens.is_empty() && cluster.is_none() {
             return Err(std::io::Error::other(
                 "no tokens: the server would accept nobody",
             ));
@@ -115,6 +136,7 @@ impl Server {
             sessions: Mutex::new(HashMap::new()),
             tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config)),
             http_metrics: Default::default(),
+            cluster,
             config,
         });
         Ok(Server {
@@ -142,6 +164,12 @@ impl Server {
         // Sessions of expired tokens end within a second, for as long as the server runs.
         let sweeper = tokio::spawn(end_expired_sessions(self.inner.clone()));
         let _sweeper = AbortOnDrop(sweeper);
+        let _cluster = self.inner.cluster.clone().map(|c| {
+            AbortOnDrop(tokio::spawn(crate::cluster::Cluster::run(
+                self.inner.clone(),
+                c,
+            )))
+        });
         let _http = match (self.http, &self.inner.config.http) {
             (Some(l), Some(c)) => Some(AbortOnDrop(tokio::spawn(crate::http_ingress::serve(
                 self.inner.clone(),
@@ -200,6 +228,37 @@ impl Server {
 }
 
 impl Inner {
+    /// Replaces the accepted tokens, and live sessions follow (see
+    /// [`ServerHandle::reload_tokens`]).
+    pub(crate) fn apply_tokens(&self, tokens: TokenStore) -> crate::ReloadReport {
+        let store = {
+            let mut t = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+            *t = tokens;
+            t.clone()
+        };
+        let mut report = crate::ReloadReport::default();
+        for s in self.sessions_snapshot() {
+            match crate::reload::follow(&s, &store, &self.counters) {
+                crate::reload::Follow::Unchanged => {}
+                crate::reload::Follow::Updated { withdrawn } => {
+                    report.sessions_updated += 1;
+                    report.services_withdrawn += withdrawn;
+                }
+                crate::reload::Follow::End(reason) => {
+                    self.end_session(&s, reason);
+                    self.counters
+                        .reload_sessions_closed
+                        .fetch_add(1, Ordering::Relaxed);
+                    report.sessions_closed += 1;
+                }
+            }
+        }
+        if let Some(c) = &self.cluster {
+            c.changed.notify_one();
+        }
+        report
+    }
+
     pub(crate) fn quotas(&self) -> &Arc<crate::quota::Quotas> {
         &self.quotas
     }
@@ -274,6 +333,10 @@ impl Inner {
             }
             // The port returns to the pool when the last reference (the aborted task) is gone.
             tracing::info!(session = %s.id, service = %svc.name, port = svc.port, "service released");
+        }
+        if let Some(c) = &self.cluster {
+            // The other servers stop forwarding here for its services at once.
+            c.changed.notify_one();
         }
         tracing::info!(session = %s.id, token = %s.token().name, %reason, "agent session ended");
     }

@@ -109,6 +109,9 @@ pub(super) async fn register(
             return Err("session ended".into());
         }
         let svc = record(session, tenant, svc)?;
+        if let Some(c) = &inner.cluster {
+            c.changed.notify_one();
+        }
         tracing::info!(session = %session.id, service = %name, "private service registered (no public port)");
         return Ok(svc);
     }
@@ -118,6 +121,44 @@ pub(super) async fn register(
         .flatten()
         .filter_map(|r| r.parse().ok())
         .collect();
+    // In a cluster the port is leased in the shared database (unique across the cluster,
+    // sticky per tenant and service), and every server binds it (see `cluster::listeners`).
+    let requested = match inner.cluster.clone() {
+        None => requested,
+        Some(cluster) => {
+            let range = match proto {
+                Protocol::Tcp => inner.config.tcp_ports,
+                Protocol::Udp => inner.config.udp_ports,
+            };
+            let port = cluster
+                .lease(proto, tenant, name, requested, range, &allowed)
+                .await?;
+            if proto == Protocol::Udp || !session.culvert {
+                // Served by this server alone, on the leased port (UDP is not forwarded
+                // between servers).
+                port
+            } else {
+                cluster
+                    .listeners
+                    .ensure(inner, port, tenant, name)
+                    .await
+                    .map_err(|e| format!("port {port} cannot be bound: {e}"))?;
+                let mut svc = Service::new(name, proto, port, None);
+                svc.private = false;
+                *svc.quota.get_mut().unwrap_or_else(|p| p.into_inner()) =
+                    std::mem::take(&mut charges);
+                let svc = Arc::new(svc);
+                if session.ended.load(Ordering::SeqCst) {
+                    svc.release_quota();
+                    return Err("session ended".into());
+                }
+                let svc = record(session, tenant, svc)?;
+                cluster.changed.notify_one();
+                tracing::info!(session = %session.id, service = %name, ?proto, port, "service registered (cluster lease)");
+                return Ok(svc);
+            }
+        }
+    };
     if requested == 0 {
         // A returning agent's previous port may still be held by its ending session for a
         // moment (its tasks are being torn down): wait for its release, up to a bound.
@@ -180,6 +221,9 @@ pub(super) async fn register(
                     return Err("session ended".into());
                 }
                 let svc = record(session, tenant, svc)?;
+                if let Some(c) = &inner.cluster {
+                    c.changed.notify_one();
+                }
                 tracing::info!(session = %session.id, service = %name, ?proto, port, "service registered");
                 return Ok(svc);
             }

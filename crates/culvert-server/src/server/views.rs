@@ -26,6 +26,8 @@ pub(crate) struct MetricsView<'a> {
     pub(crate) registry: &'a Registry,
     /// Stream-open latency.
     pub(crate) open_latency: &'a Histogram,
+    /// Whether the server belongs to a cluster (its metrics are then shown).
+    pub(crate) clustered: bool,
 }
 
 impl Inner {
@@ -34,6 +36,7 @@ impl Inner {
         MetricsView {
             sessions: self.sessions_snapshot(),
             counters: &self.counters,
+            clustered: self.cluster.is_some(),
             admission: &self.admission,
             quotas: &self.quotas,
             registry: &self.registry,
@@ -61,5 +64,9 @@ impl Directory for Inner {
 
     fn charge_flow(&self, owner: &Session) -> Result<crate::quota::Charge, crate::quota::Refusal> {
         crate::udp::charge_flow(self, owner)
+    }
+
+    fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.as_deref()
     }
 }

@@ -106,7 +106,7 @@ impl TokenEntry {
     }
 
     /// Checks what the types cannot: names, grants, port ranges and roles.
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let who = format!("token {}", crate::names::escape(&self.name));
         match &self.tenant {
             Some(t) if !valid_name(t) => return Err(format!("{who}: {}", name_problem("tenant", t))),

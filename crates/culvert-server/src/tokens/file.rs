@@ -140,6 +140,16 @@ pub fn add_token(path: &Path, new: &NewToken) -> Result<String, TokenError> {
     if file.tokens.iter().any(|t| t.name == new.name) {
         return Err(TokenError::Duplicate(new.name.clone()));
     }
+    let (entry, token) = new_entry(new)?;
+    file.tokens.push(entry);
+    write_file(path, &file)?;
+    Ok(token)
+}
+
+/// Creates a token as `new` describes: its entry (hash and permissions, validated) and the
+/// token itself, which is never stored. [`add_token`] records the entry in a token file;
+/// `culvert token new --cluster` in the cluster registry.
+pub fn new_entry(new: &NewToken) -> Result<(TokenEntry, String), TokenError> {
     let token = generate_token();
     let nonempty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     let entry = TokenEntry {
@@ -159,9 +169,7 @@ pub fn add_token(path: &Path, new: &NewToken) -> Result<String, TokenError> {
             .map(|t| unix_now().saturating_add(t.as_secs().max(1))),
     };
     entry.validate().map_err(TokenError::Invalid)?;
-    file.tokens.push(entry);
-    write_file(path, &file)?;
-    Ok(token)
+    Ok((entry, token))
 }
 
 /// The entries of a token file (hashes included), in file order.

@@ -15,7 +15,7 @@ use crate::quota::TenantLimits;
 
 use entry::default_max_services;
 pub use entry::{unix_now, TokenEntry};
-pub use file::{add_token, list_tokens, revoke_token, NewToken, TokenError};
+pub use file::{add_token, list_tokens, new_entry, revoke_token, NewToken, TokenError};
 use file::{duplicate_message, read_file};
 
 use crate::names::{name_problem, valid_name};
@@ -127,6 +127,39 @@ impl TokenStore {
             entries,
             tenants: BTreeMap::new(),
         }
+    }
+
+    /// A store from entries kept elsewhere than a file (the cluster's database). An entry
+    /// that is invalid (bad hash, name, grant, range or role) or repeats a name is left out
+    /// and logged: one bad row must not take every other token away.
+    pub(crate) fn from_stored(stored: Vec<TokenEntry>) -> TokenStore {
+        let mut entries = Vec::with_capacity(stored.len());
+        let mut seen = std::collections::HashSet::new();
+        for e in stored {
+            let mut h = [0u8; 32];
+            let problem = if !seen.insert(e.name.clone()) {
+                Some("its name is used twice".to_owned())
+            } else if hex::decode_to_slice(&e.sha256, &mut h).is_err() {
+                Some("sha256 must be 64 hex digits".to_owned())
+            } else {
+                e.validate().err()
+            };
+            match problem {
+                Some(problem) => tracing::warn!(token = %e.name, %problem, "token left out"),
+                None => entries.push((e, h)),
+            }
+        }
+        TokenStore {
+            entries,
+            tenants: BTreeMap::new(),
+        }
+    }
+
+    /// Adds `entry` for `token`, unchecked (an entry the server makes itself).
+    pub(crate) fn push(&mut self, mut entry: TokenEntry, token: &str) {
+        let h = hash_token(token);
+        entry.sha256 = hex::encode(h);
+        self.entries.push((entry, h));
     }
 
     /// The same store with the tenant limits `tenants` (tests and embedded use).

@@ -35,6 +35,7 @@ pub fn culvert() -> Command {
         std::env::var("CULVERT_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
     );
     c.env_remove("CULVERT_TOKEN");
+    c.env_remove("CULVERT_CLUSTER");
     c
 }
 

@@ -1,0 +1,127 @@
+//! Tokens of a cluster: read from the database, followed through its notifications, and
+//! applied to live sessions the way a token-file reload is.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use culvert_cluster::{ClusterDb, ClusterError, Notice};
+
+use super::Cluster;
+use crate::server::Inner;
+use crate::tokens::{TokenEntry, TokenStore};
+use crate::TenantLimits;
+
+/// The name the other servers of the cluster authenticate as. Not a valid token name
+/// (`@`), so no token of the database can take it.
+pub(crate) const CLUSTER_TOKEN_NAME: &str = "@cluster";
+
+/// How often tokens are re-read even without a notification: a backstop for a
+/// notification lost while the listening connection was being re-dialed.
+const REREAD: Duration = Duration::from_secs(30);
+
+/// The tokens and tenant limits in the database, plus the entry the other servers use.
+/// A row that does not parse is left out (and logged); the others still count.
+pub(crate) async fn load(db: &ClusterDb, secret: &str) -> Result<TokenStore, ClusterError> {
+    let rows = db.tokens().await?;
+    let mut entries = Vec::with_capacity(rows.len() + 1);
+    for (name, json) in rows {
+        match serde_json::from_value::<TokenEntry>(json) {
+            Ok(e) if e.name == name => entries.push(e),
+            Ok(e) => {
+                tracing::warn!(token = %name, entry = %e.name, "token in the cluster registry left out: its entry names another token")
+            }
+            Err(e) => {
+                tracing::warn!(token = %name, error = %e, "token in the cluster registry left out: unreadable entry")
+            }
+        }
+    }
+    let mut tenants = BTreeMap::new();
+    for (name, json) in db.tenants().await? {
+        match serde_json::from_value::<TenantLimits>(json) {
+            Ok(l) => {
+                tenants.insert(name, l);
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %name, error = %e, "tenant limits in the cluster registry left out")
+            }
+        }
+    }
+    let mut store = TokenStore::from_stored(entries).with_tenants(tenants);
+    store.push(peer_entry(), secret);
+    Ok(store)
+}
+
+/// The entry of the other servers: no role, so they can neither register, reach services
+/// as access clients nor dial; they only hand over public connections and access streams
+/// for this server's agents (see `peer_streams`).
+fn peer_entry() -> TokenEntry {
+    TokenEntry {
+        name: CLUSTER_TOKEN_NAME.to_owned(),
+        tenant: Some(CLUSTER_TOKEN_NAME.to_owned()),
+        roles: Some(Vec::new()),
+        sha256: String::new(),
+        services: Some(Vec::new()),
+        ports: None,
+        max_services: 0,
+        max_ports: None,
+        max_udp_flows: None,
+        max_connections: None,
+        access: None,
+        expires: None,
+    }
+}
+
+/// Follows token changes: each notification (and every [`REREAD`]) re-reads the tokens
+/// and applies them to live sessions. A failed read keeps the tokens in force.
+pub(super) async fn follow(inner: Arc<Inner>, cluster: Arc<Cluster>) {
+    let (_listening, mut notices) = culvert_cluster::listen(&cluster.config.url);
+    let mut tick = tokio::time::interval(REREAD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        let reread = tokio::select! {
+            n = notices.recv() => match n {
+                Some(Notice::Tokens) => true,
+                Some(Notice::Presence) => {
+                    cluster.changed.notify_one();
+                    false
+                }
+                Some(Notice::Reconnected) => {
+                    cluster.changed.notify_one();
+                    true
+                }
+                // The listener is gone (it never ends while its handle lives): re-read on
+                // the timer only.
+                None => {
+                    tick.tick().await;
+                    true
+                }
+            },
+            _ = tick.tick() => true,
+        };
+        if !reread {
+            continue;
+        }
+        match load(&cluster.db, cluster.peers.secret()).await {
+            Ok(store) => {
+                let report = inner.apply_tokens(store);
+                if report.sessions_closed + report.sessions_updated > 0 {
+                    tracing::info!(
+                        closed = report.sessions_closed,
+                        updated = report.sessions_updated,
+                        withdrawn = report.services_withdrawn,
+                        "cluster tokens changed; live sessions follow"
+                    );
+                }
+            }
+            Err(e) => {
+                inner
+                    .counters
+                    .cluster_db_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(error = %e, "cluster tokens not re-read; the ones in force stay")
+            }
+        }
+    }
+}

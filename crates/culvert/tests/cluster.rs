@@ -1,0 +1,480 @@
+//! A cluster of three real `culvert server` processes sharing one registry in a real
+//! PostgreSQL, with a real haproxy in front of their public ports, all on loopback and
+//! started here: PostgreSQL by `support::pg` (initdb and postgres as the postgres user),
+//! haproxy from Debian's package (`scripts/test.sh` installs it).
+//!
+//! The servers share the public port range, so every server binds the same port for a
+//! service; each binds its public ports on its own loopback address (127.0.0.2, .3, .4),
+//! as three machines would, and haproxy listens on 127.0.0.1.
+//!
+//! Figures printed: how long a revocation took to close the sessions on every server, the
+//! failover time after a SIGKILL, and how many connections failed meanwhile.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::pg::*;
+use support::*;
+
+/// Heartbeat of the test servers in the database: a dead one is noticed within two.
+const HEARTBEAT: &str = "500ms";
+
+/// The public address of server `i` (0-based).
+fn public_ip(i: usize) -> String {
+    format!("127.0.0.{}", i + 2)
+}
+
+/// One server of the test cluster.
+struct Node {
+    proc: Proc,
+    listen: u16,
+    admin: u16,
+    id: String,
+}
+
+/// PostgreSQL and the servers (the agents are each test's own).
+struct Cluster {
+    _pg: Postgres,
+    url: String,
+    range: String,
+    nodes: Vec<Node>,
+    dir: TempDir,
+}
+
+impl Cluster {
+    fn start(name: &str, servers: usize) -> Cluster {
+        let pg = Postgres::start(&pg_bindir());
+        let url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+        let range = port_range();
+        let dir = TempDir::new(name);
+        let mut c = Cluster {
+            _pg: pg,
+            url,
+            range,
+            nodes: Vec::new(),
+            dir,
+        };
+        for i in 0..servers {
+            let node = c.spawn_node(i, free_port(), free_port());
+            c.nodes.push(node);
+        }
+        c
+    }
+
+    /// Starts server `i` on `listen` with its admin listener on `admin`; waits until ready.
+    fn spawn_node(&self, i: usize, listen: u16, admin: u16) -> Node {
+        let id = format!("s{}", i + 1);
+        let mut proc = Proc::spawn(
+            &format!("culvert server {id}"),
+            culvert()
+                .args(["server", "--listen", &format!("127.0.0.1:{listen}")])
+                .args(["--insecure-plain", "--port-range", &self.range])
+                .args(["--public-bind", &public_ip(i)])
+                .args(["--admin", &format!("127.0.0.1:{admin}")])
+                .args(["--cluster", &self.url, "--cluster-id", &id])
+                .args(["--cluster-heartbeat", HEARTBEAT]),
+        );
+        proc.try_wait_line("tunnel endpoint ready", 0, WAIT)
+            .unwrap_or_else(|e| panic!("{id} did not start: {e}"));
+        Node {
+            proc,
+            listen,
+            admin,
+            id,
+        }
+    }
+
+    /// A token made with `culvert token new --cluster`, written to a file for an agent.
+    fn token(&self, name: &str, extra: &[&str]) -> PathBuf {
+        let out = run(
+            culvert()
+                .args(["token", "new", "--name", name, "--cluster", &self.url])
+                .args(extra),
+            WAIT,
+        );
+        assert!(
+            out.status.success(),
+            "token new --cluster failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let path = self.dir.join(&format!("{name}.token"));
+        std::fs::write(&path, token).unwrap();
+        path
+    }
+
+    fn revoke(&self, name: &str) {
+        let out = run(
+            culvert().args(["token", "revoke", name, "--cluster", &self.url]),
+            WAIT,
+        );
+        assert!(
+            out.status.success(),
+            "token revoke --cluster failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url_of(&self, i: usize) -> String {
+        format!("ws://127.0.0.1:{}", self.nodes[i].listen)
+    }
+
+    /// Agent sessions (tunnel connections) server `i` holds for token `name`.
+    fn connections_of(&self, i: usize, name: &str) -> usize {
+        let Some((200, body)) = admin_get(self.nodes[i].admin, "/api/sessions") else {
+            return 0;
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["token"] == name)
+            .map(|s| s["connections"].as_u64().unwrap_or(0) as usize)
+            .sum()
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {} log:\n{}", n.id, n.proc.log()))
+            .collect()
+    }
+}
+
+/// An agent exposing an echo service as `echo` through the servers `urls`.
+fn agent(token: &Path, urls: &[String], extra: &[&str]) -> (Proc, u16) {
+    let echo = echo_service();
+    let mut args: Vec<String> = Vec::new();
+    for u in urls {
+        args.push("--server".into());
+        args.push(u.clone());
+    }
+    args.extend([
+        "--token-file".into(),
+        token.display().to_string(),
+        "--expose".into(),
+        format!("echo=tcp://127.0.0.1:{echo}"),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    start_agent(&args, "echo")
+}
+
+/// An echo round trip of `msg` through `addr`: everything read back after a half-close.
+fn echo_at(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(msg)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().unwrap()
+}
+
+/// A message of `len` bytes that shows misordering and loss.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+/// Waits until an echo through `a` works byte-exact (the servers learn of a service
+/// within a heartbeat or a notification).
+fn reachable(a: SocketAddr, c: &Cluster) {
+    let msg = pattern(64 << 10, 7);
+    let ok = poll_until(WAIT, || echo_at(a, &msg).is_ok_and(|got| got == msg));
+    assert!(ok, "no byte-exact echo through {a}\n{}", c.logs());
+}
+
+/// haproxy in TCP mode on 127.0.0.1:`front`, round robin over `backends`, with health
+/// checks every 200 ms (a server down is skipped after two failed checks, and a
+/// connection refused is retried on another server).
+struct Haproxy {
+    proc: Proc,
+    front: u16,
+}
+
+impl Haproxy {
+    fn start(dir: &Path, backends: &[SocketAddr]) -> Haproxy {
+        let bin = which("haproxy").unwrap_or_else(|| {
+            panic!("haproxy is required by this test: install it (Debian: apt-get install haproxy), or run scripts/test.sh, which does")
+        });
+        let front = free_port();
+        let mut cfg = format!(
+            "global\n  maxconn 2000\n\
+             defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch\n\
+             frontend culvert\n  bind 127.0.0.1:{front}\n  default_backend servers\n\
+             backend servers\n  balance roundrobin\n"
+        );
+        for (i, b) in backends.iter().enumerate() {
+            cfg.push_str(&format!(
+                "  server s{} {b} check inter 200ms fall 2 rise 1\n",
+                i + 1
+            ));
+        }
+        let path = dir.join(format!("haproxy-{front}.cfg"));
+        std::fs::write(&path, cfg).unwrap();
+        let check = run(Command::new(&bin).arg("-c").arg("-f").arg(&path), WAIT);
+        assert!(
+            check.status.success(),
+            "haproxy refused its config: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        // -db: foreground, logs to stderr; stopped by its PID when dropped.
+        let proc = Proc::spawn(
+            "haproxy",
+            Command::new(&bin).arg("-db").arg("-f").arg(&path),
+        );
+        let up = poll_until(WAIT, || {
+            TcpStream::connect_timeout(&addr("127.0.0.1", front), Duration::from_secs(1)).is_ok()
+        });
+        assert!(up, "haproxy did not listen:\n{}", proc.log());
+        Haproxy { proc, front }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        addr("127.0.0.1", self.front)
+    }
+
+    fn log(&self) -> String {
+        format!("--- haproxy log:\n{}", self.proc.log())
+    }
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|d| d.join(prog))
+            .find(|p| p.is_file())
+    })
+}
+
+/// An agent connected to one server only: its service is served on the same public port
+/// by all three servers (the other two forward to the first), byte-exact, and through
+/// haproxy in front of them. A reconnecting agent keeps its port cluster-wide.
+#[test]
+fn an_agent_on_one_server_is_reached_through_every_server() {
+    let c = Cluster::start("cluster-forward", 3);
+    let token = c.token("agent", &[]);
+    let (mut a, port) = agent(&token, &[c.url_of(0)], &[]);
+    for i in 0..3 {
+        reachable(addr(&public_ip(i), port), &c);
+    }
+    let backends: Vec<SocketAddr> = (0..3).map(|i| addr(&public_ip(i), port)).collect();
+    let lb = Haproxy::start(c.dir.path(), &backends);
+    for k in 0..30u8 {
+        let msg = pattern(16 << 10, k);
+        let got = echo_at(lb.addr(), &msg)
+            .unwrap_or_else(|e| panic!("connection {k} through haproxy: {e}\n{}", c.logs()));
+        assert!(got == msg, "connection {k} through haproxy: not byte-exact");
+    }
+    // Bulk through a forwarding server, both ways, byte-exact.
+    let big = pattern(8 << 20, 3);
+    let got = echo_at(addr(&public_ip(2), port), &big).expect("bulk through s3");
+    assert!(
+        got == big,
+        "8 MiB through s3 (forwarded to s1): not byte-exact"
+    );
+
+    // The agent comes back (a new process, same token): the same port on every server.
+    a.kill();
+    let (_a2, port2) = agent(&token, &[c.url_of(1)], &[]);
+    assert_eq!(
+        port2, port,
+        "a returning agent keeps its port across the cluster"
+    );
+    for i in 0..3 {
+        reachable(addr(&public_ip(i), port), &c);
+    }
+    drop(lb);
+}
+
+/// Revoking a token through the database (`culvert token revoke --cluster`) closes its
+/// sessions on every server; prints how long that took.
+#[test]
+fn revoking_a_token_closes_its_sessions_on_every_server() {
+    let c = Cluster::start("cluster-revoke", 3);
+    let token = c.token("agent", &[]);
+    let other = c.token("other", &[]);
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        agents.push(agent(&token, &[c.url_of(i)], &[]));
+    }
+    let (_o, other_port) = agent(&other, &[c.url_of(0)], &[]);
+    for i in 0..3 {
+        let ok = poll_until(WAIT, || c.connections_of(i, "agent") > 0);
+        assert!(ok, "server {i} has no session of the agent\n{}", c.logs());
+    }
+    let start = Instant::now();
+    c.revoke("agent");
+    let closed = poll_until(WAIT, || (0..3).all(|i| c.connections_of(i, "agent") == 0));
+    let took = start.elapsed();
+    assert!(closed, "sessions of the revoked token remain\n{}", c.logs());
+    eprintln!("revocation closed the token's sessions on all 3 servers in {took:?}");
+    // The other token's service is untouched, through every server.
+    for i in 0..3 {
+        reachable(addr(&public_ip(i), other_port), &c);
+    }
+}
+
+/// An agent with the three servers and `--pool 6` spreads its connections over all three;
+/// SIGKILL one server while clients make new connections through haproxy: the agent's
+/// connections move to the other two, and the connections after the failover all succeed.
+/// Prints the failover time (from the kill to the last failed connection) and the count of
+/// failed connections.
+#[test]
+fn a_killed_server_fails_over_to_the_others() {
+    let mut c = Cluster::start("cluster-failover", 3);
+    let token = c.token("agent", &[]);
+    let urls: Vec<String> = (0..3).map(|i| c.url_of(i)).collect();
+    let (_a, port) = agent(&token, &urls, &["--pool", "6"]);
+    for i in 0..3 {
+        let spread = poll_until(WAIT, || c.connections_of(i, "agent") == 2);
+        assert!(
+            spread,
+            "server {} holds {} of the agent's 6 connections, not 2\n{}",
+            c.nodes[i].id,
+            c.connections_of(i, "agent"),
+            c.logs()
+        );
+        reachable(addr(&public_ip(i), port), &c);
+    }
+    let backends: Vec<SocketAddr> = (0..3).map(|i| addr(&public_ip(i), port)).collect();
+    let lb = Haproxy::start(c.dir.path(), &backends);
+    let front = lb.addr();
+
+    // New connections through haproxy, one after another, for a bounded count and time.
+    let client = std::thread::spawn(move || {
+        let mut results: Vec<(Instant, bool)> = Vec::new();
+        let end = Instant::now() + Duration::from_secs(20);
+        for k in 0..4000u32 {
+            if Instant::now() >= end {
+                break;
+            }
+            let msg = pattern(256, k as u8);
+            let at = Instant::now();
+            let ok = echo_at(front, &msg).is_ok_and(|got| got == msg);
+            results.push((at, ok));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        results
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let killed_at = Instant::now();
+    c.nodes[0].proc.kill();
+    let results = client.join().expect("client thread");
+
+    let after: Vec<&(Instant, bool)> = results.iter().filter(|(t, _)| *t >= killed_at).collect();
+    let failed = after.iter().filter(|(_, ok)| !ok).count();
+    let last_failure = after.iter().filter(|(_, ok)| !ok).map(|(t, _)| *t).max();
+    let failover = last_failure.map_or(Duration::ZERO, |t| t - killed_at);
+    let tail_ok = after.iter().rev().take_while(|(_, ok)| *ok).count();
+    eprintln!(
+        "SIGKILL of s1: {} connections before, {} after; {failed} failed; failover time {failover:?} (kill to last failure)",
+        results.len() - after.len(),
+        after.len()
+    );
+    assert!(
+        results[..results.len() - after.len()]
+            .iter()
+            .all(|(_, ok)| *ok),
+        "connections failed before the kill\n{}",
+        c.logs()
+    );
+    assert!(
+        tail_ok >= 100 && tail_ok + failed <= after.len(),
+        "after the failover only the last {tail_ok} connections succeeded ({failed} failed of {})\n{}{}",
+        after.len(),
+        c.logs(),
+        lb.log()
+    );
+    // The agent's six connections end up on the two live servers.
+    let moved = poll_until(WAIT, || {
+        c.connections_of(1, "agent") + c.connections_of(2, "agent") == 6
+    });
+    assert!(
+        moved,
+        "the agent's connections did not move to s2 and s3\n{}",
+        c.logs()
+    );
+    drop(lb);
+}
+
+/// PostgreSQL stopped under load: established tunnels keep passing data and new clients
+/// are still served and forwarded from each server's cache; a registration during the
+/// outage fails with a clear error, and succeeds once PostgreSQL is back, with no restart
+/// of any Culvert process.
+#[test]
+fn postgres_down_keeps_tunnels_and_registrations_resume_when_it_is_back() {
+    let mut c = Cluster::start("cluster-pgdown", 2);
+    let token = c.token("agent", &[]);
+    let late = c.token("late", &[]);
+    let (_a, port) = agent(&token, &[c.url_of(0)], &[]);
+    for i in 0..2 {
+        reachable(addr(&public_ip(i), port), &c);
+    }
+    // A long-lived connection through s2 (forwarded to s1's agent).
+    let mut live = TcpStream::connect(addr(&public_ip(1), port)).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut echo_live = |k: u8| {
+        let msg = pattern(32 << 10, k);
+        live.write_all(&msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        live.read_exact(&mut got).unwrap();
+        assert!(got == msg, "the live connection: not byte-exact");
+    };
+    echo_live(1);
+
+    c._pg.stop();
+    echo_live(2);
+    for i in 0..2 {
+        let msg = pattern(4096, 9);
+        let got = echo_at(addr(&public_ip(i), port), &msg).unwrap_or_else(|e| {
+            panic!(
+                "new client through server {i} with PostgreSQL down: {e}\n{}",
+                c.logs()
+            )
+        });
+        assert!(got == msg);
+    }
+    // A registration now fails, saying why.
+    let echo2 = echo_service();
+    let mut late_agent = Proc::spawn(
+        "culvert agent (late)",
+        culvert().arg("agent").args([
+            "--server",
+            &c.url_of(1),
+            "--token-file",
+            &late.display().to_string(),
+            "--expose",
+            &format!("echo2=tcp://127.0.0.1:{echo2}"),
+        ]),
+    );
+    let refused = late_agent
+        .try_wait_match(
+            &|l| l.contains("echo2") && l.contains("cluster registry"),
+            "a registration refused by the cluster registry",
+            0,
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    eprintln!("registration during the outage: {refused}");
+    echo_live(3);
+
+    c._pg.start_again();
+    let port2 = public_port_of(&mut late_agent, "echo2", 0);
+    for i in 0..2 {
+        reachable(addr(&public_ip(i), port2), &c);
+    }
+    echo_live(4);
+}
