@@ -130,7 +130,8 @@ impl Cluster {
             return 0;
         };
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        v["sessions"].as_array()
+        v["sessions"]
+            .as_array()
             .into_iter()
             .flatten()
             .filter(|s| s["token"] == name)

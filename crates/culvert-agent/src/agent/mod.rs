@@ -586,6 +586,10 @@ impl Agent {
 /// How long a connection left for the home server keeps its streams in flight.
 const MOVE_GRACE: Duration = Duration::from_secs(300);
 
+/// A connection up this long before it was lost counts as a working one (its loss starts
+/// a new round over the servers); one lost sooner counts as its server failing.
+const STABLE: Duration = Duration::from_secs(10);
+
 /// How a served connection ended.
 enum Ended {
     /// Lost (closed, dropped, refused a registration for good), with the reason.
@@ -610,7 +614,7 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
         };
         match attempt {
             Ok(c) => {
-                route.connected();
+                let since = Instant::now();
                 match serve_connection(&shared, slot, &route, c, &mut backoff).await {
                     Ended::Home(c) => {
                         route.go_home();
@@ -618,6 +622,12 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                         continue;
                     }
                     Ended::Lost(_) => {
+                        // A connection that lasted counts as a success; one dropped at
+                        // once counts as its server failing, so servers that take the
+                        // handshake and then drop cannot make a hot loop.
+                        if since.elapsed() >= STABLE {
+                            route.connected();
+                        }
                         // Another server is tried at once; after every one failed in a
                         // row (or with one server), the backoff applies.
                         if !route.failed() {
