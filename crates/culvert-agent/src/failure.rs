@@ -116,7 +116,11 @@ impl Failure {
     /// Classifies the server's RegisterFail reason for `service`.
     pub fn register(service: &str, reason: &str) -> Failure {
         let text = format!("server refused service {service:?}: {reason}");
-        if reason.contains("outside the server's range") {
+        // A cluster's registry says "outside the server's port range or the token's
+        // allowed ports".
+        if reason.contains("outside the server's range")
+            || reason.contains("outside the server's port range")
+        {
             Failure::permanent(format!(
                 "{text}; expose it without @PORT (any port) or with a port in that range"
             ))
@@ -167,6 +171,28 @@ mod tests {
         assert!(r.message.contains("without @PORT"));
         assert_eq!(
             Failure::register("web", "port 30001 is already in use").kind,
+            FailureKind::Transient
+        );
+        // A cluster's registry: a port it will never lease is permanent; the database
+        // being away passes.
+        assert_eq!(
+            Failure::register(
+                "web",
+                "cluster registry: tcp port 80 is outside the server's port range or the token's allowed ports"
+            )
+            .kind,
+            FailureKind::Permanent
+        );
+        assert_eq!(
+            Failure::register("web", "cluster registry: lease failed: connection refused").kind,
+            FailureKind::Transient
+        );
+        assert_eq!(
+            Failure::register(
+                "web",
+                "cluster registry: tcp port 30001 is leased to acme/pg"
+            )
+            .kind,
             FailureKind::Transient
         );
         let url = ServerUrl::parse("wss://127.0.0.1:1").unwrap();

@@ -140,6 +140,8 @@ pub(crate) struct Shared {
     up: AtomicUsize,
     /// Those connections, for metrics.
     live: Mutex<Vec<Mux>>,
+    /// Connections left for the home server, finishing their streams (closed at shutdown).
+    retiring: Mutex<Vec<Mux>>,
     /// Connection attempts that failed, and connections lost.
     failures: std::sync::atomic::AtomicU64,
     state_tx: watch::Sender<usize>,
@@ -352,7 +354,8 @@ impl AgentHandle {
     /// Graceful stop: tells the server on every connection that no new streams are taken,
     /// gives the streams in flight up to `grace` to finish, then stops.
     pub async fn drain(&self, grace: Duration) {
-        let live = lock(&self.shared.live).clone();
+        let mut live = lock(&self.shared.live).clone();
+        live.extend(lock(&self.shared.retiring).iter().cloned());
         culvert_transport::drain(&live, "agent shutting down", grace).await;
         self.shutdown();
     }
@@ -401,6 +404,9 @@ impl AgentHandle {
     pub fn shutdown(&self) {
         for t in &self.tasks {
             t.abort();
+        }
+        for m in lock(&self.shared.retiring).drain(..) {
+            m.abort("agent stopping");
         }
     }
 
@@ -547,6 +553,7 @@ impl Agent {
             ports: Mutex::new(HashMap::new()),
             up: AtomicUsize::new(0),
             live: Mutex::new(Vec::new()),
+            retiring: Mutex::new(Vec::new()),
             failures: Default::default(),
             state_tx,
             slots: Mutex::new(slots),
@@ -579,6 +586,10 @@ impl Agent {
 /// How long a connection left for the home server keeps its streams in flight.
 const MOVE_GRACE: Duration = Duration::from_secs(300);
 
+/// A connection up this long before it was lost counts as a working one (its loss starts
+/// a new round over the servers); one lost sooner counts as its server failing.
+const STABLE: Duration = Duration::from_secs(10);
+
 /// How a served connection ended.
 enum Ended {
     /// Lost (closed, dropped, refused a registration for good), with the reason.
@@ -603,7 +614,7 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
         };
         match attempt {
             Ok(c) => {
-                route.connected();
+                let since = Instant::now();
                 match serve_connection(&shared, slot, &route, c, &mut backoff).await {
                     Ended::Home(c) => {
                         route.go_home();
@@ -611,6 +622,12 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                         continue;
                     }
                     Ended::Lost(_) => {
+                        // A connection that lasted counts as a success; one dropped at
+                        // once counts as its server failing, so servers that take the
+                        // handshake and then drop cannot make a hot loop.
+                        if since.elapsed() >= STABLE {
+                            route.connected();
+                        }
                         // Another server is tried at once; after every one failed in a
                         // row (or with one server), the backoff applies.
                         if !route.failed() {
@@ -727,8 +744,16 @@ async fn serve_connection(
             let home = shared.servers[route.home()].text();
             tracing::info!(%home, "home server answers again; this slot moves back to it");
             // The old connection takes no new streams; those in flight may finish.
+            lock(&shared.retiring).push(mux.clone());
+            let shared = shared.clone();
             tokio::spawn(async move {
-                culvert_transport::drain(&[mux], "moving to another server", MOVE_GRACE).await;
+                culvert_transport::drain(
+                    std::slice::from_ref(&mux),
+                    "moving to another server",
+                    MOVE_GRACE,
+                )
+                .await;
+                lock(&shared.retiring).retain(|m| !m.same(&mux));
                 drop(guard);
             });
         }

@@ -126,7 +126,7 @@ impl Route {
         self.current != self.home
     }
 
-    /// A connection to the current server is up: failures count afresh.
+    /// A connection to the current server worked (it lasted): failures count afresh.
     pub(crate) fn connected(&mut self) {
         self.failed_in_row = 0;
     }
