@@ -83,7 +83,7 @@ fwd_port=$(public_port "$work/one-agent.log" fwd)
 front=$(port)
 cat >"$work/haproxy.cfg" <<EOF
 global
-  maxconn 20000
+  maxconn 2000
 defaults
   mode tcp
   timeout connect 2s
@@ -113,7 +113,7 @@ except OSError:
 PY
     sleep 0.2
   done
-  echo "$1:$2 never answered" >&2; exit 1
+  echo "$1:$2 never answered" >&2; tail -5 "$work"/*.log >&2; exit 1
 }
 reach 127.0.0.1 "$solo_port"; reach 127.0.0.1 "$front"; reach 127.0.0.3 "$fwd_port"
 for ip in 127.0.0.2 127.0.0.3 127.0.0.4; do reach "$ip" "$spread_port"; done
