@@ -225,19 +225,8 @@ pub enum TokenCommand {
         /// Name of the token (shown in logs and status instead of the token).
         #[arg(long)]
         name: String,
-        /// Token file to add it to (created if missing) [default: tokens.toml, unless
-        /// --cluster is given].
-        #[arg(long)]
-        tokens: Option<PathBuf>,
-        /// Add it to a cluster's registry in PostgreSQL (postgres://USER@HOST/DB, as the
-        /// servers' --cluster) instead of a token file.
-        #[arg(
-            long,
-            env = "CULVERT_CLUSTER",
-            value_name = "URL",
-            hide_env_values = true
-        )]
-        cluster: Option<String>,
+        #[command(flatten)]
+        store: TokenStoreArgs,
         /// Tenant the token belongs to (default: its own name). Its services are
         /// TENANT/NAME; it reaches its own tenant's services by bare name.
         #[arg(long)]
@@ -271,17 +260,8 @@ pub enum TokenCommand {
     /// List the tokens of a file or cluster registry: name, tenant, roles and limits (never
     /// hashes).
     List {
-        /// Token file [default: tokens.toml, unless --cluster is given].
-        #[arg(long)]
-        tokens: Option<PathBuf>,
-        /// List a cluster's registry in PostgreSQL instead of a token file.
-        #[arg(
-            long,
-            env = "CULVERT_CLUSTER",
-            value_name = "URL",
-            hide_env_values = true
-        )]
-        cluster: Option<String>,
+        #[command(flatten)]
+        store: TokenStoreArgs,
         /// One JSON object per token.
         #[arg(long)]
         json: bool,
@@ -292,18 +272,27 @@ pub enum TokenCommand {
     Revoke {
         /// Name of the token.
         name: String,
-        /// Token file [default: tokens.toml, unless --cluster is given].
-        #[arg(long)]
-        tokens: Option<PathBuf>,
-        /// Remove it from a cluster's registry in PostgreSQL instead of a token file.
-        #[arg(
-            long,
-            env = "CULVERT_CLUSTER",
-            value_name = "URL",
-            hide_env_values = true
-        )]
-        cluster: Option<String>,
+        #[command(flatten)]
+        store: TokenStoreArgs,
     },
+}
+
+/// Where the `token` commands find the tokens: a token file, or a cluster's registry.
+#[derive(Debug, Args, Default)]
+pub struct TokenStoreArgs {
+    /// Token file (created if missing by `token new`) [default: tokens.toml, unless
+    /// --cluster is given].
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    /// A cluster's registry in PostgreSQL (postgres://USER@HOST/DB, as the servers'
+    /// --cluster) instead of a token file.
+    #[arg(
+        long,
+        env = "CULVERT_CLUSTER",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Args, Default)]

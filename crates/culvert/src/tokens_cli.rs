@@ -76,8 +76,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::New {
             name,
-            tokens: path,
-            cluster,
+            store,
             tenant,
             roles,
             services,
@@ -86,7 +85,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             access,
             ttl,
         } => {
-            let store = Store::pick(path, cluster)?;
+            let store = Store::pick(store.tokens, store.cluster)?;
             let ttl = ttl
                 .as_deref()
                 .map(culvert_node::parse_duration)
@@ -124,12 +123,8 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        TokenCommand::List {
-            tokens: path,
-            cluster,
-            json,
-        } => {
-            let (entries, place) = match Store::pick(path, cluster)? {
+        TokenCommand::List { store, json } => {
+            let (entries, place) = match Store::pick(store.tokens, store.cluster)? {
                 Store::File(path) => (tokens::list_tokens(&path)?, path.display().to_string()),
                 Store::Cluster(url) => {
                     let rows = with_cluster(&url, |db| async move { db.tokens().await })?;
@@ -156,12 +151,8 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        TokenCommand::Revoke {
-            name,
-            tokens: path,
-            cluster,
-        } => {
-            match Store::pick(path, cluster)? {
+        TokenCommand::Revoke { name, store } => {
+            match Store::pick(store.tokens, store.cluster)? {
                 Store::File(path) => {
                     tokens::revoke_token(&path, &name)
                         .with_context(|| format!("revoking token {name:?}"))?;
