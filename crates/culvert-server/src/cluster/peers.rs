@@ -74,9 +74,11 @@ impl Peers {
         }
     }
 
-    /// The live link to `server`, dialed now if there is none.
+    /// The live link to `server`, dialed now if there is none. A link found closed is
+    /// dropped and dialed again, once: a server that closes every link at once fails here
+    /// instead of being dialed in a loop.
     async fn link(&self, server: &ServerRow) -> Result<Mux, String> {
-        loop {
+        for _ in 0..2 {
             let cell = self.lock().entry(server.id.clone()).or_default().clone();
             let mux = cell
                 .get_or_try_init(|| self.dial(server))
@@ -91,6 +93,10 @@ impl Peers {
             }
             self.forget(&server.id, &mux);
         }
+        Err(format!(
+            "server {}: its link closed as soon as it was made",
+            server.id
+        ))
     }
 
     /// Drops the link to `id` if it is still `mux`.
