@@ -1,11 +1,13 @@
 //! Copies bytes both ways between a TCP socket and a tunnel stream (or between two tunnel
 //! streams), honouring half-close.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use culvert_proto::reset_code;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::TunnelStream;
@@ -69,23 +71,23 @@ pub async fn relay_tcp_until(
     counters: Option<&RelayCounters>,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<RelayTotals> {
-    let (rd, mut wr) = tcp.into_split();
+    let (mut rd, mut wr) = tcp.into_split();
     let up = async {
         let mut size = READ_FIRST;
         let mut buf = BytesMut::new();
         let mut total = 0u64;
         loop {
-            rd.readable().await?;
-            let got = if buf.capacity() == 0 {
-                read_small(&rd)
-            } else {
-                read_into(&rd, &mut buf, &mut size)
-            };
-            let chunk = match got {
-                Ok(c) => c,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            };
+            // Through `poll_read`, which clears tokio's readiness after a short read: a
+            // small message costs one `recvfrom`, not a second one that says `WouldBlock`.
+            let got = std::future::poll_fn(|cx| {
+                if buf.capacity() == 0 {
+                    poll_read_small(&mut rd, cx)
+                } else {
+                    poll_read_into(&mut rd, cx, &mut buf, &mut size)
+                }
+            })
+            .await;
+            let chunk = got?;
             let n = chunk.len();
             if n == 0 {
                 stream.finish()?;
@@ -143,28 +145,34 @@ pub async fn relay_tcp_until(
 }
 
 /// One read of at most [`SMALL_READ`] bytes into the stack, copied out (empty at the end of
-/// the stream). Not async: the stack buffer never becomes part of a task's state.
-fn read_small(rd: &tokio::net::tcp::OwnedReadHalf) -> std::io::Result<Bytes> {
+/// the stream). The stack buffer lives for one poll only, never in a task's state, so an
+/// idle connection waiting here holds no read buffer.
+fn poll_read_small(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<Bytes>> {
     let mut b = [0u8; SMALL_READ];
-    let n = rd.try_read(&mut b)?;
-    Ok(Bytes::copy_from_slice(&b[..n]))
+    let mut rb = ReadBuf::new(&mut b);
+    ready!(Pin::new(rd).poll_read(cx, &mut rb))?;
+    Poll::Ready(Ok(Bytes::copy_from_slice(rb.filled())))
 }
 
 /// One read into `buf`, whose reads double up to [`READ_MAX`] while they fill it.
-fn read_into(
-    rd: &tokio::net::tcp::OwnedReadHalf,
+fn poll_read_into(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    cx: &mut Context<'_>,
     buf: &mut BytesMut,
     size: &mut usize,
-) -> std::io::Result<Bytes> {
+) -> Poll<std::io::Result<Bytes>> {
     if buf.capacity() - buf.len() < *size / 4 {
         buf.reserve(*size);
     }
     let room = buf.capacity() - buf.len();
-    let n = rd.try_read_buf(buf)?;
+    let n = ready!(tokio_util::io::poll_read_buf(Pin::new(rd), cx, buf))?;
     if n == room && *size < READ_MAX {
         *size *= 2;
     }
-    Ok(buf.split().freeze())
+    Poll::Ready(Ok(buf.split().freeze()))
 }
 
 /// Writes every chunk with as few vectored writes as the socket allows, emptying `chunks`.
