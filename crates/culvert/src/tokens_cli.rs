@@ -9,7 +9,7 @@ use anyhow::Context;
 use culvert_cluster::{ClusterDb, ClusterError};
 use culvert_server::tokens::{self, NewToken, TokenEntry};
 
-use crate::cli::TokenCommand;
+use crate::cli::{TokenCommand, TokenStoreArgs};
 
 /// Deadline of the registry operations of one command (connecting and migrating the schema
 /// included): a database that is down or unreachable is reported, not waited for.
@@ -28,8 +28,8 @@ enum Store {
 
 impl Store {
     /// `--tokens` or `--cluster`, not both; the default file when neither is given.
-    fn pick(tokens: Option<PathBuf>, cluster: Option<String>) -> anyhow::Result<Store> {
-        match (tokens, cluster) {
+    fn pick(args: TokenStoreArgs) -> anyhow::Result<Store> {
+        match (args.tokens, args.cluster) {
             (Some(_), Some(_)) => anyhow::bail!(
                 "give either --tokens FILE or --cluster URL (or CULVERT_CLUSTER), not both: \
                  tokens live in a token file or in a cluster's registry"
@@ -85,7 +85,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             access,
             ttl,
         } => {
-            let store = Store::pick(store.tokens, store.cluster)?;
+            let store = Store::pick(store)?;
             let ttl = ttl
                 .as_deref()
                 .map(culvert_node::parse_duration)
@@ -124,7 +124,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TokenCommand::List { store, json } => {
-            let (entries, place) = match Store::pick(store.tokens, store.cluster)? {
+            let (entries, place) = match Store::pick(store)? {
                 Store::File(path) => (tokens::list_tokens(&path)?, path.display().to_string()),
                 Store::Cluster(url) => {
                     let rows = with_cluster(&url, |db| async move { db.tokens().await })?;
@@ -152,7 +152,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TokenCommand::Revoke { name, store } => {
-            match Store::pick(store.tokens, store.cluster)? {
+            match Store::pick(store)? {
                 Store::File(path) => {
                     tokens::revoke_token(&path, &name)
                         .with_context(|| format!("revoking token {name:?}"))?;
