@@ -188,7 +188,7 @@ impl TunnelStream {
                 data.advance(n);
                 if data.is_empty() {
                     drop(st);
-                    self.shared.writer_wake.notify_one();
+                    self.shared.transmit();
                     return Poll::Ready(Ok(()));
                 }
                 if let Some(w) = st.wakers.get_mut(&self.id) {
@@ -196,7 +196,7 @@ impl TunnelStream {
                 }
                 drop(st);
                 if n > 0 {
-                    self.shared.writer_wake.notify_one();
+                    self.shared.transmit();
                 }
                 Poll::Pending
             }
@@ -225,7 +225,7 @@ impl TunnelStream {
             Ok(()) => {
                 self.finished.store(true, Ordering::Relaxed);
                 drop(st);
-                self.shared.writer_wake.notify_one();
+                self.shared.transmit();
                 Ok(())
             }
             Err(_) => Err(self.gone(&mut st)),

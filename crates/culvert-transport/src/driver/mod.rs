@@ -16,6 +16,7 @@ use crate::stream::TunnelStream;
 use crate::wsframe::WsConn;
 use crate::TransportError;
 
+mod direct;
 mod reader;
 mod writer;
 
@@ -82,11 +83,22 @@ pub(crate) struct Shared {
     streams_available: Notify,
     events: mpsc::UnboundedSender<MuxEvent>,
     pub(crate) closed_tx: watch::Sender<bool>,
+    /// The writer's socket while the writer task is parked (write-through, `direct.rs`).
+    direct: Arc<dyn direct::WriteThrough>,
 }
 
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends what the connection has queued: written through from the caller's task while
+    /// the writer task is parked, else by the writer task, woken for it. Never called with
+    /// the state locked.
+    pub(crate) fn transmit(self: &Arc<Self>) {
+        if !self.direct.try_transmit(self) {
+            self.writer_wake.notify_one();
+        }
     }
 
     /// Marks the connection dead and wakes everybody waiting on it.
@@ -198,6 +210,7 @@ impl Mux {
     {
         let (events, rx) = mpsc::unbounded_channel();
         let (closed_tx, closed_rx) = watch::channel(false);
+        let parking = Arc::new(direct::Parking::new());
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 conn,
@@ -215,9 +228,10 @@ impl Mux {
             streams_available: Notify::new(),
             events,
             closed_tx,
+            direct: parking.clone(),
         });
         tokio::spawn(reader::run(shared.clone(), ws.reader));
-        tokio::spawn(writer::run(shared.clone(), ws.writer));
+        tokio::spawn(writer::run(shared.clone(), ws.writer, parking));
         // Events the connection produced before the tasks existed (e.g. from bytes fed during the handshake).
         {
             let mut st = shared.lock();

@@ -17,6 +17,7 @@ use culvert_proto::Transmit;
 use tokio::io::{AsyncRead, AsyncWrite, WriteHalf};
 use tokio::sync::watch;
 
+use super::direct::Parking;
 use super::Shared;
 use crate::progress::Progress;
 use crate::ws::BATCH_CAP;
@@ -131,8 +132,11 @@ impl Clock {
     }
 }
 
-pub(super) async fn run<S>(shared: Arc<Shared>, mut ws: WsWriter<WriteHalf<S>>)
-where
+pub(super) async fn run<S>(
+    shared: Arc<Shared>,
+    mut ws: WsWriter<WriteHalf<S>>,
+    parking: Arc<Parking<WriteHalf<S>>>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut clock = Clock {
@@ -194,7 +198,19 @@ where
         if let Some(r) = shared.lock().closing.clone() {
             break Stop::Closing(r);
         }
-        if let Err(s) = clock.idle(deadline).await {
+        // Idle: senders write through the parked socket themselves (direct.rs) and wake
+        // this task only for what they could not finish.
+        parking.park(ws);
+        let idle = clock.idle(deadline).await;
+        ws = parking
+            .take()
+            .expect("only the writer task takes back the writer it parked");
+        if let Err(s) = idle {
+            torn = ws.has_pending();
+            break s;
+        }
+        if let Err(s) = clock.io("write", ws.finish_pending()).await {
+            torn = true;
             break s;
         }
     };

@@ -1,6 +1,8 @@
 //! The sending half: a batch of the multiplexer's buffers as one vectored write.
 
 use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use rand::RngCore;
@@ -20,6 +22,9 @@ pub struct WsWriter<W> {
     mask: bool,
     /// For the client: masked copy of a batch. For non-vectored transports: the coalesced batch.
     scratch: Vec<u8>,
+    /// What a [`WsWriter::try_send_now`] could not write at once: the rest of its frame,
+    /// which goes out before anything else ([`WsWriter::finish_pending`]).
+    pending: Vec<Bytes>,
 }
 
 impl<W: AsyncWrite + Unpin> WsWriter<W> {
@@ -30,6 +35,7 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             role,
             mask: role == Role::Client,
             scratch: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -158,6 +164,78 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             }
         }
         Ok(())
+    }
+
+    /// Whether [`WsWriter::try_send_now`] may be used: frames go unmasked through a
+    /// vectored transport (no copy to make), and nothing of an earlier frame is left over.
+    pub(crate) fn can_send_now(&self) -> bool {
+        !self.mask && self.io.is_write_vectored() && self.pending.is_empty()
+    }
+
+    /// Whether part of a frame is still to be written (a frame cut there would leave the
+    /// peer's WebSocket stream mid-frame).
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes `segments` (`len` bytes) as one binary frame with a single non-blocking
+    /// vectored write from the caller's task, then flushes without blocking. `true` when the
+    /// frame left in full and nothing is buffered; otherwise what was not written is kept
+    /// for [`WsWriter::finish_pending`] (or a flush is owed), which the writer task must
+    /// run next. Errors are not reported here: the writer meets them when it retries.
+    /// Only when [`WsWriter::can_send_now`].
+    pub(crate) fn try_send_now(&mut self, segments: &[Bytes], len: usize) -> bool {
+        debug_assert!(self.can_send_now());
+        let (h, hlen, _) = self.header(0x2, len);
+        let mut cx = Context::from_waker(Waker::noop());
+        let written = {
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let count = (segments.len() + 1).min(MAX_IOVECS);
+            iov[0] = IoSlice::new(&h[..hlen]);
+            for (slot, s) in iov[1..count].iter_mut().zip(segments) {
+                *slot = IoSlice::new(s);
+            }
+            match Pin::new(&mut self.io).poll_write_vectored(&mut cx, &iov[..count]) {
+                Poll::Ready(Ok(n)) => n,
+                // Would block or failed: the writer task writes the frame (and meets the
+                // error, which a socket repeats).
+                _ => 0,
+            }
+        };
+        // Keep what did not go: the header's tail, the part-written segment's tail, the rest.
+        let mut n = written;
+        if n < hlen {
+            self.pending.push(Bytes::copy_from_slice(&h[n..hlen]));
+            n = 0;
+        } else {
+            n -= hlen;
+        }
+        for s in segments {
+            if n >= s.len() {
+                n -= s.len();
+            } else {
+                self.pending.push(s.slice(n..));
+                n = 0;
+            }
+        }
+        if !self.pending.is_empty() {
+            return false;
+        }
+        matches!(
+            Pin::new(&mut self.io).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        )
+    }
+
+    /// Writes what [`WsWriter::try_send_now`] left over, before any new frame.
+    pub(crate) async fn finish_pending(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let parts: Vec<&[u8]> = pending.iter().map(|b| &b[..]).collect();
+        // A cut write leaves the rest unknown: the writer treats the stream as torn then.
+        self.write_parts(&parts).await
     }
 
     /// Sends a control frame (pong or close) with a short payload.
