@@ -77,7 +77,7 @@ struct Shared {
     local_addr: SocketAddr,
     expires: Option<Instant>,
     link: Arc<AgentHandle>,
-    bytes: RelayCounters,
+    bytes: Arc<RelayCounters>,
     open: AtomicUsize,
     connections: AtomicU64,
     failed: AtomicU64,
@@ -121,7 +121,7 @@ impl Forward {
             spec,
             local_addr,
             link,
-            bytes: RelayCounters::default(),
+            bytes: Arc::default(),
             open: AtomicUsize::new(0),
             connections: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -277,7 +277,7 @@ async fn handle(shared: &Shared, sock: TcpStream) {
     };
     // The tunnel carries connections again: an earlier failure is no longer the state.
     *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    match relay_tcp_counted(sock, &stream, Some(&shared.bytes)).await {
+    match relay_tcp_counted(sock, &stream, Some(shared.bytes.clone())).await {
         Ok(t) => tracing::debug!(up = t.up, down = t.down, "connection done"),
         Err(e) => match reset_code_of(&e) {
             Some(code @ (reset_code::NOT_ALLOWED | reset_code::UNKNOWN_TARGET)) => note_failure(

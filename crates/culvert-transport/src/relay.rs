@@ -3,11 +3,13 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use culvert_proto::reset_code;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
 use crate::TunnelStream;
@@ -57,7 +59,7 @@ pub async fn relay_tcp(tcp: TcpStream, stream: &TunnelStream) -> std::io::Result
 pub async fn relay_tcp_counted(
     tcp: TcpStream,
     stream: &TunnelStream,
-    counters: Option<&RelayCounters>,
+    counters: Option<Arc<RelayCounters>>,
 ) -> std::io::Result<RelayTotals> {
     relay_tcp_until(tcp, stream, counters, std::future::pending()).await
 }
@@ -65,13 +67,19 @@ pub async fn relay_tcp_counted(
 /// [`relay_tcp_counted`] that is also cut short when `stop` resolves (a stream whose right
 /// to exist was withdrawn while it ran): the socket is then closed with a reset, as on any
 /// cut transfer, and the error is `ConnectionAborted`; the caller resets the stream.
+///
+/// While the relay waits for the tunnel, the connection's reader writes arriving bytes into
+/// the socket itself (`driver/deliver.rs`); the relay writes what that could not.
 pub async fn relay_tcp_until(
     tcp: TcpStream,
     stream: &TunnelStream,
-    counters: Option<&RelayCounters>,
+    counters: Option<Arc<RelayCounters>>,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<RelayTotals> {
-    let (mut rd, mut wr) = tcp.into_split();
+    let (mut rd, wr) = tcp.into_split();
+    let wr = Arc::new(wr);
+    stream.deliver_to(wr.clone(), counters.clone());
+    let counters = counters.as_deref();
     // In a block, so both directions (which borrow the halves) end before the halves are
     // closed below.
     let relayed = {
@@ -119,9 +127,9 @@ pub async fn relay_tcp_until(
                 if let Some(c) = counters {
                     c.down.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                write_all_vectored(&mut wr, &mut chunks).await?;
+                write_all_vectored(&mut Shared(&wr), &mut chunks).await?;
             }
-            wr.shutdown().await?;
+            socket2::SockRef::from(wr.as_ref().as_ref()).shutdown(std::net::Shutdown::Write)?;
             Ok::<u64, std::io::Error>(total)
         };
         // Pinned here, so the `async` block below holds two references: moving the two
@@ -137,18 +145,66 @@ pub async fn relay_tcp_until(
             )),
         }
     };
+    let delivered = stream.stop_delivery();
     match relayed {
-        Ok((up, down)) => Ok(RelayTotals { up, down }),
+        Ok((up, down)) => Ok(RelayTotals {
+            up,
+            down: down + delivered,
+        }),
         Err(e) => {
             // Cut short (the stream was reset, the tunnel lost): the socket is closed with a
             // reset, not a FIN, so its peer can tell a cut transfer from a complete one.
             // (A write half sends a FIN when dropped: forget it, and the socket closes when
-            // the read half drops.)
-            crate::reset_on_close(wr.as_ref());
-            wr.forget();
+            // the read half drops. The reader held it only under the connection's lock, and
+            // no longer has it: `stop_delivery`.)
+            crate::reset_on_close(wr.as_ref().as_ref());
+            if let Ok(wr) = Arc::try_unwrap(wr) {
+                wr.forget();
+            }
             drop(rd);
             Err(e)
         }
+    }
+}
+
+/// The relay's write half, shared with the connection's reader (direct delivery): written
+/// through `&TcpStream`'s readiness and non-blocking writes, which take `&self`.
+struct Shared<'a>(&'a Arc<OwnedWriteHalf>);
+
+impl tokio::io::AsyncWrite for Shared<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let tcp: &TcpStream = self.0.as_ref().as_ref();
+        loop {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 

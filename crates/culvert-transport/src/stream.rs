@@ -109,13 +109,16 @@ impl TunnelStream {
         if st.closed.is_some() {
             return Poll::Ready(Err(self.gone(&mut st)));
         }
+        if let Some(left) = self.take_leftover(&mut st, max) {
+            return Poll::Ready(Ok(left));
+        }
         match st.conn.read(self.id, max) {
             Ok(ReadOutcome::Data(b)) => {
                 // Reading may have released credit that must go out.
                 let wake = st.conn.wants_transmit();
                 drop(st);
                 if wake {
-                    self.shared.writer_wake.notify_one();
+                    self.shared.transmit();
                 }
                 Poll::Ready(Ok(Some(b)))
             }
@@ -155,6 +158,16 @@ impl TunnelStream {
             return Ok(true);
         }
         while total < max {
+            if let Some(left) = self.take_leftover(&mut st, usize::MAX) {
+                match left {
+                    Some(b) => {
+                        total += b.len();
+                        out.push(b);
+                        continue;
+                    }
+                    None => break,
+                }
+            }
             match st.conn.read(self.id, usize::MAX) {
                 Ok(ReadOutcome::Data(b)) => {
                     total += b.len();
@@ -172,9 +185,48 @@ impl TunnelStream {
         let wake = st.conn.wants_transmit();
         drop(st);
         if wake {
-            self.shared.writer_wake.notify_one();
+            self.shared.transmit();
         }
         Ok(true)
+    }
+
+    /// The next chunk (at most `max` bytes) of what a direct delivery left for the relay,
+    /// which comes before anything still queued in the connection; `Some(None)` at the end
+    /// the delivery read; `None` when nothing is left.
+    fn take_leftover(&self, st: &mut crate::driver::State, max: usize) -> Option<Option<Bytes>> {
+        let d = st.deliver.get_mut(&self.id)?;
+        if let Some(first) = d.leftover.first_mut() {
+            if first.len() > max {
+                return Some(Some(first.split_to(max)));
+            }
+            return Some(Some(d.leftover.remove(0)));
+        }
+        if d.eof {
+            self.eof.store(true, Ordering::Relaxed);
+            return Some(None);
+        }
+        None
+    }
+
+    /// Lets the connection's reader write this stream's bytes into `sock` itself while
+    /// [`TunnelStream::recv_many`] waits (see `driver/deliver.rs`), counting them into
+    /// `counters`. For a relay that writes everything it receives to `sock`.
+    pub(crate) fn deliver_to(
+        &self,
+        sock: Arc<tokio::net::tcp::OwnedWriteHalf>,
+        counters: Option<Arc<crate::RelayCounters>>,
+    ) {
+        let mut st = self.shared.lock();
+        crate::driver::deliver::register(&mut st, self.id, sock, counters);
+    }
+
+    /// Ends [`TunnelStream::deliver_to`]; the bytes delivered directly.
+    pub(crate) fn stop_delivery(&self) -> u64 {
+        self.shared
+            .lock()
+            .deliver
+            .remove(&self.id)
+            .map_or(0, |d| d.delivered)
     }
 
     /// Queues as much of `data` as the send buffers take, advancing it; ready when all is queued.
@@ -247,6 +299,7 @@ impl Drop for TunnelStream {
         let mut st = self.shared.lock();
         st.wakers.remove(&self.id);
         st.resets.remove(&self.id);
+        st.deliver.remove(&self.id);
         let done = *self.finished.get_mut() && *self.eof.get_mut();
         // Both directions done: the connection frees the stream once its FIN is out.
         // Otherwise nobody will read or write it again: abort it so no state lingers.

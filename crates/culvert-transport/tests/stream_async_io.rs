@@ -1,16 +1,16 @@
 //! `TunnelStream` as tokio's `AsyncRead` + `AsyncWrite`: what `tokio::io::copy`, hyper and
 //! database drivers rely on. Two multiplexed connections over a real loopback TCP socket.
 
-use std::time::Duration;
-
 use culvert_proto::{Config, Connection, Side};
 use culvert_transport::wsframe::{Role, WsConn};
-use culvert_transport::{reset_code_of, Mux, MuxEvent, TunnelStream};
+use culvert_transport::{reset_code_of, Mux, MuxEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-const LIMIT: Duration = Duration::from_secs(60);
+mod support;
+
+use support::{incoming, LIMIT};
 
 /// A client and a server connection joined by a loopback TCP socket.
 async fn pair() -> (Mux, Mux, UnboundedReceiver<MuxEvent>) {
@@ -24,17 +24,6 @@ async fn pair() -> (Mux, Mux, UnboundedReceiver<MuxEvent>) {
     let (server, server_events) =
         Mux::spawn_with(WsConn::new(accepted.unwrap().0, Role::Server), s);
     (client, server, server_events)
-}
-
-/// The next stream the peer opened.
-async fn incoming(events: &mut UnboundedReceiver<MuxEvent>) -> TunnelStream {
-    loop {
-        match tokio::time::timeout(LIMIT, events.recv()).await {
-            Ok(Some(MuxEvent::Incoming(s, _))) => return s,
-            Ok(Some(_)) => continue,
-            other => panic!("no incoming stream: {other:?}"),
-        }
-    }
 }
 
 /// A deterministic, non-repeating-looking byte pattern.

@@ -257,7 +257,7 @@ async fn forward(
     let _ = mux.send_control(Control::ConnectAck { connection_id });
     counters.connections.fetch_add(1, Ordering::Relaxed);
     counters.open.fetch_add(1, Ordering::Relaxed);
-    let result = relay_tcp_counted(tcp, &stream, Some(&counters.bytes)).await;
+    let result = relay_tcp_counted(tcp, &stream, Some(counters.bytes.clone())).await;
     counters.open.fetch_sub(1, Ordering::Relaxed);
     match result {
         Ok(t) => tracing::debug!(up = t.up, down = t.down, "connection done"),

@@ -16,6 +16,7 @@ use crate::stream::TunnelStream;
 use crate::wsframe::WsConn;
 use crate::TransportError;
 
+pub(crate) mod deliver;
 mod direct;
 mod reader;
 mod writer;
@@ -70,6 +71,10 @@ pub(crate) struct State {
     pending_control: usize,
     /// Where received datagrams go (see [`Mux::set_datagram_sink`]).
     pub(crate) sink: Option<DatagramSink>,
+    /// Relays' sockets, for delivering their bytes from the reader (`deliver.rs`).
+    pub(crate) deliver: HashMap<StreamId, deliver::Delivery>,
+    /// Streams with bytes to deliver directly after this dispatch.
+    deliverable: Vec<StreamId>,
 }
 
 /// Receives each datagram as soon as the reader decodes it (see [`Mux::set_datagram_sink`]).
@@ -124,7 +129,18 @@ impl Shared {
     pub(crate) fn dispatch(self: &Arc<Self>, st: &mut State) -> Result<(), String> {
         while let Some(ev) = st.conn.poll_event() {
             match ev {
-                Event::Readable(id) | Event::Finished(id) => {
+                Event::Readable(id) => {
+                    let direct = st.deliver.get(&id).is_some_and(|d| d.ready());
+                    if let Some(w) = st.wakers.get_mut(&id) {
+                        if direct && w.read.is_some() {
+                            // Its relay waits with nothing queued: delivered below.
+                            st.deliverable.push(id);
+                        } else if let Some(w) = w.read.take() {
+                            w.wake();
+                        }
+                    }
+                }
+                Event::Finished(id) => {
                     if let Some(w) = st.wakers.get_mut(&id).and_then(|w| w.read.take()) {
                         w.wake();
                     }
@@ -166,6 +182,9 @@ impl Shared {
                 // is set they wait in the connection's bounded drop-oldest queue).
                 Event::DatagramReadable => {}
             }
+        }
+        if !st.deliverable.is_empty() {
+            deliver::deliver(st);
         }
         Ok(())
     }
@@ -223,6 +242,8 @@ impl Mux {
                 ws_close: None,
                 pending_control: 0,
                 sink: None,
+                deliver: HashMap::new(),
+                deliverable: Vec::new(),
             }),
             writer_wake: Notify::new(),
             streams_available: Notify::new(),

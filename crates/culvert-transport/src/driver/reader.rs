@@ -69,7 +69,7 @@ where
             break e;
         }
         if wake {
-            shared.writer_wake.notify_one();
+            shared.transmit();
         }
     };
     if explain {

@@ -1,0 +1,292 @@
+//! The two direct paths of the connection driver. Write-through: a stream's bytes reach the
+//! WebSocket from the sending task when the connection's writer task is idle (no wake-up of
+//! the writer per message). Direct delivery: bytes for a relay waiting on its stream are
+//! written into its TCP socket by the connection's reader (no wake-up of the relay). And
+//! nothing is lost, reordered or torn when a socket cannot take everything at once.
+
+use std::future::Future;
+use std::io::Read;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use culvert_proto::{Config, Connection, Side};
+use culvert_transport::wsframe::{Role, WsConn};
+use culvert_transport::{relay_tcp, Mux, MuxEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+mod support;
+
+use support::{incoming, LIMIT};
+
+fn connection(side: Side) -> Connection {
+    Connection::new(side, Config::default(), std::time::Instant::now()).unwrap()
+}
+
+#[test]
+fn a_send_on_an_idle_connection_is_written_before_the_sender_yields() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dialed = TcpStream::connect(addr).await.unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        // The server role sends unmasked frames, which are what is written through.
+        let (mux, _events) =
+            Mux::spawn_with(WsConn::new(dialed, Role::Server), connection(Side::Server));
+        let stream = mux.open("svc").await.unwrap();
+        // Let the writer task send the open and go idle.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let payload = b"written-through-without-a-task-hop";
+        let polled = {
+            let mut send = pin!(stream.send(Bytes::from_static(payload)));
+            send.as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+        };
+        assert!(matches!(polled, Poll::Ready(Ok(()))), "{polled:?}");
+        // No await since the send: only a write from the sending task can have put the
+        // bytes on the socket. (A blocking read: the runtime's thread is this one.)
+        peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.windows(payload.len()).any(|w| w == payload) {
+            match peer.read(&mut buf) {
+                Ok(0) => panic!("peer socket closed"),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e) => panic!(
+                    "the payload did not reach the socket before the sender yielded: {e} ({} bytes seen)",
+                    seen.len()
+                ),
+            }
+        }
+        drop(stream);
+        mux.abort("test over");
+    });
+}
+
+/// A deterministic pattern, different per stream.
+fn pattern(stream: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 8) as u8 ^ stream as u8)
+        .collect()
+}
+
+/// Eight streams send at once through a socket with a small send buffer, so write-throughs
+/// keep finding it full and leave part of a frame for the writer task: every byte still
+/// arrives, in order, on the right stream, and each stream's FIN after its last byte.
+#[tokio::test(flavor = "current_thread")]
+async fn partial_write_throughs_lose_and_reorder_nothing() {
+    const STREAMS: usize = 8;
+    const LEN: usize = 3 * 512 * 1024 + 12_345;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_send_buffer_size(16 * 1024).unwrap();
+    let (dialed, accepted) = tokio::join!(sock.connect(addr), listener.accept());
+    let (sender, _sender_events) = Mux::spawn_with(
+        WsConn::new(dialed.unwrap(), Role::Server),
+        connection(Side::Server),
+    );
+    let (_receiver, mut events) = Mux::spawn_with(
+        WsConn::new(accepted.unwrap().0, Role::Client),
+        connection(Side::Client),
+    );
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..STREAMS {
+        let s = sender.open(&format!("s{i}")).await.unwrap();
+        let data = pattern(i, LEN);
+        sends.spawn(async move {
+            // Uneven chunks, so frames split at many different places.
+            let mut at = 0;
+            let mut step = 1 + i * 997;
+            while at < data.len() {
+                let end = (at + step).min(data.len());
+                s.send(Bytes::copy_from_slice(&data[at..end]))
+                    .await
+                    .unwrap();
+                at = end;
+                step = (step * 7 + 13) % 200_000 + 1;
+            }
+            s.finish().unwrap();
+            s
+        });
+    }
+    let mut reads = Vec::new();
+    for _ in 0..STREAMS {
+        let r = incoming(&mut events).await;
+        reads.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(chunk) = r.recv().await.unwrap() {
+                got.extend_from_slice(&chunk);
+            }
+            got
+        }));
+    }
+    let got = tokio::time::timeout(LIMIT, async {
+        let mut senders = Vec::new();
+        while let Some(s) = sends.join_next().await {
+            senders.push(s.unwrap());
+        }
+        let mut got = Vec::new();
+        for r in reads {
+            got.push(r.await.unwrap());
+        }
+        (senders, got)
+    })
+    .await
+    .expect("the transfer finishes within the limit")
+    .1;
+    // Streams arrive in open order; each carries its own pattern, whole.
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(g.len(), LEN, "stream {i}: length");
+        assert!(*g == pattern(i, LEN), "stream {i}: bytes differ");
+    }
+}
+
+/// Two connections joined by a loopback socket; the client's events are dropped.
+async fn mux_pair() -> (Mux, Mux, UnboundedReceiver<MuxEvent>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let (client, _) = Mux::spawn_with(
+        WsConn::new(dialed.unwrap(), Role::Client),
+        connection(Side::Client),
+    );
+    let (server, events) = Mux::spawn_with(
+        WsConn::new(accepted.unwrap().0, Role::Server),
+        connection(Side::Server),
+    );
+    (client, server, events)
+}
+
+/// A loopback TCP pair: (the relay's end, the service's end); with `bufsize`, the relay
+/// end's send buffer and the service end's receive buffer are that small.
+async fn tcp_pair(bufsize: Option<u32>) -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sock = TcpSocket::new_v4().unwrap();
+    if let Some(n) = bufsize {
+        sock.set_recv_buffer_size(n).unwrap();
+    }
+    let (service, relay_end) = tokio::join!(sock.connect(addr), listener.accept());
+    let relay_end = relay_end.unwrap().0;
+    if let Some(n) = bufsize {
+        socket2::SockRef::from(&relay_end)
+            .set_send_buffer_size(n as usize)
+            .unwrap();
+    }
+    (relay_end, service.unwrap())
+}
+
+struct CountingWaker(AtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn bytes_for_a_waiting_relay_reach_its_socket_without_waking_it() {
+    let (client, _server, mut events) = mux_pair().await;
+    let a = client.open("svc").await.unwrap();
+    let b = incoming(&mut events).await;
+    let (relay_end, mut service) = tcp_pair(None).await;
+    let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let waker = Waker::from(wakes.clone());
+    let mut relay = pin!(relay_tcp(relay_end, &a));
+    // Polled by hand, once: it now waits on both sockets and on the stream.
+    assert!(relay
+        .as_mut()
+        .poll(&mut Context::from_waker(&waker))
+        .is_pending());
+    let payload = b"delivered-by-the-reader";
+    b.send(bytes::Bytes::from_static(payload)).await.unwrap();
+    let mut got = vec![0u8; payload.len()];
+    tokio::time::timeout(Duration::from_secs(5), service.read_exact(&mut got))
+        .await
+        .expect("the bytes reached the service without the relay being polled")
+        .unwrap();
+    assert_eq!(&got, payload);
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "the relay was woken");
+    // The relay carries on normally when polled: a FIN from the far side ends its socket.
+    b.finish().unwrap();
+    service.shutdown().await.unwrap();
+    let totals = tokio::time::timeout(LIMIT, relay)
+        .await
+        .expect("relay ends")
+        .unwrap();
+    assert_eq!(
+        totals.down,
+        payload.len() as u64,
+        "direct bytes are in the totals"
+    );
+    let mut rest = Vec::new();
+    service.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}
+
+/// A service that starts late and reads slowly through small socket buffers: direct
+/// deliveries find the socket full, leave bytes to the relay, and the FIN still comes last.
+#[tokio::test(flavor = "current_thread")]
+async fn partial_deliveries_lose_and_reorder_nothing() {
+    const LEN: usize = 3 * 512 * 1024 + 777;
+    let (client, _server, mut events) = mux_pair().await;
+    let a = client.open("svc").await.unwrap();
+    let b = incoming(&mut events).await;
+    let (relay_end, mut service) = tcp_pair(Some(8 * 1024)).await;
+    let relay = tokio::spawn(async move { relay_tcp(relay_end, &a).await });
+    let data = pattern(5, LEN);
+    let sent = data.clone();
+    let sender = tokio::spawn(async move {
+        let mut at = 0;
+        let mut step = 1;
+        while at < sent.len() {
+            let end = (at + step).min(sent.len());
+            b.send(bytes::Bytes::copy_from_slice(&sent[at..end]))
+                .await
+                .unwrap();
+            at = end;
+            step = (step * 5 + 11) % 90_000 + 1;
+        }
+        b.finish().unwrap();
+        b
+    });
+    let reader = async {
+        // Not reading at first: the relay's socket fills while it waits on the stream.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 3000];
+        loop {
+            let n = service.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            tokio::task::yield_now().await;
+        }
+        got
+    };
+    let got = tokio::time::timeout(LIMIT, reader)
+        .await
+        .expect("transfer within the limit");
+    assert_eq!(got.len(), LEN);
+    assert!(got == data, "bytes differ");
+    service.shutdown().await.unwrap();
+    let b = sender.await.unwrap();
+    let totals = tokio::time::timeout(LIMIT, relay)
+        .await
+        .expect("relay ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(totals.down, LEN as u64);
+    drop(b);
+}
