@@ -109,6 +109,13 @@ impl TunnelStream {
         if st.closed.is_some() {
             return Poll::Ready(Err(self.gone(&mut st)));
         }
+        // Not waiting any more: a read waker stays registered only while this stream's
+        // reader waits with nothing queued, which is when a direct delivery may write for
+        // it (`driver/deliver.rs`). A stale one would let a delivery write later bytes
+        // while the relay still writes the ones it takes here.
+        if let Some(w) = st.wakers.get_mut(&self.id) {
+            w.read = None;
+        }
         if let Some(left) = self.take_leftover(&mut st, max) {
             return Poll::Ready(Ok(left));
         }

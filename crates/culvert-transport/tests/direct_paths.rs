@@ -290,3 +290,79 @@ async fn partial_deliveries_lose_and_reorder_nothing() {
     assert_eq!(totals.down, LEN as u64);
     drop(b);
 }
+
+/// Both ways at once through a relay, on two runtime threads: the relay's task is polled
+/// for the service's bytes while bytes for the service arrive, so a relay that took bytes
+/// itself must not find later ones written behind its back (a direct delivery may write
+/// only while the relay waits on its stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_busy_both_ways_gets_every_byte_in_order() {
+    const LEN: usize = 4 * 1024 * 1024 + 4321;
+    for round in 0..3 {
+        let (client, _server, mut events) = mux_pair().await;
+        let a = client.open("svc").await.unwrap();
+        let b = incoming(&mut events).await;
+        let (relay_end, service) = tcp_pair(Some(64 * 1024)).await;
+        let relay = tokio::spawn(async move { relay_tcp(relay_end, &a).await });
+        let to_service = pattern(round, LEN);
+        let to_far = pattern(round + 100, LEN);
+        let (mut srd, mut swr) = service.into_split();
+        let far = async {
+            let ((), got) = tokio::join!(
+                async {
+                    let mut at = 0;
+                    let mut step = 7;
+                    while at < LEN {
+                        let end = (at + step).min(LEN);
+                        b.send(bytes::Bytes::copy_from_slice(&to_service[at..end]))
+                            .await
+                            .unwrap();
+                        at = end;
+                        step = (step * 3 + 101) % 70_000 + 1;
+                    }
+                    b.finish().unwrap();
+                },
+                async {
+                    let mut got = Vec::new();
+                    while let Some(c) = b.recv().await.unwrap() {
+                        got.extend_from_slice(&c);
+                    }
+                    got
+                }
+            );
+            got
+        };
+        let svc = async {
+            let (_, got) = tokio::join!(
+                async {
+                    for c in to_far.chunks(3_333) {
+                        swr.write_all(c).await.unwrap();
+                    }
+                    swr.shutdown().await.unwrap();
+                },
+                async {
+                    let mut got = Vec::new();
+                    srd.read_to_end(&mut got).await.unwrap();
+                    got
+                }
+            );
+            got
+        };
+        let (far_got, svc_got) = tokio::time::timeout(LIMIT, async { tokio::join!(far, svc) })
+            .await
+            .expect("both ways within the limit");
+        assert!(
+            svc_got == to_service,
+            "round {round}: the service's bytes differ"
+        );
+        assert!(
+            far_got == to_far,
+            "round {round}: the far side's bytes differ"
+        );
+        tokio::time::timeout(LIMIT, relay)
+            .await
+            .expect("relay ends")
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -1,6 +1,12 @@
 //! The driver of one multiplexed WebSocket: a reader task feeding received messages into
 //! the [`Connection`], a writer task sending its batches, and a shared state that stream
 //! handles touch directly (quinn's model: no channel hop per write).
+//!
+//! In the common case a message crosses no task of the driver: while the writer task is
+//! parked, the task that queued bytes writes their frames itself (`direct.rs`), and while a
+//! relay waits on its stream, the reader writes what arrives for it straight into the
+//! relay's socket (`deliver.rs`). The tasks take over only what could not be written at
+//! once, and keep the timers, the blocking waits and the close handshake.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -73,8 +79,8 @@ pub(crate) struct State {
     pub(crate) sink: Option<DatagramSink>,
     /// Relays' sockets, for delivering their bytes from the reader (`deliver.rs`).
     pub(crate) deliver: HashMap<StreamId, deliver::Delivery>,
-    /// Streams with bytes to deliver directly after this dispatch.
-    deliverable: Vec<StreamId>,
+    /// Streams with bytes to deliver directly (see [`Shared::dispatch_events`]).
+    pub(crate) deliverable: Vec<StreamId>,
 }
 
 /// Receives each datagram as soon as the reader decodes it (see [`Mux::set_datagram_sink`]).
@@ -125,16 +131,29 @@ impl Shared {
     }
 
     /// Routes the connection's events: wake stream handles, hand new streams and
-    /// control messages to the application.
+    /// control messages to the application, deliver to waiting relays.
     pub(crate) fn dispatch(self: &Arc<Self>, st: &mut State) -> Result<(), String> {
+        let r = self.dispatch_events(st);
+        if !st.deliverable.is_empty() {
+            deliver::deliver(st);
+        }
+        r
+    }
+
+    /// [`Shared::dispatch`] that leaves the deliveries to waiting relays for later: the
+    /// reader makes them once it has handled everything the socket had (one write per relay
+    /// per burst, not one per message).
+    pub(crate) fn dispatch_events(self: &Arc<Self>, st: &mut State) -> Result<(), String> {
         while let Some(ev) = st.conn.poll_event() {
             match ev {
                 Event::Readable(id) => {
                     let direct = st.deliver.get(&id).is_some_and(|d| d.ready());
                     if let Some(w) = st.wakers.get_mut(&id) {
                         if direct && w.read.is_some() {
-                            // Its relay waits with nothing queued: delivered below.
-                            st.deliverable.push(id);
+                            // Its relay waits with nothing queued: delivered directly.
+                            if !st.deliverable.contains(&id) {
+                                st.deliverable.push(id);
+                            }
                         } else if let Some(w) = w.read.take() {
                             w.wake();
                         }
@@ -182,9 +201,6 @@ impl Shared {
                 // is set they wait in the connection's bounded drop-oldest queue).
                 Event::DatagramReadable => {}
             }
-        }
-        if !st.deliverable.is_empty() {
-            deliver::deliver(st);
         }
         Ok(())
     }

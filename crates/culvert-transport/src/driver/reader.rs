@@ -3,7 +3,9 @@
 //! anything but the socket and the connection's closing, so an abort ends it at once; the
 //! writer's clock ends a connection whose peer fell silent.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
@@ -23,9 +25,21 @@ where
     // A limit the peer made the connection exceed (not a violation): the writer explains.
     let mut explain = false;
     let reason = loop {
-        let msg = tokio::select! {
-            m = ws.next() => m,
-            _ = closed.wait_for(|c| *c) => return,
+        let msg = {
+            let next = ws.next();
+            tokio::pin!(next);
+            match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
+                Poll::Ready(m) => m,
+                Poll::Pending => {
+                    // The socket has nothing more for now: deliver what this burst brought
+                    // to relays waiting on it, then wait.
+                    flush_deliveries(&shared);
+                    tokio::select! {
+                        m = next => m,
+                        _ = closed.wait_for(|c| *c) => return,
+                    }
+                }
+            }
         };
         let data = match msg {
             Ok(WsIn::Data(b)) => b,
@@ -53,7 +67,7 @@ where
             drop(st);
             break format!("protocol violation by peer: {e}");
         }
-        let r = shared.dispatch(&mut st);
+        let r = shared.dispatch_events(&mut st);
         let wake = st.conn.wants_transmit();
         // With a sink, this message's datagrams go out from here, after the lock is released.
         let sink = st.sink.clone();
@@ -82,4 +96,19 @@ where
         let _ = tokio::time::timeout(GOODBYE_WAIT, wait).await;
     }
     shared.close(reason);
+}
+
+/// Writes the bytes held back for relays waiting on their streams (`deliver.rs`), and
+/// sends what reading them released (window updates).
+fn flush_deliveries(shared: &Arc<Shared>) {
+    let mut st = shared.lock();
+    if st.deliverable.is_empty() {
+        return;
+    }
+    super::deliver::deliver(&mut st);
+    let wake = st.conn.wants_transmit();
+    drop(st);
+    if wake {
+        shared.transmit();
+    }
 }
