@@ -23,9 +23,10 @@ use super::Shared;
 use crate::ws::BATCH_CAP;
 use crate::wsframe::WsWriter;
 
-/// Batches one write-through takes from the connection at most before it leaves the rest
-/// to the writer task (a sender should not spend long writing for other streams).
-const MAX_BATCHES: usize = 4;
+/// Batches one write-through takes from the connection at most, written with one system
+/// call; the rest is left to the writer task (a sender should not spend long writing for
+/// other streams).
+const MAX_BATCHES: usize = crate::wsframe::MAX_NOW_FRAMES;
 
 /// A connection's writer as the stream handles see it (the socket type erased).
 pub(crate) trait WriteThrough: Send + Sync {
@@ -41,7 +42,7 @@ pub(crate) struct Parking<W> {
 
 struct Parked<W> {
     ws: Option<WsWriter<W>>,
-    tx: Transmit,
+    txs: [Transmit; MAX_BATCHES],
 }
 
 impl<W> Parking<W> {
@@ -50,7 +51,7 @@ impl<W> Parking<W> {
         Parking {
             inner: Mutex::new(Parked {
                 ws: None,
-                tx: Transmit::new(),
+                txs: std::array::from_fn(|_| Transmit::new()),
             }),
         }
     }
@@ -79,45 +80,45 @@ impl<W: AsyncWrite + Unpin + Send> WriteThrough for Parking<W> {
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return false,
         };
-        let Parked { ws, tx } = &mut *guard;
+        let Parked { ws, txs } = &mut *guard;
         let Some(ws) = ws.as_mut() else {
             return false;
         };
-        for _ in 0..MAX_BATCHES {
-            if !ws.can_send_now() {
-                return false;
-            }
-            let (more, flood) = {
-                let mut st = shared.lock();
-                if st.closed.is_some()
-                    || st.closing.is_some()
-                    || st.pending_pong.is_some()
-                    || st.conn.error().is_some()
-                {
-                    return false;
-                }
-                st.conn.poll_transmit_segments(tx, BATCH_CAP);
-                let flood = shared.dispatch(&mut st).err();
-                (st.conn.wants_transmit(), flood)
-            };
-            if let Some(reason) = flood {
-                tx.clear();
-                drop(guard);
-                shared.close(reason);
-                return true;
-            }
-            if tx.len == 0 {
-                return !more;
-            }
-            let sent = ws.try_send_now(&tx.segments, tx.len);
-            tx.clear();
-            if !sent {
-                return false;
-            }
-            if !more {
-                return true;
-            }
+        if !ws.can_send_now() {
+            return false;
         }
-        false
+        let (k, more, flood) = {
+            let mut st = shared.lock();
+            if st.closed.is_some()
+                || st.closing.is_some()
+                || st.pending_pong.is_some()
+                || st.conn.error().is_some()
+            {
+                return false;
+            }
+            let mut k = 0;
+            while k < txs.len() && st.conn.poll_transmit_segments(&mut txs[k], BATCH_CAP) > 0 {
+                k += 1;
+            }
+            let flood = shared.dispatch(&mut st).err();
+            (k, st.conn.wants_transmit(), flood)
+        };
+        if let Some(reason) = flood {
+            txs[..k].iter_mut().for_each(Transmit::clear);
+            drop(guard);
+            shared.close(reason);
+            return true;
+        }
+        if k == 0 {
+            return !more;
+        }
+        let mut msgs: [(&[bytes::Bytes], usize); MAX_BATCHES] = [(&[], 0); MAX_BATCHES];
+        for (m, t) in msgs.iter_mut().zip(&txs[..k]) {
+            *m = (&t.segments[..], t.len);
+        }
+        let sent = ws.try_send_many_now(&msgs[..k]);
+        txs[..k].iter_mut().for_each(Transmit::clear);
+        // What is left (more than MAX_BATCHES batches were queued) is the writer task's.
+        sent && !more
     }
 }

@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 pub use codec::{apply_mask, close_code, copy_masked, PeerClose, WsProtocolError};
 pub use reader::WsReader;
 pub use writer::WsWriter;
+pub(crate) use writer::MAX_NOW_FRAMES;
 
 /// Which end of the WebSocket: servers receive masked frames and send unmasked ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +127,8 @@ mod tests {
     struct ShortVectored {
         out: Vec<u8>,
         step: usize,
+        /// Vectored writes made so far.
+        writes: usize,
     }
 
     impl AsyncWrite for ShortVectored {
@@ -143,6 +146,7 @@ mod tests {
             _: &mut std::task::Context<'_>,
             bufs: &[IoSlice<'_>],
         ) -> std::task::Poll<io::Result<usize>> {
+            self.writes += 1;
             let mut left = self.step;
             let mut n = 0;
             for b in bufs {
@@ -173,6 +177,29 @@ mod tests {
         }
     }
 
+    /// The payload of the data frames in `data` (read in 4,093-byte pieces) as `role`,
+    /// until `want` bytes came.
+    async fn read_back(data: Vec<u8>, role: Role, unmasked: bool, want: usize) -> Vec<u8> {
+        let mut r = WsReader::new(
+            Chunked {
+                data,
+                pos: 0,
+                sizes: vec![4093],
+                next: 0,
+            },
+            role,
+        );
+        r.accept_unmasked(unmasked);
+        let mut got = Vec::new();
+        while got.len() < want {
+            match r.next().await.unwrap() {
+                WsIn::Data(d) => got.extend_from_slice(&d),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        got
+    }
+
     #[tokio::test]
     async fn several_messages_in_one_vectored_write_survive_any_short_write() {
         let a: Vec<Bytes> = vec![Bytes::from(vec![1u8; 300]), Bytes::from(vec![2u8; 70_000])];
@@ -192,6 +219,7 @@ mod tests {
                     ShortVectored {
                         out: Vec::new(),
                         step,
+                        writes: 0,
                     },
                     w_role,
                 );
@@ -201,26 +229,68 @@ mod tests {
                     .unwrap();
                 let data = std::mem::take(&mut w.io.get_mut().out);
                 let len = data.len();
-                let mut r = WsReader::new(
-                    Chunked {
-                        data,
-                        pos: 0,
-                        sizes: vec![4093],
-                        next: 0,
-                    },
-                    r_role,
-                );
-                r.accept_unmasked(unmasked);
-                let mut got = Vec::new();
-                while got.len() < expect.len() {
-                    match r.next().await.unwrap() {
-                        WsIn::Data(d) => got.extend_from_slice(&d),
-                        other => panic!("unexpected {other:?}"),
-                    }
-                }
+                let got = read_back(data, r_role, unmasked, expect.len()).await;
                 assert_eq!(got, expect, "step {step}, {w_role:?}, {len} bytes");
             }
         }
+    }
+
+    /// Write-through (`driver/direct.rs`) hands several batches to one non-blocking call:
+    /// they must go in one system call, and whatever a short write leaves (a header's
+    /// tail, a segment's tail, frames past the call's limits) must follow in order.
+    #[tokio::test]
+    async fn frames_written_through_go_in_one_write_and_a_short_one_loses_nothing() {
+        let a: Vec<Bytes> = vec![Bytes::from(vec![1u8; 300]), Bytes::from(vec![2u8; 70_000])];
+        let b: Vec<Bytes> = vec![Bytes::from(vec![3u8; 5])];
+        // More slices than one vectored write takes.
+        let c: Vec<Bytes> = (0..300).map(|i| Bytes::from(vec![i as u8; 7])).collect();
+        let d: Vec<Bytes> = vec![Bytes::from(vec![4u8; 200])];
+        // A fifth frame: more than one call attempts.
+        let e: Vec<Bytes> = vec![Bytes::from(vec![5u8; 9])];
+        let msgs: [(&[Bytes], usize); 5] = [(&a, 70_300), (&b, 5), (&c, 2_100), (&d, 200), (&e, 9)];
+        let mut expect = Vec::new();
+        for seg in [&a, &b, &c, &d, &e].into_iter().flatten() {
+            expect.extend_from_slice(seg);
+        }
+        for step in [1, 2, 13, 4096, 70_310, 1 << 20] {
+            let mut w = WsWriter::new(
+                ShortVectored {
+                    out: Vec::new(),
+                    step,
+                    writes: 0,
+                },
+                Role::Server,
+            );
+            assert!(w.can_send_now());
+            let all = w.try_send_many_now(&msgs);
+            assert_eq!(
+                w.io.get_mut().writes,
+                1,
+                "step {step}: one write for every frame"
+            );
+            assert!(
+                !all,
+                "step {step}: the fifth frame waits for the writer task"
+            );
+            assert!(w.has_pending());
+            w.finish_pending().await.unwrap();
+            assert!(!w.has_pending());
+            let data = std::mem::take(&mut w.io.get_mut().out);
+            let got = read_back(data, Role::Client, false, expect.len()).await;
+            assert_eq!(got, expect, "step {step}");
+        }
+        // Everything fits: one write, nothing left.
+        let mut w = WsWriter::new(
+            ShortVectored {
+                out: Vec::new(),
+                step: 1 << 20,
+                writes: 0,
+            },
+            Role::Server,
+        );
+        assert!(w.try_send_many_now(&msgs[..2]));
+        assert_eq!(w.io.get_mut().writes, 1);
+        assert!(!w.has_pending());
     }
 
     #[tokio::test]

@@ -13,6 +13,8 @@ use super::Role;
 
 /// Most segments handed to one `writev`.
 const MAX_IOVECS: usize = 256;
+/// Most frames [`WsWriter::try_send_many_now`] attempts in its one write.
+pub(crate) const MAX_NOW_FRAMES: usize = 4;
 
 /// Writes frames to the other half of the socket.
 pub struct WsWriter<W> {
@@ -22,7 +24,7 @@ pub struct WsWriter<W> {
     mask: bool,
     /// For the client: masked copy of a batch. For non-vectored transports: the coalesced batch.
     scratch: Vec<u8>,
-    /// What a [`WsWriter::try_send_now`] could not write at once: the rest of its frame,
+    /// What a [`WsWriter::try_send_many_now`] could not write at once: the rest of its frame,
     /// which goes out before anything else ([`WsWriter::finish_pending`]).
     pending: Vec<Bytes>,
 }
@@ -166,7 +168,7 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         Ok(())
     }
 
-    /// Whether [`WsWriter::try_send_now`] may be used: frames go unmasked through a
+    /// Whether [`WsWriter::try_send_many_now`] may be used: frames go unmasked through a
     /// vectored transport (no copy to make), and nothing of an earlier frame is left over.
     pub(crate) fn can_send_now(&self) -> bool {
         !self.mask && self.io.is_write_vectored() && self.pending.is_empty()
@@ -178,44 +180,68 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         !self.pending.is_empty()
     }
 
-    /// Writes `segments` (`len` bytes) as one binary frame with a single non-blocking
-    /// vectored write from the caller's task, then flushes without blocking. `true` when the
-    /// frame left in full and nothing is buffered; otherwise what was not written is kept
-    /// for [`WsWriter::finish_pending`] (or a flush is owed), which the writer task must
-    /// run next. Errors are not reported here: the writer meets them when it retries.
-    /// Only when [`WsWriter::can_send_now`].
-    pub(crate) fn try_send_now(&mut self, segments: &[Bytes], len: usize) -> bool {
+    /// Writes each `(segments, len)` as one binary frame, all of them with a single
+    /// non-blocking vectored write from the caller's task, then flushes without blocking.
+    /// `true` when every frame left in full and nothing is buffered; otherwise what was not
+    /// written is kept for [`WsWriter::finish_pending`] (or a flush is owed), which the
+    /// writer task must run next. Errors are not reported here: the writer meets them when
+    /// it retries. Only when [`WsWriter::can_send_now`].
+    ///
+    /// One call for several batches: a 256 KiB relay read is a little more than one batch
+    /// once framed, and a call per batch made two system calls of it.
+    pub(crate) fn try_send_many_now(&mut self, msgs: &[(&[Bytes], usize)]) -> bool {
         debug_assert!(self.can_send_now());
-        let (h, hlen, _) = self.header(0x2, len);
+        // Frames past the first MAX_NOW_FRAMES (or past MAX_IOVECS slices) are not
+        // attempted: they go to the pending tail whole, in order.
+        let mut heads = [([0u8; 14], 0usize); MAX_NOW_FRAMES];
+        for (slot, &(_, len)) in heads.iter_mut().zip(msgs) {
+            let (h, n, _) = self.header(0x2, len);
+            *slot = (h, n);
+        }
         let mut cx = Context::from_waker(Waker::noop());
         let written = {
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-            let count = (segments.len() + 1).min(MAX_IOVECS);
-            iov[0] = IoSlice::new(&h[..hlen]);
-            for (slot, s) in iov[1..count].iter_mut().zip(segments) {
-                *slot = IoSlice::new(s);
+            let mut count = 0;
+            'fill: for ((segments, _), (h, n)) in msgs.iter().zip(&heads) {
+                for part in std::iter::once(&h[..*n]).chain(segments.iter().map(|s| &s[..])) {
+                    if count == MAX_IOVECS {
+                        break 'fill;
+                    }
+                    iov[count] = IoSlice::new(part);
+                    count += 1;
+                }
             }
             match Pin::new(&mut self.io).poll_write_vectored(&mut cx, &iov[..count]) {
                 Poll::Ready(Ok(n)) => n,
-                // Would block or failed: the writer task writes the frame (and meets the
+                // Would block or failed: the writer task writes the frames (and meets the
                 // error, which a socket repeats).
                 _ => 0,
             }
         };
-        // Keep what did not go: the header's tail, the part-written segment's tail, the rest.
+        // Keep what did not go, in order: a header's tail, a part-written segment's tail,
+        // everything after.
         let mut n = written;
-        if n < hlen {
-            self.pending.push(Bytes::copy_from_slice(&h[n..hlen]));
-            n = 0;
-        } else {
-            n -= hlen;
-        }
-        for s in segments {
-            if n >= s.len() {
-                n -= s.len();
+        for (i, &(segments, len)) in msgs.iter().enumerate() {
+            let (h, hlen) = match heads.get(i) {
+                Some(&(h, hlen)) => (h, hlen),
+                None => {
+                    let (h, hlen, _) = self.header(0x2, len);
+                    (h, hlen)
+                }
+            };
+            if n >= hlen {
+                n -= hlen;
             } else {
-                self.pending.push(s.slice(n..));
+                self.pending.push(Bytes::copy_from_slice(&h[n..hlen]));
                 n = 0;
+            }
+            for s in segments {
+                if n >= s.len() {
+                    n -= s.len();
+                } else {
+                    self.pending.push(s.slice(n..));
+                    n = 0;
+                }
             }
         }
         if !self.pending.is_empty() {
@@ -227,7 +253,7 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         )
     }
 
-    /// Writes what [`WsWriter::try_send_now`] left over, before any new frame.
+    /// Writes what [`WsWriter::try_send_many_now`] left over, before any new frame.
     pub(crate) async fn finish_pending(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
