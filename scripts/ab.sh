@@ -8,11 +8,16 @@
 #   AB_SCHEME=wss scripts/ab.sh                      # over TLS (--self-signed server)
 #   AB_STREAMS=8 AB_B_AGENT_ARGS="--pool 8" scripts/ab.sh   # eight parallel streams
 #
-# Per round and variant: iperf3 -n AB_BYTES client→service and service→client (one stream),
-# then AB_RR 64-byte round trips over one connection. Printed per variant: the median of
-# AB_ROUNDS rounds of Gbit/s, CPU-s/GB of server and agent (from /proc/PID/stat), and round
-# trips/s. Everything runs on free 127.0.0.1 ports below the ephemeral range (benchtool's
-# freeblock), every process is stopped by PID, every load is bounded in time.
+#   AB_BULK=0 AB_RR_CONNS=8 AB_PGBENCH=1 scripts/ab.sh   # latency only: round trips, pgbench
+#
+# Per round and variant: iperf3 -n AB_BYTES client→service and service→client (one stream;
+# AB_BULK=0 leaves them out), then AB_RR 64-byte round trips over one connection, then (with
+# AB_RR_CONNS=N) AB_RR round trips over N connections at once, then (with AB_PGBENCH=1)
+# `pgbench -S -c 8 -j 2 -T AB_PGBENCH_SECONDS` against a PostgreSQL the script starts once and
+# exposes through each tunnel. Printed per variant: the median of AB_ROUNDS rounds of Gbit/s,
+# CPU-s/GB of server and agent (from /proc/PID/stat), round trips/s with p50/p99 µs, and tps.
+# Everything runs on free 127.0.0.1 ports below the ephemeral range (benchtool's freeblock),
+# every process is stopped by PID, every load is bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +26,10 @@ SCHEME=${AB_SCHEME:-ws}
 STREAMS=${AB_STREAMS:-1}  # iperf3 -P: parallel streams per transfer
 BYTES=${AB_BYTES:-2G}
 RR=${AB_RR:-5000}
+BULK=${AB_BULK:-1}
+RR_CONNS=${AB_RR_CONNS:-0}
+PGB=${AB_PGBENCH:-0}
+PGB_SECONDS=${AB_PGBENCH_SECONDS:-5}
 A_BIN=${AB_A_BIN:-${CARGO_TARGET_DIR:-target}/profiling/culvert}
 B_BIN=${AB_B_BIN:-${CARGO_TARGET_DIR:-target}/profiling/culvert}
 read -r -a A_SRV <<<"${AB_A_SERVER_ARGS:-}"
@@ -35,8 +44,14 @@ CLK_TCK=$(getconf CLK_TCK)
 WORK=$(mktemp -d /tmp/culvert-ab.XXXXXX)
 PIDS=()
 
+PG_PID=
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # PostgreSQL: a fast shutdown (SIGINT), by PID, bounded.
+  if [[ -n $PG_PID ]]; then
+    kill -INT "$PG_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$PG_PID" 2>/dev/null || break; sleep 0.1; done
+  fi
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
@@ -47,6 +62,21 @@ command -v iperf3 >/dev/null || { echo "ab.sh needs iperf3 (scripts/bench.sh ins
 
 BASE=$("${TOOL[@]}" freeblock 8)
 CTRL=$BASE IPERF=$((BASE + 1)) PUB=$((BASE + 2)) ECHO=$((BASE + 3)) EPUB=$((BASE + 4))
+PG=$((BASE + 5)) PGPUB=$((BASE + 6))
+PG_EXPOSE=()
+if [[ $PGB == 1 ]]; then
+  # shellcheck source=scripts/lib/pg.sh
+  source scripts/lib/pg.sh
+  pg_tools || exit 1
+  chmod 755 "$WORK"
+  pg_init_cluster "$WORK/pg" >"$WORK/pg-init.log" 2>&1 || { cat "$WORK/pg-init.log" >&2; exit 1; }
+  pg_server_cmd "$WORK/pg" "$PG" 100
+  "${PG_SERVER_CMD[@]}" >"$WORK/postgres.log" 2>&1 &
+  PG_PID=$!
+  pg_wait_ready "$PG" 30 || { echo "ab.sh: PostgreSQL did not start" >&2; exit 1; }
+  timeout 300 "$PGBENCH" -h 127.0.0.1 -p "$PG" -U postgres -i -s 10 -q postgres >"$WORK/pgbench-init.log" 2>&1
+  PG_EXPOSE=(--expose "pg=tcp://127.0.0.1:$PG@$PGPUB")
+fi
 
 iperf3 -s -p "$IPERF" >"$WORK/iperf.log" 2>&1 &
 PIDS+=($!)
@@ -70,18 +100,20 @@ run() {
   local mode=(--insecure-plain) verify=()
   if [[ $SCHEME == wss ]]; then mode=(--self-signed) verify=(--insecure-skip-verify); fi
   env RUST_LOG=warn "${envs[@]}" "$bin" server --listen "127.0.0.1:$CTRL" --tokens "$dir/tokens.toml" \
-    --port-range "$PUB-$EPUB" --public-bind 127.0.0.1 "${mode[@]}" "${srv[@]}" >"$dir/server.log" 2>&1 &
+    --port-range "$PUB-$PGPUB" --public-bind 127.0.0.1 "${mode[@]}" "${srv[@]}" >"$dir/server.log" 2>&1 &
   local sp=$!
   PIDS+=("$sp")
   "${TOOL[@]}" wait-listen --timeout 15 "$CTRL"
   env RUST_LOG=warn "${envs[@]}" "$bin" agent --server "$SCHEME://127.0.0.1:$CTRL" --token-file "$dir/token" "${verify[@]}" \
-    --expose "iperf=tcp://127.0.0.1:$IPERF@$PUB" --expose "echo=tcp://127.0.0.1:$ECHO@$EPUB" "${agt[@]}" >"$dir/agent.log" 2>&1 &
+    --expose "iperf=tcp://127.0.0.1:$IPERF@$PUB" --expose "echo=tcp://127.0.0.1:$ECHO@$EPUB" "${PG_EXPOSE[@]}" "${agt[@]}" >"$dir/agent.log" 2>&1 &
   local ap=$!
   PIDS+=("$ap")
   "${TOOL[@]}" wait-listen --timeout 15 "$PUB"
   "${TOOL[@]}" wait-listen --timeout 15 "$EPUB"
   sleep 1
-  for dirn in up down; do
+  local dirns=(up down)
+  [[ $BULK == 1 ]] || dirns=()
+  for dirn in "${dirns[@]}"; do
     local flag=() s0 a0 s1 a1 su0 au0 su1 au1 out gbps bytes
     [[ $dirn == down ]] && flag=(-R)
     s0=$(ticks "$sp") a0=$(ticks "$ap") su0=$(uticks "$sp") au0=$(uticks "$ap")
@@ -92,9 +124,17 @@ run() {
     awk -v v="$v" -v d="$dirn" -v g="$gbps" -v s=$((s1 - s0)) -v a=$((a1 - a0)) -v su=$((su1 - su0)) -v au=$((au1 - au0)) -v hz="$CLK_TCK" -v b="$bytes" \
       'BEGIN { gb = b / 1e9; printf "%s %s gbps %s srv %.3f agt %.3f srv_user %.3f agt_user %.3f\n", v, d, g, (s / hz) / gb, (a / hz) / gb, (su / hz) / gb, (au / hz) / gb }' >>"$WORK/results"
   done
-  local rr
-  rr=$("${TOOL[@]}" rr "$EPUB" --count "$RR" --seconds 20 | python3 -c 'import json, sys; print(round(json.load(sys.stdin)["rps"]))')
-  echo "$v rr $rr" >>"$WORK/results"
+  local rr_fields='import json, sys; d = json.load(sys.stdin); print(round(d["rps"]), "p50", round(d["p50_us"], 1), "p99", round(d["p99_us"], 1))'
+  echo "$v rr $("${TOOL[@]}" rr "$EPUB" --count "$RR" --seconds 20 | python3 -c "$rr_fields")" >>"$WORK/results"
+  if ((RR_CONNS > 1)); then
+    echo "$v rr$RR_CONNS $("${TOOL[@]}" rr "$EPUB" --conns "$RR_CONNS" --count "$RR" --seconds 20 | python3 -c "$rr_fields")" >>"$WORK/results"
+  fi
+  if [[ $PGB == 1 ]]; then
+    pg_wait_ready "$PGPUB" 15
+    PGCONNECT_TIMEOUT=5 timeout $((PGB_SECONDS + 30)) "$PGBENCH" -h 127.0.0.1 -p "$PGPUB" -U postgres -S -n \
+      -c 8 -j 2 -T "$PGB_SECONDS" postgres >"$dir/pgbench.txt" 2>&1
+    echo "$v pgbench $("${TOOL[@]}" pgbench-parse "$dir/pgbench.txt" | python3 -c 'import json, sys; print(round(json.load(sys.stdin)["tps"]))')" >>"$WORK/results"
+  fi
   kill "$ap" "$sp"
   wait "$ap" "$sp" 2>/dev/null || true
 }
@@ -113,6 +153,10 @@ for v in A B; do
   for d in up down; do
     printf '%-4s %-5s %-8s %-8s %-8s %-9s %-9s\n' "$v" "$d" "$(col $v $d 4)" "$(col $v $d 6)" "$(col $v $d 8)" "$(col $v $d 10)" "$(col $v $d 12)"
   done
-  printf '%-4s rr/s  %s\n' "$v" "$(col $v rr 3)"
+  printf '%-4s rr/s  %s  p50 %s  p99 %s\n' "$v" "$(col $v rr 3)" "$(col $v rr 5)" "$(col $v rr 7)"
+  if ((RR_CONNS > 1)); then
+    printf '%-4s rr/s, %s connections  %s  p50 %s  p99 %s\n' "$v" "$RR_CONNS" "$(col $v "rr$RR_CONNS" 3)" "$(col $v "rr$RR_CONNS" 5)" "$(col $v "rr$RR_CONNS" 7)"
+  fi
+  [[ $PGB != 1 ]] || printf '%-4s pgbench -S tps  %s\n' "$v" "$(col $v pgbench 3)"
 done
 echo "raw:" && cat "$WORK/results"
