@@ -366,3 +366,129 @@ async fn a_relay_busy_both_ways_gets_every_byte_in_order() {
             .unwrap();
     }
 }
+
+/// The receiving connection's socket, watched: after the read that brings `marker`, the
+/// next read records whether `service` already holds the marker (delivered before the
+/// reader went back to its socket) or not.
+struct Watched {
+    io: TcpStream,
+    marker: &'static [u8],
+    service: std::net::TcpStream,
+    armed: bool,
+    /// 0: no read after the marker yet; 1: delivered before it; 2: not delivered.
+    seen: Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if std::mem::take(&mut this.armed) {
+            let mut peeked = vec![0u8; this.marker.len()];
+            let delivered = this.service.peek(&mut peeked).ok() == Some(this.marker.len())
+                && peeked == this.marker;
+            let _ = this.seen.compare_exchange(
+                0,
+                if delivered { 1 } else { 2 },
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        let got = &buf.filled()[before..];
+        if got.windows(this.marker.len()).any(|w| w == this.marker) {
+            this.armed = true;
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A small message (a request, a reply) is in the waiting relay's socket before the
+/// connection's reader reads its own socket again: that read only finds it empty, and
+/// delivering after it added a system call's time to every hop of a round trip.
+#[tokio::test(flavor = "current_thread")]
+async fn a_small_message_is_delivered_before_the_reader_reads_again() {
+    const MARKER: &[u8] = b"one-small-request-for-the-service";
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let (relay_end, service) = tcp_pair(None).await;
+    let service = service.into_std().unwrap();
+    let watcher = service.try_clone().unwrap();
+    let mut service = TcpStream::from_std(service).unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    // Unmasked, as Culvert's upgrade agrees by default, so the marker is visible on the wire.
+    let (client, _) = Mux::spawn_with(
+        WsConn::new(dialed.unwrap(), Role::Client).unmasked(),
+        connection(Side::Client),
+    );
+    let watched = Watched {
+        io: accepted.unwrap().0,
+        marker: MARKER,
+        service: watcher,
+        armed: false,
+        seen: seen.clone(),
+    };
+    let (_server, mut events) = Mux::spawn_with(
+        WsConn::new(watched, Role::Server).unmasked(),
+        connection(Side::Server),
+    );
+    let a = client.open("svc").await.unwrap();
+    let b = incoming(&mut events).await;
+    let relay = tokio::spawn(async move { relay_tcp(relay_end, &b).await });
+    // Let the relay start waiting on its stream.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.send(Bytes::from_static(MARKER)).await.unwrap();
+    let mut got = vec![0u8; MARKER.len()];
+    tokio::time::timeout(LIMIT, service.read_exact(&mut got))
+        .await
+        .expect("the message reaches the service")
+        .unwrap();
+    assert_eq!(got, MARKER);
+    // The reader reads its socket again right after handling the message (and finds it
+    // empty), so the record is there by now; wait for it, bounded.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while seen.load(Ordering::SeqCst) == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "the reader read its socket again before delivering (2) or never did (0)"
+    );
+    a.finish().unwrap();
+    service.shutdown().await.unwrap();
+    tokio::time::timeout(LIMIT, relay)
+        .await
+        .expect("relay ends")
+        .unwrap()
+        .unwrap();
+}

@@ -141,8 +141,8 @@ impl Shared {
     }
 
     /// [`Shared::dispatch`] that leaves the deliveries to waiting relays for later: the
-    /// reader makes them once it has handled everything the socket had (one write per relay
-    /// per burst, not one per message).
+    /// reader makes them once it has handled everything the socket had, or all of a small
+    /// read (one write per relay per burst, not one per message).
     pub(crate) fn dispatch_events(self: &Arc<Self>, st: &mut State) -> Result<(), String> {
         while let Some(ev) = st.conn.poll_event() {
             match ev {

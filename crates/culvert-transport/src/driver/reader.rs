@@ -26,6 +26,12 @@ where
     let mut explain = false;
     let reason = loop {
         let msg = {
+            if ws.small_burst_done() {
+                // A small burst is all handled (a request, a reply): deliver it now rather
+                // than after the read below finds the socket empty, one system call later
+                // on every hop of a round trip.
+                flush_deliveries(&shared);
+            }
             let next = ws.next();
             tokio::pin!(next);
             match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {

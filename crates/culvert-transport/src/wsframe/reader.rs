@@ -11,6 +11,9 @@ use crate::ws::BATCH_CAP;
 
 /// Socket reads are this large, so a full batch usually arrives in one read.
 const READ_SIZE: usize = 256 * 1024;
+/// A socket read smaller than this was a small burst (a request, a reply, a few of them)
+/// and, being far below [`READ_SIZE`], emptied the socket: see [`WsReader::small_burst_done`].
+const SMALL_BURST: usize = 16 * 1024;
 
 /// A data frame whose payload is still arriving: delivered piece by piece as it comes, so
 /// the read buffer never holds (and never has to move) more than a frame header.
@@ -37,6 +40,8 @@ pub struct WsReader<R> {
     in_message: bool,
     /// What the peer's close frame said, once it came.
     peer_close: Option<PeerClose>,
+    /// Bytes the latest socket read returned.
+    last_read: usize,
 }
 
 impl<R> WsReader<R> {
@@ -58,6 +63,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             fin: false,
             in_message: false,
             peer_close: None,
+            last_read: 0,
         }
     }
 
@@ -74,6 +80,15 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
         self.frame.is_none() && self.fin
     }
 
+    /// Whether everything the latest socket read brought has been handed on, and that read
+    /// was small (so it emptied the socket): the peer's burst has most likely all arrived,
+    /// and what waits for the end of a burst (deliveries to relays) should go now, not after
+    /// one more read that only finds the socket empty. A bulk transfer's reads are large,
+    /// so its deliveries still wait for that read (one write per relay per burst).
+    pub fn small_burst_done(&self) -> bool {
+        self.last_read > 0 && self.last_read < SMALL_BURST && self.buf.is_empty()
+    }
+
     /// The next data, ping or close; errors on protocol violations and EOF.
     pub async fn next(&mut self) -> io::Result<WsIn> {
         loop {
@@ -85,7 +100,8 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
                 self.buf.reserve(READ_SIZE);
             }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            self.last_read = self.io.read_buf(&mut self.buf).await?;
+            if self.last_read == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "websocket closed without a close frame",
