@@ -9,6 +9,7 @@
 #   AB_STREAMS=8 AB_B_AGENT_ARGS="--pool 8" scripts/ab.sh   # eight parallel streams
 #
 #   AB_BULK=0 AB_RR_CONNS=8 AB_PGBENCH=1 scripts/ab.sh   # latency only: round trips, pgbench
+#   AB_KEEP_AWAKE=1 scripts/ab.sh   # a nice-19 busy loop per CPU: no vCPU halts between messages
 #
 # Per round and variant: iperf3 -n AB_BYTES client→service and service→client (one stream;
 # AB_BULK=0 leaves them out), then AB_RR 64-byte round trips over one connection, then (with
@@ -30,6 +31,7 @@ BULK=${AB_BULK:-1}
 RR_CONNS=${AB_RR_CONNS:-0}
 PGB=${AB_PGBENCH:-0}
 PGB_SECONDS=${AB_PGBENCH_SECONDS:-5}
+KEEP_AWAKE=${AB_KEEP_AWAKE:-0}
 A_BIN=${AB_A_BIN:-${CARGO_TARGET_DIR:-target}/profiling/culvert}
 B_BIN=${AB_B_BIN:-${CARGO_TARGET_DIR:-target}/profiling/culvert}
 read -r -a A_SRV <<<"${AB_A_SERVER_ARGS:-}"
@@ -60,6 +62,13 @@ trap cleanup EXIT
 command -v iperf3 >/dev/null || { echo "ab.sh needs iperf3 (scripts/bench.sh installs it)" >&2; exit 1; }
 [[ -x $A_BIN && -x $B_BIN ]] || { echo "ab.sh: $A_BIN or $B_BIN missing (cargo build --profile profiling -p culvert)" >&2; exit 1; }
 
+if [[ $KEEP_AWAKE == 1 ]]; then
+  # Lowest priority, bounded in time, stopped by PID at the end.
+  for _ in $(seq 1 "$(nproc)"); do
+    nice -n 19 timeout 7200 sh -c 'while :; do :; done' &
+    PIDS+=($!)
+  done
+fi
 BASE=$("${TOOL[@]}" freeblock 8)
 CTRL=$BASE IPERF=$((BASE + 1)) PUB=$((BASE + 2)) ECHO=$((BASE + 3)) EPUB=$((BASE + 4))
 PG=$((BASE + 5)) PGPUB=$((BASE + 6))

@@ -103,6 +103,9 @@
 #                            counted in the denominator since they are inside the window)
 #   BENCH_SYSCALLS_TOP=10    system calls shown by name (the most frequent)
 #   BENCH_SYSCALLS_PROFILE=0 1: also a perf record -g profile, top 20 symbols per process
+#   BENCH_KEEP_AWAKE=0       1: one `nice -n 19` busy loop per CPU while measuring, so that
+#                            no vCPU halts between messages (on this VM a halted vCPU's
+#                            wake-up made direct round trips 4-5x slower; see BENCHMARKS.md)
 #   BENCH_MAX_SECONDS=2400   limit for the measuring phase (builds not included);
 #                            what does not fit is reported as skipped
 #   BENCH_BUILD_TIMEOUT=1800 limit for each build/install step
@@ -131,7 +134,7 @@ for v in BENCH_ONLY BENCH_REPEAT BENCH_UDP_RATES BENCH_UDP_LEN BENCH_UDP_SECONDS
   BENCH_UDP_RR_COUNT BENCH_UDP_RR_TIMEOUT_MS BENCH_RR_COUNT BENCH_RR_CONNS BENCH_RR_CONC_COUNT \
   BENCH_CPS_COUNT BENCH_CPS_WORKERS BENCH_IDLE_CONNS BENCH_PGBENCH BENCH_PGBENCH_CLIENTS \
   BENCH_PGBENCH_JOBS BENCH_PGBENCH_SECONDS BENCH_PGBENCH_SCALE BENCH_SYSCALLS BENCH_SYSCALLS_COLUMNS \
-  BENCH_SYSCALLS_BYTES BENCH_SYSCALLS_RR_COUNT BENCH_SYSCALLS_PROFILE; do
+  BENCH_SYSCALLS_BYTES BENCH_SYSCALLS_RR_COUNT BENCH_SYSCALLS_PROFILE BENCH_KEEP_AWAKE; do
   [[ -z ${!v+x} ]] || RUN_VARS+="$v=${!v} "
 done
 BENCH_ONLY=${BENCH_ONLY:-$ALL_COLUMNS}
@@ -156,6 +159,7 @@ BENCH_CPS_COUNT=${BENCH_CPS_COUNT:-10000}
 BENCH_CPS_WORKERS=${BENCH_CPS_WORKERS:-8}
 BENCH_IDLE_CONNS=${BENCH_IDLE_CONNS:-1000}
 BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-2400}
+BENCH_KEEP_AWAKE=${BENCH_KEEP_AWAKE:-0}
 BENCH_BUILD_TIMEOUT=${BENCH_BUILD_TIMEOUT:-1800}
 BENCH_NO_BUILD=${BENCH_NO_BUILD:-0}
 BENCH_TUNNEL_LOG=${BENCH_TUNNEL_LOG:-warn}
@@ -545,6 +549,13 @@ DEADLINE=$((T_START + BENCH_MAX_SECONDS))
   kill -TERM $$ 2>/dev/null
 ) &
 PIDS+=("$!")
+if [[ $BENCH_KEEP_AWAKE == 1 ]]; then
+  # Lowest priority: they run only when nothing else wants the CPU, and end by themselves.
+  for _ in $(seq 1 "$(nproc)"); do
+    nice -n 19 timeout $((BENCH_MAX_SECONDS + 60)) sh -c 'while :; do :; done' &
+    PIDS+=("$!")
+  done
+fi
 time_left() { echo $((DEADLINE - $(date +%s))); }
 have_time() { (($(time_left) > $1)); }
 
@@ -1550,6 +1561,7 @@ REPORT=$OUT/latest.md
   echo "Machine: $(nproc) cores, $(uname -sr); iperf3 $(iperf3 --version 2>/dev/null | head -n1 | awk '{print $2}');" \
     "$peers; Culvert at $culvert_rev;" \
     "load average before measuring: $LOADAVG (other work on the machine skews throughput more than CPU-s/GB)."
+  [[ $BENCH_KEEP_AWAKE != 1 ]] || echo "vCPUs kept awake: $(nproc) nice-19 busy loops ran beside the measurements (BENCH_KEEP_AWAKE=1; they count in the load average, not in any process's CPU-s/GB)."
   if wants_any "$TCP_COLUMNS"; then
     repeat=" (one run per cell)"
     ((BENCH_REPEAT == 1)) || repeat=" (each cell the median of $BENCH_REPEAT runs, each figure taken separately)"
