@@ -105,7 +105,8 @@
 #   BENCH_SYSCALLS_PROFILE=0 1: also a perf record -g profile, top 20 symbols per process
 #   BENCH_KEEP_AWAKE=0       1: one `nice -n 19` busy loop per CPU while measuring, so that
 #                            no vCPU halts between messages (on this VM a halted vCPU's
-#                            wake-up made direct round trips 4-5x slower; see BENCHMARKS.md)
+#                            wake-up made direct round trips 4-5x slower; see BENCHMARKS.md).
+#                            Not neutral: the loops take CPU from bulk transfers too
 #   BENCH_MAX_SECONDS=2400   limit for the measuring phase (builds not included);
 #                            what does not fit is reported as skipped
 #   BENCH_BUILD_TIMEOUT=1800 limit for each build/install step
