@@ -53,9 +53,10 @@ fn logs() -> &'static LogBuf {
 async fn a_service_name_with_control_characters_is_refused_and_logged_escaped() {
     let logs = logs();
     let token = "cvt_names-on-the-wire-test-token";
+    // A random block below the ephemeral range, as the other tests take theirs.
     let mut config = ServerConfig::new(
         "127.0.0.1:0".parse().unwrap(),
-        "29200-29299".parse().unwrap(),
+        culvert_testkit::ports::port_block_arg().parse().unwrap(),
     );
     config.public_bind = "127.0.0.1".parse().unwrap();
     let server = Server::bind(config, TokenStore::from_tokens(&[("v1", token)]), None)
@@ -83,7 +84,11 @@ async fn a_service_name_with_control_characters_is_refused_and_logged_escaped() 
         match ev {
             ControlEvent::ServiceRegistered { name, .. } => registered.push(name),
             ControlEvent::ServiceFailed { name, reason } => {
-                assert_eq!(name, evil);
+                // The v1 agent pairs replies with its Registers by order; say what came.
+                assert_eq!(
+                    name, evil,
+                    "refused: {reason:?}; registered so far: {registered:?}"
+                );
                 refused = Some(reason);
             }
             ControlEvent::Disconnected { reason } => panic!("disconnected: {reason}"),
