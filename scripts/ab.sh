@@ -49,11 +49,7 @@ PIDS=()
 PG_PID=
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  # PostgreSQL: a fast shutdown (SIGINT), by PID, bounded.
-  if [[ -n $PG_PID ]]; then
-    kill -INT "$PG_PID" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$PG_PID" 2>/dev/null || break; sleep 0.1; done
-  fi
+  [[ -z $PG_PID ]] || pg_stop "$PG_PID"
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
@@ -63,11 +59,9 @@ command -v iperf3 >/dev/null || { echo "ab.sh needs iperf3 (scripts/bench.sh ins
 [[ -x $A_BIN && -x $B_BIN ]] || { echo "ab.sh: $A_BIN or $B_BIN missing (cargo build --profile profiling -p culvert)" >&2; exit 1; }
 
 if [[ $KEEP_AWAKE == 1 ]]; then
-  # Lowest priority, bounded in time, stopped by PID at the end.
-  for _ in $(seq 1 "$(nproc)"); do
-    nice -n 19 timeout 7200 sh -c 'while :; do :; done' &
-    PIDS+=($!)
-  done
+  # shellcheck source=scripts/lib/awake.sh
+  source scripts/lib/awake.sh
+  keep_awake 7200
 fi
 BASE=$("${TOOL[@]}" freeblock 8)
 CTRL=$BASE IPERF=$((BASE + 1)) PUB=$((BASE + 2)) ECHO=$((BASE + 3)) EPUB=$((BASE + 4))

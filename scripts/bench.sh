@@ -295,13 +295,7 @@ cleanup() {
   local p
   trap - EXIT INT TERM
   # PostgreSQL first, with a fast shutdown (SIGINT): SIGTERM would wait for its clients.
-  if [[ -n $PG_PID ]] && is_mine "$PG_PID"; then
-    kill -INT "$PG_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      kill -0 "$PG_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-  fi
+  if [[ -n $PG_PID ]] && is_mine "$PG_PID"; then pg_stop "$PG_PID"; fi
   local mine=()
   for p in "${PIDS[@]}"; do
     if is_mine "$p"; then
@@ -551,11 +545,9 @@ DEADLINE=$((T_START + BENCH_MAX_SECONDS))
 ) &
 PIDS+=("$!")
 if [[ $BENCH_KEEP_AWAKE == 1 ]]; then
-  # Lowest priority: they run only when nothing else wants the CPU, and end by themselves.
-  for _ in $(seq 1 "$(nproc)"); do
-    nice -n 19 timeout $((BENCH_MAX_SECONDS + 60)) sh -c 'while :; do :; done' &
-    PIDS+=("$!")
-  done
+  # shellcheck source=scripts/lib/awake.sh
+  source "$ROOT/scripts/lib/awake.sh"
+  keep_awake $((BENCH_MAX_SECONDS + 60))
 fi
 time_left() { echo $((DEADLINE - $(date +%s))); }
 have_time() { (($(time_left) > $1)); }
@@ -615,13 +607,7 @@ start_pg() {
 }
 stop_pg() { # fast shutdown (SIGINT), by PID
   [[ -n $PG_PID ]] || return 0
-  if is_mine "$PG_PID"; then
-    kill -INT "$PG_PID" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-      kill -0 "$PG_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-  fi
+  ! is_mine "$PG_PID" || pg_stop "$PG_PID"
   stop_pid "$PG_PID"
   PG_PID=''
 }

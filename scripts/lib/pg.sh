@@ -15,6 +15,8 @@
 #                               `"${PG_SERVER_CMD[@]}" >log 2>&1 & PIDS+=($!)`: setpriv
 #                               execs postgres, so $! is the postmaster's PID.
 #   pg_wait_ready PORT SECONDS  waits (bounded) until `select 1` works on PORT
+#   pg_stop PID                 a fast shutdown (SIGINT: SIGTERM would wait for its
+#                               clients) of the postmaster PID, waiting at most 10 s
 
 pg_tools() {
     PG_BINDIR=$(pg_config --bindir 2>/dev/null || true)
@@ -59,4 +61,13 @@ pg_wait_ready() {
         sleep 0.2
     done
     return 1
+}
+
+pg_stop() {
+    local pid=$1
+    kill -INT "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
 }

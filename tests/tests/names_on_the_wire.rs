@@ -14,6 +14,8 @@ use tracing_subscriber::Layer;
 use zlayer_tunnel::client::{ControlEvent, TunnelAgent};
 use zlayer_tunnel::config::{ServiceConfig, TunnelClientConfig};
 
+mod support;
+
 #[derive(Clone)]
 struct LogBuf(Arc<Mutex<Vec<u8>>>);
 
@@ -53,11 +55,7 @@ fn logs() -> &'static LogBuf {
 async fn a_service_name_with_control_characters_is_refused_and_logged_escaped() {
     let logs = logs();
     let token = "cvt_names-on-the-wire-test-token";
-    // A random block below the ephemeral range, as the other tests take theirs.
-    let mut config = ServerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        culvert_testkit::ports::port_block_arg().parse().unwrap(),
-    );
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), support::port_range());
     config.public_bind = "127.0.0.1".parse().unwrap();
     let server = Server::bind(config, TokenStore::from_tokens(&[("v1", token)]), None)
         .await
