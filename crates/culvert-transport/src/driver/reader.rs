@@ -24,13 +24,17 @@ where
     let mut closed = shared.closed_tx.subscribe();
     // A limit the peer made the connection exceed (not a violation): the writer explains.
     let mut explain = false;
+    // Nothing handled since the deliveries were last flushed (only this loop's dispatch
+    // leaves any behind): no second lock for the same burst.
+    let mut flushed = true;
     let reason = loop {
         let msg = {
-            if ws.small_burst_done() {
+            if !flushed && ws.small_burst_done() {
                 // A small burst is all handled (a request, a reply): deliver it now rather
                 // than after the read below finds the socket empty, one system call later
                 // on every hop of a round trip.
                 flush_deliveries(&shared);
+                flushed = true;
             }
             let next = ws.next();
             tokio::pin!(next);
@@ -39,7 +43,9 @@ where
                 Poll::Pending => {
                     // The socket has nothing more for now: deliver what this burst brought
                     // to relays waiting on it, then wait.
-                    flush_deliveries(&shared);
+                    if !flushed {
+                        flush_deliveries(&shared);
+                    }
                     tokio::select! {
                         m = next => m,
                         _ = closed.wait_for(|c| *c) => return,
@@ -47,6 +53,7 @@ where
                 }
             }
         };
+        flushed = false;
         let data = match msg {
             Ok(WsIn::Data(b)) => b,
             Ok(WsIn::Ping(p)) => {
