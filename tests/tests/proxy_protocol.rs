@@ -35,20 +35,11 @@ struct Seen {
     payload: Vec<u8>,
 }
 
-/// A 200-port public range in 10000–31999, chosen at random so parallel tests rarely share.
-fn public_ports() -> PortRange {
-    let start = 10_000 + (rand::random::<u16>() % 110) * 200;
-    PortRange {
-        start,
-        end: start + 199,
-    }
-}
-
 /// A plain `ws://` server on 127.0.0.1 with public listeners on 127.0.0.1, its token and its
 /// public port range.
 async fn start_server() -> (ServerHandle, String, PortRange) {
     let token = generate_token();
-    let range = public_ports();
+    let range = support::port_range();
     let mut config = ServerConfig::new((Ipv4Addr::LOCALHOST, 0).into(), range);
     config.public_bind = "127.0.0.1".parse().unwrap();
     let server = Server::bind(config, TokenStore::from_tokens(&[("n", &token)]), None)

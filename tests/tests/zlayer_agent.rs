@@ -11,9 +11,14 @@ use zlayer_tunnel::config::{ServiceConfig, TunnelClientConfig};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zlayer_v1_agent_authenticates_registers_and_answers_heartbeats() {
     let token = "cvt_v1-compat-test-token";
+    // A block of ports held by this process alone (see `culvert_testkit::port_block`).
+    let block = culvert_testkit::port_block();
+    let requested = block.start() + 50;
     let mut config = ServerConfig::new(
         "127.0.0.1:0".parse().unwrap(),
-        "29100-29199".parse().unwrap(),
+        format!("{}-{}", block.start(), block.end())
+            .parse()
+            .unwrap(),
     );
     config.public_bind = "127.0.0.1".parse().unwrap();
     // Fast heartbeats: a peer that did not answer would be dropped after 600 ms.
@@ -29,7 +34,7 @@ async fn zlayer_v1_agent_authenticates_registers_and_answers_heartbeats() {
     client.services.push(ServiceConfig::tcp("ssh", 22));
     client
         .services
-        .push(ServiceConfig::tcp("web", 80).with_remote_port(29150));
+        .push(ServiceConfig::tcp("web", 80).with_remote_port(requested));
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let agent = TunnelAgent::new(client).with_event_channel(tx);
     let run = tokio::spawn(async move { agent.run_once().await });
@@ -64,10 +69,12 @@ async fn zlayer_v1_agent_authenticates_registers_and_answers_heartbeats() {
         "recognised as a zlayer-tunnel v1 agent"
     );
     let ports = server.ports();
-    assert_eq!(ports.get("v1/web"), Some(&29150), "requested port honoured");
-    assert!(ports
-        .get("v1/ssh")
-        .is_some_and(|p| (29100..=29199).contains(p)));
+    assert_eq!(
+        ports.get("v1/web"),
+        Some(&requested),
+        "requested port honoured"
+    );
+    assert!(ports.get("v1/ssh").is_some_and(|p| block.contains(p)));
     assert!(!run.is_finished(), "agent still connected");
     run.abort();
 
