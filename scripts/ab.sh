@@ -15,8 +15,8 @@
 # AB_BULK=0 leaves them out), then AB_RR 64-byte round trips over one connection, then (with
 # AB_RR_CONNS=N) AB_RR round trips over N connections at once, then (with AB_PGBENCH=1)
 # `pgbench -S -c 8 -j 2 -T AB_PGBENCH_SECONDS` against a PostgreSQL the script starts once and
-# exposes through each tunnel. Printed per variant: the median of AB_ROUNDS rounds of Gbit/s,
-# CPU-s/GB of server and agent (from /proc/PID/stat), round trips/s with p50/p99 µs, and tps.
+# exposes through each tunnel. Printed per variant (with each process's peak RSS, VmHWM): the median of AB_ROUNDS rounds of Gbit/s,
+# CPU-s/GB and minor page faults per GB of server and agent (from /proc/PID/stat), round trips/s with p50/p99 µs, and tps.
 # Everything runs on free 127.0.0.1 ports below the ephemeral range (benchtool's freeblock),
 # every process is stopped by PID, every load is bounded in time.
 set -euo pipefail
@@ -89,6 +89,7 @@ PIDS+=($!)
 
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 uticks() { awk '{ print $14 }' "/proc/$1/stat"; }
+faults() { awk '{ print $10 }' "/proc/$1/stat"; }  # minor page faults
 
 # run VARIANT(A|B) ROUND: one start of server and agent, the loads, then both stopped.
 run() {
@@ -117,15 +118,15 @@ run() {
   local dirns=(up down)
   [[ $BULK == 1 ]] || dirns=()
   for dirn in "${dirns[@]}"; do
-    local flag=() s0 a0 s1 a1 su0 au0 su1 au1 out gbps bytes
+    local flag=() s0 a0 s1 a1 su0 au0 su1 au1 sf0 af0 sf1 af1 out gbps bytes
     [[ $dirn == down ]] && flag=(-R)
-    s0=$(ticks "$sp") a0=$(ticks "$ap") su0=$(uticks "$sp") au0=$(uticks "$ap")
+    s0=$(ticks "$sp") a0=$(ticks "$ap") su0=$(uticks "$sp") au0=$(uticks "$ap") sf0=$(faults "$sp") af0=$(faults "$ap")
     timeout 120 iperf3 -c 127.0.0.1 -p "$PUB" -n "$BYTES" -P "$STREAMS" -J "${flag[@]}" >"$dir/$dirn.json"
-    s1=$(ticks "$sp") a1=$(ticks "$ap") su1=$(uticks "$sp") au1=$(uticks "$ap")
+    s1=$(ticks "$sp") a1=$(ticks "$ap") su1=$(uticks "$sp") au1=$(uticks "$ap") sf1=$(faults "$sp") af1=$(faults "$ap")
     out=$("${TOOL[@]}" iperf-parse "$dir/$dirn.json")
     read -r gbps bytes <<<"$out"
-    awk -v v="$v" -v d="$dirn" -v g="$gbps" -v s=$((s1 - s0)) -v a=$((a1 - a0)) -v su=$((su1 - su0)) -v au=$((au1 - au0)) -v hz="$CLK_TCK" -v b="$bytes" \
-      'BEGIN { gb = b / 1e9; printf "%s %s gbps %s srv %.3f agt %.3f srv_user %.3f agt_user %.3f\n", v, d, g, (s / hz) / gb, (a / hz) / gb, (su / hz) / gb, (au / hz) / gb }' >>"$WORK/results"
+    awk -v v="$v" -v d="$dirn" -v g="$gbps" -v s=$((s1 - s0)) -v a=$((a1 - a0)) -v su=$((su1 - su0)) -v au=$((au1 - au0)) -v sf=$((sf1 - sf0)) -v af=$((af1 - af0)) -v hz="$CLK_TCK" -v b="$bytes" \
+      'BEGIN { gb = b / 1e9; printf "%s %s gbps %s srv %.3f agt %.3f srv_user %.3f agt_user %.3f srv_flt %d agt_flt %d\n", v, d, g, (s / hz) / gb, (a / hz) / gb, (su / hz) / gb, (au / hz) / gb, sf / gb, af / gb }' >>"$WORK/results"
   done
   local rr_fields='import json, sys; d = json.load(sys.stdin); print(round(d["rps"]), "p50", round(d["p50_us"], 1), "p99", round(d["p99_us"], 1))'
   echo "$v rr $("${TOOL[@]}" rr "$EPUB" --count "$RR" --seconds 20 | python3 -c "$rr_fields")" >>"$WORK/results"
@@ -138,6 +139,8 @@ run() {
       -c 8 -j 2 -T "$PGB_SECONDS" postgres >"$dir/pgbench.txt" 2>&1
     echo "$v pgbench $("${TOOL[@]}" pgbench-parse "$dir/pgbench.txt" | python3 -c 'import json, sys; print(round(json.load(sys.stdin)["tps"]))')" >>"$WORK/results"
   fi
+  # Peak resident memory of each process over the whole round (VmHWM, MB).
+  echo "$v hwm $(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$sp/status") $(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$ap/status")" >>"$WORK/results"
   kill "$ap" "$sp"
   wait "$ap" "$sp" 2>/dev/null || true
 }
@@ -151,15 +154,16 @@ done
 med() { sort -g | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print "—" }'; }
 # Medians per variant: Gbit/s, CPU-s/GB (all, then user time only) of server and agent.
 col() { awk -v v="$1" -v d="$2" -v f="$3" '$1 == v && $2 == d { print $f }' "$WORK/results" | med; }
-printf '%-4s %-5s %-8s %-8s %-8s %-9s %-9s\n' var dir gbit/s srv_cpu agt_cpu srv_user agt_user
+printf '%-4s %-5s %-8s %-8s %-8s %-9s %-9s %-9s %-9s\n' var dir gbit/s srv_cpu agt_cpu srv_user agt_user srv_flt/GB agt_flt/GB
 for v in A B; do
   for d in up down; do
-    printf '%-4s %-5s %-8s %-8s %-8s %-9s %-9s\n' "$v" "$d" "$(col $v $d 4)" "$(col $v $d 6)" "$(col $v $d 8)" "$(col $v $d 10)" "$(col $v $d 12)"
+    printf '%-4s %-5s %-8s %-8s %-8s %-9s %-9s %-9s %-9s\n' "$v" "$d" "$(col $v $d 4)" "$(col $v $d 6)" "$(col $v $d 8)" "$(col $v $d 10)" "$(col $v $d 12)" "$(col $v $d 14)" "$(col $v $d 16)"
   done
   printf '%-4s rr/s  %s  p50 %s  p99 %s\n' "$v" "$(col $v rr 3)" "$(col $v rr 5)" "$(col $v rr 7)"
   if ((RR_CONNS > 1)); then
     printf '%-4s rr/s, %s connections  %s  p50 %s  p99 %s\n' "$v" "$RR_CONNS" "$(col $v "rr$RR_CONNS" 3)" "$(col $v "rr$RR_CONNS" 5)" "$(col $v "rr$RR_CONNS" 7)"
   fi
   [[ $PGB != 1 ]] || printf '%-4s pgbench -S tps  %s\n' "$v" "$(col $v pgbench 3)"
+  printf '%-4s peak RSS MB  server %s  agent %s\n' "$v" "$(col $v hwm 3)" "$(col $v hwm 4)"
 done
 echo "raw:" && cat "$WORK/results"
