@@ -36,9 +36,11 @@ pub struct Config {
     pub quantum: usize,
     /// Bytes the application may queue on one stream that are not on the wire yet. Sent
     /// bytes are not kept (the transport is reliable), so this only has to cover the
-    /// writer's burst: 1 MiB is four socket reads of 256 KiB, which the connection's writer
-    /// sends as four WebSocket messages in one system call (256 KiB measured 10-30 % more
-    /// CPU per GB on the sending side; see BENCHMARKS.md).
+    /// writer's burst, and the relay's next reads while the writer sends: 2 MiB is eight
+    /// socket reads of 256 KiB. Against 1 MiB, one bulk stream spent about a third less
+    /// CPU per GB on its sending side (fewer stops of the relay on a full buffer, each a
+    /// park and a wake-up); 256 KiB measured 10-30 % more than 1 MiB (see BENCHMARKS.md).
+    /// The connection's send buffer still bounds all streams together.
     pub stream_send_buffer: usize,
     /// Bytes the application may queue across all streams. 4 MiB bounds the sender's
     /// memory when the peer stops granting credit.
@@ -90,7 +92,7 @@ impl Default for Config {
             max_concurrent_streams: 4096,
             credit_divisor: 4,
             quantum: 32 * 1024,
-            stream_send_buffer: 1024 * 1024,
+            stream_send_buffer: 2 * 1024 * 1024,
             connection_send_buffer: 4 * 1024 * 1024,
             datagram_queue_len: 4096,
             datagram_queue_bytes: 4 * 1024 * 1024,
