@@ -37,7 +37,7 @@ pub struct Config {
     /// Bytes the application may queue on one stream that are not on the wire yet. Sent
     /// bytes are not kept (the transport is reliable), so this only has to cover the
     /// writer's burst, and the relay's next reads while the writer sends: 2 MiB is eight
-    /// socket reads of 256 KiB. Against 1 MiB, one bulk stream spent about a third less
+    /// socket reads of 256 KiB. Against 1 MiB, one bulk stream spent 22-27 % less
     /// CPU per GB on its sending side (fewer stops of the relay on a full buffer, each a
     /// park and a wake-up); 256 KiB measured 10-30 % more than 1 MiB (see BENCHMARKS.md).
     /// The connection's send buffer still bounds all streams together.

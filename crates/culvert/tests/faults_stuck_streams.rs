@@ -12,7 +12,7 @@
 //!   before the stuck streams) plus [`rss_allowance`]: per pooled connection its receive
 //!   window (4 MiB) and its send buffer (4 MiB), the most flow control lets one process
 //!   hold for the streams of a connection whatever they are (per stream: a 256 KiB window,
-//!   auto-tuned up to a quarter of the connection window, and a 256 KiB send buffer), plus 8 MiB for the allocator and
+//!   auto-tuned up to a quarter of the connection window, and a 2 MiB send buffer), plus 8 MiB for the allocator and
 //!   the stuck streams' tasks. The stream into the sink takes no byte more once stuck, and
 //!   the stream from the source is stuck, not broken: once read, it flows again,
 //!   byte-exact.
