@@ -15,8 +15,9 @@
 # AB_BULK=0 leaves them out), then AB_RR 64-byte round trips over one connection, then (with
 # AB_RR_CONNS=N) AB_RR round trips over N connections at once, then (with AB_PGBENCH=1)
 # `pgbench -S -c 8 -j 2 -T AB_PGBENCH_SECONDS` against a PostgreSQL the script starts once and
-# exposes through each tunnel. Printed per variant (with each process's peak RSS, VmHWM): the median of AB_ROUNDS rounds of Gbit/s,
-# CPU-s/GB and minor page faults per GB of server and agent (from /proc/PID/stat), round trips/s with p50/p99 µs, and tps.
+# exposes through each tunnel. Printed per variant: the median of AB_ROUNDS rounds of Gbit/s,
+# CPU-s/GB and minor page faults per GB of server and agent (from /proc/PID/stat), round
+# trips/s with p50/p99 µs, tps, and each process's peak RSS (VmHWM).
 # Everything runs on free 127.0.0.1 ports below the ephemeral range (benchtool's freeblock),
 # every process is stopped by PID, every load is bounded in time.
 set -euo pipefail
@@ -90,6 +91,7 @@ PIDS+=($!)
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 uticks() { awk '{ print $14 }' "/proc/$1/stat"; }
 faults() { awk '{ print $10 }' "/proc/$1/stat"; }  # minor page faults
+hwm() { awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }  # peak RSS, MB
 
 # run VARIANT(A|B) ROUND: one start of server and agent, the loads, then both stopped.
 run() {
@@ -140,7 +142,7 @@ run() {
     echo "$v pgbench $("${TOOL[@]}" pgbench-parse "$dir/pgbench.txt" | python3 -c 'import json, sys; print(round(json.load(sys.stdin)["tps"]))')" >>"$WORK/results"
   fi
   # Peak resident memory of each process over the whole round (VmHWM, MB).
-  echo "$v hwm $(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$sp/status") $(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$ap/status")" >>"$WORK/results"
+  echo "$v hwm $(hwm "$sp") $(hwm "$ap")" >>"$WORK/results"
   kill "$ap" "$sp"
   wait "$ap" "$sp" 2>/dev/null || true
 }
@@ -152,7 +154,8 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 med() { sort -g | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print "—" }'; }
-# Medians per variant: Gbit/s, CPU-s/GB (all, then user time only) of server and agent.
+# Medians per variant: Gbit/s, CPU-s/GB (all, then user time only) and minor faults per GB
+# of server and agent, round trips, tps, peak RSS.
 col() { awk -v v="$1" -v d="$2" -v f="$3" '$1 == v && $2 == d { print $f }' "$WORK/results" | med; }
 printf '%-4s %-5s %-8s %-8s %-8s %-9s %-9s %-9s %-9s\n' var dir gbit/s srv_cpu agt_cpu srv_user agt_user srv_flt/GB agt_flt/GB
 for v in A B; do

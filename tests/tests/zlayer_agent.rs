@@ -8,18 +8,15 @@ use culvert_server::{Server, ServerConfig, TokenStore};
 use zlayer_tunnel::client::{ControlEvent, TunnelAgent};
 use zlayer_tunnel::config::{ServiceConfig, TunnelClientConfig};
 
+mod support;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zlayer_v1_agent_authenticates_registers_and_answers_heartbeats() {
     let token = "cvt_v1-compat-test-token";
-    // A block of ports held by this process alone (see `culvert_testkit::port_block`).
-    let block = culvert_testkit::port_block();
-    let requested = block.start() + 50;
-    let mut config = ServerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        format!("{}-{}", block.start(), block.end())
-            .parse()
-            .unwrap(),
-    );
+    // A block of ports held by this process alone, as every test server takes one.
+    let range = support::port_range();
+    let requested = range.start + 50;
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), range);
     config.public_bind = "127.0.0.1".parse().unwrap();
     // Fast heartbeats: a peer that did not answer would be dropped after 600 ms.
     config.proto.heartbeat_interval = Duration::from_millis(300);
@@ -74,7 +71,7 @@ async fn zlayer_v1_agent_authenticates_registers_and_answers_heartbeats() {
         Some(&requested),
         "requested port honoured"
     );
-    assert!(ports.get("v1/ssh").is_some_and(|p| block.contains(p)));
+    assert!(ports.get("v1/ssh").is_some_and(|p| range.contains(*p)));
     assert!(!run.is_finished(), "agent still connected");
     run.abort();
 
