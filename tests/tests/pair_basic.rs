@@ -134,3 +134,73 @@ fn a_stuck_stream_leaves_the_other_streams_room() {
         p.server.recv_buffered()
     );
 }
+
+/// A writer blocked on the connection's send buffer hears `Writable` once room frees up,
+/// even while a stuck stream (its reader never reads, so it gets no credit) keeps more than
+/// half of that buffer queued. Failed on f1f1d09 (2 MiB per stream, 3 MiB per connection):
+/// blocked writers were woken only once the connection's queued total fell to half its
+/// buffer, which the stuck stream's 2 MiB alone exceeded, so the other stream, which waits
+/// for `Writable` as the drivers do, never wrote again (the tunnel test
+/// `stuck_streams_do_not_slow_the_others` saw 0 % of its throughput).
+#[test]
+fn a_stuck_stream_does_not_keep_the_other_writers_asleep() {
+    let config = Config {
+        stream_send_buffer: 2 << 20,
+        connection_send_buffer: 3 << 20,
+        ..Config::default()
+    };
+    let mut p = Pair::new(config.clone());
+    let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+    let stuck = p.client.open_stream("stuck").unwrap();
+    // The stuck stream fills its send buffer; nothing on the server reads it.
+    for _ in 0..200 {
+        while p.client.write(stuck, chunk.clone()).unwrap_or(0) > 0 {}
+        p.step().unwrap();
+    }
+    p.collect_events();
+    p.client_events.clear();
+    assert!(
+        p.client.send_buffered() > config.connection_send_buffer / 2,
+        "the stuck stream queued only {} bytes",
+        p.client.send_buffered()
+    );
+    // Another stream writes only when told it may, as a driver's relay does.
+    let other = p.client.open_stream("other").unwrap();
+    let want = 8usize << 20;
+    let (mut writable, mut sent, mut got) = (true, 0usize, 0usize);
+    let mut other_server = None;
+    for _ in 0..20_000 {
+        while writable && sent < want {
+            let n = p.client.write(other, chunk.clone()).unwrap();
+            sent += n;
+            writable = n == chunk.len();
+        }
+        p.step().unwrap();
+        p.collect_events();
+        for e in p.client_events.drain(..) {
+            if e == Event::Writable(other) {
+                writable = true;
+            }
+        }
+        for e in p.server_events.drain(..) {
+            if let Event::StreamOpened { id, .. } = e {
+                if id == other {
+                    other_server = Some(id);
+                }
+            }
+        }
+        if let Some(sid) = other_server {
+            got += read_all(&mut p.server, sid).0.len();
+        }
+        if got >= want {
+            break;
+        }
+    }
+    assert!(
+        got >= want,
+        "the other stream moved {got} of {want} bytes (sent {sent}, waiting for Writable: {}) \
+         beside a stuck stream holding {} bytes",
+        !writable,
+        p.client.send_buffered()
+    );
+}

@@ -10,7 +10,7 @@
 //!   server and of the agent, sampled while the two streams are stuck and the public
 //!   client keeps pushing, stays within its baseline (measured after a warm-up transfer,
 //!   before the stuck streams) plus [`rss_allowance`]: per pooled connection its receive
-//!   window (4 MiB) and its send buffer (4 MiB), the most flow control lets one process
+//!   window (4 MiB) and its send buffer (3 MiB), the most flow control lets one process
 //!   hold for the streams of a connection whatever they are (per stream: a 256 KiB window,
 //!   auto-tuned up to a quarter of the connection window, and a 2 MiB send buffer), plus 8 MiB for the allocator and
 //!   the stuck streams' tasks. The stream into the sink takes no byte more once stuck, and
@@ -53,7 +53,7 @@ const SEED_SINK: u64 = 0x57_0c4e_0003;
 /// pooled connection its receive window and its send buffer, plus 8 MiB of slack.
 fn rss_allowance(pool: u64) -> u64 {
     const CONNECTION_WINDOW_KIB: u64 = 4 << 10;
-    const CONNECTION_SEND_BUFFER_KIB: u64 = 4 << 10;
+    const CONNECTION_SEND_BUFFER_KIB: u64 = 3 << 10;
     const SLACK_KIB: u64 = 8 << 10;
     pool * (CONNECTION_WINDOW_KIB + CONNECTION_SEND_BUFFER_KIB) + SLACK_KIB
 }

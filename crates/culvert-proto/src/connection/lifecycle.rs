@@ -82,10 +82,18 @@ impl Connection {
         }
     }
 
+    /// Tells blocked writers they may write again: each once its own queue is down to half
+    /// of [`crate::Config::stream_send_buffer`], and only while the connection has a quarter
+    /// of its send buffer free, so a writer is not woken for a sliver of room. The room is
+    /// what counts, not the queued total: a stuck stream (no credit from its reader) keeps
+    /// its whole queue, and with a 2 MiB stream queue in a 3 MiB connection buffer a
+    /// "total at most half" rule never woke anyone again.
     pub(super) fn wake_writers(&mut self) {
-        if self.blocked_writers.is_empty()
-            || self.send_buffered_total > self.config.connection_send_buffer / 2
-        {
+        let room = self
+            .config
+            .connection_send_buffer
+            .saturating_sub(self.send_buffered_total);
+        if self.blocked_writers.is_empty() || room < self.config.connection_send_buffer / 4 {
             return;
         }
         let half = self.config.stream_send_buffer / 2;
