@@ -168,7 +168,8 @@ fn a_stuck_stream_does_not_keep_the_other_writers_asleep() {
     let other = p.client.open_stream("other").unwrap();
     let want = 8usize << 20;
     let (mut writable, mut sent, mut got) = (true, 0usize, 0usize);
-    let mut other_server = None;
+    // Both ends name a stream by the same id: the server reads `other` once it has opened.
+    let mut opened = false;
     for _ in 0..20_000 {
         while writable && sent < want {
             let n = p.client.write(other, chunk.clone()).unwrap();
@@ -182,15 +183,12 @@ fn a_stuck_stream_does_not_keep_the_other_writers_asleep() {
                 writable = true;
             }
         }
-        for e in p.server_events.drain(..) {
-            if let Event::StreamOpened { id, .. } = e {
-                if id == other {
-                    other_server = Some(id);
-                }
-            }
-        }
-        if let Some(sid) = other_server {
-            got += read_all(&mut p.server, sid).0.len();
+        opened |= p
+            .server_events
+            .drain(..)
+            .any(|e| matches!(e, Event::StreamOpened { id, .. } if id == other));
+        if opened {
+            got += read_all(&mut p.server, other).0.len();
         }
         if got >= want {
             break;
