@@ -164,9 +164,70 @@ fn a_stuck_stream_does_not_keep_the_other_writers_asleep() {
         "the stuck stream queued only {} bytes",
         p.client.send_buffered()
     );
-    // Another stream writes only when told it may, as a driver's relay does.
+    let (got, sent, waiting) = writes_when_told(&mut p, 8 << 20);
+    assert!(
+        got >= 8 << 20,
+        "the other stream moved {got} bytes of 8 MiB (sent {sent}, waiting for Writable: \
+         {waiting}) beside a stuck stream holding {} bytes",
+        p.client.send_buffered()
+    );
+}
+
+/// Three streams whose readers stop, each after its window grew to its 1 MiB ceiling,
+/// leave the connection's other streams room to flow: as many stuck streams as the peer's
+/// receive window tolerates (a fourth would fill it). Failed on 765bd5d, where a stream
+/// could queue its whole 2 MiB send buffer with no credit: two stuck streams filled the
+/// 3 MiB connection buffer and the other stream, which writes only after `Writable` as
+/// the drivers do, moved nothing.
+#[test]
+fn three_stuck_streams_leave_the_other_writers_room() {
+    let config = Config::default();
+    let mut p = Pair::new(config.clone());
+    let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+    let mut stuck = Vec::new();
+    for name in ["stuck-a", "stuck-b", "stuck-c"] {
+        let id = p.client.open_stream(name).unwrap();
+        // Read fast first, so its window grows as far as it may.
+        let mut read = 0usize;
+        for _ in 0..2_000 {
+            while p.client.write(id, chunk.clone()).unwrap_or(0) > 0 {}
+            p.step().unwrap();
+            p.collect_events();
+            p.server_events.clear();
+            read += read_all(&mut p.server, id).0.len();
+            if read >= 16 << 20 {
+                break;
+            }
+        }
+        assert!(read >= 16 << 20, "{name} moved only {read} bytes");
+        stuck.push(id);
+    }
+    // Now nobody reads them; their writers push until they are blocked.
+    for _ in 0..200 {
+        for &id in &stuck {
+            while p.client.write(id, chunk.clone()).unwrap_or(0) > 0 {}
+        }
+        p.step().unwrap();
+    }
+    p.collect_events();
+    p.client_events.clear();
+    p.server_events.clear();
+    let (got, sent, waiting) = writes_when_told(&mut p, 8 << 20);
+    assert!(
+        got >= 8 << 20,
+        "the other stream moved {got} bytes of 8 MiB (sent {sent}, waiting for Writable: \
+         {waiting}) beside three stuck streams; queued to send: {} of {}",
+        p.client.send_buffered(),
+        config.connection_send_buffer
+    );
+}
+
+/// Opens another stream on `p` and moves `want` bytes through it, writing only after
+/// `Writable` as a driver's relay does; returns the bytes the server read, the bytes
+/// written, and whether the writer was left waiting for `Writable`.
+fn writes_when_told(p: &mut Pair, want: usize) -> (usize, usize, bool) {
+    let chunk = Bytes::from(vec![9u8; 64 * 1024]);
     let other = p.client.open_stream("other").unwrap();
-    let want = 8usize << 20;
     let (mut writable, mut sent, mut got) = (true, 0usize, 0usize);
     // Both ends name a stream by the same id: the server reads `other` once it has opened.
     let mut opened = false;
@@ -178,10 +239,11 @@ fn a_stuck_stream_does_not_keep_the_other_writers_asleep() {
         }
         p.step().unwrap();
         p.collect_events();
-        for e in p.client_events.drain(..) {
-            if e == Event::Writable(other) {
-                writable = true;
-            }
+        if p.client_events
+            .drain(..)
+            .any(|e| e == Event::Writable(other))
+        {
+            writable = true;
         }
         opened |= p
             .server_events
@@ -194,11 +256,5 @@ fn a_stuck_stream_does_not_keep_the_other_writers_asleep() {
             break;
         }
     }
-    assert!(
-        got >= want,
-        "the other stream moved {got} of {want} bytes (sent {sent}, waiting for Writable: {}) \
-         beside a stuck stream holding {} bytes",
-        !writable,
-        p.client.send_buffered()
-    );
+    (got, sent, !writable)
 }

@@ -46,6 +46,9 @@ pub struct Config {
     /// peer stops granting credit. 3 MiB still lets one stream fill its 2 MiB, and took
     /// about 3 MB off the peak RSS of eight bulk streams over four pooled connections
     /// against 4 MiB (33 → 29 MB over wss), at the same throughput and CPU per GB.
+    /// At most two thirds of it may hold bytes beyond their stream's credit
+    /// ([`crate::Connection::send_room`]), so streams whose readers stopped can never take
+    /// the room the others need to go on.
     pub connection_send_buffer: usize,
     /// Datagrams queued for sending before the oldest are dropped. UDP prefers fresh data to
     /// late data, but the queue must outlast the writer being descheduled: 4,096 (about 40 ms

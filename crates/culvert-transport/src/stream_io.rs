@@ -60,15 +60,10 @@ impl AsyncWrite for TunnelStream {
         if st.closed.is_some() {
             return Poll::Ready(Err(this.gone(&mut st)));
         }
-        // Copy no more than the connection's send buffer can take now (the stream's own
-        // room may be smaller: the excess is copied but not queued, and not reported as
-        // written). With no room at all, one byte is offered so the connection notes the
-        // stream as blocked and wakes it when room frees up.
-        let config = st.conn.config();
-        let room = config
-            .connection_send_buffer
-            .saturating_sub(st.conn.send_buffered())
-            .min(config.stream_send_buffer);
+        // Copy no more than the stream can queue now. With no room at all, one byte is
+        // offered so the connection notes the stream as blocked and wakes it when room
+        // frees up.
+        let room = st.conn.send_room(this.id).unwrap_or(0);
         let take = buf.len().min(room.max(1));
         let chunk = copy_in(&mut this.wbuf, &buf[..take]);
         match st.conn.write(this.id, chunk) {

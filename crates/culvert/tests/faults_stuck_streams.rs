@@ -1,4 +1,4 @@
-//! Streams that stop moving, one each way, on the agent's only tunnel connection (pool 1):
+//! Streams that stop moving, one (or three) each way, on the agent's only tunnel connection (pool 1):
 //! a backend that accepts and never reads (a public client writes to it until everything
 //! on the way is full), and a public client that never reads (a backend writes to it until
 //! everything on the way is full). Flow control must stop each of them at its windows, so
@@ -74,7 +74,7 @@ fn sink_service() -> u16 {
 
 /// A backend that writes stream [`SEED_SOURCE`] to each connection as fast as the
 /// connection takes it (bounded: 4 GiB or ten minutes per connection); `written` counts
-/// the bytes its writes took.
+/// the bytes its writes took, over all connections.
 fn source_service(written: Arc<AtomicU64>) -> u16 {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind source");
     let port = l.local_addr().unwrap().port();
@@ -92,7 +92,7 @@ fn source_service(written: Arc<AtomicU64>) -> u16 {
                         return;
                     }
                     pos += buf.len() as u64;
-                    written.store(pos, Ordering::Relaxed);
+                    written.fetch_add(buf.len() as u64, Ordering::Relaxed);
                 }
             });
         }
@@ -125,60 +125,44 @@ fn tunnel(tag: &str, source_written: Arc<AtomicU64>) -> Tunnel {
         .start(tag)
 }
 
-/// The two stuck streams: a public client pushing into `sink` (and still trying), and a
-/// public client of `source` that does not read.
+/// The stuck streams, `count` each way: public clients pushing into `sink` (and still
+/// trying), and public clients of `source` that do not read.
 struct Stuck {
-    to_sink: TcpStream,
+    to_sink: Vec<TcpStream>,
+    /// Bytes the sink's clients have written, all together.
     pushed: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    pusher: Option<JoinHandle<()>>,
-    from_source: TcpStream,
-    /// Bytes the sink's client had written, and the source had written, once stuck.
+    pushers: Vec<JoinHandle<()>>,
+    from_source: Vec<TcpStream>,
+    /// Bytes the sink's clients had written, and the source had written, once stuck.
     stuck_at: (u64, u64),
 }
 
 impl Stuck {
-    /// Opens both and waits until both are stuck.
-    fn start(t: &Tunnel, source_written: &AtomicU64) -> Stuck {
-        let to_sink = TcpStream::connect(("127.0.0.1", t.public("sink"))).unwrap();
-        to_sink
-            .set_write_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
+    /// Opens `count` streams each way and waits until all are stuck.
+    fn start(t: &Tunnel, source_written: &AtomicU64, count: usize) -> Stuck {
         let pushed = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let pusher = {
-            let (mut s, pushed, stop) =
-                (to_sink.try_clone().unwrap(), pushed.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(600);
-                let mut buf = vec![0u8; 64 << 10];
-                let mut pos = 0u64;
-                // Bounded: 4 GiB, ten minutes, or the stop flag.
-                while pos < 4 << 30 && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-                    pattern(SEED_SINK, pos, &mut buf);
-                    match s.write(&buf) {
-                        Ok(n) => {
-                            pos += n as u64;
-                            pushed.store(pos, Ordering::Relaxed);
-                        }
-                        Err(e) if is_timeout(&e) => {}
-                        Err(_) => return,
-                    }
-                }
-            })
-        };
-        let from_source = TcpStream::connect(("127.0.0.1", t.public("source"))).unwrap();
-        let up = wait_stuck("the stream into the sink", || {
+        let (mut to_sink, mut pushers, mut from_source) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..count {
+            let s = TcpStream::connect(("127.0.0.1", t.public("sink"))).unwrap();
+            s.set_write_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            pushers.push(push_into(s.try_clone().unwrap(), &pushed, &stop));
+            to_sink.push(s);
+            from_source.push(TcpStream::connect(("127.0.0.1", t.public("source"))).unwrap());
+        }
+        let up = wait_stuck("the streams into the sink", || {
             pushed.load(Ordering::Relaxed)
         });
-        let down = wait_stuck("the stream from the source", || {
+        let down = wait_stuck("the streams from the source", || {
             source_written.load(Ordering::Relaxed)
         });
         Stuck {
             to_sink,
             pushed,
             stop,
-            pusher: Some(pusher),
+            pushers,
             from_source,
             stuck_at: (up, down),
         }
@@ -189,11 +173,35 @@ impl Stuck {
     }
 }
 
+/// Writes stream [`SEED_SINK`] into `s` until the write fails or `stop` is set (bounded:
+/// 4 GiB or ten minutes), adding what its writes took to `pushed`.
+fn push_into(mut s: TcpStream, pushed: &Arc<AtomicU64>, stop: &Arc<AtomicBool>) -> JoinHandle<()> {
+    let (pushed, stop) = (pushed.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut buf = vec![0u8; 64 << 10];
+        let mut pos = 0u64;
+        while pos < 4 << 30 && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            pattern(SEED_SINK, pos, &mut buf);
+            match s.write(&buf) {
+                Ok(n) => {
+                    pos += n as u64;
+                    pushed.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if is_timeout(&e) => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
 impl Drop for Stuck {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.to_sink.shutdown(Shutdown::Both);
-        if let Some(p) = self.pusher.take() {
+        for s in &self.to_sink {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        for p in self.pushers.drain(..) {
             let _ = p.join();
         }
     }
@@ -218,7 +226,7 @@ fn stuck_streams_hold_no_more_than_their_windows() {
     assert!(warm.exact(), "warm-up transfer not byte-exact");
     let base = (rss(server_pid), rss(agent_pid));
 
-    let stuck = Stuck::start(&t, &source_written);
+    let stuck = Stuck::start(&t, &source_written, 1);
     let mut peak = (rss(server_pid), rss(agent_pid));
     for _ in 0..SAMPLES {
         std::thread::sleep(WINDOW);
@@ -231,7 +239,7 @@ fn stuck_streams_hold_no_more_than_their_windows() {
     );
 
     // The stream from the source is stuck, not broken: it flows again once read.
-    let mut from_source = stuck.from_source.try_clone().unwrap();
+    let mut from_source = stuck.from_source[0].try_clone().unwrap();
     from_source
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -281,8 +289,23 @@ fn stuck_streams_hold_no_more_than_their_windows() {
 /// the 4 MiB sat unread and the peer got no connection credit for any other stream.
 #[test]
 fn stuck_streams_do_not_slow_the_others() {
+    transfer_beside_stuck_streams("stuck-throughput", 1);
+}
+
+/// Three stuck streams each way, as many as the receive side tolerates (each may hold a
+/// quarter of the connection window). Failed on 765bd5d, where a stream could queue its
+/// whole 2 MiB send buffer with no credit: two of the streams into the sink filled the
+/// server's 3 MiB connection send buffer, and the transfer beside them stopped.
+#[test]
+fn three_stuck_streams_each_way_do_not_slow_the_others() {
+    transfer_beside_stuck_streams("stuck-three", 3);
+}
+
+/// An echo transfer on the tunnel connection keeps [`MIN_SHARE`] of its lone throughput once
+/// `count` streams each way are stuck beside it, and stays byte-exact.
+fn transfer_beside_stuck_streams(tag: &str, count: usize) {
     let source_written = Arc::new(AtomicU64::new(0));
-    let t = tunnel("stuck-throughput", source_written.clone());
+    let t = tunnel(tag, source_written.clone());
     let pump = EchoPump::start(t.public("echo"), SEED_ECHO);
     assert!(
         poll_until(WAIT, || pump.read() >= 8 << 20),
@@ -294,12 +317,12 @@ fn stuck_streams_do_not_slow_the_others() {
         v[SAMPLES / 2]
     };
     let alone = median(&pump);
-    let stuck = Stuck::start(&t, &source_written);
+    let stuck = Stuck::start(&t, &source_written, count);
     let with = median(&pump);
     let share = with as f64 / alone.max(1) as f64;
     let mib_s = |b: u64| b as f64 / WINDOW.as_secs_f64() / 1048576.0;
     eprintln!(
-        "stuck once {} KiB went into the sink, {} KiB out of the source; \
+        "{count} stuck each way once {} KiB went into the sink, {} KiB out of the source; \
          transfer MiB/s: alone {:.1}, beside the stuck streams {:.1} ({:.0} %)",
         stuck.stuck_at.0 >> 10,
         stuck.stuck_at.1 >> 10,
@@ -309,7 +332,7 @@ fn stuck_streams_do_not_slow_the_others() {
     );
     assert!(
         share >= MIN_SHARE,
-        "beside the stuck streams the transfer kept {:.0} % of its throughput\n{}",
+        "beside {count} stuck streams each way the transfer kept {:.0} % of its throughput\n{}",
         share * 100.0,
         t.logs()
     );

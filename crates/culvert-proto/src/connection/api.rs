@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::stream::{RecvState, SendState};
+use super::stream::{RecvState, SendState, Stream};
 use super::{Connection, Datagram};
 use crate::frame::Frame;
 use crate::header::MAX_PAYLOAD_LEN;
@@ -60,11 +60,7 @@ impl Connection {
     /// Queues bytes on a stream; returns how many were accepted (the rest when
     /// [`Event::Writable`](crate::Event::Writable) arrives). Never copies: `data` is sliced.
     pub fn write(&mut self, id: StreamId, data: Bytes) -> Result<usize, StreamError> {
-        let stream_cap = self.config.stream_send_buffer;
-        let conn_room = self
-            .config
-            .connection_send_buffer
-            .saturating_sub(self.send_buffered_total);
+        let room = self.send_room(id)?;
         let s = self
             .streams
             .get_mut(&id)
@@ -72,7 +68,6 @@ impl Connection {
         if s.send_state != SendState::Open {
             return Err(StreamError::ClosedForWriting(id));
         }
-        let room = stream_cap.saturating_sub(s.send_buffered).min(conn_room);
         let n = data.len().min(room);
         if n < data.len() && !s.write_blocked {
             s.write_blocked = true;
@@ -81,14 +76,54 @@ impl Connection {
         if n == 0 {
             return Ok(0);
         }
+        let uncredited = s.uncredited();
         s.send_buf.push_back(data.slice(..n));
         s.send_buffered += n;
         self.send_buffered_total += n;
+        self.send_uncredited_total += s.uncredited() - uncredited;
         if s.wants_send() && !s.scheduled {
             s.scheduled = true;
             self.schedule.push_back(id);
         }
         Ok(n)
+    }
+
+    /// Bytes [`Connection::write`] would accept on `id` now, the least of: the stream's
+    /// send buffer, the connection's, and what the stream's credit covers plus what is left
+    /// of the connection's budget for bytes beyond credit ([`Connection::uncredited_budget`]).
+    /// Lets a driver copy no more than will be queued.
+    pub fn send_room(&self, id: StreamId) -> Result<usize, StreamError> {
+        let s = self
+            .streams
+            .get(&id)
+            .ok_or(StreamError::UnknownStream(id))?;
+        Ok(self.room_of(s))
+    }
+
+    pub(super) fn room_of(&self, s: &Stream) -> usize {
+        let conn_room = self
+            .config
+            .connection_send_buffer
+            .saturating_sub(self.send_buffered_total);
+        let credit_room = s.credited_room().saturating_add(
+            self.uncredited_budget()
+                .saturating_sub(self.send_uncredited_total),
+        );
+        self.config
+            .stream_send_buffer
+            .saturating_sub(s.send_buffered)
+            .min(conn_room)
+            .min(credit_room)
+    }
+
+    /// Bytes beyond their streams' credit that the connection holds at most: two thirds of
+    /// [`crate::Config::connection_send_buffer`]. Streams whose readers stopped (a backend
+    /// that never reads) keep such bytes for ever; the last third stays for bytes that can
+    /// leave, so the other streams always go on, and a writer blocked on the connection's
+    /// buffer always sees the quarter of it free that wakes it. One bulk stream (2 MiB
+    /// queued, up to 1 MiB of it within credit) never meets this bound.
+    pub(super) fn uncredited_budget(&self) -> usize {
+        self.config.connection_send_buffer / 3 * 2
     }
 
     /// Finishes our direction: a FIN follows the last queued byte. Reading goes on.

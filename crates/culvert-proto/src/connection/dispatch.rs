@@ -93,10 +93,17 @@ impl Connection {
                 }
                 match self.streams.get_mut(&id) {
                     Some(s) => {
+                        let uncredited = s.uncredited();
                         s.send_credit.grant(increment)?;
+                        self.send_uncredited_total -= uncredited - s.uncredited();
                         if s.wants_send() && !s.scheduled {
                             s.scheduled = true;
                             self.schedule.push_back(id);
+                        }
+                        // Credit raises what a stream may queue (`Connection::send_room`),
+                        // even before any of it is sent.
+                        if s.write_blocked {
+                            self.wake_writers();
                         }
                     }
                     None => self.check_was_opened(id)?,

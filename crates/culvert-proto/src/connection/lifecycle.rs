@@ -8,6 +8,13 @@ use crate::config::INITIAL_STREAM_WINDOW;
 use crate::frame::Frame;
 use crate::StreamId;
 
+/// Room a blocked writer must have before it is woken (less with small buffers): 64 KiB is
+/// a relay's worthwhile write, and a stream whose peer reads everything always gets that
+/// much credit back, since a peer holds back less than a quarter of its 256 KiB (or
+/// larger) window and grants the rest; a larger figure could leave a writer asleep while
+/// stuck streams hold the connection's budget for bytes beyond credit.
+const WAKE_ROOM: usize = 64 * 1024;
+
 impl Connection {
     /// Creates stream state; both directions start at the protocol's initial window and
     /// our side immediately grants the rest of its configured window.
@@ -63,6 +70,7 @@ impl Connection {
             return;
         };
         self.send_buffered_total -= s.send_buffered;
+        self.send_uncredited_total -= s.uncredited();
         self.recv_shared_chunks -= s.shared_chunks;
         if s.recv_buffered > 0 {
             self.release_conn_credit(s.recv_buffered as u64);
@@ -83,11 +91,12 @@ impl Connection {
     }
 
     /// Tells blocked writers they may write again: each once its own queue is down to half
-    /// of [`crate::Config::stream_send_buffer`], and only while the connection has a quarter
-    /// of its send buffer free, so a writer is not woken for a sliver of room. The room is
-    /// what counts, not the queued total: a stuck stream (no credit from its reader) keeps
-    /// its whole queue, and with a 2 MiB stream queue in a 3 MiB connection buffer a
-    /// "total at most half" rule never woke anyone again.
+    /// of [`crate::Config::stream_send_buffer`] and it may queue [`WAKE_ROOM`]
+    /// ([`Connection::send_room`], which counts its credit), and only while the connection
+    /// has a quarter of its send buffer free, so a writer is not woken for a sliver of room.
+    /// The room is what counts, not the queued total: a stuck stream (no credit from its
+    /// reader) keeps its whole queue, and with a 2 MiB stream queue in a 3 MiB connection
+    /// buffer a "total at most half" rule never woke anyone again.
     pub(super) fn wake_writers(&mut self) {
         let room = self
             .config
@@ -97,11 +106,16 @@ impl Connection {
             return;
         }
         let half = self.config.stream_send_buffer / 2;
+        let least = WAKE_ROOM
+            .min(self.config.stream_send_buffer / 8)
+            .min(self.config.connection_send_buffer / 4)
+            .max(1);
         let mut i = 0;
         while i < self.blocked_writers.len() {
             let id = self.blocked_writers[i];
+            let room = self.streams.get(&id).map(|s| self.room_of(s));
             match self.streams.get_mut(&id) {
-                Some(s) if s.send_buffered > half => i += 1,
+                Some(s) if s.send_buffered > half || room < Some(least) => i += 1,
                 Some(s) => {
                     s.write_blocked = false;
                     self.blocked_writers.swap_remove(i);

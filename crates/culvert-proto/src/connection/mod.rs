@@ -111,6 +111,9 @@ pub struct Connection {
     /// What we granted the peer on the connection.
     conn_recv: RecvWindow,
     send_buffered_total: usize,
+    /// Of `send_buffered_total`, the bytes beyond their stream's credit
+    /// ([`stream::Stream::uncredited`]), bounded by [`Connection::uncredited_budget`].
+    send_uncredited_total: usize,
     /// Received chunks, across streams, that are slices of received messages.
     recv_shared_chunks: usize,
     blocked_writers: Vec<StreamId>,
@@ -162,6 +165,7 @@ impl Connection {
             conn_send: SendWindow::new(INITIAL_CONN_WINDOW),
             conn_recv: RecvWindow::new(config.connection_window),
             send_buffered_total: 0,
+            send_uncredited_total: 0,
             recv_shared_chunks: 0,
             blocked_writers: Vec::new(),
             control: VecDeque::new(),

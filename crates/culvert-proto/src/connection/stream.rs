@@ -105,6 +105,20 @@ impl Stream {
         }
     }
 
+    /// Queued bytes beyond the credit the peer has granted: what this stream holds that
+    /// cannot leave until its reader reads. Sending takes queue and credit down together,
+    /// so only writes, credit and freeing the stream change it.
+    pub(crate) fn uncredited(&self) -> usize {
+        let credit = usize::try_from(self.send_credit.available()).unwrap_or(usize::MAX);
+        self.send_buffered.saturating_sub(credit)
+    }
+
+    /// Bytes this stream may still queue within its credit.
+    pub(crate) fn credited_room(&self) -> usize {
+        let credit = usize::try_from(self.send_credit.available()).unwrap_or(usize::MAX);
+        credit.saturating_sub(self.send_buffered)
+    }
+
     /// Has bytes or a FIN to put on the wire, and window for the bytes.
     pub(crate) fn wants_send(&self) -> bool {
         (self.send_buffered > 0 && self.send_credit.available() > 0)
