@@ -29,6 +29,8 @@ mod limits;
 mod memory_tests;
 mod rate;
 mod scheduler;
+#[cfg(test)]
+mod send_budget_tests;
 mod stream;
 mod timers;
 mod transmit;
