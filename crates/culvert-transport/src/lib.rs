@@ -14,6 +14,7 @@ pub mod http_hop;
 pub mod metrics;
 mod progress;
 mod proxy;
+pub mod read_ahead;
 mod relay;
 mod socket;
 mod stream;

@@ -5,6 +5,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
+use crate::read_ahead::ReadAhead;
 use crate::upgrade_tail::Recorder;
 use crate::wsframe::{Role, WsConn};
 
@@ -80,16 +81,16 @@ where
 /// batch into four `writev` calls of four records; room for two batches sends one in one.
 pub const TLS_BUFFER_LIMIT: usize = 2 * BATCH_CAP;
 
-/// The agent's transport: plain TCP or TLS over TCP.
+/// The agent's transport: plain TCP or TLS over TCP (read ahead: [`ReadAhead`]).
 pub type ClientIo = tokio_util::either::Either<
     tokio::net::TcpStream,
-    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    tokio_rustls::client::TlsStream<ReadAhead<tokio::net::TcpStream>>,
 >;
 
-/// The server's transport: plain TCP or TLS over TCP.
+/// The server's transport: plain TCP or TLS over TCP (read ahead: [`ReadAhead`]).
 pub type ServerIo = tokio_util::either::Either<
     tokio::net::TcpStream,
-    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    tokio_rustls::server::TlsStream<ReadAhead<tokio::net::TcpStream>>,
 >;
 
 /// A parsed `ws://` or `wss://` server address.
@@ -198,7 +199,7 @@ pub async fn dial_addr_via(
         let name = rustls::pki_types::ServerName::try_from(url.host.clone())
             .map_err(|e| TransportError::Tls(format!("server name {}: {e}", url.host)))?;
         let mut s = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
+            .connect(name, ReadAhead::new(tcp))
             .await
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         s.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));

@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use culvert_proto::control::{AuthOkExt, CULVERT_VERSION, MIN_CULVERT_VERSION};
 use culvert_proto::{Connection, Control, FrameType, Header, Side, HEADER_LEN};
+use culvert_transport::read_ahead::ReadAhead;
 use culvert_transport::tune_accepted;
 use culvert_transport::ws::{self, ServerIo};
 use culvert_transport::wsframe::{WsConn, WsIn};
@@ -54,7 +55,7 @@ pub(super) async fn handshake(
         let io: ServerIo = match &inner.tls {
             Some(acceptor) => {
                 let mut s = acceptor
-                    .accept(tcp)
+                    .accept(ReadAhead::new(tcp))
                     .await
                     .map_err(|e| format!("tls: {e}"))?;
                 s.get_mut().1.set_buffer_limit(Some(ws::TLS_BUFFER_LIMIT));
