@@ -90,8 +90,9 @@ impl Connection {
 
     /// Bytes [`Connection::write`] would accept on `id` now, the least of: the stream's
     /// send buffer, the connection's, and what the stream's credit covers plus what is left
-    /// of the connection's budget for bytes beyond credit ([`Connection::uncredited_budget`]).
-    /// Lets a driver copy no more than will be queued.
+    /// of the connection's budget for bytes beyond credit (two thirds of
+    /// [`crate::Config::connection_send_buffer`]). Lets a driver copy no more than will be
+    /// queued.
     pub fn send_room(&self, id: StreamId) -> Result<usize, StreamError> {
         let s = self
             .streams
