@@ -7,8 +7,10 @@ prints one markdown table: per target its goal, the figure of each run (Culvert 
 best peer of that run, Culvert wss ÷ wstunnel wss, or the absolute peak RSS), the median
 over the runs and whether the median meets the goal. The goals are the issue's.
 
-usage: scripts/bench-targets.py NAME FILE [NAME FILE ...]
+usage: scripts/bench-targets.py [--ws-only] NAME FILE [[--ws-only] NAME FILE ...]
   e.g. scripts/bench-targets.py 16:20Z run1.md 16:45Z run2.md 17:10Z run3.md
+A run given after --ws-only is shown in every row but counted in the medians of the ws
+rows only: a run of code that differs from the others on the wss path.
 """
 import sys, re, statistics
 
@@ -78,14 +80,21 @@ def met(goal, v):
 
 
 args = sys.argv[1:]
-runs = [(args[i], parse(args[i + 1])) for i in range(0, len(args), 2)]
-print("| target (Culvert ÷ best peer unless said) | goal | " + " | ".join(n for n, _ in runs) + " | median | met |")
+runs = []  # (name, table, counted in the wss medians)
+while args:
+    ws_only = args[0] == "--ws-only"
+    if ws_only:
+        args = args[1:]
+    if len(args) < 2:
+        sys.exit(__doc__)
+    runs.append((args[0], parse(args[1]), not ws_only))
+    args = args[2:]
+print("| target (Culvert ÷ best peer unless said) | goal | " + " | ".join(n for n, _, _ in runs) + " | median | met |")
 print("|---|---|" + "---:|" * len(runs) + "---:|---|")
 for label, metric, col, goal in ROWS:
-    vals = []
-    for _, t in runs:
-        vals.append(num(t.get(metric, {}).get(col)))
-    ok = [v for v in vals if v is not None]
+    vals = [num(t.get(metric, {}).get(col)) for _, t, _ in runs]
+    wss = label.startswith("wss")
+    ok = [v for v, (_, _, all_rows) in zip(vals, runs) if v is not None and (all_rows or not wss)]
     med = statistics.median(ok) if ok else None
     absolute = goal.endswith("MB")
     fmt = (lambda v: f"{v:.1f}") if absolute else (lambda v: f"{v:.2f}×")
