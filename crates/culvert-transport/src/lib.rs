@@ -22,6 +22,7 @@ mod stream_io;
 mod upgrade_tail;
 
 pub mod tls;
+pub mod tls_provider;
 pub mod udp_target;
 pub mod ws;
 pub mod wsframe;

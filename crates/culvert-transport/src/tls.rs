@@ -5,16 +5,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{aws_lc_rs, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use sha2::{Digest, Sha256};
 
+use crate::tls_provider::provider;
 use crate::TransportError;
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(aws_lc_rs::default_provider())
-}
 
 fn tls_err(e: impl std::fmt::Display) -> TransportError {
     TransportError::Tls(e.to_string())
@@ -295,9 +292,20 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TransportErro
 /// Accepts exactly the certificates of these fingerprints (or any, when `None`), still
 /// checking that the server holds its key (handshake signatures).
 #[derive(Debug)]
-struct Pinned {
+pub(crate) struct Pinned {
     fingerprints: Option<Vec<String>>,
     provider: Arc<CryptoProvider>,
+}
+
+#[cfg(test)]
+impl Pinned {
+    /// Accepts any certificate whose holder signs the handshake with `provider`'s algorithms.
+    pub(crate) fn any(provider: Arc<CryptoProvider>) -> Pinned {
+        Pinned {
+            fingerprints: None,
+            provider,
+        }
+    }
 }
 
 impl ServerCertVerifier for Pinned {
