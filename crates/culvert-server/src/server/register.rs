@@ -295,14 +295,17 @@ mod tests {
 
     const TOKEN: &str = "register-test-token";
 
-    /// A server whose public ports are 20 from `first_port`: below the ephemeral range, so
-    /// no outgoing connection on the machine holds one of them.
-    fn config(first_port: u16) -> ServerConfig {
+    /// A server whose public ports are a block of the test port blocks (below the ephemeral
+    /// range, held by this test process alone). They were fixed ports (31510 and 31540 on)
+    /// inside the range other tests' single ports come from, so a test running at the same
+    /// time could pick one of them.
+    fn config() -> ServerConfig {
+        let block = culvert_testkit::ports::port_block();
         ServerConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             PortRange {
-                start: first_port,
-                end: first_port + 19,
+                start: *block.start(),
+                end: *block.start() + 19,
             },
         )
     }
@@ -319,9 +322,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_registration_gets_a_released_port_without_polling() {
         let tokens = TokenStore::from_tokens(&[("a", TOKEN)]);
-        let server = Server::bind(config(31_510), tokens.clone(), None)
-            .await
-            .unwrap();
+        let server = Server::bind(config(), tokens.clone(), None).await.unwrap();
         let inner = server.inner.clone();
         let leaving = session_of(&tokens);
         let held = register(&inner, &leaving, "web", ServiceProtocol::Tcp, 0, false)
@@ -409,7 +410,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_registration_does_not_stop_the_connection() {
         let tokens = TokenStore::from_tokens(&[("a", TOKEN)]);
-        let server = Server::bind(config(31_540), tokens, None)
+        let server = Server::bind(config(), tokens, None)
             .await
             .unwrap()
             .spawn()
