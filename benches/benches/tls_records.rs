@@ -4,14 +4,18 @@
 //! on the CPU (culvert-transport `tls_provider.rs`): run this on a new kind of machine
 //! before trusting the choice there.
 //!
-//! `cargo bench -p culvert-benches --bench tls_records`
+//! `cargo bench -p culvert-benches --bench tls_records` (with `CULVERT_BENCH_CLOCK=cpu`, the
+//! thread's CPU time instead of wall time, as for the other benches).
 
+use common::BenchClock;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use culvert_transport::tls_provider::{provider_with, AesGcmSource};
 use rustls::crypto::cipher::{
     AeadKey, InboundOpaqueMessage, Iv, OutboundChunks, OutboundPlainMessage,
 };
 use rustls::{CipherSuite, ContentType, ProtocolVersion, SupportedCipherSuite};
+
+mod common;
 
 /// A full TLS record's plaintext.
 const RECORD: usize = 16 * 1024;
@@ -31,7 +35,7 @@ fn aes256(source: AesGcmSource) -> &'static rustls::Tls13CipherSuite {
         .expect("TLS 1.3 AES-256-GCM in the provider")
 }
 
-fn records(c: &mut Criterion) {
+fn records(c: &mut Criterion<BenchClock>) {
     let mut g = c.benchmark_group("tls_record");
     g.throughput(Throughput::Bytes(RECORD as u64));
     let plain = vec![0x5au8; RECORD];
@@ -84,5 +88,9 @@ fn records(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, records);
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = records
+}
 criterion_main!(benches);

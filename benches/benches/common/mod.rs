@@ -1,6 +1,6 @@
-//! The clock both bench files measure with: wall time by default, or the bench
-//! thread's own CPU time with `CULVERT_BENCH_CLOCK=cpu`, which leaves out the time
-//! the thread spends descheduled on a loaded machine. Every benchmark here runs on
+//! The clock the bench files (codec, mux, tls_records) measure with: wall time by
+//! default, or the bench thread's own CPU time with `CULVERT_BENCH_CLOCK=cpu`, which leaves
+//! out the time the thread spends descheduled on a loaded machine. Every benchmark here runs on
 //! one thread (yamux on a current-thread runtime), so CPU time covers all its work.
 
 use std::sync::OnceLock;
@@ -77,7 +77,7 @@ impl Measurement for BenchClock {
     }
 }
 
-/// The Criterion instance both bench files use.
+/// The Criterion instance the bench files use.
 pub fn criterion() -> Criterion<BenchClock> {
     Criterion::default().with_measurement(BenchClock::from_env())
 }
