@@ -9,9 +9,10 @@
 //!   AVX2 registers, and no AVX-512 code.
 //!
 //! So on a CPU with VAES and AVX2 but no AVX-512 (AMD Zen 3, Intel Alder Lake and later
-//! client parts, many cloud VMs that hide AVX-512) ring seals and opens 16 KiB records about
-//! 1.8 times as fast (6.9 against 3.9 GB/s on the benchmark machine, BENCHMARKS.md
-//! 2026-12-04 evening); with AVX-512 aws-lc was the cheaper one (BENCHMARKS.md, 2026-12-02).
+//! client parts, many cloud VMs that hide AVX-512) ring seals and opens 16 KiB records through
+//! rustls in less than half the time (3.2 against 7.0 µs sealing on the benchmark machine,
+//! `benches/benches/tls_records.rs`, BENCHMARKS.md 2026-12-04 evening); with AVX-512 aws-lc
+//! was the cheaper one (BENCHMARKS.md, 2026-12-02).
 //! Key exchange, signatures, randomness and every other suite stay with aws-lc-rs. Both are
 //! standard AES-GCM: a peer cannot tell which library the other end uses.
 
