@@ -279,10 +279,7 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TransportErro
             tracing::warn!("TLS VERIFICATION DISABLED (--insecure-skip-verify): anyone on the path can read and alter this tunnel");
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Pinned {
-                    fingerprints: None,
-                    provider: provider(),
-                }))
+                .with_custom_certificate_verifier(Arc::new(Pinned::any(provider())))
                 .with_no_client_auth()
         }
     };
@@ -297,9 +294,9 @@ pub(crate) struct Pinned {
     provider: Arc<CryptoProvider>,
 }
 
-#[cfg(test)]
 impl Pinned {
-    /// Accepts any certificate whose holder signs the handshake with `provider`'s algorithms.
+    /// Accepts any certificate whose holder signs the handshake with `provider`'s algorithms
+    /// (`--insecure-skip-verify`, and tests).
     pub(crate) fn any(provider: Arc<CryptoProvider>) -> Pinned {
         Pinned {
             fingerprints: None,

@@ -77,6 +77,7 @@ fn the_process_provider_follows_the_cpu() {
 /// A TLS server on loopback with `server`'s AES-GCM and a client with `client`'s, over
 /// `version`: the client sends 1 MiB and half-closes, the server echoes it all back. Returns
 /// the negotiated suite; any mismatch in record protection fails the handshake or the data.
+/// Waits without deadlines of its own: the caller bounds it.
 async fn echo_across(
     server: AesGcmSource,
     client: AesGcmSource,
@@ -128,11 +129,7 @@ async fn echo_across(
         rd.read_to_end(&mut back).await.unwrap();
         back
     };
-    let (wr, back) = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        tokio::join!(writer, reader)
-    })
-    .await
-    .expect("echo within 20 s");
+    let (wr, back) = tokio::join!(writer, reader);
     assert!(back == sent, "echoed bytes differ");
     srv.await.unwrap();
     tls = rd.unsplit(wr);
@@ -144,7 +141,13 @@ async fn ring_and_aws_lc_ends_talk_to_each_other_over_tls13_and_tls12() {
     use AesGcmSource::{AwsLc, Ring};
     for (server, client) in [(Ring, AwsLc), (AwsLc, Ring), (Ring, Ring)] {
         for version in [&TLS13, &TLS12] {
-            let suite = echo_across(server, client, version).await;
+            // Bounded as a whole: handshake, echo and the server task.
+            let suite = tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                echo_across(server, client, version),
+            )
+            .await
+            .expect("handshake and echo within 20 s");
             assert!(
                 AES_GCM_SUITES.contains(&suite),
                 "{server:?} server, {client:?} client, {version:?}: negotiated {suite:?}"
