@@ -147,10 +147,18 @@ pub async fn relay_tcp_until(
     };
     let delivered = stream.stop_delivery();
     match relayed {
-        Ok((up, down)) => Ok(RelayTotals {
-            up,
-            down: down + delivered,
-        }),
+        Ok((up, down)) => {
+            // The write side is shut down already (above); a write half shuts it down again
+            // when dropped, a second system call that fails (`ENOTCONN`) once the peer has
+            // closed too. Forgotten, it leaves the closing to the read half's drop.
+            if let Ok(wr) = Arc::try_unwrap(wr) {
+                wr.forget();
+            }
+            Ok(RelayTotals {
+                up,
+                down: down + delivered,
+            })
+        }
         Err(e) => {
             // Cut short (the stream was reset, the tunnel lost): the socket is closed with a
             // reset, not a FIN, so its peer can tell a cut transfer from a complete one.
