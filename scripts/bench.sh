@@ -18,7 +18,11 @@
 #   - RSS of server and agent: idle, holding 1,000 idle tunneled connections, and
 #     peak (VmHWM, reset just before) during the bulk iperf3 runs.
 # Every iperf3 run, round-trip test, new-connections test and pgbench run is repeated
-# BENCH_REPEAT times (3 by default) and the table shows the medians.
+# BENCH_REPEAT times (3 by default) and the table shows the medians. The repeats are
+# rounds (BENCH_INTERLEAVE=1, the default): each round measures every TCP column once, in
+# order, on fresh processes, so a drift of the machine's speed over the run (a neighbour's
+# load, its CPU's clock) weighs on every column alike rather than on whichever columns ran
+# while it lasted.
 # Each tunnel is started twice on fresh ports: once for the connection tests (RSS idle
 # and with idle connections, round trips, new connections, pgbench) and once for the
 # bulk runs, so neither phase's retained memory shows in the other's RSS figures.
@@ -73,6 +77,8 @@
 #                            columns to run (default: all); `tcp` and `udp` stand for
 #                            all TCP or all UDP columns, e.g. BENCH_ONLY=udp
 #   BENCH_SECONDS=5          length of each iperf3 run, and time cap of each load loop
+#   BENCH_INTERLEAVE=1       0: each TCP column's BENCH_REPEAT runs back to back, column
+#                            after column (the method before 2026-12-05), instead of rounds
 #   BENCH_REPEAT=3           runs per cell of the iperf3 TCP, round-trip, new-connection
 #                            and pgbench tests; the table shows their medians (each
 #                            figure separately: throughput and each CPU-s/GB, rate, p50, p99)
@@ -135,13 +141,14 @@ for v in BENCH_ONLY BENCH_REPEAT BENCH_UDP_RATES BENCH_UDP_LEN BENCH_UDP_SECONDS
   BENCH_UDP_RR_COUNT BENCH_UDP_RR_TIMEOUT_MS BENCH_RR_COUNT BENCH_RR_CONNS BENCH_RR_CONC_COUNT \
   BENCH_CPS_COUNT BENCH_CPS_WORKERS BENCH_IDLE_CONNS BENCH_PGBENCH BENCH_PGBENCH_CLIENTS \
   BENCH_PGBENCH_JOBS BENCH_PGBENCH_SECONDS BENCH_PGBENCH_SCALE BENCH_SYSCALLS BENCH_SYSCALLS_COLUMNS \
-  BENCH_SYSCALLS_BYTES BENCH_SYSCALLS_RR_COUNT BENCH_SYSCALLS_PROFILE BENCH_KEEP_AWAKE; do
+  BENCH_SYSCALLS_BYTES BENCH_SYSCALLS_RR_COUNT BENCH_SYSCALLS_PROFILE BENCH_KEEP_AWAKE BENCH_INTERLEAVE; do
   [[ -z ${!v+x} ]] || RUN_VARS+="$v=${!v} "
 done
 BENCH_ONLY=${BENCH_ONLY:-$ALL_COLUMNS}
 BENCH_ONLY=$(printf ',%s,' "$BENCH_ONLY" | sed -e "s/,tcp,/,$TCP_COLUMNS,/; s/,udp,/,$UDP_COLUMNS,/; s/^,//; s/,$//")
 BENCH_SECONDS=${BENCH_SECONDS:-5}
 BENCH_REPEAT=${BENCH_REPEAT:-3}
+BENCH_INTERLEAVE=${BENCH_INTERLEAVE:-1}
 BENCH_RR_COUNT=${BENCH_RR_COUNT:-20000}
 BENCH_RR_CONNS=${BENCH_RR_CONNS:-8}
 BENCH_RR_CONC_COUNT=${BENCH_RR_CONC_COUNT:-}
@@ -213,7 +220,7 @@ done
 [[ $BENCH_RR_CONC_COUNT =~ ^[0-9]+$ ]] || { echo "bench: BENCH_RR_CONC_COUNT must be a whole number" >&2; exit 2; }
 ((BENCH_REPEAT >= 1)) || { echo "bench: BENCH_REPEAT must be at least 1" >&2; exit 2; }
 ((BENCH_RR_CONNS >= 1)) || { echo "bench: BENCH_RR_CONNS must be at least 1" >&2; exit 2; }
-for v in BENCH_PGBENCH BENCH_SYSCALLS_PROFILE; do
+for v in BENCH_PGBENCH BENCH_SYSCALLS_PROFILE BENCH_INTERLEAVE; do
   [[ ${!v} == 0 || ${!v} == 1 ]] || { echo "bench: $v is 0 or 1" >&2; exit 2; }
 done
 [[ $BENCH_SYSCALLS == 0 || $BENCH_SYSCALLS == 1 || $BENCH_SYSCALLS == only ]] ||
@@ -724,6 +731,7 @@ setup_culvert() {
   culvert-ws | culvert-ws-udp) scheme=ws mode=--insecure-plain ;;
   *) scheme=wss mode=--self-signed ;;
   esac
+  rm -f "$dir/tokens.toml" # a fresh token per start (rounds start each column again)
   if ! timeout 20 "$CULVERT_BIN" token new --name bench --tokens "$dir/tokens.toml" \
     >"$dir/agent.token" 2>"$RUN/logs/$col-$PHASE-token.log" || [[ ! -s $dir/agent.token ]]; then
     SETUP_ERR="token new failed: $(last_line "$RUN/logs/$col-$PHASE-token.log")"
@@ -849,33 +857,46 @@ median() { # median of the numbers on stdin ("—" when there are none)
     if (NR == 0) print "—"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-iperf_run() { # iperf_run COL VARIANT PORT: BENCH_REPEAT runs; their medians go in the table
-  local col=$1 v=$2 port=$3 i gbps=() cpus=() cpua=()
-  for ((i = 1; i <= BENCH_REPEAT; i++)); do
-    if ! iperf_once "$col" "$v" "$port" "$i"; then
+# put_med COL KEY VALUE: records one run's VALUE of KEY and puts the median of every run
+# of COL so far (rounds add one each); put_max: the highest instead.
+put_med() {
+  echo "$3" >>"$RUN/$1/$2.vals"
+  put "$1" "$2" "$(grep -v '^fail$' "$RUN/$1/$2.vals" | median)"
+}
+put_max() {
+  echo "$3" >>"$RUN/$1/$2.vals"
+  put "$1" "$2" "$(sort -g "$RUN/$1/$2.vals" | tail -n1)"
+}
+
+iperf_run() { # iperf_run COL VARIANT PORT: REPS runs; the medians of all runs so far go in the table
+  local col=$1 v=$2 port=$3 i gbps=() vals=$RUN/$1/iperf-$2.tsv
+  for ((i = 1; i <= REPS; i++)); do
+    if ! iperf_once "$col" "$v" "$port" $((ROUND + i - 1)); then
       put "$col" "gbps_$v" "fail"
       return
     fi
-    gbps+=("$ONCE_GBPS") cpus+=("$ONCE_CPUS") cpua+=("$ONCE_CPUA")
-    ((i == BENCH_REPEAT)) || sleep 0.5
+    gbps+=("$ONCE_GBPS")
+    printf '%s\t%s\t%s\n' "$ONCE_GBPS" "$ONCE_CPUS" "$ONCE_CPUA" >>"$vals"
+    ((i == REPS)) || sleep 0.5
   done
-  put "$col" "gbps_$v" "$(printf '%s\n' "${gbps[@]}" | median)"
-  put "$col" "cpus_$v" "$(printf '%s\n' "${cpus[@]}" | grep -v '—' | median)"
-  put "$col" "cpua_$v" "$(printf '%s\n' "${cpua[@]}" | grep -v '—' | median)"
+  put "$col" "gbps_$v" "$(cut -f1 "$vals" | median)"
+  put "$col" "cpus_$v" "$(cut -f2 "$vals" | grep -v '—' | median)"
+  put "$col" "cpua_$v" "$(cut -f3 "$vals" | grep -v '—' | median)"
   log "$col ${VARGS[$v]:-1 stream}: ${gbps[*]} Gbit/s"
 }
 
-# repeat_json COL NAME KEYS TIMEOUT FUNC ARGS...: runs `FUNC ARGS... OUTFILE` BENCH_REPEAT
-# times (each bounded by TIMEOUT seconds), each writing one JSON object to
-# $RUN/COL/NAME-N.json; sets REP_OUT to the medians of the comma-separated KEYS (space
-# separated), or REP_ERR and fails when a run fails or the tunnel died.
+# repeat_json COL NAME KEYS TIMEOUT FUNC ARGS...: runs `FUNC ARGS... OUTFILE` REPS times
+# (each bounded by TIMEOUT seconds), each writing one JSON object to $RUN/COL/NAME-N.json;
+# sets REP_OUT to the medians of the comma-separated KEYS (space separated) over every
+# run of COL so far (this round's and the earlier rounds'), or REP_ERR and fails when a
+# run fails or the tunnel died.
 repeat_json() {
   local col=$1 name=$2 keys=$3 tmo=$4 i f files=()
   shift 4
   REP_OUT='' REP_ERR=''
   : >"$RUN/logs/$col-$name.err"
-  for ((i = 1; i <= BENCH_REPEAT; i++)); do
-    f=$RUN/$col/$name-$i.json
+  for ((i = 1; i <= REPS; i++)); do
+    f=$RUN/$col/$name-$((ROUND + i - 1)).json
     if ! ONCE_TIMEOUT=$tmo "$@" "$f" 2>>"$RUN/logs/$col-$name.err"; then
       REP_ERR="run $i: $(last_line "$RUN/logs/$col-$name.err")"
       return 1
@@ -884,9 +905,9 @@ repeat_json() {
       REP_ERR="a tunnel process exited during run $i"
       return 1
     fi
-    files+=("$f")
-    ((i == BENCH_REPEAT)) || sleep 0.3
+    ((i == REPS)) || sleep 0.3
   done
+  files=("$RUN/$col/$name"-*.json)
   REP_OUT=$("${TOOL[@]}" json-median "$keys" "${files[@]}")
 }
 rr_once() { # rr_once PORT CONNS COUNT OUT
@@ -970,8 +991,9 @@ stop_tunnel() {
   AGT_PID='' SRV_PID=''
   AGT_PIDS=()
 }
-na_column() { # na_column COL REASON
+na_column() { # na_column COL REASON: the column is left out of the later rounds too
   local short=${2//|//}
+  NA_COLS[$1]=1
   ((${#short} <= 90)) || short="${short:0:87}..."
   put "$1" status "n/a: $short"
   note "$1: n/a — ${2//|//}"
@@ -1018,8 +1040,8 @@ run_column() {
   if [[ -n $SRV_PID ]]; then
     sleep 1
     tunnel_alive || note "$col: a tunnel process exited right after start"
-    put "$col" rss_idle_s "$(mb "$(status_kb "$SRV_PID" VmRSS)")"
-    put "$col" rss_idle_a "$(mb "$(agt_kb VmRSS)")"
+    put_med "$col" rss_idle_s "$(mb "$(status_kb "$SRV_PID" VmRSS)")"
+    put_med "$col" rss_idle_a "$(mb "$(agt_kb VmRSS)")"
     local hold_log=$RUN/logs/$col-hold.log hold_pid ready=""
     start_bg "$hold_log" "${TOOL[@]}" hold "$PE" "$BENCH_IDLE_CONNS" --open-seconds 40 --max-seconds 90
     hold_pid=$LAST_PID
@@ -1032,8 +1054,8 @@ run_column() {
     if [[ $ready =~ ^READY\ ([0-9]+) ]]; then
       sleep 1
       local held=${BASH_REMATCH[1]}
-      put "$col" rss_conn_s "$(mb "$(status_kb "$SRV_PID" VmRSS)")"
-      put "$col" rss_conn_a "$(mb "$(agt_kb VmRSS)")"
+      put_med "$col" rss_conn_s "$(mb "$(status_kb "$SRV_PID" VmRSS)")"
+      put_med "$col" rss_conn_a "$(mb "$(agt_kb VmRSS)")"
       if ((held < BENCH_IDLE_CONNS)); then
         note "$col: only $held of $BENCH_IDLE_CONNS idle connections were established (${ready#READY * })"
       fi
@@ -1050,7 +1072,7 @@ run_column() {
 
   # --- 64-byte request/response: one connection, then BENCH_RR_CONNS at once
   mkdir -p "$RUN/$col"
-  if have_time $(((BENCH_SECONDS + 5) * BENCH_REPEAT)) && tunnel_alive; then
+  if have_time $(((BENCH_SECONDS + 5) * REPS)) && tunnel_alive; then
     if repeat_json "$col" rr "rps,p50_us,p99_us" $((BENCH_SECONDS + 20)) \
       rr_once "$PE" 1 "$BENCH_RR_COUNT"; then
       read -r a b c <<<"$REP_OUT"
@@ -1063,7 +1085,7 @@ run_column() {
       note "$col: round-trip test failed: $REP_ERR"
     fi
   fi
-  if have_time $(((BENCH_SECONDS + 5) * BENCH_REPEAT)) && tunnel_alive; then
+  if have_time $(((BENCH_SECONDS + 5) * REPS)) && tunnel_alive; then
     if repeat_json "$col" rrc "rps,p50_us,p99_us" $((BENCH_SECONDS + 30)) \
       rr_once "$PE" "$BENCH_RR_CONNS" "$BENCH_RR_CONC_COUNT"; then
       read -r a b c <<<"$REP_OUT"
@@ -1078,7 +1100,7 @@ run_column() {
   fi
 
   # --- new connections per second
-  if have_time $(((BENCH_SECONDS + 5) * BENCH_REPEAT)) && tunnel_alive; then
+  if have_time $(((BENCH_SECONDS + 5) * REPS)) && tunnel_alive; then
     if repeat_json "$col" cps "cps,ok,errors" $((BENCH_SECONDS + 30)) cps_once "$PE"; then
       read -r a b c <<<"$REP_OUT"
       put "$col" cps "$a"
@@ -1095,7 +1117,7 @@ run_column() {
   fi
 
   # --- pgbench -S through the tunnel
-  if [[ -n $PG_PORT ]] && have_time $(((BENCH_PGBENCH_SECONDS + 10) * BENCH_REPEAT)) && tunnel_alive; then
+  if [[ -n $PG_PORT ]] && have_time $(((BENCH_PGBENCH_SECONDS + 10) * REPS)) && tunnel_alive; then
     if ! pg_wait_ready "$PP" 15; then
       put "$col" pgb_tps "fail"
       note "$col: PostgreSQL not reachable through the tunnel (port $PP) in 15 s"
@@ -1133,7 +1155,7 @@ run_column() {
     fi
   fi
   for v in "${VARIANTS[@]}"; do
-    if ! have_time $(((BENCH_SECONDS + 10) * BENCH_REPEAT)); then
+    if ! have_time $(((BENCH_SECONDS + 10) * REPS)); then
       note "$col: iperf3 ${VARGS[$v]:-(1 stream)} skipped: time limit"
       continue
     fi
@@ -1145,8 +1167,8 @@ run_column() {
     sleep 0.5
   done
   if [[ -n $SRV_PID ]] && tunnel_alive; then
-    put "$col" rss_peak_s "$(mb "$(status_kb "$SRV_PID" VmHWM)")"
-    put "$col" rss_peak_a "$(mb "$(agt_kb VmHWM)")"
+    put_max "$col" rss_peak_s "$(mb "$(status_kb "$SRV_PID" VmHWM)")"
+    put_max "$col" rss_peak_a "$(mb "$(agt_kb VmHWM)")"
   fi
   if [[ -n $SRV_PID ]] && ! tunnel_alive; then
     note "$col: a tunnel process exited during the bulk runs (logs in target/bench/run/logs/$col-bulk-*)"
@@ -1504,14 +1526,37 @@ run_syscalls() { # run_syscalls COL INDEX
 }
 
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
-idx=0
 IFS=',' read -r -a ALL_COLS <<<"$ALL_COLUMNS"
+declare -A NA_COLS=()
+# TCP columns: BENCH_REPEAT rounds of one run per cell (BENCH_INTERLEAVE=1), or one round
+# of BENCH_REPEAT runs per cell; each run's files are numbered ROUND + i - 1.
+if [[ $BENCH_INTERLEAVE == 1 ]]; then ROUNDS=$BENCH_REPEAT REPS=1; else ROUNDS=1 REPS=$BENCH_REPEAT; fi
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+  ((ROUNDS == 1)) || log "=== round $ROUND of $ROUNDS"
+  idx=0
+  for col in "${ALL_COLS[@]}"; do
+    if is_udp_col "$col"; then
+      :
+    elif ! wants "$col"; then
+      ((ROUND > 1)) || put "$col" status "not run (BENCH_ONLY)"
+    elif [[ -z ${NA_COLS[$col]:-} ]]; then
+      mkdir -p "$RUN/$col"
+      run_column "$col" "$idx"
+    fi
+    idx=$((idx + 1))
+  done
+done
+# UDP columns once, after the TCP rounds (each cell its own BENCH_REPEAT runs).
+ROUND=1 REPS=$BENCH_REPEAT
+idx=0
 for col in "${ALL_COLS[@]}"; do
-  if wants "$col"; then
-    mkdir -p "$RUN/$col"
-    if is_udp_col "$col"; then run_udp_column "$col" "$idx"; else run_column "$col" "$idx"; fi
-  else
-    put "$col" status "not run (BENCH_ONLY)"
+  if is_udp_col "$col"; then
+    if wants "$col"; then
+      mkdir -p "$RUN/$col"
+      run_udp_column "$col" "$idx"
+    else
+      put "$col" status "not run (BENCH_ONLY)"
+    fi
   fi
   idx=$((idx + 1))
 done
@@ -1552,12 +1597,13 @@ REPORT=$OUT/latest.md
   if wants_any "$TCP_COLUMNS"; then
     repeat=" (one run per cell)"
     ((BENCH_REPEAT == 1)) || repeat=" (each cell the median of $BENCH_REPEAT runs, each figure taken separately)"
+    ((BENCH_REPEAT == 1 || BENCH_INTERLEAVE != 1)) || repeat=" (each cell the median of $BENCH_REPEAT runs, each figure taken separately; the runs are $BENCH_REPEAT rounds, each measuring every column once, in turn, on fresh processes)"
     pgb=""
     [[ -z $PG_PORT ]] || pgb=" pgbench -S -c $BENCH_PGBENCH_CLIENTS -j $BENCH_PGBENCH_JOBS -T $BENCH_PGBENCH_SECONDS against PostgreSQL $("$PSQL" --version 2>/dev/null | awk '{print $3}') (scale $BENCH_PGBENCH_SCALE, fsync off), through each tunnel; tps without the initial connection time."
     echo "Each iperf3 run ${BENCH_SECONDS} s$repeat; CPU-s/GB = (utime+stime delta of the process) ÷ GB received by iperf3;" \
       "round trips: ≤ $BENCH_RR_COUNT sequential 64-byte echoes or ${BENCH_SECONDS} s over one connection, and ≤ $BENCH_RR_CONC_COUNT" \
       "over $BENCH_RR_CONNS connections at once (each sequential) or ${BENCH_SECONDS} s; new connections:" \
-      "≤ $BENCH_CPS_COUNT or ${BENCH_SECONDS} s;$pgb Peak RSS is the VmHWM of the tunnel processes over the bulk runs, on a fresh start (the connection tests run on another)." \
+      "≤ $BENCH_CPS_COUNT or ${BENCH_SECONDS} s;$pgb Peak RSS is the VmHWM of the tunnel processes over the bulk runs, on a fresh start (the connection tests run on another); with rounds, the highest of the rounds' peaks." \
       "bore runs one \`bore local\` per exposed port (three): its agent/client CPU and RSS are their sums." \
       "\"÷ best peer\": Culvert ÷ the best of $PEER_COLUMNS in this run for that row (highest where higher is better, lowest where lower is better), named in the cell;" \
       "other ratios Culvert ÷ that peer. Above 1 is better for rows marked higher-is-better, below 1 for lower-is-better."
