@@ -78,7 +78,7 @@
 #                            all TCP or all UDP columns, e.g. BENCH_ONLY=udp
 #   BENCH_SECONDS=5          length of each iperf3 run, and time cap of each load loop
 #   BENCH_INTERLEAVE=1       0: each TCP column's BENCH_REPEAT runs back to back, column
-#                            after column (the method before 2026-12-05), instead of rounds
+#                            after column (the method before fa4841c), instead of rounds
 #   BENCH_REPEAT=3           runs per cell of the iperf3 TCP, round-trip, new-connection
 #                            and pgbench tests; the table shows their medians (each
 #                            figure separately: throughput and each CPU-s/GB, rate, p50, p99)
