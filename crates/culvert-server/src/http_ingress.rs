@@ -41,6 +41,10 @@ type Upstream = Mutex<Option<(String, SendRequest<Counted<Incoming>>)>>;
 /// Seconds a `503` tells the caller to wait before retrying.
 const RETRY_AFTER_SECS: &str = "5";
 
+/// Longest wait of a request whose token this server does not know, for the cluster
+/// registry's re-read (`Inner::check_token`); a lone server does not wait.
+const UNKNOWN_TOKEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How the ingress is set up.
 #[derive(Debug, Clone)]
 pub struct HttpIngressConfig {
@@ -262,15 +266,14 @@ async fn handle(
         }
         return (r, None);
     }
-    let entry = caller_token(req.headers(), config.token_header.as_ref()).and_then(|t| {
-        inner
-            .tokens
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .check(t)
-            .filter(|e| !e.expired(crate::tokens::unix_now()))
-            .cloned()
-    });
+    let entry = match caller_token(req.headers(), config.token_header.as_ref()) {
+        // In a cluster, a token made a moment ago is looked up again after a re-read.
+        Some(t) => inner
+            .check_token(t, tokio::time::Instant::now() + UNKNOWN_TOKEN_WAIT)
+            .await
+            .filter(|e| !e.expired(crate::tokens::unix_now())),
+        None => None,
+    };
     let Some(entry) = entry else {
         inner.admission.record_failure(peer.ip(), None, now);
         inner

@@ -44,10 +44,17 @@ struct Cluster {
     range: String,
     nodes: Vec<Node>,
     dir: TempDir,
+    /// `RUST_LOG` of the servers, when not the tests' default.
+    rust_log: Option<String>,
 }
 
 impl Cluster {
     fn start(name: &str, servers: usize) -> Cluster {
+        Cluster::start_logging(name, servers, None)
+    }
+
+    /// [`Cluster::start`] with the servers logging by `rust_log`.
+    fn start_logging(name: &str, servers: usize, rust_log: Option<&str>) -> Cluster {
         let pg = Postgres::start(&pg_bindir());
         let url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
         let range = port_range();
@@ -58,6 +65,7 @@ impl Cluster {
             range,
             nodes: Vec::new(),
             dir,
+            rust_log: rust_log.map(str::to_owned),
         };
         for i in 0..servers {
             let node = c.spawn_node(i, free_port(), free_port());
@@ -69,10 +77,13 @@ impl Cluster {
     /// Starts server `i` on `listen` with its admin listener on `admin`; waits until ready.
     fn spawn_node(&self, i: usize, listen: u16, admin: u16) -> Node {
         let id = format!("s{}", i + 1);
+        let mut cmd = culvert();
+        if let Some(filter) = &self.rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
         let mut proc = Proc::spawn(
             &format!("culvert server {id}"),
-            culvert()
-                .args(["server", "--listen", &format!("127.0.0.1:{listen}")])
+            cmd.args(["server", "--listen", &format!("127.0.0.1:{listen}")])
                 .args(["--insecure-plain", "--port-range", &self.range])
                 .args(["--public-bind", &public_ip(i)])
                 .args(["--admin", &format!("127.0.0.1:{admin}")])
@@ -118,6 +129,24 @@ impl Cluster {
             "token revoke --cluster failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Runs `sql` on the registry's database, as the servers' user.
+    fn sql(&self, sql: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                .await
+                .expect("a plain connection to the registry's database");
+            tokio::spawn(conn);
+            client
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        })
     }
 
     fn url_of(&self, i: usize) -> String {
@@ -297,6 +326,61 @@ fn an_agent_on_one_server_is_reached_through_every_server() {
         reachable(addr(&public_ip(i), port), &c);
     }
     drop(lb);
+}
+
+/// A token is accepted by every server as soon as it is in the registry, not once each
+/// server has heard of it: here the registry's notifications for tokens are switched off
+/// after the servers listen for them, so only a server that re-reads the registry before
+/// refusing an unknown token lets the agents in. (Before that re-read, an agent dialing right
+/// after `culvert token new --cluster` was refused by any server whose notification was
+/// still on the way, and stayed away from it for its longest backoff, 60 s: CI's failure of
+/// `a_killed_server_fails_over_to_the_others` on 2026-12-04.)
+#[test]
+fn a_token_is_accepted_by_every_server_once_it_is_in_the_registry() {
+    let mut c = Cluster::start_logging(
+        "cluster-fresh-token",
+        3,
+        Some("info,culvert_cluster::listen=debug"),
+    );
+    // Each server listens for changes, and has re-read the tokens as it began to (the read
+    // that covers what changed before): from here on, only a notification or a re-read of
+    // its own tells it of a new token.
+    for n in &mut c.nodes {
+        n.proc
+            .try_wait_line("listening for changes", 0, WAIT)
+            .unwrap_or_else(|e| panic!("{} does not listen for changes: {e}", n.id));
+    }
+    c.sql("ALTER TABLE culvert_tokens DISABLE TRIGGER culvert_tokens_notify");
+    let token = c.token("fresh", &[]);
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        // An agent that exits at a refused token, so a refusal fails the test at once.
+        agents.push(agent(&token, &[c.url_of(i)], &["--exit-on-auth-failure"]));
+        let ok = poll_until(WAIT, || c.connections_of(i, "fresh") > 0);
+        assert!(
+            ok,
+            "server {i} holds no session of the fresh token\n{}",
+            c.logs()
+        );
+    }
+    // A wrong token is still refused (after its re-read).
+    let wrong = c.dir.join("wrong.token");
+    std::fs::write(&wrong, "cvt_not_a_token_of_this_registry").unwrap();
+    let mut p = Proc::spawn(
+        "culvert agent (wrong token)",
+        culvert()
+            .arg("agent")
+            .args(["--server", &c.url_of(1), "--token-file"])
+            .arg(&wrong)
+            .args(["--expose", "x=tcp://127.0.0.1:9", "--exit-on-auth-failure"]),
+    );
+    let refused = poll_until(WAIT, || p.exited().is_some());
+    assert!(refused, "an agent with a wrong token was not refused");
+    assert!(
+        !p.exited().unwrap().success(),
+        "an agent with a wrong token exited with success:\n{}",
+        p.log()
+    );
 }
 
 /// Revoking a token through the database (`culvert token revoke --cluster`) closes its

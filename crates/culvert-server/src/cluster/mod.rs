@@ -6,6 +6,8 @@
 //! heartbeat is fresh). What each server does with it:
 //! - tokens come from the database and follow its changes within a second (LISTEN/NOTIFY,
 //!   with a periodic re-read as a backstop), through the same path as a token-file reload;
+//!   an Auth with a token the server does not know re-reads them before it is refused, so a
+//!   token just made is not refused by a server its notification has not reached yet;
 //! - a public TCP service's port is leased in the database, and **every** server binds it
 //!   (see [`listeners`]): a client reaching a server that does not hold the service's agent
 //!   is forwarded to one that does, over a server-to-server tunnel connection made with the
@@ -32,7 +34,7 @@ use tokio::sync::Notify;
 pub use config::ClusterConfig;
 pub(crate) use listeners::Listeners;
 pub(crate) use peers::Peers;
-pub(crate) use tokens::CLUSTER_TOKEN_NAME;
+pub(crate) use tokens::{reread_for_unknown, CLUSTER_TOKEN_NAME};
 
 use crate::registry::Protocol;
 use crate::server::Inner;
@@ -60,6 +62,8 @@ pub(crate) struct Cluster {
     pub(crate) changed: Notify,
     /// Round-robin over the servers holding a remote service.
     next: std::sync::atomic::AtomicUsize,
+    /// Re-reads of the tokens, one at a time.
+    token_reads: tokens::TokenReads,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -110,6 +114,7 @@ impl Cluster {
             listeners: Listeners::default(),
             changed: Notify::new(),
             next: Default::default(),
+            token_reads: Default::default(),
         };
         Ok((cluster, store))
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use culvert_cluster::{ClusterDb, ClusterError, Notice};
+use tokio::time::Instant;
 
 use super::Cluster;
 use crate::server::Inner;
@@ -19,6 +20,19 @@ pub(crate) const CLUSTER_TOKEN_NAME: &str = "@cluster";
 /// How often tokens are re-read even without a notification: a backstop for a
 /// notification lost while the listening connection was being re-dialed.
 const REREAD: Duration = Duration::from_secs(30);
+
+/// Least time between two re-reads made for Auths with unknown tokens: a stream of wrong
+/// tokens costs the database at most five reads a second, and a right one waits at most this
+/// long (plus the read) for its re-read.
+const UNKNOWN_REREAD_EVERY: Duration = Duration::from_millis(200);
+
+/// Orders the re-reads of the tokens: one at a time, so that they are applied in the order
+/// they were read and an older read never replaces a newer one.
+#[derive(Debug, Default)]
+pub(crate) struct TokenReads {
+    /// Held across each re-read; inside, when the last re-read for an unknown token started.
+    last_for_unknown: tokio::sync::Mutex<Option<Instant>>,
+}
 
 /// The tokens and tenant limits in the database, plus the entry the other servers use.
 /// A row that does not parse is left out (and logged); the others still count.
@@ -103,25 +117,51 @@ pub(super) async fn follow(inner: Arc<Inner>, cluster: Arc<Cluster>) {
         if !reread {
             continue;
         }
-        match load(&cluster.db, cluster.peers.secret()).await {
-            Ok(store) => {
-                let report = inner.apply_tokens(store);
-                if report.sessions_closed + report.sessions_updated > 0 {
-                    tracing::info!(
-                        closed = report.sessions_closed,
-                        updated = report.sessions_updated,
-                        withdrawn = report.services_withdrawn,
-                        "cluster tokens changed; live sessions follow"
-                    );
-                }
+        let _order = cluster.token_reads.last_for_unknown.lock().await;
+        reread_and_apply(&inner, &cluster).await;
+    }
+}
+
+/// Re-reads the tokens because an Auth that arrived at `missed_at` carried one this server
+/// does not know. It may be in the registry already with its notification still on the way:
+/// a token made a moment before its agent dials (`culvert token new --cluster`, then the
+/// agent) would otherwise be refused by whichever servers had not heard yet, and the agent
+/// would wait out its longest backoff. Returns once a re-read that started after `missed_at`
+/// is in force (this one, or another Auth's). Coalesced and spaced by
+/// [`UNKNOWN_REREAD_EVERY`]; a failed read keeps the tokens in force.
+pub(crate) async fn reread_for_unknown(inner: &Inner, cluster: &Cluster, missed_at: Instant) {
+    let mut last = cluster.token_reads.last_for_unknown.lock().await;
+    if last.is_some_and(|t| t >= missed_at) {
+        return;
+    }
+    if let Some(t) = *last {
+        tokio::time::sleep_until(t + UNKNOWN_REREAD_EVERY).await;
+    }
+    *last = Some(Instant::now());
+    reread_and_apply(inner, cluster).await;
+}
+
+/// Reads the tokens and puts them in force, live sessions included; on a failed read the
+/// tokens in force stay. The caller holds [`TokenReads`]' lock.
+async fn reread_and_apply(inner: &Inner, cluster: &Cluster) {
+    match load(&cluster.db, cluster.peers.secret()).await {
+        Ok(store) => {
+            let report = inner.apply_tokens(store);
+            if report.sessions_closed + report.sessions_updated > 0 {
+                tracing::info!(
+                    closed = report.sessions_closed,
+                    updated = report.sessions_updated,
+                    withdrawn = report.services_withdrawn,
+                    "cluster tokens changed; live sessions follow"
+                );
             }
-            Err(e) => {
-                inner
-                    .counters
-                    .cluster_db_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(error = %e, "cluster tokens not re-read; the ones in force stay")
-            }
+        }
+        Err(e) => {
+            inner
+                .counters
+                .cluster_db_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(error = %e, "cluster tokens not re-read; the ones in force stay")
         }
     }
 }

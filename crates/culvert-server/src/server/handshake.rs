@@ -121,13 +121,7 @@ pub(super) async fn handshake(
         tracing::info!(client = %client_id, retry_in_s = secs, "authentication refused: locked out after failed attempts");
         return Ok(None);
     }
-    let entry = inner
-        .tokens
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .check(&token)
-        .cloned();
-    let Some(entry) = entry else {
+    let Some(entry) = inner.check_token(&token, deadline).await else {
         let lockouts = inner
             .admission
             .record_failure(peer.ip(), Some(client_id), Instant::now());

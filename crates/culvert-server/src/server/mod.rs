@@ -230,6 +230,37 @@ impl Server {
 impl Inner {
     /// Replaces the accepted tokens, and live sessions follow (see
     /// [`ServerHandle::reload_tokens`]).
+    /// The entry of `token` among the tokens in force. In a cluster, a token this server
+    /// does not know is looked up once more after a re-read of the registry (see
+    /// `cluster::reread_for_unknown`), waiting at most until `deadline` and the cluster's
+    /// database deadline: a token is accepted by every server once it is in the registry,
+    /// not once each server has heard of it.
+    pub(crate) async fn check_token(
+        &self,
+        token: &str,
+        deadline: tokio::time::Instant,
+    ) -> Option<crate::tokens::TokenEntry> {
+        let lookup = || {
+            self.tokens
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .check(token)
+                .cloned()
+        };
+        if let Some(entry) = lookup() {
+            return Some(entry);
+        }
+        let cluster = self.cluster.as_ref()?;
+        let missed_at = tokio::time::Instant::now();
+        let until = deadline.min(missed_at + cluster.config.db_timeout);
+        let reread = crate::cluster::reread_for_unknown(self, cluster, missed_at);
+        if tokio::time::timeout_at(until, reread).await.is_err() {
+            tracing::debug!("unknown token: the registry was not re-read in time");
+            return None;
+        }
+        lookup()
+    }
+
     pub(crate) fn apply_tokens(&self, tokens: TokenStore) -> crate::ReloadReport {
         let store = {
             let mut t = self.tokens.write().unwrap_or_else(|p| p.into_inner());
