@@ -3,9 +3,14 @@
 
 Reads the TCP table of each run (target/bench/latest.md, or a copy of it: any markdown
 file whose table starts with a `| metric |` header, first table of each metric wins) and
-prints one markdown table: per target its goal, the figure of each run (Culvert ÷ the
+prints two markdown tables. The first: per target its goal, the figure of each run (Culvert ÷ the
 best peer of that run, Culvert wss ÷ wstunnel wss, or the absolute peak RSS), the median
 over the runs and whether the median meets the goal. The goals are the issue's.
+The second: CPU-s/GB of server and agent together (the issue's own measure, "CPU is
+server + agent together"), Culvert ÷ the peer with the lowest sum, per direction and
+stream count. On loopback each side's share of the kernel's work depends on which process
+happens to be in a system call when a segment is delivered (BENCHMARKS.md, 2026-12-04
+late evening), so the sum is the steadier figure of a tunnel's cost.
 
 usage: scripts/bench-targets.py [--ws-only] NAME FILE [[--ws-only] NAME FILE ...]
   e.g. scripts/bench-targets.py 16:20Z run1.md 16:45Z run2.md 17:10Z run3.md
@@ -102,3 +107,45 @@ for label, metric, col, goal in ROWS:
     mcell = f"**{fmt(med)}**" if med is not None else "—"
     mm = ("yes" if met(goal.replace(" MB", ""), med) else "no") if med is not None else "—"
     print(f"| {label} | {goal} | " + " | ".join(cells) + f" | {mcell} | {mm} |")
+
+
+PEERS = ["rathole-tcp", "rathole-tls", "wstunnel-ws", "wstunnel-wss", "bore"]
+CELLS = [
+    "1 stream, client→service",
+    "1 stream, service→client (-R)",
+    "8 streams, client→service",
+    "8 streams, service→client (-R)",
+]
+
+
+def together(t, col, cell):
+    a = num(t.get(f"server CPU-s/GB, {cell}", {}).get(col))
+    b = num(t.get(f"agent/client CPU-s/GB, {cell}", {}).get(col))
+    return a + b if a is not None and b is not None else None
+
+
+print()
+print("| CPU-s/GB, server + agent together | goal | " + " | ".join(n for n, _, _ in runs) + " | median | met |")
+print("|---|---|" + "---:|" * len(runs) + "---:|---|")
+for sch in ["ws", "wss"]:
+    for cell in CELLS:
+        vals, names = [], []
+        for _, t, all_rows in runs:
+            c = together(t, f"culvert-{sch}", cell)
+            peers = PEERS if sch == "ws" else ["wstunnel-wss"]
+            best = min(
+                ((together(t, p, cell), p) for p in peers if together(t, p, cell)),
+                default=(None, None),
+            )
+            if c is None or best[0] is None:
+                vals.append(None)
+                names.append("—")
+                continue
+            vals.append(c / best[0])
+            names.append(f"{c / best[0]:.2f}× ({c:.2f} ÷ {best[0]:.2f} {best[1]})")
+        ok = [v for v, (_, _, all_rows) in zip(vals, runs) if v is not None and (all_rows or sch == "ws")]
+        med = statistics.median(ok) if ok else None
+        label = f"{sch}: {cell}" if sch == "ws" else f"wss ÷ wstunnel wss: {cell}"
+        mcell = f"**{med:.2f}×**" if med is not None else "—"
+        mm = ("yes" if med <= 0.9 else "no") if med is not None else "—"
+        print(f"| {label} | ≤ 0.9 | " + " | ".join(names) + f" | {mcell} | {mm} |")

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Who pays for a bulk transfer on loopback: CPU-s per GB of the tunnel's server, of its agent
+# (client), of both together, of iperf3's server and of the whole machine (/proc/stat), for
+# Culvert and wstunnel in alternating rounds.
+#
+#   scripts/cpu-split.sh                    # 8 streams client→service, ws, 3 rounds
+#   SPLIT_STREAMS=1 SPLIT_REVERSE=1 scripts/cpu-split.sh   # 1 stream service→client
+#   SPLIT_SCHEME=wss scripts/cpu-split.sh   # over TLS (Culvert --self-signed, wstunnel's own)
+#   SPLIT_PERF=1 scripts/cpu-split.sh       # also perf record -g of each sending side, then
+#                                           # scripts/bench/perf-contexts.py of each profile
+#
+# Why: on loopback, the kernel delivers a segment into the receiving socket in the softirq of
+# whoever sent it (or, if the receiver holds its socket at that moment, in the receiver's
+# release of it), and a receiver's ACK runs the sender's ACK processing the same way. So how
+# the work of one transfer splits between the two tunnel processes (and iperf3) depends on
+# which of them is in a system call when segments arrive; the per-side CPU-s/GB of
+# scripts/bench.sh moves with that split. The sum, and the whole machine, do not.
+#
+# Needs iperf3 and the peers scripts/bench.sh builds (target/bench/); Culvert is
+# target/profiling/culvert unless CULVERT_BIN says otherwise. Everything on 127.0.0.1 ports
+# from benchtool's freeblock; every process stopped by its PID; each transfer is
+# SPLIT_BYTES (iperf3 -n), bounded by a timeout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ROUNDS=${SPLIT_ROUNDS:-3}
+STREAMS=${SPLIT_STREAMS:-8}
+SCHEME=${SPLIT_SCHEME:-ws}
+BYTES=${SPLIT_BYTES:-2G}
+R=()
+[[ ${SPLIT_REVERSE:-0} == 1 ]] && R=(-R)
+CULVERT_BIN=${CULVERT_BIN:-$ROOT/target/profiling/culvert}
+WSTUNNEL_BIN=${WSTUNNEL_BIN:-$(ls -d "$ROOT"/target/bench/wstunnel-*/bin/wstunnel 2>/dev/null | head -n1)}
+TOOL=(python3 "$ROOT/scripts/bench/benchtool.py")
+for b in "$CULVERT_BIN" "$WSTUNNEL_BIN"; do
+  [[ -x $b ]] || { echo "cpu-split: $b missing: build it (scripts/bench.sh builds both)" >&2; exit 2; }
+done
+command -v iperf3 >/dev/null || { echo "cpu-split: iperf3 missing (apt-get install iperf3)" >&2; exit 2; }
+GB=$(python3 -c "import sys; s=sys.argv[1]; u={'K':2**10,'M':2**20,'G':2**30}; print((int(s[:-1])*u[s[-1]] if s[-1] in u else int(s))/1e9)" "$BYTES")
+HZ=$(getconf CLK_TCK)
+D=$(mktemp -d /tmp/cpu-split.XXXXXX)
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$D"
+}
+trap cleanup EXIT
+
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+machine() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+
+# one TOOL_NAME: starts the tunnel, one transfer, prints one line; stops what it started
+one() {
+  local which=$1 base iperf ctrl pub srv agt isrv
+  base=$("${TOOL[@]}" freeblock 4)
+  iperf=$base ctrl=$((base + 1)) pub=$((base + 2))
+  local started=${#PIDS[@]}
+  iperf3 -s -B 127.0.0.1 -p "$iperf" >/dev/null 2>&1 &
+  isrv=$!
+  PIDS+=("$isrv")
+  if [[ $which == culvert ]]; then
+    local mode=--insecure-plain verify=()
+    [[ $SCHEME == ws ]] || mode=--self-signed
+    rm -f "$D/tokens.toml"
+    "$CULVERT_BIN" token new --name split --tokens "$D/tokens.toml" >"$D/agent.token" 2>/dev/null
+    RUST_LOG=warn,culvert::run=info "$CULVERT_BIN" server --listen "127.0.0.1:$ctrl" --tokens "$D/tokens.toml" \
+      --port-range "$pub-$pub" --public-bind 127.0.0.1 $mode 2>"$D/server.log" &
+    srv=$!
+    PIDS+=("$srv")
+    "${TOOL[@]}" wait-listen --timeout 15 "$ctrl"
+    if [[ $SCHEME == wss ]]; then
+      local fp=""
+      for _ in $(seq 1 50); do
+        fp=$("${TOOL[@]}" fingerprint "$D/server.log" 2>/dev/null || true)
+        [[ -n $fp ]] && break
+        sleep 0.1
+      done
+      verify=(--fingerprint "$fp")
+    fi
+    RUST_LOG=warn "$CULVERT_BIN" agent --server "$SCHEME://127.0.0.1:$ctrl" --token-file "$D/agent.token" \
+      --expose "iperf=tcp://127.0.0.1:$iperf@$pub" "${verify[@]}" 2>"$D/agent.log" &
+    agt=$!
+  else
+    "$WSTUNNEL_BIN" --no-color --log-lvl ERROR server "$SCHEME://127.0.0.1:$ctrl" >"$D/server.log" 2>&1 &
+    srv=$!
+    PIDS+=("$srv")
+    "${TOOL[@]}" wait-listen --timeout 15 "$ctrl"
+    "$WSTUNNEL_BIN" --no-color --log-lvl ERROR client -R "tcp://127.0.0.1:$pub:127.0.0.1:$iperf" \
+      "$SCHEME://127.0.0.1:$ctrl" >"$D/agent.log" 2>&1 &
+    agt=$!
+  fi
+  PIDS+=("$agt")
+  "${TOOL[@]}" wait-listen --timeout 15 "$pub"
+  # warm the path (streams, buffers), untimed
+  timeout 30 iperf3 -c 127.0.0.1 -p "$pub" -t 1 -P "$STREAMS" "${R[@]}" >/dev/null
+  local s0 a0 i0 m0 s1 a1 i1 m1 pp="" sender=$srv
+  [[ ${#R[@]} -eq 0 ]] || sender=$agt
+  if [[ ${SPLIT_PERF:-0} == 1 ]]; then
+    perf record -g -e cpu-clock -F 2000 -p "$sender" -o "$D/$which.perf" >/dev/null 2>&1 &
+    pp=$!
+    sleep 0.3
+  fi
+  s0=$(ticks "$srv") a0=$(ticks "$agt") i0=$(ticks "$isrv") m0=$(machine)
+  timeout 120 iperf3 -c 127.0.0.1 -p "$pub" -n "$BYTES" -P "$STREAMS" "${R[@]}" -J >"$D/iperf.json"
+  s1=$(ticks "$srv") a1=$(ticks "$agt") i1=$(ticks "$isrv") m1=$(machine)
+  if [[ -n $pp ]]; then
+    kill -INT "$pp"
+    wait "$pp" 2>/dev/null || true
+  fi
+  python3 - "$which" "$D/iperf.json" "$GB" "$HZ" $((s1 - s0)) $((a1 - a0)) $((i1 - i0)) $((m1 - m0)) <<'PY'
+import json, sys
+which, path, gb, hz = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+s, a, i, m = (int(x) / hz / gb for x in sys.argv[5:9])
+gbit = json.load(open(path))["end"]["sum_received"]["bits_per_second"] / 1e9
+print(f"| {which} | {gbit:.2f} | {s:.3f} | {a:.3f} | {s + a:.3f} | {i:.3f} | {m:.3f} |")
+PY
+  if [[ -n $pp ]]; then
+    echo "perf of the $which sending side:"
+    python3 "$ROOT/scripts/bench/perf-contexts.py" "$D/$which.perf"
+  fi
+  local p
+  for p in "${PIDS[@]:$started}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  PIDS=("${PIDS[@]:0:$started}")
+}
+
+echo "$SCHEME, $STREAMS stream(s), ${R[*]:-client→service} ${BYTES}B per transfer, $ROUNDS alternating rounds; CPU-s per GB:"
+echo
+echo "| tunnel | Gbit/s | server | agent/client | server + agent | iperf3 server | whole machine |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+for _ in $(seq 1 "$ROUNDS"); do
+  one culvert
+  one wstunnel
+done
