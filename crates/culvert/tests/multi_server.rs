@@ -1,7 +1,8 @@
 //! An agent spread over several servers (a cluster's servers, here three independent
 //! plain servers on loopback sharing one token file): its pool spreads evenly, a killed
 //! server's connections move to the live ones at once and come back when it returns; a
-//! registration the server refuses for now is asked again on the same connection.
+//! registration the server refuses for now is asked again on the same connection; a token
+//! one server refuses is tried on the others at once.
 
 mod support;
 
@@ -354,4 +355,34 @@ fn each_server_is_trusted_by_its_own_pinned_fingerprint() {
         let port = eventually(WAIT, "echo's public port", || s.echo_port());
         assert!(echoes(port, b"pinned"), "echo through server {}", s.port);
     }
+}
+
+/// A server that refuses the agent's token (here: one with a token file of its own; in a
+/// cluster, one that cannot find it in the registry) does not keep the slots homed on it
+/// away for the longest backoff (60 s): they try the next server at once, and only a slot
+/// that every server refused backs off.
+#[test]
+fn a_token_one_server_refuses_is_tried_on_the_others_at_once() {
+    let (dir, tokens, token_file) = setup("multi-refused");
+    let other_tokens = dir.join("other-tokens.toml");
+    new_token(&other_tokens, "someone-else");
+    let refusing = TestServer::start(&other_tokens);
+    let good = TestServer::start(&tokens);
+    let echo = echo_service();
+    // Slot 0's home is the refusing server, slot 1's the good one.
+    let (agent, admin) = spawn_agent(&[&refusing, &good], &token_file, echo, &["--pool", "2"]);
+    // Well before the longest backoff: both slots on the good server.
+    let both = poll_until(Duration::from_secs(20), || good.connections() == Some(2));
+    assert!(
+        both,
+        "the slot refused by the first server did not move to the second at once: {:?} connections there, agent: {:?}\n{}",
+        good.connections(),
+        agent_connections(admin),
+        agent.log()
+    );
+    let port = good
+        .echo_port()
+        .expect("echo registered on the good server");
+    assert!(echoes(port, b"through the server that knows the token"));
+    assert_eq!(refusing.connections(), Some(0));
 }

@@ -678,8 +678,14 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                             );
                             return;
                         }
-                        route.failed();
                         backoff.exhaust();
+                        // Another server of the list may know the token (a cluster server
+                        // that has not heard of a new one, a server with its own token
+                        // file): it is tried at once. Only when every server refused does
+                        // the slot wait out the longest backoff.
+                        if !route.failed() {
+                            continue;
+                        }
                     }
                 }
             }
