@@ -30,8 +30,18 @@ const UNKNOWN_REREAD_EVERY: Duration = Duration::from_millis(200);
 /// they were read and an older read never replaces a newer one.
 #[derive(Debug, Default)]
 pub(crate) struct TokenReads {
-    /// Held across each re-read; inside, when the last re-read for an unknown token started.
-    last_for_unknown: tokio::sync::Mutex<Option<Instant>>,
+    /// Held across each re-read.
+    reads: tokio::sync::Mutex<Reads>,
+}
+
+/// When re-reads happened, as far as Auths with unknown tokens care.
+#[derive(Debug, Default)]
+struct Reads {
+    /// When the last re-read made for an unknown token started (they are spaced by it).
+    unknown_started: Option<Instant>,
+    /// When the newest re-read that was put in force started, whoever asked for it: an
+    /// Auth that missed before that needs no re-read of its own.
+    applied_started: Option<Instant>,
 }
 
 /// The tokens and tenant limits in the database, plus the entry the other servers use.
@@ -117,8 +127,11 @@ pub(super) async fn follow(inner: Arc<Inner>, cluster: Arc<Cluster>) {
         if !reread {
             continue;
         }
-        let _order = cluster.token_reads.last_for_unknown.lock().await;
-        reread_and_apply(&inner, &cluster).await;
+        let mut reads = cluster.token_reads.reads.lock().await;
+        let started = Instant::now();
+        if reread_and_apply(&inner, &cluster).await {
+            reads.applied_started = Some(started);
+        }
     }
 }
 
@@ -130,20 +143,25 @@ pub(super) async fn follow(inner: Arc<Inner>, cluster: Arc<Cluster>) {
 /// is in force (this one, or another Auth's). Coalesced and spaced by
 /// [`UNKNOWN_REREAD_EVERY`]; a failed read keeps the tokens in force.
 pub(crate) async fn reread_for_unknown(inner: &Inner, cluster: &Cluster, missed_at: Instant) {
-    let mut last = cluster.token_reads.last_for_unknown.lock().await;
-    if last.is_some_and(|t| t >= missed_at) {
+    let mut reads = cluster.token_reads.reads.lock().await;
+    if reads.applied_started.is_some_and(|t| t >= missed_at) {
         return;
     }
-    if let Some(t) = *last {
+    if let Some(t) = reads.unknown_started {
         tokio::time::sleep_until(t + UNKNOWN_REREAD_EVERY).await;
     }
-    *last = Some(Instant::now());
-    reread_and_apply(inner, cluster).await;
+    // Recorded before the read, so that the spacing holds even for a read cut short by its
+    // Auth's deadline; counted as applied only once it is.
+    let started = Instant::now();
+    reads.unknown_started = Some(started);
+    if reread_and_apply(inner, cluster).await {
+        reads.applied_started = Some(started);
+    }
 }
 
 /// Reads the tokens and puts them in force, live sessions included; on a failed read the
-/// tokens in force stay. The caller holds [`TokenReads`]' lock.
-async fn reread_and_apply(inner: &Inner, cluster: &Cluster) {
+/// tokens in force stay (`false`). The caller holds [`TokenReads`]' lock.
+async fn reread_and_apply(inner: &Inner, cluster: &Cluster) -> bool {
     match load(&cluster.db, cluster.peers.secret()).await {
         Ok(store) => {
             let report = inner.apply_tokens(store);
@@ -155,13 +173,15 @@ async fn reread_and_apply(inner: &Inner, cluster: &Cluster) {
                     "cluster tokens changed; live sessions follow"
                 );
             }
+            true
         }
         Err(e) => {
             inner
                 .counters
                 .cluster_db_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(error = %e, "cluster tokens not re-read; the ones in force stay")
+            tracing::warn!(error = %e, "cluster tokens not re-read; the ones in force stay");
+            false
         }
     }
 }
