@@ -130,13 +130,10 @@ print("|---|---|" + "---:|" * len(runs) + "---:|---|")
 for sch in ["ws", "wss"]:
     for cell in CELLS:
         vals, names = [], []
-        for _, t, all_rows in runs:
+        for _, t, _ in runs:
             c = together(t, f"culvert-{sch}", cell)
-            peers = PEERS if sch == "ws" else ["wstunnel-wss"]
-            best = min(
-                ((together(t, p, cell), p) for p in peers if together(t, p, cell)),
-                default=(None, None),
-            )
+            sums = [(together(t, p, cell), p) for p in (PEERS if sch == "ws" else ["wstunnel-wss"])]
+            best = min(((v, p) for v, p in sums if v), default=(None, None))
             if c is None or best[0] is None:
                 vals.append(None)
                 names.append("—")

@@ -749,12 +749,8 @@ setup_culvert() {
   fi
   local verify=()
   if [[ $scheme == wss ]]; then
-    local fp=""
-    for _ in $(seq 1 50); do
-      fp=$("${TOOL[@]}" fingerprint "$SRV_LOG" 2>/dev/null || true)
-      [[ -n $fp ]] && break
-      sleep 0.1
-    done
+    local fp
+    fp=$("${TOOL[@]}" fingerprint --wait 5 "$SRV_LOG" 2>/dev/null || true)
     if [[ -n $fp ]]; then
       verify=(--fingerprint "$fp")
     else

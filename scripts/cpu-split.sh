@@ -71,12 +71,9 @@ one() {
     PIDS+=("$srv")
     "${TOOL[@]}" wait-listen --timeout 15 "$ctrl"
     if [[ $SCHEME == wss ]]; then
-      local fp=""
-      for _ in $(seq 1 50); do
-        fp=$("${TOOL[@]}" fingerprint "$D/server.log" 2>/dev/null || true)
-        [[ -n $fp ]] && break
-        sleep 0.1
-      done
+      local fp
+      fp=$("${TOOL[@]}" fingerprint --wait 5 "$D/server.log") ||
+        { echo "cpu-split: no fingerprint in the server's log" >&2; exit 1; }
       verify=(--fingerprint "$fp")
     fi
     RUST_LOG=warn "$CULVERT_BIN" agent --server "$SCHEME://127.0.0.1:$ctrl" --token-file "$D/agent.token" \

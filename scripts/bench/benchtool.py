@@ -586,9 +586,13 @@ def cmd_iperf_udp_parse(a):
     )
 
 
-def cmd_fingerprint(a):
-    """Print the SHA-256 fingerprint found in a line mentioning 'fingerprint'."""
-    with open(a.file, errors="replace") as f:
+def _find_fingerprint(path):
+    """The SHA-256 fingerprint in the first line of PATH mentioning 'fingerprint', or None."""
+    try:
+        f = open(path, errors="replace")
+    except FileNotFoundError:
+        return None
+    with f:
         for line in f:
             if "fingerprint" not in line.lower():
                 continue
@@ -596,9 +600,22 @@ def cmd_fingerprint(a):
             if not m:
                 m = re.search(r"(?<![0-9A-Fa-f])([0-9A-Fa-f]{64})(?![0-9A-Fa-f])", line)
             if m:
-                print(m.group(1))
-                return
-    sys.exit(1)
+                return m.group(1)
+    return None
+
+
+def cmd_fingerprint(a):
+    """Print the SHA-256 fingerprint found in a line mentioning 'fingerprint'; with --wait,
+    look again every 0.1 s for up to that many seconds (a server still starting)."""
+    deadline = time.monotonic() + a.wait
+    while True:
+        fp = _find_fingerprint(a.file)
+        if fp:
+            print(fp)
+            return
+        if time.monotonic() >= deadline:
+            sys.exit(1)
+        time.sleep(0.1)
 
 
 def cmd_json_get(a):
@@ -973,6 +990,7 @@ def main():
 
     s = sub.add_parser("fingerprint")
     s.add_argument("file")
+    s.add_argument("--wait", type=float, default=0.0)
     s.set_defaults(f=cmd_fingerprint)
 
     s = sub.add_parser("json-get")

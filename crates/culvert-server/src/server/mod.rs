@@ -228,8 +228,6 @@ impl Server {
 }
 
 impl Inner {
-    /// Replaces the accepted tokens, and live sessions follow (see
-    /// [`ServerHandle::reload_tokens`]).
     /// The entry of `token` among the tokens in force. In a cluster, a token this server
     /// does not know is looked up once more after a re-read of the registry (see
     /// `cluster::reread_for_unknown`), waiting at most until `deadline` and the cluster's
@@ -261,6 +259,8 @@ impl Inner {
         lookup()
     }
 
+    /// Replaces the accepted tokens, and live sessions follow (see
+    /// [`ServerHandle::reload_tokens`]).
     pub(crate) fn apply_tokens(&self, tokens: TokenStore) -> crate::ReloadReport {
         let store = {
             let mut t = self.tokens.write().unwrap_or_else(|p| p.into_inner());
