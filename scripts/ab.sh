@@ -72,13 +72,7 @@ if [[ $PGB == 1 ]]; then
   # shellcheck source=scripts/lib/pg.sh
   source scripts/lib/pg.sh
   pg_tools || exit 1
-  chmod 755 "$WORK"
-  pg_init_cluster "$WORK/pg" >"$WORK/pg-init.log" 2>&1 || { cat "$WORK/pg-init.log" >&2; exit 1; }
-  pg_server_cmd "$WORK/pg" "$PG" 100
-  "${PG_SERVER_CMD[@]}" >"$WORK/postgres.log" 2>&1 &
-  PG_PID=$!
-  pg_wait_ready "$PG" 30 || { echo "ab.sh: PostgreSQL did not start" >&2; exit 1; }
-  timeout 300 "$PGBENCH" -h 127.0.0.1 -p "$PG" -U postgres -i -s 10 -q postgres >"$WORK/pgbench-init.log" 2>&1
+  pg_start_pgbench "$WORK" "$PG" || exit 1
   PG_EXPOSE=(--expose "pg=tcp://127.0.0.1:$PG@$PGPUB")
 fi
 

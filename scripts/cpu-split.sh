@@ -48,6 +48,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# shellcheck source=scripts/lib/peer-tunnel.sh
+source "$ROOT/scripts/lib/peer-tunnel.sh"
+
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 machine() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 
@@ -60,36 +63,8 @@ one() {
   iperf3 -s -B 127.0.0.1 -p "$iperf" >/dev/null 2>&1 &
   isrv=$!
   PIDS+=("$isrv")
-  if [[ $which == culvert ]]; then
-    local mode=--insecure-plain verify=()
-    [[ $SCHEME == ws ]] || mode=--self-signed
-    rm -f "$D/tokens.toml"
-    "$CULVERT_BIN" token new --name split --tokens "$D/tokens.toml" >"$D/agent.token" 2>/dev/null
-    RUST_LOG=warn,culvert::run=info "$CULVERT_BIN" server --listen "127.0.0.1:$ctrl" --tokens "$D/tokens.toml" \
-      --port-range "$pub-$pub" --public-bind 127.0.0.1 $mode 2>"$D/server.log" &
-    srv=$!
-    PIDS+=("$srv")
-    "${TOOL[@]}" wait-listen --timeout 15 "$ctrl"
-    if [[ $SCHEME == wss ]]; then
-      local fp
-      fp=$("${TOOL[@]}" fingerprint --wait 5 "$D/server.log") ||
-        { echo "cpu-split: no fingerprint in the server's log" >&2; exit 1; }
-      verify=(--fingerprint "$fp")
-    fi
-    RUST_LOG=warn "$CULVERT_BIN" agent --server "$SCHEME://127.0.0.1:$ctrl" --token-file "$D/agent.token" \
-      --expose "iperf=tcp://127.0.0.1:$iperf@$pub" "${verify[@]}" 2>"$D/agent.log" &
-    agt=$!
-  else
-    "$WSTUNNEL_BIN" --no-color --log-lvl ERROR server "$SCHEME://127.0.0.1:$ctrl" >"$D/server.log" 2>&1 &
-    srv=$!
-    PIDS+=("$srv")
-    "${TOOL[@]}" wait-listen --timeout 15 "$ctrl"
-    "$WSTUNNEL_BIN" --no-color --log-lvl ERROR client -R "tcp://127.0.0.1:$pub:127.0.0.1:$iperf" \
-      "$SCHEME://127.0.0.1:$ctrl" >"$D/agent.log" 2>&1 &
-    agt=$!
-  fi
-  PIDS+=("$agt")
-  "${TOOL[@]}" wait-listen --timeout 15 "$pub"
+  start_peer_tunnel "$which" "$SCHEME" "$D" "$ctrl" "$pub" "$iperf"
+  srv=$SRV_PID agt=$AGT_PID
   # warm the path (streams, buffers), untimed
   timeout 30 iperf3 -c 127.0.0.1 -p "$pub" -t 1 -P "$STREAMS" "${R[@]}" >/dev/null
   local s0 a0 i0 m0 s1 a1 i1 m1 pp="" sender=$srv

@@ -71,3 +71,19 @@ pg_stop() {
         sleep 0.1
     done
 }
+
+# pg_start_pgbench DIR PORT: a throwaway cluster in DIR/pg (DIR made reachable for the
+# postgres user), PostgreSQL on 127.0.0.1:PORT and pgbench's tables (scale 10); logs in DIR.
+# Sets PG_PID (the caller stops it with pg_stop). Returns non-zero, with the log on stderr,
+# when any step fails.
+pg_start_pgbench() {
+    local dir=$1 port=$2
+    chmod 755 "$dir"
+    pg_init_cluster "$dir/pg" >"$dir/pg-init.log" 2>&1 || { cat "$dir/pg-init.log" >&2; return 1; }
+    pg_server_cmd "$dir/pg" "$port" 100
+    "${PG_SERVER_CMD[@]}" >"$dir/postgres.log" 2>&1 &
+    PG_PID=$!
+    pg_wait_ready "$port" 30 || { echo "PostgreSQL did not start:" >&2; tail -5 "$dir/postgres.log" >&2; return 1; }
+    timeout 300 "$PGBENCH" -h 127.0.0.1 -p "$port" -U postgres -i -s 10 -q postgres >"$dir/pgbench-init.log" 2>&1 ||
+        { cat "$dir/pgbench-init.log" >&2; return 1; }
+}

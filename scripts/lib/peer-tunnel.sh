@@ -1,0 +1,43 @@
+# Sourced by scripts that compare Culvert with wstunnel on one workload: starts either
+# tunnel over ws:// or wss:// exposing one local service on one public port.
+# Needs TOOL (benchtool.py command array), PIDS (processes stopped by PID on exit),
+# CULVERT_BIN and WSTUNNEL_BIN.
+
+# start_peer_tunnel culvert|wstunnel ws|wss DIR CTRL_PORT PUBLIC_PORT TARGET_PORT: the server
+# on 127.0.0.1:CTRL_PORT, the agent (wstunnel: its client, -R) exposing
+# 127.0.0.1:TARGET_PORT on 127.0.0.1:PUBLIC_PORT; waits until the public port listens. Culvert
+# over wss uses --self-signed and pins its fingerprint; wstunnel uses its built-in certificate
+# (its client checks none by default). Sets SRV_PID and AGT_PID (also appended to PIDS).
+start_peer_tunnel() {
+  local which=$1 scheme=$2 dir=$3 ctrl=$4 pub=$5 target=$6
+  if [[ $which == culvert ]]; then
+    local mode=--insecure-plain verify=()
+    [[ $scheme == ws ]] || mode=--self-signed
+    rm -f "$dir/tokens.toml"
+    "$CULVERT_BIN" token new --name peer --tokens "$dir/tokens.toml" >"$dir/agent.token" 2>/dev/null
+    RUST_LOG=warn,culvert::run=info "$CULVERT_BIN" server --listen "127.0.0.1:$ctrl" --tokens "$dir/tokens.toml" \
+      --port-range "$pub-$pub" --public-bind 127.0.0.1 $mode 2>"$dir/server.log" &
+    SRV_PID=$!
+    PIDS+=("$SRV_PID")
+    "${TOOL[@]}" wait-listen --timeout 15 "$ctrl"
+    if [[ $scheme == wss ]]; then
+      local fp
+      fp=$("${TOOL[@]}" fingerprint --wait 5 "$dir/server.log") ||
+        { echo "start_peer_tunnel: no fingerprint in the server's log" >&2; return 1; }
+      verify=(--fingerprint "$fp")
+    fi
+    RUST_LOG=warn "$CULVERT_BIN" agent --server "$scheme://127.0.0.1:$ctrl" --token-file "$dir/agent.token" \
+      --expose "svc=tcp://127.0.0.1:$target@$pub" "${verify[@]}" 2>"$dir/agent.log" &
+    AGT_PID=$!
+  else
+    "$WSTUNNEL_BIN" --no-color --log-lvl ERROR server "$scheme://127.0.0.1:$ctrl" >"$dir/server.log" 2>&1 &
+    SRV_PID=$!
+    PIDS+=("$SRV_PID")
+    "${TOOL[@]}" wait-listen --timeout 15 "$ctrl"
+    "$WSTUNNEL_BIN" --no-color --log-lvl ERROR client -R "tcp://127.0.0.1:$pub:127.0.0.1:$target" \
+      "$scheme://127.0.0.1:$ctrl" >"$dir/agent.log" 2>&1 &
+    AGT_PID=$!
+  fi
+  PIDS+=("$AGT_PID")
+  "${TOOL[@]}" wait-listen --timeout 15 "$pub"
+}
