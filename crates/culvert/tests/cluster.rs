@@ -364,22 +364,83 @@ fn a_token_is_accepted_by_every_server_once_it_is_in_the_registry() {
         );
     }
     // A wrong token is still refused (after its re-read).
-    let wrong = c.dir.join("wrong.token");
-    std::fs::write(&wrong, "cvt_not_a_token_of_this_registry").unwrap();
-    let mut p = Proc::spawn(
-        "culvert agent (wrong token)",
+    let mut p = wrong_token_agent(&c, 1, "wrong");
+    assert_refused(&mut p);
+}
+
+/// An agent with one connection to server `i` and a token no server knows (file `NAME.token`),
+/// exiting at the refusal.
+fn wrong_token_agent(c: &Cluster, i: usize, name: &str) -> Proc {
+    let wrong = c.dir.join(&format!("{name}.token"));
+    std::fs::write(&wrong, format!("cvt_not_a_token_of_this_registry_{name}")).unwrap();
+    Proc::spawn(
+        &format!("culvert agent ({name})"),
         culvert()
             .arg("agent")
-            .args(["--server", &c.url_of(1), "--token-file"])
+            .args(["--server", &c.url_of(i), "--token-file"])
             .arg(&wrong)
-            .args(["--expose", "x=tcp://127.0.0.1:9", "--exit-on-auth-failure"]),
-    );
+            .args(["--expose", "x=tcp://127.0.0.1:9", "--exit-on-auth-failure"])
+            .args(["--pool", "1"]),
+    )
+}
+
+/// `p` (a [`wrong_token_agent`]) was refused: it exited, and not with success.
+fn assert_refused(p: &mut Proc) {
     let refused = poll_until(WAIT, || p.exited().is_some());
     assert!(refused, "an agent with a wrong token was not refused");
     assert!(
         !p.exited().unwrap().success(),
         "an agent with a wrong token exited with success:\n{}",
         p.log()
+    );
+}
+
+/// A burst of Auths with tokens no server knows costs the registry at most five reads a
+/// second (`culvert_cluster_token_rereads{cause="unknown_token"}`), however many Auths there
+/// are: each waits for a re-read that began after it missed, and those re-reads are spaced
+/// 200 ms apart, so the Auths of one spacing share one read. Nine agents with wrong tokens
+/// and one connection each, from one address: below its lockout threshold (ten failures a
+/// minute), so each Auth reaches the token check.
+#[test]
+fn a_burst_of_unknown_tokens_costs_the_registry_few_reads() {
+    let c = Cluster::start("cluster-unknown-burst", 1);
+    let admin = c.nodes[0].admin;
+    let reads = || {
+        admin_get(admin, "/metrics").and_then(|(_, body)| {
+            metric(
+                &body,
+                "culvert_cluster_token_rereads_total{cause=\"unknown_token\"}",
+            )
+        })
+    };
+    assert_eq!(reads(), Some(0), "unknown-token reads before any Auth");
+    const WRONG: usize = 9;
+    let start = Instant::now();
+    let mut agents: Vec<Proc> = (0..WRONG)
+        .map(|i| wrong_token_agent(&c, 0, &format!("wrong{i}")))
+        .collect();
+    for p in &mut agents {
+        assert_refused(p);
+    }
+    let span = start.elapsed();
+    let n = reads().expect("no unknown-token read count in /metrics");
+    // The clustered server's families, this one with its four causes, are valid text.
+    let (_, body) = admin_get(admin, "/metrics").expect("no /metrics");
+    let families = exposition::assert_exposition("clustered server", &body);
+    let rereads = families
+        .get("culvert_cluster_token_rereads_total")
+        .expect("no culvert_cluster_token_rereads_total family in /metrics");
+    assert_eq!(rereads.kind, "counter");
+    assert_eq!(rereads.samples.len(), 4, "one sample per cause");
+    // One read per 200 ms of the burst, plus the first one and one that may start as the
+    // last Auth misses.
+    let bound = (span.as_millis() / 200) as u64 + 2;
+    eprintln!("{WRONG} wrong tokens in {span:?}: {n} registry reads (bound {bound})");
+    assert!(n >= 1, "no registry read for an unknown token");
+    assert!(
+        n <= bound,
+        "{WRONG} wrong tokens in {span:?} made {n} registry reads (at most {bound})\n{}",
+        c.logs()
     );
 }
 

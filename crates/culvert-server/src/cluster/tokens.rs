@@ -2,6 +2,7 @@
 //! applied to live sessions the way a token-file reload is.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,45 @@ const REREAD: Duration = Duration::from_secs(30);
 /// tokens costs the database at most five reads a second, and a right one waits at most this
 /// long (plus the read) for its re-read.
 const UNKNOWN_REREAD_EVERY: Duration = Duration::from_millis(200);
+
+/// Why the tokens were read from the database again, counted for the metrics: a wrong-token
+/// flood shows as `unknown_token` reads, which the spacing bounds at five a second.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ReadCause {
+    /// A notification that the tokens changed.
+    Notice,
+    /// The listening connection was re-dialed (notifications may have been missed).
+    Reconnect,
+    /// The periodic backstop ([`REREAD`]).
+    Timer,
+    /// An Auth showed a token this server did not know ([`reread_for_unknown`]).
+    UnknownToken,
+}
+
+/// Token reads per [`ReadCause`], for `culvert_cluster_token_rereads`.
+#[derive(Debug, Default)]
+pub(crate) struct TokenReadCounts {
+    /// By notification.
+    pub(crate) notice: AtomicU64,
+    /// After the listener re-dialed.
+    pub(crate) reconnect: AtomicU64,
+    /// By the periodic backstop.
+    pub(crate) timer: AtomicU64,
+    /// For an Auth with a token this server did not know.
+    pub(crate) unknown_token: AtomicU64,
+}
+
+impl TokenReadCounts {
+    fn count(&self, cause: ReadCause) {
+        let c = match cause {
+            ReadCause::Notice => &self.notice,
+            ReadCause::Reconnect => &self.reconnect,
+            ReadCause::Timer => &self.timer,
+            ReadCause::UnknownToken => &self.unknown_token,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// Orders the re-reads of the tokens: one at a time, so that they are applied in the order
 /// they were read and an older read never replaces a newer one.
@@ -104,32 +144,32 @@ pub(super) async fn follow(inner: Arc<Inner>, cluster: Arc<Cluster>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
-        let reread = tokio::select! {
+        let cause = tokio::select! {
             n = notices.recv() => match n {
-                Some(Notice::Tokens) => true,
+                Some(Notice::Tokens) => Some(ReadCause::Notice),
                 Some(Notice::Presence) => {
                     cluster.changed.notify_one();
-                    false
+                    None
                 }
                 Some(Notice::Reconnected) => {
                     cluster.changed.notify_one();
-                    true
+                    Some(ReadCause::Reconnect)
                 }
                 // The listener is gone (it never ends while its handle lives): re-read on
                 // the timer only.
                 None => {
                     tick.tick().await;
-                    true
+                    Some(ReadCause::Timer)
                 }
             },
-            _ = tick.tick() => true,
+            _ = tick.tick() => Some(ReadCause::Timer),
         };
-        if !reread {
+        let Some(cause) = cause else {
             continue;
-        }
+        };
         let mut reads = cluster.token_reads.reads.lock().await;
         let started = Instant::now();
-        if reread_and_apply(&inner, &cluster).await {
+        if reread_and_apply(&inner, &cluster, cause).await {
             reads.applied_started = Some(started);
         }
     }
@@ -154,14 +194,15 @@ pub(crate) async fn reread_for_unknown(inner: &Inner, cluster: &Cluster, missed_
     // Auth's deadline; counted as applied only once it is.
     let started = Instant::now();
     reads.unknown_started = Some(started);
-    if reread_and_apply(inner, cluster).await {
+    if reread_and_apply(inner, cluster, ReadCause::UnknownToken).await {
         reads.applied_started = Some(started);
     }
 }
 
 /// Reads the tokens and puts them in force, live sessions included; on a failed read the
 /// tokens in force stay (`false`). The caller holds [`TokenReads`]' lock.
-async fn reread_and_apply(inner: &Inner, cluster: &Cluster) -> bool {
+async fn reread_and_apply(inner: &Inner, cluster: &Cluster, cause: ReadCause) -> bool {
+    inner.counters.cluster_token_reads.count(cause);
     match load(&cluster.db, cluster.peers.secret()).await {
         Ok(store) => {
             let report = inner.apply_tokens(store);
