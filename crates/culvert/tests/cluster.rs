@@ -5,7 +5,8 @@
 //!
 //! The servers share the public port range, so every server binds the same port for a
 //! service; each binds its public ports on its own loopback address (127.0.0.2, .3, .4),
-//! as three machines would, and haproxy listens on 127.0.0.1.
+//! as three machines would, and haproxy listens on 127.0.0.1. Some tests start fewer
+//! servers, or give each its HTTP ingress on a port of its own.
 //!
 //! Figures printed: how long a revocation took to close the sessions on every server, the
 //! failover time after a SIGKILL, and how many connections failed meanwhile.
@@ -35,6 +36,8 @@ struct Node {
     listen: u16,
     admin: u16,
     id: String,
+    /// The HTTP ingress's port, when the cluster was started with one per server.
+    http: Option<u16>,
 }
 
 /// PostgreSQL and the servers (the agents are each test's own).
@@ -46,6 +49,8 @@ struct Cluster {
     dir: TempDir,
     /// `RUST_LOG` of the servers, when not the tests' default.
     rust_log: Option<String>,
+    /// Each server also runs the HTTP ingress (`--http-listen`, plain, on 127.0.0.1).
+    http: bool,
 }
 
 impl Cluster {
@@ -55,6 +60,11 @@ impl Cluster {
 
     /// [`Cluster::start`] with the servers logging by `rust_log`.
     fn start_logging(name: &str, servers: usize, rust_log: Option<&str>) -> Cluster {
+        Cluster::start_with(name, servers, rust_log, false)
+    }
+
+    /// [`Cluster::start_logging`], each server also running the HTTP ingress if `http`.
+    fn start_with(name: &str, servers: usize, rust_log: Option<&str>, http: bool) -> Cluster {
         let pg = Postgres::start(&pg_bindir());
         let url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
         let range = port_range();
@@ -66,6 +76,7 @@ impl Cluster {
             nodes: Vec::new(),
             dir,
             rust_log: rust_log.map(str::to_owned),
+            http,
         };
         for i in 0..servers {
             let node = c.spawn_node(i, free_port(), free_port());
@@ -81,22 +92,29 @@ impl Cluster {
         if let Some(filter) = &self.rust_log {
             cmd.env("RUST_LOG", filter);
         }
-        let mut proc = Proc::spawn(
-            &format!("culvert server {id}"),
-            cmd.args(["server", "--listen", &format!("127.0.0.1:{listen}")])
-                .args(["--insecure-plain", "--port-range", &self.range])
-                .args(["--public-bind", &public_ip(i)])
-                .args(["--admin", &format!("127.0.0.1:{admin}")])
-                .args(["--cluster", &self.url, "--cluster-id", &id])
-                .args(["--cluster-heartbeat", HEARTBEAT]),
-        );
+        cmd.args(["server", "--listen", &format!("127.0.0.1:{listen}")])
+            .args(["--insecure-plain", "--port-range", &self.range])
+            .args(["--public-bind", &public_ip(i)])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(["--cluster", &self.url, "--cluster-id", &id])
+            .args(["--cluster-heartbeat", HEARTBEAT]);
+        let http = self.http.then(free_port);
+        if let Some(p) = http {
+            cmd.args(["--http-listen", &format!("127.0.0.1:{p}")]);
+        }
+        let mut proc = Proc::spawn(&format!("culvert server {id}"), &mut cmd);
         proc.try_wait_line("tunnel endpoint ready", 0, WAIT)
             .unwrap_or_else(|e| panic!("{id} did not start: {e}"));
+        if http.is_some() {
+            proc.try_wait_line("http ingress ready", 0, WAIT)
+                .unwrap_or_else(|e| panic!("{id}'s HTTP ingress did not start: {e}"));
+        }
         Node {
             proc,
             listen,
             admin,
             id,
+            http,
         }
     }
 
@@ -366,6 +384,110 @@ fn a_token_is_accepted_by_every_server_once_it_is_in_the_registry() {
     // A wrong token is still refused (after its re-read).
     let mut p = wrong_token_agent(&c, 1, "wrong");
     assert_refused(&mut p);
+}
+
+/// The HTTP ingress checks callers' tokens as the handshake does: a caller token made a
+/// moment ago (its notification not delivered: the trigger is disabled) is found by a
+/// re-read of the registry, not refused; a wrong one is still refused.
+#[test]
+fn the_http_ingress_accepts_a_caller_token_made_a_moment_ago() {
+    let mut c = Cluster::start_with(
+        "cluster-http-caller",
+        2,
+        Some("info,culvert_cluster::listen=debug"),
+        true,
+    );
+    for n in &mut c.nodes {
+        n.proc
+            .try_wait_line("listening for changes", 0, WAIT)
+            .unwrap_or_else(|e| panic!("{} does not listen for changes: {e}", n.id));
+    }
+    let agent_token = c.token("erp-agent", &["--tenant", "acme"]);
+    let caller_args = ["--tenant", "web", "--role", "http", "--access", "acme/erp"];
+    let known = std::fs::read_to_string(c.token("caller-known", &caller_args)).unwrap();
+    let backend = http_backend();
+    let config = c.dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nserver = \"{}\"\ntoken_file = {:?}\npool = 1\n\n\
+             [[agent.service]]\nname = \"erp\"\nurl = \"http://127.0.0.1:{backend}/\"\n",
+            c.url_of(1),
+            agent_token.display().to_string()
+        ),
+    )
+    .unwrap();
+    let _agent = Proc::spawn(
+        "culvert agent (http service)",
+        culvert().args(["agent", "--config"]).arg(&config),
+    );
+    let http = c.nodes[1].http.unwrap();
+    let ok = poll_until(WAIT, || http_get(http, "/t/acme/erp/x", &known) == 200);
+    assert!(
+        ok,
+        "the service never answered a known caller\n{}",
+        c.logs()
+    );
+    c.sql("ALTER TABLE culvert_tokens DISABLE TRIGGER culvert_tokens_notify");
+    let fresh = std::fs::read_to_string(c.token("caller-fresh", &caller_args)).unwrap();
+    assert_eq!(
+        http_get(http, "/t/acme/erp/x", &fresh),
+        200,
+        "a caller token made a moment ago was refused\n{}",
+        c.logs()
+    );
+    assert_eq!(
+        http_get(http, "/t/acme/erp/x", "cvt_not_a_token_of_this_registry"),
+        401,
+        "a wrong caller token was not refused"
+    );
+}
+
+/// A backend that answers every HTTP request with 200 `ok` and closes.
+fn http_backend() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    port
+}
+
+/// The status of `GET path` on the ingress at `port` with `token` as the caller's bearer
+/// token (0 if there was no answer).
+fn http_get(port: u16, path: &str, token: &str) -> u16 {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: ingress\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 /// An agent with one connection to server `i` and a token no server knows (file `NAME.token`),
