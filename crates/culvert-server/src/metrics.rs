@@ -256,11 +256,11 @@ impl Collector for ServerCollector {
                 "Cluster database operations (heartbeat, presence, token reads) that failed; tunnels keep running from the cache meanwhile.",
                 load(&c.cluster_db_errors),
             )?;
-            let r = &c.cluster_token_reads;
+            let r = &c.cluster_token_rereads;
             family(
                 enc,
                 "culvert_cluster_token_rereads",
-                "Re-reads of the tokens from the cluster's database (after the first read at start), by cause: notice (a token changed), reconnect (the listening connection was re-dialed), timer (the 30 s backstop), unknown_token (an Auth showed a token this server did not know; spaced, at most five a second).",
+                "Re-reads of the tokens from the cluster's database (after the first read at start; each attempt, a failed one also counted in culvert_cluster_db_errors), by cause: notice (a token changed), reconnect (the listening connection was re-dialed), timer (the 30 s backstop), unknown_token (an Auth showed a token this server did not know; spaced, at most five a second).",
                 [
                     ([("cause", "notice")], load(&r.notice)),
                     ([("cause", "reconnect")], load(&r.reconnect)),

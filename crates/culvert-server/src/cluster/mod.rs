@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 pub use config::ClusterConfig;
 pub(crate) use listeners::Listeners;
 pub(crate) use peers::Peers;
-pub(crate) use tokens::{reread_for_unknown, TokenReadCounts, CLUSTER_TOKEN_NAME};
+pub(crate) use tokens::{reread_for_unknown, TokenRereadCounts, CLUSTER_TOKEN_NAME};
 
 use crate::registry::Protocol;
 use crate::server::Inner;

@@ -41,9 +41,10 @@ pub(crate) enum ReadCause {
     UnknownToken,
 }
 
-/// Token reads per [`ReadCause`], for `culvert_cluster_token_rereads`.
+/// Re-reads of the tokens per [`ReadCause`] (each attempt; a failed one is also a
+/// `culvert_cluster_db_errors`), for `culvert_cluster_token_rereads`.
 #[derive(Debug, Default)]
-pub(crate) struct TokenReadCounts {
+pub(crate) struct TokenRereadCounts {
     /// By notification.
     pub(crate) notice: AtomicU64,
     /// After the listener re-dialed.
@@ -54,7 +55,7 @@ pub(crate) struct TokenReadCounts {
     pub(crate) unknown_token: AtomicU64,
 }
 
-impl TokenReadCounts {
+impl TokenRereadCounts {
     fn count(&self, cause: ReadCause) {
         let c = match cause {
             ReadCause::Notice => &self.notice,
@@ -202,7 +203,7 @@ pub(crate) async fn reread_for_unknown(inner: &Inner, cluster: &Cluster, missed_
 /// Reads the tokens and puts them in force, live sessions included; on a failed read the
 /// tokens in force stay (`false`). The caller holds [`TokenReads`]' lock.
 async fn reread_and_apply(inner: &Inner, cluster: &Cluster, cause: ReadCause) -> bool {
-    inner.counters.cluster_token_reads.count(cause);
+    inner.counters.cluster_token_rereads.count(cause);
     match load(&cluster.db, cluster.peers.secret()).await {
         Ok(store) => {
             let report = inner.apply_tokens(store);

@@ -58,8 +58,8 @@ pub(crate) struct Counters {
     pub(crate) cluster_forward_failures: std::sync::atomic::AtomicU64,
     /// Cluster: database operations of the heartbeat loop and token follower that failed.
     pub(crate) cluster_db_errors: std::sync::atomic::AtomicU64,
-    /// Cluster: reads of the tokens from the database, by what asked for them.
-    pub(crate) cluster_token_reads: crate::cluster::TokenReadCounts,
+    /// Cluster: re-reads of the tokens from the database, by what asked for them.
+    pub(crate) cluster_token_rereads: crate::cluster::TokenRereadCounts,
 }
 
 pub(crate) struct Inner {
