@@ -417,12 +417,14 @@ fn the_http_ingress_accepts_a_caller_token_made_a_moment_ago() {
         ),
     )
     .unwrap();
-    let _agent = Proc::spawn(
+    let agent = Proc::spawn(
         "culvert agent (http service)",
         culvert().args(["agent", "--config"]).arg(&config),
     );
     let http = c.nodes[1].http.unwrap();
-    let ok = poll_until(WAIT, || http_get(http, "/t/acme/erp/x", &known) == 200);
+    let ok = poll_until(WAIT, || {
+        ingress_status(http, "/t/acme/erp/x", &known) == 200
+    });
     assert!(
         ok,
         "the service never answered a known caller\n{}",
@@ -431,13 +433,14 @@ fn the_http_ingress_accepts_a_caller_token_made_a_moment_ago() {
     c.sql("ALTER TABLE culvert_tokens DISABLE TRIGGER culvert_tokens_notify");
     let fresh = std::fs::read_to_string(c.token("caller-fresh", &caller_args)).unwrap();
     assert_eq!(
-        http_get(http, "/t/acme/erp/x", &fresh),
+        ingress_status(http, "/t/acme/erp/x", &fresh),
         200,
-        "a caller token made a moment ago was refused\n{}",
-        c.logs()
+        "a caller token made a moment ago was refused\n{}--- agent log:\n{}",
+        c.logs(),
+        agent.log()
     );
     assert_eq!(
-        http_get(http, "/t/acme/erp/x", "cvt_not_a_token_of_this_registry"),
+        ingress_status(http, "/t/acme/erp/x", "cvt_not_a_token_of_this_registry"),
         401,
         "a wrong caller token was not refused"
     );
@@ -469,8 +472,10 @@ fn http_backend() -> u16 {
 }
 
 /// The status of `GET path` on the ingress at `port` with `token` as the caller's bearer
-/// token (0 if there was no answer).
-fn http_get(port: u16, path: &str, token: &str) -> u16 {
+/// token (0 if there was no answer). HTTP/1.1 with `Connection: close`, not `admin_get`'s
+/// HTTP/1.0: through the ingress, HTTP/1.0 requests drew a 502 now and then (left open,
+/// see the closing note of 2026-12-05).
+fn ingress_status(port: u16, path: &str, token: &str) -> u16 {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return 0;
     };

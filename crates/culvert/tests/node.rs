@@ -538,11 +538,14 @@ fn a_forward_tunnel_reaches_a_private_service_its_token_is_allowed() {
     wait_tunnel(a_admin, "echo", "connected", |t| t["state"] == "connected");
     assert_eq!(echo_round_trip(ok_port, b"private").unwrap(), b"private");
     // The node's metrics carry the tunnel's state and traffic.
-    let metrics = http_get(a_admin, "/metrics");
+    let metrics = admin_get(a_admin, "/metrics").expect("node a's /metrics").1;
     let families = exposition::assert_exposition("node a", &metrics);
     assert_eq!(families["culvert_node_tunnel_up"].kind, "gauge");
     // A node with the server role adds the server's families.
-    let b_families = exposition::assert_exposition("node b", &http_get(b_admin, "/metrics"));
+    let b_families = exposition::assert_exposition(
+        "node b",
+        &admin_get(b_admin, "/metrics").expect("node b's /metrics").1,
+    );
     assert!(b_families.contains_key("culvert_agent_sessions"));
     assert!(b_families.contains_key("culvert_node_tunnel_up"));
     assert!(
@@ -635,17 +638,4 @@ fn revoking_a_peers_token_closes_its_session_without_a_restart() {
         got.as_ref().map_or(true, |v| v.is_empty()),
         "revoked tunnel carried data: {got:?}"
     );
-}
-
-/// The body of `GET path` from the admin listener on 127.0.0.1:`port` (HTTP/1.0, bounded).
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.take(1 << 20).read_to_string(&mut text).unwrap();
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
 }
