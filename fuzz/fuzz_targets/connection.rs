@@ -65,6 +65,33 @@ fn pattern(len: usize, seed: u8, offset: usize) -> Bytes {
     Bytes::from(v)
 }
 
+impl Model {
+    /// Whether what side `w` wrote on `id` (and its FIN) must reach the other side: not
+    /// when the reader let go of it, and not after a reset, unless `w` is owed delivery.
+    fn promised(&self, id: StreamId, w: usize) -> bool {
+        if self.abandoned.contains(&(id, 1 - w)) {
+            return false;
+        }
+        if self.abandoned.contains(&(id, w)) {
+            return self.owed(id, w);
+        }
+        !self.reset_any.contains(&id)
+    }
+
+    /// Whether side `w` let go of `id` after finishing, and so is owed delivery of what it
+    /// wrote: unless a side reset it by its own call, or the peer aborted it before `w`'s
+    /// stream was gone, or may have refused it (`w` opened it, the peer is going away: the
+    /// refusal can arrive after `w` freed the stream, and go unseen).
+    fn owed(&self, id: StreamId, w: usize) -> bool {
+        let may_be_refused =
+            usize::from(id.initiator() == Side::Server) == w && self.go_away[1 - w].is_some();
+        self.abandoned.contains(&(id, w))
+            && !self.reset_local.contains(&id)
+            && !self.reset_seen.contains(&(id, w))
+            && !may_be_refused
+    }
+}
+
 /// What the harness knows the application did, to judge what the connections report.
 #[derive(Default)]
 struct Model {
@@ -87,6 +114,12 @@ struct Model {
     resets: HashMap<(StreamId, usize), u64>,
     /// Streams reset by either side, locally or by a StreamReset event.
     reset_any: HashSet<StreamId>,
+    /// Streams reset by a local `reset` call (an `abandon` of an unfinished stream too).
+    reset_local: HashSet<StreamId>,
+    /// (stream, side) let go of by `abandon` after that side finished: what it wrote is owed.
+    abandoned: HashSet<(StreamId, usize)>,
+    /// (stream, side) that side was told of a reset (the peer aborted or refused it).
+    reset_seen: HashSet<(StreamId, usize)>,
     /// Datagrams queued by each side and not yet matched at the peer.
     datagrams: [VecDeque<(u64, Bytes)>; 2],
     /// Control messages sent by each side and not yet delivered.
@@ -260,6 +293,7 @@ impl Harness {
                     );
                 }
                 self.m.reset_any.insert(id);
+                self.m.reset_seen.insert((id, idx(side)));
             }
             Event::GoingAway { code, reason } => {
                 if check {
@@ -442,6 +476,22 @@ impl Harness {
                 if self.alive(side) && self.conn(side).reset(id, code).is_ok() {
                     self.m.resets.insert((id, idx(side)), code);
                     self.m.reset_any.insert(id);
+                    self.m.reset_local.insert(id);
+                }
+            }
+            Op::Abandon { side, stream, code } => {
+                let Some(id) = self.pick(stream) else { return };
+                let code = code.get();
+                let finished = self.m.finished.contains(&(id, idx(side)));
+                if self.alive(side) && self.conn(side).abandon(id, code).is_ok() {
+                    // The peer may be told this code (at once, or after the FIN).
+                    self.m.resets.insert((id, idx(side)), code);
+                    if finished {
+                        self.m.abandoned.insert((id, idx(side)));
+                    } else {
+                        self.m.reset_any.insert(id);
+                        self.m.reset_local.insert(id);
+                    }
                 }
             }
             Op::Read { side, stream, max } => {
@@ -580,7 +630,9 @@ impl Harness {
             }
         }
         for (&(id, w), data) in &self.m.written {
-            if self.m.reset_any.contains(&id) {
+            // A side that finished and let go is owed its bytes whatever reset followed,
+            // unless a side reset the stream by its own call.
+            if !self.m.promised(id, w) {
                 continue;
             }
             let r = 1 - w;
@@ -594,7 +646,7 @@ impl Harness {
             );
         }
         for &(id, w) in &self.m.finished {
-            if !self.m.reset_any.contains(&id) {
+            if self.m.promised(id, w) {
                 assert!(
                     self.m.eof.contains(&(id, 1 - w)),
                     "stream {id:?}: FIN never reached the reader after settling"

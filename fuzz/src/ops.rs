@@ -139,6 +139,13 @@ pub enum Op {
         side: Side,
         frame: ArbFrame,
     },
+    /// `abandon` (what dropping a stream handle does): after a finish, what was written
+    /// must still arrive whole.
+    Abandon {
+        side: Side,
+        stream: u8,
+        code: ArbU64,
+    },
 }
 
 /// A whole `connection` input: optional configs (`None`: `Config::default()`) and the operations.

@@ -1,6 +1,8 @@
 //! Property test: a deterministic in-memory pair driven by random operation sequences
 //! delivers every stream byte-exact and in order, honours half-close, and keeps the
-//! receive buffers within the configured windows.
+//! receive buffers within the configured windows. A side that finishes and then lets go
+//! of a stream (`abandon`) still delivers everything it wrote; bytes read after a reset
+//! are still in order, and an EOF still means every byte.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,6 +30,10 @@ enum Op {
         client: bool,
         stream: usize,
     },
+    Abandon {
+        client: bool,
+        stream: usize,
+    },
     Read {
         client: bool,
         stream: usize,
@@ -49,6 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (any::<bool>(), 0..8usize, 1..200_000usize).prop_map(|(client, stream, len)| Op::Write { client, stream, len }),
         2 => (any::<bool>(), 0..8usize).prop_map(|(client, stream)| Op::Finish { client, stream }),
         1 => (any::<bool>(), 0..8usize).prop_map(|(client, stream)| Op::Reset { client, stream }),
+        1 => (any::<bool>(), 0..8usize).prop_map(|(client, stream)| Op::Abandon { client, stream }),
         6 => (any::<bool>(), 0..8usize, 1..100_000usize).prop_map(|(client, stream, max)| Op::Read { client, stream, max }),
         2 => (any::<bool>(), 0..2_000usize).prop_map(|(client, len)| Op::Datagram { client, len }),
         1 => (0..5_000u64).prop_map(|millis| Op::Advance { millis }),
@@ -71,7 +78,12 @@ struct Model {
     streams: HashMap<StreamId, (Dir, Dir)>,
     /// Ids in opening order, as each side knows them.
     known: [Vec<StreamId>; 2],
+    /// Aborted by a `reset` call: no delivery promised.
     reset: Vec<StreamId>,
+    /// A side was told of a reset: it writes and finishes no more.
+    reset_seen: [Vec<StreamId>; 2],
+    /// Let go of by one side (`true`: the client) after it finished writing.
+    abandoned: HashMap<StreamId, bool>,
     counter: u8,
 }
 
@@ -101,18 +113,23 @@ fn absorb_events(p: &mut Pair, m: &mut Model) {
         for e in events {
             match e {
                 Event::StreamOpened { id, .. } => m.known[side].push(id),
-                Event::StreamReset { id, .. } => {
-                    m.reset.push(id);
-                    m.known[side].retain(|s| *s != id);
-                }
+                // What the peer had sent before finishing stays readable: reads go on.
+                Event::StreamReset { id, .. } => m.reset_seen[side].push(id),
                 _ => {}
             }
         }
     }
 }
 
+/// Whether `client`'s side may no longer write or finish `id`.
+fn write_over(m: &Model, id: StreamId, client: bool) -> bool {
+    m.reset.contains(&id)
+        || m.reset_seen[usize::from(!client)].contains(&id)
+        || m.abandoned.contains_key(&id)
+}
+
 fn do_read(p: &mut Pair, m: &mut Model, client: bool, id: StreamId, max: usize) {
-    if m.reset.contains(&id) {
+    if m.abandoned.get(&id) == Some(&client) {
         return;
     }
     match conn(p, client).read(id, max) {
@@ -175,7 +192,7 @@ fn run(ops: Vec<Op>, fragment: usize) {
                 let Some(&id) = m.known[side].get(stream) else {
                     continue;
                 };
-                if m.reset.contains(&id) || dir(&mut m, id, client).finished {
+                if write_over(&m, id, client) || dir(&mut m, id, client).finished {
                     continue;
                 }
                 m.counter = m.counter.wrapping_add(1);
@@ -195,7 +212,7 @@ fn run(ops: Vec<Op>, fragment: usize) {
                 let Some(&id) = m.known[side].get(stream) else {
                     continue;
                 };
-                if m.reset.contains(&id) || dir(&mut m, id, client).finished {
+                if write_over(&m, id, client) || dir(&mut m, id, client).finished {
                     continue;
                 }
                 conn(&mut p, client).finish(id).unwrap();
@@ -206,11 +223,27 @@ fn run(ops: Vec<Op>, fragment: usize) {
                 let Some(&id) = m.known[side].get(stream) else {
                     continue;
                 };
-                if m.reset.contains(&id) {
+                if m.reset.contains(&id) || m.abandoned.contains_key(&id) {
                     continue;
                 }
                 if conn(&mut p, client).reset(id, 0).is_ok() {
                     m.reset.push(id);
+                }
+            }
+            Op::Abandon { client, stream } => {
+                let side = usize::from(!client);
+                let Some(&id) = m.known[side].get(stream) else {
+                    continue;
+                };
+                if m.reset.contains(&id)
+                    || m.abandoned.contains_key(&id)
+                    || !dir(&mut m, id, client).finished
+                {
+                    continue;
+                }
+                // It may be gone already (both directions done); that is no error here.
+                if conn(&mut p, client).abandon(id, 0).is_ok() {
+                    m.abandoned.insert(id, client);
                 }
             }
             Op::Read {
@@ -243,16 +276,11 @@ fn run(ops: Vec<Op>, fragment: usize) {
         check_memory(&p, &cfg);
     }
     // Finish every direction still open, then drain everything.
-    let ids: Vec<StreamId> = m
-        .streams
-        .keys()
-        .copied()
-        .filter(|id| !m.reset.contains(id))
-        .collect();
+    let ids: Vec<StreamId> = m.streams.keys().copied().collect();
     for &id in &ids {
         for client in [true, false] {
             let knows = m.known[usize::from(!client)].contains(&id);
-            if knows && !dir(&mut m, id, client).finished {
+            if knows && !write_over(&m, id, client) && !dir(&mut m, id, client).finished {
                 conn(&mut p, client).finish(id).unwrap();
                 dir(&mut m, id, client).finished = true;
             }
@@ -287,7 +315,7 @@ fn run(ops: Vec<Op>, fragment: usize) {
         for &id in &ids {
             for client in [true, false] {
                 let knows = m.known[usize::from(!client)].contains(&id);
-                if knows && !m.reset.contains(&id) && !dir(&mut m, id, client).finished {
+                if knows && !write_over(&m, id, client) && !dir(&mut m, id, client).finished {
                     conn(&mut p, client).finish(id).unwrap();
                     dir(&mut m, id, client).finished = true;
                     progress = true;
@@ -303,7 +331,13 @@ fn run(ops: Vec<Op>, fragment: usize) {
         if m.reset.contains(id) {
             continue;
         }
-        for d in [a, b] {
+        // An abandoned stream owes only what its abandoning side wrote.
+        let owed: Vec<&Dir> = match m.abandoned.get(id) {
+            Some(true) => vec![a],
+            Some(false) => vec![b],
+            None => vec![a, b],
+        };
+        for d in owed {
             assert!(d.eof, "stream {id} never reached EOF");
             assert_eq!(d.read.len(), d.written.len());
         }

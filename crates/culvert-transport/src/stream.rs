@@ -259,6 +259,10 @@ impl TunnelStream {
                 }
                 Poll::Pending
             }
+            // Writing ended by the peer's reset (it had finished: its bytes stay readable).
+            Err(StreamError::ClosedForWriting(_)) if st.resets.contains_key(&self.id) => {
+                Poll::Ready(Err(self.gone(&mut st)))
+            }
             Err(StreamError::ClosedForWriting(_)) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "stream already finished",
@@ -309,8 +313,10 @@ impl Drop for TunnelStream {
         st.deliver.remove(&self.id);
         let done = *self.finished.get_mut() && *self.eof.get_mut();
         // Both directions done: the connection frees the stream once its FIN is out.
-        // Otherwise nobody will read or write it again: abort it so no state lingers.
-        if !done && st.closed.is_none() && st.conn.reset(self.id, reset_code::CANCEL).is_ok() {
+        // Otherwise nobody will read or write it again: let it go so no state lingers.
+        // What was written before a finish still reaches the peer, FIN last (an answer
+        // written, shut down and dropped at once is not lost); the rest aborts.
+        if !done && st.closed.is_none() && st.conn.abandon(self.id, reset_code::CANCEL).is_ok() {
             drop(st);
             self.shared.writer_wake.notify_one();
         }

@@ -78,6 +78,10 @@ impl AsyncWrite for TunnelStream {
                 this.shared.writer_wake.notify_one();
                 Poll::Ready(Ok(n))
             }
+            // Writing ended by the peer's reset (it had finished: its bytes stay readable).
+            Err(StreamError::ClosedForWriting(_)) if st.resets.contains_key(&this.id) => {
+                Poll::Ready(Err(this.gone(&mut st)))
+            }
             Err(StreamError::ClosedForWriting(_)) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "stream already finished",

@@ -158,3 +158,42 @@ async fn a_large_transfer_arrives_byte_exact_through_small_reads_and_writes() {
     assert_eq!(first_diff, None, "bytes differ");
     drop(writer.await.unwrap());
 }
+
+/// The far side answers, shuts down and drops its end at once (an HTTP/1.0 server, a
+/// one-shot responder), and the asker reads only later: the whole answer arrives, then the
+/// end; writing after is an error carrying the far side's reason. (Failed before: the drop
+/// reset the stream and took the unread answer with it, so the read was a reset error. An
+/// HTTP/1.0 caller through the HTTP ingress got a 502 now and then for it.)
+#[tokio::test]
+async fn an_answer_shut_down_and_dropped_at_once_arrives_whole() {
+    let (client, _server, mut events) = pair().await;
+    let mut a = client.open("svc").await.unwrap();
+    a.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut b = incoming(&mut events).await;
+    let mut req = [0u8; 18];
+    b.read_exact(&mut req).await.unwrap();
+    let body = pattern(1_000_000);
+    let answer = body.clone();
+    tokio::time::timeout(LIMIT, async move {
+        b.write_all(&answer).await.unwrap();
+        b.shutdown().await.unwrap();
+        drop(b);
+    })
+    .await
+    .expect("answered within the limit");
+    // Let the far side's drop reach us before anything is read.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(LIMIT, a.read_to_end(&mut got))
+        .await
+        .expect("read within the limit")
+        .expect("the answer, then the end");
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "answer bytes differ");
+    let e = a
+        .write_all(b"more")
+        .await
+        .expect_err("nobody reads any more");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    assert_eq!(reset_code_of(&e), Some(culvert_proto::reset_code::CANCEL));
+}

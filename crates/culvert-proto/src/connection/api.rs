@@ -145,6 +145,7 @@ impl Connection {
     }
 
     /// Aborts both directions; queued bytes are discarded and the peer is told `code`.
+    /// (A peer that had finished keeps what it sent readable: PROTOCOL.md §9.4.)
     pub fn reset(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
         if !self.streams.contains_key(&id) {
             return Err(StreamError::UnknownStream(id));
@@ -158,12 +159,57 @@ impl Connection {
         Ok(())
     }
 
+    /// The application lets go of a stream: it will read and write no more. What it wrote
+    /// before finishing still goes out, its FIN last, so a peer that reads gets every byte
+    /// (a server that answers, shuts down and drops its end loses nothing); only then, if
+    /// the peer may still send, is it told `code`, since nobody reads what it sends. Bytes
+    /// that arrive meanwhile are dropped (their connection credit returned). A stream whose
+    /// writing is not finished aborts both ways at once, as with [`Connection::reset`].
+    /// To the application the stream is gone at once: reading it is `UnknownStream`.
+    pub fn abandon(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
+        let s = self
+            .streams
+            .get_mut(&id)
+            .filter(|s| !s.let_go)
+            .ok_or(StreamError::UnknownStream(id))?;
+        if s.send_state == SendState::Open {
+            return self.reset(id, code);
+        }
+        s.let_go = true;
+        let (bytes, shared) = s.discard_recv();
+        let peer_sends = s.recv_state == RecvState::Open;
+        if peer_sends {
+            s.abandoned = Some(code.min(varint::MAX));
+        } else {
+            // The peer finished: nothing more comes, nothing to tell it.
+            s.recv_state = RecvState::FinRead;
+        }
+        let fin_out = s.send_state == SendState::FinSent;
+        self.recv_shared_chunks -= shared;
+        if bytes > 0 {
+            self.release_conn_credit(bytes as u64);
+        }
+        if fin_out {
+            // Our FIN is on the wire already: the stream is done here.
+            self.free_stream(id);
+            if peer_sends && self.error.is_none() && self.allow_local_reset() {
+                self.queue(Frame::StreamReset {
+                    id,
+                    code: code.min(varint::MAX),
+                });
+            }
+        }
+        // Otherwise the scheduler frees it (telling the peer) once the FIN goes out.
+        Ok(())
+    }
+
     /// Reads up to `max` bytes from a stream, releasing flow-control credit as it goes.
     /// After [`ReadOutcome::Eof`] with our direction finished too, the stream is gone.
     pub fn read(&mut self, id: StreamId, max: usize) -> Result<ReadOutcome, StreamError> {
         let s = self
             .streams
             .get_mut(&id)
+            .filter(|s| !s.let_go)
             .ok_or(StreamError::UnknownStream(id))?;
         let before = s.shared_chunks;
         let Some(chunk) = s.pop_recv(max) else {

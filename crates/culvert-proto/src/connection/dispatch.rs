@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::stream::{self, RecvState};
+use super::stream::{self, RecvState, SendState};
 use super::{reset_code, Connection, Event, MAX_SHARED_CHUNKS};
 use crate::frame::Frame;
 use crate::{ConnectionError, Control, StreamId, Target};
@@ -71,6 +71,14 @@ impl Connection {
                     if s.recv_state != RecvState::Open {
                         return Err(ConnectionError::DataAfterFin(id));
                     }
+                    if s.abandoned.take().is_some() {
+                        // Nobody reads it: done, and the peer need not be told to stop.
+                        s.recv_state = RecvState::FinRead;
+                        if s.is_closed() {
+                            self.free_stream(id);
+                        }
+                        return Ok(());
+                    }
                     s.recv_state = RecvState::FinReceived;
                     self.push_event(Event::Finished(id))?;
                 }
@@ -81,7 +89,7 @@ impl Connection {
                     return Err(ConnectionError::ResetFlood);
                 }
                 if self.streams.contains_key(&id) {
-                    self.free_stream(id);
+                    self.on_peer_reset(id);
                     self.push_event(Event::StreamReset { id, code })?;
                 } else {
                     self.check_was_opened(id)?;
@@ -178,6 +186,30 @@ impl Connection {
         self.push_event(Event::StreamOpened { id, target })
     }
 
+    /// The peer aborted a stream. Our direction ends at once (queued bytes dropped). Its
+    /// direction too, unless it had finished: then every byte it sent is here, and stays
+    /// readable up to the end, the way a reset that follows a FIN is sent by a peer that
+    /// answered, shut down and let go (see [`Connection::abandon`]).
+    fn on_peer_reset(&mut self, id: StreamId) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.recv_state == RecvState::Open || s.abandoned.is_some() {
+            self.free_stream(id);
+            return;
+        }
+        let (bytes, uncredited) = s.discard_send();
+        s.send_state = SendState::FinSent;
+        let closed = s.is_closed();
+        self.send_buffered_total -= bytes;
+        self.send_uncredited_total -= uncredited;
+        if closed {
+            self.free_stream(id);
+        } else if bytes > 0 {
+            self.wake_writers();
+        }
+    }
+
     fn on_data(&mut self, id: StreamId, data: Bytes) -> Result<(), ConnectionError> {
         let len = data.len() as u64;
         if len == 0 {
@@ -198,6 +230,11 @@ impl Connection {
         }
         if !s.recv_flow.consume(len) {
             return Err(ConnectionError::StreamWindowExceeded(id));
+        }
+        if s.abandoned.is_some() {
+            // Nobody reads it (the peer hears so once our FIN is out): dropped.
+            self.release_conn_credit(len);
+            return Ok(());
         }
         let was_empty = s.recv_buffered == 0;
         // Slices pin read buffers: past the connection's share of them, payloads are copied.

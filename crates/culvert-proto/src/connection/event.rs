@@ -22,7 +22,8 @@ pub enum Event {
     Finished(StreamId),
     /// A short write can now be retried.
     Writable(StreamId),
-    /// The peer aborted the stream; its state is gone.
+    /// The peer aborted the stream: writing is over, and its state is gone, unless the
+    /// peer had finished first: then what it sent stays readable up to the end.
     StreamReset {
         /// Stream.
         id: StreamId,

@@ -85,6 +85,12 @@ pub(crate) struct Stream {
     /// What we granted the peer on this stream (auto-tuned).
     pub(crate) recv_flow: RecvWindow,
     pub(crate) recv_state: RecvState,
+    /// Let go of by the application after it finished writing, while the peer may still
+    /// send: what arrives is dropped, and once our FIN is out the peer is told this code.
+    pub(crate) abandoned: Option<u64>,
+    /// Let go of by the application (`Connection::abandon`): no longer readable, though its
+    /// queued bytes and FIN may still be on their way out.
+    pub(crate) let_go: bool,
 }
 
 impl Stream {
@@ -102,6 +108,8 @@ impl Stream {
             shared_chunks: 0,
             recv_flow: RecvWindow::new(recv_window),
             recv_state: RecvState::Open,
+            abandoned: None,
+            let_go: false,
         }
     }
 
@@ -181,6 +189,25 @@ impl Stream {
         };
         self.recv_buffered -= out.len();
         Some(out)
+    }
+
+    /// Drops every received byte not yet read; returns how many bytes, and how many of
+    /// the dropped chunks were slices of received messages.
+    pub(crate) fn discard_recv(&mut self) -> (usize, usize) {
+        let dropped = (self.recv_buffered, self.shared_chunks);
+        self.recv_buf.clear();
+        self.recv_buffered = 0;
+        self.shared_chunks = 0;
+        dropped
+    }
+
+    /// Drops every queued byte not yet sent (the peer will not read them); returns how many
+    /// bytes, and how many of them were beyond credit.
+    pub(crate) fn discard_send(&mut self) -> (usize, usize) {
+        let dropped = (self.send_buffered, self.uncredited());
+        self.send_buf.clear();
+        self.send_buffered = 0;
+        dropped
     }
 
     /// Memory the received bytes may keep alive (see [`Chunk::memory`]).

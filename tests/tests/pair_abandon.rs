@@ -1,0 +1,175 @@
+//! A stream let go of after its last write loses nothing it wrote. A server that answers,
+//! shuts down and drops its end at once (an HTTP/1.0 server, a one-shot responder) must not
+//! take the answer with it, whether the peer has read it yet or not.
+
+use bytes::Bytes;
+use culvert_proto::{Config, Connection, Event, ReadOutcome, StreamError, StreamId};
+use culvert_testkit::Pair;
+
+fn read_all(c: &mut Connection, id: StreamId) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    loop {
+        match c.read(id, usize::MAX) {
+            Ok(ReadOutcome::Data(b)) => out.extend_from_slice(&b),
+            Ok(ReadOutcome::WouldBlock) => return (out, false),
+            Ok(ReadOutcome::Eof) => return (out, true),
+            Err(e) => panic!("reading {id}: {e} after {} bytes", out.len()),
+        }
+    }
+}
+
+fn answer(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Opens a stream from the client with a request on it; returns (client id, server id).
+fn request(p: &mut Pair) -> (StreamId, StreamId) {
+    let id = p.client.open_stream("svc").unwrap();
+    p.client.write(id, Bytes::from_static(b"GET /")).unwrap();
+    p.drive(100).unwrap();
+    p.collect_events();
+    let sid = p
+        .server_events
+        .drain(..)
+        .find_map(|e| match e {
+            Event::StreamOpened { id, .. } => Some(id),
+            _ => None,
+        })
+        .expect("the server saw the stream");
+    let (req, _) = read_all(&mut p.server, sid);
+    assert_eq!(&req[..], b"GET /");
+    (id, sid)
+}
+
+fn client_resets(p: &mut Pair) -> Vec<StreamId> {
+    p.collect_events();
+    p.client_events
+        .drain(..)
+        .filter_map(|e| match e {
+            Event::StreamReset { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The peer's reset arrives after its FIN, before the client read anything: the bytes are
+/// all here, and stay readable to the end. (Failed before: the reset freed the stream with
+/// its unread bytes, and reading it was an `UnknownStream` error.)
+#[test]
+fn a_reset_after_the_fin_leaves_what_was_sent_readable() {
+    let mut p = Pair::new(Config::default());
+    let (id, sid) = request(&mut p);
+    let body = answer(100_000);
+    assert_eq!(
+        p.server.write(sid, Bytes::from(body.clone())).unwrap(),
+        body.len()
+    );
+    p.server.finish(sid).unwrap();
+    p.drive(100).unwrap();
+    p.server.reset(sid, 7).unwrap();
+    p.drive(100).unwrap();
+    assert_eq!(
+        client_resets(&mut p),
+        vec![id],
+        "the client is told of the reset"
+    );
+    // Writing is over: the peer reset it.
+    assert!(matches!(
+        p.client.write(id, Bytes::from_static(b"more")),
+        Err(StreamError::ClosedForWriting(_))
+    ));
+    let (got, eof) = read_all(&mut p.client, id);
+    assert!(eof, "the FIN is still there");
+    assert!(got == body, "{} of {} bytes", got.len(), body.len());
+    assert_eq!(p.client.open_streams(), 0);
+    assert_eq!(p.server.open_streams(), 0);
+}
+
+/// Written, finished and abandoned before any of it was sent: all of it goes out, FIN
+/// last, and then the reset that tells the client nobody reads what it sends.
+#[test]
+fn an_abandoned_stream_sends_what_it_queued_then_its_fin_then_the_reset() {
+    let mut p = Pair::new(Config::default());
+    let (id, sid) = request(&mut p);
+    // More than the client's window: some of it can only leave as the client reads.
+    let body = answer(3_000_000);
+    let mut sent = 0;
+    let mut got = Vec::new();
+    // The server writes as room frees, then finishes and lets go at once.
+    let mut abandoned = false;
+    let mut eof = false;
+    for _ in 0..10_000 {
+        if sent < body.len() {
+            sent += p
+                .server
+                .write(sid, Bytes::copy_from_slice(&body[sent..]))
+                .unwrap();
+        }
+        if sent == body.len() && !abandoned {
+            p.server.finish(sid).unwrap();
+            p.server.abandon(sid, 9).unwrap();
+            abandoned = true;
+        }
+        // The client keeps sending: dropped by the server, never an error.
+        if !eof {
+            let _ = p.client.write(id, Bytes::from_static(b"ignored"));
+        }
+        p.step().unwrap();
+        if !eof {
+            let (b, e) = read_all(&mut p.client, id);
+            got.extend_from_slice(&b);
+            eof = e;
+        }
+        if eof && p.client.open_streams() == 0 && p.server.open_streams() == 0 {
+            break;
+        }
+    }
+    assert!(
+        eof,
+        "the FIN arrived ({} of {} bytes)",
+        got.len(),
+        body.len()
+    );
+    assert!(
+        got == body,
+        "{} of {} bytes, in order",
+        got.len(),
+        body.len()
+    );
+    assert_eq!(client_resets(&mut p), vec![id], "told to stop sending");
+    assert_eq!(p.client.open_streams(), 0, "the client freed the stream");
+    assert_eq!(p.server.open_streams(), 0, "the server freed the stream");
+}
+
+/// Abandoned with the FIN queued, and the client finishes too: nothing needs telling, the
+/// stream closes as a graceful one on both sides.
+#[test]
+fn an_abandoned_stream_whose_peer_finishes_closes_without_a_reset() {
+    let mut p = Pair::new(Config::default());
+    let (id, sid) = request(&mut p);
+    p.server.write(sid, Bytes::from_static(b"200 OK")).unwrap();
+    p.server.finish(sid).unwrap();
+    p.client.finish(id).unwrap();
+    p.server.abandon(sid, 9).unwrap();
+    p.drive(100).unwrap();
+    let (got, eof) = read_all(&mut p.client, id);
+    assert!(eof);
+    assert_eq!(&got[..], b"200 OK");
+    assert!(client_resets(&mut p).is_empty(), "no reset was needed");
+    assert_eq!(p.client.open_streams(), 0);
+    assert_eq!(p.server.open_streams(), 0);
+}
+
+/// Let go of before finishing: nothing is owed, both directions abort at once.
+#[test]
+fn abandoning_an_unfinished_stream_resets_it() {
+    let mut p = Pair::new(Config::default());
+    let (id, sid) = request(&mut p);
+    p.server.write(sid, Bytes::from_static(b"partial")).unwrap();
+    p.server.abandon(sid, 9).unwrap();
+    assert_eq!(p.server.open_streams(), 0, "freed at once");
+    p.drive(100).unwrap();
+    assert_eq!(client_resets(&mut p), vec![id]);
+    assert!(p.client.read(id, usize::MAX).is_err(), "the stream is gone");
+    assert_eq!(p.client.open_streams(), 0);
+}
