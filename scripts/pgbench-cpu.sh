@@ -105,13 +105,4 @@ echo "medians:"
 echo
 echo "$header"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-python3 - "$WORK/rows" <<'PY'
-import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    cells = [c.strip() for c in line.strip().strip("|").split("|")]
-    rows.setdefault(cells[0], []).append([float(c) for c in cells[1:]])
-for which, rs in rows.items():
-    meds = [statistics.median(col) for col in zip(*rs)]
-    print(f"| {which} | {meds[0]:.0f} | " + " | ".join(f"{m:.1f}" for m in meds[1:]) + " |")
-PY
+"${TOOL[@]}" row-medians --ints 1 "$WORK/rows"

@@ -637,6 +637,23 @@ def _median(xs):
     return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
 
 
+def cmd_row_medians(a):
+    """Medians of the markdown table rows in FILE (`| label | n | n | ... |`), one row per
+    label in first-seen order: the first --ints columns as integers, the rest to one
+    decimal. For the measuring scripts that print a row per round."""
+    rows = {}
+    with open(a.file) as f:
+        for line in f:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) < 2:
+                continue
+            rows.setdefault(cells[0], []).append([float(c) for c in cells[1:]])
+    for label, rs in rows.items():
+        meds = [_median(list(col)) for col in zip(*rs)]
+        out = [f"{m:.0f}" if i < a.ints else f"{m:.1f}" for i, m in enumerate(meds)]
+        print(f"| {label} | " + " | ".join(out) + " |")
+
+
 def cmd_json_median(a):
     """Print, for each of the comma-separated KEYS, the median of its numeric values over
     the JSON objects in FILES (files that do not parse are skipped), space separated;
@@ -1007,6 +1024,10 @@ def main():
     s.add_argument("--peers", default="", help="the peer columns the best is chosen among")
     s.set_defaults(f=cmd_table)
 
+    s = sub.add_parser("row-medians")
+    s.add_argument("file")
+    s.add_argument("--ints", type=int, default=1)
+    s.set_defaults(f=cmd_row_medians)
     s = sub.add_parser("json-median")
     s.add_argument("keys")
     s.add_argument("files", nargs="*")

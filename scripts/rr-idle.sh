@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Round trips over several connections at once, Culvert against wstunnel: the rate, p50, the
+# tunnel's CPU µs per round trip (server + agent) and how much of the machine stayed idle,
+# in alternating rounds on fresh tunnels.
+#
+#   scripts/rr-idle.sh                                  # ws, 8 connections, 3 rounds of 4 s
+#   RRI_ROUNDS=5 RRI_CONNS=16 scripts/rr-idle.sh
+#   RRI_VARIANTS="culvert culvert:/path/to/other-culvert wstunnel" scripts/rr-idle.sh
+#
+# Why: Culvert's eight-connection round trips trail wstunnel-ws's by 10-20 % while its CPU per
+# round trip is no higher (BENCHMARKS.md, 2026-12-05 from 03:14Z); what differs is how long
+# the two vCPUs sit idle with eight requests in flight. A variant `culvert:BIN` runs another
+# binary (a wrapper script may add flags or environment).
+#
+# Needs the wstunnel that scripts/bench.sh builds; Culvert is target/profiling/culvert unless
+# CULVERT_BIN says otherwise. Everything on 127.0.0.1 ports from benchtool's freeblock; every
+# process stopped by its PID; every load bounded by a count and a time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ROUNDS=${RRI_ROUNDS:-3}
+SCHEME=${RRI_SCHEME:-ws}
+SECS=${RRI_SECONDS:-4}
+CONNS=${RRI_CONNS:-8}
+COUNT=${RRI_COUNT:-80000}
+VARIANTS=${RRI_VARIANTS:-culvert wstunnel}
+CULVERT_DEFAULT=${CULVERT_BIN:-$ROOT/target/profiling/culvert}
+WSTUNNEL_BIN=${WSTUNNEL_BIN:-$(ls -d "$ROOT"/target/bench/wstunnel-*/bin/wstunnel 2>/dev/null | head -n1)}
+TOOL=(python3 "$ROOT/scripts/bench/benchtool.py")
+for b in "$CULVERT_DEFAULT" "$WSTUNNEL_BIN"; do
+  [[ -x $b ]] || { echo "rr-idle: $b missing: build it (scripts/bench.sh builds both)" >&2; exit 2; }
+done
+# shellcheck source=scripts/lib/procs.sh
+source "$ROOT/scripts/lib/procs.sh"
+procs_init rr-idle
+# shellcheck source=scripts/lib/peer-tunnel.sh
+source "$ROOT/scripts/lib/peer-tunnel.sh"
+HZ=$(getconf CLK_TCK)
+BASE=$("${TOOL[@]}" freeblock 4)
+ECHO=$BASE CTRL=$((BASE + 1)) PUB=$((BASE + 2))
+"${TOOL[@]}" echo-server "$ECHO" --max-seconds $((ROUNDS * 120 + 60)) >"$WORK/echo.log" 2>&1 &
+PIDS+=($!)
+"${TOOL[@]}" wait-listen --timeout 15 "$ECHO"
+
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# busy and idle ticks of the whole machine
+machine() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
+
+one() {
+  local variant=$1 which started=${#PIDS[@]} s0 a0 m0 s1 a1 m1 out
+  which=${variant%%:*}
+  CULVERT_BIN=$CULVERT_DEFAULT
+  [[ $variant != *:* ]] || CULVERT_BIN=${variant#*:}
+  start_peer_tunnel "$which" "$SCHEME" "$WORK" "$CTRL" "$PUB" "$ECHO"
+  "${TOOL[@]}" wait-echo --timeout 15 "$PUB" >/dev/null
+  # warm: connections, caches
+  timeout 30 "${TOOL[@]}" rr "$PUB" --conns "$CONNS" --count 2000 --seconds 1 >/dev/null
+  s0=$(ticks "$SRV_PID") a0=$(ticks "$AGT_PID") m0=$(machine)
+  out=$(timeout $((SECS + 30)) "${TOOL[@]}" rr "$PUB" --conns "$CONNS" --count "$COUNT" --seconds "$SECS")
+  m1=$(machine) s1=$(ticks "$SRV_PID") a1=$(ticks "$AGT_PID")
+  python3 - "$variant" "$HZ" "$out" $((s1 - s0)) $((a1 - a0)) $m0 $m1 <<'PY'
+import json, sys
+variant, hz, out = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
+s, a, b0, i0, b1, i1 = map(float, sys.argv[4:10])
+us = lambda t: t / hz / out["count"] * 1e6
+busy, idle = b1 - b0, i1 - i0
+print(f"| {variant} | {out['rps']:.0f} | {out['p50_us']:.0f} | {us(s):.1f} | {us(a):.1f} | {us(s + a):.1f} | {idle / (busy + idle) * 100:.1f} |")
+PY
+  local p
+  for p in "${PIDS[@]:$started}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  PIDS=("${PIDS[@]:0:$started}")
+  sleep 1
+}
+
+echo "$SCHEME, $CONNS connections each doing sequential 64-byte round trips, $SECS s, $ROUNDS alternating rounds:"
+echo
+header="| tunnel | round trips/s | p50 µs | server CPU µs/rt | agent/client CPU µs/rt | server + agent | machine idle % |"
+echo "$header"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+for _ in $(seq 1 "$ROUNDS"); do
+  for v in $VARIANTS; do
+    one "$v" | tee -a "$WORK/rows"
+  done
+done
+echo
+echo "medians:"
+echo
+echo "$header"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+"${TOOL[@]}" row-medians --ints 2 "$WORK/rows"
