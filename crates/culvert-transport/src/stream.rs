@@ -35,7 +35,9 @@ pub fn reset_code_of(e: &io::Error) -> Option<u64> {
         .map(|r| r.0)
 }
 
-/// One tunneled byte stream. Dropping it before both directions finished resets it.
+/// One tunneled byte stream. Dropping it after [`TunnelStream::finish`] (tokio's
+/// `shutdown`) still delivers everything written, FIN last, and only then tells the peer
+/// nobody reads; dropping it before finishing resets both directions at once.
 ///
 /// Two ways to use it: the zero-copy methods ([`TunnelStream::send`],
 /// [`TunnelStream::recv`], [`TunnelStream::recv_many`]) take `&self`, so one task may read

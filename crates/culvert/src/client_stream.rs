@@ -13,7 +13,8 @@ use tokio::net::TcpStream;
 /// A byte stream to a service: tokio's `AsyncRead` + `AsyncWrite`, so it can be handed to
 /// `tokio::io::copy`, a hyper client connection or `tokio_postgres::Config::connect_raw`.
 /// A stream reset by the peer reads as an `io::Error` that converts into
-/// [`Error::Reset`](crate::Error::Reset).
+/// [`Error::Reset`](crate::Error::Reset). Over the tunnel, dropped after `shutdown` it
+/// still delivers everything written; dropped before, it is reset.
 #[derive(Debug)]
 pub struct ClientStream {
     path: Path,
