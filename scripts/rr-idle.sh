@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Round trips over several connections at once, Culvert against wstunnel: the rate, p50, the
-# tunnel's CPU µs per round trip (server + agent) and how much of the machine stayed idle,
-# in alternating rounds on fresh tunnels.
+# CPU µs per round trip of the tunnel's server and agent, of the load client and of the echo
+# backend, and how much of the machine stayed idle, in alternating rounds on fresh tunnels.
 #
 #   scripts/rr-idle.sh                                  # ws, 8 connections, 3 rounds of 4 s
 #   RRI_ROUNDS=5 RRI_CONNS=16 scripts/rr-idle.sh
@@ -39,7 +39,8 @@ HZ=$(getconf CLK_TCK)
 BASE=$("${TOOL[@]}" freeblock 4)
 ECHO=$BASE CTRL=$((BASE + 1)) PUB=$((BASE + 2))
 "${TOOL[@]}" echo-server "$ECHO" --max-seconds $((ROUNDS * 120 + 60)) >"$WORK/echo.log" 2>&1 &
-PIDS+=($!)
+ECHO_PID=$!
+PIDS+=("$ECHO_PID")
 "${TOOL[@]}" wait-listen --timeout 15 "$ECHO"
 
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
@@ -55,16 +56,23 @@ one() {
   "${TOOL[@]}" wait-echo --timeout 15 "$PUB" >/dev/null
   # warm: connections, caches
   timeout 30 "${TOOL[@]}" rr "$PUB" --conns "$CONNS" --count 2000 --seconds 1 >/dev/null
-  s0=$(ticks "$SRV_PID") a0=$(ticks "$AGT_PID") m0=$(machine)
-  out=$(timeout $((SECS + 30)) "${TOOL[@]}" rr "$PUB" --conns "$CONNS" --count "$COUNT" --seconds "$SECS")
-  m1=$(machine) s1=$(ticks "$SRV_PID") a1=$(ticks "$AGT_PID")
-  python3 - "$variant" "$HZ" "$out" $((s1 - s0)) $((a1 - a0)) $m0 $m1 <<'PY'
+  s0=$(ticks "$SRV_PID") a0=$(ticks "$AGT_PID") e0=$(ticks "$ECHO_PID") m0=$(machine)
+  # the load client's own CPU: its rusage, as a child of this wrapper
+  out=$(timeout $((SECS + 30)) python3 -c 'import resource, subprocess, sys
+out = subprocess.run(sys.argv[1:], capture_output=True, text=True, check=True).stdout.strip()
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(out, "\t", ru.ru_utime + ru.ru_stime)' "${TOOL[@]}" rr "$PUB" --conns "$CONNS" --count "$COUNT" --seconds "$SECS")
+  m1=$(machine) s1=$(ticks "$SRV_PID") a1=$(ticks "$AGT_PID") e1=$(ticks "$ECHO_PID")
+  python3 - "$variant" "$HZ" "$out" $((s1 - s0)) $((a1 - a0)) $((e1 - e0)) $m0 $m1 <<'PY'
 import json, sys
-variant, hz, out = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
-s, a, b0, i0, b1, i1 = map(float, sys.argv[4:10])
+variant, hz = sys.argv[1], float(sys.argv[2])
+text, client_s = sys.argv[3].rsplit("\t", 1)
+out = json.loads(text)
+s, a, e, b0, i0, b1, i1 = map(float, sys.argv[4:11])
 us = lambda t: t / hz / out["count"] * 1e6
 busy, idle = b1 - b0, i1 - i0
-print(f"| {variant} | {out['rps']:.0f} | {out['p50_us']:.0f} | {us(s):.1f} | {us(a):.1f} | {us(s + a):.1f} | {idle / (busy + idle) * 100:.1f} |")
+client = float(client_s) / out["count"] * 1e6
+print(f"| {variant} | {out['rps']:.0f} | {out['p50_us']:.0f} | {us(s):.1f} | {us(a):.1f} | {us(s + a):.1f} | {client:.1f} | {us(e):.1f} | {idle / (busy + idle) * 100:.1f} |")
 PY
   local p
   for p in "${PIDS[@]:$started}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
@@ -74,9 +82,9 @@ PY
 
 echo "$SCHEME, $CONNS connections each doing sequential 64-byte round trips, $SECS s, $ROUNDS alternating rounds:"
 echo
-header="| tunnel | round trips/s | p50 µs | server CPU µs/rt | agent/client CPU µs/rt | server + agent | machine idle % |"
+header="| tunnel | round trips/s | p50 µs | server CPU µs/rt | agent/client CPU µs/rt | server + agent | load client | echo | machine idle % |"
 echo "$header"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for _ in $(seq 1 "$ROUNDS"); do
   for v in $VARIANTS; do
     one "$v" | tee -a "$WORK/rows"
@@ -86,5 +94,5 @@ echo
 echo "medians:"
 echo
 echo "$header"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 "${TOOL[@]}" row-medians --ints 2 "$WORK/rows"
