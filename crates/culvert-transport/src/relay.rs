@@ -285,8 +285,9 @@ async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
 
 /// Splices two tunnel streams (a server joining an access client's stream to the agent's):
 /// bytes pass without copying, a FIN on one becomes a FIN on the other, and a reset on
-/// either side resets the other with the same code, so the far end learns why.
-/// `up` is `a` → `b`.
+/// either side resets the other with the same code, so the far end learns why. A reset
+/// that follows its sender's FIN loses nothing that sender wrote: the other direction
+/// still delivers it all, FIN last. `up` is `a` → `b`.
 pub async fn relay_streams(a: &TunnelStream, b: &TunnelStream) -> std::io::Result<RelayTotals> {
     async fn pump(from: &TunnelStream, to: &TunnelStream) -> std::io::Result<u64> {
         let mut total = 0u64;
@@ -294,10 +295,13 @@ pub async fn relay_streams(a: &TunnelStream, b: &TunnelStream) -> std::io::Resul
             match from.recv().await {
                 Ok(Some(chunk)) => {
                     total += chunk.len() as u64;
-                    if let Err(e) = to.send(chunk).await {
-                        from.reset(crate::reset_code_of(&e).unwrap_or(reset_code::INTERNAL));
-                        return Err(e);
-                    }
+                    // A failure means writing `to` is over: its far end reset it. This
+                    // direction ends, but `from` is not reset here, which would drop what it
+                    // still has queued of the other direction: if that far end had finished,
+                    // the other pump delivers all it sent and finishes `from` (whose drop
+                    // then tells its peer nobody reads); if not, the other pump's read fails
+                    // and resets `from` with the far end's code.
+                    to.send(chunk).await?;
                 }
                 Ok(None) => {
                     to.finish()?;
@@ -310,6 +314,10 @@ pub async fn relay_streams(a: &TunnelStream, b: &TunnelStream) -> std::io::Resul
             }
         }
     }
-    let (up, down) = tokio::try_join!(pump(a, b), pump(b, a))?;
-    Ok(RelayTotals { up, down })
+    // Both directions run to their end: one failing must not cut the other short.
+    let (up, down) = tokio::join!(pump(a, b), pump(b, a));
+    Ok(RelayTotals {
+        up: up?,
+        down: down?,
+    })
 }

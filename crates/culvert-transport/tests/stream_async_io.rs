@@ -1,28 +1,17 @@
 //! `TunnelStream` as tokio's `AsyncRead` + `AsyncWrite`: what `tokio::io::copy`, hyper and
 //! database drivers rely on. Two multiplexed connections over a real loopback TCP socket.
 
-use culvert_proto::{Config, Connection, Side};
-use culvert_transport::wsframe::{Role, WsConn};
 use culvert_transport::{reset_code_of, Mux, MuxEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 mod support;
 
-use support::{incoming, LIMIT};
+use support::{answer_and_drop, connected_pair, incoming, LIMIT};
 
 /// A client and a server connection joined by a loopback TCP socket.
 async fn pair() -> (Mux, Mux, UnboundedReceiver<MuxEvent>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    let now = std::time::Instant::now();
-    let c = Connection::new(Side::Client, Config::default(), now).unwrap();
-    let s = Connection::new(Side::Server, Config::default(), now).unwrap();
-    let (client, _client_events) = Mux::spawn_with(WsConn::new(dialed.unwrap(), Role::Client), c);
-    let (server, server_events) =
-        Mux::spawn_with(WsConn::new(accepted.unwrap().0, Role::Server), s);
+    let (client, server, _client_events, server_events) = connected_pair().await;
     (client, server, server_events)
 }
 
@@ -173,14 +162,7 @@ async fn an_answer_shut_down_and_dropped_at_once_arrives_whole() {
     let mut req = [0u8; 18];
     b.read_exact(&mut req).await.unwrap();
     let body = pattern(1_000_000);
-    let answer = body.clone();
-    tokio::time::timeout(LIMIT, async move {
-        b.write_all(&answer).await.unwrap();
-        b.shutdown().await.unwrap();
-        drop(b);
-    })
-    .await
-    .expect("answered within the limit");
+    answer_and_drop(b, body.clone()).await;
     // Let the far side's drop reach us before anything is read.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let mut got = Vec::new();

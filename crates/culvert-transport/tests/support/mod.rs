@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use culvert_transport::{MuxEvent, TunnelStream};
+use culvert_proto::{Config, Connection, Side};
+use culvert_transport::wsframe::{Role, WsConn};
+use culvert_transport::{Mux, MuxEvent, TunnelStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// How long a test waits for anything at most.
@@ -17,4 +21,38 @@ pub async fn incoming(events: &mut UnboundedReceiver<MuxEvent>) -> TunnelStream 
             other => panic!("no incoming stream: {other:?}"),
         }
     }
+}
+
+/// Writes `answer` on `s`, shuts it down and drops it at once, as a one-shot responder (an
+/// HTTP/1.0 server) does; panics past [`LIMIT`].
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub async fn answer_and_drop(mut s: TunnelStream, answer: Vec<u8>) {
+    tokio::time::timeout(LIMIT, async move {
+        s.write_all(&answer).await.unwrap();
+        s.shutdown().await.unwrap();
+        drop(s);
+    })
+    .await
+    .expect("answered within the limit");
+}
+
+/// A client and a server connection joined by a loopback TCP socket, with default configs:
+/// (client, server, the client's events, the server's events).
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub async fn connected_pair() -> (
+    Mux,
+    Mux,
+    UnboundedReceiver<MuxEvent>,
+    UnboundedReceiver<MuxEvent>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let now = std::time::Instant::now();
+    let c = Connection::new(Side::Client, Config::default(), now).unwrap();
+    let s = Connection::new(Side::Server, Config::default(), now).unwrap();
+    let (client, client_events) = Mux::spawn_with(WsConn::new(dialed.unwrap(), Role::Client), c);
+    let (server, server_events) =
+        Mux::spawn_with(WsConn::new(accepted.unwrap().0, Role::Server), s);
+    (client, server, client_events, server_events)
 }
