@@ -170,17 +170,16 @@ impl Connection {
         let s = self
             .streams
             .get_mut(&id)
-            .filter(|s| !s.let_go)
+            .filter(|s| s.let_go.is_none())
             .ok_or(StreamError::UnknownStream(id))?;
         if s.send_state == SendState::Open {
             return self.reset(id, code);
         }
-        s.let_go = true;
+        let code = code.min(varint::MAX);
+        s.let_go = Some(code);
         let (bytes, shared) = s.discard_recv();
         let peer_sends = s.recv_state == RecvState::Open;
-        if peer_sends {
-            s.abandoned = Some(code.min(varint::MAX));
-        } else {
+        if !peer_sends {
             // The peer finished: nothing more comes, nothing to tell it.
             s.recv_state = RecvState::FinRead;
         }
@@ -193,10 +192,7 @@ impl Connection {
             // Our FIN is on the wire already: the stream is done here.
             self.free_stream(id);
             if peer_sends && self.error.is_none() && self.allow_local_reset() {
-                self.queue(Frame::StreamReset {
-                    id,
-                    code: code.min(varint::MAX),
-                });
+                self.queue(Frame::StreamReset { id, code });
             }
         }
         // Otherwise the scheduler frees it (telling the peer) once the FIN goes out.
@@ -209,7 +205,7 @@ impl Connection {
         let s = self
             .streams
             .get_mut(&id)
-            .filter(|s| !s.let_go)
+            .filter(|s| s.let_go.is_none())
             .ok_or(StreamError::UnknownStream(id))?;
         let before = s.shared_chunks;
         let Some(chunk) = s.pop_recv(max) else {

@@ -71,7 +71,7 @@ impl Connection {
                     if s.recv_state != RecvState::Open {
                         return Err(ConnectionError::DataAfterFin(id));
                     }
-                    if s.abandoned.take().is_some() {
+                    if s.let_go.is_some() {
                         // Nobody reads it: done, and the peer need not be told to stop.
                         s.recv_state = RecvState::FinRead;
                         if s.is_closed() {
@@ -194,7 +194,7 @@ impl Connection {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.recv_state == RecvState::Open || s.abandoned.is_some() {
+        if s.recv_state == RecvState::Open || s.let_go.is_some() {
             self.free_stream(id);
             return;
         }
@@ -231,7 +231,7 @@ impl Connection {
         if !s.recv_flow.consume(len) {
             return Err(ConnectionError::StreamWindowExceeded(id));
         }
-        if s.abandoned.is_some() {
+        if s.let_go.is_some() {
             // Nobody reads it (the peer hears so once our FIN is out): dropped.
             self.release_conn_credit(len);
             return Ok(());

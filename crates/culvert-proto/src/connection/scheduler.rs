@@ -154,9 +154,10 @@ impl Connection {
                 }
                 if s.is_closed() {
                     self.free_stream(id);
-                } else if let (Some(code), SendState::FinSent) = (s.abandoned, s.send_state) {
+                } else if let (Some(code), SendState::FinSent) = (s.let_go, s.send_state) {
                     // Its application let go: every byte and the FIN are out; the peer, which
-                    // may still send, hears nobody reads (after the FIN, so it keeps them).
+                    // may still send (else the stream is closed, above), hears nobody reads
+                    // (after the FIN, so it keeps them).
                     self.free_stream(id);
                     if self.error.is_none() && self.allow_local_reset() {
                         self.queue(Frame::StreamReset { id, code });

@@ -85,12 +85,10 @@ pub(crate) struct Stream {
     /// What we granted the peer on this stream (auto-tuned).
     pub(crate) recv_flow: RecvWindow,
     pub(crate) recv_state: RecvState,
-    /// Let go of by the application after it finished writing, while the peer may still
-    /// send: what arrives is dropped, and once our FIN is out the peer is told this code.
-    pub(crate) abandoned: Option<u64>,
-    /// Let go of by the application (`Connection::abandon`): no longer readable, though its
-    /// queued bytes and FIN may still be on their way out.
-    pub(crate) let_go: bool,
+    /// Let go of by the application after it finished writing (`Connection::abandon`), with
+    /// this code: no longer readable, what arrives is dropped, and once our FIN is out a
+    /// peer that may still send (receive half open) is told the code.
+    pub(crate) let_go: Option<u64>,
 }
 
 impl Stream {
@@ -108,8 +106,7 @@ impl Stream {
             shared_chunks: 0,
             recv_flow: RecvWindow::new(recv_window),
             recv_state: RecvState::Open,
-            abandoned: None,
-            let_go: false,
+            let_go: None,
         }
     }
 
