@@ -3,20 +3,8 @@
 //! take the answer with it, whether the peer has read it yet or not.
 
 use bytes::Bytes;
-use culvert_proto::{Config, Connection, Event, ReadOutcome, StreamError, StreamId};
-use culvert_testkit::Pair;
-
-fn read_all(c: &mut Connection, id: StreamId) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    loop {
-        match c.read(id, usize::MAX) {
-            Ok(ReadOutcome::Data(b)) => out.extend_from_slice(&b),
-            Ok(ReadOutcome::WouldBlock) => return (out, false),
-            Ok(ReadOutcome::Eof) => return (out, true),
-            Err(e) => panic!("reading {id}: {e} after {} bytes", out.len()),
-        }
-    }
-}
+use culvert_proto::{Config, Event, StreamError, StreamId};
+use culvert_testkit::{read_available, Pair};
 
 fn answer(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
@@ -36,7 +24,7 @@ fn request(p: &mut Pair) -> (StreamId, StreamId) {
             _ => None,
         })
         .expect("the server saw the stream");
-    let (req, _) = read_all(&mut p.server, sid);
+    let (req, _) = read_available(&mut p.server, sid);
     assert_eq!(&req[..], b"GET /");
     (id, sid)
 }
@@ -78,7 +66,7 @@ fn a_reset_after_the_fin_leaves_what_was_sent_readable() {
         p.client.write(id, Bytes::from_static(b"more")),
         Err(StreamError::ClosedForWriting(_))
     ));
-    let (got, eof) = read_all(&mut p.client, id);
+    let (got, eof) = read_available(&mut p.client, id);
     assert!(eof, "the FIN is still there");
     assert!(got == body, "{} of {} bytes", got.len(), body.len());
     assert_eq!(p.client.open_streams(), 0);
@@ -116,7 +104,7 @@ fn an_abandoned_stream_sends_what_it_queued_then_its_fin_then_the_reset() {
         }
         p.step().unwrap();
         if !eof {
-            let (b, e) = read_all(&mut p.client, id);
+            let (b, e) = read_available(&mut p.client, id);
             got.extend_from_slice(&b);
             eof = e;
         }
@@ -152,7 +140,7 @@ fn an_abandoned_stream_whose_peer_finishes_closes_without_a_reset() {
     p.client.finish(id).unwrap();
     p.server.abandon(sid, 9).unwrap();
     p.drive(100).unwrap();
-    let (got, eof) = read_all(&mut p.client, id);
+    let (got, eof) = read_available(&mut p.client, id);
     assert!(eof);
     assert_eq!(&got[..], b"200 OK");
     assert!(client_resets(&mut p).is_empty(), "no reset was needed");

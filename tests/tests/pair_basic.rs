@@ -1,19 +1,8 @@
 //! Basic behaviour of two connections driven in memory.
 
 use bytes::Bytes;
-use culvert_proto::{Config, Event, ReadOutcome, StreamId};
-use culvert_testkit::Pair;
-
-fn read_all(c: &mut culvert_proto::Connection, id: StreamId) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    loop {
-        match c.read(id, usize::MAX).unwrap() {
-            ReadOutcome::Data(b) => out.extend_from_slice(&b),
-            ReadOutcome::WouldBlock => return (out, false),
-            ReadOutcome::Eof => return (out, true),
-        }
-    }
-}
+use culvert_proto::{Config, Event};
+use culvert_testkit::{read_available, Pair};
 
 #[test]
 fn open_write_finish_both_ways() {
@@ -43,7 +32,7 @@ fn open_write_finish_both_ways() {
             }
         }
         if let Some(sid) = server_id {
-            let (b, e) = read_all(&mut p.server, sid);
+            let (b, e) = read_available(&mut p.server, sid);
             got.extend_from_slice(&b);
             if e {
                 eof = true;
@@ -59,7 +48,7 @@ fn open_write_finish_both_ways() {
     p.server.write(sid, Bytes::from_static(b"answer")).unwrap();
     p.server.finish(sid).unwrap();
     p.drive(100).unwrap();
-    let (b, e) = read_all(&mut p.client, id);
+    let (b, e) = read_available(&mut p.client, id);
     assert_eq!(&b[..], b"answer");
     assert!(e);
     assert_eq!(p.client.open_streams(), 0);
@@ -89,7 +78,7 @@ fn a_stuck_stream_leaves_the_other_streams_room() {
             }
         }
         if let Some(sid) = stuck_server {
-            read += read_all(&mut p.server, sid).0.len();
+            read += read_available(&mut p.server, sid).0.len();
         }
         if read >= 32 << 20 {
             break;
@@ -117,7 +106,7 @@ fn a_stuck_stream_leaves_the_other_streams_room() {
             }
         }
         if let Some(sid) = other_server {
-            got += read_all(&mut p.server, sid).0.len();
+            got += read_available(&mut p.server, sid).0.len();
         }
         if got >= 8 << 20 {
             break;
@@ -194,7 +183,7 @@ fn three_stuck_streams_leave_the_other_writers_room() {
             p.step().unwrap();
             p.collect_events();
             p.server_events.clear();
-            read += read_all(&mut p.server, id).0.len();
+            read += read_available(&mut p.server, id).0.len();
             if read >= 16 << 20 {
                 break;
             }
@@ -250,7 +239,7 @@ fn writes_when_told(p: &mut Pair, want: usize) -> (usize, usize, bool) {
             .drain(..)
             .any(|e| matches!(e, Event::StreamOpened { id, .. } if id == other));
         if opened {
-            got += read_all(&mut p.server, other).0.len();
+            got += read_available(&mut p.server, other).0.len();
         }
         if got >= want {
             break;

@@ -31,7 +31,7 @@ mod tempdir;
 pub mod wait;
 
 pub use metrics::metric;
-pub use pair::{transfer, Pair, BATCH};
+pub use pair::{read_available, transfer, Pair, BATCH};
 pub use ports::{free_port, port_block};
 pub use tempdir::TempDir;
 pub use wait::{eventually, poll_until, Check, Text};

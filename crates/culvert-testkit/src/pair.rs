@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use culvert_proto::{Config, Connection, ConnectionError, Event, Side};
+use culvert_proto::{Config, Connection, ConnectionError, Event, ReadOutcome, Side, StreamId};
 
 /// Bytes per simulated WebSocket message (the batch cap).
 pub const BATCH: usize = 256 * 1024;
@@ -231,4 +231,18 @@ pub fn transfer(
     let n = msg.len();
     hand_over(to, msg, fragment, now)?;
     Ok(n)
+}
+
+/// Reads everything `c` holds for stream `id` now: (the bytes, whether the end was read).
+/// Panics, naming the stream and how much it read, when reading fails.
+pub fn read_available(c: &mut Connection, id: StreamId) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    loop {
+        match c.read(id, usize::MAX) {
+            Ok(ReadOutcome::Data(b)) => out.extend_from_slice(&b),
+            Ok(ReadOutcome::WouldBlock) => return (out, false),
+            Ok(ReadOutcome::Eof) => return (out, true),
+            Err(e) => panic!("reading {id}: {e} after {} bytes", out.len()),
+        }
+    }
 }

@@ -243,9 +243,15 @@ fn write_agent_config(path: &Path, relay: u16, token: &Path, backend: u16) {
     .unwrap();
 }
 
-/// Tokens for the one-tenant tests: the agent's of tenant `acme` (written to a file) and a
-/// caller's of role http in `acme`. Returns (tokens file, agent token file, caller token).
-fn acme_tokens(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
+/// A caller of role http in tenant `acme`, the agent's tenant.
+const ACME_CALLER: &[&str] = &["--tenant", "acme", "--role", "http"];
+
+/// Tokens for the tests: the agent's of tenant `acme` (written to a file) and a caller's
+/// made with `caller_args`. Returns (tokens file, agent token file, caller token).
+fn acme_tokens(
+    dir: &Path,
+    caller_args: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf, String) {
     let tokens = dir.join("tokens.toml");
     let agent_token = dir.join("agent.token");
     std::fs::write(
@@ -253,7 +259,7 @@ fn acme_tokens(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
         new_token_with(&tokens, "erp-agent", &["--tenant", "acme"]),
     )
     .unwrap();
-    let caller = new_token_with(&tokens, "caller", &["--tenant", "acme", "--role", "http"]);
+    let caller = new_token_with(&tokens, "caller", caller_args);
     (tokens, agent_token, caller)
 }
 
@@ -270,16 +276,8 @@ fn start_agent_via(config: &Path) -> Proc {
 #[test]
 fn http_requests_reach_the_backend_with_the_injected_credential_and_nothing_else() {
     let dir = TempDir::new("http-services");
-    let tokens = dir.join("tokens.toml");
-    let agent_token = dir.join("agent.token");
-    std::fs::write(
-        &agent_token,
-        new_token_with(&tokens, "erp-agent", &["--tenant", "acme"]),
-    )
-    .unwrap();
-    let caller = new_token_with(
-        &tokens,
-        "caller",
+    let (tokens, agent_token, caller) = acme_tokens(
+        dir.path(),
         &["--tenant", "web", "--role", "http", "--access", "acme/erp"],
     );
     let outsider = new_token_with(&tokens, "outsider", &["--role", "http"]);
@@ -439,7 +437,7 @@ fn peak_rss_during<T>(pids: [u32; 2], f: impl FnOnce() -> T) -> (T, [u64; 2]) {
 fn bulk_both_ways_with_bounded_memory_websocket_host_route_and_token_header() {
     const GIB: u64 = 1 << 30;
     let dir = TempDir::new("http-bulk");
-    let (tokens, agent_token, caller) = acme_tokens(dir.path());
+    let (tokens, agent_token, caller) = acme_tokens(dir.path(), ACME_CALLER);
     let http_port = free_port();
     let http = format!("127.0.0.1:{http_port}");
     let (mut server, port) = start_server(
@@ -566,7 +564,7 @@ fn bulk_both_ways_with_bounded_memory_websocket_host_route_and_token_header() {
 #[test]
 fn expired_callers_get_the_unknown_answer_and_failures_lock_the_address_out() {
     let dir = TempDir::new("http-lockout");
-    let (tokens, agent_token, caller) = acme_tokens(dir.path());
+    let (tokens, agent_token, caller) = acme_tokens(dir.path(), ACME_CALLER);
     let brief = new_token_with(
         &tokens,
         "brief",
@@ -619,7 +617,7 @@ fn expired_callers_get_the_unknown_answer_and_failures_lock_the_address_out() {
 #[test]
 fn the_ingress_speaks_tls_with_the_servers_certificate() {
     let dir = TempDir::new("http-tls");
-    let (tokens, agent_token, caller) = acme_tokens(dir.path());
+    let (tokens, agent_token, caller) = acme_tokens(dir.path(), ACME_CALLER);
     let http_port = free_port();
     let http = format!("127.0.0.1:{http_port}");
     let (mut server, port) = start_server(&tokens, &["--self-signed", "--http-listen", &http]);
@@ -683,7 +681,7 @@ fn http10_get(addr: &str, path: &str, bearer: &str) -> (u16, String) {
 #[test]
 fn http_1_0_callers_get_every_answer() {
     let dir = TempDir::new("http-10");
-    let (tokens, agent_token, caller) = acme_tokens(dir.path());
+    let (tokens, agent_token, caller) = acme_tokens(dir.path(), ACME_CALLER);
     let http_port = free_port();
     let http = format!("127.0.0.1:{http_port}");
     let (mut server, port) = start_server(&tokens, &["--insecure-plain", "--http-listen", &http]);
