@@ -29,12 +29,9 @@ SCHEME=${SPLIT_SCHEME:-ws}
 BYTES=${SPLIT_BYTES:-2G}
 R=()
 [[ ${SPLIT_REVERSE:-0} == 1 ]] && R=(-R)
-CULVERT_BIN=${CULVERT_BIN:-$ROOT/target/profiling/culvert}
-WSTUNNEL_BIN=${WSTUNNEL_BIN:-$(ls -d "$ROOT"/target/bench/wstunnel-*/bin/wstunnel 2>/dev/null | head -n1)}
-TOOL=(python3 "$ROOT/scripts/bench/benchtool.py")
-for b in "$CULVERT_BIN" "$WSTUNNEL_BIN"; do
-  [[ -x $b ]] || { echo "cpu-split: $b missing: build it (scripts/bench.sh builds both)" >&2; exit 2; }
-done
+# shellcheck source=scripts/lib/peer-tunnel.sh
+source "$ROOT/scripts/lib/peer-tunnel.sh"
+peer_bins cpu-split
 command -v iperf3 >/dev/null || { echo "cpu-split: iperf3 missing (apt-get install iperf3)" >&2; exit 2; }
 GB=$(python3 -c "import sys; s=sys.argv[1]; u={'K':2**10,'M':2**20,'G':2**30}; print((int(s[:-1])*u[s[-1]] if s[-1] in u else int(s))/1e9)" "$BYTES")
 HZ=$(getconf CLK_TCK)
@@ -48,8 +45,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# shellcheck source=scripts/lib/peer-tunnel.sh
-source "$ROOT/scripts/lib/peer-tunnel.sh"
 
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 machine() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }

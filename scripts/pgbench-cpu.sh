@@ -23,19 +23,14 @@ SCHEME=${PGCPU_SCHEME:-ws}
 SECS=${PGCPU_SECONDS:-5}
 CLIENTS=${PGCPU_CLIENTS:-8}
 JOBS=${PGCPU_JOBS:-2}
-CULVERT_BIN=${CULVERT_BIN:-$ROOT/target/profiling/culvert}
-WSTUNNEL_BIN=${WSTUNNEL_BIN:-$(ls -d "$ROOT"/target/bench/wstunnel-*/bin/wstunnel 2>/dev/null | head -n1)}
-TOOL=(python3 "$ROOT/scripts/bench/benchtool.py")
-for b in "$CULVERT_BIN" "$WSTUNNEL_BIN"; do
-  [[ -x $b ]] || { echo "pgbench-cpu: $b missing: build it (scripts/bench.sh builds both)" >&2; exit 2; }
-done
+# shellcheck source=scripts/lib/peer-tunnel.sh
+source "$ROOT/scripts/lib/peer-tunnel.sh"
+peer_bins pgbench-cpu
 # shellcheck source=scripts/lib/procs.sh
 source "$ROOT/scripts/lib/procs.sh"
 procs_init pgbench-cpu
 # shellcheck source=scripts/lib/pg.sh
 source "$ROOT/scripts/lib/pg.sh"
-# shellcheck source=scripts/lib/peer-tunnel.sh
-source "$ROOT/scripts/lib/peer-tunnel.sh"
 pg_tools
 HZ=$(getconf CLK_TCK)
 BASE=$("${TOOL[@]}" freeblock 4)

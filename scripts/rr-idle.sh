@@ -24,17 +24,13 @@ SECS=${RRI_SECONDS:-4}
 CONNS=${RRI_CONNS:-8}
 COUNT=${RRI_COUNT:-80000}
 VARIANTS=${RRI_VARIANTS:-culvert wstunnel}
-CULVERT_DEFAULT=${CULVERT_BIN:-$ROOT/target/profiling/culvert}
-WSTUNNEL_BIN=${WSTUNNEL_BIN:-$(ls -d "$ROOT"/target/bench/wstunnel-*/bin/wstunnel 2>/dev/null | head -n1)}
-TOOL=(python3 "$ROOT/scripts/bench/benchtool.py")
-for b in "$CULVERT_DEFAULT" "$WSTUNNEL_BIN"; do
-  [[ -x $b ]] || { echo "rr-idle: $b missing: build it (scripts/bench.sh builds both)" >&2; exit 2; }
-done
+# shellcheck source=scripts/lib/peer-tunnel.sh
+source "$ROOT/scripts/lib/peer-tunnel.sh"
+peer_bins rr-idle
+CULVERT_DEFAULT=$CULVERT_BIN
 # shellcheck source=scripts/lib/procs.sh
 source "$ROOT/scripts/lib/procs.sh"
 procs_init rr-idle
-# shellcheck source=scripts/lib/peer-tunnel.sh
-source "$ROOT/scripts/lib/peer-tunnel.sh"
 HZ=$(getconf CLK_TCK)
 BASE=$("${TOOL[@]}" freeblock 4)
 ECHO=$BASE CTRL=$((BASE + 1)) PUB=$((BASE + 2))
