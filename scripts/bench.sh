@@ -117,6 +117,8 @@
 #                            what does not fit is reported as skipped
 #   BENCH_BUILD_TIMEOUT=1800 limit for each build/install step
 #   BENCH_NO_BUILD=1         use target/profiling/culvert as it is (no cargo build)
+#   BENCH_BUILD_ONLY=1       build and install what the chosen columns need, then stop
+#                            (so that the builds of the peers can go on while other work does)
 #   BENCH_TUNNEL_LOG=warn    RUST_LOG given to the tunnel processes (wstunnel: --log-lvl)
 #   CULVERT_BIN=path         Culvert binary (default target/profiling/culvert)
 #   BENCH_CULVERT_SERVER_ARGS, BENCH_CULVERT_AGENT_ARGS
@@ -536,6 +538,11 @@ if needs_any culvert-ws,culvert-wss,culvert-ws-udp,culvert-wss-udp; then
   if [[ -z $CULVERT_NA && ! -x $CULVERT_BIN ]]; then
     CULVERT_NA="binary missing (${CULVERT_BIN#"$ROOT"/})"
   fi
+fi
+
+if [[ ${BENCH_BUILD_ONLY:-0} == 1 ]]; then
+  log "built: ${RATHOLE_NA:-rathole ok} / ${WSTUNNEL_NA:-wstunnel ok} / ${BORE_NA:-bore ok} / ${CULVERT_NA:-culvert ok}"
+  exit 0
 fi
 
 # ------------------------------------------------------------------ measuring phase

@@ -8,6 +8,8 @@
 #   SPLIT_SCHEME=wss scripts/cpu-split.sh   # over TLS (Culvert --self-signed, wstunnel's own)
 #   SPLIT_PERF=1 scripts/cpu-split.sh       # also perf record -g of each sending side, then
 #                                           # scripts/bench/perf-contexts.py of each profile
+#   SPLIT_VARIANTS="culvert culvert:/path/to/other-culvert wstunnel" scripts/cpu-split.sh
+#                                           # a before/after of two builds in one sitting
 #
 # Why: on loopback, the kernel delivers a segment into the receiving socket in the softirq of
 # whoever sent it (or, if the receiver holds its socket at that moment, in the receiver's
@@ -24,6 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 ROUNDS=${SPLIT_ROUNDS:-3}
+VARIANTS=${SPLIT_VARIANTS:-culvert wstunnel}
 STREAMS=${SPLIT_STREAMS:-8}
 SCHEME=${SPLIT_SCHEME:-ws}
 BYTES=${SPLIT_BYTES:-2G}
@@ -32,6 +35,7 @@ R=()
 # shellcheck source=scripts/lib/peer-tunnel.sh
 source "$ROOT/scripts/lib/peer-tunnel.sh"
 peer_bins cpu-split
+CULVERT_DEFAULT=$CULVERT_BIN
 command -v iperf3 >/dev/null || { echo "cpu-split: iperf3 missing (apt-get install iperf3)" >&2; exit 2; }
 GB=$(python3 -c "import sys; s=sys.argv[1]; u={'K':2**10,'M':2**20,'G':2**30}; print((int(s[:-1])*u[s[-1]] if s[-1] in u else int(s))/1e9)" "$BYTES")
 HZ=$(getconf CLK_TCK)
@@ -49,9 +53,13 @@ trap cleanup EXIT
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 machine() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 
-# one TOOL_NAME: starts the tunnel, one transfer, prints one line; stops what it started
+# one VARIANT (culvert, culvert:BIN or wstunnel): starts the tunnel, one transfer, prints one
+# line; stops what it started
 one() {
-  local which=$1 base iperf ctrl pub srv agt isrv
+  local variant=$1 which base iperf ctrl pub srv agt isrv
+  which=${variant%%:*}
+  CULVERT_BIN=$CULVERT_DEFAULT
+  [[ $variant != *:* ]] || CULVERT_BIN=${variant#*:}
   base=$("${TOOL[@]}" freeblock 4)
   iperf=$base ctrl=$((base + 1)) pub=$((base + 2))
   local started=${#PIDS[@]}
@@ -76,7 +84,7 @@ one() {
     kill -INT "$pp"
     wait "$pp" 2>/dev/null || true
   fi
-  python3 - "$which" "$D/iperf.json" "$GB" "$HZ" $((s1 - s0)) $((a1 - a0)) $((i1 - i0)) $((m1 - m0)) <<'PY'
+  python3 - "$variant" "$D/iperf.json" "$GB" "$HZ" $((s1 - s0)) $((a1 - a0)) $((i1 - i0)) $((m1 - m0)) <<'PY' | tee -a "$D/rows"
 import json, sys
 which, path, gb, hz = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 s, a, i, m = (int(x) / hz / gb for x in sys.argv[5:9])
@@ -94,9 +102,17 @@ PY
 
 echo "$SCHEME, $STREAMS stream(s), ${R[*]:-client→service} ${BYTES}B per transfer, $ROUNDS alternating rounds; CPU-s per GB:"
 echo
-echo "| tunnel | Gbit/s | server | agent/client | server + agent | iperf3 server | whole machine |"
+header="| tunnel | Gbit/s | server | agent/client | server + agent | iperf3 server | whole machine |"
+echo "$header"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for _ in $(seq 1 "$ROUNDS"); do
-  one culvert
-  one wstunnel
+  for v in $VARIANTS; do
+    one "$v"
+  done
 done
+echo
+echo "medians:"
+echo
+echo "$header"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+"${TOOL[@]}" row-medians --ints 0 --decimals 3 "$D/rows"

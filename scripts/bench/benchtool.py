@@ -639,8 +639,8 @@ def _median(xs):
 
 def cmd_row_medians(a):
     """Medians of the markdown table rows in FILE (`| label | n | n | ... |`), one row per
-    label in first-seen order: the first --ints columns as integers, the rest to one
-    decimal. For the measuring scripts that print a row per round."""
+    label in first-seen order: the first --ints columns as integers, the rest to --decimals
+    places (one unless given). For the measuring scripts that print a row per round."""
     rows = {}
     with open(a.file) as f:
         for line in f:
@@ -650,7 +650,7 @@ def cmd_row_medians(a):
             rows.setdefault(cells[0], []).append([float(c) for c in cells[1:]])
     for label, rs in rows.items():
         meds = [_median(list(col)) for col in zip(*rs)]
-        out = [f"{m:.0f}" if i < a.ints else f"{m:.1f}" for i, m in enumerate(meds)]
+        out = [f"{m:.0f}" if i < a.ints else f"{m:.{a.decimals}f}" for i, m in enumerate(meds)]
         print(f"| {label} | " + " | ".join(out) + " |")
 
 
@@ -1027,6 +1027,7 @@ def main():
     s = sub.add_parser("row-medians")
     s.add_argument("file")
     s.add_argument("--ints", type=int, default=1)
+    s.add_argument("--decimals", type=int, default=1)
     s.set_defaults(f=cmd_row_medians)
     s = sub.add_parser("json-median")
     s.add_argument("keys")
