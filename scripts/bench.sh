@@ -118,7 +118,8 @@
 #   BENCH_BUILD_TIMEOUT=1800 limit for each build/install step
 #   BENCH_NO_BUILD=1         use target/profiling/culvert as it is (no cargo build)
 #   BENCH_BUILD_ONLY=1       build and install what the chosen columns need, then stop
-#                            (so that the builds of the peers can go on while other work does)
+#                            (so that the builds of the peers can go on while other work does);
+#                            exits 1 when one of them could not be built
 #   BENCH_TUNNEL_LOG=warn    RUST_LOG given to the tunnel processes (wstunnel: --log-lvl)
 #   CULVERT_BIN=path         Culvert binary (default target/profiling/culvert)
 #   BENCH_CULVERT_SERVER_ARGS, BENCH_CULVERT_AGENT_ARGS
@@ -541,8 +542,10 @@ if needs_any culvert-ws,culvert-wss,culvert-ws-udp,culvert-wss-udp; then
 fi
 
 if [[ ${BENCH_BUILD_ONLY:-0} == 1 ]]; then
+  # Each *_NA is set only when a chosen column needs that tool and it could not be had.
   log "built: ${RATHOLE_NA:-rathole ok} / ${WSTUNNEL_NA:-wstunnel ok} / ${BORE_NA:-bore ok} / ${CULVERT_NA:-culvert ok}"
-  exit 0
+  [[ -z $RATHOLE_NA$WSTUNNEL_NA$BORE_NA$CULVERT_NA ]] && exit 0
+  exit 1
 fi
 
 # ------------------------------------------------------------------ measuring phase

@@ -35,7 +35,6 @@ R=()
 # shellcheck source=scripts/lib/peer-tunnel.sh
 source "$ROOT/scripts/lib/peer-tunnel.sh"
 peer_bins cpu-split
-CULVERT_DEFAULT=$CULVERT_BIN
 command -v iperf3 >/dev/null || { echo "cpu-split: iperf3 missing (apt-get install iperf3)" >&2; exit 2; }
 GB=$(python3 -c "import sys; s=sys.argv[1]; u={'K':2**10,'M':2**20,'G':2**30}; print((int(s[:-1])*u[s[-1]] if s[-1] in u else int(s))/1e9)" "$BYTES")
 HZ=$(getconf CLK_TCK)
@@ -57,9 +56,8 @@ machine() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 # line; stops what it started
 one() {
   local variant=$1 which base iperf ctrl pub srv agt isrv
-  which=${variant%%:*}
-  CULVERT_BIN=$CULVERT_DEFAULT
-  [[ $variant != *:* ]] || CULVERT_BIN=${variant#*:}
+  use_variant "$variant"
+  which=$WHICH
   base=$("${TOOL[@]}" freeblock 4)
   iperf=$base ctrl=$((base + 1)) pub=$((base + 2))
   local started=${#PIDS[@]}

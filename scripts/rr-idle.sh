@@ -27,7 +27,6 @@ VARIANTS=${RRI_VARIANTS:-culvert wstunnel}
 # shellcheck source=scripts/lib/peer-tunnel.sh
 source "$ROOT/scripts/lib/peer-tunnel.sh"
 peer_bins rr-idle
-CULVERT_DEFAULT=$CULVERT_BIN
 # shellcheck source=scripts/lib/procs.sh
 source "$ROOT/scripts/lib/procs.sh"
 procs_init rr-idle
@@ -45,9 +44,8 @@ machine() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
 
 one() {
   local variant=$1 which started=${#PIDS[@]} s0 a0 m0 s1 a1 m1 out
-  which=${variant%%:*}
-  CULVERT_BIN=$CULVERT_DEFAULT
-  [[ $variant != *:* ]] || CULVERT_BIN=${variant#*:}
+  use_variant "$variant"
+  which=$WHICH
   start_peer_tunnel "$which" "$SCHEME" "$WORK" "$CTRL" "$PUB" "$ECHO"
   "${TOOL[@]}" wait-echo --timeout 15 "$PUB" >/dev/null
   # warm: connections, caches

@@ -1,19 +1,31 @@
 # Sourced by scripts that compare Culvert with wstunnel on one workload: starts either
 # tunnel over ws:// or wss:// exposing one local service on one public port.
 # Needs TOOL (benchtool.py command array), PIDS (processes stopped by PID on exit),
-# CULVERT_BIN and WSTUNNEL_BIN (peer_bins sets all but PIDS).
+# CULVERT_BIN and WSTUNNEL_BIN (peer_bins sets all but PIDS); use_variant picks the binary
+# of a variant.
 
-# peer_bins NAME: TOOL, and CULVERT_BIN and WSTUNNEL_BIN unless given (the profiling build
+# peer_bins NAME: TOOL, and CULVERT_BIN and WSTUNNEL_BIN unless given (CULVERT_DEFAULT keeps
+# the first for use_variant) (the profiling build
 # and the wstunnel scripts/bench.sh builds, under ROOT); exits 2 naming NAME when either is
 # missing.
 peer_bins() {
   CULVERT_BIN=${CULVERT_BIN:-$ROOT/target/profiling/culvert}
+  CULVERT_DEFAULT=$CULVERT_BIN
   WSTUNNEL_BIN=${WSTUNNEL_BIN:-$(ls -d "$ROOT"/target/bench/wstunnel-*/bin/wstunnel 2>/dev/null | head -n1)}
   TOOL=(python3 "$ROOT/scripts/bench/benchtool.py")
   local b
   for b in "$CULVERT_BIN" "$WSTUNNEL_BIN"; do
     [[ -x $b ]] || { echo "$1: $b missing: build it (scripts/bench.sh builds both)" >&2; exit 2; }
   done
+}
+
+# use_variant VARIANT: a variant of the measuring scripts is `culvert`, `wstunnel` or
+# `culvert:BIN` (another Culvert build, or a wrapper that adds flags or environment). Sets
+# WHICH (culvert or wstunnel) and CULVERT_BIN (BIN, or the one peer_bins chose).
+use_variant() {
+  WHICH=${1%%:*}
+  CULVERT_BIN=$CULVERT_DEFAULT
+  [[ $1 != *:* ]] || CULVERT_BIN=${1#*:}
 }
 
 # start_peer_tunnel culvert|wstunnel ws|wss DIR CTRL_PORT PUBLIC_PORT TARGET_PORT: the server
