@@ -77,7 +77,13 @@ impl Connection {
             return Ok(0);
         }
         let uncredited = s.uncredited();
-        s.send_buf.push_back(data.slice(..n));
+        // Whole, the buffer itself is queued: a slice of a vector-backed `Bytes` (a copied
+        // small read) allocates a shared header for it.
+        s.send_buf.push_back(if n == data.len() {
+            data
+        } else {
+            data.slice(..n)
+        });
         s.send_buffered += n;
         self.send_buffered_total += n;
         self.send_uncredited_total += s.uncredited() - uncredited;

@@ -19,6 +19,7 @@ struct Counting;
 
 thread_local! {
     static LIVE: Cell<isize> = const { Cell::new(0) };
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
 }
 
 // SAFETY: every call is forwarded to `System` unchanged; the counter is a const-initialized
@@ -26,6 +27,7 @@ thread_local! {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         let _ = LIVE.try_with(|c| c.set(c.get() + l.size() as isize));
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
         System.alloc(l)
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
@@ -34,6 +36,7 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         let _ = LIVE.try_with(|c| c.set(c.get() + new as isize - l.size() as isize));
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
         System.realloc(p, l, new)
     }
 }
@@ -43,6 +46,13 @@ static COUNTING: Counting = Counting;
 
 fn live() -> isize {
     LIVE.with(Cell::get)
+}
+
+/// Allocations (and reallocations) `f` makes on this thread.
+fn allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let before = ALLOCS.with(Cell::get);
+    let r = f();
+    (r, ALLOCS.with(Cell::get) - before)
 }
 
 /// A server connection with `streams` streams the peer opened and the application holds.
@@ -175,4 +185,96 @@ fn reads_return_every_byte_in_order_across_chunk_kinds() {
     assert_eq!(got, want);
     assert_eq!(c.recv_buffered(), 0);
     assert_eq!(c.recv_shared_chunks(), 0);
+}
+
+/// One small message (a query, an answer) in one received message, read whole: what the
+/// connection does with it between the socket and the reader.
+fn receive_small(c: &mut Connection, id: StreamId, len: usize) -> (Bytes, usize) {
+    let mut b = BytesMut::new();
+    Frame::StreamData {
+        id,
+        data: Bytes::from(vec![7u8; len]),
+    }
+    .encode(&mut b)
+    .unwrap();
+    let msg = b.split().freeze();
+    let (got, n) = allocations(|| {
+        c.handle_bytes(Instant::now(), msg).unwrap();
+        while c.poll_event().is_some() {}
+        match c.read(id, usize::MAX).unwrap() {
+            super::ReadOutcome::Data(d) => d,
+            other => panic!("{other:?}"),
+        }
+    });
+    (got, n)
+}
+
+#[test]
+fn a_small_message_read_whole_costs_one_allocation() {
+    // Copied out of the read buffer (a slice would pin it), into an allocation of its
+    // own size that the reader then gets as it is. A 4 KiB compact buffer, frozen with
+    // room to spare, took a second allocation for its shared header (and a page of room).
+    let (mut c, ids) = server_with_streams(1);
+    let _ = receive_small(&mut c, ids[0], 64); // warms the event queue
+    for len in [1, 64, 200, COPY_BELOW - 1] {
+        let (got, allocs) = receive_small(&mut c, ids[0], len);
+        assert_eq!(&got[..], &vec![7u8; len][..]);
+        assert_eq!(allocs, 1, "{len}-byte message: {allocs} allocations");
+        let (_, freed) = allocations(|| drop(got));
+        assert_eq!(freed, 0);
+    }
+}
+
+#[test]
+fn small_messages_that_queue_up_share_a_compact_buffer() {
+    // The second of two unread small payloads moves both into one compact buffer, where
+    // later ones are appended: a queue of small messages costs about its bytes, not an
+    // allocation and a chunk slot each.
+    let (mut c, ids) = server_with_streams(1);
+    let id = ids[0];
+    let mut b = BytesMut::new();
+    for i in 0..100u8 {
+        Frame::StreamData {
+            id,
+            data: Bytes::from(vec![i; 10]),
+        }
+        .encode(&mut b)
+        .unwrap();
+    }
+    let msg = b.split().freeze();
+    let (_, allocs) = allocations(|| c.handle_bytes(Instant::now(), msg).unwrap());
+    assert!(allocs <= 3, "{allocs} allocations for 100 small payloads");
+    assert_eq!(c.streams[&id].recv_buf.len(), 1);
+    let mut got = Vec::new();
+    while let Ok(super::ReadOutcome::Data(d)) = c.read(id, usize::MAX) {
+        got.extend_from_slice(&d);
+    }
+    let want: Vec<u8> = (0..100u8).flat_map(|i| [i; 10]).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_write_that_fits_queues_the_buffer_without_allocating() {
+    // A relay's small read is a copied, vector-backed `Bytes`: a slice or clone of one
+    // allocates a shared header, so the whole buffer is queued as it is.
+    let mut c = Connection::new(Side::Client, Config::default(), Instant::now()).unwrap();
+    let id = c.open_stream("t").unwrap();
+    // The first write sizes the stream's queue and the schedule.
+    c.write(id, Bytes::from_static(b"warm")).unwrap();
+    while c.poll_transmit_segments(&mut crate::Transmit::new(), 1 << 20) > 0 {}
+    for len in [1, 64, 4096] {
+        let data = Bytes::copy_from_slice(&vec![3u8; len]);
+        let ptr = data.as_ptr();
+        let (n, allocs) = allocations(|| c.write(id, data).unwrap());
+        assert_eq!(n, len);
+        assert_eq!(allocs, 0, "{len}-byte write: {allocs} allocations");
+        let mut t = crate::Transmit::new();
+        while c.poll_transmit_segments(&mut t, 1 << 20) > 0 {}
+        assert!(
+            t.segments
+                .iter()
+                .any(|s| s.as_ptr() == ptr && s.len() == len),
+            "the written buffer itself goes out"
+        );
+    }
 }

@@ -27,6 +27,11 @@ pub(crate) const CHUNK_OVERHEAD: usize = 80;
 pub(crate) enum Chunk {
     /// A slice of a received message, not copied (keeps that message's buffer alive).
     Shared(Bytes),
+    /// A small payload that arrived with nothing else queued, copied into an allocation of
+    /// exactly its size: the common small message (a query, an answer) is read whole before
+    /// the next arrives, and handing it out costs no second allocation (a compact buffer,
+    /// frozen with room to spare, needs one for its shared header) and no page of room.
+    Owned(Bytes),
     /// Small payloads copied together into a buffer of their own.
     Compact(BytesMut),
 }
@@ -38,6 +43,7 @@ impl Chunk {
         CHUNK_OVERHEAD
             + match self {
                 Chunk::Shared(b) => b.len().max(pin),
+                Chunk::Owned(b) => b.len(),
                 Chunk::Compact(m) => m.capacity(),
             }
     }
@@ -131,7 +137,8 @@ impl Stream {
     }
 
     /// Buffers received bytes for the application: as a slice when `share` allows it and
-    /// the payload is not small, else copied onto the last compact buffer (or a new one).
+    /// the payload is not small, else copied: into an exact-size chunk of its own when
+    /// nothing else is queued, else onto the last compact buffer (or a new one).
     /// At [`MAX_RECV_CHUNKS`] everything is copied onto the last chunk.
     pub(crate) fn push_recv(&mut self, data: Bytes, share: bool) {
         let n = data.len();
@@ -143,12 +150,27 @@ impl Stream {
             return;
         }
         match self.recv_buf.back_mut() {
+            None => self
+                .recv_buf
+                .push_back(Chunk::Owned(Bytes::copy_from_slice(&data))),
             Some(Chunk::Compact(m)) if at_cap || m.capacity() - m.len() >= n => {
                 if m.capacity() - m.len() < n {
                     // Grows by doubling, so appends stay amortized O(1).
                     m.reserve(n.max(m.len()));
                 }
                 m.extend_from_slice(&data);
+            }
+            Some(back @ Chunk::Owned(_)) => {
+                // A second small payload before the first was read: both go into a compact
+                // buffer, where the ones after them are appended.
+                let Chunk::Owned(b) = std::mem::replace(back, Chunk::Compact(BytesMut::new()))
+                else {
+                    unreachable!("matched an owned chunk");
+                };
+                let mut m = BytesMut::with_capacity(COMPACT_CAPACITY.max(2 * (b.len() + n)));
+                m.extend_from_slice(&b);
+                m.extend_from_slice(&data);
+                *back = Chunk::Compact(m);
             }
             Some(back @ Chunk::Shared(_)) if at_cap => {
                 let Chunk::Shared(b) = std::mem::replace(back, Chunk::Compact(BytesMut::new()))
@@ -174,13 +196,14 @@ impl Stream {
         let max = max.max(1);
         let front = self.recv_buf.front_mut()?;
         let out = match front {
-            Chunk::Shared(b) if b.len() > max => b.split_to(max),
+            Chunk::Shared(b) | Chunk::Owned(b) if b.len() > max => b.split_to(max),
             Chunk::Compact(m) if m.len() > max => m.split_to(max).freeze(),
             _ => match self.recv_buf.pop_front().expect("front exists") {
                 Chunk::Shared(b) => {
                     self.shared_chunks -= 1;
                     b
                 }
+                Chunk::Owned(b) => b,
                 Chunk::Compact(m) => m.freeze(),
             },
         };
