@@ -23,7 +23,8 @@ mod writer;
 
 pub use config::Config;
 pub use connection::{
-    goaway_code, reset_code, Connection, Datagram, Event, ReadOutcome, Stats, Transmit,
+    goaway_code, reset_code, Connection, Datagram, Event, IdHash, IdHasher, ReadOutcome, Stats,
+    Transmit,
 };
 pub use control::{Control, ServiceProtocol, Token};
 pub use decoder::FrameDecoder;

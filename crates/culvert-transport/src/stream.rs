@@ -238,15 +238,29 @@ impl TunnelStream {
             .map_or(0, |d| d.delivered)
     }
 
-    /// Queues as much of `data` as the send buffers take, advancing it; ready when all is queued.
+    /// Queues as much of `data` as the send buffers take, advancing it; ready when all is
+    /// queued. After an error, what is left in `data` is unspecified.
     pub fn poll_send(&self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
         let mut st = self.shared.lock();
         if st.closed.is_some() {
             return Poll::Ready(Err(self.gone(&mut st)));
         }
-        match st.conn.write(self.id, data.clone()) {
+        // When all of it fits, it is handed over rather than cloned: a clone of a
+        // vector-backed `Bytes` (the relays' copied small reads) allocates a shared header.
+        let fits = st
+            .conn
+            .send_room(self.id)
+            .is_ok_and(|room| room >= data.len());
+        let written = if fits {
+            st.conn.write(self.id, std::mem::take(data))
+        } else {
+            st.conn.write(self.id, data.clone())
+        };
+        match written {
             Ok(n) => {
-                data.advance(n);
+                if !fits {
+                    data.advance(n);
+                }
                 if data.is_empty() {
                     drop(st);
                     self.shared.transmit();

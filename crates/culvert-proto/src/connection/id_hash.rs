@@ -1,12 +1,14 @@
-//! A cheap hasher for the stream table. SipHash's flood resistance is not needed here:
-//! a peer cannot choose stream ids freely (they must be opened in sequence), so the keys
-//! are dense small integers and a multiplicative hash spreads them well.
+//! A cheap hasher for tables keyed by stream id (the connection's stream table, and the
+//! drivers' per-stream maps beside it). SipHash's flood resistance is not needed here: a
+//! peer cannot choose stream ids freely (they must be opened in sequence), so the keys are
+//! dense small integers and a multiplicative hash spreads them well. SipHash cost about a
+//! tenth of a driver's user-space instructions per small message (three lookups each).
 
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Hashes one `u64` (a stream id) by Fibonacci multiplication.
 #[derive(Default)]
-pub(crate) struct IdHasher(u64);
+pub struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -24,5 +26,5 @@ impl Hasher for IdHasher {
     }
 }
 
-/// `BuildHasher` for the stream table.
-pub(crate) type IdHash = BuildHasherDefault<IdHasher>;
+/// `BuildHasher` for maps keyed by [`crate::StreamId`] (only ids a connection accepted).
+pub type IdHash = BuildHasherDefault<IdHasher>;

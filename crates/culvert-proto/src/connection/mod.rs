@@ -48,7 +48,7 @@ pub use codes::{goaway_code, reset_code};
 use datagram::DatagramQueue;
 pub use event::{Datagram, Event};
 use flow::{RecvWindow, SendWindow};
-use id_hash::IdHash;
+pub use id_hash::{IdHash, IdHasher};
 use limits::StreamLimits;
 use rate::RateLimiter;
 use stream::Stream;

@@ -31,6 +31,8 @@ use crate::RelayCounters;
 
 /// Buffers per direct write at most (the rest is left for the relay).
 const MAX_IOVECS: usize = 64;
+/// Deliveries of at most this many buffers use an array of this size.
+const SMALL_IOVECS: usize = 4;
 
 /// A relay's socket, registered with its stream.
 pub(crate) struct Delivery {
@@ -69,6 +71,7 @@ pub(crate) fn deliver(st: &mut State) {
         wakers,
         deliver,
         deliverable,
+        deliver_chunks: chunks,
         ..
     } = st;
     for id in deliverable.drain(..) {
@@ -79,7 +82,7 @@ pub(crate) fn deliver(st: &mut State) {
         let Some(d) = deliver.get_mut(&id).filter(|d| d.ready()) else {
             continue;
         };
-        let mut chunks = Vec::new();
+        chunks.clear();
         loop {
             match conn.read(id, usize::MAX) {
                 Ok(ReadOutcome::Data(b)) => chunks.push(b),
@@ -91,12 +94,12 @@ pub(crate) fn deliver(st: &mut State) {
                 _ => break,
             }
         }
-        let written = write_now(&d.sock, &chunks);
+        let written = write_now(&d.sock, chunks);
         d.delivered += written as u64;
         if let Some(c) = &d.counters {
             c.down.fetch_add(written as u64, Ordering::Relaxed);
         }
-        keep_unwritten(&mut d.leftover, chunks, written);
+        keep_unwritten(&mut d.leftover, chunks.drain(..), written);
         if !d.ready() {
             if let Some(w) = w.read.take() {
                 w.wake();
@@ -108,11 +111,18 @@ pub(crate) fn deliver(st: &mut State) {
 /// One non-blocking vectored write; the bytes written (0 when the socket is full or
 /// failed: the relay retries and meets the error).
 fn write_now(sock: &OwnedWriteHalf, chunks: &[Bytes]) -> usize {
-    if chunks.is_empty() {
-        return 0;
+    match chunks.len() {
+        0 => 0,
+        // The usual delivery (a message or two): no 1 KiB array of slices to set up.
+        1..=SMALL_IOVECS => write_slices::<SMALL_IOVECS>(sock, chunks),
+        _ => write_slices::<MAX_IOVECS>(sock, chunks),
     }
-    let mut slices = [std::io::IoSlice::new(&[]); MAX_IOVECS];
-    let count = chunks.len().min(MAX_IOVECS);
+}
+
+/// [`write_now`] of the first `N` chunks at most.
+fn write_slices<const N: usize>(sock: &OwnedWriteHalf, chunks: &[Bytes]) -> usize {
+    let mut slices = [std::io::IoSlice::new(&[]); N];
+    let count = chunks.len().min(N);
     for (slot, c) in slices.iter_mut().zip(chunks) {
         *slot = std::io::IoSlice::new(c);
     }
@@ -122,7 +132,11 @@ fn write_now(sock: &OwnedWriteHalf, chunks: &[Bytes]) -> usize {
 }
 
 /// Appends to `out` what of `chunks` lies past the first `written` bytes.
-fn keep_unwritten(out: &mut Vec<Bytes>, chunks: Vec<Bytes>, mut written: usize) {
+fn keep_unwritten(
+    out: &mut Vec<Bytes>,
+    chunks: impl IntoIterator<Item = Bytes>,
+    mut written: usize,
+) {
     for mut c in chunks {
         if written >= c.len() {
             written -= c.len();

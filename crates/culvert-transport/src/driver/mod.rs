@@ -14,7 +14,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use culvert_proto::{Config, Connection, Control, Event, Side, StreamId, Target};
+use culvert_proto::{Config, Connection, Control, Event, IdHash, Side, StreamId, Target};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -62,9 +62,9 @@ pub(crate) struct Wakers {
 
 pub(crate) struct State {
     pub(crate) conn: Connection,
-    pub(crate) wakers: HashMap<StreamId, Wakers>,
+    pub(crate) wakers: HashMap<StreamId, Wakers, IdHash>,
     /// Peer resets not yet seen by their handle.
-    pub(crate) resets: HashMap<StreamId, u64>,
+    pub(crate) resets: HashMap<StreamId, u64, IdHash>,
     pub(crate) closed: Option<String>,
     /// Set by [`Mux::close`]: the writer flushes what is queued, then closes.
     pub(crate) closing: Option<String>,
@@ -78,9 +78,12 @@ pub(crate) struct State {
     /// Where received datagrams go (see [`Mux::set_datagram_sink`]).
     pub(crate) sink: Option<DatagramSink>,
     /// Relays' sockets, for delivering their bytes from the reader (`deliver.rs`).
-    pub(crate) deliver: HashMap<StreamId, deliver::Delivery>,
+    pub(crate) deliver: HashMap<StreamId, deliver::Delivery, IdHash>,
     /// Streams with bytes to deliver directly (see [`Shared::dispatch_events`]).
     pub(crate) deliverable: Vec<StreamId>,
+    /// The chunks of one direct delivery, kept between deliveries (empty in between) so
+    /// that a delivery allocates nothing.
+    pub(crate) deliver_chunks: Vec<Bytes>,
 }
 
 /// Receives each datagram as soon as the reader decodes it (see [`Mux::set_datagram_sink`]).
@@ -249,8 +252,8 @@ impl Mux {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 conn,
-                wakers: HashMap::new(),
-                resets: HashMap::new(),
+                wakers: HashMap::default(),
+                resets: HashMap::default(),
                 closed: None,
                 closing: None,
                 aborted: false,
@@ -258,8 +261,9 @@ impl Mux {
                 ws_close: None,
                 pending_control: 0,
                 sink: None,
-                deliver: HashMap::new(),
+                deliver: HashMap::default(),
                 deliverable: Vec::new(),
+                deliver_chunks: Vec::new(),
             }),
             writer_wake: Notify::new(),
             streams_available: Notify::new(),

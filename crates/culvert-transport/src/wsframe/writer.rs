@@ -16,6 +16,36 @@ const MAX_IOVECS: usize = 256;
 /// Most frames [`WsWriter::try_send_many_now`] attempts in its one write.
 pub(crate) const MAX_NOW_FRAMES: usize = 4;
 
+/// Slices of a `writev` small enough for an array of this many: the usual message (a header
+/// and a segment or two) needs no 4 KiB array set up for it.
+const SMALL_IOVECS: usize = 8;
+
+/// One non-blocking vectored write of the headers and segments of `msgs` (up to `N` slices,
+/// the frames whose header is in `heads`); the bytes written, 0 when it would block or
+/// failed (the writer task writes the frames, and meets the error, which a socket repeats).
+fn try_gather<W: AsyncWrite + Unpin, const N: usize>(
+    io: &mut W,
+    cx: &mut Context<'_>,
+    msgs: &[(&[Bytes], usize)],
+    heads: &[([u8; 14], usize)],
+) -> usize {
+    let mut iov = [IoSlice::new(&[]); N];
+    let mut count = 0;
+    'fill: for ((segments, _), (h, n)) in msgs.iter().zip(heads) {
+        for part in std::iter::once(&h[..*n]).chain(segments.iter().map(|s| &s[..])) {
+            if count == N {
+                break 'fill;
+            }
+            iov[count] = IoSlice::new(part);
+            count += 1;
+        }
+    }
+    match Pin::new(io).poll_write_vectored(cx, &iov[..count]) {
+        Poll::Ready(Ok(n)) => n,
+        _ => 0,
+    }
+}
+
 /// Writes frames to the other half of the socket.
 pub struct WsWriter<W> {
     pub(super) io: crate::progress::Counted<W>,
@@ -199,24 +229,12 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             *slot = (h, n);
         }
         let mut cx = Context::from_waker(Waker::noop());
-        let written = {
-            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            'fill: for ((segments, _), (h, n)) in msgs.iter().zip(&heads) {
-                for part in std::iter::once(&h[..*n]).chain(segments.iter().map(|s| &s[..])) {
-                    if count == MAX_IOVECS {
-                        break 'fill;
-                    }
-                    iov[count] = IoSlice::new(part);
-                    count += 1;
-                }
-            }
-            match Pin::new(&mut self.io).poll_write_vectored(&mut cx, &iov[..count]) {
-                Poll::Ready(Ok(n)) => n,
-                // Would block or failed: the writer task writes the frames (and meets the
-                // error, which a socket repeats).
-                _ => 0,
-            }
+        let parts: usize = msgs.iter().map(|(segments, _)| 1 + segments.len()).sum();
+        let heads = &heads[..msgs.len().min(MAX_NOW_FRAMES)];
+        let written = if parts <= SMALL_IOVECS {
+            try_gather::<_, SMALL_IOVECS>(&mut self.io, &mut cx, msgs, heads)
+        } else {
+            try_gather::<_, MAX_IOVECS>(&mut self.io, &mut cx, msgs, heads)
         };
         // Keep what did not go, in order: a header's tail, a part-written segment's tail,
         // everything after.
