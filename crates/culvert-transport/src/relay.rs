@@ -179,20 +179,31 @@ pub async fn relay_tcp_until(
 /// through `&TcpStream`'s readiness and non-blocking writes, which take `&self`.
 struct Shared<'a>(&'a Arc<OwnedWriteHalf>);
 
+impl Shared<'_> {
+    /// One non-blocking write `op` once the socket is writable, retried on a stale readiness.
+    fn poll_io(
+        &self,
+        cx: &mut Context<'_>,
+        op: impl Fn(&TcpStream) -> std::io::Result<usize>,
+    ) -> Poll<std::io::Result<usize>> {
+        let tcp: &TcpStream = self.0.as_ref().as_ref();
+        loop {
+            ready!(tcp.poll_write_ready(cx))?;
+            match op(tcp) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
 impl tokio::io::AsyncWrite for Shared<'_> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let tcp: &TcpStream = self.0.as_ref().as_ref();
-        loop {
-            ready!(tcp.poll_write_ready(cx))?;
-            match tcp.try_write(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        self.poll_io(cx, |tcp| tcp.try_write(buf))
     }
 
     fn poll_write_vectored(
@@ -200,14 +211,7 @@ impl tokio::io::AsyncWrite for Shared<'_> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let tcp: &TcpStream = self.0.as_ref().as_ref();
-        loop {
-            ready!(tcp.poll_write_ready(cx))?;
-            match tcp.try_write_vectored(bufs) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        self.poll_io(cx, |tcp| tcp.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

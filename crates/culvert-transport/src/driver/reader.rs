@@ -22,6 +22,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut closed = shared.closed_tx.subscribe();
+    // One wait for the closing, kept across messages: made anew each time the socket ran
+    // dry, it registered with the watch's notifier and unregistered again (under its lock)
+    // for every message.
+    let closing = closed.wait_for(|c| *c);
+    tokio::pin!(closing);
     // A limit the peer made the connection exceed (not a violation): the writer explains.
     let mut explain = false;
     // Nothing handled since the deliveries were last flushed (only this loop's dispatch
@@ -48,7 +53,7 @@ where
                     }
                     tokio::select! {
                         m = next => m,
-                        _ = closed.wait_for(|c| *c) => return,
+                        _ = &mut closing => return,
                     }
                 }
             }
@@ -103,10 +108,7 @@ where
         // The writer sends the GoAway that says why, then closes; closing here first would
         // drop the socket under it. Bounded.
         shared.writer_wake.notify_one();
-        let wait = async {
-            let _ = closed.wait_for(|c| *c).await.is_ok();
-        };
-        let _ = tokio::time::timeout(GOODBYE_WAIT, wait).await;
+        let _ = tokio::time::timeout(GOODBYE_WAIT, &mut closing).await;
     }
     shared.close(reason);
 }
