@@ -5,6 +5,7 @@
 #
 #   scripts/pgbench-cpu.sh                          # ws, 8 clients, 3 rounds of 5 s
 #   PGCPU_SCHEME=wss PGCPU_ROUNDS=5 scripts/pgbench-cpu.sh
+#   PGCPU_VARIANTS="culvert:/path/to/other-culvert culvert wstunnel" scripts/pgbench-cpu.sh
 #
 # Why: Culvert's pgbench -S tps trails the best peer's by 5-10 % (BENCHMARKS.md), and the
 # tunnel's own CPU is only part of what a transaction costs on two CPUs shared with
@@ -23,6 +24,7 @@ SCHEME=${PGCPU_SCHEME:-ws}
 SECS=${PGCPU_SECONDS:-5}
 CLIENTS=${PGCPU_CLIENTS:-8}
 JOBS=${PGCPU_JOBS:-2}
+VARIANTS=${PGCPU_VARIANTS:-culvert wstunnel}
 # shellcheck source=scripts/lib/peer-tunnel.sh
 source "$ROOT/scripts/lib/peer-tunnel.sh"
 peer_bins pgbench-cpu
@@ -61,8 +63,11 @@ print(f"{tps:.0f} {round((ru.ru_utime + ru.ru_stime) * int(hz))}")
 PY
 }
 
+# one VARIANT (culvert, culvert:BIN or wstunnel): one measured pgbench run, one row
 one() {
-  local which=$1 started=${#PIDS[@]} idle_children s0 a0 p0 m0 s1 a1 p1 m1 out
+  local variant=$1 which started=${#PIDS[@]} idle_children s0 a0 p0 m0 s1 a1 p1 m1 out
+  use_variant "$variant"
+  which=$WHICH
   start_peer_tunnel "$which" "$SCHEME" "$WORK" "$CTRL" "$PUB" "$PG"
   idle_children=$(children)
   pgbench_run 1 >/dev/null   # warm: connections, caches
@@ -72,7 +77,7 @@ one() {
   # the backends' CPU counts once the postmaster has reaped them (bounded wait)
   for _ in $(seq 1 50); do (($(children) <= idle_children)) && break; sleep 0.1; done
   p1=$(reaped)
-  python3 - "$which" "$HZ" $out $((s1 - s0)) $((a1 - a0)) $((p1 - p0)) $m0 $m1 <<'PY'
+  python3 - "$variant" "$HZ" $out $((s1 - s0)) $((a1 - a0)) $((p1 - p0)) $m0 $m1 <<'PY'
 import sys
 which, hz, tps, pgb, s, a, p, b0, i0, b1, i1 = sys.argv[1], *map(float, sys.argv[2:])
 tx = tps * float(__import__("os").environ.get("PGCPU_SECONDS", "5"))
@@ -92,8 +97,9 @@ header="| tunnel | tps | server | agent/client | server + agent | PostgreSQL | p
 echo "$header"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for _ in $(seq 1 "$ROUNDS"); do
-  one culvert | tee -a "$WORK/rows"
-  one wstunnel | tee -a "$WORK/rows"
+  for v in $VARIANTS; do
+    one "$v" | tee -a "$WORK/rows"
+  done
 done
 echo
 echo "medians:"
