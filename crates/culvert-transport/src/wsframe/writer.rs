@@ -219,7 +219,8 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
     }
 
     /// Writes each `(segments, len)` as one binary frame, all of them with a single
-    /// non-blocking vectored write from the caller's task, then flushes without blocking.
+    /// non-blocking write from the caller's task (vectored, or for a small message one
+    /// `send` of a copy), then flushes without blocking.
     /// `true` when every frame left in full and nothing is buffered; otherwise what was not
     /// written is kept for [`WsWriter::finish_pending`] (or a flush is owed), which the
     /// writer task must run next. Errors are not reported here: the writer meets them when
