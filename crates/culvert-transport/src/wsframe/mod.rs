@@ -127,8 +127,23 @@ mod tests {
     struct ShortVectored {
         out: Vec<u8>,
         step: usize,
-        /// Vectored writes made so far.
+        /// Writes made so far (vectored or not).
         writes: usize,
+        /// Of them, plain (one-buffer) writes.
+        plain: usize,
+    }
+
+    /// A writer over [`ShortVectored`] taking `step` bytes per write.
+    fn short_writer(step: usize, role: Role) -> WsWriter<ShortVectored> {
+        WsWriter::new(
+            ShortVectored {
+                out: Vec::new(),
+                step,
+                writes: 0,
+                plain: 0,
+            },
+            role,
+        )
     }
 
     impl AsyncWrite for ShortVectored {
@@ -137,6 +152,8 @@ mod tests {
             _: &mut std::task::Context<'_>,
             buf: &[u8],
         ) -> std::task::Poll<io::Result<usize>> {
+            self.writes += 1;
+            self.plain += 1;
             let n = buf.len().min(self.step);
             self.out.extend_from_slice(&buf[..n]);
             std::task::Poll::Ready(Ok(n))
@@ -215,14 +232,7 @@ mod tests {
                 (Role::Client, Role::Server, true),
                 (Role::Client, Role::Server, false),
             ] {
-                let mut w = WsWriter::new(
-                    ShortVectored {
-                        out: Vec::new(),
-                        step,
-                        writes: 0,
-                    },
-                    w_role,
-                );
+                let mut w = short_writer(step, w_role);
                 w.send_unmasked(unmasked);
                 w.send_many(&[(&a, 70_300), (&b, 5), (&c, 2_100)])
                     .await
@@ -253,14 +263,7 @@ mod tests {
             expect.extend_from_slice(seg);
         }
         for step in [1, 2, 13, 4096, 70_310, 1 << 20] {
-            let mut w = WsWriter::new(
-                ShortVectored {
-                    out: Vec::new(),
-                    step,
-                    writes: 0,
-                },
-                Role::Server,
-            );
+            let mut w = short_writer(step, Role::Server);
             assert!(w.can_send_now());
             let all = w.try_send_many_now(&msgs);
             assert_eq!(
@@ -280,17 +283,39 @@ mod tests {
             assert_eq!(got, expect, "step {step}");
         }
         // Everything fits: one write, nothing left.
-        let mut w = WsWriter::new(
-            ShortVectored {
-                out: Vec::new(),
-                step: 1 << 20,
-                writes: 0,
-            },
-            Role::Server,
-        );
+        let mut w = short_writer(1 << 20, Role::Server);
         assert!(w.try_send_many_now(&msgs[..2]));
         assert_eq!(w.io.get_mut().writes, 1);
         assert!(!w.has_pending());
+    }
+
+    /// A small message written through goes out as one plain write of its frames copied
+    /// together (`send`, not `writev`), and a short one loses nothing either.
+    #[tokio::test]
+    async fn small_frames_written_through_go_in_one_plain_write_and_a_short_one_loses_nothing() {
+        let a: Vec<Bytes> = vec![Bytes::from(vec![1u8; 64])];
+        let b: Vec<Bytes> = vec![Bytes::from(vec![2u8; 10]), Bytes::from(vec![3u8; 200])];
+        let msgs: [(&[Bytes], usize); 2] = [(&a, 64), (&b, 210)];
+        let mut expect = Vec::new();
+        for seg in [&a, &b].into_iter().flatten() {
+            expect.extend_from_slice(seg);
+        }
+        for step in [1, 2, 13, 100, 1 << 20] {
+            let mut w = short_writer(step, Role::Server);
+            let all = w.try_send_many_now(&msgs);
+            let io = w.io.get_mut();
+            assert_eq!(
+                (io.writes, io.plain),
+                (1, 1),
+                "step {step}: one plain write"
+            );
+            assert_eq!(all, step == 1 << 20, "step {step}");
+            assert_eq!(w.has_pending(), !all);
+            w.finish_pending().await.unwrap();
+            let data = std::mem::take(&mut w.io.get_mut().out);
+            let got = read_back(data, Role::Client, false, expect.len()).await;
+            assert_eq!(got, expect, "step {step}");
+        }
     }
 
     #[tokio::test]
