@@ -27,10 +27,11 @@ pub(crate) const CHUNK_OVERHEAD: usize = 80;
 pub(crate) enum Chunk {
     /// A slice of a received message, not copied (keeps that message's buffer alive).
     Shared(Bytes),
-    /// A small payload that arrived with nothing else queued, copied into an allocation of
-    /// exactly its size: the common small message (a query, an answer) is read whole before
-    /// the next arrives, and handing it out costs no second allocation (a compact buffer,
-    /// frozen with room to spare, needs one for its shared header) and no page of room.
+    /// A copied payload (a small one, or any once the connection's share of slices is used
+    /// up) that arrived with nothing else queued, in an allocation of exactly its size: the
+    /// common small message (a query, an answer) is read whole before the next arrives, and
+    /// handing it out costs no second allocation (a compact buffer, frozen with room to
+    /// spare, needs one for its shared header) and no page of room.
     Owned(Bytes),
     /// Small payloads copied together into a buffer of their own.
     Compact(BytesMut),
