@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use culvert_proto::{reset_code, ReadOutcome, StreamError, StreamId};
 
 use crate::driver::Shared;
@@ -238,29 +238,14 @@ impl TunnelStream {
             .map_or(0, |d| d.delivered)
     }
 
-    /// Queues as much of `data` as the send buffers take, advancing it; ready when all is
-    /// queued. After an error, what is left in `data` is unspecified.
+    /// Queues as much of `data` as the send buffers take, advancing it; ready when all is queued.
     pub fn poll_send(&self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
         let mut st = self.shared.lock();
         if st.closed.is_some() {
             return Poll::Ready(Err(self.gone(&mut st)));
         }
-        // When all of it fits, it is handed over rather than cloned: a clone of a
-        // vector-backed `Bytes` (the relays' copied small reads) allocates a shared header.
-        let fits = st
-            .conn
-            .send_room(self.id)
-            .is_ok_and(|room| room >= data.len());
-        let written = if fits {
-            st.conn.write(self.id, std::mem::take(data))
-        } else {
-            st.conn.write(self.id, data.clone())
-        };
-        match written {
+        match st.conn.write_from(self.id, data) {
             Ok(n) => {
-                if !fits {
-                    data.advance(n);
-                }
                 if data.is_empty() {
                     drop(st);
                     self.shared.transmit();

@@ -59,7 +59,15 @@ impl Connection {
 
     /// Queues bytes on a stream; returns how many were accepted (the rest when
     /// [`Event::Writable`](crate::Event::Writable) arrives). Never copies: `data` is sliced.
-    pub fn write(&mut self, id: StreamId, data: Bytes) -> Result<usize, StreamError> {
+    pub fn write(&mut self, id: StreamId, mut data: Bytes) -> Result<usize, StreamError> {
+        self.write_from(id, &mut data)
+    }
+
+    /// [`Connection::write`] that leaves what was not accepted in `data` (empty when all
+    /// was), for a caller that keeps the rest for later. What fits whole is queued as the
+    /// buffer itself: a slice or clone of a vector-backed `Bytes` (a copied small read)
+    /// allocates a shared header. On an error nothing is taken.
+    pub fn write_from(&mut self, id: StreamId, data: &mut Bytes) -> Result<usize, StreamError> {
         let room = self.send_room(id)?;
         let s = self
             .streams
@@ -77,12 +85,10 @@ impl Connection {
             return Ok(0);
         }
         let uncredited = s.uncredited();
-        // Whole, the buffer itself is queued: a slice of a vector-backed `Bytes` (a copied
-        // small read) allocates a shared header for it.
         s.send_buf.push_back(if n == data.len() {
-            data
+            std::mem::take(data)
         } else {
-            data.slice(..n)
+            data.split_to(n)
         });
         s.send_buffered += n;
         self.send_buffered_total += n;

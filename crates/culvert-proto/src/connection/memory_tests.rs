@@ -278,3 +278,22 @@ fn a_write_that_fits_queues_the_buffer_without_allocating() {
         );
     }
 }
+
+#[test]
+fn write_from_leaves_what_did_not_fit_in_the_callers_buffer() {
+    // More than the send buffers take: the accepted prefix is queued, the rest stays with
+    // the caller, in order, and an error takes nothing.
+    let mut c = Connection::new(Side::Client, Config::default(), Instant::now()).unwrap();
+    let id = c.open_stream("t").unwrap();
+    let all: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| i as u8).collect();
+    let mut data = Bytes::from(all.clone());
+    let n = c.write_from(id, &mut data).unwrap();
+    assert!(n > 0 && n < all.len(), "accepted {n} of {}", all.len());
+    assert_eq!(&data[..], &all[n..]);
+    assert_eq!(c.write_from(id, &mut data).unwrap(), 0, "no room left");
+    assert_eq!(data.len(), all.len() - n);
+    let unknown = StreamId::new(Side::Client, 1000);
+    let before = data.len();
+    assert!(c.write_from(unknown, &mut data).is_err());
+    assert_eq!(data.len(), before, "an error takes nothing");
+}
