@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod accept_errors;
+mod chunk_write;
 mod driver;
 mod error;
 mod fd_reserve;

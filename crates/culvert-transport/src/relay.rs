@@ -26,8 +26,6 @@ const SMALL_READ: usize = 4 * 1024;
 const READ_MAX: usize = 256 * 1024;
 /// Bytes written to the socket per vectored write at most.
 const WRITE_MAX: usize = 512 * 1024;
-/// Buffers per vectored write at most (more wait for the next write).
-const MAX_IOVECS: usize = 64;
 
 /// Bytes moved by one relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -127,7 +125,7 @@ pub async fn relay_tcp_until(
                 if let Some(c) = counters {
                     c.down.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                write_all_vectored(&mut Shared(&wr), &mut chunks).await?;
+                write_all(&wr, &mut chunks).await?;
             }
             socket2::SockRef::from(wr.as_ref().as_ref()).shutdown(std::net::Shutdown::Write)?;
             Ok::<u64, std::io::Error>(total)
@@ -175,58 +173,6 @@ pub async fn relay_tcp_until(
     }
 }
 
-/// The relay's write half, shared with the connection's reader (direct delivery): written
-/// through `&TcpStream`'s readiness and non-blocking writes, which take `&self`.
-struct Shared<'a>(&'a Arc<OwnedWriteHalf>);
-
-impl Shared<'_> {
-    /// One non-blocking write `op` once the socket is writable, retried on a stale readiness.
-    fn poll_io(
-        &self,
-        cx: &mut Context<'_>,
-        op: impl Fn(&TcpStream) -> std::io::Result<usize>,
-    ) -> Poll<std::io::Result<usize>> {
-        let tcp: &TcpStream = self.0.as_ref().as_ref();
-        loop {
-            ready!(tcp.poll_write_ready(cx))?;
-            match op(tcp) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Shared<'_> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.poll_io(cx, |tcp| tcp.try_write(buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        self.poll_io(cx, |tcp| tcp.try_write_vectored(bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 /// One read of at most [`SMALL_READ`] bytes into the stack, copied out (empty at the end of
 /// the stream). The stack buffer lives for one poll only, never in a task's state, so an
 /// idle connection waiting here holds no read buffer. It is not zeroed first (the read
@@ -260,26 +206,19 @@ fn poll_read_into(
     Poll::Ready(Ok(buf.split().freeze()))
 }
 
-/// Writes every chunk with as few vectored writes as the socket allows, emptying `chunks`.
-async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
-    wr: &mut W,
-    chunks: &mut Vec<Bytes>,
-) -> std::io::Result<()> {
+/// Writes every chunk with as few system calls as the socket allows, emptying `chunks`.
+/// The write half is shared with the connection's reader (direct delivery), so it is
+/// written through `&TcpStream`'s readiness and non-blocking writes, which take `&self`.
+async fn write_all(wr: &OwnedWriteHalf, chunks: &mut Vec<Bytes>) -> std::io::Result<()> {
+    let tcp: &TcpStream = wr.as_ref();
     let mut first = 0;
     while first < chunks.len() {
-        // The slice array is built inside each poll, on the stack: kept across the await it
-        // would be 1 KiB of every connection's task, idle or not.
-        let mut n = std::future::poll_fn(|cx| {
-            if chunks.len() - first == 1 {
-                // One buffer: `send` rather than `writev` (a shorter path through the kernel).
-                return Pin::new(&mut *wr).poll_write(cx, &chunks[first]);
+        let mut n = std::future::poll_fn(|cx| loop {
+            ready!(tcp.poll_write_ready(cx))?;
+            match crate::chunk_write::try_write_chunks(tcp, &chunks[first..]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
             }
-            let mut slices = [std::io::IoSlice::new(&[]); MAX_IOVECS];
-            let count = (chunks.len() - first).min(MAX_IOVECS);
-            for (slot, c) in slices.iter_mut().zip(&chunks[first..first + count]) {
-                *slot = std::io::IoSlice::new(c);
-            }
-            Pin::new(&mut *wr).poll_write_vectored(cx, &slices[..count])
         })
         .await?;
         if n == 0 {

@@ -29,11 +29,6 @@ use tokio::net::tcp::OwnedWriteHalf;
 use super::State;
 use crate::RelayCounters;
 
-/// Buffers per direct write at most (the rest is left for the relay).
-const MAX_IOVECS: usize = 64;
-/// Deliveries of at most this many buffers use an array of this size.
-const SMALL_IOVECS: usize = 4;
-
 /// A relay's socket, registered with its stream.
 pub(crate) struct Delivery {
     sock: Arc<OwnedWriteHalf>,
@@ -108,30 +103,10 @@ pub(crate) fn deliver(st: &mut State) {
     }
 }
 
-/// One non-blocking vectored write; the bytes written (0 when the socket is full or
-/// failed: the relay retries and meets the error).
+/// One non-blocking write; the bytes written (0 when the socket is full or failed: the
+/// relay retries and meets the error).
 fn write_now(sock: &OwnedWriteHalf, chunks: &[Bytes]) -> usize {
-    match chunks.len() {
-        0 => 0,
-        // One buffer (the usual message): `send`, whose path through the kernel is shorter
-        // than `writev`'s (no file-position lock, no iovec import).
-        1 => sock.as_ref().try_write(&chunks[0]).unwrap_or(0),
-        // The usual delivery (a message or two): no 1 KiB array of slices to set up.
-        2..=SMALL_IOVECS => write_slices::<SMALL_IOVECS>(sock, chunks),
-        _ => write_slices::<MAX_IOVECS>(sock, chunks),
-    }
-}
-
-/// [`write_now`] of the first `N` chunks at most.
-fn write_slices<const N: usize>(sock: &OwnedWriteHalf, chunks: &[Bytes]) -> usize {
-    let mut slices = [std::io::IoSlice::new(&[]); N];
-    let count = chunks.len().min(N);
-    for (slot, c) in slices.iter_mut().zip(chunks) {
-        *slot = std::io::IoSlice::new(c);
-    }
-    sock.as_ref()
-        .try_write_vectored(&slices[..count])
-        .unwrap_or(0)
+    crate::chunk_write::try_write_chunks(sock.as_ref(), chunks).unwrap_or(0)
 }
 
 /// Appends to `out` what of `chunks` lies past the first `written` bytes.

@@ -1,0 +1,38 @@
+//! One non-blocking write of a list of chunks to a TCP socket: what the connection's reader
+//! does when it delivers a relay's bytes (`driver/deliver.rs`), and what the relay does with
+//! whatever that left (`relay.rs`).
+//!
+//! A lone chunk (the usual small message) goes with `send`, whose path through the kernel
+//! is shorter than `writev`'s (no file-position lock, no iovec import); a few chunks use a
+//! small slice array, more a larger one (64 slices, 1 KiB of stack, set up only when needed).
+
+use std::io::{IoSlice, Result};
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+/// Chunks one write takes at most (the rest waits for the next).
+const MAX_IOVECS: usize = 64;
+/// Writes of at most this many chunks use an array of this size.
+const SMALL_IOVECS: usize = 4;
+
+/// Writes what of `chunks` the socket takes now, without waiting; the bytes written
+/// (`WouldBlock` when it is full).
+pub(crate) fn try_write_chunks(tcp: &TcpStream, chunks: &[Bytes]) -> Result<usize> {
+    match chunks.len() {
+        0 => Ok(0),
+        1 => tcp.try_write(&chunks[0]),
+        2..=SMALL_IOVECS => try_write_slices::<SMALL_IOVECS>(tcp, chunks),
+        _ => try_write_slices::<MAX_IOVECS>(tcp, chunks),
+    }
+}
+
+/// [`try_write_chunks`] of the first `N` chunks at most, with one `writev`.
+fn try_write_slices<const N: usize>(tcp: &TcpStream, chunks: &[Bytes]) -> Result<usize> {
+    let mut slices = [IoSlice::new(&[]); N];
+    let count = chunks.len().min(N);
+    for (slot, c) in slices.iter_mut().zip(chunks) {
+        *slot = IoSlice::new(c);
+    }
+    tcp.try_write_vectored(&slices[..count])
+}
