@@ -5,7 +5,10 @@
 use culvert_proto::{Config, Connection, Side};
 use culvert_transport::wsframe::{Role, WsConn};
 use culvert_transport::{relay_tcp_counted, relay_tcp_until, Mux};
-use tokio::net::{TcpListener, TcpStream};
+
+mod support;
+
+use support::socket_pair;
 
 /// The relay's own state: two socket halves, the read buffer handle, the chunks to write and
 /// the two directions' loops: 568 bytes in a debug build. It was 2,888 when the two
@@ -13,13 +16,6 @@ use tokio::net::{TcpListener, TcpStream};
 /// vectored write kept its 64-slice array across the await (1 KiB), which showed up as
 /// about 1.8 KB more RSS per idle connection on each side (BENCHMARKS.md).
 const RELAY_FUTURE_MAX: usize = 1024;
-
-async fn socket_pair() -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    (dialed.unwrap(), accepted.unwrap().0)
-}
 
 #[tokio::test]
 async fn an_idle_relay_holds_little_state() {

@@ -51,9 +51,25 @@ where
                     if !flushed {
                         flush_deliveries(&shared);
                     }
-                    tokio::select! {
-                        m = next => m,
-                        _ = &mut closing => return,
+                    // `next` was just polled with this task's waker, so the socket wakes
+                    // the task when it has data: polling it again before that only finds
+                    // the socket empty once more (one read attempt per message for
+                    // nothing). A wake-up that came in between (data, or the split lock
+                    // released) has already rescheduled the task, and the poll after it
+                    // polls `next`.
+                    let mut just_polled = true;
+                    let got = std::future::poll_fn(|cx| {
+                        if !std::mem::take(&mut just_polled) {
+                            if let Poll::Ready(m) = next.as_mut().poll(cx) {
+                                return Poll::Ready(Some(m));
+                            }
+                        }
+                        closing.as_mut().poll(cx).map(|_| None)
+                    })
+                    .await;
+                    match got {
+                        Some(m) => m,
+                        None => return,
                     }
                 }
             }

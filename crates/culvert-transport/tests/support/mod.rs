@@ -13,6 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 pub const LIMIT: Duration = Duration::from_secs(60);
 
 /// The next stream the peer opened.
+#[allow(dead_code)] // not every test file that includes this module uses it
 pub async fn incoming(events: &mut UnboundedReceiver<MuxEvent>) -> TunnelStream {
     loop {
         match tokio::time::timeout(LIMIT, events.recv()).await {
@@ -55,4 +56,13 @@ pub async fn connected_pair() -> (
     let (server, server_events) =
         Mux::spawn_with(WsConn::new(accepted.unwrap().0, Role::Server), s);
     (client, server, client_events, server_events)
+}
+
+/// Two ends of one loopback TCP connection: (dialed, accepted).
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub async fn socket_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    (dialed.unwrap(), accepted.unwrap().0)
 }
