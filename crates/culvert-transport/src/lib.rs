@@ -21,6 +21,7 @@ mod socket;
 mod stream;
 mod stream_io;
 mod upgrade_tail;
+mod woken;
 
 pub mod tls;
 pub mod tls_provider;

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
+use crate::woken::Branches;
 use crate::TunnelStream;
 
 /// Read size once a connection carries bulk data (see [`SMALL_READ`]).
@@ -130,18 +131,38 @@ pub async fn relay_tcp_until(
             socket2::SockRef::from(wr.as_ref().as_ref()).shutdown(std::net::Shutdown::Write)?;
             Ok::<u64, std::io::Error>(total)
         };
-        // Pinned here, so the `async` block below holds two references: moving the two
-        // directions into it stored each twice in this future (2.9 KiB instead of 1.5), paid
-        // per open connection for as long as it lives (tests/relay_footprint.rs).
-        tokio::pin!(up, down);
-        tokio::select! {
-            biased;
-            r = async { tokio::try_join!(&mut up, &mut down) } => r,
-            () = stop => Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "relay stopped: no longer allowed",
-            )),
-        }
+        // Pinned here, so the future below holds references: moving the two directions
+        // into an `async` block stored each twice in this future (2.9 KiB instead of 1.5),
+        // paid per open connection for as long as it lives (tests/relay_footprint.rs).
+        tokio::pin!(up, down, stop);
+        // Each direction and the stop are polled only when woken (`woken.rs`): a small
+        // message read from the socket does not also poll the idle tunnel direction.
+        let branches = Branches::<3>::new();
+        let (mut up_total, mut down_total) = (None, None);
+        std::future::poll_fn(|cx| {
+            let woken = branches.enter(cx);
+            if up_total.is_none() {
+                if let Poll::Ready(r) = branches.poll(woken, 0, up.as_mut()) {
+                    up_total = Some(r?);
+                }
+            }
+            if down_total.is_none() {
+                if let Poll::Ready(r) = branches.poll(woken, 1, down.as_mut()) {
+                    down_total = Some(r?);
+                }
+            }
+            if let (Some(u), Some(d)) = (up_total, down_total) {
+                return Poll::Ready(Ok((u, d)));
+            }
+            if branches.poll(woken, 2, stop.as_mut()).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "relay stopped: no longer allowed",
+                )));
+            }
+            Poll::Pending
+        })
+        .await
     };
     let delivered = stream.stop_delivery();
     match relayed {
