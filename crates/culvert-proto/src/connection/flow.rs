@@ -139,7 +139,7 @@ impl RecvWindow {
     /// a fixed size (the connection's window).
     #[inline]
     pub(crate) fn take_credit(&mut self, divisor: u64) -> Option<u64> {
-        if self.pending < self.window / divisor {
+        if !self.credit_due(divisor) {
             return None;
         }
         let increment = self.pending;
@@ -147,6 +147,12 @@ impl RecvWindow {
         self.remaining += increment;
         self.check();
         Some(increment)
+    }
+
+    /// Whether enough was read for [`Self::take_credit_tuned`] to grant credit: most reads
+    /// grant none, and need not look at the clock.
+    pub(crate) fn credit_due(&self, divisor: u64) -> bool {
+        self.pending >= self.window / divisor
     }
 
     /// Like [`Self::take_credit`], but the window doubles (up to `max_window`) when the
@@ -159,7 +165,7 @@ impl RecvWindow {
         rtt_us: u64,
         max_window: u64,
     ) -> Option<u64> {
-        if self.pending < self.window / divisor {
+        if !self.credit_due(divisor) {
             return None;
         }
         let mut increment = self.pending;

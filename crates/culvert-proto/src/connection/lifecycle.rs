@@ -33,6 +33,11 @@ impl Connection {
     /// Grants stream credit once enough was read, doubling the window (up to its ceiling)
     /// when the last window was used within two round trips.
     pub(super) fn maybe_stream_credit(&mut self, id: StreamId) {
+        let divisor = self.config.credit_divisor;
+        match self.streams.get(&id) {
+            Some(s) if s.recv_flow.credit_due(divisor) => {}
+            _ => return,
+        }
         let now_us = self.micros_since_epoch();
         let rtt_us = self
             .rtt
@@ -45,7 +50,6 @@ impl Connection {
             .max_stream_window
             .min(self.config.connection_window / 4)
             .max(self.config.stream_window);
-        let divisor = self.config.credit_divisor;
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
