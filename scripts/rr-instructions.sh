@@ -7,6 +7,9 @@
 #   RRC_VARIANTS="culvert:/path/to/old culvert" scripts/rr-instructions.sh   # before/after
 #   RRC_TOP=25 scripts/rr-instructions.sh                        # also each process's top
 #                                                                # functions (self cost)
+#   RRC_KEEP=/some/dir scripts/rr-instructions.sh                # keep the callgrind files
+#                       # (N-server.out, N-agent.out for the Nth variant: the measured round trips' dump) for callgrind_annotate
+#                       # --tree=caller or kcachegrind: who calls what
 #
 # Why: on this VM the CPU time of a round trip moves by ±10 % between rounds with the host's
 # load, so a change that saves a microsecond per message cannot be seen in round trips/s or
@@ -77,6 +80,13 @@ one() {
   n=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["count"] + d["warmup"])' "$out/rr.json")
   python3 "$ROOT/scripts/bench/callgrind-self.py" --round-trips "$n" --top "$TOP" --label "$variant" \
     server "$out/$SRV_PID.out" agent "$out/$AGT_PID.out" | tee -a "$D/rows"
+  if [[ -n ${RRC_KEEP:-} ]]; then
+    mkdir -p "$RRC_KEEP"
+    KEPT=$((${KEPT:-0} + 1))
+    # the dump after the measured round trips (callgrind_control -d writes PID.out.N)
+    cp "$(ls "$out/$SRV_PID".out.* | sort -t. -k3n | tail -n1)" "$RRC_KEEP/$KEPT-server.out"
+    cp "$(ls "$out/$AGT_PID".out.* | sort -t. -k3n | tail -n1)" "$RRC_KEEP/$KEPT-agent.out"
+  fi
   for p in "${PIDS[@]:$started}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   PIDS=("${PIDS[@]:0:$started}")
   CULVERT_BIN=$CULVERT_DEFAULT WSTUNNEL_BIN=$REAL_WSTUNNEL
