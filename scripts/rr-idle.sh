@@ -6,13 +6,15 @@
 #   scripts/rr-idle.sh                                  # ws, 8 connections, 3 rounds of 4 s
 #   RRI_ROUNDS=5 RRI_CONNS=16 scripts/rr-idle.sh
 #   RRI_VARIANTS="culvert culvert:/path/to/other-culvert wstunnel" scripts/rr-idle.sh
+#   RRI_VARIANTS="culvert wstunnel bore" scripts/rr-idle.sh   # bore: the plain TCP relay
 #
 # Why: Culvert's eight-connection round trips trail wstunnel-ws's by 10-20 % while its CPU per
 # round trip is no higher (BENCHMARKS.md, 2026-12-05 from 03:14Z); what differs is how long
 # the two vCPUs sit idle with eight requests in flight. A variant `culvert:BIN` runs another
 # binary (a wrapper script may add flags or environment).
 #
-# Needs the wstunnel that scripts/bench.sh builds; Culvert is target/profiling/culvert unless
+# Needs the wstunnel that scripts/bench.sh builds (and, for a bore variant, the bore it
+# installs); Culvert is target/profiling/culvert unless
 # CULVERT_BIN says otherwise. Everything on 127.0.0.1 ports from benchtool's freeblock; every
 # process stopped by its PID; every load bounded by a count and a time.
 set -euo pipefail
