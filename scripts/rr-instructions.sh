@@ -5,6 +5,7 @@
 #
 #   scripts/rr-instructions.sh                                   # culvert and wstunnel
 #   RRC_VARIANTS="culvert:/path/to/old culvert" scripts/rr-instructions.sh   # before/after
+#   RRC_VARIANTS="culvert wstunnel bore" scripts/rr-instructions.sh          # bore as well
 #   RRC_TOP=25 scripts/rr-instructions.sh                        # also each process's top
 #                                                                # functions (self cost)
 #   RRC_KEEP=/some/dir scripts/rr-instructions.sh                # keep the callgrind files
@@ -37,7 +38,7 @@ peer_bins rr-instructions
 source "$ROOT/scripts/lib/procs.sh"
 procs_init rr-instructions
 D=$WORK
-REAL_WSTUNNEL=$WSTUNNEL_BIN
+REAL_WSTUNNEL=$WSTUNNEL_BIN REAL_BORE=${BORE_BIN:-}
 
 ECHO=$("${TOOL[@]}" freeblock 4)
 "${TOOL[@]}" echo-server "$ECHO" --max-seconds 3600 >"$D/echo.log" 2>&1 &
@@ -60,6 +61,8 @@ one() {
   out=$(mktemp -d "$D/run.XXXX")
   if [[ $WHICH == culvert ]]; then
     CULVERT_BIN=$(wrap "$CULVERT_BIN" "$out")
+  elif [[ $WHICH == bore ]]; then
+    BORE_BIN=$(wrap "$REAL_BORE" "$out")
   else
     WSTUNNEL_BIN=$(wrap "$REAL_WSTUNNEL" "$out")
   fi
@@ -89,7 +92,7 @@ one() {
   fi
   for p in "${PIDS[@]:$started}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   PIDS=("${PIDS[@]:0:$started}")
-  CULVERT_BIN=$CULVERT_DEFAULT WSTUNNEL_BIN=$REAL_WSTUNNEL
+  CULVERT_BIN=$CULVERT_DEFAULT WSTUNNEL_BIN=$REAL_WSTUNNEL BORE_BIN=$REAL_BORE
 }
 
 echo "ws, 1 connection, $COUNT sequential 64-byte round trips; user-space instructions per round trip (callgrind Ir):"
