@@ -51,12 +51,12 @@ where
                     if !flushed {
                         flush_deliveries(&shared);
                     }
-                    // `next` was just polled with this task's waker, so the socket wakes
-                    // the task when it has data: polling it again before that only finds
-                    // the socket empty once more (one read attempt per message for
-                    // nothing). A wake-up that came in between (data, or the split lock
-                    // released) has already rescheduled the task, and the poll after it
-                    // polls `next`.
+                    // `next` was just polled with this task's waker and returned
+                    // `Pending`, so it wakes the task when it can go on (the socket has
+                    // data): polling it again before that only finds the socket empty once
+                    // more (one read attempt per message for nothing). A wake-up that came
+                    // while the deliveries ran has already rescheduled the task, and the
+                    // poll after it polls `next`.
                     let mut just_polled = true;
                     let got = std::future::poll_fn(|cx| {
                         if !std::mem::take(&mut just_polled) {
