@@ -42,8 +42,11 @@ impl Wake for BranchWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.flags.woken.fetch_or(self.bit, Ordering::AcqRel);
-        if let Some(w) = self.flags.parent().as_ref() {
-            w.wake_by_ref();
+        // Woken outside the lock: an executor that polls the parent from its waker would
+        // otherwise find the lock held in `enter`.
+        let parent = self.flags.parent().clone();
+        if let Some(w) = parent {
+            w.wake();
         }
     }
 }
@@ -224,6 +227,37 @@ mod tests {
         assert!(br.poll(w, 0, Pin::new(&mut f)).is_pending());
         let w = br.enter(&cx);
         assert!(br.poll(w, 0, Pin::new(&mut f)).is_ready());
+    }
+
+    #[test]
+    fn a_parent_that_polls_from_its_waker_does_not_deadlock() {
+        /// A parent waker that starts the parent's next poll at once, as an executor that
+        /// polls inline would.
+        struct Inline(Mutex<Option<Arc<Branches<1>>>>);
+        impl Wake for Inline {
+            fn wake(self: Arc<Self>) {
+                let br = self.0.lock().unwrap().clone();
+                if let Some(br) = br {
+                    let _ = br.enter(&Context::from_waker(Waker::noop()));
+                }
+            }
+        }
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let parent = Arc::new(Inline(Mutex::new(None)));
+            let pw = Waker::from(parent.clone());
+            let br = Arc::new(Branches::<1>::new());
+            *parent.0.lock().unwrap() = Some(br.clone());
+            let (mut a, _, _, a_waker) = probe();
+            let w = br.enter(&Context::from_waker(&pw));
+            assert!(br.poll(w, 0, Pin::new(&mut a)).is_pending());
+            a_waker.lock().unwrap().take().unwrap().wake();
+            *parent.0.lock().unwrap() = None;
+            done_tx.send(()).unwrap();
+        });
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the wake-up returned (a lock held across it deadlocked)");
     }
 
     #[test]
