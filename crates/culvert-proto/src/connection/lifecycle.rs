@@ -34,11 +34,14 @@ impl Connection {
     /// when the last window was used within two round trips.
     pub(super) fn maybe_stream_credit(&mut self, id: StreamId) {
         let divisor = self.config.credit_divisor;
-        match self.streams.get(&id) {
-            Some(s) if s.recv_flow.credit_due(divisor) => {}
-            _ => return,
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        // Most reads grant nothing: no clock arithmetic for them.
+        if !s.recv_flow.credit_due(divisor) {
+            return;
         }
-        let now_us = self.micros_since_epoch();
+        let now_us = Connection::micros_between(self.epoch, self.now);
         let rtt_us = self
             .rtt
             .map_or(100_000, |r| r.as_micros() as u64)
@@ -50,9 +53,6 @@ impl Connection {
             .max_stream_window
             .min(self.config.connection_window / 4)
             .max(self.config.stream_window);
-        let Some(s) = self.streams.get_mut(&id) else {
-            return;
-        };
         if let Some(increment) = s
             .recv_flow
             .take_credit_tuned(divisor, now_us, rtt_us, max_window)

@@ -302,8 +302,13 @@ impl Connection {
     }
 
     pub(super) fn micros_since_epoch(&self) -> u64 {
-        u64::try_from(self.now.saturating_duration_since(self.epoch).as_micros())
-            .unwrap_or(u64::MAX)
+        Connection::micros_between(self.epoch, self.now)
+    }
+
+    /// [`Connection::micros_since_epoch`] from the two fields, for a caller that holds a
+    /// stream of the table mutably.
+    pub(super) fn micros_between(epoch: Instant, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX)
     }
 
     /// Encodes a frame we generated into the control queue (sent ahead of stream data).
