@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use culvert_proto::reset_code;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -234,7 +234,7 @@ async fn write_all(wr: &OwnedWriteHalf, chunks: &mut Vec<Bytes>) -> std::io::Res
     let tcp: &TcpStream = wr.as_ref();
     let mut first = 0;
     while first < chunks.len() {
-        let mut n = std::future::poll_fn(|cx| loop {
+        let n = std::future::poll_fn(|cx| loop {
             ready!(tcp.poll_write_ready(cx))?;
             match crate::chunk_write::try_write_chunks(tcp, &chunks[first..]) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -245,16 +245,7 @@ async fn write_all(wr: &OwnedWriteHalf, chunks: &mut Vec<Bytes>) -> std::io::Res
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        while n > 0 {
-            let len = chunks[first].len();
-            if n >= len {
-                n -= len;
-                first += 1;
-            } else {
-                chunks[first].advance(n);
-                n = 0;
-            }
-        }
+        first += crate::chunk_write::consume_written(&mut chunks[first..], n);
     }
     chunks.clear();
     Ok(())

@@ -22,7 +22,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use culvert_proto::{ReadOutcome, StreamId};
 use tokio::net::tcp::OwnedWriteHalf;
 
@@ -94,7 +94,7 @@ pub(crate) fn deliver(st: &mut State) {
         if let Some(c) = &d.counters {
             c.down.fetch_add(written as u64, Ordering::Relaxed);
         }
-        keep_unwritten(&mut d.leftover, chunks.drain(..), written);
+        keep_unwritten(&mut d.leftover, chunks, written);
         if !d.ready() {
             if let Some(w) = w.read.take() {
                 w.wake();
@@ -109,21 +109,10 @@ fn write_now(sock: &OwnedWriteHalf, chunks: &[Bytes]) -> usize {
     crate::chunk_write::try_write_chunks(sock.as_ref(), chunks).unwrap_or(0)
 }
 
-/// Appends to `out` what of `chunks` lies past the first `written` bytes.
-fn keep_unwritten(
-    out: &mut Vec<Bytes>,
-    chunks: impl IntoIterator<Item = Bytes>,
-    mut written: usize,
-) {
-    for mut c in chunks {
-        if written >= c.len() {
-            written -= c.len();
-            continue;
-        }
-        c.advance(written);
-        written = 0;
-        out.push(c);
-    }
+/// Moves to `out` what of `chunks` lies past the first `written` bytes, emptying `chunks`.
+fn keep_unwritten(out: &mut Vec<Bytes>, chunks: &mut Vec<Bytes>, written: usize) {
+    let whole = crate::chunk_write::consume_written(chunks, written);
+    out.extend(chunks.drain(..).skip(whole).filter(|c| !c.is_empty()));
 }
 
 /// Registers `sock` as where `id`'s bytes may be delivered directly.
@@ -149,7 +138,7 @@ mod tests {
         ];
         for written in 0..=9 {
             let mut out = Vec::new();
-            keep_unwritten(&mut out, chunks.clone(), written);
+            keep_unwritten(&mut out, &mut chunks.clone(), written);
             let rest: Vec<u8> = out.iter().flat_map(|b| b.to_vec()).collect();
             assert_eq!(rest, b"abcdefghi"[written..].to_vec(), "written {written}");
             assert!(out.iter().all(|b| !b.is_empty()));
