@@ -63,6 +63,8 @@ start_peer_tunnel() {
       --expose "svc=tcp://127.0.0.1:$target@$pub" "${verify[@]}" 2>"$dir/agent.log" &
     AGT_PID=$!
   elif [[ $which == bore ]]; then
+    # Its control port is fixed: another listener there would answer the wait below.
+    "${TOOL[@]}" port-free 7835 || { echo "start_peer_tunnel: bore's control port 7835 is in use" >&2; return 1; }
     "$BORE_BIN" server --bind-addr 127.0.0.1 --min-port "$pub" --max-port "$pub" >"$dir/server.log" 2>&1 &
     SRV_PID=$!
     PIDS+=("$SRV_PID")
