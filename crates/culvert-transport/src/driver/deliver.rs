@@ -112,7 +112,10 @@ fn write_now(sock: &OwnedWriteHalf, chunks: &[Bytes]) -> usize {
 /// Moves to `out` what of `chunks` lies past the first `written` bytes, emptying `chunks`.
 fn keep_unwritten(out: &mut Vec<Bytes>, chunks: &mut Vec<Bytes>, written: usize) {
     let whole = crate::chunk_write::consume_written(chunks, written);
-    out.extend(chunks.drain(..).skip(whole).filter(|c| !c.is_empty()));
+    if whole < chunks.len() {
+        out.extend(chunks.drain(whole..).filter(|c| !c.is_empty()));
+    }
+    chunks.clear();
 }
 
 /// Registers `sock` as where `id`'s bytes may be delivered directly.
