@@ -8,6 +8,9 @@
 #   SPLIT_SCHEME=wss scripts/cpu-split.sh   # over TLS (Culvert --self-signed, wstunnel's own)
 #   SPLIT_PERF=1 scripts/cpu-split.sh       # also perf record -g of each sending side, then
 #                                           # scripts/bench/perf-contexts.py of each profile
+#   SPLIT_SS=1 scripts/cpu-split.sh         # also the kernel's state of the sockets the
+#                                           # sending side reads (receive buffer, rcv_rtt,
+#                                           # ACKs it sent per GB: scripts/bench/ss-input.py)
 #   SPLIT_VARIANTS="culvert culvert:/path/to/other-culvert wstunnel" scripts/cpu-split.sh
 #                                           # a before/after of two builds in one sitting
 #
@@ -75,9 +78,20 @@ one() {
     pp=$!
     sleep 0.3
   fi
+  local sp="" input="( sport = :$pub )"
+  [[ ${#R[@]} -eq 0 ]] || input="( dport = :$iperf )"
+  if [[ ${SPLIT_SS:-0} == 1 ]]; then
+    rm -f "$D/$which.ss"
+    python3 "$ROOT/scripts/bench/ss-input.py" sample "$D/$which.ss" "$input" 130 &
+    sp=$!
+  fi
   s0=$(ticks "$srv") a0=$(ticks "$agt") i0=$(ticks "$isrv") m0=$(machine)
   timeout 120 iperf3 -c 127.0.0.1 -p "$pub" -n "$BYTES" -P "$STREAMS" "${R[@]}" -J >"$D/iperf.json"
   s1=$(ticks "$srv") a1=$(ticks "$agt") i1=$(ticks "$isrv") m1=$(machine)
+  if [[ -n $sp ]]; then
+    kill "$sp" 2>/dev/null || true
+    wait "$sp" 2>/dev/null || true
+  fi
   if [[ -n $pp ]]; then
     kill -INT "$pp"
     wait "$pp" 2>/dev/null || true
@@ -89,6 +103,9 @@ s, a, i, m = (int(x) / hz / gb for x in sys.argv[5:9])
 gbit = json.load(open(path))["end"]["sum_received"]["bits_per_second"] / 1e9
 print(f"| {which} | {gbit:.2f} | {s:.3f} | {a:.3f} | {s + a:.3f} | {i:.3f} | {m:.3f} |")
 PY
+  if [[ -n $sp ]]; then
+    python3 "$ROOT/scripts/bench/ss-input.py" summary "$D/$which.ss"
+  fi
   if [[ -n $pp ]]; then
     echo "perf of the $which sending side:"
     python3 "$ROOT/scripts/bench/perf-contexts.py" "$D/$which.perf"
