@@ -7,6 +7,8 @@
 #   RRI_ROUNDS=5 RRI_CONNS=16 scripts/rr-idle.sh
 #   RRI_VARIANTS="culvert culvert:/path/to/other-culvert wstunnel" scripts/rr-idle.sh
 #   RRI_VARIANTS="culvert wstunnel bore" scripts/rr-idle.sh   # bore: the plain TCP relay
+#   RRI_SYSCALLS=1 scripts/rr-idle.sh        # also each tunnel process's system calls per
+#                                            # round trip (perf stat tracepoints)
 #
 # Why: Culvert's eight-connection round trips trail wstunnel-ws's by 10-20 % while its CPU per
 # round trip is no higher (BENCHMARKS.md, 2026-12-05 from 03:14Z); what differs is how long
@@ -33,6 +35,14 @@ peer_bins rr-idle
 source "$ROOT/scripts/lib/procs.sh"
 procs_init rr-idle
 HZ=$(getconf CLK_TCK)
+SYSCALLS=${RRI_SYSCALLS:-0}
+if [[ $SYSCALLS == 1 ]]; then
+  command -v perf >/dev/null || { echo "rr-idle: RRI_SYSCALLS=1 needs perf" >&2; exit 2; }
+fi
+EVENTS=syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_writev
+EVENTS+=,syscalls:sys_enter_write,syscalls:sys_enter_recvfrom,syscalls:sys_enter_recvmsg
+EVENTS+=,syscalls:sys_enter_read,syscalls:sys_enter_readv,syscalls:sys_enter_epoll_wait
+EVENTS+=,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_futex
 BASE=$("${TOOL[@]}" freeblock 4)
 ECHO=$BASE CTRL=$((BASE + 1)) PUB=$((BASE + 2))
 "${TOOL[@]}" echo-server "$ECHO" --max-seconds $((ROUNDS * 120 + 60)) >"$WORK/echo.log" 2>&1 &
@@ -52,12 +62,24 @@ one() {
   "${TOOL[@]}" wait-echo --timeout 15 "$PUB" >/dev/null
   # warm: connections, caches
   timeout 30 "${TOOL[@]}" rr "$PUB" --conns "$CONNS" --count 2000 --seconds 1 >/dev/null
+  local pss="" psa=""
+  if [[ $SYSCALLS == 1 ]]; then
+    perf stat -x, -e "$EVENTS" -p "$SRV_PID" -o "$WORK/syscalls.server" 2>/dev/null &
+    pss=$!
+    perf stat -x, -e "$EVENTS" -p "$AGT_PID" -o "$WORK/syscalls.agent" 2>/dev/null &
+    psa=$!
+    sleep 0.3
+  fi
   s0=$(ticks "$SRV_PID") a0=$(ticks "$AGT_PID") e0=$(ticks "$ECHO_PID") m0=$(machine)
   # the load client's own CPU: its rusage, as a child of this wrapper
   out=$(timeout $((SECS + 30)) python3 -c 'import resource, subprocess, sys
 out = subprocess.run(sys.argv[1:], capture_output=True, text=True, check=True).stdout.strip()
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(out, "\t", ru.ru_utime + ru.ru_stime)' "${TOOL[@]}" rr "$PUB" --conns "$CONNS" --count "$COUNT" --seconds "$SECS")
+  if [[ -n $pss ]]; then
+    kill -INT "$pss" "$psa" 2>/dev/null || true
+    wait "$pss" "$psa" 2>/dev/null || true
+  fi
   m1=$(machine) s1=$(ticks "$SRV_PID") a1=$(ticks "$AGT_PID") e1=$(ticks "$ECHO_PID")
   python3 - "$variant" "$HZ" "$out" $((s1 - s0)) $((a1 - a0)) $((e1 - e0)) $m0 $m1 <<'PY'
 import json, sys
@@ -70,6 +92,20 @@ busy, idle = b1 - b0, i1 - i0
 client = float(client_s) / out["count"] * 1e6
 print(f"| {variant} | {out['rps']:.0f} | {out['p50_us']:.0f} | {us(s):.1f} | {us(a):.1f} | {us(s + a):.1f} | {client:.1f} | {us(e):.1f} | {idle / (busy + idle) * 100:.1f} |")
 PY
+  if [[ -n $pss ]]; then
+    python3 - "$out" "$WORK/syscalls.server" "$WORK/syscalls.agent" <<'PY' >&2
+import json, sys
+count = json.loads(sys.argv[1].rsplit("\t", 1)[0])["count"]
+for side, path in (("server", sys.argv[2]), ("agent/client", sys.argv[3])):
+    calls = {}
+    for line in open(path):
+        f = line.strip().split(",")
+        if len(f) > 2 and f[0].isdigit() and int(f[0]) > 0:
+            calls[f[2].removeprefix("syscalls:sys_enter_")] = int(f[0])
+    per = ", ".join(f"{k} {v / count:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1]))
+    print(f"  {side} system calls per round trip: {per or 'none counted'}")
+PY
+  fi
   local p
   for p in "${PIDS[@]:$started}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   PIDS=("${PIDS[@]:0:$started}")
