@@ -8,6 +8,8 @@
 #   SPLIT_SCHEME=wss scripts/cpu-split.sh   # over TLS (Culvert --self-signed, wstunnel's own)
 #   SPLIT_PERF=1 scripts/cpu-split.sh       # also perf record -g of each sending side, then
 #                                           # scripts/bench/perf-contexts.py of each profile
+#   SPLIT_PERF=1 SPLIT_KEEP=DIR scripts/cpu-split.sh   # keeps each profile as
+#                                           # DIR/ROUND-VARIANT_INDEX-NAME.perf (perf report -i)
 #   SPLIT_SS=1 scripts/cpu-split.sh         # also the kernel's state of the sockets the
 #                                           # sending side reads (receive buffer, rcv_rtt,
 #                                           # ACKs it sent per GB: scripts/bench/ss-input.py)
@@ -55,10 +57,11 @@ trap cleanup EXIT
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 machine() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 
-# one VARIANT (culvert, culvert:BIN or wstunnel): starts the tunnel, one transfer, prints one
+# one VARIANT TAG (VARIANT: culvert, culvert:BIN or wstunnel; TAG names its files): starts the
+# tunnel, one transfer, prints one
 # line; stops what it started
 one() {
-  local variant=$1 which base iperf ctrl pub srv agt isrv
+  local variant=$1 tag=$2 which base iperf ctrl pub srv agt isrv
   use_variant "$variant"
   which=$WHICH
   base=$("${TOOL[@]}" freeblock 4)
@@ -74,15 +77,15 @@ one() {
   local s0 a0 i0 m0 s1 a1 i1 m1 pp="" sender=$srv
   [[ ${#R[@]} -eq 0 ]] || sender=$agt
   if [[ ${SPLIT_PERF:-0} == 1 ]]; then
-    perf record -g -e cpu-clock -F 2000 -p "$sender" -o "$D/$which.perf" >/dev/null 2>&1 &
+    perf record -g -e cpu-clock -F 2000 -p "$sender" -o "$D/$tag.perf" >/dev/null 2>&1 &
     pp=$!
     sleep 0.3
   fi
   local sp="" input="( sport = :$pub )"
   [[ ${#R[@]} -eq 0 ]] || input="( dport = :$iperf )"
   if [[ ${SPLIT_SS:-0} == 1 ]]; then
-    rm -f "$D/$which.ss"
-    python3 "$ROOT/scripts/bench/ss-input.py" sample "$D/$which.ss" "$input" 130 &
+    rm -f "$D/$tag.ss"
+    python3 "$ROOT/scripts/bench/ss-input.py" sample "$D/$tag.ss" "$input" 130 &
     sp=$!
   fi
   s0=$(ticks "$srv") a0=$(ticks "$agt") i0=$(ticks "$isrv") m0=$(machine)
@@ -104,11 +107,16 @@ gbit = json.load(open(path))["end"]["sum_received"]["bits_per_second"] / 1e9
 print(f"| {which} | {gbit:.2f} | {s:.3f} | {a:.3f} | {s + a:.3f} | {i:.3f} | {m:.3f} |")
 PY
   if [[ -n $sp ]]; then
-    python3 "$ROOT/scripts/bench/ss-input.py" summary "$D/$which.ss"
+    python3 "$ROOT/scripts/bench/ss-input.py" summary "$D/$tag.ss"
   fi
   if [[ -n $pp ]]; then
     echo "perf of the $which sending side:"
-    python3 "$ROOT/scripts/bench/perf-contexts.py" "$D/$which.perf"
+    python3 "$ROOT/scripts/bench/perf-contexts.py" "$D/$tag.perf"
+    if [[ -n ${SPLIT_KEEP:-} ]]; then
+      mkdir -p "$SPLIT_KEEP"
+      cp "$D/$tag.perf" "$SPLIT_KEEP/$tag.perf"
+      echo "kept: $SPLIT_KEEP/$tag.perf"
+    fi
   fi
   local p
   for p in "${PIDS[@]:$started}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
@@ -120,9 +128,11 @@ echo
 header="| tunnel | Gbit/s | server | agent/client | server + agent | iperf3 server | whole machine |"
 echo "$header"
 echo "|---|---:|---:|---:|---:|---:|---:|"
-for _ in $(seq 1 "$ROUNDS"); do
+for round in $(seq 1 "$ROUNDS"); do
+  index=0
   for v in $VARIANTS; do
-    one "$v"
+    index=$((index + 1))
+    one "$v" "$round-$index-${v%%:*}"
   done
 done
 echo
