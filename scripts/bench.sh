@@ -19,10 +19,11 @@
 #     peak (VmHWM, reset just before) during the bulk iperf3 runs.
 # Every iperf3 run, round-trip test, new-connections test and pgbench run is repeated
 # BENCH_REPEAT times (3 by default) and the table shows the medians. The repeats are
-# rounds (BENCH_INTERLEAVE=1, the default): each round measures every TCP column once, in
-# order, on fresh processes, so a drift of the machine's speed over the run (a neighbour's
-# load, its CPU's clock) weighs on every column alike rather than on whichever columns ran
-# while it lasted.
+# rounds (BENCH_INTERLEAVE=1, the default): each round measures every TCP column once, on
+# fresh processes, in order in odd rounds and in reverse order in even ones, so a drift of
+# the machine's speed over the run (a neighbour's load, its CPU's clock) weighs on every
+# column alike rather than on whichever columns ran while it lasted, and no column always
+# follows the same neighbour.
 # Each tunnel is started twice on fresh ports: once for the connection tests (RSS idle
 # and with idle connections, round trips, new connections, pgbench) and once for the
 # bulk runs, so neither phase's retained memory shows in the other's RSS figures.
@@ -1537,10 +1538,17 @@ declare -A NA_COLS=()
 # TCP columns: BENCH_REPEAT rounds of one run per cell (BENCH_INTERLEAVE=1), or one round
 # of BENCH_REPEAT runs per cell; each run's files are numbered ROUND + i - 1.
 if [[ $BENCH_INTERLEAVE == 1 ]]; then ROUNDS=$BENCH_REPEAT REPS=1; else ROUNDS=1 REPS=$BENCH_REPEAT; fi
+# Even rounds visit the columns in reverse order (ABBA): a column that always came right
+# after `direct`, or early in every round, would meet the same neighbour and the same part
+# of each round's drift every time.
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
   ((ROUNDS == 1)) || log "=== round $ROUND of $ROUNDS"
-  idx=0
-  for col in "${ALL_COLS[@]}"; do
+  ORDER=("${!ALL_COLS[@]}")
+  if ((ROUND % 2 == 0)); then
+    for ((rev = ${#ALL_COLS[@]} - 1, at = 0; rev >= 0; rev--, at++)); do ORDER[at]=$rev; done
+  fi
+  for idx in "${ORDER[@]}"; do
+    col=${ALL_COLS[$idx]}
     if is_udp_col "$col"; then
       :
     elif ! wants "$col"; then
@@ -1549,7 +1557,6 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
       mkdir -p "$RUN/$col"
       run_column "$col" "$idx"
     fi
-    idx=$((idx + 1))
   done
 done
 # UDP columns once, after the TCP rounds (each cell its own BENCH_REPEAT runs).
