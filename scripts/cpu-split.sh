@@ -87,6 +87,7 @@ one() {
     rm -f "$D/$tag.ss"
     python3 "$ROOT/scripts/bench/ss-input.py" sample "$D/$tag.ss" "$input" 130 &
     sp=$!
+    PIDS+=("$sp")
   fi
   s0=$(ticks "$srv") a0=$(ticks "$agt") i0=$(ticks "$isrv") m0=$(machine)
   timeout 120 iperf3 -c 127.0.0.1 -p "$pub" -n "$BYTES" -P "$STREAMS" "${R[@]}" -J >"$D/iperf.json"

@@ -68,6 +68,7 @@ one() {
     pss=$!
     perf stat -x, -e "$EVENTS" -p "$AGT_PID" -o "$WORK/syscalls.agent" 2>/dev/null &
     psa=$!
+    PIDS+=("$pss" "$psa")
     sleep 0.3
   fi
   s0=$(ticks "$SRV_PID") a0=$(ticks "$AGT_PID") e0=$(ticks "$ECHO_PID") m0=$(machine)
