@@ -39,6 +39,8 @@ SYSCALLS=${RRI_SYSCALLS:-0}
 if [[ $SYSCALLS == 1 ]]; then
   command -v perf >/dev/null || { echo "rr-idle: RRI_SYSCALLS=1 needs perf" >&2; exit 2; }
 fi
+# The calls a relay makes per message, named one by one: `syscalls:sys_enter_*` attached to a
+# process slowed its round trips fourfold.
 EVENTS=syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_writev
 EVENTS+=,syscalls:sys_enter_write,syscalls:sys_enter_recvfrom,syscalls:sys_enter_recvmsg
 EVENTS+=,syscalls:sys_enter_read,syscalls:sys_enter_readv,syscalls:sys_enter_epoll_wait
@@ -94,18 +96,10 @@ client = float(client_s) / out["count"] * 1e6
 print(f"| {variant} | {out['rps']:.0f} | {out['p50_us']:.0f} | {us(s):.1f} | {us(a):.1f} | {us(s + a):.1f} | {client:.1f} | {us(e):.1f} | {idle / (busy + idle) * 100:.1f} |")
 PY
   if [[ -n $pss ]]; then
-    python3 - "$out" "$WORK/syscalls.server" "$WORK/syscalls.agent" <<'PY' >&2
-import json, sys
-count = json.loads(sys.argv[1].rsplit("\t", 1)[0])["count"]
-for side, path in (("server", sys.argv[2]), ("agent/client", sys.argv[3])):
-    calls = {}
-    for line in open(path):
-        f = line.strip().split(",")
-        if len(f) > 2 and f[0].isdigit() and int(f[0]) > 0:
-            calls[f[2].removeprefix("syscalls:sys_enter_")] = int(f[0])
-    per = ", ".join(f"{k} {v / count:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1]))
-    print(f"  {side} system calls per round trip: {per or 'none counted'}")
-PY
+    local count
+    count=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1].rsplit("\t", 1)[0])["count"])' "$out")
+    "${TOOL[@]}" sys-per "$WORK/syscalls.server" --per "$count" --label server >&2
+    "${TOOL[@]}" sys-per "$WORK/syscalls.agent" --per "$count" --label agent/client >&2
   fi
   local p
   for p in "${PIDS[@]:$started}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done

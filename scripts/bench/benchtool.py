@@ -717,6 +717,19 @@ def _perf_stat_counts(fn):
     return counts
 
 
+def cmd_sys_per(a):
+    """One line of a process's system calls by name per unit (a round trip, say), most
+    frequent first (those under 0.005 left out), from a `perf stat -x, -e
+    'syscalls:sys_enter_...'` file."""
+    counts = _perf_stat_counts(a.file)
+    per = ", ".join(
+        f"{k} {v / a.per:.2f}"
+        for k, v in sorted(counts.items(), key=lambda kv: -kv[1])
+        if v / a.per >= 0.005
+    )
+    print(f"  {a.label} system calls per {a.unit}: {per or 'none counted'}")
+
+
 def cmd_sys_table(a):
     """Markdown tables from the syscall mode's records (COLUMN<TAB>LOAD<TAB>ROLE<TAB>KEY
     <TAB>VALUE; ROLE '-' holds the load's denominators 'bytes' or 'rts', KEY 'perf' the
@@ -1037,6 +1050,13 @@ def main():
     s = sub.add_parser("pgbench-parse")
     s.add_argument("file")
     s.set_defaults(f=cmd_pgbench_parse)
+
+    s = sub.add_parser("sys-per")
+    s.add_argument("file")
+    s.add_argument("--per", type=float, required=True, help="the count to divide by")
+    s.add_argument("--unit", default="round trip")
+    s.add_argument("--label", default="process")
+    s.set_defaults(f=cmd_sys_per)
 
     s = sub.add_parser("sys-table")
     s.add_argument("records")
