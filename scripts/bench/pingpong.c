@@ -19,7 +19,7 @@
 
 static void pong(int fd, int timeout, long n, int first) {
   int ep = epoll_create1(0);
-  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.fd = fd};
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.fd = fd};
   char buf[64] = {0};
   if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) exit(2);
   fcntl(fd, F_SETFL, O_NONBLOCK);
