@@ -110,6 +110,8 @@ fn write_now(sock: &OwnedWriteHalf, chunks: &[Bytes]) -> usize {
 }
 
 /// Moves to `out` what of `chunks` lies past the first `written` bytes, emptying `chunks`.
+/// No empty chunk is kept: the relay's `write_all` would take a write of nothing for a
+/// socket that accepts nothing (`WriteZero`).
 fn keep_unwritten(out: &mut Vec<Bytes>, chunks: &mut Vec<Bytes>, written: usize) {
     let whole = crate::chunk_write::consume_written(chunks, written);
     if whole < chunks.len() {
