@@ -15,21 +15,24 @@ use std::time::Duration;
 use bytes::Bytes;
 use culvert_proto::{Config, Connection, Side};
 use culvert_transport::wsframe::{Role, WsConn};
-use culvert_transport::{relay_tcp, Mux, MuxEvent};
+use culvert_transport::{relay_tcp, Mux, MuxEvent, TunnelStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 mod support;
 
-use support::{incoming, LIMIT};
+use support::{incoming, send_now, LIMIT};
 
 fn connection(side: Side) -> Connection {
     Connection::new(side, Config::default(), std::time::Instant::now()).unwrap()
 }
 
-#[test]
-fn a_send_on_an_idle_connection_is_written_before_the_sender_yields() {
+/// Runs `sends` on a current-thread runtime with a stream of an idle server-role connection
+/// (whose unmasked frames are what may be written through), then checks without awaiting
+/// that `expect`'s parts reached the raw peer socket in order: only a write from the
+/// sending task can have put them there.
+fn written_before_the_sender_yields(sends: impl FnOnce(&TunnelStream), expect: &[&[u8]]) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -39,37 +42,70 @@ fn a_send_on_an_idle_connection_is_written_before_the_sender_yields() {
         let addr = listener.local_addr().unwrap();
         let dialed = TcpStream::connect(addr).await.unwrap();
         let (mut peer, _) = listener.accept().unwrap();
-        // The server role sends unmasked frames, which are what is written through.
         let (mux, _events) =
             Mux::spawn_with(WsConn::new(dialed, Role::Server), connection(Side::Server));
         let stream = mux.open("svc").await.unwrap();
         // Let the writer task send the open and go idle.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let payload = b"written-through-without-a-task-hop";
-        let polled = {
-            let mut send = pin!(stream.send(Bytes::from_static(payload)));
-            send.as_mut()
-                .poll(&mut Context::from_waker(Waker::noop()))
-        };
-        assert!(matches!(polled, Poll::Ready(Ok(()))), "{polled:?}");
-        // No await since the send: only a write from the sending task can have put the
-        // bytes on the socket. (A blocking read: the runtime's thread is this one.)
+        sends(&stream);
+        // A blocking read: the runtime's thread is this one.
         peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
-        while !seen.windows(payload.len()).any(|w| w == payload) {
+        while found_in_order(&seen, expect) < expect.len() {
             match peer.read(&mut buf) {
                 Ok(0) => panic!("peer socket closed"),
                 Ok(n) => seen.extend_from_slice(&buf[..n]),
                 Err(e) => panic!(
-                    "the payload did not reach the socket before the sender yielded: {e} ({} bytes seen)",
-                    seen.len()
+                    "not on the socket before the sender yielded: {e} ({} bytes seen, {} of {} parts)",
+                    seen.len(),
+                    found_in_order(&seen, expect),
+                    expect.len()
                 ),
             }
         }
         drop(stream);
         mux.abort("test over");
     });
+}
+
+/// How many of `parts` occur in `seen`, in order.
+fn found_in_order(seen: &[u8], parts: &[&[u8]]) -> usize {
+    let mut at = 0;
+    for (i, part) in parts.iter().enumerate() {
+        match seen[at..].windows(part.len()).position(|w| w == *part) {
+            Some(p) => at += p + part.len(),
+            None => return i,
+        }
+    }
+    parts.len()
+}
+
+#[test]
+fn a_send_on_an_idle_connection_is_written_before_the_sender_yields() {
+    // At least 16 KiB queued: a smaller send is left to the end of the scheduler's turn
+    // (tests/small_sends.rs).
+    let payload = pattern(1, 16 * 1024);
+    written_before_the_sender_yields(
+        |s| send_now(s, Bytes::copy_from_slice(&payload)),
+        &[&payload],
+    );
+}
+
+#[test]
+fn a_burst_reaching_the_small_send_limit_is_written_before_the_sender_yields() {
+    // Four 4 KiB sends: the fourth brings what is queued to 16 KiB, so it writes everything
+    // queued itself, the three before it included (each its own frame).
+    let parts: Vec<Vec<u8>> = (0..4).map(|i| pattern(i, 4 * 1024)).collect();
+    let expect: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+    written_before_the_sender_yields(
+        |s| {
+            for p in &parts {
+                send_now(s, Bytes::copy_from_slice(p));
+            }
+        },
+        &expect,
+    );
 }
 
 /// A deterministic pattern, different per stream.

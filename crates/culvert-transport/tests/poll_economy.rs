@@ -14,72 +14,22 @@ use bytes::Bytes;
 use culvert_proto::{Config, Connection, Side};
 use culvert_transport::wsframe::{Role, WsConn};
 use culvert_transport::{relay_tcp_until, Mux};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod support;
 
+use support::counted::Counted;
 use support::{incoming, socket_pair, LIMIT};
 
 /// Round trips per test: enough that a per-message extra poll stands far above the polls of
 /// setting up.
 const MESSAGES: usize = 60;
 
-/// A socket that counts the reads polled on it.
-struct CountReads {
-    inner: TcpStream,
-    reads: Arc<AtomicUsize>,
-}
-
-impl AsyncRead for CountReads {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for CountReads {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[tokio::test]
 async fn the_reader_polls_its_socket_at_most_twice_per_message() {
     let (a, b) = socket_pair().await;
-    let reads = Arc::new(AtomicUsize::new(0));
-    let counted = CountReads {
-        inner: b,
-        reads: reads.clone(),
-    };
+    let counted = Counted::new(b);
+    let reads = counted.reads.clone();
     let now = std::time::Instant::now();
     let c = Connection::new(Side::Client, Config::default(), now).unwrap();
     let s = Connection::new(Side::Server, Config::default(), now).unwrap();

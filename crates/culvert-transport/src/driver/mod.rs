@@ -5,8 +5,10 @@
 //! In the common case a message crosses no task of the driver: while the writer task is
 //! parked, the task that queued bytes writes their frames itself (`direct.rs`), and while a
 //! relay waits on its stream, the reader writes what arrives for it straight into the
-//! relay's socket (`deliver.rs`). The tasks take over only what could not be written at
-//! once, and keep the timers, the blocking waits and the close handshake.
+//! relay's socket (`deliver.rs`). On a current-thread runtime a small send leaves its write
+//! to the end of the scheduler's turn (`flush.rs`), so that streams made ready together
+//! share one write. The tasks take over only what could not be written at once, and keep
+//! the timers, the blocking waits and the close handshake.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +26,7 @@ use crate::TransportError;
 
 pub(crate) mod deliver;
 mod direct;
+mod flush;
 mod reader;
 mod writer;
 
@@ -84,6 +87,8 @@ pub(crate) struct State {
     /// The chunks of one direct delivery, kept between deliveries (empty in between) so
     /// that a delivery allocates nothing.
     pub(crate) deliver_chunks: Vec<Bytes>,
+    /// Requests to the flush task (`flush.rs`).
+    pub(crate) flush: flush::FlushSlot,
 }
 
 /// Receives each datagram as soon as the reader decodes it (see [`Mux::set_datagram_sink`]).
@@ -99,6 +104,11 @@ pub(crate) struct Shared {
     pub(crate) closed_tx: watch::Sender<bool>,
     /// The writer's socket while the writer task is parked (write-through, `direct.rs`).
     direct: Arc<dyn direct::WriteThrough>,
+    /// Small sends are left to the flush task (`flush.rs`): on a current-thread runtime,
+    /// where it runs after every task the same poll of the sockets woke. (On a
+    /// multi-threaded one it would run first, from the waking worker's LIFO slot, or on
+    /// another worker: a hop that batches nothing.)
+    defer_small: bool,
 }
 
 impl Shared {
@@ -106,10 +116,29 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends what the connection has queued: written through from the caller's task while
-    /// the writer task is parked, else by the writer task, woken for it. Never called with
-    /// the state locked.
+    /// Sends what the connection has queued: while less than [`flush::DEFER_BELOW`] is
+    /// queued (and the runtime has one thread), by the flush task at the end of this turn
+    /// of the scheduler; otherwise written through from the caller's task while the writer
+    /// task is parked, else by the writer task, woken for it. Never called with the state
+    /// locked.
     pub(crate) fn transmit(self: &Arc<Self>) {
+        if self.defer_small {
+            let mut st = self.lock();
+            if st.conn.send_buffered() < flush::DEFER_BELOW {
+                let waker = st.flush.request();
+                drop(st);
+                if let Some(w) = waker {
+                    w.wake();
+                }
+                return;
+            }
+        }
+        self.write_now();
+    }
+
+    /// Sends what the connection has queued now: written through while the writer task is
+    /// parked, else by the writer task, woken for it. Never called with the state locked.
+    fn write_now(self: &Arc<Self>) {
         if !self.direct.try_transmit(self) {
             self.writer_wake.notify_one();
         }
@@ -126,7 +155,9 @@ impl Shared {
         for (_, w) in st.wakers.drain() {
             w.read.into_iter().chain(w.write).for_each(Waker::wake);
         }
+        let flusher = st.flush.take_waker();
         drop(st);
+        flusher.into_iter().for_each(Waker::wake);
         self.streams_available.notify_waiters();
         let _ = self.events.send(MuxEvent::Closed(reason));
         let _ = self.closed_tx.send(true);
@@ -249,6 +280,8 @@ impl Mux {
         let (events, rx) = mpsc::unbounded_channel();
         let (closed_tx, closed_rx) = watch::channel(false);
         let parking = Arc::new(direct::Parking::new());
+        let defer_small = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 conn,
@@ -264,15 +297,20 @@ impl Mux {
                 deliver: HashMap::default(),
                 deliverable: Vec::new(),
                 deliver_chunks: Vec::new(),
+                flush: flush::FlushSlot::default(),
             }),
             writer_wake: Notify::new(),
             streams_available: Notify::new(),
             events,
             closed_tx,
             direct: parking.clone(),
+            defer_small,
         });
         tokio::spawn(reader::run(shared.clone(), ws.reader));
         tokio::spawn(writer::run(shared.clone(), ws.writer, parking));
+        if defer_small {
+            tokio::spawn(flush::run(shared.clone()));
+        }
         // Events the connection produced before the tasks existed (e.g. from bytes fed during the handshake).
         {
             let mut st = shared.lock();

@@ -198,8 +198,9 @@ pub(super) async fn run<S>(
         if let Some(r) = shared.lock().closing.clone() {
             break Stop::Closing(r);
         }
-        // Idle: senders write through the parked socket themselves (direct.rs) and wake
-        // this task only for what they could not finish.
+        // Idle: senders (or, for small sends, the flush task: flush.rs) write through the
+        // parked socket themselves (direct.rs) and wake this task only for what they could
+        // not finish.
         parking.park(ws);
         let idle = clock.idle(deadline).await;
         ws = parking

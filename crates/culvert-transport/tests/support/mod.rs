@@ -9,6 +9,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub mod counted;
+
 /// How long a test waits for anything at most.
 pub const LIMIT: Duration = Duration::from_secs(60);
 
@@ -65,4 +68,19 @@ pub async fn socket_pair() -> (TcpStream, TcpStream) {
     let addr = listener.local_addr().unwrap();
     let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
     (dialed.unwrap(), accepted.unwrap().0)
+}
+
+/// Queues `data` on `stream` from this task without awaiting (so nothing else runs
+/// meanwhile); the send must complete at once.
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn send_now(stream: &TunnelStream, data: bytes::Bytes) {
+    let mut send = std::pin::pin!(stream.send(data));
+    let polled = std::future::Future::poll(
+        send.as_mut(),
+        &mut std::task::Context::from_waker(std::task::Waker::noop()),
+    );
+    assert!(
+        matches!(polled, std::task::Poll::Ready(Ok(()))),
+        "{polled:?}"
+    );
 }

@@ -1,0 +1,68 @@
+//! Small sends of streams made ready together share one write: on a current-thread runtime
+//! a send of less than 16 KiB leaves its write to the connection's flush task, which runs
+//! at the end of the scheduler's turn and writes what every stream queued in it. Eight
+//! connections' requests used to cost the server eight `send`s to the agent (and the agent
+//! eight wake-ups). (A burst past 16 KiB is still written by the sender at once:
+//! tests/direct_paths.rs.)
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use culvert_proto::{Config, Connection, Side};
+use culvert_transport::wsframe::{Role, WsConn};
+use culvert_transport::Mux;
+
+mod support;
+
+use support::counted::Counted;
+use support::{incoming, send_now, socket_pair, LIMIT};
+
+/// Streams that send at once.
+const STREAMS: usize = 8;
+
+fn connection(side: Side) -> Connection {
+    Connection::new(side, Config::default(), std::time::Instant::now()).unwrap()
+}
+
+#[tokio::test]
+async fn small_sends_of_streams_made_ready_together_share_one_write() {
+    let (a, b) = socket_pair().await;
+    let counted = Counted::new(a);
+    let writes = counted.writes.clone();
+    // The server role sends unmasked frames, which are what the sender may write itself.
+    let (sender, _sender_events) =
+        Mux::spawn_with(WsConn::new(counted, Role::Server), connection(Side::Server));
+    let (receiver, mut receiver_events) =
+        Mux::spawn_with(WsConn::new(b, Role::Client), connection(Side::Client));
+    let mut sent = Vec::new();
+    let mut got = Vec::new();
+    for _ in 0..STREAMS {
+        sent.push(sender.open("svc").await.unwrap());
+        got.push(incoming(&mut receiver_events).await);
+    }
+    // Let the opens go out and the writer go idle.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = writes.load(Ordering::Relaxed);
+    // Eight requests in one turn of the scheduler, as eight relays woken by one poll of
+    // their sockets make them.
+    for (i, s) in sent.iter().enumerate() {
+        send_now(s, Bytes::from(format!("request {i}")));
+    }
+    tokio::time::timeout(LIMIT, async {
+        for (i, s) in got.iter().enumerate() {
+            let m = s.recv().await.unwrap().unwrap();
+            assert_eq!(m, format!("request {i}").as_bytes());
+        }
+    })
+    .await
+    .expect("every request within the limit");
+    let used = writes.load(Ordering::Relaxed) - before;
+    // One write; it was eight, one per send, when every send wrote itself through.
+    assert!(
+        used <= 2,
+        "{used} writes for {STREAMS} small sends made in one turn (one expected)"
+    );
+    sender.abort("test over");
+    receiver.abort("test over");
+}
