@@ -28,11 +28,15 @@ fn connection(side: Side) -> Connection {
     Connection::new(side, Config::default(), std::time::Instant::now()).unwrap()
 }
 
-/// Runs `sends` on a current-thread runtime with a stream of an idle server-role connection
-/// (whose unmasked frames are what may be written through), then checks without awaiting
-/// that `expect`'s parts reached the raw peer socket in order: only a write from the
-/// sending task can have put them there.
-fn written_before_the_sender_yields(sends: impl FnOnce(&TunnelStream), expect: &[&[u8]]) {
+/// Runs `sends` on a current-thread runtime with the first of `streams` streams of an idle
+/// server-role connection (whose unmasked frames are what may be written through), then
+/// checks without awaiting that `expect`'s parts reached the raw peer socket in order: only
+/// a write from the sending task can have put them there.
+fn written_before_the_sender_yields(
+    streams: usize,
+    sends: impl FnOnce(&TunnelStream),
+    expect: &[&[u8]],
+) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -44,10 +48,13 @@ fn written_before_the_sender_yields(sends: impl FnOnce(&TunnelStream), expect: &
         let (mut peer, _) = listener.accept().unwrap();
         let (mux, _events) =
             Mux::spawn_with(WsConn::new(dialed, Role::Server), connection(Side::Server));
-        let stream = mux.open("svc").await.unwrap();
-        // Let the writer task send the open and go idle.
+        let mut open = Vec::new();
+        for _ in 0..streams {
+            open.push(mux.open("svc").await.unwrap());
+        }
+        // Let the writer task send the opens and go idle.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        sends(&stream);
+        sends(&open[0]);
         // A blocking read: the runtime's thread is this one.
         peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut seen = Vec::new();
@@ -64,7 +71,7 @@ fn written_before_the_sender_yields(sends: impl FnOnce(&TunnelStream), expect: &
                 ),
             }
         }
-        drop(stream);
+        drop(open);
         mux.abort("test over");
     });
 }
@@ -83,13 +90,21 @@ fn found_in_order(seen: &[u8], parts: &[&[u8]]) -> usize {
 
 #[test]
 fn a_send_on_an_idle_connection_is_written_before_the_sender_yields() {
-    // At least 16 KiB queued: a smaller send is left to the end of the scheduler's turn
-    // (tests/small_sends.rs).
+    // At least 16 KiB queued: with another stream open, a smaller send is left to the end
+    // of the scheduler's turn (tests/small_sends.rs).
     let payload = pattern(1, 16 * 1024);
     written_before_the_sender_yields(
+        2,
         |s| send_now(s, Bytes::copy_from_slice(&payload)),
         &[&payload],
     );
+}
+
+#[test]
+fn a_small_send_of_the_only_stream_is_written_before_the_sender_yields() {
+    // No other stream could share its write: no hop through the flush task.
+    let payload = b"written-through-without-a-task-hop";
+    written_before_the_sender_yields(1, |s| send_now(s, Bytes::from_static(payload)), &[payload]);
 }
 
 #[test]
@@ -99,6 +114,7 @@ fn a_burst_reaching_the_small_send_limit_is_written_before_the_sender_yields() {
     let parts: Vec<Vec<u8>> = (0..4).map(|i| pattern(i, 4 * 1024)).collect();
     let expect: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
     written_before_the_sender_yields(
+        2,
         |s| {
             for p in &parts {
                 send_now(s, Bytes::copy_from_slice(p));

@@ -12,7 +12,10 @@
 //! bytes are still in the cache, and one such send fills a write by itself.
 //!
 //! A burst is bounded without a timer: once [`DEFER_BELOW`] bytes are queued, the next
-//! send writes through everything queued.
+//! send writes through everything queued. A connection with one stream open writes
+//! through at once as before: no other stream's frame can share its write, and the hop
+//! through this task cost one round trip over one connection 442 user-space instructions
+//! in each tunnel process (`scripts/rr-instructions.sh`, 15,257 before).
 
 use std::future::poll_fn;
 use std::sync::Arc;

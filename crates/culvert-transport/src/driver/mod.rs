@@ -117,14 +117,15 @@ impl Shared {
     }
 
     /// Sends what the connection has queued: while less than [`flush::DEFER_BELOW`] is
-    /// queued (and the runtime has one thread), by the flush task at the end of this turn
-    /// of the scheduler; otherwise written through from the caller's task while the writer
+    /// queued and more than one stream is open (and the runtime has one thread), by the
+    /// flush task at the end of this turn of the scheduler; otherwise written through from the caller's task while the writer
     /// task is parked, else by the writer task, woken for it. Never called with the state
     /// locked.
     pub(crate) fn transmit(self: &Arc<Self>) {
         if self.defer_small {
             let mut st = self.lock();
-            if st.conn.send_buffered() < flush::DEFER_BELOW {
+            // With one stream there is no other stream's frame to share a write with.
+            if st.conn.send_buffered() < flush::DEFER_BELOW && st.conn.open_streams() > 1 {
                 let waker = st.flush.request();
                 drop(st);
                 if let Some(w) = waker {
