@@ -124,10 +124,8 @@ impl TunnelStream {
         match st.conn.read(self.id, max) {
             Ok(ReadOutcome::Data(b)) => {
                 // Reading may have released credit that must go out.
-                let wake = st.conn.wants_transmit();
-                drop(st);
-                if wake {
-                    self.shared.transmit();
+                if st.conn.wants_transmit() {
+                    self.shared.transmit_locked(st);
                 }
                 Poll::Ready(Ok(Some(b)))
             }
@@ -191,10 +189,8 @@ impl TunnelStream {
                 _ => break,
             }
         }
-        let wake = st.conn.wants_transmit();
-        drop(st);
-        if wake {
-            self.shared.transmit();
+        if st.conn.wants_transmit() {
+            self.shared.transmit_locked(st);
         }
         Ok(true)
     }
@@ -247,16 +243,14 @@ impl TunnelStream {
         match st.conn.write_from(self.id, data) {
             Ok(n) => {
                 if data.is_empty() {
-                    drop(st);
-                    self.shared.transmit();
+                    self.shared.transmit_locked(st);
                     return Poll::Ready(Ok(()));
                 }
                 if let Some(w) = st.wakers.get_mut(&self.id) {
                     w.write = Some(cx.waker().clone());
                 }
-                drop(st);
                 if n > 0 {
-                    self.shared.transmit();
+                    self.shared.transmit_locked(st);
                 }
                 Poll::Pending
             }
@@ -288,8 +282,7 @@ impl TunnelStream {
         match st.conn.finish(self.id) {
             Ok(()) => {
                 self.finished.store(true, Ordering::Relaxed);
-                drop(st);
-                self.shared.transmit();
+                self.shared.transmit_locked(st);
                 Ok(())
             }
             Err(_) => Err(self.gone(&mut st)),

@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use culvert_proto::{Config, Connection, Side};
+use culvert_proto::Side;
 use culvert_transport::wsframe::{Role, WsConn};
 use culvert_transport::{relay_tcp, Mux, MuxEvent, TunnelStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,11 +22,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 mod support;
 
-use support::{incoming, send_now, LIMIT};
-
-fn connection(side: Side) -> Connection {
-    Connection::new(side, Config::default(), std::time::Instant::now()).unwrap()
-}
+use support::{connection, incoming, send_now, LIMIT};
 
 /// Runs `sends` on a current-thread runtime with the first of `streams` streams of an idle
 /// server-role connection (whose unmasked frames are what may be written through), then

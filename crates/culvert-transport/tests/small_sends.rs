@@ -10,21 +10,17 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use culvert_proto::{Config, Connection, Side};
+use culvert_proto::Side;
 use culvert_transport::wsframe::{Role, WsConn};
 use culvert_transport::Mux;
 
 mod support;
 
 use support::counted::Counted;
-use support::{incoming, send_now, socket_pair, LIMIT};
+use support::{connection, incoming, send_now, socket_pair, LIMIT};
 
 /// Streams that send at once.
 const STREAMS: usize = 8;
-
-fn connection(side: Side) -> Connection {
-    Connection::new(side, Config::default(), std::time::Instant::now()).unwrap()
-}
 
 #[tokio::test]
 async fn small_sends_of_streams_made_ready_together_share_one_write() {

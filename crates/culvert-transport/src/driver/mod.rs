@@ -118,22 +118,30 @@ impl Shared {
 
     /// Sends what the connection has queued: while less than [`flush::DEFER_BELOW`] is
     /// queued and more than one stream is open (and the runtime has one thread), by the
-    /// flush task at the end of this turn of the scheduler; otherwise written through from the caller's task while the writer
-    /// task is parked, else by the writer task, woken for it. Never called with the state
-    /// locked.
+    /// flush task at the end of this turn of the scheduler; otherwise written through from
+    /// the caller's task while the writer task is parked, else by the writer task, woken
+    /// for it. Never called with the state locked.
     pub(crate) fn transmit(self: &Arc<Self>) {
-        if self.defer_small {
-            let mut st = self.lock();
-            // With one stream there is no other stream's frame to share a write with.
-            if st.conn.send_buffered() < flush::DEFER_BELOW && st.conn.open_streams() > 1 {
-                let waker = st.flush.request();
-                drop(st);
-                if let Some(w) = waker {
-                    w.wake();
-                }
-                return;
+        self.transmit_locked(self.lock());
+    }
+
+    /// [`Shared::transmit`] for a caller that holds the state's lock (released here, before
+    /// anything is written or woken): the choice between the flush task and a write now
+    /// takes no second lock.
+    pub(crate) fn transmit_locked(self: &Arc<Self>, mut st: MutexGuard<'_, State>) {
+        // With one stream there is no other stream's frame to share a write with.
+        if self.defer_small
+            && st.conn.send_buffered() < flush::DEFER_BELOW
+            && st.conn.open_streams() > 1
+        {
+            let waker = st.flush.request();
+            drop(st);
+            if let Some(w) = waker {
+                w.wake();
             }
+            return;
         }
+        drop(st);
         self.write_now();
     }
 

@@ -137,9 +137,7 @@ fn flush_deliveries(shared: &Arc<Shared>) {
         return;
     }
     super::deliver::deliver(&mut st);
-    let wake = st.conn.wants_transmit();
-    drop(st);
-    if wake {
-        shared.transmit();
+    if st.conn.wants_transmit() {
+        shared.transmit_locked(st);
     }
 }

@@ -19,7 +19,6 @@ pub struct Counted {
 
 impl Counted {
     /// Counts on `inner` from now on.
-    #[allow(dead_code)] // not every test file that includes this module uses it
     pub fn new(inner: TcpStream) -> Counted {
         Counted {
             inner,

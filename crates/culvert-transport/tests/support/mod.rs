@@ -12,6 +12,12 @@ use tokio::sync::mpsc::UnboundedReceiver;
 #[allow(dead_code)] // not every test file that includes this module uses it
 pub mod counted;
 
+/// A connection of `side` with the default config, started now.
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn connection(side: Side) -> Connection {
+    Connection::new(side, Config::default(), std::time::Instant::now()).unwrap()
+}
+
 /// How long a test waits for anything at most.
 pub const LIMIT: Duration = Duration::from_secs(60);
 
