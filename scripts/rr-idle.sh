@@ -7,6 +7,7 @@
 #   RRI_ROUNDS=5 RRI_CONNS=16 scripts/rr-idle.sh
 #   RRI_VARIANTS="culvert culvert:/path/to/other-culvert wstunnel" scripts/rr-idle.sh
 #   RRI_VARIANTS="culvert wstunnel bore" scripts/rr-idle.sh   # bore: the plain TCP relay
+#   RRI_CONNS=1 RRI_IDLE=4 scripts/rr-idle.sh  # one busy connection, 4 more open and idle
 #   RRI_SYSCALLS=1 scripts/rr-idle.sh        # also each tunnel process's system calls per
 #                                            # round trip (perf stat tracepoints)
 #
@@ -27,6 +28,7 @@ SCHEME=${RRI_SCHEME:-ws}
 SECS=${RRI_SECONDS:-4}
 CONNS=${RRI_CONNS:-8}
 COUNT=${RRI_COUNT:-80000}
+IDLE=${RRI_IDLE:-0}
 VARIANTS=${RRI_VARIANTS:-culvert wstunnel}
 # shellcheck source=scripts/lib/peer-tunnel.sh
 source "$ROOT/scripts/lib/peer-tunnel.sh"
@@ -62,6 +64,7 @@ one() {
   which=$WHICH
   start_peer_tunnel "$which" "$SCHEME" "$WORK" "$CTRL" "$PUB" "$ECHO"
   "${TOOL[@]}" wait-echo --timeout 15 "$PUB" >/dev/null
+  hold_idle "$PUB" "$IDLE" "$WORK/hold.log"
   # warm: connections, caches
   timeout 30 "${TOOL[@]}" rr "$PUB" --conns "$CONNS" --count 2000 --seconds 1 >/dev/null
   local pss="" psa=""
@@ -107,7 +110,7 @@ PY
   sleep 1
 }
 
-echo "$SCHEME, $CONNS connections each doing sequential 64-byte round trips, $SECS s, $ROUNDS alternating rounds:"
+echo "$SCHEME, $CONNS connections each doing sequential 64-byte round trips ($IDLE more open and idle), $SECS s, $ROUNDS alternating rounds:"
 echo
 header="| tunnel | round trips/s | p50 µs | server CPU µs/rt | agent/client CPU µs/rt | server + agent | load client | echo | machine idle % |"
 echo "$header"

@@ -6,6 +6,8 @@
 #   scripts/rr-instructions.sh                                   # culvert and wstunnel
 #   RRC_VARIANTS="culvert:/path/to/old culvert" scripts/rr-instructions.sh   # before/after
 #   RRC_VARIANTS="culvert wstunnel bore" scripts/rr-instructions.sh          # bore as well
+#   RRC_IDLE=4 scripts/rr-instructions.sh                      # with 4 more tunneled
+#                                                                # connections open and idle
 #   RRC_TOP=25 scripts/rr-instructions.sh                        # also each process's top
 #                                                                # functions (self cost)
 #   RRC_KEEP=/some/dir scripts/rr-instructions.sh                # keep the callgrind files
@@ -30,6 +32,7 @@ ROOT=$PWD
 VARIANTS=${RRC_VARIANTS:-culvert wstunnel}
 COUNT=${RRC_COUNT:-2000}
 TOP=${RRC_TOP:-0}
+IDLE=${RRC_IDLE:-0}
 command -v valgrind >/dev/null || { echo "rr-instructions: valgrind missing (apt-get install valgrind)" >&2; exit 2; }
 # shellcheck source=scripts/lib/peer-tunnel.sh
 source "$ROOT/scripts/lib/peer-tunnel.sh"
@@ -71,6 +74,7 @@ one() {
   started=${#PIDS[@]}
   start_peer_tunnel "$WHICH" ws "$out" "$ctrl" "$pub" "$ECHO"
   "${TOOL[@]}" wait-echo --timeout 120 "$pub" >/dev/null
+  hold_idle "$pub" "$IDLE" "$out/hold.log"
   # warm the path untimed, then count only the measured round trips
   timeout 300 "${TOOL[@]}" rr "$pub" --conns 1 --count 300 --seconds 120 >/dev/null
   for p in "$SRV_PID" "$AGT_PID"; do
@@ -95,7 +99,7 @@ one() {
   CULVERT_BIN=$CULVERT_DEFAULT WSTUNNEL_BIN=$REAL_WSTUNNEL BORE_BIN=$REAL_BORE
 }
 
-echo "ws, 1 connection, $COUNT sequential 64-byte round trips; user-space instructions per round trip (callgrind Ir):"
+echo "ws, 1 connection ($IDLE more open and idle), $COUNT sequential 64-byte round trips; user-space instructions per round trip (callgrind Ir):"
 echo
 echo "| tunnel | server | agent/client | server + agent |"
 echo "|---|---:|---:|---:|"
