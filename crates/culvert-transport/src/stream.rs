@@ -125,7 +125,7 @@ impl TunnelStream {
             Ok(ReadOutcome::Data(b)) => {
                 // Reading may have released credit that must go out.
                 if st.conn.wants_transmit() {
-                    self.shared.transmit_locked(st);
+                    self.shared.transmit_locked(st, Some(self.id));
                 }
                 Poll::Ready(Ok(Some(b)))
             }
@@ -190,7 +190,7 @@ impl TunnelStream {
             }
         }
         if st.conn.wants_transmit() {
-            self.shared.transmit_locked(st);
+            self.shared.transmit_locked(st, Some(self.id));
         }
         Ok(true)
     }
@@ -243,14 +243,14 @@ impl TunnelStream {
         match st.conn.write_from(self.id, data) {
             Ok(n) => {
                 if data.is_empty() {
-                    self.shared.transmit_locked(st);
+                    self.shared.transmit_locked(st, Some(self.id));
                     return Poll::Ready(Ok(()));
                 }
                 if let Some(w) = st.wakers.get_mut(&self.id) {
                     w.write = Some(cx.waker().clone());
                 }
                 if n > 0 {
-                    self.shared.transmit_locked(st);
+                    self.shared.transmit_locked(st, Some(self.id));
                 }
                 Poll::Pending
             }
@@ -282,7 +282,7 @@ impl TunnelStream {
         match st.conn.finish(self.id) {
             Ok(()) => {
                 self.finished.store(true, Ordering::Relaxed);
-                self.shared.transmit_locked(st);
+                self.shared.transmit_locked(st, Some(self.id));
                 Ok(())
             }
             Err(_) => Err(self.gone(&mut st)),

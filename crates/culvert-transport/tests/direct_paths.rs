@@ -27,9 +27,12 @@ use support::{connection, incoming, send_now, LIMIT};
 /// Runs `sends` on a current-thread runtime with the first of `streams` streams of an idle
 /// server-role connection (whose unmasked frames are what may be written through), then
 /// checks without awaiting that `expect`'s parts reached the raw peer socket in order: only
-/// a write from the sending task can have put them there.
+/// a write from the sending task can have put them there. Before `sends`, the same stream
+/// sends `earlier` (each in a turn of its own, followed by a pause); those parts go first
+/// in `expect`.
 fn written_before_the_sender_yields(
     streams: usize,
+    earlier: &[&[u8]],
     sends: impl FnOnce(&TunnelStream),
     expect: &[&[u8]],
 ) {
@@ -50,6 +53,10 @@ fn written_before_the_sender_yields(
         }
         // Let the writer task send the opens and go idle.
         tokio::time::sleep(Duration::from_millis(200)).await;
+        for part in earlier {
+            send_now(&open[0], Bytes::copy_from_slice(part));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         sends(&open[0]);
         // A blocking read: the runtime's thread is this one.
         peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -91,6 +98,7 @@ fn a_send_on_an_idle_connection_is_written_before_the_sender_yields() {
     let payload = pattern(1, 16 * 1024);
     written_before_the_sender_yields(
         2,
+        &[],
         |s| send_now(s, Bytes::copy_from_slice(&payload)),
         &[&payload],
     );
@@ -100,7 +108,32 @@ fn a_send_on_an_idle_connection_is_written_before_the_sender_yields() {
 fn a_small_send_of_the_only_stream_is_written_before_the_sender_yields() {
     // No other stream could share its write: no hop through the flush task.
     let payload = b"written-through-without-a-task-hop";
-    written_before_the_sender_yields(1, |s| send_now(s, Bytes::from_static(payload)), &[payload]);
+    written_before_the_sender_yields(
+        1,
+        &[],
+        |s| send_now(s, Bytes::from_static(payload)),
+        &[payload],
+    );
+}
+
+#[test]
+fn a_small_send_of_a_stream_sending_alone_is_written_before_the_sender_yields() {
+    // Four streams open, three of them idle: once the busy one has made the last four
+    // sends, no other stream has anything to share its write with, and it writes through
+    // (no hop through the flush task per message).
+    let earlier: Vec<Vec<u8>> = (0..4)
+        .map(|i| format!("earlier-{i}").into_bytes())
+        .collect();
+    let earlier: Vec<&[u8]> = earlier.iter().map(|p| &p[..]).collect();
+    let payload: &[u8] = b"written-through-while-the-others-idle";
+    let mut expect = earlier.clone();
+    expect.push(payload);
+    written_before_the_sender_yields(
+        4,
+        &earlier,
+        |s| send_now(s, Bytes::from_static(payload)),
+        &expect,
+    );
 }
 
 #[test]
@@ -111,6 +144,7 @@ fn a_burst_reaching_the_small_send_limit_is_written_before_the_sender_yields() {
     let expect: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
     written_before_the_sender_yields(
         2,
+        &[],
         |s| {
             for p in &parts {
                 send_now(s, Bytes::copy_from_slice(p));

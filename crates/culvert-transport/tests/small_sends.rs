@@ -1,6 +1,7 @@
 //! Small sends of streams made ready together share one write: on a current-thread runtime
 //! a send that leaves less than 16 KiB queued on a connection with more than one stream
-//! open leaves its write to the connection's flush task, which runs at the end of the
+//! open (and not made by a stream that has been sending alone: tests/direct_paths.rs)
+//! leaves its write to the connection's flush task, which runs at the end of the
 //! scheduler's turn and writes what every stream queued in it. Eight
 //! connections' requests used to cost the server eight `send`s to the agent (and the agent
 //! eight wake-ups). (A burst past 16 KiB is still written by the sender at once:

@@ -16,11 +16,16 @@
 //! through at once as before: no other stream's frame can share its write, and the hop
 //! through this task cost one round trip over one connection 442 user-space instructions
 //! in each tunnel process (`scripts/rr-instructions.sh`, 15,257 before; with one stream the
-//! choice now costs 13, taken under the caller's lock).
+//! choice now costs 13, taken under the caller's lock). Nor does a stream that has made
+//! the last [`ALONE_AFTER`] sends defer: the other streams are open but idle (a pool's
+//! spare connections), so there is nothing to batch either (+412 instructions per round
+//! trip per process with four idle streams beside the busy one, before this rule).
 
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
+
+use culvert_proto::StreamId;
 
 use super::Shared;
 
@@ -29,6 +34,11 @@ use super::Shared;
 /// message (a database query, a keystroke), far below a bulk stream's relay read.
 pub(crate) const DEFER_BELOW: usize = 16 * 1024;
 
+/// Sends in a row by one stream after which its small sends write through: the other
+/// streams have been idle that long. Four: a batch lost costs a system call, a hop
+/// taken for nothing a few hundred instructions, so the rule waits for a clear run.
+pub(crate) const ALONE_AFTER: u32 = 4;
+
 /// The flush task's half of the connection state.
 #[derive(Default)]
 pub(crate) struct FlushSlot {
@@ -36,9 +46,28 @@ pub(crate) struct FlushSlot {
     requested: bool,
     /// The flush task waiting for a request.
     waker: Option<Waker>,
+    /// The stream whose send came last.
+    last_sender: Option<StreamId>,
+    /// Sends in a row by `last_sender`, up to `ALONE_AFTER + 1`.
+    run: u32,
 }
 
 impl FlushSlot {
+    /// Records a send by `sender` (`None`: the connection's own, e.g. window updates the
+    /// reader releases) and says whether another stream sent recently, i.e. whether a
+    /// deferred write may carry more than this sender's frames.
+    pub(crate) fn others_sending(&mut self, sender: Option<StreamId>) -> bool {
+        if let Some(id) = sender {
+            if self.last_sender == Some(id) {
+                self.run = (self.run + 1).min(ALONE_AFTER + 1);
+            } else {
+                self.last_sender = Some(id);
+                self.run = 1;
+            }
+        }
+        self.run <= ALONE_AFTER
+    }
+
     /// Asks for a flush; the waker to wake once the state's lock is released (`None` when
     /// a flush is already asked for or the task is running).
     pub(crate) fn request(&mut self) -> Option<Waker> {
@@ -75,5 +104,38 @@ pub(super) async fn run(shared: Arc<Shared>) {
             return;
         }
         shared.write_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> Option<StreamId> {
+        Some(StreamId(n))
+    }
+
+    #[test]
+    fn streams_taking_turns_keep_deferring() {
+        let mut slot = FlushSlot::default();
+        for round in 0..20 {
+            assert!(slot.others_sending(id(round % 3)), "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_stream_sending_alone_stops_deferring_after_its_run() {
+        let mut slot = FlushSlot::default();
+        for n in 1..=ALONE_AFTER {
+            assert!(slot.others_sending(id(4)), "send {n} of the run");
+        }
+        for _ in 0..100 {
+            assert!(!slot.others_sending(id(4)));
+        }
+        // The connection's own frames (window updates) follow the run, without ending it.
+        assert!(!slot.others_sending(None));
+        // Another stream's send ends the run.
+        assert!(slot.others_sending(id(6)));
+        assert!(slot.others_sending(id(4)));
     }
 }

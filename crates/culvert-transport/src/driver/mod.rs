@@ -117,22 +117,29 @@ impl Shared {
     }
 
     /// Sends what the connection has queued: while less than [`flush::DEFER_BELOW`] is
-    /// queued and more than one stream is open (and the runtime has one thread), by the
-    /// flush task at the end of this turn of the scheduler; otherwise written through from
-    /// the caller's task while the writer task is parked, else by the writer task, woken
-    /// for it. Never called with the state locked.
+    /// queued and other streams than the sender's are open and sending (and the runtime
+    /// has one thread), by the flush task at the end of this turn of the scheduler;
+    /// otherwise written through from the caller's task while the writer task is parked,
+    /// else by the writer task, woken for it. Never called with the state locked.
     pub(crate) fn transmit(self: &Arc<Self>) {
-        self.transmit_locked(self.lock());
+        self.transmit_locked(self.lock(), None);
     }
 
     /// [`Shared::transmit`] for a caller that holds the state's lock (released here, before
     /// anything is written or woken): the choice between the flush task and a write now
-    /// takes no second lock.
-    pub(crate) fn transmit_locked(self: &Arc<Self>, mut st: MutexGuard<'_, State>) {
-        // With one stream there is no other stream's frame to share a write with.
+    /// takes no second lock. `sender` is the stream whose send (or read, releasing
+    /// credit) this is; `None` for the connection's own frames.
+    pub(crate) fn transmit_locked(
+        self: &Arc<Self>,
+        mut st: MutexGuard<'_, State>,
+        sender: Option<StreamId>,
+    ) {
+        // With one stream, or one that has been sending alone, there is no other
+        // stream's frame to share a write with.
         if self.defer_small
             && st.conn.send_buffered() < flush::DEFER_BELOW
             && st.conn.open_streams() > 1
+            && st.flush.others_sending(sender)
         {
             let waker = st.flush.request();
             drop(st);

@@ -138,6 +138,6 @@ fn flush_deliveries(shared: &Arc<Shared>) {
     }
     super::deliver::deliver(&mut st);
     if st.conn.wants_transmit() {
-        shared.transmit_locked(st);
+        shared.transmit_locked(st, None);
     }
 }
