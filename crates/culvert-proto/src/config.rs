@@ -59,6 +59,14 @@ pub struct Config {
     /// the oldest are dropped: 4 MiB, the same 40 ms at 1 Gbit/s. It fills only while the
     /// tunnel is saturated.
     pub datagram_queue_bytes: usize,
+    /// How long a stream its application let go of (finished, then dropped) may wait with
+    /// bytes still queued and none of them going out (its peer grants no credit) before it
+    /// is reset and its bytes freed: what `SO_LINGER` is to a socket, counted from the last
+    /// bytes that went out, so a slow reader that keeps reading is never cut off (credit
+    /// comes each time it has read a quarter of its window: 64 KiB with the defaults).
+    /// 60 s: far past any live reader's pause, and it bounds how long a stuck peer holds
+    /// the sender's buffers.
+    pub linger: Duration,
     /// Interval between our heartbeats. 10 s: cheap, and a dead peer is noticed within [`Config::idle_timeout`].
     pub heartbeat_interval: Duration,
     /// Silence after which the peer is declared dead. Two heartbeat intervals, as the tunnel promises.
@@ -101,6 +109,7 @@ impl Default for Config {
             connection_send_buffer: 3 * 1024 * 1024,
             datagram_queue_len: 4096,
             datagram_queue_bytes: 4 * 1024 * 1024,
+            linger: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(20),
             max_heartbeats_per_sec: 5,

@@ -196,6 +196,12 @@ impl Connection {
             s.recv_state = RecvState::FinRead;
         }
         let fin_out = s.send_state == SendState::FinSent;
+        if !fin_out {
+            // It waits for credit to send the rest: bounded by `Config::linger`.
+            s.last_progress = Some(self.now);
+            self.linger_sweep
+                .get_or_insert(self.now + self.config.linger);
+        }
         self.recv_shared_chunks -= shared;
         if bytes > 0 {
             self.release_conn_credit(bytes as u64);

@@ -93,6 +93,9 @@ pub struct Stats {
     /// Times the control-queue cap ended the connection (0 or 1): control frames piled up
     /// past `max_control_queue` while the peer did not read, and it sent GoAway.
     pub control_queue_cap_hits: u64,
+    /// Streams let go of with bytes still queued that were reset after
+    /// [`Config::linger`] without progress (their peer granted no credit).
+    pub lingered_out: u64,
 }
 
 /// One multiplexed connection (one WebSocket) as a state machine.
@@ -134,6 +137,9 @@ pub struct Connection {
 
     last_recv: Instant,
     next_heartbeat: Instant,
+    /// When to look for let-go streams that made no progress for [`Config::linger`]
+    /// (`None`: none can be lingering).
+    linger_sweep: Option<Instant>,
     heartbeat_outstanding: Option<u64>,
     rtt: Option<Duration>,
     heartbeat_limit: RateLimiter,
@@ -187,6 +193,7 @@ impl Connection {
             single_frame_batches: false,
             last_recv: now,
             next_heartbeat: now + config.heartbeat_interval,
+            linger_sweep: None,
             heartbeat_outstanding: None,
             rtt: None,
             heartbeat_limit: RateLimiter::new(

@@ -132,6 +132,9 @@ impl Connection {
                         }
                     }
                     s.send_buffered -= n;
+                    if s.let_go.is_some() {
+                        s.last_progress = Some(self.now);
+                    }
                     s.send_credit.consume(n as u64);
                     self.conn_send.consume(n as u64);
                     self.send_buffered_total -= n;

@@ -1,6 +1,7 @@
 //! Per-stream state: the send half, the receive half, and their flow-control windows.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
@@ -96,6 +97,9 @@ pub(crate) struct Stream {
     /// this code: no longer readable, what arrives is dropped, and once our FIN is out a
     /// peer that may still send (receive half open) is told the code.
     pub(crate) let_go: Option<u64>,
+    /// When a let-go stream last sent bytes (or was let go): past [`crate::Config::linger`]
+    /// without progress it is reset (`Connection::sweep_lingering`).
+    pub(crate) last_progress: Option<Instant>,
 }
 
 impl Stream {
@@ -114,6 +118,7 @@ impl Stream {
             recv_flow: RecvWindow::new(recv_window),
             recv_state: RecvState::Open,
             let_go: None,
+            last_progress: None,
         }
     }
 

@@ -18,6 +18,7 @@ impl Connection {
             self.error = Some(ConnectionError::IdleTimeout);
             return Err(ConnectionError::IdleTimeout);
         }
+        self.sweep_lingering();
         if self.now >= self.next_heartbeat {
             let timestamp = self.micros_since_epoch().max(1);
             self.heartbeat_outstanding = Some(timestamp);
@@ -66,9 +67,42 @@ impl Connection {
         if self.error.is_some() {
             return None;
         }
-        Some(
-            self.next_heartbeat
-                .min(self.last_recv + self.config.idle_timeout),
-        )
+        let t = self
+            .next_heartbeat
+            .min(self.last_recv + self.config.idle_timeout);
+        Some(self.linger_sweep.map_or(t, |l| l.min(t)))
+    }
+
+    /// Resets the streams let go of that sent nothing for [`crate::Config::linger`] (their
+    /// peer withholds credit), freeing their queued bytes; the peer hears the code they were
+    /// let go with. Sweeps at most eight times per linger period however the deadlines
+    /// spread (each one looks at every stream: a few thousand at most).
+    fn sweep_lingering(&mut self) {
+        let Some(at) = self.linger_sweep else {
+            return;
+        };
+        if self.now < at {
+            return;
+        }
+        let (now, linger) = (self.now, self.config.linger);
+        let mut expired = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (id, s) in &self.streams {
+            let (Some(code), Some(since)) = (s.let_go, s.last_progress) else {
+                continue;
+            };
+            let due = since + linger;
+            if due <= now {
+                expired.push((*id, code));
+            } else {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        self.linger_sweep = next.map(|n| n.max(now + linger / 8));
+        for (id, code) in expired {
+            self.stats.lingered_out += 1;
+            // Known (just listed), so this cannot fail.
+            let _ = self.reset(id, code);
+        }
     }
 }

@@ -56,12 +56,15 @@ struct Clock {
 }
 
 impl Clock {
-    /// Fires the protocol timers due now (heartbeats, idle timeout).
+    /// Fires the protocol timers due now (heartbeats, idle timeout, lingering streams) and
+    /// hands out what they caused (a lingering stream's reset frees room that blocked
+    /// writers wait for).
     fn fire(&self) -> Result<(), Stop> {
         let mut st = self.shared.lock();
         if let Err(e) = st.conn.handle_timeout(Instant::now()) {
             return Err(Stop::Failed(e.to_string()));
         }
+        self.shared.dispatch(&mut st).map_err(Stop::Failed)?;
         let wake = st.conn.wants_transmit();
         drop(st);
         if wake {
