@@ -26,6 +26,8 @@ pub struct MuxTotals {
     pub datagrams_dropped_send: u64,
     /// Datagrams from the peer dropped before they were forwarded.
     pub datagrams_dropped_recv: u64,
+    /// Streams let go of with bytes queued, reset after the linger without progress.
+    pub streams_lingered_out: u64,
 }
 
 impl MuxTotals {
@@ -37,6 +39,7 @@ impl MuxTotals {
         self.bytes_received += st.proto.stream_bytes_received;
         self.datagrams_dropped_send += st.proto.datagrams_dropped_send;
         self.datagrams_dropped_recv += st.proto.datagrams_dropped_recv;
+        self.streams_lingered_out += st.proto.lingered_out;
     }
 
     /// Encodes `culvert_streams_open`, `culvert_streams_opened_total`,
@@ -44,7 +47,9 @@ impl MuxTotals {
     /// `culvert_datagrams_dropped_total{direction}`. The multiplexer's datagram queues drop
     /// the oldest when full, and an operator needs to know which side fell behind: `send`,
     /// our queue towards the peer overflowed (the link or the peer is slow); `recv`,
-    /// datagrams from the peer were not forwarded in time.
+    /// datagrams from the peer were not forwarded in time. And
+    /// `culvert_streams_lingered_out_total`: answers whose reader on the far side stopped
+    /// reading, cut off after the linger (otherwise invisible but for the memory they held).
     pub fn encode(&self, enc: &mut DescriptorEncoder, bytes_help: &str) -> std::fmt::Result {
         single(
             enc,
@@ -85,6 +90,12 @@ impl MuxTotals {
                     ConstCounter::new(self.datagrams_dropped_recv),
                 ),
             ],
+        )?;
+        single(
+            enc,
+            "culvert_streams_lingered_out",
+            "Streams let go of with bytes still queued that were reset after the linger (60 s) without any going out, on live connections: the reader on the far side stopped reading.",
+            ConstCounter::new(self.streams_lingered_out),
         )
     }
 }
