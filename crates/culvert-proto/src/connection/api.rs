@@ -197,7 +197,9 @@ impl Connection {
         }
         let fin_out = s.send_state == SendState::FinSent;
         if !fin_out {
-            // It waits for credit to send the rest: bounded by `Config::linger`.
+            // It waits for credit to send the rest: bounded by `Config::linger`, counted
+            // from the connection's clock (last advanced by bytes received or a timer, at
+            // most a heartbeat interval ago).
             s.last_progress = Some(self.now);
             self.linger_sweep
                 .get_or_insert(self.now + self.config.linger);

@@ -135,7 +135,8 @@ impl Shared {
         sender: Option<StreamId>,
     ) {
         // With one stream, or one that has been sending alone, there is no other
-        // stream's frame to share a write with.
+        // stream's frame to share a write with. (Only the small sends that could defer
+        // enter a run: larger ones and those of a lone stream write through anyway.)
         if self.defer_small
             && st.conn.send_buffered() < flush::DEFER_BELOW
             && st.conn.open_streams() > 1
