@@ -11,15 +11,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use culvert_proto::{Config, Connection, Side};
-use culvert_transport::wsframe::{Role, WsConn};
-use culvert_transport::{relay_tcp_until, Mux};
+use culvert_transport::relay_tcp_until;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod support;
 
-use support::counted::Counted;
-use support::{incoming, socket_pair, LIMIT};
+use support::{counted_pair, incoming, socket_pair, LIMIT};
 
 /// Round trips per test: enough that a per-message extra poll stands far above the polls of
 /// setting up.
@@ -27,14 +24,7 @@ const MESSAGES: usize = 60;
 
 #[tokio::test]
 async fn the_reader_polls_its_socket_at_most_twice_per_message() {
-    let (a, b) = socket_pair().await;
-    let counted = Counted::new(b);
-    let reads = counted.reads.clone();
-    let now = std::time::Instant::now();
-    let c = Connection::new(Side::Client, Config::default(), now).unwrap();
-    let s = Connection::new(Side::Server, Config::default(), now).unwrap();
-    let (client, _client_events) = Mux::spawn_with(WsConn::new(a, Role::Client), c);
-    let (server, mut server_events) = Mux::spawn_with(WsConn::new(counted, Role::Server), s);
+    let (client, server, _client_events, mut server_events, counts) = counted_pair().await;
     let sent = client.open("svc").await.unwrap();
     let got = incoming(&mut server_events).await;
     // One message at a time, each received before the next is sent, so each arrives alone
@@ -42,7 +32,7 @@ async fn the_reader_polls_its_socket_at_most_twice_per_message() {
     tokio::time::timeout(LIMIT, async {
         sent.send(Bytes::from_static(b"warm-up")).await.unwrap();
         got.recv().await.unwrap().unwrap();
-        let before = reads.load(Ordering::Relaxed);
+        let before = counts.reads();
         for i in 0..MESSAGES {
             sent.send(Bytes::from(format!("message {i}")))
                 .await
@@ -52,7 +42,7 @@ async fn the_reader_polls_its_socket_at_most_twice_per_message() {
             got.send(Bytes::from_static(b"ok")).await.unwrap();
             sent.recv().await.unwrap().unwrap();
         }
-        let per = (reads.load(Ordering::Relaxed) - before) as f64 / MESSAGES as f64;
+        let per = (counts.reads() - before) as f64 / MESSAGES as f64;
         // One read that finds the message, one that finds the socket empty (and leaves the
         // reader registered for the next): 2.0. It was 3.0 when the reader, having found the
         // socket empty, polled it again before waiting.

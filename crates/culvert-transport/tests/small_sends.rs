@@ -7,32 +7,21 @@
 //! eight wake-ups). (A burst past 16 KiB is still written by the sender at once:
 //! tests/direct_paths.rs.)
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use culvert_proto::Side;
-use culvert_transport::wsframe::{Role, WsConn};
-use culvert_transport::Mux;
 
 mod support;
 
-use support::counted::Counted;
-use support::{connection, incoming, send_now, socket_pair, LIMIT};
+use support::{counted_pair, incoming, send_now, LIMIT};
 
 /// Streams that send at once.
 const STREAMS: usize = 8;
 
 #[tokio::test]
 async fn small_sends_of_streams_made_ready_together_share_one_write() {
-    let (a, b) = socket_pair().await;
-    let counted = Counted::new(a);
-    let writes = counted.writes.clone();
-    // The server role sends unmasked frames, which are what the sender may write itself.
-    let (sender, _sender_events) =
-        Mux::spawn_with(WsConn::new(counted, Role::Server), connection(Side::Server));
-    let (receiver, mut receiver_events) =
-        Mux::spawn_with(WsConn::new(b, Role::Client), connection(Side::Client));
+    // The server sends: its socket counts the writes.
+    let (receiver, sender, mut receiver_events, _sender_events, counts) = counted_pair().await;
     let mut sent = Vec::new();
     let mut got = Vec::new();
     for _ in 0..STREAMS {
@@ -41,7 +30,7 @@ async fn small_sends_of_streams_made_ready_together_share_one_write() {
     }
     // Let the opens go out and the writer go idle.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = writes.load(Ordering::Relaxed);
+    let before = counts.writes();
     // Eight requests in one turn of the scheduler, as eight relays woken by one poll of
     // their sockets make them.
     for (i, s) in sent.iter().enumerate() {
@@ -55,7 +44,7 @@ async fn small_sends_of_streams_made_ready_together_share_one_write() {
     })
     .await
     .expect("every request within the limit");
-    let used = writes.load(Ordering::Relaxed) - before;
+    let used = counts.writes() - before;
     // One write; it was eight, one per send, when every send wrote itself through.
     assert!(
         used <= 2,

@@ -12,9 +12,28 @@ use tokio::net::TcpStream;
 pub struct Counted {
     inner: TcpStream,
     /// Reads polled, whatever they returned.
-    pub reads: Arc<AtomicUsize>,
+    reads: Arc<AtomicUsize>,
     /// Writes (plain or vectored) that wrote at least one byte.
-    pub writes: Arc<AtomicUsize>,
+    writes: Arc<AtomicUsize>,
+}
+
+/// What a [`Counted`] socket counted so far, readable while the driver owns the socket.
+#[derive(Clone)]
+pub struct Counts {
+    reads: Arc<AtomicUsize>,
+    writes: Arc<AtomicUsize>,
+}
+
+impl Counts {
+    /// Reads polled, whatever they returned.
+    pub fn reads(&self) -> usize {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Writes (plain or vectored) that wrote at least one byte.
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::Relaxed)
+    }
 }
 
 impl Counted {
@@ -24,6 +43,14 @@ impl Counted {
             inner,
             reads: Arc::default(),
             writes: Arc::default(),
+        }
+    }
+
+    /// A handle on the counts, for after the socket is handed to a driver.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            reads: self.reads.clone(),
+            writes: self.writes.clone(),
         }
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use culvert_proto::{Config, Connection, Side};
 use culvert_transport::wsframe::{Role, WsConn};
 use culvert_transport::{Mux, MuxEvent, TunnelStream};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -55,15 +55,52 @@ pub async fn connected_pair() -> (
     UnboundedReceiver<MuxEvent>,
     UnboundedReceiver<MuxEvent>,
 ) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    let now = std::time::Instant::now();
-    let c = Connection::new(Side::Client, Config::default(), now).unwrap();
-    let s = Connection::new(Side::Server, Config::default(), now).unwrap();
-    let (client, client_events) = Mux::spawn_with(WsConn::new(dialed.unwrap(), Role::Client), c);
-    let (server, server_events) =
-        Mux::spawn_with(WsConn::new(accepted.unwrap().0, Role::Server), s);
+    let (dialed, accepted) = socket_pair().await;
+    spawn_pair(dialed, accepted)
+}
+
+/// [`connected_pair`] whose server end counts what its driver does with the socket (the
+/// server role writes unmasked frames, the ones a sender may write through itself):
+/// (client, server, the client's events, the server's events, the server socket's reads
+/// and writes).
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub async fn counted_pair() -> (
+    Mux,
+    Mux,
+    UnboundedReceiver<MuxEvent>,
+    UnboundedReceiver<MuxEvent>,
+    counted::Counts,
+) {
+    let (dialed, accepted) = socket_pair().await;
+    let server_end = counted::Counted::new(accepted);
+    let counts = server_end.counts();
+    let (client, server, client_events, server_events) = spawn_pair(dialed, server_end);
+    (client, server, client_events, server_events, counts)
+}
+
+/// A client connection on `client_end` and a server connection on `server_end`, default
+/// configs.
+fn spawn_pair<C, S>(
+    client_end: C,
+    server_end: S,
+) -> (
+    Mux,
+    Mux,
+    UnboundedReceiver<MuxEvent>,
+    UnboundedReceiver<MuxEvent>,
+)
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, client_events) = Mux::spawn_with(
+        WsConn::new(client_end, Role::Client),
+        connection(Side::Client),
+    );
+    let (server, server_events) = Mux::spawn_with(
+        WsConn::new(server_end, Role::Server),
+        connection(Side::Server),
+    );
     (client, server, client_events, server_events)
 }
 
