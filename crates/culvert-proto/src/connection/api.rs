@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::stream::{RecvState, SendState, Stream};
+use super::stream::{LetGo, RecvState, SendState, Stream};
 use super::{Connection, Datagram};
 use crate::frame::Frame;
 use crate::header::MAX_PAYLOAD_LEN;
@@ -188,7 +188,12 @@ impl Connection {
             return self.reset(id, code);
         }
         let code = code.min(varint::MAX);
-        s.let_go = Some(code);
+        // The linger counts from the connection's clock (last advanced by bytes received
+        // or a timer, at most a heartbeat interval ago).
+        s.let_go = Some(LetGo {
+            code,
+            last_progress: self.now,
+        });
         let (bytes, shared) = s.discard_recv();
         let peer_sends = s.recv_state == RecvState::Open;
         if !peer_sends {
@@ -197,10 +202,7 @@ impl Connection {
         }
         let fin_out = s.send_state == SendState::FinSent;
         if !fin_out {
-            // It waits for credit to send the rest: bounded by `Config::linger`, counted
-            // from the connection's clock (last advanced by bytes received or a timer, at
-            // most a heartbeat interval ago).
-            s.last_progress = Some(self.now);
+            // It waits for credit to send the rest: bounded by `Config::linger`.
             self.linger_sweep
                 .get_or_insert(self.now + self.config.linger);
         }

@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 
-use super::stream::SendState;
+use super::stream::{LetGo, SendState};
 use super::transmit::{Contiguous, TxOut};
 use super::{Connection, Transmit};
 use crate::frame::{data_overhead, Frame};
@@ -132,8 +132,8 @@ impl Connection {
                         }
                     }
                     s.send_buffered -= n;
-                    if s.let_go.is_some() {
-                        s.last_progress = Some(self.now);
+                    if let Some(l) = &mut s.let_go {
+                        l.last_progress = self.now;
                     }
                     s.send_credit.consume(n as u64);
                     self.conn_send.consume(n as u64);
@@ -157,7 +157,9 @@ impl Connection {
                 }
                 if s.is_closed() {
                     self.free_stream(id);
-                } else if let (Some(code), SendState::FinSent) = (s.let_go, s.send_state) {
+                } else if let (Some(LetGo { code, .. }), SendState::FinSent) =
+                    (s.let_go, s.send_state)
+                {
                     // Its application let go: every byte and the FIN are out; the peer, which
                     // may still send (else the stream is closed, above), hears nobody reads
                     // (after the FIN, so it keeps them).

@@ -96,10 +96,17 @@ pub(crate) struct Stream {
     /// Let go of by the application after it finished writing (`Connection::abandon`), with
     /// this code: no longer readable, what arrives is dropped, and once our FIN is out a
     /// peer that may still send (receive half open) is told the code.
-    pub(crate) let_go: Option<u64>,
-    /// When a let-go stream last sent bytes (or was let go): past [`crate::Config::linger`]
-    /// without progress it is reset (`Connection::sweep_lingering`).
-    pub(crate) last_progress: Option<Instant>,
+    pub(crate) let_go: Option<LetGo>,
+}
+
+/// How a stream was let go of (`Connection::abandon`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LetGo {
+    /// The code the peer is told once our FIN is out (or at the linger's end).
+    pub(crate) code: u64,
+    /// When it last sent bytes (or was let go): past [`crate::Config::linger`] without
+    /// progress it is reset (`Connection::sweep_lingering`).
+    pub(crate) last_progress: Instant,
 }
 
 impl Stream {
@@ -118,7 +125,6 @@ impl Stream {
             recv_flow: RecvWindow::new(recv_window),
             recv_state: RecvState::Open,
             let_go: None,
-            last_progress: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::stream::LetGo;
 use super::Connection;
 use crate::frame::Frame;
 use crate::{ConnectionError, Control};
@@ -88,10 +89,14 @@ impl Connection {
         let mut expired = Vec::new();
         let mut next: Option<Instant> = None;
         for (id, s) in &self.streams {
-            let (Some(code), Some(since)) = (s.let_go, s.last_progress) else {
+            let Some(LetGo {
+                code,
+                last_progress,
+            }) = s.let_go
+            else {
                 continue;
             };
-            let due = since + linger;
+            let due = last_progress + linger;
             if due <= now {
                 expired.push((*id, code));
             } else {
