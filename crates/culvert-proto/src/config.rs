@@ -63,7 +63,8 @@ pub struct Config {
     /// bytes still queued and none of them going out (its peer grants no credit) before it
     /// is reset and its bytes freed: what `SO_LINGER` is to a socket, counted from the last
     /// bytes that went out, so a slow reader that keeps reading is never cut off (credit
-    /// comes each time it has read a quarter of its window: 64 KiB with the defaults).
+    /// comes each time it has read a quarter of its window: 64 KiB with the defaults, up to
+    /// 256 KiB once the window has grown).
     /// 60 s: far past any live reader's pause, and it bounds how long a stuck peer holds
     /// the sender's buffers.
     pub linger: Duration,
