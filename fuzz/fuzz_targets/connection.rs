@@ -483,7 +483,8 @@ impl Harness {
                 let Some(id) = self.pick(stream) else { return };
                 let code = code.get();
                 let finished = self.m.finished.contains(&(id, idx(side)));
-                if self.alive(side) && self.conn(side).abandon(id, code).is_ok() {
+                let now = self.pair.now;
+                if self.alive(side) && self.conn(side).abandon(now, id, code).is_ok() {
                     // The peer may be told this code (at once, or after the FIN).
                     self.m.resets.insert((id, idx(side)), code);
                     if finished {

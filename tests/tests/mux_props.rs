@@ -242,7 +242,8 @@ fn run(ops: Vec<Op>, fragment: usize) {
                     continue;
                 }
                 // It may be gone already (both directions done); that is no error here.
-                if conn(&mut p, client).abandon(id, 0).is_ok() {
+                let now = p.now;
+                if conn(&mut p, client).abandon(now, id, 0).is_ok() {
                     m.abandoned.insert(id, client);
                 }
             }

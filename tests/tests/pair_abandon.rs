@@ -120,7 +120,7 @@ fn an_abandoned_stream_sends_what_it_queued_then_its_fin_then_the_reset() {
         }
         if sent == body.len() && !abandoned {
             p.server.finish(sid).unwrap();
-            p.server.abandon(sid, 9).unwrap();
+            p.server.abandon(p.now, sid, 9).unwrap();
             abandoned = true;
         }
         // The client keeps sending: dropped by the server, never an error.
@@ -152,7 +152,7 @@ fn an_abandoned_stream_whose_peer_finishes_closes_without_a_reset() {
     p.server.write(sid, Bytes::from_static(b"200 OK")).unwrap();
     p.server.finish(sid).unwrap();
     p.client.finish(id).unwrap();
-    p.server.abandon(sid, 9).unwrap();
+    p.server.abandon(p.now, sid, 9).unwrap();
     p.drive(100).unwrap();
     let (got, eof) = read_available(&mut p.client, id);
     assert!(eof);
@@ -168,7 +168,7 @@ fn abandoning_an_unfinished_stream_resets_it() {
     let mut p = Pair::new(Config::default());
     let (id, sid) = request(&mut p);
     p.server.write(sid, Bytes::from_static(b"partial")).unwrap();
-    p.server.abandon(sid, 9).unwrap();
+    p.server.abandon(p.now, sid, 9).unwrap();
     assert_eq!(p.server.open_streams(), 0, "freed at once");
     p.drive(100).unwrap();
     assert_eq!(client_resets(&mut p), vec![id]);
@@ -197,7 +197,7 @@ fn a_let_go_stream_whose_peer_never_reads_is_reset_after_the_linger() {
     let body = answer(1_000_000);
     let queued = p.server.write(sid, Bytes::from(body)).unwrap();
     p.server.finish(sid).unwrap();
-    p.server.abandon(sid, 9).unwrap();
+    p.server.abandon(p.now, sid, 9).unwrap();
     pass(&mut p, 5);
     let stuck = p.server.send_buffered();
     assert!(
@@ -229,7 +229,7 @@ fn a_let_go_stream_with_a_slow_reader_delivers_everything() {
     let linger = Config::default().linger.as_secs();
     let (id, sid) = request(&mut p);
     let body = answer_all(&mut p, sid, 600_000);
-    p.server.abandon(sid, 9).unwrap();
+    p.server.abandon(p.now, sid, 9).unwrap();
     let mut got = Vec::new();
     let mut eof = false;
     let mut waited = 0;

@@ -4,6 +4,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use culvert_proto::{reset_code, ReadOutcome, StreamError, StreamId};
@@ -310,7 +311,13 @@ impl Drop for TunnelStream {
         // Otherwise nobody will read or write it again: let it go so no state lingers.
         // What was written before a finish still reaches the peer, FIN last (an answer
         // written, shut down and dropped at once is not lost); the rest aborts.
-        if !done && st.closed.is_none() && st.conn.abandon(self.id, reset_code::CANCEL).is_ok() {
+        if !done
+            && st.closed.is_none()
+            && st
+                .conn
+                .abandon(Instant::now(), self.id, reset_code::CANCEL)
+                .is_ok()
+        {
             drop(st);
             self.shared.writer_wake.notify_one();
         }

@@ -2,6 +2,7 @@
 //! and the datagram queue.
 
 use bytes::Bytes;
+use std::time::Instant;
 
 use super::stream::{LetGo, RecvState, SendState, Stream};
 use super::{Connection, Datagram};
@@ -178,7 +179,10 @@ impl Connection {
     /// that arrive meanwhile are dropped (their connection credit returned). A stream whose
     /// writing is not finished aborts both ways at once, as with [`Connection::reset`].
     /// To the application the stream is gone at once: reading it is `UnknownStream`.
-    pub fn abandon(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
+    /// `now` starts the linger ([`crate::Config::linger`]): the connection's own clock may
+    /// not have moved since bytes last arrived, which can be long before the let-go.
+    pub fn abandon(&mut self, now: Instant, id: StreamId, code: u64) -> Result<(), StreamError> {
+        self.advance(now);
         let s = self
             .streams
             .get_mut(&id)
@@ -188,8 +192,6 @@ impl Connection {
             return self.reset(id, code);
         }
         let code = code.min(varint::MAX);
-        // The linger counts from the connection's clock (last advanced by bytes received
-        // or a timer, at most a heartbeat interval ago).
         s.let_go = Some(LetGo {
             code,
             last_progress: self.now,

@@ -46,17 +46,27 @@ pub async fn answer_and_drop(mut s: TunnelStream, answer: Vec<u8>) {
     .expect("answered within the limit");
 }
 
+/// A client and a server connection and their events: (client, server, the client's
+/// events, the server's events).
+pub type Pair = (
+    Mux,
+    Mux,
+    UnboundedReceiver<MuxEvent>,
+    UnboundedReceiver<MuxEvent>,
+);
+
 /// A client and a server connection joined by a loopback TCP socket, with default configs:
 /// (client, server, the client's events, the server's events).
 #[allow(dead_code)] // not every test file that includes this module uses it
-pub async fn connected_pair() -> (
-    Mux,
-    Mux,
-    UnboundedReceiver<MuxEvent>,
-    UnboundedReceiver<MuxEvent>,
-) {
+pub async fn connected_pair() -> Pair {
+    connected_pair_with(Config::default()).await
+}
+
+/// [`connected_pair`] with `config` on both ends.
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub async fn connected_pair_with(config: Config) -> Pair {
     let (dialed, accepted) = socket_pair().await;
-    spawn_pair(dialed, accepted)
+    spawn_pair(dialed, accepted, config)
 }
 
 /// [`connected_pair`] whose server end counts what its driver does with the socket (the
@@ -74,32 +84,26 @@ pub async fn counted_pair() -> (
     let (dialed, accepted) = socket_pair().await;
     let server_end = counted::Counted::new(accepted);
     let counts = server_end.counts();
-    let (client, server, client_events, server_events) = spawn_pair(dialed, server_end);
+    let (client, server, client_events, server_events) =
+        spawn_pair(dialed, server_end, Config::default());
     (client, server, client_events, server_events, counts)
 }
 
-/// A client connection on `client_end` and a server connection on `server_end`, default
-/// configs.
-fn spawn_pair<C, S>(
-    client_end: C,
-    server_end: S,
-) -> (
-    Mux,
-    Mux,
-    UnboundedReceiver<MuxEvent>,
-    UnboundedReceiver<MuxEvent>,
-)
+/// A client connection on `client_end` and a server connection on `server_end`, both
+/// with `config`.
+fn spawn_pair<C, S>(client_end: C, server_end: S, config: Config) -> Pair
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let now = std::time::Instant::now();
     let (client, client_events) = Mux::spawn_with(
         WsConn::new(client_end, Role::Client),
-        connection(Side::Client),
+        Connection::new(Side::Client, config.clone(), now).unwrap(),
     );
     let (server, server_events) = Mux::spawn_with(
         WsConn::new(server_end, Role::Server),
-        connection(Side::Server),
+        Connection::new(Side::Server, config, now).unwrap(),
     );
     (client, server, client_events, server_events)
 }
