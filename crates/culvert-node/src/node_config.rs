@@ -74,6 +74,10 @@ pub struct NodeSection {
     /// accepts and the ones it dials (default 10): a peer silent for two is dropped, one
     /// silent past one and a half gets no new streams.
     pub heartbeat_interval: Option<u64>,
+    /// Seconds a stream whose end closed may keep unsent bytes while the far side reads
+    /// none of them, before it is reset and they are freed (default 60; counted from the
+    /// last bytes that went out, so a slow reader is never cut off).
+    pub linger: Option<u64>,
     /// HTTP proxy the tunnels this node dials go through (`CONNECT`), `none` for none;
     /// absent: `HTTPS_PROXY` from the environment (minus `NO_PROXY`).
     pub proxy: Option<String>,
@@ -85,6 +89,12 @@ impl NodeSection {
         let mut c = culvert_proto::Config::default();
         if let Some(secs) = self.heartbeat_interval {
             c.set_heartbeat_interval(std::time::Duration::from_secs(secs));
+        }
+        if let Some(secs) = self.linger {
+            c.linger = std::time::Duration::from_secs(secs).clamp(
+                std::time::Duration::from_secs(1),
+                culvert_proto::config::MAX_TIMER,
+            );
         }
         c
     }
@@ -156,6 +166,15 @@ impl NodeFile {
     pub fn check(&self) -> Result<(), String> {
         if self.node.listen.is_none() && self.tunnels.is_empty() {
             return Err("nothing to do: set [node] listen or add a [[tunnel]]".into());
+        }
+        let max = culvert_proto::config::MAX_TIMER.as_secs();
+        for (key, secs) in [
+            ("heartbeat_interval", self.node.heartbeat_interval),
+            ("linger", self.node.linger),
+        ] {
+            if secs.is_some_and(|s| !(1..=max).contains(&s)) {
+                return Err(format!("[node] {key} must lie in 1..={max} seconds"));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for t in &self.tunnels {
@@ -241,6 +260,7 @@ pub(crate) fn reverse_port(listen: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn parse(s: &str) -> Result<NodeFile, String> {
         let f: NodeFile = toml::from_str(s).map_err(|e| e.to_string())?;
@@ -287,11 +307,36 @@ mod tests {
         assert_eq!(f.tunnels[1].direction, Direction::Reverse);
         assert_eq!(reverse_port(&f.tunnels[1].listen), Some(25432));
         assert_eq!(reverse_port("0.0.0.0:25433"), Some(25433));
+        assert_eq!(f.node.proto_config().linger, Duration::from_secs(60));
+    }
+
+    /// `linger` and `heartbeat_interval` in `[node]` reach every connection's settings.
+    #[test]
+    fn the_node_table_sets_the_multiplexer() {
+        let text = OK.replace(
+            "insecure_plain = true",
+            "insecure_plain = true\nlinger = 5\nheartbeat_interval = 3",
+        );
+        let c = parse(&text).unwrap().node.proto_config();
+        assert_eq!(c.linger, Duration::from_secs(5));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(3));
+        c.validate().unwrap();
     }
 
     #[test]
     fn refuses_bad_configs_with_the_reason() {
         let cases = [
+            (
+                OK.replace(
+                    "insecure_plain = true",
+                    "insecure_plain = true\nheartbeat_interval = 9223372036854775807",
+                ),
+                "heartbeat_interval must lie in",
+            ),
+            (
+                OK.replace("insecure_plain = true", "insecure_plain = true\nlinger = 0"),
+                "linger must lie in",
+            ),
             (
                 OK.replace("direction = \"forward\"", "direction = \"sideways\""),
                 "sideways",

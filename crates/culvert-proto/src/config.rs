@@ -12,6 +12,10 @@ pub const INITIAL_MAX_STREAMS: u64 = 100;
 pub const MAX_WINDOW: u64 = (1 << 31) - 1;
 /// Largest cumulative stream count: stream ids are varints, so sequences stop at 2^61.
 pub const MAX_STREAM_COUNT: u64 = 1 << 61;
+/// The longest a timer setting may be (the heartbeat interval, the linger): a day is far
+/// past any use, and keeps what is derived from it (two heartbeats, a deadline `now +` it,
+/// its milliseconds in `TCP_USER_TIMEOUT`) far from overflowing.
+pub const MAX_TIMER: Duration = Duration::from_secs(86_400);
 
 /// Local policy of one connection. The defaults suit a tunnel carrying thousands of streams over one WebSocket.
 #[derive(Debug, Clone)]
@@ -66,7 +70,8 @@ pub struct Config {
     /// comes each time it has read a quarter of its window: 64 KiB with the defaults, up to
     /// 256 KiB once the window has grown).
     /// 60 s: far past any live reader's pause, and it bounds how long a stuck peer holds
-    /// the sender's buffers.
+    /// the sender's buffers (`--linger` on the command line). It counts from the `now`
+    /// given to [`crate::Connection::abandon`], then from each send.
     pub linger: Duration,
     /// Interval between our heartbeats. 10 s: cheap, and a dead peer is noticed within [`Config::idle_timeout`].
     pub heartbeat_interval: Duration,
@@ -130,11 +135,11 @@ impl Default for Config {
 pub struct ConfigError(pub &'static str);
 
 impl Config {
-    /// Heartbeats every `interval` (at least one second), with the idle timeout at two
-    /// intervals, as the tunnel promises: what `--heartbeat-interval` and
-    /// `heartbeat_interval` in a config file set.
+    /// Heartbeats every `interval` (at least one second, at most [`MAX_TIMER`]), with the
+    /// idle timeout at two intervals, as the tunnel promises: what `--heartbeat-interval`
+    /// and `heartbeat_interval` in a config file set.
     pub fn set_heartbeat_interval(&mut self, interval: Duration) {
-        let h = interval.max(Duration::from_secs(1));
+        let h = interval.clamp(Duration::from_secs(1), MAX_TIMER);
         self.heartbeat_interval = h;
         self.idle_timeout = 2 * h;
     }
@@ -174,6 +179,16 @@ impl Config {
                 "idle_timeout must be at least one heartbeat interval",
             ));
         }
+        if self.heartbeat_interval > MAX_TIMER || self.idle_timeout > 2 * MAX_TIMER {
+            return Err(ConfigError(
+                "heartbeat_interval may be at most a day (MAX_TIMER), idle_timeout two",
+            ));
+        }
+        if self.linger.is_zero() || self.linger > MAX_TIMER {
+            return Err(ConfigError(
+                "linger must lie in (0, a day] (to drop bytes at once, reset the stream)",
+            ));
+        }
         if self.max_control_queue < 64 * 1024 {
             return Err(ConfigError("max_control_queue must be at least 64 KiB"));
         }
@@ -181,5 +196,48 @@ impl Config {
             return Err(ConfigError("max_pending_events must be at least 16"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults pass; a value the state machine cannot work with is refused by name.
+    #[test]
+    fn validate_refuses_what_the_state_machine_cannot_use() {
+        Config::default().validate().unwrap();
+        let refused = |c: Config| c.validate().unwrap_err().0;
+        let d = Config::default();
+        assert!(refused(Config {
+            linger: Duration::ZERO,
+            ..d.clone()
+        })
+        .contains("linger"));
+        assert!(refused(Config {
+            linger: MAX_TIMER + Duration::from_secs(1),
+            ..d.clone()
+        })
+        .contains("linger"));
+        assert!(refused(Config {
+            idle_timeout: d.heartbeat_interval / 2,
+            ..d.clone()
+        })
+        .contains("idle_timeout"));
+        assert!(refused(Config {
+            heartbeat_interval: MAX_TIMER * 2,
+            idle_timeout: MAX_TIMER * 4,
+            ..d.clone()
+        })
+        .contains("heartbeat_interval"));
+        // The setter keeps within bounds whatever it is given.
+        let mut c = d;
+        c.set_heartbeat_interval(Duration::from_millis(10));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(1));
+        c.validate().unwrap();
+        c.set_heartbeat_interval(Duration::MAX);
+        assert_eq!(c.heartbeat_interval, MAX_TIMER);
+        assert_eq!(c.idle_timeout, 2 * MAX_TIMER);
+        c.validate().unwrap();
     }
 }

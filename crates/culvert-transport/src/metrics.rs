@@ -94,7 +94,7 @@ impl MuxTotals {
         single(
             enc,
             "culvert_streams_lingered_out",
-            "Streams let go of with bytes still queued that were reset after the linger (60 s) without any going out, on live connections: the reader on the far side stopped reading.",
+            "Streams let go of with bytes still queued that were reset after the linger (60 s by default, --linger) without any going out, on live connections: the reader on the far side stopped reading.",
             ConstCounter::new(self.streams_lingered_out),
         )
     }

@@ -11,6 +11,12 @@ use crate::logging::LogFormat;
 /// Seconds streams in flight get after SIGTERM/SIGINT, for every role (`--grace`).
 pub const DEFAULT_GRACE_SECS: u64 = 30;
 
+/// Seconds of a timer flag, from `min` to a day ([`culvert_proto::config::MAX_TIMER`]): a
+/// larger value would overflow the clock arithmetic built on it, so it is refused by name.
+fn timer_secs(min: u64) -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(min..=culvert_proto::config::MAX_TIMER.as_secs())
+}
+
 /// Culvert: reach services in private networks through connections that only they open.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
@@ -112,7 +118,7 @@ pub struct NodeArgs {
     pub admin: Option<SocketAddr>,
     /// Seconds streams in flight get to finish after SIGTERM/SIGINT (as for the server
     /// and the agent).
-    #[arg(long, default_value_t = DEFAULT_GRACE_SECS)]
+    #[arg(long, default_value_t = DEFAULT_GRACE_SECS, value_parser = timer_secs(0))]
     pub grace: u64,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -331,14 +337,19 @@ pub struct ServerArgs {
     pub public_bind: Option<IpAddr>,
     /// Seconds between heartbeats on agent connections; an agent silent for two is
     /// dropped, and one silent past one and a half gets no new streams [default: 10].
-    #[arg(long)]
+    #[arg(long, value_name = "SECS", value_parser = timer_secs(1))]
     pub heartbeat_interval: Option<u64>,
+    /// Seconds a stream whose public end closed may keep unsent bytes while the agent's
+    /// side reads none of them, before it is reset and they are freed (counted from the
+    /// last bytes that went out, so a slow reader is never cut off) [default: 60].
+    #[arg(long, value_name = "SECS", value_parser = timer_secs(1))]
+    pub linger: Option<u64>,
     /// Admin listener (/metrics, /healthz, /readyz, /api/sessions); keep it on loopback.
     /// None by default.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
     /// Seconds streams in flight get to finish after SIGTERM/SIGINT [default: 30].
-    #[arg(long)]
+    #[arg(long, value_name = "SECS", value_parser = timer_secs(0))]
     pub grace: Option<u64>,
     /// Tunnel connections one agent session (one client id) may hold; more are refused
     /// with "retry in 30 s" [default: 64, the largest agent pool].
@@ -414,7 +425,7 @@ pub struct AgentArgs {
     pub pool: Option<usize>,
     /// Seconds between checks, by a connection that failed over to another server,
     /// whether its own server answers again (then it moves back); 0 never [default: 30].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = timer_secs(0))]
     pub home_probe_interval: Option<u64>,
     /// HTTP proxy to reach the server through (CONNECT): http://[USER:PASSWORD@]HOST:PORT,
     /// or `none`. Default: HTTPS_PROXY from the environment, minus the hosts in NO_PROXY.
@@ -426,14 +437,19 @@ pub struct AgentArgs {
     #[arg(long)]
     pub ws_mask: bool,
     /// Seconds between heartbeats; a dead server is noticed within two [default: 10].
-    #[arg(long)]
+    #[arg(long, value_name = "SECS", value_parser = timer_secs(1))]
     pub heartbeat_interval: Option<u64>,
+    /// Seconds a stream whose service closed its end may keep unsent bytes while the
+    /// server's side reads none of them, before it is reset and they are freed (counted
+    /// from the last bytes that went out, so a slow reader is never cut off) [default: 60].
+    #[arg(long, value_name = "SECS", value_parser = timer_secs(1))]
+    pub linger: Option<u64>,
     /// Admin listener (/metrics, /healthz, /readyz, /api/sessions); keep it on loopback.
     /// None by default.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
     /// Seconds streams in flight get to finish after SIGTERM/SIGINT [default: 30].
-    #[arg(long)]
+    #[arg(long, value_name = "SECS", value_parser = timer_secs(0))]
     pub grace: Option<u64>,
     /// Exit non-zero at the first permanent error (refused token, untrusted or mismatched
     /// server certificate, ws:// against TLS, refused port) instead of retrying it every

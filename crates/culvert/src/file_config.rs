@@ -62,6 +62,8 @@ pub struct ServerFile {
     pub udp_port_range: Option<String>,
     pub public_bind: Option<IpAddr>,
     pub heartbeat_interval: Option<u64>,
+    /// `--linger SECS`.
+    pub linger: Option<u64>,
     pub admin: Option<SocketAddr>,
     pub grace: Option<u64>,
     pub max_connections_per_session: Option<usize>,
@@ -109,6 +111,8 @@ pub struct AgentFile {
     #[serde(default)]
     pub service: Vec<AgentServiceFile>,
     pub heartbeat_interval: Option<u64>,
+    /// `--linger SECS`.
+    pub linger: Option<u64>,
     pub admin: Option<SocketAddr>,
     pub grace: Option<u64>,
     /// `--exit-on-auth-failure`: exit non-zero at the first permanent error.

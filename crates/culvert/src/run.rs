@@ -85,15 +85,31 @@ pub(crate) struct ServerPlan {
     pub grace: Duration,
 }
 
+/// A timer setting of `secs` (`what` names its file key; its flag is the same with
+/// dashes), refused outside `min` to a day ([`culvert_proto::config::MAX_TIMER`]): the
+/// flags are checked as they are parsed, a config file's values here.
+fn timer_setting(what: &str, secs: u64, min: u64) -> anyhow::Result<Duration> {
+    let max = culvert_proto::config::MAX_TIMER.as_secs();
+    if !(min..=max).contains(&secs) {
+        bail!(
+            "{what} = {secs} (--{}): must lie in {min}..={max} seconds",
+            what.replace('_', "-")
+        );
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 /// Reads the server's flags and config file into a [`ServerPlan`].
 pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
     let file = file_config::load(args.config.as_deref())?.server;
     let admin = args.admin.or(file.admin);
-    let grace = Duration::from_secs(
+    let grace = timer_setting(
+        "grace",
         args.grace
             .or(file.grace)
             .unwrap_or(crate::cli::DEFAULT_GRACE_SECS),
-    );
+        0,
+    )?;
     let listen: SocketAddr = args
         .listen
         .or(file.listen)
@@ -122,7 +138,11 @@ pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
         config.public_bind = b;
     }
     if let Some(h) = args.heartbeat_interval.or(file.heartbeat_interval) {
-        config.proto.set_heartbeat_interval(Duration::from_secs(h));
+        let h = timer_setting("heartbeat_interval", h, 1)?;
+        config.proto.set_heartbeat_interval(h);
+    }
+    if let Some(l) = args.linger.or(file.linger) {
+        config.proto.linger = timer_setting("linger", l, 1)?;
     }
     if let Some(n) = args
         .max_connections_per_session
@@ -447,12 +467,17 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         config.pool = p.clamp(1, 64);
     }
     if let Some(secs) = args.home_probe_interval.or(file.home_probe_interval) {
-        config.home_probe_interval = (secs > 0).then(|| Duration::from_secs(secs));
+        let every = timer_setting("home_probe_interval", secs, 0)?;
+        config.home_probe_interval = (secs > 0).then_some(every);
     }
     config.ws_mask = args.ws_mask || file.ws_mask;
     config.proxy = Proxy::from_setting(args.proxy.or(file.proxy).as_deref())?;
     if let Some(h) = args.heartbeat_interval.or(file.heartbeat_interval) {
-        config.proto.set_heartbeat_interval(Duration::from_secs(h));
+        let h = timer_setting("heartbeat_interval", h, 1)?;
+        config.proto.set_heartbeat_interval(h);
+    }
+    if let Some(l) = args.linger.or(file.linger) {
+        config.proto.linger = timer_setting("linger", l, 1)?;
     }
     config.exit_on_auth_failure = args.exit_on_auth_failure || file.exit_on_auth_failure;
     Ok(config)
@@ -524,11 +549,13 @@ fn reload_secrets_on_sighup(services: Vec<ServiceSpec>) {
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let file = file_config::load(args.config.as_deref())?.agent;
     let admin_addr = args.admin.or(file.admin);
-    let grace = Duration::from_secs(
+    let grace = timer_setting(
+        "grace",
         args.grace
             .or(file.grace)
             .unwrap_or(crate::cli::DEFAULT_GRACE_SECS),
-    );
+        0,
+    )?;
     let bench_name = args.bench_service.clone().or(file.bench_service);
     let private = args.private || file.private;
     let mut config = agent_config(args)?;
@@ -590,7 +617,8 @@ mod tests {
     use super::*;
 
     /// `server` and `servers` of the agent's TOML make one list (`server` first); `--server`
-    /// flags replace it; repeated fingerprints pin each; a server given twice is refused.
+    /// flags replace it; repeated fingerprints pin each; a server given twice is refused;
+    /// `--linger` overrides the file's `linger`.
     #[test]
     fn agent_servers_from_the_file_and_the_flags() {
         let dir =
@@ -606,7 +634,7 @@ mod tests {
             format!(
                 "[agent]\nserver = \"wss://s1:8443\"\nservers = [\"wss://s2:8443\", \"wss://s3:8443\"]\n\
                  token_file = {token:?}\nexpose = [\"pg=tcp://127.0.0.1:5432\"]\nhome_probe_interval = 5\n\
-                 fingerprints = [\"{a}\", \"{b}\"]\n"
+                 fingerprints = [\"{a}\", \"{b}\"]\nlinger = 7\n"
             ),
         )
         .unwrap();
@@ -619,12 +647,15 @@ mod tests {
         assert_eq!(hosts, ["s1", "s2", "s3"]);
         assert_eq!(c.home_probe_interval, Some(Duration::from_secs(5)));
         assert_eq!(c.verify, Verify::Fingerprints(vec![a.clone(), b]));
+        assert_eq!(c.proto.linger, Duration::from_secs(7));
 
         let mut flags = args();
         flags.server = vec!["wss://s9:8443".into()];
         flags.verify.fingerprint = vec![a.clone()];
         flags.home_probe_interval = Some(0);
+        flags.linger = Some(9);
         let c = agent_config(flags).unwrap();
+        assert_eq!(c.proto.linger, Duration::from_secs(9));
         assert_eq!(c.servers().len(), 1);
         assert_eq!(c.server.host, "s9");
         assert_eq!(c.verify, Verify::Fingerprint(a));

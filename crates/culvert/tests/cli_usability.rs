@@ -302,3 +302,81 @@ fn which(name: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }
+
+/// A timer setting past a day (`MAX_TIMER`) is refused by name, as a flag and in a config
+/// file, before anything starts. (Failed before: a huge `--heartbeat-interval` or
+/// `heartbeat_interval` panicked doubling it into the idle timeout, and a huge `--grace`
+/// panicked adding it to the clock at shutdown.)
+#[test]
+fn timer_settings_past_a_day_are_refused_by_name() {
+    let dir = TempDir::new("cli-timers");
+    let tokens = dir.join("tokens.toml");
+    new_token(&tokens, "a");
+    let tokens = tokens.display().to_string();
+    let huge = u64::MAX.to_string();
+    let server = |flag: &str, value: &str| {
+        culvert_out(&[
+            "server",
+            "--insecure-plain",
+            "--listen",
+            "127.0.0.1:0",
+            "--tokens",
+            &tokens,
+            flag,
+            value,
+        ])
+    };
+    for flag in ["--heartbeat-interval", "--linger", "--grace"] {
+        let (ok, _, err) = server(flag, &huge);
+        assert!(!ok, "server {flag} {huge} was accepted");
+        assert!(
+            err.contains(flag) && err.contains("86400") && !err.contains("panicked"),
+            "server {flag}: {err}"
+        );
+    }
+    let (ok, _, err) = server("--linger", "0");
+    assert!(!ok && err.contains("--linger"), "a zero linger: {err}");
+    for flag in [
+        "--heartbeat-interval",
+        "--linger",
+        "--grace",
+        "--home-probe-interval",
+    ] {
+        let (ok, _, err) = culvert_out(&["agent", flag, &huge]);
+        assert!(
+            !ok && err.contains(flag) && err.contains("86400"),
+            "agent {flag}: {err}"
+        );
+    }
+    let (ok, _, err) = culvert_out(&["node", "--config", "n.toml", "--grace", &huge]);
+    assert!(!ok && err.contains("--grace"), "node --grace: {err}");
+
+    // The same in files (TOML integers stop at 2^63 - 1), as `culvert check` sees them.
+    let token = dir.join("agent.token");
+    std::fs::write(&token, "cvt_x").unwrap();
+    for (key, value) in [
+        ("heartbeat_interval", "9223372036854775807"),
+        ("linger", "9223372036854775807"),
+        ("linger", "0"),
+        ("grace", "86401"),
+    ] {
+        let server_file =
+            format!("[server]\ninsecure_plain = true\ntokens = {tokens:?}\n{key} = {value}\n");
+        let agent_file = format!(
+            "[agent]\nserver = \"ws://127.0.0.1:1\"\ntoken_file = {:?}\nexpose = [\"pg=tcp://127.0.0.1:5432\"]\n{key} = {value}\n",
+            token.display().to_string()
+        );
+        for (role, text) in [("server", server_file), ("agent", agent_file)] {
+            if role == "agent" && key == "grace" {
+                continue; // read when the agent runs, not by the check
+            }
+            let p = dir.join(&format!("{role}-{key}-{value}.toml"));
+            std::fs::write(&p, text).unwrap();
+            let (ok, _, err) = culvert_out(&["check", "--config", &p.display().to_string()]);
+            assert!(
+                !ok && err.contains(key) && !err.contains("panicked"),
+                "{role} {key} = {value}: {err}"
+            );
+        }
+    }
+}
