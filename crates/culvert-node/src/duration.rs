@@ -2,9 +2,13 @@
 
 use std::time::Duration;
 
+/// The longest duration [`parse_duration`] accepts: a hundred years is past any TTL, and
+/// an expiry that far ahead still fits the clocks and the token file it is added to.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// Parses `90` (seconds), `90s`, `15m`, `1h30m`, `2d` and whatever else `humantime`
 /// reads (`500ms`, `1h 30m`, `2days`). Zero and overflow are refused: a TTL of nothing is
-/// a mistake, not a request.
+/// a mistake, not a request; so is anything past [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t.is_empty() {
@@ -16,6 +20,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     if d.is_zero() {
         return Err(format!("{s:?}: duration must be positive"));
+    }
+    if d > MAX_DURATION {
+        return Err(format!("{s:?}: at most 100 years"));
     }
     Ok(d)
 }
@@ -36,6 +43,7 @@ mod tests {
             Duration::from_secs(172_800)
         );
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
         for bad in [
             "",
             "0",
@@ -45,6 +53,8 @@ mod tests {
             "5h3",
             "99999999999999999999d",
             "-1s",
+            "18446744073709551615",
+            "101y",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }

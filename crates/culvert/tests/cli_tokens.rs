@@ -277,3 +277,26 @@ fn expose_refuses_a_name_with_control_characters() {
     assert!(err.contains("A-Z a-z 0-9 . _ -"), "{err}");
     assert!(!err.contains('\u{1b}'), "{err}");
 }
+
+/// A TTL past a hundred years is refused with the reason and nothing is written. (Failed
+/// before: `--ttl 18446744073709551615` panicked serialising the token file.)
+#[test]
+fn token_new_refuses_a_ttl_past_a_hundred_years() {
+    let dir = TempDir::new("token-ttl");
+    let file = dir.join("tokens.toml");
+    let out = run(
+        culvert()
+            .args(["token", "new", "--name", "forever", "--ttl"])
+            .arg(u64::MAX.to_string())
+            .arg("--tokens")
+            .arg(&file),
+        WAIT,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {stderr}");
+    assert!(
+        stderr.contains("--ttl") && stderr.contains("100 years") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert!(!file.exists(), "a token file was written");
+}
