@@ -8,7 +8,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Parses `90` (seconds), `90s`, `15m`, `1h30m`, `2d` and whatever else `humantime`
 /// reads (`500ms`, `1h 30m`, `2days`). Zero and overflow are refused: a TTL of nothing is
-/// a mistake, not a request; so is anything past [`MAX_DURATION`].
+/// a mistake, not a request; so is anything past a hundred years (`MAX_DURATION`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t.is_empty() {
