@@ -86,10 +86,12 @@ pub enum JoinError {
 impl Cluster {
     /// Connects to the database (bringing its schema up to date), reads the shared
     /// credential and the tokens. `fingerprint` is this server's certificate, which the
-    /// others pin when they dial it.
+    /// others pin when they dial it; `proto` the multiplexer settings of the links it
+    /// dials to them (the server's own).
     pub(crate) async fn join(
         config: ClusterConfig,
         fingerprint: Option<String>,
+        proto: culvert_proto::Config,
     ) -> Result<(Cluster, TokenStore), JoinError> {
         culvert_transport::ws::ServerUrl::parse(&config.advertise)
             .map_err(|e| JoinError::Advertise(config.advertise.clone(), e.to_string()))?;
@@ -106,7 +108,7 @@ impl Cluster {
         db.heartbeat(&me).await?;
         tracing::info!(id = %me.id, advertise = %me.advertise, tokens = store.len().saturating_sub(1), "joined the cluster");
         let cluster = Cluster {
-            peers: Peers::new(secret),
+            peers: Peers::new(secret, proto),
             db,
             config,
             me,

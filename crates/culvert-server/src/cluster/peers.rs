@@ -26,14 +26,18 @@ pub(crate) struct Peers {
     /// One client id for all links of this server (the others see one session of it).
     client_id: Uuid,
     links: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Mux>>>>,
+    /// The server's own multiplexer settings (`--heartbeat-interval`, `--linger`): the
+    /// links it dials run as the links it accepts do.
+    proto: culvert_proto::Config,
 }
 
 impl Peers {
-    pub(crate) fn new(secret: String) -> Peers {
+    pub(crate) fn new(secret: String, proto: culvert_proto::Config) -> Peers {
         Peers {
             secret,
             client_id: crate::ids::new_uuid(),
             links: Mutex::new(HashMap::new()),
+            proto,
         }
     }
 
@@ -123,7 +127,7 @@ impl Peers {
         } else {
             None
         };
-        let proto = culvert_proto::Config::default();
+        let proto = &self.proto;
         let attempt = async {
             let ws = dial(&url, tls, proto.idle_timeout, false)
                 .await
@@ -178,5 +182,78 @@ impl Peers {
             .map_err(|_| format!("no answer within {DIAL_TIMEOUT:?}"))??;
         tracing::info!(server = %server.id, advertise = %server.advertise, "cluster link up");
         Ok(mux)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use culvert_proto::control::AuthOkExt;
+
+    /// A link this server dials to another runs with the server's own settings, as the
+    /// links it accepts do: here heartbeats every second. (Failed before: dialed links
+    /// took the defaults, whose first heartbeat comes after 10 s, whatever
+    /// `--heartbeat-interval` said.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dialed_link_runs_with_the_servers_settings() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The other server, as far as the link goes: it answers Auth and counts frames.
+        let other = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let ws = culvert_transport::ws::accept(tcp).await.unwrap();
+            let mut conn = Connection::new(
+                Side::Server,
+                culvert_proto::Config::default(),
+                Instant::now(),
+            )
+            .unwrap();
+            conn.send_control_first(Control::AuthOk {
+                tunnel_id: Uuid::nil(),
+                ext: Some(AuthOkExt {
+                    version: CULVERT_VERSION,
+                }),
+            })
+            .unwrap();
+            let (mux, mut events) = Mux::spawn_with(ws, conn);
+            loop {
+                match events.recv().await {
+                    Some(MuxEvent::Control(Control::Auth { .. })) => break,
+                    Some(MuxEvent::Control(_)) => mux.control_handled(),
+                    other => panic!("before Auth: {other:?}"),
+                }
+            }
+            mux.control_handled();
+            // Frames received up to and with the Auth; what comes next is heartbeats.
+            let after_auth = mux.stats().proto.frames_received;
+            (mux, events, after_auth)
+        });
+
+        let mut proto = culvert_proto::Config::default();
+        proto.set_heartbeat_interval(Duration::from_secs(1));
+        let peers = Peers::new("secret".into(), proto);
+        let row = ServerRow {
+            id: "other".into(),
+            advertise: format!("ws://{addr}"),
+            fingerprint: None,
+        };
+        let link = peers.dial(&row).await.unwrap();
+        let (other_mux, _events, after_auth) = tokio::time::timeout(Duration::from_secs(10), other)
+            .await
+            .expect("the link came up")
+            .unwrap();
+        // Two heartbeats at one a second arrive within five; the defaults' first takes ten.
+        let two = tokio::time::timeout(Duration::from_secs(5), async {
+            while other_mux.stats().proto.frames_received < after_auth + 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            two.is_ok(),
+            "{} frames after Auth within 5 s",
+            other_mux.stats().proto.frames_received - after_auth
+        );
+        drop(link);
     }
 }

@@ -99,9 +99,10 @@ impl Server {
         let (cluster, tokens) = match &config.cluster {
             Some(c) => {
                 let fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
-                let (cluster, store) = crate::cluster::Cluster::join(c.clone(), fingerprint)
-                    .await
-                    .map_err(std::io::Error::other)?;
+                let (cluster, store) =
+                    crate::cluster::Cluster::join(c.clone(), fingerprint, config.proto.clone())
+                        .await
+                        .map_err(std::io::Error::other)?;
                 (Some(Arc::new(cluster)), store)
             }
             None => (None, tokens),
