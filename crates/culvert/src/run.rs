@@ -99,17 +99,32 @@ fn timer_setting(what: &str, secs: u64, min: u64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(secs))
 }
 
+/// `--grace` (or the file's `grace`), 30 s when neither is given.
+fn grace_setting(secs: Option<u64>) -> anyhow::Result<Duration> {
+    timer_setting("grace", secs.unwrap_or(crate::cli::DEFAULT_GRACE_SECS), 0)
+}
+
+/// The multiplexer timers the server and the agent both take: `--heartbeat-interval` and
+/// `--linger` (or their file keys), each checked by [`timer_setting`].
+fn set_proto_timers(
+    proto: &mut culvert_proto::Config,
+    heartbeat_interval: Option<u64>,
+    linger: Option<u64>,
+) -> anyhow::Result<()> {
+    if let Some(h) = heartbeat_interval {
+        proto.set_heartbeat_interval(timer_setting("heartbeat_interval", h, 1)?);
+    }
+    if let Some(l) = linger {
+        proto.linger = timer_setting("linger", l, 1)?;
+    }
+    Ok(())
+}
+
 /// Reads the server's flags and config file into a [`ServerPlan`].
 pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
     let file = file_config::load(args.config.as_deref())?.server;
     let admin = args.admin.or(file.admin);
-    let grace = timer_setting(
-        "grace",
-        args.grace
-            .or(file.grace)
-            .unwrap_or(crate::cli::DEFAULT_GRACE_SECS),
-        0,
-    )?;
+    let grace = grace_setting(args.grace.or(file.grace))?;
     let listen: SocketAddr = args
         .listen
         .or(file.listen)
@@ -137,13 +152,11 @@ pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
     if let Some(b) = args.public_bind.or(file.public_bind) {
         config.public_bind = b;
     }
-    if let Some(h) = args.heartbeat_interval.or(file.heartbeat_interval) {
-        let h = timer_setting("heartbeat_interval", h, 1)?;
-        config.proto.set_heartbeat_interval(h);
-    }
-    if let Some(l) = args.linger.or(file.linger) {
-        config.proto.linger = timer_setting("linger", l, 1)?;
-    }
+    set_proto_timers(
+        &mut config.proto,
+        args.heartbeat_interval.or(file.heartbeat_interval),
+        args.linger.or(file.linger),
+    )?;
     if let Some(n) = args
         .max_connections_per_session
         .or(file.max_connections_per_session)
@@ -472,13 +485,11 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     }
     config.ws_mask = args.ws_mask || file.ws_mask;
     config.proxy = Proxy::from_setting(args.proxy.or(file.proxy).as_deref())?;
-    if let Some(h) = args.heartbeat_interval.or(file.heartbeat_interval) {
-        let h = timer_setting("heartbeat_interval", h, 1)?;
-        config.proto.set_heartbeat_interval(h);
-    }
-    if let Some(l) = args.linger.or(file.linger) {
-        config.proto.linger = timer_setting("linger", l, 1)?;
-    }
+    set_proto_timers(
+        &mut config.proto,
+        args.heartbeat_interval.or(file.heartbeat_interval),
+        args.linger.or(file.linger),
+    )?;
     config.exit_on_auth_failure = args.exit_on_auth_failure || file.exit_on_auth_failure;
     Ok(config)
 }
@@ -549,13 +560,7 @@ fn reload_secrets_on_sighup(services: Vec<ServiceSpec>) {
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let file = file_config::load(args.config.as_deref())?.agent;
     let admin_addr = args.admin.or(file.admin);
-    let grace = timer_setting(
-        "grace",
-        args.grace
-            .or(file.grace)
-            .unwrap_or(crate::cli::DEFAULT_GRACE_SECS),
-        0,
-    )?;
+    let grace = grace_setting(args.grace.or(file.grace))?;
     let bench_name = args.bench_service.clone().or(file.bench_service);
     let private = args.private || file.private;
     let mut config = agent_config(args)?;
