@@ -21,8 +21,10 @@ required=(
   dnsmasq:dnsmasq-base
   dig:dnsutils
   # The agent in a network namespace behind a veth link (crates/culvert/tests/faults_netns.rs),
-  # with a python3 echo service inside the namespace.
+  # with a python3 echo service inside the namespace; UDP clients behind a link shaped with
+  # tc (crates/culvert/tests/udp_netns.rs).
   ip:iproute2
+  tc:iproute2
   python3:python3
   # An HTTP proxy the agent reaches the server through (crates/culvert/tests/proxy.rs);
   # tinyproxy-bin is the program alone, without a system-wide proxy service.

@@ -88,6 +88,11 @@ impl Collector for AgentCollector {
             enc,
             "Stream payload bytes on live connections, by direction.",
         )?;
+        culvert_transport::metrics::encode_udp_delivery_drops(
+            enc,
+            shared.udp_target_drops(),
+            &[("local_queue_full", shared.local_flows_dropped())],
+        )?;
         family(
             enc,
             "culvert_heartbeat_rtt_seconds",

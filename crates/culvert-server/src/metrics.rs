@@ -159,6 +159,7 @@ impl Collector for ServerCollector {
                         ("oversize", &c.dropped_oversize),
                         ("flow_cap", &c.dropped_flow_cap),
                         ("no_agent", &c.dropped_no_agent),
+                        ("socket_full", &c.dropped_socket_full),
                     ] {
                         udp_dropped.push((
                             with(&l, "reason", reason),
@@ -379,6 +380,11 @@ impl Collector for ServerCollector {
             "culvert_udp_flows_evicted",
             "Idle UDP flows evicted per service.",
             udp_evicted,
+        )?;
+        culvert_transport::metrics::encode_udp_delivery_drops(
+            enc,
+            &view.counters.udp_target_drops,
+            &[],
         )?;
         view.open_latency.encode(enc.encode_descriptor(
             "culvert_stream_open_seconds",

@@ -30,6 +30,9 @@ pub struct UdpCounters {
     pub dropped_flow_cap: AtomicU64,
     /// Datagrams dropped for lack of a live agent connection.
     pub dropped_no_agent: AtomicU64,
+    /// Replies dropped because the public socket's send buffer was full (the clients'
+    /// links are slower than the tunnel).
+    pub dropped_socket_full: AtomicU64,
     /// Flows created.
     pub flows_created: AtomicU64,
     /// Flows evicted after the idle timeout.
@@ -358,8 +361,10 @@ pub(crate) fn reply_sink(
         }
         // A reply for an unknown (evicted) flow goes nowhere: only owners get replies.
         if let Some((socket, addr, counters)) = target {
-            if socket.try_send_to(&d.data, addr).is_ok() {
+            if culvert_transport::send_to_now(&socket, &d.data, addr) {
                 counters.datagrams_out.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counters.dropped_socket_full.fetch_add(1, Ordering::Relaxed);
             }
         }
     })

@@ -37,7 +37,7 @@ pub use relay::{
     relay_streams, relay_tcp, relay_tcp_counted, relay_tcp_until, RelayCounters, RelayTotals,
 };
 pub use socket::{
-    bind_udp, reset_on_close, tune_accepted, tune_listener, tune_tcp, tune_tunnel,
+    bind_udp, reset_on_close, send_to_now, tune_accepted, tune_listener, tune_tcp, tune_tunnel,
     UDP_SEND_DEADLINE,
 };
 pub use stream::{reset_code_of, ResetByPeer, TunnelStream};

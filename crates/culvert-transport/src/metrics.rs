@@ -100,6 +100,30 @@ impl MuxTotals {
     }
 }
 
+/// Encodes `culvert_udp_delivery_dropped_total{reason}`: datagrams that came through the
+/// tunnel and were dropped in this process before reaching where they were going, which
+/// the sender cannot see (UDP has no acknowledgement). `not_open` and `socket_full` come
+/// from `drops` (the UDP targets this process dials); `more` adds the role's own reasons.
+pub fn encode_udp_delivery_drops(
+    enc: &mut DescriptorEncoder,
+    drops: &crate::udp_target::TargetDrops,
+    more: &[(&'static str, u64)],
+) -> std::fmt::Result {
+    use std::sync::atomic::Ordering::Relaxed;
+    let own = [
+        ("not_open", drops.not_open.load(Relaxed)),
+        ("socket_full", drops.socket_full.load(Relaxed)),
+    ];
+    family(
+        enc,
+        "culvert_udp_delivery_dropped",
+        "UDP datagrams from the tunnel dropped here before delivery, by reason: not_open (for a flow to a target this process dials that was not set up in time), socket_full (the target's socket buffer was full), local_queue_full (a local flow's reply queue was full).",
+        own.iter()
+            .chain(more)
+            .map(|&(reason, n)| ([("reason", reason)], ConstCounter::new(n))),
+    )
+}
+
 /// Writes a family of one unlabelled sample. A counter's `name` goes without `_total`:
 /// the encoder appends it.
 pub fn single<M: EncodeMetric + TypedMetric>(

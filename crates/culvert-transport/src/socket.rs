@@ -67,6 +67,17 @@ pub fn tune_accepted(s: &TcpStream) {
     }
 }
 
+/// Sends `data` to `to` on a non-blocking socket at once, straight to the kernel: `false`
+/// when the kernel refused it (its send buffer full: the caller drops and counts it, as a
+/// router with a full queue would). Not tokio's `try_send_to`, which after one refusal
+/// answers WouldBlock without trying until the reactor next reports the socket writable,
+/// and so would drop datagrams the kernel had room for again.
+pub fn send_to_now(socket: &UdpSocket, data: &[u8], to: std::net::SocketAddr) -> bool {
+    socket2::SockRef::from(socket)
+        .send_to(data, &to.into())
+        .is_ok()
+}
+
 /// A non-blocking UDP socket bound to `bind`, asking for `recv` (and `send`, if given)
 /// bytes of kernel buffer, capped by the kernel at `net.core.[rw]mem_max`, so bursts that
 /// arrive while a relay task is busy are not dropped.

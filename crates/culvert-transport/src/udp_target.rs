@@ -92,15 +92,26 @@ struct Flow {
     last_active: AtomicU64,
 }
 
+/// Datagrams from the tunnel that never reached their UDP target, by why. One process
+/// shares one among its connections' [`TargetFlows`], so its metrics count what every
+/// connection dropped, including those that have ended.
+#[derive(Debug, Default)]
+pub struct TargetDrops {
+    /// For a flow that was not open: no flow the peer may open, over the parking budget
+    /// or per-flow count, or parked past [`PARK_TTL`].
+    pub not_open: AtomicU64,
+    /// The flow's socket refused it: its send buffer was full (the target's link is
+    /// slower than the tunnel), as a router with a full queue drops.
+    pub socket_full: AtomicU64,
+}
+
 /// Target-side flows of one tunnel connection, by flow id.
 #[derive(Debug)]
 pub struct TargetFlows {
     table: Mutex<Table>,
     epoch: Instant,
     policy: ParkPolicy,
-    /// Datagrams dropped instead of parked (no flow the peer may open, over the byte
-    /// budget or per-flow count, or expired).
-    dropped: AtomicU64,
+    drops: Arc<TargetDrops>,
 }
 
 impl Default for TargetFlows {
@@ -116,8 +127,14 @@ impl TargetFlows {
             table: Mutex::default(),
             epoch: Instant::now(),
             policy,
-            dropped: AtomicU64::new(0),
+            drops: Arc::default(),
         }
+    }
+
+    /// These flows count their drops into `drops` (the process's, for its metrics).
+    pub fn counting_into(mut self, drops: Arc<TargetDrops>) -> TargetFlows {
+        self.drops = drops;
+        self
     }
 
     /// Flows the peer opens with `udp://HOST:PORT` streams (a server's or node's dials):
@@ -137,9 +154,14 @@ impl TargetFlows {
         self.lock().parked_bytes
     }
 
-    /// Datagrams dropped instead of parked or delivered late (for metrics and tests).
+    /// Datagrams dropped for a flow that was not open (not parked, or parked too long).
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.drops.not_open.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams dropped because their flow's socket buffer was full.
+    pub fn dropped_socket_full(&self) -> u64 {
+        self.drops.socket_full.load(Ordering::Relaxed)
     }
 
     /// Flows open now.
@@ -235,6 +257,8 @@ pub async fn open_flow(
             if let Some(c) = &entry.counters {
                 c.down.fetch_add(d.len() as u64, Ordering::Relaxed);
             }
+        } else {
+            flows.drops.socket_full.fetch_add(1, Ordering::Relaxed);
         }
     }
     tracing::debug!(flow, %target, "udp flow opened");
@@ -323,7 +347,7 @@ impl TargetFlows {
                     // Not set up yet: park it (bounded in count and bytes, expired), or
                     // drop it.
                     if !self.park(&mut t, &d, now) {
-                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.drops.not_open.fetch_add(1, Ordering::Relaxed);
                         tracing::trace!(flow = d.flow, "datagram for an unknown udp flow dropped");
                     }
                     None
@@ -335,6 +359,8 @@ impl TargetFlows {
                 if let Some(c) = &f.counters {
                     c.down.fetch_add(d.data.len() as u64, Ordering::Relaxed);
                 }
+            } else {
+                self.drops.socket_full.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -359,7 +385,7 @@ impl TargetFlows {
                 keep
             });
             t.parked_bytes -= freed.0;
-            self.dropped.fetch_add(freed.1, Ordering::Relaxed);
+            self.drops.not_open.fetch_add(freed.1, Ordering::Relaxed);
         }
         let cost = d.data.len() + PARKED_OVERHEAD;
         if t.parked_bytes + cost > MAX_PARKED_BYTES

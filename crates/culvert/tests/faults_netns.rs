@@ -7,99 +7,16 @@
 //! within `2 HB + 1 s` of the link going down, and after the link comes back the agent
 //! serves again within its backoff (1 s doubling) plus a handshake (asserted: 30 s).
 //!
-//! Needs `ip netns` (root, or CAP_NET_ADMIN). Where namespaces cannot be made the test
-//! says so on stderr and returns without checking anything: it is the one test that does.
+//! Needs `ip netns` (root, or CAP_NET_ADMIN): see `support::netns` for where it cannot.
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::netns::Netns;
 use support::*;
 
 const HB: Duration = Duration::from_secs(2);
-/// Link-local addresses of the veth pair: they exist only on the interfaces this test makes.
-const HOST_IP: &str = "169.254.213.1";
-const NS_IP: &str = "169.254.213.2";
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// A namespace with one veth link to the host; removed (with the link) on drop.
-struct Netns {
-    name: String,
-    host_if: String,
-}
-
-impl Netns {
-    fn create() -> Result<Netns, String> {
-        let id = std::process::id() % 100_000;
-        let ns = Netns {
-            name: format!("culvert-t{id}"),
-            host_if: format!("cvh{id}"),
-        };
-        let ns_if = format!("cvn{id}");
-        ip(&["netns", "add", &ns.name])?;
-        ip(&[
-            "link",
-            "add",
-            &ns.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &ns_if,
-        ])?;
-        ip(&["link", "set", &ns_if, "netns", &ns.name])?;
-        ip(&["addr", "add", &format!("{HOST_IP}/30"), "dev", &ns.host_if])?;
-        ip(&["link", "set", &ns.host_if, "up"])?;
-        ip(&[
-            "netns",
-            "exec",
-            &ns.name,
-            "ip",
-            "addr",
-            "add",
-            &format!("{NS_IP}/30"),
-            "dev",
-            &ns_if,
-        ])?;
-        ip(&["netns", "exec", &ns.name, "ip", "link", "set", &ns_if, "up"])?;
-        ip(&["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// `cmd` run inside the namespace.
-    fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-
-    fn link(&self, up: bool) {
-        ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]).unwrap();
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = ip(&["link", "del", &self.host_if]);
-        let _ = ip(&["netns", "del", &self.name]);
-    }
-}
 
 /// An echo service inside the namespace, on its loopback only (python3, one thread per
 /// connection; bounded: it exits after 10 minutes).
@@ -128,13 +45,10 @@ fn support_bin() -> String {
 
 #[test]
 fn agent_in_a_namespace_survives_its_link_going_down() {
-    let ns = match Netns::create() {
-        Ok(ns) => ns,
-        Err(e) => {
-            eprintln!("NOT RUN: network namespaces are unavailable here ({e}); this test needs `ip netns` as root");
-            return;
-        }
+    let Some(ns) = Netns::create_or_skip("t", 213) else {
+        return;
     };
+    let (host_ip, ns_ip) = (ns.host_ip.clone(), ns.ns_ip.clone());
     let dir = TempDir::new("netns");
     let tokens = dir.join("tokens.toml");
     let token_file = dir.join("agent.token");
@@ -144,7 +58,7 @@ fn agent_in_a_namespace_survives_its_link_going_down() {
     let mut server = Proc::spawn(
         "culvert server",
         culvert()
-            .args(["server", "--listen", &format!("{HOST_IP}:{port}")])
+            .args(["server", "--listen", &format!("{host_ip}:{port}")])
             .arg("--tokens")
             .arg(&tokens)
             .args(["--port-range", &port_range(), "--public-bind", "127.0.0.1"])
@@ -173,7 +87,7 @@ fn agent_in_a_namespace_survives_its_link_going_down() {
     // Nothing outside reaches into the namespace: its service is on its loopback only.
     assert!(
         std::net::TcpStream::connect_timeout(
-            &format!("{NS_IP}:{echo_port}").parse().unwrap(),
+            &format!("{ns_ip}:{echo_port}").parse().unwrap(),
             Duration::from_secs(2)
         )
         .is_err(),
@@ -186,7 +100,7 @@ fn agent_in_a_namespace_survives_its_link_going_down() {
         &token_file,
         &format!("echo=tcp://127.0.0.1:{echo_port}"),
     );
-    args[1] = format!("wss://{HOST_IP}:{port}");
+    args[1] = format!("wss://{host_ip}:{port}");
     let mut agent = Proc::spawn(
         "culvert agent (namespace)",
         ns.command(&support_bin())

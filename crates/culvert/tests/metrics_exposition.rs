@@ -180,6 +180,7 @@ fn server_agent_and_access_metrics_are_valid_prometheus_text() {
             "culvert_udp_datagrams_total",
             "culvert_udp_dropped_total",
             "culvert_udp_flows_evicted_total",
+            "culvert_udp_delivery_dropped_total",
             "culvert_datagrams_dropped_total",
             "culvert_streams_lingered_out_total",
             "culvert_stream_open_seconds",
@@ -223,6 +224,7 @@ fn server_agent_and_access_metrics_are_valid_prometheus_text() {
             "culvert_tunnel_stream_bytes_total",
             "culvert_heartbeat_rtt_seconds",
             "culvert_datagrams_dropped_total",
+            "culvert_udp_delivery_dropped_total",
             "culvert_streams_lingered_out_total",
         ],
     );

@@ -45,12 +45,13 @@ fn service_keeps_its_port_across_a_server_restart() {
     // one at random, without port A in it most of the time.
     let mut server = Proc::spawn(
         "culvert server",
-        culvert()
-            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--tokens")
-            .arg(&tokens)
-            .args(["--port-range", &format!("{port_b}-{}", port_b + 199)])
-            .args(["--public-bind", "127.0.0.1", "--insecure-plain"]),
+        server_args_in(
+            &mut culvert(),
+            &tokens,
+            port,
+            &format!("{port_b}-{}", port_b + 199),
+        )
+        .arg("--insecure-plain"),
     );
     server
         .try_wait_line("tunnel endpoint ready", 0, WAIT)

@@ -54,7 +54,10 @@ pub(super) async fn serve(
         mut pending,
     } = connected;
     let mux = &mux;
-    let flows = Arc::new(culvert_transport::udp_target::TargetFlows::default());
+    let flows = Arc::new(
+        culvert_transport::udp_target::TargetFlows::default()
+            .counting_into(shared.udp_target_drops.clone()),
+    );
     mux.set_datagram_sink(crate::local_flows::sink(
         mux,
         flows.clone(),

@@ -155,6 +155,8 @@ pub(crate) struct Shared {
     next_open: AtomicUsize,
     /// UDP flows this side opened, for the datagram pumps.
     local_flows: Arc<crate::local_flows::LocalFlows>,
+    /// Datagrams dropped on their way to this agent's UDP services, over all connections.
+    udp_target_drops: Arc<culvert_transport::udp_target::TargetDrops>,
     /// The last permanent error logged (logged once, not once per slot and attempt).
     permanent_logged: Mutex<Option<String>>,
     /// Set at a permanent error when `exit_on_auth_failure` is on.
@@ -506,6 +508,16 @@ impl Shared {
         self.failures.load(Ordering::Relaxed)
     }
 
+    /// Datagrams dropped on their way to this agent's UDP services.
+    pub(crate) fn udp_target_drops(&self) -> &culvert_transport::udp_target::TargetDrops {
+        &self.udp_target_drops
+    }
+
+    /// Replies to this side's local flows dropped because a flow's queue was full.
+    pub(crate) fn local_flows_dropped(&self) -> u64 {
+        self.local_flows.dropped.load(Ordering::Relaxed)
+    }
+
     /// Pooled connections configured.
     pub(crate) fn pool(&self) -> usize {
         self.config.pool
@@ -565,6 +577,7 @@ impl Agent {
                 .collect(),
             next_open: AtomicUsize::new(0),
             local_flows: Arc::default(),
+            udp_target_drops: Arc::default(),
             permanent_logged: Mutex::new(None),
             permanent_tx: watch::channel(None).0,
             config,

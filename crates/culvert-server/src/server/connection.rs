@@ -25,9 +25,12 @@ pub(super) async fn serve_connection(
     let (mux, mut events) = Mux::spawn_with(ws, conn);
     session.attach(mux.clone());
     // Target-side UDP flows this connection's peer asked this server to dial.
-    let dials = Arc::new(culvert_transport::udp_target::TargetFlows::for_streams(
-        !inner.config().allow_dial.is_empty(),
-    ));
+    let dials = Arc::new(
+        culvert_transport::udp_target::TargetFlows::for_streams(
+            !inner.config().allow_dial.is_empty(),
+        )
+        .counting_into(inner.counters.udp_target_drops.clone()),
+    );
     // Flows this connection's peer opened to UDP services of other agents.
     let spliced = Arc::new(crate::udp::Spliced::default());
     if session.culvert {

@@ -9,6 +9,7 @@
 
 pub mod exposition;
 pub mod faults;
+pub mod netns;
 pub mod pg;
 
 use std::io::Read;
@@ -110,10 +111,21 @@ pub fn server_args_in<'a>(
     port: u16,
     range: &str,
 ) -> &'a mut Command {
+    server_args_on(cmd, tokens, port, range, "127.0.0.1")
+}
+
+/// [`server_args_in`] with public ports bound on `public_bind` instead of loopback.
+pub fn server_args_on<'a>(
+    cmd: &'a mut Command,
+    tokens: &Path,
+    port: u16,
+    range: &str,
+    public_bind: &str,
+) -> &'a mut Command {
     cmd.args(["server", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--tokens")
         .arg(tokens)
-        .args(["--port-range", range, "--public-bind", "127.0.0.1"])
+        .args(["--port-range", range, "--public-bind", public_bind])
 }
 
 /// Spawns a test server ([`server_args`]) with `extra` flags; does not wait for it.
