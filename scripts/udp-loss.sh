@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One iperf3 UDP run through a Culvert tunnel on loopback, with the kernel's UDP receive
-# buffer drops and the server's datagram-queue drops next to iperf3's loss: a quick way to
-# see where datagrams are lost, and to compare two binaries run after run.
+# buffer drops, the server's datagram-queue drops and its full-socket reply drops next to
+# iperf3's loss: a quick way to see where datagrams are lost, and to compare two binaries
+# run after run.
 #
 # Usage: scripts/udp-loss.sh [RATE] [-R]      e.g. scripts/udp-loss.sh 1G -R
 # Environment (optional):
@@ -48,7 +49,9 @@ body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout
 drops = {d: next((l.split()[-1] for l in body.splitlines()
                   if l.startswith(f'culvert_datagrams_dropped_total{{direction="{d}"}}')), "?")
          for d in ("send", "recv")}
-print(f"{drops['send']}/{drops['recv']}")
+full = sum(float(l.split()[-1]) for l in body.splitlines()
+           if l.startswith("culvert_udp_dropped_total{") and 'reason="socket_full"' in l)
+print(f"{drops['send']}/{drops['recv']} server_socket_full_drops={int(full)}")
 PY
 )
 echo "$(basename "$BIN") ${SCHEME} -b $RATE ${DIR:-(client->service)}: $(awk '{print $7, $8, $12, $13}' <<<"$line") kernel_rcvbuf_drops=$((r1 - r0)) server_queue_drops(send/recv)=$dropped"
