@@ -9,7 +9,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use culvert_transport::metrics::{family, single, MuxTotals};
+use culvert_transport::metrics::{family, single};
 
 use crate::agent::Shared;
 
@@ -26,12 +26,10 @@ impl Collector for AgentCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let shared = &self.0;
         let enc = &mut enc;
-        let mut totals = MuxTotals::default();
+        let totals = shared.connection_totals();
         let mut rtts = Vec::new();
         for (i, m) in shared.live().iter().enumerate() {
-            let st = m.stats();
-            totals.add(&st);
-            if let Some(r) = st.rtt {
+            if let Some(r) = m.stats().rtt {
                 rtts.push(([("connection", i)], ConstGauge::new(r.as_secs_f64())));
             }
         }
@@ -86,7 +84,7 @@ impl Collector for AgentCollector {
         )?;
         totals.encode(
             enc,
-            "Stream payload bytes on live connections, by direction.",
+            "Stream payload bytes over the pooled connections (ended ones included), by direction.",
         )?;
         culvert_transport::metrics::encode_udp_delivery_drops(
             enc,

@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
-use culvert_transport::metrics::{family, single, MuxTotals};
+use culvert_transport::metrics::{family, single};
 
 use crate::registry::Protocol;
 use crate::server::Inner;
@@ -110,7 +110,7 @@ impl Collector for ServerCollector {
             ConstGauge::new(sessions.len() as u64),
         )?;
         let (mut conns, mut suspect) = (0u64, 0u64);
-        let mut totals = MuxTotals::default();
+        let totals = view.counters.connections.totals();
         let mut rtts = Vec::new();
         let mut svc_bytes = Vec::new();
         let mut svc_conns = Vec::new();
@@ -122,9 +122,7 @@ impl Collector for ServerCollector {
             for m in s.live_muxes() {
                 conns += 1;
                 suspect += u64::from(m.is_suspect());
-                let st = m.stats();
-                totals.add(&st);
-                if let Some(r) = st.rtt {
+                if let Some(r) = m.stats().rtt {
                     rtts.push((
                         [("session", s.id.to_string())],
                         ConstGauge::new(r.as_secs_f64()),
@@ -187,7 +185,7 @@ impl Collector for ServerCollector {
         )?;
         totals.encode(
             enc,
-            "Stream payload bytes on live agent connections, by direction.",
+            "Stream payload bytes over agent connections (ended ones included), by direction.",
         )?;
         // Counter names go without `_total`: the encoder appends it.
         family(

@@ -1,7 +1,7 @@
 //! Prometheus encoding shared by the server, the agent and the node: the families that
-//! describe a set of live multiplexed connections (streams, stream payload bytes, datagram
-//! drops), which the server and the agent sum into [`MuxTotals`] at scrape time, and two
-//! helpers that write a family in one call.
+//! describe a process's multiplexed connections (streams, stream payload bytes, datagram
+//! drops), which the server and the agent keep in a [`MuxLedger`] and sum into
+//! [`MuxTotals`] at scrape time, and two helpers that write a family in one call.
 
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use crate::MuxStats;
 
-/// Figures summed over live connections when a scrape asks for them.
+/// Figures summed over a process's connections when a scrape asks for them.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MuxTotals {
     /// Streams holding state.
@@ -30,7 +30,60 @@ pub struct MuxTotals {
     pub streams_lingered_out: u64,
 }
 
+/// A process's connections for its counters: those open, and the sum of those that ended,
+/// so a counter summed over connections never goes down when one ends (Prometheus reads a
+/// drop as a restart and counts the remainder as new). Connections enter when they start
+/// carrying streams and leave once, with their last figures, when they end.
+#[derive(Debug, Default)]
+pub struct MuxLedger {
+    inner: std::sync::Mutex<Ledger>,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    open: Vec<crate::Mux>,
+    ended: MuxTotals,
+}
+
+impl MuxLedger {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `mux` from now on (until [`MuxLedger::close`]).
+    pub fn open(&self, mux: &crate::Mux) {
+        self.lock().open.push(mux.clone());
+    }
+
+    /// `mux` ended: its figures move to the ended connections' sum, once (a second call,
+    /// or one for a connection never opened here, does nothing).
+    pub fn close(&self, mux: &crate::Mux) {
+        let mut l = self.lock();
+        if let Some(i) = l.open.iter().position(|m| m.same(mux)) {
+            let m = l.open.swap_remove(i);
+            l.ended.add_ended(&m.stats());
+        }
+    }
+
+    /// The sums over open and ended connections; `open_streams` counts the open ones'.
+    pub fn totals(&self) -> MuxTotals {
+        let l = self.lock();
+        let mut t = l.ended;
+        for m in &l.open {
+            t.add(&m.stats());
+        }
+        t
+    }
+}
+
 impl MuxTotals {
+    /// Adds the counters of a connection that ended (not its streams: it holds none).
+    fn add_ended(&mut self, st: &MuxStats) {
+        let open = self.open_streams;
+        self.add(st);
+        self.open_streams = open;
+    }
+
     /// Adds one connection's figures.
     pub fn add(&mut self, st: &MuxStats) {
         self.open_streams += st.open_streams;
@@ -61,7 +114,7 @@ impl MuxTotals {
         single(
             enc,
             "culvert_streams_opened",
-            "Streams opened on live connections.",
+            "Streams opened, over this process's connections (ended ones included).",
             ConstCounter::new(self.streams_opened),
         )?;
         family(
@@ -79,7 +132,7 @@ impl MuxTotals {
         family(
             enc,
             "culvert_datagrams_dropped",
-            "Datagrams dropped from full multiplexer queues on live connections, by queue.",
+            "Datagrams dropped from full multiplexer queues, by queue.",
             [
                 (
                     [("direction", "send")],
@@ -94,7 +147,7 @@ impl MuxTotals {
         single(
             enc,
             "culvert_streams_lingered_out",
-            "Streams let go of with bytes still queued that were reset after the linger (60 s by default, --linger) without any going out, on live connections: the reader on the far side stopped reading.",
+            "Streams let go of with bytes still queued that were reset after the linger (60 s by default, --linger) without any going out: the reader on the far side stopped reading.",
             ConstCounter::new(self.streams_lingered_out),
         )
     }

@@ -157,6 +157,8 @@ pub(crate) struct Shared {
     local_flows: Arc<crate::local_flows::LocalFlows>,
     /// Datagrams dropped on their way to this agent's UDP services, over all connections.
     udp_target_drops: Arc<culvert_transport::udp_target::TargetDrops>,
+    /// Pooled connections, open and ended, for the counters summed over them.
+    connections: culvert_transport::metrics::MuxLedger,
     /// The last permanent error logged (logged once, not once per slot and attempt).
     permanent_logged: Mutex<Option<String>>,
     /// Set at a permanent error when `exit_on_auth_failure` is on.
@@ -508,6 +510,11 @@ impl Shared {
         self.failures.load(Ordering::Relaxed)
     }
 
+    /// Stream and datagram counters over the pooled connections, ended ones included.
+    pub(crate) fn connection_totals(&self) -> culvert_transport::metrics::MuxTotals {
+        self.connections.totals()
+    }
+
     /// Datagrams dropped on their way to this agent's UDP services.
     pub(crate) fn udp_target_drops(&self) -> &culvert_transport::udp_target::TargetDrops {
         &self.udp_target_drops
@@ -578,6 +585,7 @@ impl Agent {
             next_open: AtomicUsize::new(0),
             local_flows: Arc::default(),
             udp_target_drops: Arc::default(),
+            connections: Default::default(),
             permanent_logged: Mutex::new(None),
             permanent_tx: watch::channel(None).0,
             config,
@@ -735,6 +743,7 @@ async fn serve_connection(
     // If this task is aborted (agent shutdown), the connection goes with it.
     let guard = CloseOnDrop(mux.clone());
     lock(&shared.live).push(mux.clone());
+    shared.connections.open(&mux);
     backoff.reset();
     *lock(&shared.permanent_logged) = None;
     shared.up.fetch_add(1, Ordering::SeqCst);
@@ -754,6 +763,7 @@ async fn serve_connection(
     lock(&shared.live).retain(|m| !m.same(&mux));
     match &ended {
         Ended::Lost(reason) => {
+            shared.connections.close(&mux);
             shared.failures.fetch_add(1, Ordering::Relaxed);
             let url = shared.servers[server].text();
             tracing::warn!(reason = ?reason, server = %url, "tunnel connection lost");
@@ -773,6 +783,7 @@ async fn serve_connection(
                 )
                 .await;
                 lock(&shared.retiring).retain(|m| !m.same(&mux));
+                shared.connections.close(&mux);
                 drop(guard);
             });
         }

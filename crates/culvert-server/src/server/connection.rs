@@ -44,6 +44,8 @@ pub(super) async fn serve_connection(
         mux.abort("session ended");
         return;
     }
+    inner.counters.connections.open(&mux);
+    let counted = Counted(&inner.counters.connections, &mux);
     let registrar = Registrar::spawn(inner.clone(), session.clone(), mux.clone());
     while let Some(ev) = events.recv().await {
         match ev {
@@ -75,11 +77,22 @@ pub(super) async fn serve_connection(
     mux.abort("connection ended");
     let st = mux.stats().proto;
     let c = &inner.counters;
+    drop(counted);
     c.control_queue_cap_hits
         .fetch_add(st.control_queue_cap_hits, Ordering::Relaxed);
     c.reset_cap_hits
         .fetch_add(st.reset_cap_hits, Ordering::Relaxed);
     if session.detach(&mux) == 0 {
         inner.end_session(&session, "all connections closed");
+    }
+}
+
+/// Takes a connection out of the server's ledger however its serving ends (its figures
+/// then count among the ended connections').
+struct Counted<'a>(&'a culvert_transport::metrics::MuxLedger, &'a Mux);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.close(self.1);
     }
 }

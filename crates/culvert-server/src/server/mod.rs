@@ -38,6 +38,8 @@ pub(crate) struct Counters {
     /// Datagrams dropped on their way to the UDP targets this server dials, over all its
     /// connections.
     pub(crate) udp_target_drops: Arc<culvert_transport::udp_target::TargetDrops>,
+    /// Agent connections, open and ended, for the counters summed over them.
+    pub(crate) connections: culvert_transport::metrics::MuxLedger,
     /// Lockouts started, of addresses and of client ids.
     pub(crate) lockouts_address: std::sync::atomic::AtomicU64,
     pub(crate) lockouts_client: std::sync::atomic::AtomicU64,
