@@ -94,8 +94,8 @@ struct Flow {
 /// connection dropped, including those that have ended.
 #[derive(Debug, Default)]
 pub struct TargetDrops {
-    /// For a flow that was not open: no flow the peer may open, over the parking budget
-    /// or per-flow count, or parked past [`PARK_TTL`].
+    /// For a flow that was not open: no flow the peer may open, over the connection's or
+    /// the flow's parking budget, or parked past [`PARK_TTL`].
     pub not_open: AtomicU64,
     /// The flow's socket refused it: its send buffer was full (the target's link is
     /// slower than the tunnel), as a router with a full queue drops.
@@ -154,11 +154,6 @@ impl TargetFlows {
     /// Datagrams dropped for a flow that was not open (not parked, or parked too long).
     pub fn dropped(&self) -> u64 {
         self.drops.not_open.load(Ordering::Relaxed)
-    }
-
-    /// Datagrams dropped because their flow's socket buffer was full.
-    pub fn dropped_socket_full(&self) -> u64 {
-        self.drops.socket_full.load(Ordering::Relaxed)
     }
 
     /// Flows open now.
@@ -341,7 +336,7 @@ impl TargetFlows {
                     Some(f.clone())
                 }
                 None => {
-                    // Not set up yet: park it (bounded in count and bytes, expired), or
+                    // Not set up yet: park it (bounded in flows and bytes, expired), or
                     // drop it.
                     if !self.park(&mut t, &d, now) {
                         self.drops.not_open.fetch_add(1, Ordering::Relaxed);
