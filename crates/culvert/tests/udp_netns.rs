@@ -4,7 +4,7 @@
 //! client or counted in `culvert_udp_dropped_total{reason="socket_full"}`, and every reply
 //! the server sent reaches the client (the shaped link queues, it does not drop).
 //!
-//! The client runs in a network namespace whose link from the host is shaped to 20 Mbit/s
+//! The client runs in a network namespace whose link from the host is shaped to 10 Mbit/s
 //! (`tc tbf`); the server's public UDP port is on the host's end of that link; the agent
 //! and a counting echo service are on the host's loopback.
 
@@ -20,7 +20,7 @@ use support::*;
 
 /// Datagrams the client sends, and their size: about 18 MB in about 1.5 s, over the
 /// 8 MiB (at most) of socket buffer the server's public socket has, at ten times the
-/// shaped link's rate.
+/// shaped link's rate (so a client several times slower than here still fills it).
 const DATAGRAMS: u64 = 15_000;
 const SIZE: usize = 1_200;
 
@@ -90,7 +90,7 @@ fn replies_a_slow_client_link_cannot_take_are_counted_and_the_rest_arrive() {
     let Some(ns) = Netns::create_or_skip("u", 214) else {
         return;
     };
-    ns.shape_towards("20mbit").unwrap();
+    ns.shape_towards("10mbit").unwrap();
 
     // The service: echoes every datagram, counting what it got and what it sent back.
     let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -203,7 +203,7 @@ fn replies_a_slow_client_link_cannot_take_are_counted_and_the_rest_arrive() {
     );
     assert!(
         full > 0,
-        "a link at a tenth of the offered rate fills the public socket"
+        "a link slower than the offered rate fills the public socket"
     );
     // Everything the server handed to the kernel arrived: the shaped link only queues (and
     // the client's kernel counts what its receive buffer had no room for).
