@@ -170,7 +170,7 @@ pub fn encode_udp_delivery_drops(
     family(
         enc,
         "culvert_udp_delivery_dropped",
-        "UDP datagrams from the tunnel dropped here before delivery, by reason: not_open (for a flow to a target this process dials that was not set up in time), socket_full (the target's socket buffer was full), local_queue_full (a local flow's reply queue was full).",
+        "UDP datagrams from the tunnel dropped here before delivery, by reason: not_open (for a flow to a target this process dials that was not set up in time), socket_full (the target's socket buffer was full), local_queue_full (agent only: a local flow's reply queue was full).",
         own.iter()
             .chain(more)
             .map(|&(reason, n)| ([("reason", reason)], ConstCounter::new(n))),

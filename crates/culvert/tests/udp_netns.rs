@@ -76,7 +76,8 @@ fn rcvbuf_errors() -> u64 {
     values.split_whitespace().nth(at).unwrap().parse().unwrap()
 }
 
-/// The value of the server's UDP family `family` for `reason` or `direction` `what`.
+/// The value in a scrape (server's or agent's) of `family`'s sample whose label (a
+/// `reason` or a `direction`) is `what`; the test's one service makes it unique.
 fn udp_sample(body: &str, family: &str, what: &str) -> u64 {
     body.lines()
         .find(|l| l.starts_with(family) && l.contains(&format!("=\"{what}\"")))
@@ -171,8 +172,8 @@ fn replies_a_slow_client_link_cannot_take_are_counted_and_the_rest_arrive() {
     let mux_drops = udp_sample(&body, "culvert_datagrams_dropped_total", "recv")
         + udp_sample(&agent_body, "culvert_datagrams_dropped_total", "send");
     // Requests the agent dropped on their way to the service: the flow's first ones past
-    // what may wait while its socket is set up (16), the service's socket full, either
-    // datagram queue.
+    // what may wait while its socket is set up (128 KiB), the service's socket full,
+    // either datagram queue.
     let not_open = udp_sample(
         &agent_body,
         "culvert_udp_delivery_dropped_total",
