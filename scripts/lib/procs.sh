@@ -14,6 +14,14 @@ procs_cleanup() {
     rm -rf "$WORK"
 }
 
+# procs_stop_from N: stops (by PID) the processes recorded in PIDS from index N on, and
+# forgets them: what one round of a measuring script started.
+procs_stop_from() {
+    local pid
+    for pid in "${PIDS[@]:$1}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    PIDS=("${PIDS[@]:0:$1}")
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # hold_idle PORT N LOG: opens N tunneled connections through PORT (each checked with a
