@@ -741,9 +741,9 @@ async fn serve_connection(
     shared.set_unregistered(slot, c.pending.names());
     mux.measure_rtt();
     // If this task is aborted (agent shutdown), the connection goes with it.
-    let guard = CloseOnDrop(mux.clone());
-    lock(&shared.live).push(mux.clone());
     shared.connections.open(&mux);
+    let guard = CloseOnDrop(mux.clone(), shared.clone());
+    lock(&shared.live).push(mux.clone());
     backoff.reset();
     *lock(&shared.permanent_logged) = None;
     shared.up.fetch_add(1, Ordering::SeqCst);
@@ -763,7 +763,6 @@ async fn serve_connection(
     lock(&shared.live).retain(|m| !m.same(&mux));
     match &ended {
         Ended::Lost(reason) => {
-            shared.connections.close(&mux);
             shared.failures.fetch_add(1, Ordering::Relaxed);
             let url = shared.servers[server].text();
             tracing::warn!(reason = ?reason, server = %url, "tunnel connection lost");
@@ -783,7 +782,6 @@ async fn serve_connection(
                 )
                 .await;
                 lock(&shared.retiring).retain(|m| !m.same(&mux));
-                shared.connections.close(&mux);
                 drop(guard);
             });
         }
@@ -830,11 +828,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Closes a connection when its owning task ends, however it ends.
-struct CloseOnDrop(Mux);
+/// Closes a connection when its owning task ends, however it ends, and moves its figures
+/// to the ended connections' in the agent's ledger.
+struct CloseOnDrop(Mux, Arc<Shared>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         self.0.abort("agent stopping");
+        self.1.connections.close(&self.0);
     }
 }
