@@ -740,8 +740,8 @@ async fn serve_connection(
     shared.set_slot(slot, SlotState::Up, server);
     shared.set_unregistered(slot, c.pending.names());
     mux.measure_rtt();
-    // If this task is aborted (agent shutdown), the connection goes with it.
     shared.connections.open(&mux);
+    // If this task is aborted (agent shutdown), the connection goes with it.
     let guard = CloseOnDrop(mux.clone(), shared.clone());
     lock(&shared.live).push(mux.clone());
     backoff.reset();
