@@ -9,11 +9,13 @@
 #   AB_STREAMS=8 AB_B_AGENT_ARGS="--pool 8" scripts/ab.sh   # eight parallel streams
 #
 #   AB_BULK=0 AB_RR_CONNS=8 AB_PGBENCH=1 scripts/ab.sh   # latency only: round trips, pgbench
+#   AB_BULK=0 AB_CPS=8 scripts/ab.sh   # and new connections/s with 8 workers (as bench.sh)
 #   AB_KEEP_AWAKE=1 scripts/ab.sh   # a nice-19 busy loop per CPU: no vCPU halts between messages
 #
 # Per round and variant: iperf3 -n AB_BYTES client→service and service→client (one stream;
 # AB_BULK=0 leaves them out), then AB_RR 64-byte round trips over one connection, then (with
-# AB_RR_CONNS=N) AB_RR round trips over N connections at once, then (with AB_PGBENCH=1)
+# AB_RR_CONNS=N) AB_RR round trips over N connections at once, then (with AB_CPS=W) new
+# connections (connect, 1 byte, echo, close; W workers, at most 10,000 or 4 s), then (with AB_PGBENCH=1)
 # `pgbench -S -c 8 -j 2 -T AB_PGBENCH_SECONDS` against a PostgreSQL the script starts once and
 # exposes through each tunnel. Printed per variant: the median of AB_ROUNDS rounds of Gbit/s,
 # CPU-s/GB and minor page faults per GB of server and agent (from /proc/PID/stat), round
@@ -31,6 +33,7 @@ RR=${AB_RR:-5000}
 BULK=${AB_BULK:-1}
 RR_CONNS=${AB_RR_CONNS:-0}
 PGB=${AB_PGBENCH:-0}
+CPS=${AB_CPS:-0}
 PGB_SECONDS=${AB_PGBENCH_SECONDS:-5}
 KEEP_AWAKE=${AB_KEEP_AWAKE:-0}
 A_BIN=${AB_A_BIN:-${CARGO_TARGET_DIR:-target}/profiling/culvert}
@@ -129,6 +132,9 @@ run() {
   if ((RR_CONNS > 1)); then
     echo "$v rr$RR_CONNS $("${TOOL[@]}" rr "$EPUB" --conns "$RR_CONNS" --count "$RR" --seconds 20 | python3 -c "$rr_fields")" >>"$WORK/results"
   fi
+  if ((CPS > 0)); then
+    echo "$v cps $("${TOOL[@]}" cps "$EPUB" --count 10000 --seconds 4 --workers "$CPS" | python3 -c 'import json, sys; d = json.load(sys.stdin); print(round(d["cps"]), "errors", d["errors"])')" >>"$WORK/results"
+  fi
   if [[ $PGB == 1 ]]; then
     pg_wait_ready "$PGPUB" 15
     PGCONNECT_TIMEOUT=5 timeout $((PGB_SECONDS + 30)) "$PGBENCH" -h 127.0.0.1 -p "$PGPUB" -U postgres -S -n \
@@ -160,6 +166,7 @@ for v in A B; do
   if ((RR_CONNS > 1)); then
     printf '%-4s rr/s, %s connections  %s  p50 %s  p99 %s\n' "$v" "$RR_CONNS" "$(col $v "rr$RR_CONNS" 3)" "$(col $v "rr$RR_CONNS" 5)" "$(col $v "rr$RR_CONNS" 7)"
   fi
+  ((CPS == 0)) || printf '%-4s new connections/s, %s workers  %s\n' "$v" "$CPS" "$(col $v cps 3)"
   [[ $PGB != 1 ]] || printf '%-4s pgbench -S tps  %s\n' "$v" "$(col $v pgbench 3)"
   printf '%-4s peak RSS MB  server %s  agent %s\n' "$v" "$(col $v hwm 3)" "$(col $v hwm 4)"
 done
