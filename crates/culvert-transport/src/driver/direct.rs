@@ -8,9 +8,9 @@
 //! the connection has to send and tries one non-blocking write. Whatever does not go at
 //! once (the socket is full, a TLS flush is owed, the write failed) stays in the writer's
 //! pending tail and the writer task is woken to finish it, so the blocking waits, the
-//! timers and the write-progress deadline all stay with the writer task. (On a
-//! current-thread runtime a small send leaves the write-through to the flush task at the
-//! end of the scheduler's turn, `flush.rs`, so that several streams' frames share it.)
+//! timers and the write-progress deadline all stay with the writer task. (A small send
+//! while other streams are sending leaves the write-through to the flush task at the end
+//! of the scheduler's turn, `flush.rs`, so that several streams' frames share it.)
 //!
 //! Order: frames are taken from the connection and written only by whoever holds the
 //! parked writer (this slot's lock) or by the writer task while it has taken it back, so

@@ -11,6 +11,13 @@
 //! would). Larger sends (a bulk stream's 256 KiB reads) still write through at once: their
 //! bytes are still in the cache, and one such send fills a write by itself.
 //!
+//! On a runtime with more than one thread (the default on machines with more than two
+//! CPUs) the task woken by the first sender would run before the others had queued
+//! anything (from the waking thread's LIFO slot, or on another thread at once), so there it
+//! first yields, which tokio defers to the end of its thread's turn: eight streams sending
+//! in twenty rounds took 19-27 writes instead of 160 (`tests/small_sends.rs`), and eight
+//! connections' round trips rose 11 % with two threads (BENCHMARKS.md).
+//!
 //! A burst is bounded without a timer: once [`DEFER_BELOW`] bytes are queued, the next
 //! send writes through everything queued. A connection with one stream open writes
 //! through at once as before: no other stream's frame can share its write, and the hop
@@ -82,8 +89,9 @@ impl FlushSlot {
 }
 
 /// Runs until the connection closes: each request is served by one write of everything
-/// queued (or, when the writer task is busy, by waking it).
-pub(super) async fn run(shared: Arc<Shared>) {
+/// queued (or, when the writer task is busy, by waking it); with `yield_first` (a runtime
+/// with more than one thread), after letting the rest of this thread's turn run.
+pub(super) async fn run(shared: Arc<Shared>, yield_first: bool) {
     loop {
         let go = poll_fn(|cx| {
             let mut st = shared.lock();
@@ -102,6 +110,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
         .await;
         if !go {
             return;
+        }
+        if yield_first {
+            tokio::task::yield_now().await;
         }
         shared.write_now();
     }

@@ -5,9 +5,8 @@
 //! In the common case a message crosses no task of the driver: while the writer task is
 //! parked, the task that queued bytes writes their frames itself (`direct.rs`), and while a
 //! relay waits on its stream, the reader writes what arrives for it straight into the
-//! relay's socket (`deliver.rs`). On a current-thread runtime a small send leaves its write
-//! to the end of the scheduler's turn (`flush.rs`), so that streams made ready together
-//! share one write. The tasks take over only what could not be written at once, and keep
+//! relay's socket (`deliver.rs`). A small send leaves its write to the end of the
+//! scheduler's turn (`flush.rs`), so that streams made ready together share one write. The tasks take over only what could not be written at once, and keep
 //! the timers, the blocking waits and the close handshake.
 
 use std::collections::HashMap;
@@ -104,11 +103,6 @@ pub(crate) struct Shared {
     pub(crate) closed_tx: watch::Sender<bool>,
     /// The writer's socket while the writer task is parked (write-through, `direct.rs`).
     direct: Arc<dyn direct::WriteThrough>,
-    /// Small sends are left to the flush task (`flush.rs`): on a current-thread runtime,
-    /// where it runs after every task the same poll of the sockets woke. (On a
-    /// multi-threaded one it would run first, from the waking worker's LIFO slot, or on
-    /// another worker: a hop that batches nothing.)
-    defer_small: bool,
 }
 
 impl Shared {
@@ -117,8 +111,8 @@ impl Shared {
     }
 
     /// Sends what the connection has queued: while less than [`flush::DEFER_BELOW`] is
-    /// queued and other streams than the sender's are open and sending (and the runtime
-    /// has one thread), by the flush task at the end of this turn of the scheduler;
+    /// queued and other streams than the sender's are open and sending, by the flush task
+    /// at the end of this turn of the scheduler;
     /// otherwise written through from the caller's task while the writer task is parked,
     /// else by the writer task, woken for it. Never called with the state locked.
     pub(crate) fn transmit(self: &Arc<Self>) {
@@ -137,8 +131,7 @@ impl Shared {
         // With one stream, or one that has been sending alone, there is no other
         // stream's frame to share a write with. (Only the small sends that could defer
         // enter a run: larger ones and those of a lone stream write through anyway.)
-        if self.defer_small
-            && st.conn.send_buffered() < flush::DEFER_BELOW
+        if st.conn.send_buffered() < flush::DEFER_BELOW
             && st.conn.open_streams() > 1
             && st.flush.others_sending(sender)
         {
@@ -297,8 +290,11 @@ impl Mux {
         let (events, rx) = mpsc::unbounded_channel();
         let (closed_tx, closed_rx) = watch::channel(false);
         let parking = Arc::new(direct::Parking::new());
-        let defer_small = tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::CurrentThread;
+        // On a runtime with more than one thread the flush task, woken by the first of
+        // the senders, would run before the others (from the waking thread's LIFO slot, or
+        // on another thread at once): it yields first (flush.rs).
+        let yield_first = tokio::runtime::Handle::current().runtime_flavor()
+            != tokio::runtime::RuntimeFlavor::CurrentThread;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 conn,
@@ -321,13 +317,10 @@ impl Mux {
             events,
             closed_tx,
             direct: parking.clone(),
-            defer_small,
         });
         tokio::spawn(reader::run(shared.clone(), ws.reader));
         tokio::spawn(writer::run(shared.clone(), ws.writer, parking));
-        if defer_small {
-            tokio::spawn(flush::run(shared.clone()));
-        }
+        tokio::spawn(flush::run(shared.clone(), yield_first));
         // Events the connection produced before the tasks existed (e.g. from bytes fed during the handshake).
         {
             let mut st = shared.lock();
