@@ -15,8 +15,10 @@
 //! CPUs) the task woken by the first sender would run before the others had queued
 //! anything (from the waking thread's LIFO slot, or on another thread at once), so there it
 //! first yields, which tokio defers to the end of its thread's turn: eight streams sending
-//! in twenty rounds took 19-27 writes instead of 160 (`tests/small_sends.rs`), and eight
-//! connections' round trips rose 11 % with two threads (BENCHMARKS.md).
+//! in twenty rounds took 19-31 writes instead of 160 (`tests/small_sends.rs`). Through a
+//! tunnel with two threads per process, eight connections' round trips made 1.75 `send`s
+//! each per process instead of 2.0, and one more non-blocking `epoll_wait` (the yield
+//! polls the driver); CPU per round trip fell 11 % in the clearest sitting (BENCHMARKS.md).
 //!
 //! A burst is bounded without a timer: once [`DEFER_BELOW`] bytes are queued, the next
 //! send writes through everything queued. A connection with one stream open writes
