@@ -6,8 +6,9 @@
 //! parked, the task that queued bytes writes their frames itself (`direct.rs`), and while a
 //! relay waits on its stream, the reader writes what arrives for it straight into the
 //! relay's socket (`deliver.rs`). A small send leaves its write to the end of the
-//! scheduler's turn (`flush.rs`), so that streams made ready together share one write. The tasks take over only what could not be written at once, and keep
-//! the timers, the blocking waits and the close handshake.
+//! scheduler's turn (`flush.rs`), so that streams made ready together share one write.
+//! The tasks take over only what could not be written at once, and keep the timers, the
+//! blocking waits and the close handshake.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -112,9 +113,9 @@ impl Shared {
 
     /// Sends what the connection has queued: while less than [`flush::DEFER_BELOW`] is
     /// queued and other streams than the sender's are open and sending, by the flush task
-    /// at the end of this turn of the scheduler;
-    /// otherwise written through from the caller's task while the writer task is parked,
-    /// else by the writer task, woken for it. Never called with the state locked.
+    /// at the end of this turn of the scheduler; otherwise written through from the
+    /// caller's task while the writer task is parked, else by the writer task, woken for
+    /// it. Never called with the state locked.
     pub(crate) fn transmit(self: &Arc<Self>) {
         self.transmit_locked(self.lock(), None);
     }
