@@ -91,9 +91,11 @@ impl FlushSlot {
 }
 
 /// Runs until the connection closes: each request is served by one write of everything
-/// queued (or, when the writer task is busy, by waking it); with `yield_first` (a runtime
-/// with more than one thread), after letting the rest of this thread's turn run.
-pub(super) async fn run(shared: Arc<Shared>, yield_first: bool) {
+/// queued (or, when the writer task is busy, by waking it); on a runtime with more than
+/// one thread, after letting the rest of this thread's turn run (see the module's doc).
+pub(super) async fn run(shared: Arc<Shared>) {
+    let yield_first = tokio::runtime::Handle::current().runtime_flavor()
+        != tokio::runtime::RuntimeFlavor::CurrentThread;
     loop {
         let go = poll_fn(|cx| {
             let mut st = shared.lock();

@@ -291,11 +291,6 @@ impl Mux {
         let (events, rx) = mpsc::unbounded_channel();
         let (closed_tx, closed_rx) = watch::channel(false);
         let parking = Arc::new(direct::Parking::new());
-        // On a runtime with more than one thread the flush task, woken by the first of
-        // the senders, would run before the others (from the waking thread's LIFO slot, or
-        // on another thread at once): it yields first (flush.rs).
-        let yield_first = tokio::runtime::Handle::current().runtime_flavor()
-            != tokio::runtime::RuntimeFlavor::CurrentThread;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 conn,
@@ -321,7 +316,7 @@ impl Mux {
         });
         tokio::spawn(reader::run(shared.clone(), ws.reader));
         tokio::spawn(writer::run(shared.clone(), ws.writer, parking));
-        tokio::spawn(flush::run(shared.clone(), yield_first));
+        tokio::spawn(flush::run(shared.clone()));
         // Events the connection produced before the tasks existed (e.g. from bytes fed during the handshake).
         {
             let mut st = shared.lock();
