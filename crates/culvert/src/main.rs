@@ -16,6 +16,11 @@ mod tokens_cli;
 
 use clap::Parser;
 
+/// Large buffers from one cache for all threads (see `allocator`), the rest from the C library.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+static ALLOCATOR: allocator::BigBlocks = allocator::BigBlocks::new();
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     // `bench` prints its own results; the in-process server and agent of `--loopback`

@@ -5,6 +5,14 @@
 //! hands the pages back with `MADV_DONTNEED`, and the next buffer faults them in again and
 //! the kernel zeroes them: on a profiled agent, a quarter of its CPU went to page faults,
 //! page clearing and unmapping. Fixed thresholds keep a few MiB of freed buffers for reuse.
+//!
+//! Those buffers (64 KiB to 1 MiB) no longer reach glibc at all: [`BigBlocks`] keeps them in one
+//! cache for the whole process, since an arena per worker thread multiplied what was kept.
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod big_blocks;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub use big_blocks::BigBlocks;
 
 /// Allocations at least this large get their own mapping: above every data-path buffer.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
