@@ -171,7 +171,7 @@ impl Drop for BigBlocks {
 // with the layout it was allocated with; layouts decide the class the same way both times.
 //
 // None of the methods is inlined: inlined into every allocation site of the program they added
-// 180 KB of code, and pages of it to every process's resident set.
+// 180 KB of code.
 unsafe impl GlobalAlloc for BigBlocks {
     #[inline(never)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
