@@ -48,16 +48,9 @@ fn raise_nofile(want: u64) -> u64 {
     lim.rlim_cur
 }
 
+/// VmRSS in KiB, 0 once the process is gone.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    support::faults::rss_kib(pid).unwrap_or(0)
 }
 
 #[test]

@@ -28,21 +28,17 @@ const MIB: u64 = 192;
 /// time), up to 8 MiB of freed buffers kept for reuse, and the runtime's eight stacks.
 const HEAP_BUDGET_MIB: u64 = 24;
 
-/// `key:` of /proc/`pid`/status, kB.
+/// `key` of /proc/`pid`/status, KiB.
 fn status_kib(pid: u32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    s.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+    support::faults::status_kib(pid, key)
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
 /// Peak anonymous memory so far, MiB: the peak resident set less the file-backed and shared
 /// pages resident now (which only grow while the code runs).
 fn peak_heap_mib(pid: u32) -> f64 {
-    let kib = status_kib(pid, "VmHWM:")
-        .saturating_sub(status_kib(pid, "RssFile:") + status_kib(pid, "RssShmem:"));
+    let kib = status_kib(pid, "VmHWM")
+        .saturating_sub(status_kib(pid, "RssFile") + status_kib(pid, "RssShmem"));
     kib as f64 / 1024.0
 }
 

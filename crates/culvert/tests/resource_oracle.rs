@@ -40,16 +40,9 @@ fn tail(p: &Proc) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
+/// The server's VmRSS in KiB; it must be running.
 fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the server's status");
-    let line = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("a VmRSS line");
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in kB")
+    support::faults::rss_kib(pid).expect("the server's VmRSS")
 }
 
 /// The hostile peer: a WebSocket that writes protocol frames and reads only when told.

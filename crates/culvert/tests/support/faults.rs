@@ -369,12 +369,17 @@ pub fn probe(port: u16, timeout: Duration) -> bool {
 
 /// The resident set size of process `pid` in KiB (`VmRSS` in /proc/PID/status).
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A figure in KiB from /proc/`pid`/status, by its name (`VmRSS`, `VmHWM`, `RssFile`, …).
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
         .split_whitespace()
-        .nth(1)?
+        .next()?
         .parse()
         .ok()
 }
