@@ -12,7 +12,9 @@
 #   - 64-byte request/response round trips per second over one connection, p50/p99;
 #   - the same with 8 connections at once, each doing sequential round trips (aggregate
 #     round trips/s, p50/p99 over all of them);
-#   - new connections per second (connect, 1 byte, echo, close; several workers);
+#   - new connections per second (connect, 1 byte, echo, close): with several workers at
+#     once, and with one worker (each connection waits for the last: the latency of a
+#     connection's setup and first exchange through the tunnel);
 #   - pgbench -S (select-only, 8 clients, -j 2) against a PostgreSQL the script starts
 #     itself (as the postgres user when run as root), exposed through each tunnel: tps;
 #   - RSS of server and agent: idle, holding 1,000 idle tunneled connections, and
@@ -89,6 +91,7 @@
 #                            concurrent test (default 4 × BENCH_RR_COUNT)
 #   BENCH_CPS_COUNT=10000    connections at most in the new-connections test
 #   BENCH_CPS_WORKERS=8      concurrent workers in the new-connections test
+#   BENCH_CPS_ONE=1          0: no one-worker new-connections row
 #   BENCH_IDLE_CONNS=1000    idle tunneled connections held for the RSS test
 #   BENCH_PGBENCH=1          0: no PostgreSQL, no pgbench rows
 #   BENCH_PGBENCH_CLIENTS=8  pgbench -c;  BENCH_PGBENCH_JOBS=2: pgbench -j
@@ -143,7 +146,7 @@ ALL_COLUMNS="$TCP_COLUMNS,$UDP_COLUMNS"
 RUN_VARS=""
 for v in BENCH_ONLY BENCH_REPEAT BENCH_UDP_RATES BENCH_UDP_LEN BENCH_UDP_SECONDS BENCH_UDP_WINDOW \
   BENCH_UDP_RR_COUNT BENCH_UDP_RR_TIMEOUT_MS BENCH_RR_COUNT BENCH_RR_CONNS BENCH_RR_CONC_COUNT \
-  BENCH_CPS_COUNT BENCH_CPS_WORKERS BENCH_IDLE_CONNS BENCH_PGBENCH BENCH_PGBENCH_CLIENTS \
+  BENCH_CPS_COUNT BENCH_CPS_WORKERS BENCH_CPS_ONE BENCH_IDLE_CONNS BENCH_PGBENCH BENCH_PGBENCH_CLIENTS \
   BENCH_PGBENCH_JOBS BENCH_PGBENCH_SECONDS BENCH_PGBENCH_SCALE BENCH_SYSCALLS BENCH_SYSCALLS_COLUMNS \
   BENCH_SYSCALLS_BYTES BENCH_SYSCALLS_RR_COUNT BENCH_SYSCALLS_PROFILE BENCH_KEEP_AWAKE BENCH_INTERLEAVE; do
   [[ -z ${!v+x} ]] || RUN_VARS+="$v=${!v} "
@@ -169,6 +172,7 @@ BENCH_SYSCALLS_TOP=${BENCH_SYSCALLS_TOP:-10}
 BENCH_SYSCALLS_PROFILE=${BENCH_SYSCALLS_PROFILE:-0}
 BENCH_CPS_COUNT=${BENCH_CPS_COUNT:-10000}
 BENCH_CPS_WORKERS=${BENCH_CPS_WORKERS:-8}
+BENCH_CPS_ONE=${BENCH_CPS_ONE:-1}
 BENCH_IDLE_CONNS=${BENCH_IDLE_CONNS:-1000}
 BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-2400}
 BENCH_KEEP_AWAKE=${BENCH_KEEP_AWAKE:-0}
@@ -222,6 +226,7 @@ for v in BENCH_SECONDS BENCH_REPEAT BENCH_RR_COUNT BENCH_RR_CONNS BENCH_CPS_COUN
 done
 [[ -n $BENCH_RR_CONC_COUNT ]] || BENCH_RR_CONC_COUNT=$((4 * BENCH_RR_COUNT))
 [[ $BENCH_RR_CONC_COUNT =~ ^[0-9]+$ ]] || { echo "bench: BENCH_RR_CONC_COUNT must be a whole number" >&2; exit 2; }
+[[ $BENCH_CPS_ONE == [01] ]] || { echo "bench: BENCH_CPS_ONE must be 0 or 1" >&2; exit 2; }
 ((BENCH_REPEAT >= 1)) || { echo "bench: BENCH_REPEAT must be at least 1" >&2; exit 2; }
 ((BENCH_RR_CONNS >= 1)) || { echo "bench: BENCH_RR_CONNS must be at least 1" >&2; exit 2; }
 for v in BENCH_PGBENCH BENCH_SYSCALLS_PROFILE BENCH_INTERLEAVE; do
@@ -394,6 +399,7 @@ declare -A VARGS=([p1]="" [p1r]="-R" [p8]="-P 8" [p8r]="-P 8 -R")
   printf 'rrc_p50\tround trip p50 µs, %s connections\tdown\n' "$BENCH_RR_CONNS"
   printf 'rrc_p99\tround trip p99 µs, %s connections\tdown\n' "$BENCH_RR_CONNS"
   printf 'cps\tnew connections/s, %s workers\tup\n' "$BENCH_CPS_WORKERS"
+  [[ $BENCH_CPS_ONE == 0 ]] || printf 'cps1\tnew connections/s, 1 worker\tup\n'
   if [[ $BENCH_PGBENCH == 1 ]]; then
     printf 'pgb_tps\tpgbench -S tps, %s clients\tup\n' "$BENCH_PGBENCH_CLIENTS"
     printf 'pgb_lat\tpgbench -S latency average ms\tdown\n'
@@ -920,9 +926,9 @@ repeat_json() {
 rr_once() { # rr_once PORT CONNS COUNT OUT
   timeout "$ONCE_TIMEOUT" "${TOOL[@]}" rr "$1" --conns "$2" --count "$3" --seconds "$BENCH_SECONDS" >"$4"
 }
-cps_once() { # cps_once PORT OUT
+cps_once() { # cps_once PORT WORKERS OUT
   timeout "$ONCE_TIMEOUT" "${TOOL[@]}" cps "$1" --count "$BENCH_CPS_COUNT" --seconds "$BENCH_SECONDS" \
-    --workers "$BENCH_CPS_WORKERS" >"$2"
+    --workers "$2" >"$3"
 }
 pgb_once() { # pgb_once PORT OUT: pgbench -S, its text output kept beside the JSON
   local txt=${2%.json}.txt
@@ -1106,22 +1112,26 @@ run_column() {
     fi
   fi
 
-  # --- new connections per second
-  if have_time $(((BENCH_SECONDS + 5) * REPS)) && tunnel_alive; then
-    if repeat_json "$col" cps "cps,ok,errors" $((BENCH_SECONDS + 30)) cps_once "$PE"; then
+  # --- new connections per second: several workers at once, then one alone
+  local name workers label
+  for name in cps cps1; do
+    [[ $name == cps || $BENCH_CPS_ONE == 1 ]] || continue
+    if [[ $name == cps ]]; then workers=$BENCH_CPS_WORKERS label="$BENCH_CPS_WORKERS workers"; else workers=1 label="1 worker"; fi
+    have_time $(((BENCH_SECONDS + 5) * REPS)) && tunnel_alive || continue
+    if repeat_json "$col" "$name" "cps,ok,errors" $((BENCH_SECONDS + 30)) cps_once "$PE" "$workers"; then
       read -r a b c <<<"$REP_OUT"
-      put "$col" cps "$a"
-      log "$col new connections: $a/s (medians: $b ok, $c errors)"
+      put "$col" "$name" "$a"
+      log "$col new connections, $label: $a/s (medians: $b ok, $c errors)"
       local errs last
-      errs=$("${TOOL[@]}" json-median errors "$RUN/$col"/cps-*.json)
-      last=$(grep -ho '"last_error": "[^"]*"' "$RUN/$col"/cps-*.json 2>/dev/null | tail -n1 | cut -d'"' -f4 || true)
-      [[ ${errs%.*} == 0 ]] || note "$col: new connections failed in the runs (median $errs errors; last: $last)"
+      errs=$("${TOOL[@]}" json-median errors "$RUN/$col"/"$name"-*.json)
+      last=$(grep -ho '"last_error": "[^"]*"' "$RUN/$col"/"$name"-*.json 2>/dev/null | tail -n1 | cut -d'"' -f4 || true)
+      [[ ${errs%.*} == 0 ]] || note "$col: new connections ($label) failed in the runs (median $errs errors; last: $last)"
     else
-      put "$col" cps "fail"
-      note "$col: new-connections test failed: $REP_ERR"
+      put "$col" "$name" "fail"
+      note "$col: new-connections test ($label) failed: $REP_ERR"
     fi
     sleep 1
-  fi
+  done
 
   # --- pgbench -S through the tunnel
   if [[ -n $PG_PORT ]] && have_time $(((BENCH_PGBENCH_SECONDS + 10) * REPS)) && tunnel_alive; then
@@ -1616,7 +1626,7 @@ REPORT=$OUT/latest.md
     echo "Each iperf3 run ${BENCH_SECONDS} s$repeat; CPU-s/GB = (utime+stime delta of the process) ÷ GB received by iperf3;" \
       "round trips: ≤ $BENCH_RR_COUNT sequential 64-byte echoes or ${BENCH_SECONDS} s over one connection, and ≤ $BENCH_RR_CONC_COUNT" \
       "over $BENCH_RR_CONNS connections at once (each sequential) or ${BENCH_SECONDS} s; new connections:" \
-      "≤ $BENCH_CPS_COUNT or ${BENCH_SECONDS} s;$pgb Peak RSS is the VmHWM of the tunnel processes over the bulk runs, on a fresh start (the connection tests run on another); with rounds, the highest of the rounds' peaks." \
+      "≤ $BENCH_CPS_COUNT or ${BENCH_SECONDS} s, by $BENCH_CPS_WORKERS workers at once$([[ $BENCH_CPS_ONE == 0 ]] || echo ' and by one');$pgb Peak RSS is the VmHWM of the tunnel processes over the bulk runs, on a fresh start (the connection tests run on another); with rounds, the highest of the rounds' peaks." \
       "bore runs one \`bore local\` per exposed port (three): its agent/client CPU and RSS are their sums." \
       "\"÷ best peer\": Culvert ÷ the best of $PEER_COLUMNS in this run for that row (highest where higher is better, lowest where lower is better), named in the cell;" \
       "other ratios Culvert ÷ that peer. Above 1 is better for rows marked higher-is-better, below 1 for lower-is-better."
