@@ -31,6 +31,8 @@ required=(
   tinyproxy:tinyproxy-bin
   # Callers of HTTP services through the server's HTTP ingress (crates/culvert/tests/http_services.rs).
   curl:curl
+  # The HTTPS ingress's socket reads, counted on the server process (the same test file).
+  strace:strace
   # The L4 balancer in front of a cluster of servers (crates/culvert/tests/cluster.rs).
   haproxy:haproxy
 )

@@ -29,6 +29,7 @@ use crate::names::ServiceRef;
 use crate::server::Inner;
 use crate::Role;
 use culvert_transport::http_hop::{connection_has, strip_hop_by_hop};
+use culvert_transport::read_ahead::ReadAhead;
 use culvert_transport::AcceptErrors;
 
 /// What answers the caller: the agent's response, or the ingress's own short JSON.
@@ -87,11 +88,15 @@ async fn connection(
 ) {
     let timeout = inner.config().handshake_timeout;
     match inner.tls.clone() {
-        Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => http(inner, config, TokioIo::new(tls), peer, true).await,
-            Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
-            Err(_) => tracing::debug!("tls handshake timed out"),
-        },
+        // Below TLS the socket is read ahead in large pieces while an upload streams in
+        // (rustls alone reads about a record at a time), as the tunnel endpoint reads a wss agent.
+        Some(acceptor) => {
+            match tokio::time::timeout(timeout, acceptor.accept(ReadAhead::new(tcp))).await {
+                Ok(Ok(tls)) => http(inner, config, TokioIo::new(tls), peer, true).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
+                Err(_) => tracing::debug!("tls handshake timed out"),
+            }
+        }
         None => http(inner, config, TokioIo::new(tcp), peer, false).await,
     }
 }

@@ -37,7 +37,9 @@ impl Seen {
 }
 
 /// A hyper HTTP/1.1 backend on loopback: records each request and answers
-/// `len=N sha=HEX` of the body it read (streamed, never held whole).
+/// `len=N sha=HEX` of the body it read (streamed, never held whole). A path ending in
+/// `/slow` is read slowly (a millisecond's pause after each piece of the body), so that an
+/// upload backs up through the tunnel into the ingress's socket.
 fn backend() -> (u16, Arc<Mutex<Vec<Seen>>>) {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
@@ -66,12 +68,16 @@ fn backend() -> (u16, Arc<Mutex<Vec<Seen>>>) {
                                     return Ok(r(req));
                                 }
                                 let (parts, mut body) = req.into_parts();
+                                let slow = parts.uri.path().ends_with("/slow");
                                 let mut h = sha2::Sha256::new();
                                 let mut len = 0;
                                 while let Some(f) = body.frame().await {
                                     if let Ok(d) = f?.into_data() {
                                         len += d.len();
                                         h.update(&d);
+                                    }
+                                    if slow {
+                                        tokio::time::sleep(Duration::from_millis(1)).await;
                                     }
                                 }
                                 rec.lock().unwrap().push(Seen {
@@ -614,30 +620,45 @@ fn expired_callers_get_the_unknown_answer_and_failures_lock_the_address_out() {
     server.kill();
 }
 
-#[test]
-fn the_ingress_speaks_tls_with_the_servers_certificate() {
-    let dir = TempDir::new("http-tls");
-    let (tokens, agent_token, caller) = acme_tokens(dir.path(), ACME_CALLER);
-    let http_port = free_port();
-    let http = format!("127.0.0.1:{http_port}");
-    let (mut server, port) = start_server(&tokens, &["--self-signed", "--http-listen", &http]);
-    let (backend_port, seen) = backend();
-    let config = dir.join("agent.toml");
+/// An agent config for a server with TLS (its self-signed certificate not verified): the
+/// service `erp` on `backend`, the credential injected from the environment.
+fn write_tls_agent_config(path: &Path, port: u16, token: &Path, backend: u16) {
     std::fs::write(
-        &config,
+        path,
         format!(
             "[agent]\nserver = \"wss://127.0.0.1:{port}\"\ntoken_file = {:?}\npool = 1\ninsecure_skip_verify = true\n\n\
-             [[agent.service]]\nname = \"erp\"\nurl = \"http://127.0.0.1:{backend_port}\"\n\
+             [[agent.service]]\nname = \"erp\"\nurl = \"http://127.0.0.1:{backend}\"\n\
              inject_headers = {{ Authorization = \"env:ERP_TOKEN\" }}\n",
-            agent_token.display().to_string()
+            token.display().to_string()
         ),
     )
     .unwrap();
-    let mut agent = start_agent_via(&config);
-    let url = format!("https://{http}/t/acme/erp/secure");
+}
+
+/// A server whose HTTP ingress speaks TLS (with its self-signed certificate), an agent
+/// serving `erp` from the recording [`backend`], and a caller's `Authorization` header.
+struct TlsIngress {
+    dir: TempDir,
+    server: Proc,
+    agent: Proc,
+    http: String,
+    bearer: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// Starts a [`TlsIngress`] and waits (bounded) until `https://INGRESS{path}` answers 200.
+fn tls_ingress(name: &str, path: &str) -> TlsIngress {
+    let dir = TempDir::new(name);
+    let (tokens, agent_token, caller) = acme_tokens(dir.path(), ACME_CALLER);
+    let http = format!("127.0.0.1:{}", free_port());
+    let (server, port) = start_server(&tokens, &["--self-signed", "--http-listen", &http]);
+    let (backend_port, seen) = backend();
+    let config = dir.join("agent.toml");
+    write_tls_agent_config(&config, port, &agent_token, backend_port);
+    let agent = start_agent_via(&config);
     let bearer = format!("Authorization: Bearer {caller}");
-    // The server's self-signed certificate: curl is told not to verify it (-k); the point
-    // is that the ingress answers TLS and nothing in clear.
+    let url = format!("https://{http}{path}");
+    // The server's self-signed certificate: curl is told not to verify it (-k).
     assert!(
         poll_until(Duration::from_secs(30), || curl(&[
             "-k", "-H", &bearer, &url
@@ -647,11 +668,115 @@ fn the_ingress_speaks_tls_with_the_servers_certificate() {
         agent.log(),
         server.log()
     );
+    TlsIngress {
+        dir,
+        server,
+        agent,
+        http,
+        bearer,
+        seen,
+    }
+}
+
+/// The point is that the ingress answers TLS and nothing in clear.
+#[test]
+fn the_ingress_speaks_tls_with_the_servers_certificate() {
+    let TlsIngress {
+        mut server,
+        mut agent,
+        http,
+        bearer,
+        seen,
+        ..
+    } = tls_ingress("http-tls", "/t/acme/erp/secure");
     let got = seen.lock().unwrap().last().cloned().unwrap();
     assert_eq!(got.header("x-forwarded-proto"), Some("https"));
     assert_eq!(got.header("authorization"), Some(SECRET));
     let (plain, _, _) = curl(&["-H", &bearer, &format!("http://{http}/t/acme/erp/secure")]);
     assert_ne!(plain, 200, "plain HTTP on a TLS ingress");
+    agent.kill();
+    server.kill();
+}
+
+/// Socket reads (`read`, `recvfrom` and their vectored kinds, the ones that found nothing
+/// included) that process `pid` makes, all its threads, while `f` runs: strace attached to
+/// it, its summary written under `dir`.
+fn socket_reads_during<T>(pid: u32, dir: &Path, f: impl FnOnce() -> T) -> (T, u64) {
+    Command::new("strace")
+        .arg("-V")
+        .output()
+        .expect("strace (scripts/test.sh installs it)");
+    let summary = dir.join("strace-summary.txt");
+    let mut strace = Proc::spawn(
+        "strace",
+        Command::new("strace")
+            .args(["-f", "-c", "-e", "trace=read,readv,recvfrom,recvmsg", "-o"])
+            .arg(&summary)
+            .args(["-p", &pid.to_string()]),
+    );
+    strace
+        .try_wait_line("attached", 0, WAIT)
+        .unwrap_or_else(|e| panic!("strace did not attach: {e}"));
+    let out = f();
+    strace.stop_with("-INT", Duration::from_secs(30));
+    let text = std::fs::read_to_string(&summary).expect("strace's summary");
+    // Rows: % time, seconds, usecs/call, calls, [errors,] syscall.
+    let reads = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let name = *f.last()?;
+            ["read", "readv", "recvfrom", "recvmsg"]
+                .contains(&name)
+                .then(|| f.get(3)?.parse::<u64>().ok())?
+        })
+        .sum();
+    (out, reads)
+}
+
+/// A caller's upload over TLS is read from its socket in large pieces, as the tunnel
+/// endpoint reads a wss agent: rustls on its own reads the socket a TLS record (16 KiB) at a
+/// time or less, which made 67,000 system calls per GB on the wss tunnel before it read
+/// ahead (BENCHMARKS.md, 2026-12-04), and so did the ingress. The backend reads slowly, so
+/// the upload backs up into the ingress's socket and every read finds it full.
+#[test]
+fn tls_uploads_are_read_from_the_callers_socket_in_large_pieces() {
+    const UPLOAD: usize = 32 << 20;
+    let TlsIngress {
+        dir,
+        mut server,
+        mut agent,
+        http,
+        bearer,
+        ..
+    } = tls_ingress("http-tls-reads", "/t/acme/erp/slow");
+    let url = format!("https://{http}/t/acme/erp/slow");
+    let data: Vec<u8> = (0..UPLOAD).map(|i| (i * 7 + i / 4093) as u8).collect();
+    let file = dir.join("upload.bin");
+    std::fs::write(&file, &data).unwrap();
+    let upload = format!("@{}", file.display());
+    let ((status, _, body), reads) = socket_reads_during(server.pid(), dir.path(), || {
+        // No `Expect: 100-continue`: its interim answer would be the head `curl` parses.
+        curl(&[
+            "-k",
+            "-H",
+            &bearer,
+            "-H",
+            "Expect:",
+            "--data-binary",
+            &upload,
+            &url,
+        ])
+    });
+    assert_eq!(status, 200, "{body}");
+    let sha = hex::encode(sha2::Sha256::digest(&data));
+    assert_eq!(body, format!("len={UPLOAD} sha={sha}"));
+    // 256 KiB pieces: about 128 reads for the upload, plus the tunnel connection's few.
+    assert!(
+        reads <= 1024,
+        "{reads} socket reads by the server for a {} MiB upload",
+        UPLOAD >> 20
+    );
     agent.kill();
     server.kill();
 }

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# One caller's upload through the HTTPS ingress: a PUT of UPLOAD_MIB MiB (curl, one
+# connection) to the server's HTTP ingress over TLS, through an agent (wss) to its HTTP
+# service, a python3 sink that counts the body and answers its length. Per culvert binary:
+# throughput, CPU-s per GB of the server and of the agent, and with UPLOAD_STRACE=1 the
+# server's socket reads per GB (strace slows the server: read the reads, not the speed, of
+# those rounds). Alternating rounds, fresh processes each, medians at the end.
+#
+#   scripts/http-upload.sh                                   # target/profiling/culvert, 3 rounds of 1 GiB
+#   UPLOAD_VARIANTS="/path/to/old /path/to/new" UPLOAD_ROUNDS=5 scripts/http-upload.sh
+#   UPLOAD_STRACE=1 UPLOAD_ROUNDS=1 scripts/http-upload.sh
+#
+# Needs curl and python3 (strace for UPLOAD_STRACE=1). Everything on 127.0.0.1; every process
+# stopped by its PID; each upload bounded by curl's --max-time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+variants=${UPLOAD_VARIANTS:-${CULVERT_BIN:-target/profiling/culvert}}
+rounds=${UPLOAD_ROUNDS:-3}
+mib=${UPLOAD_MIB:-1024}
+with_strace=${UPLOAD_STRACE:-0}
+for tool in curl python3; do
+  command -v "$tool" >/dev/null || { echo "http-upload: $tool missing (apt-get install $tool)" >&2; exit 2; }
+done
+if [[ $with_strace == 1 ]]; then
+  command -v strace >/dev/null || { echo "http-upload: strace missing (apt-get install strace)" >&2; exit 2; }
+fi
+for b in $variants; do [[ -x $b ]] || { echo "http-upload: $b is not an executable" >&2; exit 2; }; done
+work=$(mktemp -d /tmp/http-upload.XXXXXX)
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+# A sparse file: reading it costs curl no disk and little CPU.
+truncate -s "$((mib << 20))" "$work/upload.bin"
+
+backend=$(port)
+python3 - "$backend" <<'PY' &
+# The sink: HTTP/1.1, one thread per connection; reads a Content-Length or chunked body into
+# one reused buffer and answers its length.
+import socket, sys, threading
+def serve(c):
+    f = c.makefile("rb", buffering=1 << 20)
+    buf = bytearray(1 << 20)
+    try:
+        while True:
+            head = []
+            while True:
+                line = f.readline(65536)
+                if not line:
+                    return
+                if line in (b"\r\n", b"\n"):
+                    break
+                head.append(line.decode("latin-1").strip().lower())
+            length = next((int(h.split(":", 1)[1]) for h in head if h.startswith("content-length:")), None)
+            got = 0
+            def take(n):
+                nonlocal got
+                while n > 0:
+                    k = f.readinto(memoryview(buf)[:min(n, len(buf))])
+                    if not k:
+                        raise ConnectionError("body cut")
+                    n -= k
+                    got += k
+            if length is not None:
+                take(length)
+            elif any(h.startswith("transfer-encoding:") and "chunked" in h for h in head):
+                while True:
+                    size = int(f.readline(1024).split(b";")[0], 16)
+                    if size == 0:
+                        while f.readline(1024) not in (b"\r\n", b"\n", b""):
+                            pass
+                        break
+                    take(size)
+                    f.readline(16)
+            body = str(got).encode()
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    except (ConnectionError, ValueError):
+        pass
+    finally:
+        c.close()
+s = socket.create_server(("127.0.0.1", int(sys.argv[1])), backlog=64)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+PY
+pids+=($!)
+
+# one BIN: a fresh server and agent, one upload; prints a row
+one() {
+  local bin=$1 tunnel http started=${#pids[@]} srv agt fp s0 a0 s1 a1 out st=""
+  tunnel=$(port) http=$(port)
+  rm -f "$work/tokens.toml"
+  "$bin" token new --name agent --tenant acme --tokens "$work/tokens.toml" >"$work/agent.token" 2>/dev/null
+  "$bin" token new --name caller --role http --access acme/api --tokens "$work/tokens.toml" >"$work/caller.token" 2>/dev/null
+  "$bin" server --listen "127.0.0.1:$tunnel" --tokens "$work/tokens.toml" --self-signed \
+    --http-listen "127.0.0.1:$http" >"$work/server.log" 2>&1 &
+  srv=$!
+  pids+=("$srv")
+  fp=$(python3 scripts/bench/benchtool.py fingerprint --wait 10 "$work/server.log") ||
+    { echo "http-upload: no fingerprint in the server's log" >&2; cat "$work/server.log" >&2; exit 1; }
+  "$bin" agent --server "wss://127.0.0.1:$tunnel" --token-file "$work/agent.token" --fingerprint "$fp" \
+    --expose "api=http://127.0.0.1:$backend" >"$work/agent.log" 2>&1 &
+  agt=$!
+  pids+=("$agt")
+  local auth url
+  auth="Authorization: Bearer $(cat "$work/caller.token")"
+  url="https://127.0.0.1:$http/t/acme/api/upload"
+  for _ in $(seq 1 100); do
+    [[ $(curl -sk -o /dev/null -w '%{http_code}' -H "$auth" "$url") == 200 ]] && break
+    sleep 0.2
+  done
+  if [[ $with_strace == 1 ]]; then
+    strace -f -c -e trace=read,readv,recvfrom,recvmsg -o "$work/strace.txt" -p "$srv" 2>"$work/strace.log" &
+    st=$!
+    pids+=("$st")
+    for _ in $(seq 1 50); do grep -q attached "$work/strace.log" && break; sleep 0.1; done
+  fi
+  s0=$(ticks "$srv") a0=$(ticks "$agt")
+  out=$(curl -sk --max-time 300 -H "$auth" -H 'Expect:' -T "$work/upload.bin" -w ' %{time_total}' "$url")
+  s1=$(ticks "$srv") a1=$(ticks "$agt")
+  local reads="-"
+  if [[ -n $st ]]; then
+    kill -INT "$st" 2>/dev/null || true
+    wait "$st" 2>/dev/null || true
+    reads=$(awk '$NF ~ /^(read|readv|recvfrom|recvmsg)$/ {n += $4} END {print n + 0}' "$work/strace.txt")
+  fi
+  python3 - "$bin" "$HZ" "$mib" "$out" $((s1 - s0)) $((a1 - a0)) "$reads" <<'PY'
+import sys
+bin_, hz, mib, out, s, a, reads = sys.argv[1:8]
+got, secs = out.split()
+gb = int(got) / 1e9
+assert int(got) == int(mib) << 20, f"the sink got {got} bytes"
+per = lambda t: float(t) / float(hz) / gb
+r = "-" if reads == "-" else f"{int(reads) / gb:.0f}"
+print(f"| {bin_} | {int(got) * 8 / float(secs) / 1e9:.2f} | {per(s):.3f} | {per(a):.3f} | {r} |")
+PY
+  local p
+  for p in "${pids[@]:$started}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  pids=("${pids[@]:0:$started}")
+}
+
+header="| culvert | Gbit/s | server CPU-s/GB | agent CPU-s/GB | server socket reads/GB |"
+echo "HTTPS ingress, one PUT of $mib MiB per round, $rounds alternating rounds:"
+echo
+echo "$header"
+echo "|---|---:|---:|---:|---:|"
+for _ in $(seq 1 "$rounds"); do
+  for b in $variants; do one "$b" | tee -a "$work/rows"; done
+done
+echo
+echo "medians:"
+echo
+echo "$header"
+echo "|---|---:|---:|---:|---:|"
+python3 - "$work/rows" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    f = [c.strip() for c in line.strip().strip("|").split("|")]
+    rows.setdefault(f[0], []).append(f[1:])
+for name, rs in rows.items():
+    cols = []
+    for i in range(len(rs[0])):
+        v = [float(r[i]) for r in rs if r[i] != "-"]
+        cols.append(f"{statistics.median(v):g}" if v else "-")
+    print(f"| {name} | " + " | ".join(cols) + " |")
+PY
