@@ -7,9 +7,11 @@
 //! bytes into a per-stream block shared by successive writes (no allocation per write, no
 //! boxed future), queue only what the send buffers take, and return `Pending` (the waker
 //! registered under the same lock the driver wakes it with) while they take nothing.
+//! Vectored writes take every slice in one copy: a writer that has them (hyper queues a
+//! request's head and body chunks as they are) would otherwise copy them together first.
 //! Shutdown is [`TunnelStream::finish`]: a half-close, reading goes on.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
@@ -52,42 +54,19 @@ impl AsyncWrite for TunnelStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let this = self.get_mut();
-        let mut st = this.shared.lock();
-        if st.closed.is_some() {
-            return Poll::Ready(Err(this.gone(&mut st)));
-        }
-        // Copy no more than the stream can queue now. With no room at all, one byte is
-        // offered so the connection notes the stream as blocked and wakes it when room
-        // frees up.
-        let room = st.conn.send_room(this.id).unwrap_or(0);
-        let take = buf.len().min(room.max(1));
-        let chunk = copy_in(&mut this.wbuf, &buf[..take]);
-        match st.conn.write(this.id, chunk) {
-            Ok(0) => {
-                if let Some(w) = st.wakers.get_mut(&this.id) {
-                    w.write = Some(cx.waker().clone());
-                }
-                Poll::Pending
-            }
-            Ok(n) => {
-                drop(st);
-                this.shared.writer_wake.notify_one();
-                Poll::Ready(Ok(n))
-            }
-            // Writing ended by the peer's reset (it had finished: its bytes stay readable).
-            Err(StreamError::ClosedForWriting(_)) if st.resets.contains_key(&this.id) => {
-                Poll::Ready(Err(this.gone(&mut st)))
-            }
-            Err(StreamError::ClosedForWriting(_)) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "stream already finished",
-            ))),
-            Err(_) => Poll::Ready(Err(this.gone(&mut st))),
-        }
+        self.get_mut().write_slices(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().write_slices(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -105,12 +84,67 @@ impl AsyncWrite for TunnelStream {
     }
 }
 
-/// `data` as `Bytes`, copied into the stream's write block `wbuf` (allocating a new block
-/// only when the current one is used up and still referenced by queued chunks).
-fn copy_in(wbuf: &mut BytesMut, data: &[u8]) -> Bytes {
-    if wbuf.capacity() < data.len() {
-        wbuf.reserve(data.len().max(WRITE_BLOCK));
+impl TunnelStream {
+    /// Queues what the stream takes now of `bufs`, in order, as one chunk; `Pending` (the
+    /// waker kept) while it takes nothing.
+    fn write_slices(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let mut st = self.shared.lock();
+        if st.closed.is_some() {
+            return Poll::Ready(Err(self.gone(&mut st)));
+        }
+        // Copy no more than the stream can queue now. With no room at all, one byte is
+        // offered so the connection notes the stream as blocked and wakes it when room
+        // frees up.
+        let room = st.conn.send_room(self.id).unwrap_or(0);
+        let chunk = copy_in(&mut self.wbuf, bufs, total.min(room.max(1)));
+        match st.conn.write(self.id, chunk) {
+            Ok(0) => {
+                if let Some(w) = st.wakers.get_mut(&self.id) {
+                    w.write = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Ok(n) => {
+                drop(st);
+                self.shared.writer_wake.notify_one();
+                Poll::Ready(Ok(n))
+            }
+            // Writing ended by the peer's reset (it had finished: its bytes stay readable).
+            Err(StreamError::ClosedForWriting(_)) if st.resets.contains_key(&self.id) => {
+                Poll::Ready(Err(self.gone(&mut st)))
+            }
+            Err(StreamError::ClosedForWriting(_)) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "stream already finished",
+            ))),
+            Err(_) => Poll::Ready(Err(self.gone(&mut st))),
+        }
     }
-    wbuf.extend_from_slice(data);
+}
+
+/// The first `take` bytes of `bufs` as one `Bytes`, copied into the stream's write block
+/// `wbuf` (allocating a new block only when the current one is used up and still referenced
+/// by queued chunks).
+fn copy_in(wbuf: &mut BytesMut, bufs: &[IoSlice<'_>], take: usize) -> Bytes {
+    if wbuf.capacity() < take {
+        wbuf.reserve(take.max(WRITE_BLOCK));
+    }
+    let mut left = take;
+    for b in bufs {
+        if left == 0 {
+            break;
+        }
+        let n = b.len().min(left);
+        wbuf.extend_from_slice(&b[..n]);
+        left -= n;
+    }
     wbuf.split().freeze()
 }
