@@ -26,6 +26,11 @@ peer_bins() {
 # WHICH (culvert, wstunnel or bore) and CULVERT_BIN (BIN, or the one peer_bins chose).
 use_variant() {
   WHICH=${1%%:*}
+  case $WHICH in
+    culvert | wstunnel | bore) ;;
+    # Anything else used to start wstunnel under another name.
+    *) echo "use_variant: unknown variant '$1' (culvert, culvert:BIN, wstunnel or bore)" >&2; exit 2 ;;
+  esac
   CULVERT_BIN=$CULVERT_DEFAULT
   [[ $1 != *:* ]] || CULVERT_BIN=${1#*:}
   if [[ $WHICH == bore && ! -x ${BORE_BIN:-} ]]; then
