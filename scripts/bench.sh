@@ -1113,10 +1113,11 @@ run_column() {
   fi
 
   # --- new connections per second: several workers at once, then one alone
-  local name workers label
-  for name in cps cps1; do
-    [[ $name == cps || $BENCH_CPS_ONE == 1 ]] || continue
-    if [[ $name == cps ]]; then workers=$BENCH_CPS_WORKERS label="$BENCH_CPS_WORKERS workers"; else workers=1 label="1 worker"; fi
+  local run name workers label runs=("cps $BENCH_CPS_WORKERS workers")
+  [[ $BENCH_CPS_ONE == 0 ]] || runs+=("cps1 1 worker")
+  for run in "${runs[@]}"; do
+    read -r name workers label <<<"$run"
+    label="$workers $label"
     have_time $(((BENCH_SECONDS + 5) * REPS)) && tunnel_alive || continue
     if repeat_json "$col" "$name" "cps,ok,errors" $((BENCH_SECONDS + 30)) cps_once "$PE" "$workers"; then
       read -r a b c <<<"$REP_OUT"

@@ -112,15 +112,18 @@ one() {
   local auth url
   auth="Authorization: Bearer $(cat "$work/caller.token")"
   url="https://127.0.0.1:$http/t/acme/api/upload"
+  local ready=0
   for _ in $(seq 1 100); do
-    [[ $(curl -sk -o /dev/null -w '%{http_code}' -H "$auth" "$url") == 200 ]] && break
+    [[ $(curl -sk --max-time 5 -o /dev/null -w '%{http_code}' -H "$auth" "$url") == 200 ]] && { ready=1; break; }
     sleep 0.2
   done
+  ((ready)) || { echo "http-upload: the service never answered through the ingress" >&2; cat "$work/agent.log" >&2; exit 1; }
   if [[ $with_strace == 1 ]]; then
     strace -f -c -e trace=read,readv,recvfrom,recvmsg -o "$work/strace.txt" -p "$srv" 2>"$work/strace.log" &
     st=$!
     pids+=("$st")
     for _ in $(seq 1 50); do grep -q attached "$work/strace.log" && break; sleep 0.1; done
+    grep -q attached "$work/strace.log" || { echo "http-upload: strace did not attach" >&2; cat "$work/strace.log" >&2; exit 1; }
   fi
   s0=$(ticks "$srv") a0=$(ticks "$agt")
   out=$(curl -sk --max-time 300 -H "$auth" -H 'Expect:' -T "$work/upload.bin" -w ' %{time_total}' "$url")

@@ -642,6 +642,8 @@ struct TlsIngress {
     server: Proc,
     agent: Proc,
     http: String,
+    /// The `https://` URL the ingress answered when it was ready.
+    url: String,
     bearer: String,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
@@ -673,6 +675,7 @@ fn tls_ingress(name: &str, path: &str) -> TlsIngress {
         server,
         agent,
         http,
+        url,
         bearer,
         seen,
     }
@@ -746,11 +749,10 @@ fn tls_uploads_are_read_from_the_callers_socket_in_large_pieces() {
         dir,
         mut server,
         mut agent,
-        http,
+        url,
         bearer,
         ..
     } = tls_ingress("http-tls-reads", "/t/acme/erp/slow");
-    let url = format!("https://{http}/t/acme/erp/slow");
     let data: Vec<u8> = (0..UPLOAD).map(|i| (i * 7 + i / 4093) as u8).collect();
     let file = dir.join("upload.bin");
     std::fs::write(&file, &data).unwrap();
