@@ -8,6 +8,8 @@
 #   SPLIT_SCHEME=wss scripts/cpu-split.sh   # over TLS (Culvert --self-signed, wstunnel's own)
 #   SPLIT_PERF=1 scripts/cpu-split.sh       # also perf record -g of each sending side, then
 #                                           # scripts/bench/perf-contexts.py of each profile
+#   SPLIT_PERF=1 SPLIT_PERF_SIDE=receiving scripts/cpu-split.sh   # profiles the tunnel
+#                                           # process that receives from the other instead
 #   SPLIT_PERF=1 SPLIT_KEEP=DIR scripts/cpu-split.sh   # keeps each profile as
 #                                           # DIR/ROUND-VARIANT_INDEX-NAME.perf (perf report -i)
 #   SPLIT_SS=1 scripts/cpu-split.sh         # also the kernel's state of the sockets the
@@ -76,8 +78,14 @@ one() {
   timeout 30 iperf3 -c 127.0.0.1 -p "$pub" -t 1 -P "$STREAMS" "${R[@]}" >/dev/null
   local s0 a0 i0 m0 s1 a1 i1 m1 pp="" sender=$srv
   [[ ${#R[@]} -eq 0 ]] || sender=$agt
+  local side=${SPLIT_PERF_SIDE:-sending} profiled=$sender
+  case $side in
+    sending) ;;
+    receiving) if [[ $sender == "$srv" ]]; then profiled=$agt; else profiled=$srv; fi ;;
+    *) echo "cpu-split: SPLIT_PERF_SIDE must be sending or receiving, not $side" >&2; exit 2 ;;
+  esac
   if [[ ${SPLIT_PERF:-0} == 1 ]]; then
-    perf record -g -e cpu-clock -F 2000 -p "$sender" -o "$D/$tag.perf" >/dev/null 2>&1 &
+    perf record -g -e cpu-clock -F 2000 -p "$profiled" -o "$D/$tag.perf" >/dev/null 2>&1 &
     pp=$!
     sleep 0.3
   fi
@@ -111,7 +119,7 @@ PY
     python3 "$ROOT/scripts/bench/ss-input.py" summary "$D/$tag.ss"
   fi
   if [[ -n $pp ]]; then
-    echo "perf of the $which sending side:"
+    echo "perf of the $which $side side:"
     python3 "$ROOT/scripts/bench/perf-contexts.py" "$D/$tag.perf"
     if [[ -n ${SPLIT_KEEP:-} ]]; then
       mkdir -p "$SPLIT_KEEP"

@@ -90,7 +90,8 @@ async fn connection(
     match inner.tls.clone() {
         // Below TLS the socket is read ahead in large pieces while an upload streams in
         // (rustls alone reads about a record at a time), as the tunnel endpoint reads a wss agent.
-        Some(acceptor) => {
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             match tokio::time::timeout(timeout, acceptor.accept(ReadAhead::new(tcp))).await {
                 Ok(Ok(tls)) => http(inner, config, TokioIo::new(tls), peer, true).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),

@@ -16,6 +16,7 @@ pub mod metrics;
 mod progress;
 mod proxy;
 pub mod read_ahead;
+pub mod record_layer;
 mod relay;
 mod socket;
 mod stream;

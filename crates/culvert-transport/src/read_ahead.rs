@@ -4,7 +4,9 @@
 //! `recvfrom` per GB against 5,000 on the plain ws reader, which takes up to 256 KiB per
 //! call). [`ReadAhead`] reads the socket in pieces of up to [`READ_AHEAD`] while data
 //! comes in bulk and serves TLS's small reads from memory; writes pass straight through
-//! (vectored, as the socket takes them).
+//! (vectored, as the socket takes them). The tunnel endpoint's wss connections have since moved
+//! to [`crate::record_layer`], which reads records ahead itself; the HTTPS ingress, whose
+//! connections hyper drives through tokio-rustls, reads through this.
 //!
 //! Small messages are read straight into the caller's buffer, as without it: a
 //! request/response exchange allocates nothing. Bulk is a read that fills the caller's

@@ -5,7 +5,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
-use crate::read_ahead::ReadAhead;
+use crate::record_layer::TlsRecordStream;
 use crate::upgrade_tail::Recorder;
 use crate::wsframe::{Role, WsConn};
 
@@ -77,21 +77,18 @@ where
     Ok(if agreed { conn.unmasked() } else { conn })
 }
 
-/// Encrypted bytes a TLS connection may hold unsent. rustls's default (64 KiB) splits each
-/// batch into four `writev` calls of four records; room for two batches sends one in one.
+/// Encrypted bytes a TLS connection may hold unsent. A small limit (rustls's default is
+/// 64 KiB) splits each batch into several `writev` calls; room for two batches sends one in
+/// one.
 pub const TLS_BUFFER_LIMIT: usize = 2 * BATCH_CAP;
 
-/// The agent's transport: plain TCP or TLS over TCP (read ahead: [`ReadAhead`]).
-pub type ClientIo = tokio_util::either::Either<
-    tokio::net::TcpStream,
-    tokio_rustls::client::TlsStream<ReadAhead<tokio::net::TcpStream>>,
->;
+/// The agent's transport: plain TCP or TLS over TCP (records: [`TlsRecordStream`]).
+pub type ClientIo =
+    tokio_util::either::Either<tokio::net::TcpStream, TlsRecordStream<tokio::net::TcpStream>>;
 
-/// The server's transport: plain TCP or TLS over TCP (read ahead: [`ReadAhead`]).
-pub type ServerIo = tokio_util::either::Either<
-    tokio::net::TcpStream,
-    tokio_rustls::server::TlsStream<ReadAhead<tokio::net::TcpStream>>,
->;
+/// The server's transport: plain TCP or TLS over TCP (records: [`TlsRecordStream`]).
+pub type ServerIo =
+    tokio_util::either::Either<tokio::net::TcpStream, TlsRecordStream<tokio::net::TcpStream>>;
 
 /// A parsed `ws://` or `wss://` server address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,11 +195,7 @@ pub async fn dial_addr_via(
             tls.ok_or_else(|| TransportError::Tls("wss:// needs a TLS configuration".into()))?;
         let name = rustls::pki_types::ServerName::try_from(url.host.clone())
             .map_err(|e| TransportError::Tls(format!("server name {}: {e}", url.host)))?;
-        let mut s = tokio_rustls::TlsConnector::from(config)
-            .connect(name, ReadAhead::new(tcp))
-            .await
-            .map_err(|e| TransportError::Tls(e.to_string()))?;
-        s.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+        let s = crate::record_layer::connect(config, name, tcp, TLS_BUFFER_LIMIT).await?;
         tokio_util::either::Either::Right(s)
     } else {
         tokio_util::either::Either::Left(tcp)

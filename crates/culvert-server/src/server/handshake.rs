@@ -9,7 +9,6 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use culvert_proto::control::{AuthOkExt, CULVERT_VERSION, MIN_CULVERT_VERSION};
 use culvert_proto::{Connection, Control, FrameType, Header, Side, HEADER_LEN};
-use culvert_transport::read_ahead::ReadAhead;
 use culvert_transport::tune_accepted;
 use culvert_transport::ws::{self, ServerIo};
 use culvert_transport::wsframe::{WsConn, WsIn};
@@ -53,12 +52,14 @@ pub(super) async fn handshake(
     let deadline = tokio::time::Instant::now() + timeout;
     let step = async {
         let io: ServerIo = match &inner.tls {
-            Some(acceptor) => {
-                let mut s = acceptor
-                    .accept(ReadAhead::new(tcp))
-                    .await
-                    .map_err(|e| format!("tls: {e}"))?;
-                s.get_mut().1.set_buffer_limit(Some(ws::TLS_BUFFER_LIMIT));
+            Some(config) => {
+                let s = culvert_transport::record_layer::accept(
+                    config.clone(),
+                    tcp,
+                    ws::TLS_BUFFER_LIMIT,
+                )
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
                 ServerIo::Right(s)
             }
             None => ServerIo::Left(tcp),

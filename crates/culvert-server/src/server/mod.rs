@@ -77,7 +77,7 @@ pub(crate) struct Inner {
     /// Services, ports, UDP flows and connections per token, tenant and session.
     quotas: Arc<crate::quota::Quotas>,
     sessions: Mutex<HashMap<Uuid, Arc<Session>>>,
-    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// Per-service metrics of the HTTP ingress.
     pub(crate) http_metrics: crate::http_metrics::IngressMetrics,
     /// This server's part of its cluster (`--cluster`); `None` for a lone server.
@@ -142,7 +142,7 @@ impl Server {
             open_latency: Default::default(),
             tokens: RwLock::new(tokens),
             sessions: Mutex::new(HashMap::new()),
-            tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config)),
+            tls: tls.map(|t| t.config),
             http_metrics: Default::default(),
             cluster,
             config,
