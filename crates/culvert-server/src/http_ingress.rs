@@ -29,7 +29,8 @@ use crate::names::ServiceRef;
 use crate::server::Inner;
 use crate::Role;
 use culvert_transport::http_hop::{connection_has, strip_hop_by_hop};
-use culvert_transport::read_ahead::ReadAhead;
+use culvert_transport::record_layer;
+use culvert_transport::ws::TLS_BUFFER_LIMIT;
 use culvert_transport::AcceptErrors;
 
 /// What answers the caller: the agent's response, or the ingress's own short JSON.
@@ -88,11 +89,12 @@ async fn connection(
 ) {
     let timeout = inner.config().handshake_timeout;
     match inner.tls.clone() {
-        // Below TLS the socket is read ahead in large pieces while an upload streams in
-        // (rustls alone reads about a record at a time), as the tunnel endpoint reads a wss agent.
+        // rustls does the handshake; the records are Culvert's record layer's, as on the
+        // tunnel endpoint: read ahead in large pieces while an upload streams in, opened in
+        // place and copied once, responses sealed straight from hyper's buffers.
         Some(tls) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            match tokio::time::timeout(timeout, acceptor.accept(ReadAhead::new(tcp))).await {
+            let accept = record_layer::accept(tls, tcp, TLS_BUFFER_LIMIT);
+            match tokio::time::timeout(timeout, accept).await {
                 Ok(Ok(tls)) => http(inner, config, TokioIo::new(tls), peer, true).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
                 Err(_) => tracing::debug!("tls handshake timed out"),

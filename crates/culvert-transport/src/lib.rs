@@ -15,7 +15,6 @@ pub mod http_hop;
 pub mod metrics;
 mod progress;
 mod proxy;
-pub mod read_ahead;
 pub mod record_layer;
 mod relay;
 mod socket;

@@ -252,7 +252,7 @@ async fn bulk_buffers_are_let_go_once_small_messages_follow() {
             assert_eq!(req, [i; 100]);
         }
         assert!(
-            ours.held() <= 96 * 1024,
+            ours.held() <= 48 * 1024,
             "held between bursts: {}",
             ours.held()
         );
