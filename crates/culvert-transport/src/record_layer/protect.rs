@@ -46,6 +46,9 @@ pub enum RecordError {
     /// The sequence number ran out (2^64 records under one key).
     #[error("TLS record sequence number exhausted")]
     SequenceExhausted,
+    /// A post-handshake message longer than this layer gathers.
+    #[error("post-handshake message too large")]
+    HandshakeTooLarge,
     /// The negotiated suite is not one this layer protects.
     #[error("unsupported TLS cipher suite for the record layer")]
     UnsupportedSuite,
@@ -125,6 +128,23 @@ fn aad12(seq: u64, typ: u8, len: usize) -> [u8; 13] {
     a[9..11].copy_from_slice(&[3, 3]);
     a[11..].copy_from_slice(&(len as u16).to_be_bytes());
     a
+}
+
+/// The whole handshake message at the front of `buf` (type, then where its body lies), or
+/// `None` while part of it has yet to arrive; a declared length over `max` is refused
+/// before anything waits for it.
+pub(crate) fn handshake_message(
+    buf: &[u8],
+    max: usize,
+) -> Result<Option<(u8, Range<usize>)>, RecordError> {
+    let [typ, a, b, c, ..] = *buf else {
+        return Ok(None);
+    };
+    let len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+    if len > max {
+        return Err(RecordError::HandshakeTooLarge);
+    }
+    Ok((buf.len() >= 4 + len).then_some((typ, 4..4 + len)))
 }
 
 /// The receiving direction.

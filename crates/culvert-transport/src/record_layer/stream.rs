@@ -15,7 +15,9 @@ use rustls::server::ServerConnectionData;
 use rustls::ConnectionTrafficSecrets;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::protect::{content, Opener, RecordError, Sealer, Version, MAX_PLAINTEXT};
+use super::protect::{
+    content, handshake_message, Opener, RecordError, Sealer, Version, MAX_PLAINTEXT,
+};
 
 /// Most bytes one socket read takes while data comes in bulk: the plain ws reader's read
 /// size, so a wss connection makes as few system calls per byte as a ws one (rustls alone
@@ -219,17 +221,11 @@ impl<S> TlsRecordStream<S> {
     /// Handles the whole post-handshake messages gathered in `hs`.
     fn handshake_messages(&mut self) -> io::Result<()> {
         let mut at = 0;
-        while self.hs.len() - at >= 4 {
-            let h = &self.hs[at..];
-            let len = usize::from(h[1]) << 16 | usize::from(h[2]) << 8 | usize::from(h[3]);
-            if len > MAX_HANDSHAKE_MESSAGE {
-                return Err(fatal("post-handshake message too large"));
-            }
-            if h.len() < 4 + len {
-                break;
-            }
-            let (typ, body) = (h[0], h[4..4 + len].to_vec());
-            at += 4 + len;
+        while let Some((typ, body)) =
+            handshake_message(&self.hs[at..], MAX_HANDSHAKE_MESSAGE).map_err(fatal)?
+        {
+            let body = self.hs[at + body.start..at + body.end].to_vec();
+            at += 4 + body.len();
             match (self.opener.version(), typ) {
                 (Version::Tls13, 4) => self.kernel.new_session_ticket(&body).map_err(fatal)?,
                 (Version::Tls13, 24) => {

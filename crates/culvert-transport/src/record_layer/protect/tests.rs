@@ -146,7 +146,30 @@ fn tls13_padding_is_stripped_and_a_record_of_zeros_refused() {
     assert_eq!(o.open(&mut rec), Err(RecordError::NoContentType));
 }
 
+#[test]
+fn handshake_messages_are_framed_by_their_declared_length() {
+    assert_eq!(handshake_message(&[24, 0, 0], 100), Ok(None));
+    assert_eq!(handshake_message(&[24, 0, 0, 1], 100), Ok(None));
+    assert_eq!(
+        handshake_message(&[24, 0, 0, 1, 1, 9], 100),
+        Ok(Some((24, 4..5)))
+    );
+    assert_eq!(
+        handshake_message(&[4, 0, 1, 0], 100),
+        Err(RecordError::HandshakeTooLarge)
+    );
+}
+
 proptest! {
+    /// Any bytes: a message that lies within them, an error, or a wait; never a panic.
+    #[test]
+    fn handshake_framing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        if let Ok(Some((_, body))) = handshake_message(&bytes, 1 << 16) {
+            prop_assert!(body.end <= bytes.len() && body.start == 4);
+        }
+    }
+
+
     /// Whatever bytes arrive, measuring and opening them returns a record or an error,
     /// never a panic, and never claims more bytes than it was given.
     #[test]
