@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of culvert-proto and culvert-transport's WebSocket framer and
-# connection driver with cargo-fuzz (libFuzzer).
+# Coverage-guided fuzzing of culvert-proto and culvert-transport's WebSocket framer,
+# TLS record layer and connection driver with cargo-fuzz (libFuzzer).
 #
 #   scripts/fuzz.sh [seconds]    # each target for that long (default 30)
 #
 # Runs every target in fuzz/fuzz_targets (frame_decoder, control_decoder, connection,
-# wsframe, mux_driver), starting from the committed seeds in
+# wsframe, mux_driver, record_layer), starting from the committed seeds in
 # fuzz/corpus/<target> and the known-issue inputs in fuzz/regressions/<target>. Both
 # are copied to a temporary directory first, so the inputs libFuzzer finds never land
 # in the repository. A crash stops that target, leaves its input in
