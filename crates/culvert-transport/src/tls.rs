@@ -164,12 +164,15 @@ impl ServerTls {
         key: PrivateKeyDer<'static>,
     ) -> Result<ServerTls, TransportError> {
         let fingerprint = fingerprint(&certs[0]);
-        let config = ServerConfig::builder_with_provider(provider())
+        let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(tls_err)?
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(tls_err)?;
+        // The record layer takes the traffic secrets over after the handshake; allowed here,
+        // once, so no connection has to copy the configuration to allow it.
+        config.enable_secret_extraction = true;
         Ok(ServerTls {
             config: Arc::new(config),
             fingerprint,
@@ -283,6 +286,9 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TransportErro
                 .with_no_client_auth()
         }
     };
+    // As for the server's: the record layer takes the secrets over after the handshake.
+    let mut config = config;
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

@@ -232,17 +232,38 @@ where
     }
 }
 
-/// A configuration that allows the hand-over of secrets this layer needs.
-fn with_extraction<T: Clone>(
-    config: Arc<T>,
-    enabled: impl Fn(&T) -> bool,
-    enable: impl Fn(&mut T),
-) -> Arc<T> {
-    if enabled(&config) {
+/// rustls's two configurations, which both carry the switch this layer needs.
+pub(super) trait SecretExtraction: Clone {
+    fn enabled(&self) -> bool;
+    fn enable(&mut self);
+}
+
+impl SecretExtraction for ClientConfig {
+    fn enabled(&self) -> bool {
+        self.enable_secret_extraction
+    }
+    fn enable(&mut self) {
+        self.enable_secret_extraction = true;
+    }
+}
+
+impl SecretExtraction for ServerConfig {
+    fn enabled(&self) -> bool {
+        self.enable_secret_extraction
+    }
+    fn enable(&mut self) {
+        self.enable_secret_extraction = true;
+    }
+}
+
+/// A configuration that allows the hand-over of secrets this layer needs: `config` itself
+/// when it does (every one `crate::tls` builds), else a copy that does (an embedder's).
+pub(super) fn with_extraction<T: SecretExtraction>(config: Arc<T>) -> Arc<T> {
+    if config.enabled() {
         config
     } else {
         let mut c = (*config).clone();
-        enable(&mut c);
+        c.enable();
         Arc::new(c)
     }
 }
@@ -257,11 +278,7 @@ pub async fn connect<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let config = with_extraction(
-        config,
-        |c| c.enable_secret_extraction,
-        |c| c.enable_secret_extraction = true,
-    );
+    let config = with_extraction(config);
     let conn = UnbufferedClientConnection::new(config, name).map_err(tls_err)?;
     let d = drive(conn, &mut io).await?;
     d.into_stream(io, Kernel::Client, wlimit)
@@ -276,11 +293,7 @@ pub async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let config = with_extraction(
-        config,
-        |c| c.enable_secret_extraction,
-        |c| c.enable_secret_extraction = true,
-    );
+    let config = with_extraction(config);
     let conn = UnbufferedServerConnection::new(config).map_err(tls_err)?;
     let d = drive(conn, &mut io).await?;
     d.into_stream(io, Kernel::Server, wlimit)

@@ -111,6 +111,25 @@ impl Keys {
         n
     }
 
+    /// One direction's keys and record format.
+    fn direction(
+        secrets: &ConnectionTrafficSecrets,
+        seq: u64,
+        version: Version,
+        source: AesGcmSource,
+    ) -> Result<(Keys, Version), RecordError> {
+        Ok((
+            Keys::new(secrets, seq, source)?,
+            format_for(version, secrets),
+        ))
+    }
+
+    /// New keys after a KeyUpdate (TLS 1.3): the sequence number starts at 0.
+    fn rekey(&mut self, secrets: &ConnectionTrafficSecrets) -> Result<(), RecordError> {
+        *self = Keys::new(secrets, 0, self.source)?;
+        Ok(())
+    }
+
     fn next_seq(&mut self) -> Result<(), RecordError> {
         self.seq = self
             .seq
@@ -168,16 +187,13 @@ impl Opener {
         version: Version,
         source: AesGcmSource,
     ) -> Result<Opener, RecordError> {
-        Ok(Opener {
-            keys: Keys::new(secrets, seq, source)?,
-            version: format_for(version, secrets),
-        })
+        let (keys, version) = Keys::direction(secrets, seq, version, source)?;
+        Ok(Opener { keys, version })
     }
 
     /// New keys after the peer's KeyUpdate (TLS 1.3): the sequence number starts at 0.
     pub(crate) fn rekey(&mut self, secrets: &ConnectionTrafficSecrets) -> Result<(), RecordError> {
-        self.keys = Keys::new(secrets, 0, self.keys.source)?;
-        Ok(())
+        self.keys.rekey(secrets)
     }
 
     /// The record format in use.
@@ -290,16 +306,13 @@ impl Sealer {
         version: Version,
         source: AesGcmSource,
     ) -> Result<Sealer, RecordError> {
-        Ok(Sealer {
-            keys: Keys::new(secrets, seq, source)?,
-            version: format_for(version, secrets),
-        })
+        let (keys, version) = Keys::direction(secrets, seq, version, source)?;
+        Ok(Sealer { keys, version })
     }
 
     /// New keys after our own KeyUpdate (TLS 1.3): the sequence number starts at 0.
     pub(crate) fn rekey(&mut self, secrets: &ConnectionTrafficSecrets) -> Result<(), RecordError> {
-        self.keys = Keys::new(secrets, 0, self.keys.source)?;
-        Ok(())
+        self.keys.rekey(secrets)
     }
 
     /// Records sealed under the current key.

@@ -207,9 +207,9 @@ impl<S> TlsRecordStream<S> {
                 Ok(())
             }
             content::HANDSHAKE => {
-                if self.hs.len() + body.len() > MAX_HANDSHAKE_MESSAGE {
-                    return Err(fatal("post-handshake message too large"));
-                }
+                // Bounded: `handshake_message` refuses a declared length over the maximum as
+                // soon as its header is here, so `hs` never holds more than one message's
+                // header and body plus a record.
                 self.hs.extend_from_slice(body);
                 self.handshake_messages()
             }

@@ -388,3 +388,24 @@ async fn a_failed_handshake_answers_with_an_alert_and_returns_an_error() {
     };
     within_30s(run).await;
 }
+
+#[test]
+fn the_configurations_culvert_builds_are_used_as_they_are() {
+    // Every handshake needs secret extraction allowed. The server's and the agent's
+    // configurations allow it from the start, so no connection copies its configuration;
+    // an embedder's that does not is copied with it allowed, and left as it was.
+    use super::handshake::with_extraction;
+    use crate::tls::{client_config, ServerTls, Verify};
+    let server = ServerTls::self_signed(&["localhost".to_owned()]).unwrap();
+    assert!(Arc::ptr_eq(
+        &with_extraction(server.config.clone()),
+        &server.config
+    ));
+    let client = client_config(&Verify::Fingerprint(server.fingerprint.clone())).unwrap();
+    assert!(Arc::ptr_eq(&with_extraction(client.clone()), &client));
+
+    let (theirs, _) = configs(CipherSuite::TLS13_AES_128_GCM_SHA256, &TLS13);
+    let allowed = with_extraction(theirs.clone());
+    assert!(!Arc::ptr_eq(&allowed, &theirs));
+    assert!(allowed.enable_secret_extraction && !theirs.enable_secret_extraction);
+}
