@@ -7,7 +7,7 @@
 //! `Debug` output, metrics, status, or anything sent to the server.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use hyper::header::{HeaderName, HeaderValue};
 
@@ -77,6 +77,9 @@ pub struct HttpBackend {
     /// What to inject, by header.
     pub inject: Vec<(HeaderName, SecretSource)>,
     resolved: RwLock<Resolved>,
+    /// The TLS client configuration of an `https://` backend, built once (its CA file or
+    /// the system roots read then), not per connection.
+    client_tls: OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 impl HttpBackend {
@@ -130,6 +133,7 @@ impl HttpBackend {
             ca: None,
             inject: Vec::new(),
             resolved: RwLock::new(Arc::default()),
+            client_tls: OnceLock::new(),
         })
     }
 
@@ -169,6 +173,21 @@ impl HttpBackend {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// How an `https://` backend is verified: only certificates from the `ca` file's CAs,
+    /// else the system's roots. Built on first use and kept; call it at start so that an
+    /// unreadable or empty CA file is an error then, not a 502 on the first request.
+    pub fn client_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        if let Some(c) = self.client_tls.get() {
+            return Ok(c.clone());
+        }
+        let verify = match &self.ca {
+            Some(ca) => culvert_transport::tls::Verify::CaFile(ca.clone()),
+            None => culvert_transport::tls::Verify::SystemRoots,
+        };
+        let config = culvert_transport::tls::client_config(&verify).map_err(|e| e.to_string())?;
+        Ok(self.client_tls.get_or_init(|| config).clone())
     }
 
     /// The URL, for logs (holds no secret: credentials in URLs are refused).

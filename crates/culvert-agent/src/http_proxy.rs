@@ -205,17 +205,17 @@ async fn connect(
     .map_err(|e| gateway(e.to_string()))?;
     culvert_transport::tune_tcp(&tcp);
     if backend.tls {
-        let verify = match &backend.ca {
-            Some(ca) => culvert_transport::tls::Verify::CaFile(ca.clone()),
-            None => culvert_transport::tls::Verify::SystemRoots,
-        };
-        let config =
-            culvert_transport::tls::client_config(&verify).map_err(|e| gateway(e.to_string()))?;
+        let config = backend.client_tls().map_err(gateway)?;
         let name = rustls::pki_types::ServerName::try_from(backend.host.clone())
             .map_err(|e| gateway(e.to_string()))?;
         let tls = tokio::time::timeout(
             dial_timeout,
-            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+            culvert_transport::record_layer::connect(
+                config,
+                name,
+                tcp,
+                culvert_transport::ws::TLS_BUFFER_LIMIT,
+            ),
         )
         .await
         .map_err(|_| {

@@ -460,6 +460,11 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         s.1.reload()
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("service {:?}: injected headers", s.0.name))?;
+        if s.1.tls {
+            s.1.client_tls()
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("service {:?}: TLS to {}", s.0.name, s.1.url()))?;
+        }
     }
     let mut config = AgentConfig::new(server, token, services);
     config.extra_servers = servers.collect();

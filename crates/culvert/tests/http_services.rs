@@ -14,177 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::Digest;
+use support::http::*;
 use support::*;
-
-const SECRET: &str = "Bearer backend-secret-42";
-
-/// What the backend saw of one request.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body_len: usize,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A hyper HTTP/1.1 backend on loopback: records each request and answers
-/// `len=N sha=HEX` of the body it read (streamed, never held whole). A path ending in
-/// `/slow` is read slowly (a millisecond's pause after each piece of the body), so that an
-/// upload backs up through the tunnel into the ingress's socket.
-fn backend() -> (u16, Arc<Mutex<Vec<Seen>>>) {
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let port = l.local_addr().unwrap().port();
-    l.set_nonblocking(true).unwrap();
-    let rec = seen.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(l).unwrap();
-            loop {
-                let Ok((tcp, _)) = l.accept().await else {
-                    continue;
-                };
-                let rec = rec.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: hyper::Request<hyper::body::Incoming>| {
-                            let rec = rec.clone();
-                            async move {
-                                use http_body_util::BodyExt;
-                                if let Some(r) = special(req.uri(), req.headers()) {
-                                    return Ok(r(req));
-                                }
-                                let (parts, mut body) = req.into_parts();
-                                let slow = parts.uri.path().ends_with("/slow");
-                                let mut h = sha2::Sha256::new();
-                                let mut len = 0;
-                                while let Some(f) = body.frame().await {
-                                    if let Ok(d) = f?.into_data() {
-                                        len += d.len();
-                                        h.update(&d);
-                                    }
-                                    if slow {
-                                        tokio::time::sleep(Duration::from_millis(1)).await;
-                                    }
-                                }
-                                rec.lock().unwrap().push(Seen {
-                                    method: parts.method.to_string(),
-                                    path: parts.uri.to_string(),
-                                    headers: parts
-                                        .headers
-                                        .iter()
-                                        .map(|(n, v)| {
-                                            (n.to_string(), v.to_str().unwrap_or("").to_owned())
-                                        })
-                                        .collect(),
-                                    body_len: len,
-                                });
-                                let text = format!("len={len} sha={}", hex::encode(h.finalize()));
-                                Ok::<_, hyper::Error>(hyper::Response::new(
-                                    http_body_util::Full::new(bytes::Bytes::from(text))
-                                        .map_err(|n| match n {})
-                                        .boxed(),
-                                ))
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .with_upgrades()
-                        .await;
-                });
-            }
-        });
-    });
-    (port, seen)
-}
-
-type TestBody = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
-type Special =
-    Box<dyn FnOnce(hyper::Request<hyper::body::Incoming>) -> hyper::Response<TestBody> + Send>;
-
-/// The backend's other routes: `/download?n=N` streams N zero bytes; a WebSocket upgrade
-/// gets an echo server.
-fn special(uri: &hyper::Uri, h: &hyper::HeaderMap) -> Option<Special> {
-    use http_body_util::BodyExt;
-    if uri.path().ends_with("/download") {
-        let n: u64 = uri.query()?.strip_prefix("n=")?.parse().ok()?;
-        return Some(Box::new(move |_| hyper::Response::new(Zeros(n).boxed())));
-    }
-    let key = h.get("sec-websocket-key")?.as_bytes().to_vec();
-    Some(Box::new(move |mut req| {
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            use futures::{SinkExt, StreamExt};
-            let Ok(up) = on.await else { return };
-            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                hyper_util::rt::TokioIo::new(up),
-                tokio_tungstenite::tungstenite::protocol::Role::Server,
-                None,
-            )
-            .await;
-            while let Some(Ok(m)) = ws.next().await {
-                if m.is_close() || ws.send(m).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let mut r =
-            hyper::Response::new(http_body_util::Empty::new().map_err(|n| match n {}).boxed());
-        *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
-        let h = r.headers_mut();
-        h.insert(
-            "upgrade",
-            hyper::header::HeaderValue::from_static("websocket"),
-        );
-        h.insert(
-            "connection",
-            hyper::header::HeaderValue::from_static("upgrade"),
-        );
-        h.insert("sec-websocket-accept", accept.parse().unwrap());
-        r
-    }))
-}
-
-/// A body of `n` zero bytes, in 64 KiB frames, made as it is read.
-struct Zeros(u64);
-
-impl hyper::body::Body for Zeros {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
-        static CHUNK: [u8; 65536] = [0; 65536];
-        if self.0 == 0 {
-            return std::task::Poll::Ready(None);
-        }
-        let n = self.0.min(CHUNK.len() as u64);
-        self.0 -= n;
-        let data = bytes::Bytes::from_static(&CHUNK[..n as usize]);
-        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::SizeHint::with_exact(self.0)
-    }
-}
 
 /// A TCP relay from a local port to `to`, keeping a copy of every byte either way.
 fn recording_relay(to: u16) -> (u16, Arc<Mutex<Vec<u8>>>) {
@@ -219,23 +50,6 @@ fn recording_relay(to: u16) -> (u16, Arc<Mutex<Vec<u8>>>) {
     (port, wire)
 }
 
-/// `curl` against the ingress: (status, headers, body).
-fn curl(args: &[&str]) -> (u16, String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "-D", "-", "--max-time", "30"])
-        .args(args)
-        .output()
-        .expect("curl (scripts/test.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_owned(), body.to_owned())
-}
-
 fn write_agent_config(path: &Path, relay: u16, token: &Path, backend: u16) {
     std::fs::write(
         path,
@@ -247,36 +61,6 @@ fn write_agent_config(path: &Path, relay: u16, token: &Path, backend: u16) {
         ),
     )
     .unwrap();
-}
-
-/// A caller of role http in tenant `acme`, the agent's tenant.
-const ACME_CALLER: &[&str] = &["--tenant", "acme", "--role", "http"];
-
-/// Tokens for the tests: the agent's of tenant `acme` (written to a file) and a caller's
-/// made with `caller_args`. Returns (tokens file, agent token file, caller token).
-fn acme_tokens(
-    dir: &Path,
-    caller_args: &[&str],
-) -> (std::path::PathBuf, std::path::PathBuf, String) {
-    let tokens = dir.join("tokens.toml");
-    let agent_token = dir.join("agent.token");
-    std::fs::write(
-        &agent_token,
-        new_token_with(&tokens, "erp-agent", &["--tenant", "acme"]),
-    )
-    .unwrap();
-    let caller = new_token_with(&tokens, "caller", caller_args);
-    (tokens, agent_token, caller)
-}
-
-fn start_agent_via(config: &Path) -> Proc {
-    Proc::spawn(
-        "culvert agent",
-        culvert()
-            .args(["agent", "--config"])
-            .arg(config)
-            .env("ERP_TOKEN", SECRET),
-    )
 }
 
 #[test]
@@ -533,35 +317,8 @@ fn bulk_both_ways_with_bounded_memory_websocket_host_route_and_token_header() {
     eprintln!("peak RSS server / agent during 1 GiB each way: {peak:?} KiB");
 
     // A WebSocket through the ingress, echoed by the backend.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        use futures::{SinkExt, StreamExt};
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut req = format!("ws://{http}/t/acme/erp/ws")
-            .into_client_request()
-            .unwrap();
-        req.headers_mut()
-            .insert("x-culvert-token", caller.parse().unwrap());
-        let tcp = tokio::net::TcpStream::connect(&http).await.unwrap();
-        let upgrade = tokio_tungstenite::client_async(req, tcp);
-        let (mut ws, resp) = tokio::time::timeout(Duration::from_secs(30), upgrade)
-            .await
-            .expect("upgrade in time")
-            .expect("upgrade through the ingress");
-        assert_eq!(resp.status(), 101);
-        for i in 0..20 {
-            let m = tokio_tungstenite::tungstenite::Message::text(format!("hello {i}"));
-            ws.send(m.clone()).await.unwrap();
-            let back = tokio::time::timeout(Duration::from_secs(30), ws.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            assert_eq!(back, m);
-        }
+    websocket_echo(&http, ("x-culvert-token", &caller), |i| {
+        tokio_tungstenite::tungstenite::Message::text(format!("hello {i}"))
     });
     agent.kill();
     server.kill();
@@ -791,12 +548,7 @@ fn http10_get(addr: &str, path: &str, bearer: &str) -> (u16, String) {
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let (status, _, body) = split_answer(&text);
     (status, body.to_owned())
 }
 

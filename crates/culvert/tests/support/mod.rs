@@ -9,6 +9,7 @@
 
 pub mod exposition;
 pub mod faults;
+pub mod http;
 pub mod netns;
 pub mod pg;
 

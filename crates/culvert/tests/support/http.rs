@@ -1,0 +1,299 @@
+//! An HTTP backend for the HTTP-service tests (plain or behind TLS) that records what
+//! reaches it, `curl` against the ingress, and the tokens and agent those tests share.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::Digest;
+
+use super::{culvert, new_token_with, Proc, WAIT};
+
+/// The credential the agent injects (from its environment) into every request.
+pub const SECRET: &str = "Bearer backend-secret-42";
+
+/// What the backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: usize,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A hyper HTTP/1.1 backend on loopback: records each request and answers
+/// `len=N sha=HEX` of the body it read (streamed, never held whole). A path ending in
+/// `/slow` is read slowly (a millisecond's pause after each piece of the body), so that an
+/// upload backs up through the tunnel into the ingress's socket.
+pub fn backend() -> (u16, Arc<Mutex<Vec<Seen>>>) {
+    backend_with(None)
+}
+
+/// [`backend`] behind TLS (tokio-rustls with `tls`): it speaks nothing in clear, and
+/// records a request only once a handshake has succeeded.
+pub fn tls_backend(tls: Arc<tokio_rustls::rustls::ServerConfig>) -> (u16, Arc<Mutex<Vec<Seen>>>) {
+    backend_with(Some(tokio_rustls::TlsAcceptor::from(tls)))
+}
+
+fn backend_with(tls: Option<tokio_rustls::TlsAcceptor>) -> (u16, Arc<Mutex<Vec<Seen>>>) {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    let rec = seen.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            loop {
+                let Ok((tcp, _)) = l.accept().await else {
+                    continue;
+                };
+                let (rec, tls) = (rec.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        None => serve_recording(tcp, rec).await,
+                        Some(acceptor) => {
+                            let handshake = acceptor.accept(tcp);
+                            if let Ok(Ok(s)) = tokio::time::timeout(WAIT, handshake).await {
+                                serve_recording(s, rec).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    });
+    (port, seen)
+}
+
+/// Serves [`backend`]'s routes on one connection.
+async fn serve_recording<T>(io: T, rec: Arc<Mutex<Vec<Seen>>>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let rec = rec.clone();
+        async move {
+            use http_body_util::BodyExt;
+            if let Some(r) = special(req.uri(), req.headers()) {
+                return Ok(r(req));
+            }
+            let (parts, mut body) = req.into_parts();
+            let slow = parts.uri.path().ends_with("/slow");
+            let mut h = sha2::Sha256::new();
+            let mut len = 0;
+            while let Some(f) = body.frame().await {
+                if let Ok(d) = f?.into_data() {
+                    len += d.len();
+                    h.update(&d);
+                }
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            rec.lock().unwrap().push(Seen {
+                method: parts.method.to_string(),
+                path: parts.uri.to_string(),
+                headers: parts
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_owned()))
+                    .collect(),
+                body_len: len,
+            });
+            let text = format!("len={len} sha={}", hex::encode(h.finalize()));
+            Ok::<_, hyper::Error>(hyper::Response::new(
+                http_body_util::Full::new(bytes::Bytes::from(text))
+                    .map_err(|n| match n {})
+                    .boxed(),
+            ))
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .with_upgrades()
+        .await;
+}
+
+pub type TestBody = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
+pub type Special =
+    Box<dyn FnOnce(hyper::Request<hyper::body::Incoming>) -> hyper::Response<TestBody> + Send>;
+
+/// The backend's other routes: `/download?n=N` streams N zero bytes; a WebSocket upgrade
+/// gets an echo server.
+pub fn special(uri: &hyper::Uri, h: &hyper::HeaderMap) -> Option<Special> {
+    use http_body_util::BodyExt;
+    if uri.path().ends_with("/download") {
+        let n: u64 = uri.query()?.strip_prefix("n=")?.parse().ok()?;
+        return Some(Box::new(move |_| hyper::Response::new(Zeros(n).boxed())));
+    }
+    let key = h.get("sec-websocket-key")?.as_bytes().to_vec();
+    Some(Box::new(move |mut req| {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use futures::{SinkExt, StreamExt};
+            let Ok(up) = on.await else { return };
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(up),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_close() || ws.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut r =
+            hyper::Response::new(http_body_util::Empty::new().map_err(|n| match n {}).boxed());
+        *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+        let h = r.headers_mut();
+        h.insert(
+            "upgrade",
+            hyper::header::HeaderValue::from_static("websocket"),
+        );
+        h.insert(
+            "connection",
+            hyper::header::HeaderValue::from_static("upgrade"),
+        );
+        h.insert("sec-websocket-accept", accept.parse().unwrap());
+        r
+    }))
+}
+
+/// A body of `n` zero bytes, in 64 KiB frames, made as it is read.
+pub struct Zeros(u64);
+
+impl hyper::body::Body for Zeros {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        static CHUNK: [u8; 65536] = [0; 65536];
+        if self.0 == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.0.min(CHUNK.len() as u64);
+        self.0 -= n;
+        let data = bytes::Bytes::from_static(&CHUNK[..n as usize]);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.0)
+    }
+}
+
+/// `curl` against the ingress: (status, headers, body).
+pub fn curl(args: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-D", "-", "--max-time", "30"])
+        .args(args)
+        .output()
+        .expect("curl (scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (status, head, body) = split_answer(&text);
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// A caller of role http in tenant `acme`, the agent's tenant.
+pub const ACME_CALLER: &[&str] = &["--tenant", "acme", "--role", "http"];
+
+/// Tokens for the tests: the agent's of tenant `acme` (written to a file) and a caller's
+/// made with `caller_args`. Returns (tokens file, agent token file, caller token).
+pub fn acme_tokens(
+    dir: &Path,
+    caller_args: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let tokens = dir.join("tokens.toml");
+    let agent_token = dir.join("agent.token");
+    std::fs::write(
+        &agent_token,
+        new_token_with(&tokens, "erp-agent", &["--tenant", "acme"]),
+    )
+    .unwrap();
+    let caller = new_token_with(&tokens, "caller", caller_args);
+    (tokens, agent_token, caller)
+}
+
+pub fn start_agent_via(config: &Path) -> Proc {
+    Proc::spawn(
+        "culvert agent",
+        culvert()
+            .args(["agent", "--config"])
+            .arg(config)
+            .env("ERP_TOKEN", SECRET),
+    )
+}
+
+/// Twenty messages (`message(i)`) through `ws://{http}/t/acme/erp/ws`, each echoed back
+/// by [`backend`]; the caller's token goes in `header` (name, value).
+pub fn websocket_echo(
+    http: &str,
+    header: (&str, &str),
+    message: impl Fn(usize) -> tokio_tungstenite::tungstenite::Message,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{http}/t/acme/erp/ws")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(header.0.as_bytes()).unwrap(),
+            header.1.parse().unwrap(),
+        );
+        let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+        let upgrade = tokio_tungstenite::client_async(req, tcp);
+        let (mut ws, resp) = tokio::time::timeout(WAIT, upgrade)
+            .await
+            .expect("upgrade in time")
+            .expect("upgrade through the ingress");
+        assert_eq!(resp.status(), 101);
+        for i in 0..20 {
+            let m = message(i);
+            ws.send(m.clone()).await.unwrap();
+            let back = tokio::time::timeout(WAIT, ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(back, m);
+        }
+    });
+}
+
+/// Status code and the rest of a raw HTTP answer: (status, head, body).
+pub fn split_answer(text: &str) -> (u16, &str, &str) {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head, body)
+}
