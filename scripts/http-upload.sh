@@ -9,8 +9,14 @@
 #   scripts/http-upload.sh                                   # target/profiling/culvert, 3 rounds of 1 GiB
 #   UPLOAD_VARIANTS="/path/to/old /path/to/new" UPLOAD_ROUNDS=5 scripts/http-upload.sh
 #   UPLOAD_STRACE=1 UPLOAD_ROUNDS=1 scripts/http-upload.sh
+#   UPLOAD_BACKEND_TLS=1 UPLOAD_DOWN=1 scripts/http-upload.sh   # an https:// backend; a GET of the same size
 #
-# Needs curl and python3 (strace for UPLOAD_STRACE=1). Everything on 127.0.0.1; every process
+# UPLOAD_BACKEND_TLS=1 puts the sink behind TLS (python's ssl, a certificate made by openssl
+# for localhost) and gives the agent an `https://localhost` service verified with that
+# certificate as its CA file: the agent's TLS to backends is what changes between rounds.
+# UPLOAD_DOWN=1 measures the other way: a GET of UPLOAD_MIB MiB of zeros from the sink.
+#
+# Needs curl and python3 (strace for UPLOAD_STRACE=1, openssl for UPLOAD_BACKEND_TLS=1). Everything on 127.0.0.1; every process
 # stopped by its PID; each upload bounded by curl's --max-time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +24,14 @@ variants=${UPLOAD_VARIANTS:-${CULVERT_BIN:-target/profiling/culvert}}
 rounds=${UPLOAD_ROUNDS:-3}
 mib=${UPLOAD_MIB:-1024}
 with_strace=${UPLOAD_STRACE:-0}
+backend_tls=${UPLOAD_BACKEND_TLS:-0}
+down=${UPLOAD_DOWN:-0}
 for tool in curl python3; do
   command -v "$tool" >/dev/null || { echo "http-upload: $tool missing (apt-get install $tool)" >&2; exit 2; }
 done
+if [[ $backend_tls == 1 ]]; then
+  command -v openssl >/dev/null || { echo "http-upload: openssl missing (apt-get install openssl)" >&2; exit 2; }
+fi
 if [[ $with_strace == 1 ]]; then
   command -v strace >/dev/null || { echo "http-upload: strace missing (apt-get install strace)" >&2; exit 2; }
 fi
@@ -41,11 +52,32 @@ HZ=$(getconf CLK_TCK)
 truncate -s "$((mib << 20))" "$work/upload.bin"
 
 backend=$(port)
-python3 - "$backend" <<'PY' &
+backend_url="http://127.0.0.1:$backend"
+if [[ $backend_tls == 1 ]]; then
+  # Not a CA (an end-entity certificate trusted as its own issuer, as `culvert server
+  # --self-signed` makes them).
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+    -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$work/backend.key" -out "$work/backend.pem" 2>/dev/null
+  backend_url="https://localhost:$backend"
+fi
+python3 - "$backend" "$backend_tls" "$work" <<'PY' &
 # The sink: HTTP/1.1, one thread per connection; reads a Content-Length or chunked body into
-# one reused buffer and answers its length.
-import socket, sys, threading
+# one reused buffer and answers its length; a GET of /download?n=N answers N zero bytes.
+# With TLS on, each connection is wrapped first.
+import socket, ssl, sys, threading
+tls = None
+if sys.argv[2] == "1":
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(sys.argv[3] + "/backend.pem", sys.argv[3] + "/backend.key")
 def serve(c):
+    if tls is not None:
+        try:
+            c = tls.wrap_socket(c, server_side=True)
+        except (OSError, ssl.SSLError):
+            c.close()
+            return
     f = c.makefile("rb", buffering=1 << 20)
     buf = bytearray(1 << 20)
     try:
@@ -58,6 +90,15 @@ def serve(c):
                 if line in (b"\r\n", b"\n"):
                     break
                 head.append(line.decode("latin-1").strip().lower())
+            if head[0].startswith("get ") and "/download?n=" in head[0]:
+                n = int(head[0].split("/download?n=", 1)[1].split()[0])
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n)
+                zeros = bytes(1 << 20)
+                while n > 0:
+                    k = min(n, len(zeros))
+                    c.sendall(zeros if k == len(zeros) else zeros[:k])
+                    n -= k
+                continue
             length = next((int(h.split(":", 1)[1]) for h in head if h.startswith("content-length:")), None)
             got = 0
             def take(n):
@@ -81,7 +122,7 @@ def serve(c):
                     f.readline(16)
             body = str(got).encode()
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-    except (ConnectionError, ValueError):
+    except (ConnectionError, ValueError, OSError):
         pass
     finally:
         c.close()
@@ -105,8 +146,20 @@ one() {
   pids+=("$srv")
   fp=$(python3 scripts/bench/benchtool.py fingerprint --wait 10 "$work/server.log") ||
     { echo "http-upload: no fingerprint in the server's log" >&2; cat "$work/server.log" >&2; exit 1; }
-  "$bin" agent --server "wss://127.0.0.1:$tunnel" --token-file "$work/agent.token" --fingerprint "$fp" \
-    --expose "api=http://127.0.0.1:$backend" >"$work/agent.log" 2>&1 &
+  local ca=""
+  [[ $backend_tls == 1 ]] && ca="ca = \"$work/backend.pem\""
+  cat >"$work/agent.toml" <<EOF
+[agent]
+server = "wss://127.0.0.1:$tunnel"
+token_file = "$work/agent.token"
+fingerprint = "$fp"
+
+[[agent.service]]
+name = "api"
+url = "$backend_url"
+$ca
+EOF
+  "$bin" agent --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
   agt=$!
   pids+=("$agt")
   local auth url
@@ -126,7 +179,12 @@ one() {
     grep -q attached "$work/strace.log" || { echo "http-upload: strace did not attach" >&2; cat "$work/strace.log" >&2; exit 1; }
   fi
   s0=$(ticks "$srv") a0=$(ticks "$agt")
-  out=$(curl -sk --max-time 300 -H "$auth" -H 'Expect:' -T "$work/upload.bin" -w ' %{time_total}' "$url")
+  if [[ $down == 1 ]]; then
+    out=$(curl -sk --max-time 300 -H "$auth" -o /dev/null -w '%{size_download} %{time_total}' \
+      "https://127.0.0.1:$http/t/acme/api/download?n=$((mib << 20))")
+  else
+    out=$(curl -sk --max-time 300 -H "$auth" -H 'Expect:' -T "$work/upload.bin" -w ' %{time_total}' "$url")
+  fi
   s1=$(ticks "$srv") a1=$(ticks "$agt")
   local reads="-"
   if [[ -n $st ]]; then
@@ -150,7 +208,9 @@ PY
 }
 
 header="| culvert | Gbit/s | server CPU-s/GB | agent CPU-s/GB | server socket reads/GB |"
-echo "HTTPS ingress, one PUT of $mib MiB per round, $rounds alternating rounds:"
+what="one PUT"
+[[ $down == 1 ]] && what="one GET"
+echo "HTTPS ingress, $what of $mib MiB per round to a ${backend_url%%:*}:// backend, $rounds alternating rounds:"
 echo
 echo "$header"
 echo "|---|---:|---:|---:|---:|"

@@ -174,8 +174,8 @@ async fn run(input: Input) {
         config.connection_send_buffer = 64 * 1024;
         config.max_concurrent_streams = 100;
     }
-    let (mux, mut events) = Mux::spawn(WsConn::new(io, Role::Server), Side::Server, config)
-        .expect("a valid config");
+    let (mux, mut events) =
+        Mux::spawn(WsConn::new(io, Role::Server), Side::Server, config).expect("a valid config");
     let mut tasks = Vec::new();
     for (target, data) in input.opens.iter().take(8) {
         let m = mux.clone();
@@ -197,7 +197,11 @@ async fn run(input: Input) {
     while let Some(ev) = events.recv().await {
         match ev {
             MuxEvent::Incoming(s, _) => {
-                let op = if has_app { app.next().unwrap() } else { AppOp::Echo };
+                let op = if has_app {
+                    app.next().unwrap()
+                } else {
+                    AppOp::Echo
+                };
                 tasks.push(tokio::spawn(async move {
                     match op {
                         AppOp::Echo => {

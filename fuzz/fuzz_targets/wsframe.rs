@@ -76,7 +76,10 @@ async fn hostile(input: &Input) {
                     io::ErrorKind::UnexpectedEof => assert!(close_code(&e).is_none()),
                     io::ErrorKind::InvalidData => {
                         let (code, _) = close_code(&e).expect("a protocol error has a close code");
-                        assert!(matches!(code, 1002 | 1003 | 1007 | 1009), "close code {code}");
+                        assert!(
+                            matches!(code, 1002 | 1003 | 1007 | 1009),
+                            "close code {code}"
+                        );
                     }
                     k => panic!("unexpected error kind {k:?}: {e}"),
                 }
@@ -84,7 +87,11 @@ async fn hostile(input: &Input) {
             }
         }
     }
-    assert!(out <= input.raw.len(), "{out} bytes out of {} in", input.raw.len());
+    assert!(
+        out <= input.raw.len(),
+        "{out} bytes out of {} in",
+        input.raw.len()
+    );
 }
 
 async fn round_trip(input: &Input) {
@@ -116,13 +123,22 @@ async fn round_trip(input: &Input) {
             }
         }
     }
-    let close = input.close.as_ref().map(|(c, reason)| (CODES[usize::from(*c) % CODES.len()], reason));
+    let close = input
+        .close
+        .as_ref()
+        .map(|(c, reason)| (CODES[usize::from(*c) % CODES.len()], reason));
     match close {
         Some((code, reason)) => w.close_with(code, reason).await.expect("a scripted write"),
         None => w.close().await.expect("a scripted write"),
     }
     let wire = std::mem::take(&mut *output.lock().unwrap());
-    let io = ScriptedIo::new(wire, Script::new(input.reads.clone()), Script::new(Vec::new()), AtEnd::Eof, false);
+    let io = ScriptedIo::new(
+        wire,
+        Script::new(input.reads.clone()),
+        Script::new(Vec::new()),
+        AtEnd::Eof,
+        false,
+    );
     let mut r = WsReader::new(io, role(input.server));
     let (mut data, mut pings) = (Vec::new(), Vec::new());
     loop {

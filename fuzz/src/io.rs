@@ -63,7 +63,13 @@ pub struct ScriptedIo {
 
 impl ScriptedIo {
     /// A socket that yields `input` per `reads` and takes writes per `writes`.
-    pub fn new(input: Vec<u8>, reads: Script, writes: Script, at_end: AtEnd, vectored: bool) -> ScriptedIo {
+    pub fn new(
+        input: Vec<u8>,
+        reads: Script,
+        writes: Script,
+        at_end: AtEnd,
+        vectored: bool,
+    ) -> ScriptedIo {
         ScriptedIo {
             input,
             pos: 0,
@@ -77,7 +83,11 @@ impl ScriptedIo {
 }
 
 impl AsyncRead for ScriptedIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.pos == self.input.len() {
             return match self.at_end {
                 AtEnd::Eof => Poll::Ready(Ok(())),
@@ -97,7 +107,11 @@ impl AsyncRead for ScriptedIo {
 }
 
 impl AsyncWrite for ScriptedIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let Some(max) = self.writes.next() else {
             cx.waker().wake_by_ref();
             return Poll::Pending;
