@@ -181,11 +181,9 @@ async fn run(input: Input) {
         let m = mux.clone();
         let (target, data) = (target.clone(), Bytes::from(data.clone()));
         tasks.push(tokio::spawn(async move {
-            if let Ok(s) = tokio::time::timeout(Duration::from_secs(5), m.open(&target)).await {
-                if let Ok(s) = s {
-                    let _ = s.send(data).await;
-                    let _ = s.finish();
-                }
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(5), m.open(&target)).await {
+                let _ = s.send(data).await;
+                let _ = s.finish();
             }
         }));
     }
