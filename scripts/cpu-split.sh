@@ -85,7 +85,7 @@ one() {
     *) echo "cpu-split: SPLIT_PERF_SIDE must be sending or receiving, not $side" >&2; exit 2 ;;
   esac
   if [[ ${SPLIT_PERF:-0} == 1 ]]; then
-    perf record -g -e cpu-clock -F 2000 -p "$profiled" -o "$D/$tag.perf" >/dev/null 2>&1 &
+    perf record ${SPLIT_PERF_CALLGRAPH:+--call-graph $SPLIT_PERF_CALLGRAPH} -g -e cpu-clock -F "${SPLIT_PERF_HZ:-2000}" -p "$profiled" -o "$D/$tag.perf" >/dev/null 2>&1 &
     pp=$!
     sleep 0.3
   fi
