@@ -10,6 +10,9 @@
 #                                           # scripts/bench/perf-contexts.py of each profile
 #   SPLIT_PERF=1 SPLIT_PERF_SIDE=receiving scripts/cpu-split.sh   # profiles the tunnel
 #                                           # process that receives from the other instead
+#   SPLIT_PERF=1 SPLIT_PERF_CALLGRAPH=dwarf,16384 SPLIT_PERF_HZ=499 scripts/cpu-split.sh
+#                                           # user-space call chains too (libc's memmove
+#                                           # has no frame pointers), at a lower rate
 #   SPLIT_PERF=1 SPLIT_KEEP=DIR scripts/cpu-split.sh   # keeps each profile as
 #                                           # DIR/ROUND-VARIANT_INDEX-NAME.perf (perf report -i)
 #   SPLIT_SS=1 scripts/cpu-split.sh         # also the kernel's state of the sockets the
