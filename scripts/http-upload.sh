@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One caller's upload through the HTTPS ingress: a PUT of UPLOAD_MIB MiB (curl, one
-# connection) to the server's HTTP ingress over TLS, through an agent (wss) to its HTTP
-# service, a python3 sink that counts the body and answers its length. Per culvert binary:
+# One caller's transfer through the HTTPS ingress: a PUT of UPLOAD_MIB MiB (curl, one
+# connection; with UPLOAD_DOWN=1 a GET of as much) to the server's HTTP ingress over TLS,
+# through an agent (wss) to its HTTP service, a python3 sink that counts the body and
+# answers its length. Per culvert binary:
 # throughput, CPU-s per GB of the server and of the agent, and with UPLOAD_STRACE=1 the
 # server's socket reads per GB (strace slows the server: read the reads, not the speed, of
 # those rounds). Alternating rounds, fresh processes each, medians at the end.
@@ -16,8 +17,9 @@
 # certificate as its CA file: the agent's TLS to backends is what changes between rounds.
 # UPLOAD_DOWN=1 measures the other way: a GET of UPLOAD_MIB MiB of zeros from the sink.
 #
-# Needs curl and python3 (strace for UPLOAD_STRACE=1, openssl for UPLOAD_BACKEND_TLS=1). Everything on 127.0.0.1; every process
-# stopped by its PID; each upload bounded by curl's --max-time.
+# Needs curl and python3 (strace for UPLOAD_STRACE=1, openssl for UPLOAD_BACKEND_TLS=1).
+# Everything on 127.0.0.1; every process stopped by its PID; each transfer bounded by curl's
+# --max-time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 variants=${UPLOAD_VARIANTS:-${CULVERT_BIN:-target/profiling/culvert}}

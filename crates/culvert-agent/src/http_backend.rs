@@ -186,7 +186,13 @@ impl HttpBackend {
             Some(ca) => culvert_transport::tls::Verify::CaFile(ca.clone()),
             None => culvert_transport::tls::Verify::SystemRoots,
         };
-        let config = culvert_transport::tls::client_config(&verify).map_err(|e| e.to_string())?;
+        let config = culvert_transport::tls::client_config(&verify).map_err(|e| match e {
+            culvert_transport::TransportError::NoSystemRoots => "no system root certificates to \
+                verify the backend with; name the CA that issued its certificate with \
+                `ca = \"FILE\"` in the service's [[agent.service]] table"
+                .to_owned(),
+            e => e.to_string(),
+        })?;
         Ok(self.client_tls.get_or_init(|| config).clone())
     }
 

@@ -9,6 +9,11 @@ pub enum TransportError {
     /// TLS configuration or handshake failure.
     #[error("tls: {0}")]
     Tls(String),
+    /// [`crate::tls::Verify::SystemRoots`] with no root certificates on the system (its store
+    /// is empty, or `SSL_CERT_FILE` / `SSL_CERT_DIR` name none). Its own kind, because what
+    /// to use instead depends on what is being verified: the caller says it.
+    #[error("tls: no system root certificates found")]
+    NoSystemRoots,
     /// WebSocket handshake or framing failure.
     #[error("websocket: {0}")]
     WebSocket(#[from] tokio_tungstenite::tungstenite::Error),

@@ -251,9 +251,7 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TransportErro
             }
             let (added, _) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
-                return Err(tls_err(
-                    "no system root certificates found; use --ca or --fingerprint",
-                ));
+                return Err(TransportError::NoSystemRoots);
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }

@@ -63,17 +63,19 @@ impl Ca {
 
 /// An agent config (plain ws to the server) with one HTTP service per `(name, url, ca)`,
 /// each adding the credential from the environment.
-fn write_config(path: &Path, port: u16, token: &Path, services: &[(&str, String, &Path)]) {
+fn write_config(path: &Path, port: u16, token: &Path, services: &[(&str, String, Option<&Path>)]) {
     let mut text = format!(
         "[agent]\nserver = \"ws://127.0.0.1:{port}\"\ntoken_file = {:?}\npool = 1\n",
         token.display().to_string()
     );
     for (name, url, ca) in services {
         text += &format!(
-            "\n[[agent.service]]\nname = \"{name}\"\nurl = \"{url}\"\nca = {:?}\n\
-             inject_headers = {{ Authorization = \"env:ERP_TOKEN\" }}\n",
-            ca.display().to_string()
+            "\n[[agent.service]]\nname = \"{name}\"\nurl = \"{url}\"\n\
+             inject_headers = {{ Authorization = \"env:ERP_TOKEN\" }}\n"
         );
+        if let Some(ca) = ca {
+            text += &format!("ca = {:?}\n", ca.display().to_string());
+        }
     }
     std::fs::write(path, text).unwrap();
 }
@@ -115,10 +117,22 @@ fn https_backends_are_verified_with_the_services_ca_and_carry_bodies_both_ways()
         port,
         &agent_token,
         &[
-            ("erp", format!("https://localhost:{good}/base"), &ca_pem),
-            ("impostor", format!("https://localhost:{impostor}"), &ca_pem),
+            (
+                "erp",
+                format!("https://localhost:{good}/base"),
+                Some(&ca_pem),
+            ),
+            (
+                "impostor",
+                format!("https://localhost:{impostor}"),
+                Some(&ca_pem),
+            ),
             // The real backend under a name its certificate does not carry.
-            ("wrongname", format!("https://127.0.0.1:{good}"), &ca_pem),
+            (
+                "wrongname",
+                format!("https://127.0.0.1:{good}"),
+                Some(&ca_pem),
+            ),
         ],
     );
     let mut agent = start_agent_via(&config);
@@ -216,7 +230,7 @@ fn a_ca_file_without_a_certificate_is_a_clear_error() {
         &config,
         port,
         &agent_token,
-        &[("erp", "https://localhost:1/".to_owned(), &bad)],
+        &[("erp", "https://localhost:1/".to_owned(), Some(&bad))],
     );
     let mut agent = start_agent_via(&config);
     let status = agent.wait_exit(WAIT);
@@ -224,4 +238,36 @@ fn a_ca_file_without_a_certificate_is_a_clear_error() {
     let log = agent.log();
     assert!(status.is_some_and(|s| !s.success()), "{log}");
     assert!(log.contains("not-a-ca.pem"), "{log}");
+}
+
+/// A service without a CA file on a machine whose system store is empty (here: an empty
+/// `SSL_CERT_DIR`) stops the agent at start, and the error says how to name the backend's
+/// CA, not the server connection's `--ca` / `--fingerprint`.
+#[test]
+fn without_a_ca_file_an_empty_system_store_is_answered_with_the_services_ca_setting() {
+    let dir = TempDir::new("http-tls-no-roots");
+    let (tokens, agent_token, _caller) = acme_tokens(dir.path(), ACME_CALLER);
+    let (mut server, port) = start_server(&tokens, &["--insecure-plain"]);
+    let empty = dir.join("no-roots");
+    std::fs::create_dir(&empty).unwrap();
+    let config = dir.join("agent.toml");
+    write_config(
+        &config,
+        port,
+        &agent_token,
+        &[("erp", "https://localhost:1/".to_owned(), None)],
+    );
+    let mut agent = Proc::spawn(
+        "culvert agent",
+        agent_via(&config)
+            .env_remove("SSL_CERT_FILE")
+            .env("SSL_CERT_DIR", &empty),
+    );
+    let status = agent.wait_exit(WAIT);
+    server.kill();
+    let log = agent.log();
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(log.contains("no system root certificates"), "{log}");
+    assert!(log.contains("ca = \"FILE\""), "{log}");
+    assert!(!log.contains("--fingerprint"), "{log}");
 }

@@ -547,7 +547,15 @@ impl Agent {
             servers::resolve_now(u, config.proxy.as_ref())
         });
         let tls = if servers.iter().any(|s| s.url.tls) {
-            Some(client_config(&config.verify)?)
+            Some(client_config(&config.verify).map_err(|e| match e {
+                culvert_transport::TransportError::NoSystemRoots => {
+                    culvert_transport::TransportError::Tls(
+                        "no system root certificates to verify the server with; use --ca or --fingerprint"
+                            .into(),
+                    )
+                }
+                e => e,
+            })?)
         } else {
             None
         };

@@ -236,14 +236,18 @@ pub fn acme_tokens(
     (tokens, agent_token, caller)
 }
 
+/// `culvert agent --config CONFIG` with the injected credential in its environment.
+pub fn agent_via(config: &Path) -> Command {
+    let mut c = culvert();
+    c.args(["agent", "--config"])
+        .arg(config)
+        .env("ERP_TOKEN", SECRET);
+    c
+}
+
+/// [`agent_via`], started.
 pub fn start_agent_via(config: &Path) -> Proc {
-    Proc::spawn(
-        "culvert agent",
-        culvert()
-            .args(["agent", "--config"])
-            .arg(config)
-            .env("ERP_TOKEN", SECRET),
-    )
+    Proc::spawn("culvert agent", &mut agent_via(config))
 }
 
 /// Twenty messages (`message(i)`) through `ws://{http}/t/acme/erp/ws`, each echoed back
