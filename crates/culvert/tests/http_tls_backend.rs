@@ -82,6 +82,12 @@ fn write_config(path: &Path, port: u16, token: &Path, services: &[(&str, String,
 
 /// `curl` writing the body to `out`: (status, bytes received).
 fn curl_to_file(args: &[&str], out: &Path) -> (u16, u64) {
+    let (status, n, _) = curl_to_file_checked(args, out);
+    (status, n)
+}
+
+/// [`curl_to_file`], and whether curl saw the transfer complete (exit status 0).
+fn curl_to_file_checked(args: &[&str], out: &Path) -> (u16, u64, bool) {
     let o = std::process::Command::new("curl")
         .args(["-sS", "--max-time", "60", "-o"])
         .arg(out)
@@ -91,18 +97,29 @@ fn curl_to_file(args: &[&str], out: &Path) -> (u16, u64) {
         .expect("curl (scripts/test.sh installs it)");
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     let mut it = text.split_whitespace().map(|v| v.parse().unwrap_or(0));
-    (it.next().unwrap_or(0) as u16, it.next().unwrap_or(0))
+    (
+        it.next().unwrap_or(0) as u16,
+        it.next().unwrap_or(0),
+        o.status.success(),
+    )
 }
 
-#[test]
-fn https_backends_are_verified_with_the_services_ca_and_carry_bodies_both_ways() {
-    let dir = TempDir::new("http-tls-backend");
+/// A server with an HTTP ingress for tenant `acme`: (server, tunnel port, ingress address,
+/// the agent's token file, the caller's token).
+fn ingress(dir: &TempDir) -> (Proc, u16, String, PathBuf, String) {
     let (tokens, agent_token, caller) = acme_tokens(dir.path(), ACME_CALLER);
     let http = format!("127.0.0.1:{}", free_port());
     let (mut server, port) = start_server(&tokens, &["--insecure-plain", "--http-listen", &http]);
     server
         .try_wait_line("http ingress ready", 0, WAIT)
         .unwrap_or_else(|e| panic!("{e}"));
+    (server, port, http, agent_token, caller)
+}
+
+#[test]
+fn https_backends_are_verified_with_the_services_ca_and_carry_bodies_both_ways() {
+    let dir = TempDir::new("http-tls-backend");
+    let (mut server, port, http, agent_token, caller) = ingress(&dir);
 
     let ca = Ca::new("culvert test CA");
     let ca_pem = dir.join("ca.pem");
@@ -270,4 +287,148 @@ fn without_a_ca_file_an_empty_system_store_is_answered_with_the_services_ca_sett
     assert!(log.contains("no system root certificates"), "{log}");
     assert!(log.contains("ca = \"FILE\""), "{log}");
     assert!(!log.contains("--fingerprint"), "{log}");
+}
+
+/// The body the raw backend answers: 1 MiB of a pattern.
+const RAW_BODY: usize = 1 << 20;
+
+fn raw_body() -> Vec<u8> {
+    (0..RAW_BODY).map(|i| (i % 253) as u8).collect()
+}
+
+/// A TLS backend written by hand, for the ways a real one ends a response that hyper
+/// cannot be made to produce: it reads one request head, answers it, and closes. The path
+/// says how:
+/// - `/length-abrupt`: with `Content-Length`, then the TCP connection closes without TLS
+///   `close_notify` (what many servers do at a keep-alive timeout);
+/// - `/close-clean`: no length (the body ends where the connection does), then
+///   `close_notify`;
+/// - `/close-abrupt`: no length, then the TCP connection closes without `close_notify`: the
+///   body may have been cut short by anyone on the path.
+fn raw_tls_backend(tls: Arc<rustls::ServerConfig>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            loop {
+                let Ok((tcp, _)) = l.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(Ok(mut s)) = tokio::time::timeout(WAIT, acceptor.accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
+                            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let length = path.ends_with("/length-abrupt");
+                    let answer = if length {
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {RAW_BODY}\r\n\r\n")
+                    } else {
+                        "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_owned()
+                    };
+                    let mut out = answer.into_bytes();
+                    out.extend_from_slice(&raw_body());
+                    if s.write_all(&out).await.is_err() || s.flush().await.is_err() {
+                        return;
+                    }
+                    if path.ends_with("/close-clean") {
+                        let _ = s.shutdown().await;
+                    } else {
+                        // Closes the TCP connection under TLS: no close_notify.
+                        let (tcp, _) = s.into_inner();
+                        drop(tcp);
+                    }
+                });
+            }
+        });
+    });
+    port
+}
+
+/// How a backend's TLS ends decides what the caller is told about the body. A body with a
+/// length is whole when that many bytes came, so a backend that then closes without TLS
+/// `close_notify` (common at keep-alive timeouts) still answers 200 with every byte, and
+/// the next request gets a new backend connection. A body that ends where the connection
+/// ends is whole only if the backend said so with `close_notify`: without it the bytes
+/// could have been cut short by anyone on the path, so the caller's transfer is left
+/// incomplete instead of being passed off as the whole body.
+#[test]
+fn a_body_the_backend_ends_without_close_notify_is_never_passed_off_as_whole() {
+    let dir = TempDir::new("http-tls-close");
+    let (mut server, port, http, agent_token, caller) = ingress(&dir);
+    let ca = Ca::new("culvert test CA");
+    let ca_pem = dir.join("ca.pem");
+    ca.write_pem(&ca_pem);
+    let raw = raw_tls_backend(ca.server_config(&["localhost"]));
+    let config = dir.join("agent.toml");
+    write_config(
+        &config,
+        port,
+        &agent_token,
+        &[("raw", format!("https://localhost:{raw}"), Some(&ca_pem))],
+    );
+    let mut agent = start_agent_via(&config);
+    let bearer = format!("Authorization: Bearer {caller}");
+    let base = format!("http://{http}/t/acme/raw");
+    let out = dir.join("body.bin");
+    let want = raw_body();
+    let fetch = |path: &str| curl_to_file_checked(&["-H", &bearer, &format!("{base}{path}")], &out);
+    assert!(
+        poll_until(WAIT, || fetch("/length-abrupt").0 == 200),
+        "raw never answered\n--- agent:\n{}\n--- server:\n{}",
+        agent.log(),
+        server.log()
+    );
+
+    for round in 0..3 {
+        let got = fetch("/length-abrupt");
+        assert_eq!(
+            got,
+            (200, RAW_BODY as u64, true),
+            "length-abrupt, round {round}"
+        );
+        assert!(
+            std::fs::read(&out).unwrap() == want,
+            "length-abrupt body, round {round}"
+        );
+
+        let got = fetch("/close-clean");
+        assert_eq!(
+            got,
+            (200, RAW_BODY as u64, true),
+            "close-clean, round {round}\n{}",
+            agent.log()
+        );
+        assert!(
+            std::fs::read(&out).unwrap() == want,
+            "close-clean body, round {round}"
+        );
+
+        let (status, n, complete) = fetch("/close-abrupt");
+        assert!(
+            !complete,
+            "a body without close_notify reached the caller as whole ({status}, {n} bytes), round {round}\n--- agent:\n{}",
+            agent.log()
+        );
+    }
+    agent.kill();
+    server.kill();
 }
