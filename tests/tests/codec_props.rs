@@ -15,8 +15,8 @@ use proptest::prelude::*;
 
 use common::codec::*;
 use common::{
-    any_frame, decode_chunks, decode_chunks_undrained, decode_whole, encode, split_at_points,
-    Outcome,
+    any_frame, decode_chunks, decode_chunks_in_parts, decode_chunks_undrained, decode_whole,
+    encode, split_at_points, Outcome,
 };
 
 /// Valid frames concatenated, then corrupted: byte flips, a truncation, an insertion.
@@ -91,7 +91,8 @@ proptest! {
         prop_assert_eq!(out.frames, vec![f]);
     }
 
-    // Several frames concatenated decode in order, whole, split anywhere, byte by byte, and pushed undrained.
+    // Several frames concatenated decode in order, whole, split anywhere, byte by byte, and
+    // pushed undrained; with data in parts, the parts put back together are the frames sent.
     #[test]
     fn concatenated_frames_decode_in_order(
         frames in prop::collection::vec(any_frame(), 0..16),
@@ -106,6 +107,36 @@ proptest! {
         prop_assert_eq!(&decode_chunks(split_at_points(&buf, &cuts)), &expected);
         prop_assert_eq!(&decode_chunks(buf.chunks(1)), &expected);
         prop_assert_eq!(&decode_chunks_undrained(split_at_points(&buf, &cuts)), &expected);
+        prop_assert_eq!(&decode_chunks_in_parts(split_at_points(&buf, &cuts), false), &expected);
+        prop_assert_eq!(&decode_chunks_in_parts(buf.chunks(1), false), &expected);
+        prop_assert_eq!(&decode_chunks_in_parts(split_at_points(&buf, &cuts), true), &expected);
+    }
+
+    // With data in parts, any byte stream yields what whole frames yield, the same first
+    // error included; the one difference allowed is a last StreamData frame that has not
+    // all arrived, whose data so far comes out already.
+    #[test]
+    fn data_in_parts_yields_what_whole_frames_do_on_any_bytes(
+        bytes in hostile_bytes(),
+        cuts in prop::collection::vec(any::<usize>(), 0..16),
+    ) {
+        let whole = decode_whole(&bytes);
+        for parts in [
+            decode_chunks_in_parts(split_at_points(&bytes, &cuts), false),
+            decode_chunks_in_parts(bytes.chunks(1), false),
+            decode_chunks_in_parts(split_at_points(&bytes, &cuts), true),
+        ] {
+            prop_assert_eq!(&parts.error, &whole.error);
+            let n = whole.frames.len();
+            prop_assert_eq!(&parts.frames[..n.min(parts.frames.len())], &whole.frames[..]);
+            match &parts.frames[n..] {
+                [] => {}
+                [Frame::StreamData { data, .. }] => {
+                    prop_assert!(whole.error.is_none() && !data.is_empty());
+                }
+                extra => prop_assert!(false, "extra frames {:?}", extra),
+            }
+        }
     }
 
     // A valid stream cut inside its last frame yields the complete frames and keeps exactly the rest buffered.

@@ -97,6 +97,58 @@ pub fn decode_chunks_undrained<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -
     out
 }
 
+/// Feeds `chunks` to a decoder that lets straddling `StreamData` frames out in parts
+/// (`FrameDecoder::data_in_parts`), draining after each push unless `undrained`, and puts
+/// the parts back together by `last_was_continuation`. Checks on the way that no part is
+/// empty and that each continuation follows a `StreamData` part of the same stream.
+pub fn decode_chunks_in_parts<'a>(
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    undrained: bool,
+) -> Outcome {
+    let mut d = FrameDecoder::new();
+    d.data_in_parts(true);
+    let mut out = Outcome {
+        frames: Vec::new(),
+        error: None,
+    };
+    let drain_parts = |d: &mut FrameDecoder, out: &mut Outcome| loop {
+        if out.error.is_some() {
+            assert_eq!(d.next_frame(), Ok(None), "decoder yielded after an error");
+            return;
+        }
+        match d.next_frame() {
+            Ok(Some(f)) if d.last_was_continuation() => {
+                let Frame::StreamData { id, data } = f else {
+                    panic!("a continuation that is no StreamData: {f:?}");
+                };
+                assert!(!data.is_empty(), "an empty continuation of {id:?}");
+                match out.frames.last_mut() {
+                    Some(Frame::StreamData {
+                        id: first,
+                        data: so_far,
+                    }) if *first == id => {
+                        let mut joined = so_far.to_vec();
+                        joined.extend_from_slice(&data);
+                        *so_far = Bytes::from(joined);
+                    }
+                    other => panic!("a continuation of {id:?} after {other:?}"),
+                }
+            }
+            Ok(Some(f)) => out.frames.push(f),
+            Ok(None) => return,
+            Err(e) => out.error = Some(e),
+        }
+    };
+    for c in chunks {
+        d.push(Bytes::copy_from_slice(c));
+        if !undrained {
+            drain_parts(&mut d, &mut out);
+        }
+    }
+    drain_parts(&mut d, &mut out);
+    out
+}
+
 /// Feeds `bytes` in one push.
 pub fn decode_whole(bytes: &[u8]) -> Outcome {
     decode_chunks([bytes])

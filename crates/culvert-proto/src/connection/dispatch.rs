@@ -29,7 +29,9 @@ impl Connection {
         loop {
             let r = match self.decoder.next_frame() {
                 Ok(Some(frame)) => {
-                    self.stats.frames_received += 1;
+                    if !self.decoder.last_was_continuation() {
+                        self.stats.frames_received += 1;
+                    }
                     // A limit of ours the frame made us exceed fails the connection too.
                     self.handle_frame(frame)
                         .and_then(|()| self.error.clone().map_or(Ok(()), Err))

@@ -297,3 +297,59 @@ fn write_from_leaves_what_did_not_fit_in_the_callers_buffer() {
     assert!(c.write_from(unknown, &mut data).is_err());
     assert_eq!(data.len(), before, "an error takes nothing");
 }
+
+/// A 32 KiB frame that straddles two received messages (as a bulk frame does at the end
+/// of nearly every socket read) is read as slices of those messages: no allocation, no
+/// copy. Before the decoder let data out in parts, the frame was assembled into a buffer
+/// of its own (one allocation and a copy of every byte).
+#[test]
+fn a_frame_straddling_two_messages_is_read_without_a_copy() {
+    let (mut c, ids) = server_with_streams(1);
+    let id = ids[0];
+    let data: Vec<u8> = (0..32 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut b = BytesMut::new();
+    Frame::StreamData {
+        id,
+        data: Bytes::from(data.clone()),
+    }
+    .encode(&mut b)
+    .unwrap();
+    let wire = b.freeze();
+    let (first, second) = (wire.slice(..10_000), wire.slice(10_000..));
+    // The stream's first data sizes its queue of chunks: done before measuring.
+    let mut warm = BytesMut::new();
+    Frame::StreamData {
+        id,
+        data: Bytes::from(vec![1u8; 2000]),
+    }
+    .encode(&mut warm)
+    .unwrap();
+    c.handle_bytes(Instant::now(), warm.freeze()).unwrap();
+    while c.poll_event().is_some() {}
+    assert!(matches!(c.read(id, usize::MAX), Ok(super::ReadOutcome::Data(d)) if d.len() == 2000));
+    let (_, allocs) = allocations(|| {
+        c.handle_bytes(Instant::now(), first.clone()).unwrap();
+        c.handle_bytes(Instant::now(), second.clone()).unwrap();
+    });
+    while c.poll_event().is_some() {}
+    assert_eq!(allocs, 0, "{allocs} allocations to take in one frame");
+    let mut got = Vec::new();
+    let mut pieces = Vec::new();
+    while let Ok(super::ReadOutcome::Data(d)) = c.read(id, usize::MAX) {
+        got.extend_from_slice(&d);
+        pieces.push(d);
+    }
+    assert_eq!(got, data);
+    // Each piece points into the message it came in.
+    let inside = |p: &Bytes, m: &Bytes| {
+        let (m0, p0) = (m.as_ptr() as usize, p.as_ptr() as usize);
+        p0 >= m0 && p0 + p.len() <= m0 + m.len()
+    };
+    assert!(
+        pieces
+            .iter()
+            .all(|p| inside(p, &first) || inside(p, &second)),
+        "data was copied out of the received messages"
+    );
+    assert_eq!(c.stats().frames_received, 3, "{:?}", c.stats());
+}

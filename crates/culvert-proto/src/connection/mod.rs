@@ -166,7 +166,13 @@ impl Connection {
             side,
             epoch: now,
             now,
-            decoder: FrameDecoder::new(),
+            decoder: {
+                // A stream's data is a byte sequence here: a frame straddling two received
+                // buffers is handed on in parts rather than copied to assemble it.
+                let mut d = FrameDecoder::new();
+                d.data_in_parts(true);
+                d
+            },
             streams: HashMap::default(),
             scratch: BytesMut::new(),
             limits: StreamLimits::new(side, INITIAL_MAX_STREAMS, config.max_concurrent_streams),
