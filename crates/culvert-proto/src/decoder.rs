@@ -13,6 +13,13 @@ use crate::frame::Frame;
 use crate::header::{FrameType, Header, HEADER_LEN};
 use crate::{varint, DecodeError, StreamId};
 
+/// A `StreamData` stream id cut short. Not reachable (the id's length is checked from its
+/// first byte before it is read), but an error rather than a panic if it ever were.
+const TRUNCATED_ID: DecodeError = DecodeError::Truncated {
+    frame: "StreamData",
+    field: "stream_id",
+};
+
 /// Turns a sequence of byte buffers into frames.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
@@ -137,7 +144,7 @@ impl FrameDecoder {
                     if id_len < header.len && self.input.len() >= HEADER_LEN + id_len {
                         // Header and stream id are here: the data comes in parts from now.
                         self.input.advance(HEADER_LEN);
-                        let id = varint::get(&mut self.input).expect("the whole varint is here");
+                        let id = varint::get(&mut self.input).ok_or(TRUNCATED_ID)?;
                         self.part = Some((StreamId(id), header.len - id_len, false));
                         return Ok(self.next_part());
                     }
@@ -195,7 +202,7 @@ impl FrameDecoder {
                 let mut head = std::mem::take(&mut self.partial).freeze();
                 self.header = None;
                 head.advance(HEADER_LEN);
-                let id = StreamId(varint::get(&mut head).expect("the whole varint is here"));
+                let id = StreamId(varint::get(&mut head).ok_or(TRUNCATED_ID)?);
                 let left = header.len - id_len;
                 if head.is_empty() {
                     self.part = Some((id, left, false));

@@ -307,60 +307,46 @@ fn raw_body() -> Vec<u8> {
 ///   body may have been cut short by anyone on the path.
 fn raw_tls_backend(tls: Arc<rustls::ServerConfig>) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    l.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(l).unwrap();
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            loop {
-                let Ok((tcp, _)) = l.accept().await else {
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(Ok(mut s)) = tokio::time::timeout(WAIT, acceptor.accept(tcp)).await
-                    else {
-                        return;
-                    };
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
-                            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
-                            _ => return,
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
-                    let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-                    let length = path.ends_with("/length-abrupt");
-                    let answer = if length {
-                        format!("HTTP/1.1 200 OK\r\nContent-Length: {RAW_BODY}\r\n\r\n")
-                    } else {
-                        "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_owned()
-                    };
-                    let mut out = answer.into_bytes();
-                    out.extend_from_slice(&raw_body());
-                    if s.write_all(&out).await.is_err() || s.flush().await.is_err() {
-                        return;
-                    }
-                    if path.ends_with("/close-clean") {
-                        let _ = s.shutdown().await;
-                    } else {
-                        // Closes the TCP connection under TLS: no close_notify.
-                        let (tcp, _) = s.into_inner();
-                        drop(tcp);
-                    }
-                });
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_loopback(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(Ok(mut s)) = tokio::time::timeout(WAIT, acceptor.accept(tcp)).await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                if head.len() > 64 * 1024 {
+                    return;
+                }
+                match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
             }
-        });
-    });
-    port
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let length = path.ends_with("/length-abrupt");
+            let answer = if length {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {RAW_BODY}\r\n\r\n")
+            } else {
+                "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_owned()
+            };
+            let mut out = answer.into_bytes();
+            out.extend_from_slice(&raw_body());
+            if s.write_all(&out).await.is_err() || s.flush().await.is_err() {
+                return;
+            }
+            if path.ends_with("/close-clean") {
+                let _ = s.shutdown().await;
+            } else {
+                // Closes the TCP connection under TLS: no close_notify.
+                let (tcp, _) = s.into_inner();
+                drop(tcp);
+            }
+        }
+    })
 }
 
 /// How a backend's TLS ends decides what the caller is told about the body. A body with a

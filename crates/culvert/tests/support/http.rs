@@ -48,10 +48,35 @@ pub fn tls_backend(tls: Arc<tokio_rustls::rustls::ServerConfig>) -> (u16, Arc<Mu
 
 fn backend_with(tls: Option<tokio_rustls::TlsAcceptor>) -> (u16, Arc<Mutex<Vec<Seen>>>) {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let rec = seen.clone();
+    let port = serve_loopback(move |tcp| {
+        let (rec, tls) = (rec.clone(), tls.clone());
+        async move {
+            match tls {
+                None => serve_recording(tcp, rec).await,
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(tcp);
+                    if let Ok(Ok(s)) = tokio::time::timeout(WAIT, handshake).await {
+                        serve_recording(s, rec).await;
+                    }
+                }
+            }
+        }
+    });
+    (port, seen)
+}
+
+/// Accepts connections on a loopback port, in a thread with a runtime of its own (so a
+/// test's blocking calls do not stall it), each served by `serve` in a task of its own;
+/// returns the port.
+pub fn serve_loopback<F, Fut>(serve: F) -> u16
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = l.local_addr().unwrap().port();
     l.set_nonblocking(true).unwrap();
-    let rec = seen.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -63,22 +88,11 @@ fn backend_with(tls: Option<tokio_rustls::TlsAcceptor>) -> (u16, Arc<Mutex<Vec<S
                 let Ok((tcp, _)) = l.accept().await else {
                     continue;
                 };
-                let (rec, tls) = (rec.clone(), tls.clone());
-                tokio::spawn(async move {
-                    match tls {
-                        None => serve_recording(tcp, rec).await,
-                        Some(acceptor) => {
-                            let handshake = acceptor.accept(tcp);
-                            if let Ok(Ok(s)) = tokio::time::timeout(WAIT, handshake).await {
-                                serve_recording(s, rec).await;
-                            }
-                        }
-                    }
-                });
+                tokio::spawn(serve(tcp));
             }
         });
     });
-    (port, seen)
+    port
 }
 
 /// Serves [`backend`]'s routes on one connection.
