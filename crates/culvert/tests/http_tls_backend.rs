@@ -355,7 +355,8 @@ fn raw_tls_backend(tls: Arc<rustls::ServerConfig>) -> u16 {
 /// the next request gets a new backend connection. A body that ends where the connection
 /// ends is whole only if the backend said so with `close_notify`: without it the bytes
 /// could have been cut short by anyone on the path, so the caller's transfer is left
-/// incomplete instead of being passed off as the whole body.
+/// incomplete (or, when the cut comes before the agent's answer left it, answered 502)
+/// instead of being passed off as the whole body.
 #[test]
 fn a_body_the_backend_ends_without_close_notify_is_never_passed_off_as_whole() {
     let dir = TempDir::new("http-tls-close");
@@ -408,12 +409,18 @@ fn a_body_the_backend_ends_without_close_notify_is_never_passed_off_as_whole() {
             "close-clean body, round {round}"
         );
 
+        // The agent may read the backend's head, its bytes and the bare close in one go and
+        // end the tunnel stream before its own head went out: the server then answers 502
+        // (seen under load in CI). Either way the caller is not told the body is whole.
         let (status, n, complete) = fetch("/close-abrupt");
         assert!(
-            !complete,
+            status != 200 || !complete,
             "a body without close_notify reached the caller as whole ({status}, {n} bytes), round {round}\n--- agent:\n{}",
             agent.log()
         );
+        if status != 200 {
+            assert_eq!(status, 502, "close-abrupt, round {round}");
+        }
     }
     agent.kill();
     server.kill();
