@@ -6,15 +6,17 @@
 //! caller sent), and bodies stream both ways without being buffered. The `X-Forwarded-*`
 //! headers come from the server, which saw the caller. One backend connection serves a
 //! tunnel stream's requests in turn (keep-alive), and is replaced if the backend closes
-//! it. An `Upgrade` (WebSocket) is passed through: after the backend's 101 the two sides
-//! are spliced.
+//! it; a request that a reused connection closes under before any answer is sent once
+//! more on a new one when that is safe (no body, an idempotent method: `replayable_head`).
+//! An `Upgrade` (WebSocket) is passed through: after the backend's 101 the two sides are
+//! spliced.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Empty, Full};
+use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
@@ -23,11 +25,15 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::http_backend::HttpBackend;
-use culvert_transport::http_hop::{connection_has, strip_hop_by_hop};
+use culvert_transport::http_hop::{connection_has, replayable_head, strip_hop_by_hop};
 use culvert_transport::TunnelStream;
 
 /// Body of what the agent answers: the backend's, or a short error of its own.
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// Body of what the agent sends the backend: the caller's, or none when a bodyless request
+/// is sent again on a new connection.
+type Outgoing = Either<Incoming, Empty<Bytes>>;
 
 /// How long a request head may take to arrive on a tunnel stream, and a backend's answer
 /// head to come back: neither side holds a task forever.
@@ -35,7 +41,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves HTTP on one tunnel stream until the server closes it.
 pub async fn serve(stream: TunnelStream, backend: Arc<HttpBackend>, dial_timeout: Duration) {
-    let conn = Arc::new(Mutex::new(None::<SendRequest<Incoming>>));
+    let conn = Arc::new(Mutex::new(None::<SendRequest<Outgoing>>));
     let svc = hyper::service::service_fn(move |req| {
         let (backend, conn) = (backend.clone(), conn.clone());
         async move {
@@ -84,7 +90,7 @@ type Refusal = (StatusCode, String);
 async fn forward(
     mut req: Request<Incoming>,
     backend: &HttpBackend,
-    conn: &Mutex<Option<SendRequest<Incoming>>>,
+    conn: &Mutex<Option<SendRequest<Outgoing>>>,
     dial_timeout: Duration,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let upgrade = req
@@ -96,33 +102,57 @@ async fn forward(
     rewrite_request(&mut req, backend, upgrade.as_ref())?;
 
     let mut slot = conn.lock().await;
-    let reuse = match slot.as_mut() {
+    let mut reused = match slot.as_mut() {
         Some(s) => s.ready().await.is_ok(),
         None => false,
     };
-    if !reuse {
-        *slot = Some(connect(backend, dial_timeout).await?);
-    }
-    let sender = slot.as_mut().expect("set above");
-    // A backend that never answers does not hold the caller forever: the answer's head
-    // must come within HEADER_TIMEOUT (bodies then stream for as long as they last).
-    let answer = tokio::time::timeout(HEADER_TIMEOUT, sender.send_request(req)).await;
-    let mut resp = match answer {
-        Ok(Ok(r)) => r,
-        // The connection is in an unknown state: the next request dials afresh.
-        Ok(Err(e)) => {
-            *slot = None;
-            return Err((StatusCode::BAD_GATEWAY, format!("backend: {e}")));
+    // Kept while the request goes out on a reused connection: see `replayable_head`.
+    let mut replay = if reused {
+        replayable_head(&req, req.body().is_end_stream())
+    } else {
+        None
+    };
+    let mut req = req.map(Either::Left);
+    let mut resp = loop {
+        if !reused {
+            *slot = Some(connect(backend, dial_timeout).await?);
         }
-        Err(_) => {
-            *slot = None;
-            return Err((
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "backend {}: no answer within {HEADER_TIMEOUT:?}",
-                    backend.url()
-                ),
-            ));
+        let sender = slot.as_mut().expect("set above");
+        // A backend that never answers does not hold the caller forever: the answer's head
+        // must come within HEADER_TIMEOUT (bodies then stream for as long as they last).
+        let answer = tokio::time::timeout(HEADER_TIMEOUT, sender.try_send_request(req)).await;
+        match answer {
+            Ok(Ok(r)) => break r,
+            // The connection is in an unknown state: the next request dials afresh.
+            Ok(Err(mut e)) => {
+                *slot = None;
+                // A reused connection that closed under the request: once more on a new
+                // one, if the request never went out or may be sent twice.
+                let again = match e.take_message() {
+                    Some(r) => Some(r),
+                    None => replay
+                        .take()
+                        .map(|h| h.map(|()| Either::Right(Empty::new()))),
+                };
+                match again {
+                    Some(r) if reused => {
+                        tracing::debug!(backend = %backend.url(), error = %e.error(), "a reused backend connection closed under a request: sending it again on a new one");
+                        req = r;
+                        reused = false;
+                    }
+                    _ => return Err((StatusCode::BAD_GATEWAY, format!("backend: {}", e.error()))),
+                }
+            }
+            Err(_) => {
+                *slot = None;
+                return Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "backend {}: no answer within {HEADER_TIMEOUT:?}",
+                        backend.url()
+                    ),
+                ));
+            }
         }
     };
     drop(slot);
@@ -184,7 +214,7 @@ fn rewrite_request(
 async fn connect(
     backend: &HttpBackend,
     dial_timeout: Duration,
-) -> Result<SendRequest<Incoming>, Refusal> {
+) -> Result<SendRequest<Outgoing>, Refusal> {
     let gateway = |e: String| {
         (
             StatusCode::BAD_GATEWAY,
@@ -231,7 +261,7 @@ async fn connect(
     }
 }
 
-async fn handshake<T>(io: T) -> Result<SendRequest<Incoming>, String>
+async fn handshake<T>(io: T) -> Result<SendRequest<Outgoing>, String>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {

@@ -2,14 +2,14 @@
 //! reaches it, `curl` against the ingress, and the tokens and agent those tests share.
 
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::Digest;
 
-use super::{culvert, new_token_with, Proc, WAIT};
+use super::{culvert, free_port, new_token_with, start_server, Proc, TempDir, WAIT};
 
 /// The credential the agent injects (from its environment) into every request.
 pub const SECRET: &str = "Bearer backend-secret-42";
@@ -314,4 +314,64 @@ pub fn split_answer(text: &str) -> (u16, &str, &str) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (status, head, body)
+}
+
+/// An agent config (plain ws to the server) with one HTTP service per `(name, url, ca)`,
+/// each adding the credential from the environment.
+pub fn write_config(
+    path: &Path,
+    port: u16,
+    token: &Path,
+    services: &[(&str, String, Option<&Path>)],
+) {
+    let mut text = format!(
+        "[agent]\nserver = \"ws://127.0.0.1:{port}\"\ntoken_file = {:?}\npool = 1\n",
+        token.display().to_string()
+    );
+    for (name, url, ca) in services {
+        text += &format!(
+            "\n[[agent.service]]\nname = \"{name}\"\nurl = \"{url}\"\n\
+             inject_headers = {{ Authorization = \"env:ERP_TOKEN\" }}\n"
+        );
+        if let Some(ca) = ca {
+            text += &format!("ca = {:?}\n", ca.display().to_string());
+        }
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// `curl` writing the body to `out`: (status, bytes received).
+pub fn curl_to_file(args: &[&str], out: &Path) -> (u16, u64) {
+    let (status, n, _) = curl_to_file_checked(args, out);
+    (status, n)
+}
+
+/// [`curl_to_file`], and whether curl saw the transfer complete (exit status 0).
+pub fn curl_to_file_checked(args: &[&str], out: &Path) -> (u16, u64, bool) {
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "60", "-o"])
+        .arg(out)
+        .args(["-w", "%{http_code} %{size_download}"])
+        .args(args)
+        .output()
+        .expect("curl (scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut it = text.split_whitespace().map(|v| v.parse().unwrap_or(0));
+    (
+        it.next().unwrap_or(0) as u16,
+        it.next().unwrap_or(0),
+        o.status.success(),
+    )
+}
+
+/// A server with an HTTP ingress for tenant `acme`: (server, tunnel port, ingress address,
+/// the agent's token file, the caller's token).
+pub fn ingress(dir: &TempDir) -> (Proc, u16, String, PathBuf, String) {
+    let (tokens, agent_token, caller) = acme_tokens(dir.path(), ACME_CALLER);
+    let http = format!("127.0.0.1:{}", free_port());
+    let (mut server, port) = start_server(&tokens, &["--insecure-plain", "--http-listen", &http]);
+    server
+        .try_wait_line("http ingress ready", 0, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (server, port, http, agent_token, caller)
 }
