@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Requests/s and latency through the HTTP ingress (issue 15) against the same backend reached
-# directly: wrk, keep-alive, a small GET, each target measured ROUNDS times, interleaved.
+# directly: wrk, keep-alive, a small GET, each target measured ROUNDS times, interleaved; for
+# the ingress also the server's and the agent's CPU per request (/proc/PID/stat).
 #
 #   scripts/http-bench.sh            # uses target/release/culvert (cargo build --release -p culvert)
 #   CULVERT_BIN=... ROUNDS=3 SECS=10 CONNS=16 scripts/http-bench.sh
@@ -59,13 +60,22 @@ for _ in $(seq 1 100); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$auth" "http://127.0.0.1:$http/t/acme/api/")" = 200 ] && break
   sleep 0.2
 done
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; } # utime + stime, clock ticks
 run() { # label url [header]
-  local out
+  local out s0 a0 s1 a1
+  s0=$(ticks "${pids[1]}"); a0=$(ticks "${pids[2]}")
   if [ $# -eq 3 ]; then out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency -H "$3" "$2"); else out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency "$2"); fi
-  local rps p50 p99
+  s1=$(ticks "${pids[1]}"); a1=$(ticks "${pids[2]}")
+  local rps p50 p99 reqs cpu=""
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  echo "$1 req/s=$rps p50=$p50 p99=$p99"
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  if [ $# -eq 3 ] && [ "${reqs:-0}" -gt 0 ]; then
+    # CPU of the server and the agent per request through them, in µs.
+    cpu=$(awk -v s=$((s1 - s0)) -v a=$((a1 - a0)) -v n="$reqs" -v hz="$(getconf CLK_TCK)" \
+      'BEGIN { printf " server_cpu=%.1fus/req agent_cpu=%.1fus/req", s * 1e6 / hz / n, a * 1e6 / hz / n }')
+  fi
+  echo "$1 req/s=$rps p50=$p50 p99=$p99$cpu"
 }
 echo "# $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg); wrk -t2 -c$conns -d${secs}s, GET, keep-alive"
 for r in $(seq 1 "$rounds"); do
