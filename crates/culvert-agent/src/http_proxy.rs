@@ -127,21 +127,23 @@ async fn forward(
             Ok(Err(mut e)) => {
                 *slot = None;
                 // A reused connection that closed under the request: once more on a new
-                // one, if the request never went out or may be sent twice.
-                let again = match e.take_message() {
-                    Some(r) => Some(r),
-                    None => replay
-                        .take()
-                        .map(|h| h.map(|()| Either::Right(Empty::new()))),
+                // one, if the request never went out or may be sent twice. (A new
+                // connection failing is the backend's answer: no second try.)
+                let again = if reused {
+                    e.take_message().or_else(|| {
+                        replay
+                            .take()
+                            .map(|h| h.map(|()| Either::Right(Empty::new())))
+                    })
+                } else {
+                    None
                 };
-                match again {
-                    Some(r) if reused => {
-                        tracing::debug!(backend = %backend.url(), error = %e.error(), "a reused backend connection closed under a request: sending it again on a new one");
-                        req = r;
-                        reused = false;
-                    }
-                    _ => return Err((StatusCode::BAD_GATEWAY, format!("backend: {}", e.error()))),
-                }
+                let Some(r) = again else {
+                    return Err((StatusCode::BAD_GATEWAY, format!("backend: {}", e.error())));
+                };
+                tracing::debug!(backend = %backend.url(), error = %e.error(), "a reused backend connection closed under a request: sending it again on a new one");
+                req = r;
+                reused = false;
             }
             Err(_) => {
                 *slot = None;

@@ -251,7 +251,7 @@ fn raw_body() -> Vec<u8> {
 /// - `/close-abrupt`: no length, then the TCP connection closes without `close_notify`: the
 ///   body may have been cut short by anyone on the path.
 fn raw_tls_backend(tls: Arc<rustls::ServerConfig>) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     serve_loopback(move |tcp| {
         let acceptor = acceptor.clone();
@@ -260,15 +260,8 @@ fn raw_tls_backend(tls: Arc<rustls::ServerConfig>) -> u16 {
                 return;
             };
             let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                if head.len() > 64 * 1024 {
-                    return;
-                }
-                match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
-                    _ => return,
-                }
+            if read_head(&mut s, &mut head).await.is_none() {
+                return;
             }
             let head = String::from_utf8_lossy(&head).into_owned();
             let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();

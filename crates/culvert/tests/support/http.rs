@@ -95,6 +95,56 @@ where
     port
 }
 
+/// Most a hand-written test backend reads of one request head.
+const HEAD_MAX: usize = 64 * 1024;
+
+/// Reads from `io` into `buf` until it holds a whole request head (bytes past it stay in
+/// `buf`): the head's length, or `None` when the peer closed, fell silent for [`WAIT`] or
+/// sent more than 64 KiB without ending the head. For the hand-written backends.
+pub async fn read_head<R>(io: &mut R, buf: &mut Vec<u8>) -> Option<usize>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        if buf.len() > HEAD_MAX || !read_more(io, buf).await {
+            return None;
+        }
+    }
+}
+
+/// Reads from `io` into `buf` until it holds `len` bytes; `false` when the peer closed or
+/// fell silent for [`WAIT`] first.
+pub async fn read_to_len<R>(io: &mut R, buf: &mut Vec<u8>, len: usize) -> bool
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    while buf.len() < len {
+        if !read_more(io, buf).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// One read of up to 4 KiB appended to `buf`, within [`WAIT`].
+async fn read_more<R>(io: &mut R, buf: &mut Vec<u8>) -> bool
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    match tokio::time::timeout(WAIT, io.read(&mut chunk)).await {
+        Ok(Ok(k)) if k > 0 => {
+            buf.extend_from_slice(&chunk[..k]);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Serves [`backend`]'s routes on one connection.
 async fn serve_recording<T>(io: T, rec: Arc<Mutex<Vec<Seen>>>)
 where
