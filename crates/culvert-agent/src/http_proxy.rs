@@ -11,6 +11,7 @@
 //! An `Upgrade` (WebSocket) is passed through: after the backend's 101 the two sides are
 //! spliced.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::http_backend::HttpBackend;
+use crate::HttpCounters;
 use culvert_transport::http_hop::{connection_has, replayable_head, strip_hop_by_hop};
 use culvert_transport::TunnelStream;
 
@@ -39,16 +41,26 @@ type Outgoing = Either<Incoming, Empty<Bytes>>;
 /// head to come back: neither side holds a task forever.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Serves HTTP on one tunnel stream until the server closes it.
-pub async fn serve(stream: TunnelStream, backend: Arc<HttpBackend>, dial_timeout: Duration) {
+/// Serves HTTP on one tunnel stream until the server closes it; what happens to each
+/// request is counted in `counters`.
+pub async fn serve(
+    stream: TunnelStream,
+    backend: Arc<HttpBackend>,
+    dial_timeout: Duration,
+    counters: Arc<HttpCounters>,
+) {
     let conn = Arc::new(Mutex::new(None::<SendRequest<Outgoing>>));
     let svc = hyper::service::service_fn(move |req| {
-        let (backend, conn) = (backend.clone(), conn.clone());
+        let (backend, conn, counters) = (backend.clone(), conn.clone(), counters.clone());
         async move {
             Ok::<_, std::convert::Infallible>(
-                match forward(req, &backend, &conn, dial_timeout).await {
-                    Ok(r) => r,
+                match forward(req, &backend, &conn, dial_timeout, &counters).await {
+                    Ok(r) => {
+                        counters.answered.fetch_add(1, Ordering::Relaxed);
+                        r
+                    }
                     Err((status, why)) => {
+                        counters.refused(status);
                         tracing::info!(backend = %backend.url(), %status, reason = %why, "request not forwarded");
                         error_response(status, &why)
                     }
@@ -92,6 +104,7 @@ async fn forward(
     backend: &HttpBackend,
     conn: &Mutex<Option<SendRequest<Outgoing>>>,
     dial_timeout: Duration,
+    counters: &HttpCounters,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let upgrade = req
         .headers()
@@ -116,6 +129,7 @@ async fn forward(
     let mut resp = loop {
         if !reused {
             *slot = Some(connect(backend, dial_timeout).await?);
+            counters.backend_connections.fetch_add(1, Ordering::Relaxed);
         }
         let sender = slot.as_mut().expect("set above");
         // A backend that never answers does not hold the caller forever: the answer's head
@@ -141,6 +155,7 @@ async fn forward(
                 let Some(r) = again else {
                     return Err((StatusCode::BAD_GATEWAY, format!("backend: {}", e.error())));
                 };
+                counters.retried.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(backend = %backend.url(), error = %e.error(), "a reused backend connection closed under a request: sending it again on a new one");
                 req = r;
                 reused = false;

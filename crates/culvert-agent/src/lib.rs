@@ -8,6 +8,7 @@ mod agent;
 mod backoff;
 mod failure;
 mod http_backend;
+mod http_counters;
 mod http_proxy;
 mod local_flows;
 mod metrics;
@@ -19,6 +20,7 @@ pub use agent::{Agent, AgentConfig, AgentHandle, ConnectionStatus, LinkState, Se
 pub use backoff::Backoff;
 pub use failure::{Failure, FailureKind};
 pub use http_backend::{HttpBackend, SecretSource};
+pub use http_counters::HttpCounters;
 pub use local_flows::LocalFlow;
 pub use open_error::OpenError;
 pub use proxy_protocol::ProxyVersion;

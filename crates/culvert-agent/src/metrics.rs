@@ -1,7 +1,9 @@
-//! The agent's Prometheus metrics: its pool, readiness, failures, public ports and the
-//! streams, bytes and round trips of its live connections. An [`AgentCollector`] reads
+//! The agent's Prometheus metrics: its pool, readiness, failures, public ports, each
+//! service's connections, bytes and (HTTP services) requests, and the streams, bytes and
+//! round trips of its live connections. An [`AgentCollector`] reads
 //! them from the agent's counters when a scrape asks; nothing here runs per packet.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -82,6 +84,7 @@ impl Collector for AgentCollector {
                 .into_iter()
                 .map(|(name, port)| ([("service", name)], ConstGauge::new(u64::from(port)))),
         )?;
+        encode_services(enc, shared)?;
         totals.encode(
             enc,
             "Stream payload bytes over the pooled connections (ended ones included), by direction.",
@@ -98,4 +101,71 @@ impl Collector for AgentCollector {
             rtts,
         )
     }
+}
+
+/// Per service: connections open and made, bytes each way; for HTTP services also requests
+/// by result, retries and backend connections. The label values are the configured service
+/// names, so the families grow with the configuration only.
+fn encode_services(enc: &mut DescriptorEncoder, shared: &Shared) -> std::fmt::Result {
+    let services = shared.services();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    family(
+        enc,
+        "culvert_agent_service_connections_open",
+        "Connections being relayed now, per service (UDP: flows; HTTP: tunnel streams).",
+        services.iter().map(|(name, c, _)| {
+            (
+                [("service", *name)],
+                ConstGauge::new(c.open.load(Ordering::Relaxed) as u64),
+            )
+        }),
+    )?;
+    family(
+        enc,
+        "culvert_agent_service_connections",
+        "Connections relayed since start, per service (UDP: flows; HTTP: tunnel streams).",
+        services
+            .iter()
+            .map(|(name, c, _)| ([("service", *name)], ConstCounter::new(get(&c.connections)))),
+    )?;
+    family(
+        enc,
+        "culvert_agent_service_bytes",
+        "Payload bytes of TCP and UDP services, per service: up from the local target towards the tunnel, down the other way.",
+        services.iter().flat_map(|(name, c, _)| {
+            [("up", get(&c.bytes.up)), ("down", get(&c.bytes.down))]
+                .map(|(d, n)| ([("service", *name), ("direction", d)], ConstCounter::new(n)))
+        }),
+    )?;
+    let http = || services.iter().filter(|(_, _, http)| *http);
+    family(
+        enc,
+        "culvert_agent_http_requests",
+        "HTTP services' requests by result: answered by the backend, or answered by the agent (bad_request, bad_gateway, gateway_timeout).",
+        http().flat_map(|(name, c, _)| {
+            c.http.by_result().map(|(result, n)| {
+                (
+                    [("service", *name), ("result", result)],
+                    ConstCounter::new(n),
+                )
+            })
+        }),
+    )?;
+    family(
+        enc,
+        "culvert_agent_http_retries",
+        "HTTP requests sent once more on a new backend connection after the kept-alive one they went out on closed before any answer.",
+        http().map(|(name, c, _)| ([("service", *name)], ConstCounter::new(get(&c.http.retried)))),
+    )?;
+    family(
+        enc,
+        "culvert_agent_http_backend_connections",
+        "Connections made to HTTP services' backends.",
+        http().map(|(name, c, _)| {
+            (
+                [("service", *name)],
+                ConstCounter::new(get(&c.http.backend_connections)),
+            )
+        }),
+    )
 }

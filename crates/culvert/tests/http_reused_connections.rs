@@ -95,11 +95,13 @@ fn a_request_a_reused_backend_connection_drops_is_sent_again_only_when_that_is_s
     let (mut server, port, http, agent_token, caller) = ingress(&dir);
     let (backend, heads) = closing_backend();
     let config = dir.join("agent.toml");
-    write_config(
+    let admin = free_port();
+    write_config_with_admin(
         &config,
         port,
         &agent_token,
         &[("erp", format!("http://127.0.0.1:{backend}"), None)],
+        Some(admin),
     );
     let mut agent = start_agent_via(&config);
     let bearer = format!("Authorization: Bearer {caller}");
@@ -112,6 +114,7 @@ fn a_request_a_reused_backend_connection_drops_is_sent_again_only_when_that_is_s
         server.log()
     );
     heads.lock().unwrap().clear();
+    let before = Counts::scrape(admin);
 
     let gets: Vec<String> = (1..=4).map(|i| format!("{base}/get{i}")).collect();
     assert_eq!(
@@ -160,6 +163,63 @@ fn a_request_a_reused_backend_connection_drops_is_sent_again_only_when_that_is_s
         ["/post1", "/post2"],
         "a POST is never sent twice: {seen:?}"
     );
+
+    // The agent's metrics tell its own 502 from the backend's answers, and count the
+    // requests it sent again and the backend connections each took.
+    let after = Counts::scrape(admin);
+    assert_eq!(
+        after.minus(&before),
+        Counts {
+            answered: 5,
+            bad_gateway: 1,
+            retried: 3,
+            // get1, each GET sent again, post1.
+            backend_connections: 5,
+        },
+        "agent metrics:\n{}",
+        admin_get(admin, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    );
     agent.kill();
     server.kill();
+}
+
+/// The agent's counters of the `erp` service, from its `/metrics`.
+#[derive(Debug, PartialEq)]
+struct Counts {
+    answered: u64,
+    bad_gateway: u64,
+    retried: u64,
+    backend_connections: u64,
+}
+
+impl Counts {
+    fn scrape(admin: u16) -> Counts {
+        let body = admin_get(admin, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let get = |prefix: &str| {
+            metric(&body, prefix).unwrap_or_else(|| panic!("no {prefix} in:\n{body}"))
+        };
+        Counts {
+            answered: get(r#"culvert_agent_http_requests_total{service="erp",result="answered"}"#),
+            bad_gateway: get(
+                r#"culvert_agent_http_requests_total{service="erp",result="bad_gateway"}"#,
+            ),
+            retried: get(r#"culvert_agent_http_retries_total{service="erp"}"#),
+            backend_connections: get(
+                r#"culvert_agent_http_backend_connections_total{service="erp"}"#,
+            ),
+        }
+    }
+
+    fn minus(&self, earlier: &Counts) -> Counts {
+        Counts {
+            answered: self.answered - earlier.answered,
+            bad_gateway: self.bad_gateway - earlier.bad_gateway,
+            retried: self.retried - earlier.retried,
+            backend_connections: self.backend_connections - earlier.backend_connections,
+        }
+    }
 }

@@ -219,6 +219,12 @@ fn server_agent_and_access_metrics_are_valid_prometheus_text() {
             "culvert_agent_ready",
             "culvert_agent_connection_failures_total",
             "culvert_agent_service_public_port",
+            "culvert_agent_service_connections_open",
+            "culvert_agent_service_connections_total",
+            "culvert_agent_service_bytes_total",
+            "culvert_agent_http_requests_total",
+            "culvert_agent_http_retries_total",
+            "culvert_agent_http_backend_connections_total",
             "culvert_streams_open",
             "culvert_streams_opened_total",
             "culvert_tunnel_stream_bytes_total",
@@ -237,6 +243,30 @@ fn server_agent_and_access_metrics_are_valid_prometheus_text() {
             && ports.contains(&("dns".into(), f64::from(dns_public))),
         "{ports:?}"
     );
+    // Per service: the echo's connections and bytes each way, the UDP service's flow.
+    let per_service = |family: &str, service: &str, direction: Option<&str>| -> f64 {
+        samples(&agent_families, family)
+            .iter()
+            .filter(|(_, l, _)| {
+                l.get("service").is_some_and(|s| s == service)
+                    && direction.is_none_or(|d| l.get("direction").is_some_and(|v| v == d))
+            })
+            .map(|(_, _, v)| *v)
+            .sum()
+    };
+    for (family, service, direction) in [
+        ("culvert_agent_service_connections_total", "echo", None),
+        ("culvert_agent_service_connections_total", "dns", None),
+        ("culvert_agent_service_bytes_total", "echo", Some("up")),
+        ("culvert_agent_service_bytes_total", "echo", Some("down")),
+        ("culvert_agent_service_bytes_total", "dns", Some("down")),
+    ] {
+        assert!(
+            per_service(family, service, direction) >= 1.0,
+            "{family} {service} {direction:?}: {:?}",
+            samples(&agent_families, family)
+        );
+    }
 
     // `culvert access`.
     assert!(

@@ -228,7 +228,13 @@ async fn forward(
         counters.open.fetch_add(1, Ordering::Relaxed);
         // Boxed: the hyper connection's state would otherwise be part of every TCP
         // connection's task too (this function's future is as large as its largest await).
-        Box::pin(crate::http_proxy::serve(stream, backend, timeout)).await;
+        Box::pin(crate::http_proxy::serve(
+            stream,
+            backend,
+            timeout,
+            counters.http.clone(),
+        ))
+        .await;
         counters.open.fetch_sub(1, Ordering::Relaxed);
         return;
     }

@@ -56,6 +56,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Each configured service's counters, in configuration order, and whether it is an
+    /// HTTP service (for the metrics that only those have).
+    pub(crate) fn services(&self) -> Vec<(&str, &ServiceCounters, bool)> {
+        self.config
+            .services
+            .iter()
+            .filter_map(|s| {
+                let c = self.counters.get(&s.name)?;
+                Some((s.name.as_str(), &**c, s.http.is_some()))
+            })
+            .collect()
+    }
+
     pub(crate) fn ports(&self) -> HashMap<String, u16> {
         lock(&self.ports).clone()
     }

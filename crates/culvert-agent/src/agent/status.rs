@@ -76,4 +76,6 @@ pub struct ServiceCounters {
     pub connections: std::sync::atomic::AtomicU64,
     /// Bytes each way: `up` from the local target towards the tunnel, `down` the other way.
     pub bytes: Arc<RelayCounters>,
+    /// An HTTP service's requests (zero for TCP and UDP services).
+    pub http: Arc<crate::HttpCounters>,
 }

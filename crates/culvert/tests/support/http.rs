@@ -374,10 +374,24 @@ pub fn write_config(
     token: &Path,
     services: &[(&str, String, Option<&Path>)],
 ) {
+    write_config_with_admin(path, port, token, services, None)
+}
+
+/// [`write_config`], the agent also serving `/metrics` and its API on 127.0.0.1:`admin`.
+pub fn write_config_with_admin(
+    path: &Path,
+    port: u16,
+    token: &Path,
+    services: &[(&str, String, Option<&Path>)],
+    admin: Option<u16>,
+) {
     let mut text = format!(
         "[agent]\nserver = \"ws://127.0.0.1:{port}\"\ntoken_file = {:?}\npool = 1\n",
         token.display().to_string()
     );
+    if let Some(admin) = admin {
+        text += &format!("admin = \"127.0.0.1:{admin}\"\n");
+    }
     for (name, url, ca) in services {
         text += &format!(
             "\n[[agent.service]]\nname = \"{name}\"\nurl = \"{url}\"\n\
