@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
 use hyper::header::{HeaderName, HeaderValue};
 
@@ -55,6 +56,9 @@ impl SecretSource {
     }
 }
 
+/// [`HttpBackend::response_timeout`] unless the service sets one: nginx's default too.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Headers to add, with the current values (replaced whole on reload).
 type Resolved = Arc<Vec<(HeaderName, HeaderValue)>>;
 
@@ -76,6 +80,10 @@ pub struct HttpBackend {
     pub ca: Option<PathBuf>,
     /// What to inject, by header.
     pub inject: Vec<(HeaderName, SecretSource)>,
+    /// How long the backend may take to begin its answer (its status and headers) before
+    /// the caller gets `504`; the body then streams for as long as it lasts. Reports and
+    /// exports that think before answering need more than the default.
+    pub response_timeout: Duration,
     resolved: RwLock<Resolved>,
     /// The TLS client configuration of an `https://` backend, built once (its CA file or
     /// the system roots read then), not per connection.
@@ -132,6 +140,7 @@ impl HttpBackend {
             keep_host: false,
             ca: None,
             inject: Vec::new(),
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             resolved: RwLock::new(Arc::default()),
             client_tls: OnceLock::new(),
         })
@@ -213,6 +222,7 @@ impl std::fmt::Debug for HttpBackend {
         f.debug_struct("HttpBackend")
             .field("url", &self.url())
             .field("keep_host", &self.keep_host)
+            .field("response_timeout", &self.response_timeout)
             .field(
                 "inject",
                 &self
@@ -230,6 +240,7 @@ impl PartialEq for HttpBackend {
     fn eq(&self, o: &HttpBackend) -> bool {
         self.url() == o.url()
             && self.keep_host == o.keep_host
+            && self.response_timeout == o.response_timeout
             && self.ca == o.ca
             && self.inject == o.inject
     }

@@ -37,8 +37,9 @@ pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 /// is sent again on a new connection.
 type Outgoing = Either<Incoming, Empty<Bytes>>;
 
-/// How long a request head may take to arrive on a tunnel stream, and a backend's answer
-/// head to come back: neither side holds a task forever.
+/// How long a request head may take to arrive on a tunnel stream (and so how long one may
+/// stay open between requests). A backend's answer head has the service's own bound,
+/// [`HttpBackend::response_timeout`].
 const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves HTTP on one tunnel stream until the server closes it; what happens to each
@@ -126,6 +127,9 @@ async fn forward(
         None
     };
     let mut req = req.map(Either::Left);
+    // One bound for the answer's head, a second try included: a request sent again does
+    // not give the backend twice the time.
+    let deadline = tokio::time::Instant::now() + backend.response_timeout;
     let mut resp = loop {
         if !reused {
             *slot = Some(connect(backend, dial_timeout).await?);
@@ -133,8 +137,8 @@ async fn forward(
         }
         let sender = slot.as_mut().expect("set above");
         // A backend that never answers does not hold the caller forever: the answer's head
-        // must come within HEADER_TIMEOUT (bodies then stream for as long as they last).
-        let answer = tokio::time::timeout(HEADER_TIMEOUT, sender.try_send_request(req)).await;
+        // must come by the deadline (bodies then stream for as long as they last).
+        let answer = tokio::time::timeout_at(deadline, sender.try_send_request(req)).await;
         match answer {
             Ok(Ok(r)) => break r,
             // The connection is in an unknown state: the next request dials afresh.
@@ -165,8 +169,9 @@ async fn forward(
                 return Err((
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
-                        "backend {}: no answer within {HEADER_TIMEOUT:?}",
-                        backend.url()
+                        "backend {}: no answer within {:?}",
+                        backend.url(),
+                        backend.response_timeout
                     ),
                 ));
             }

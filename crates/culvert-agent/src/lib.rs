@@ -16,10 +16,12 @@ mod open_error;
 pub mod proxy_protocol;
 mod service;
 
-pub use agent::{Agent, AgentConfig, AgentHandle, ConnectionStatus, LinkState, ServiceCounters};
+pub use agent::{
+    Agent, AgentConfig, AgentHandle, ConnectionStatus, LinkState, ServiceCounters, ServiceView,
+};
 pub use backoff::Backoff;
 pub use failure::{Failure, FailureKind};
-pub use http_backend::{HttpBackend, SecretSource};
+pub use http_backend::{HttpBackend, SecretSource, DEFAULT_RESPONSE_TIMEOUT};
 pub use http_counters::HttpCounters;
 pub use local_flows::LocalFlow;
 pub use open_error::OpenError;

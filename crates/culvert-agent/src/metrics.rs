@@ -113,10 +113,10 @@ fn encode_services(enc: &mut DescriptorEncoder, shared: &Shared) -> std::fmt::Re
         enc,
         "culvert_agent_service_connections_open",
         "Connections being relayed now, per service (UDP: flows; HTTP: tunnel streams).",
-        services.iter().map(|(name, c, _)| {
+        services.iter().map(|s| {
             (
-                [("service", *name)],
-                ConstGauge::new(c.open.load(Ordering::Relaxed) as u64),
+                [("service", s.name.as_str())],
+                ConstGauge::new(s.counters.open.load(Ordering::Relaxed) as u64),
             )
         }),
     )?;
@@ -124,28 +124,36 @@ fn encode_services(enc: &mut DescriptorEncoder, shared: &Shared) -> std::fmt::Re
         enc,
         "culvert_agent_service_connections",
         "Connections relayed since start, per service (UDP: flows; HTTP: tunnel streams).",
-        services
-            .iter()
-            .map(|(name, c, _)| ([("service", *name)], ConstCounter::new(get(&c.connections)))),
+        services.iter().map(|s| {
+            (
+                [("service", s.name.as_str())],
+                ConstCounter::new(get(&s.counters.connections)),
+            )
+        }),
     )?;
     family(
         enc,
         "culvert_agent_service_bytes",
         "Payload bytes of TCP and UDP services, per service: up from the local target towards the tunnel, down the other way.",
-        services.iter().flat_map(|(name, c, _)| {
-            [("up", get(&c.bytes.up)), ("down", get(&c.bytes.down))]
-                .map(|(d, n)| ([("service", *name), ("direction", d)], ConstCounter::new(n)))
+        services.iter().flat_map(|s| {
+            let b = &s.counters.bytes;
+            [("up", get(&b.up)), ("down", get(&b.down))].map(|(d, n)| {
+                (
+                    [("service", s.name.as_str()), ("direction", d)],
+                    ConstCounter::new(n),
+                )
+            })
         }),
     )?;
-    let http = || services.iter().filter(|(_, _, http)| *http);
+    let http = || services.iter().filter(|s| s.kind == "http");
     family(
         enc,
         "culvert_agent_http_requests",
         "HTTP services' requests by result: answered by the backend, or answered by the agent (bad_request, bad_gateway, gateway_timeout).",
-        http().flat_map(|(name, c, _)| {
-            c.http.by_result().map(|(result, n)| {
+        http().flat_map(|s| {
+            s.counters.http.by_result().map(|(result, n)| {
                 (
-                    [("service", *name), ("result", result)],
+                    [("service", s.name.as_str()), ("result", result)],
                     ConstCounter::new(n),
                 )
             })
@@ -155,16 +163,21 @@ fn encode_services(enc: &mut DescriptorEncoder, shared: &Shared) -> std::fmt::Re
         enc,
         "culvert_agent_http_retries",
         "HTTP requests sent once more on a new backend connection after the kept-alive one they went out on closed before any answer.",
-        http().map(|(name, c, _)| ([("service", *name)], ConstCounter::new(get(&c.http.retried)))),
+        http().map(|s| {
+            (
+                [("service", s.name.as_str())],
+                ConstCounter::new(get(&s.counters.http.retried)),
+            )
+        }),
     )?;
     family(
         enc,
         "culvert_agent_http_backend_connections",
         "Connections made to HTTP services' backends.",
-        http().map(|(name, c, _)| {
+        http().map(|s| {
             (
-                [("service", *name)],
-                ConstCounter::new(get(&c.http.backend_connections)),
+                [("service", s.name.as_str())],
+                ConstCounter::new(get(&s.counters.http.backend_connections)),
             )
         }),
     )

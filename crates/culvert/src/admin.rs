@@ -162,8 +162,7 @@ impl AdminSource for AgentAdmin {
     }
 
     fn sessions_json(&self) -> serde_json::Value {
-        let mut ports: Vec<_> = self.0.ports().into_iter().collect();
-        ports.sort();
+        let ports = self.0.ports();
         serde_json::json!({
             "role": "agent",
             "connections_up": self.0.connections_up(),
@@ -178,9 +177,41 @@ impl AdminSource for AgentAdmin {
                 "connected": c.state == culvert_agent::LinkState::Connected,
                 "unregistered": c.unregistered,
             })).collect::<Vec<_>>(),
-            "services": ports.iter().map(|(n, p)| serde_json::json!({ "name": n, "public_port": p })).collect::<Vec<_>>(),
+            "services": self.0.services().iter().map(|s| service_json(s, ports.get(&s.name))).collect::<Vec<_>>(),
         })
     }
+}
+
+/// One of the agent's services: its public port (absent for HTTP and private services and
+/// before registration), traffic, and for an HTTP service what became of its requests.
+fn service_json(s: &culvert_agent::ServiceView, port: Option<&u16>) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &s.counters;
+    let mut v = serde_json::json!({
+        "name": s.name,
+        "kind": s.kind,
+        "private": s.private,
+        "public_port": port.filter(|p| **p != 0),
+        "open_connections": c.open.load(Relaxed),
+        "connections": c.connections.load(Relaxed),
+        "bytes_up": c.bytes.up.load(Relaxed),
+        "bytes_down": c.bytes.down.load(Relaxed),
+    });
+    if s.kind == "http" {
+        let mut http: serde_json::Map<String, serde_json::Value> = c
+            .http
+            .by_result()
+            .iter()
+            .map(|(result, n)| ((*result).to_owned(), (*n).into()))
+            .collect();
+        http.insert("retried".into(), c.http.retried.load(Relaxed).into());
+        http.insert(
+            "backend_connections".into(),
+            c.http.backend_connections.load(Relaxed).into(),
+        );
+        v["http_requests"] = http.into();
+    }
+    v
 }
 
 /// A node's admin view: its tunnels (and the sessions of peers it accepted).

@@ -122,7 +122,8 @@ pub struct AgentFile {
 
 /// `[[agent.service]]`: one service as a table. `url` is what `--expose NAME=URL` takes;
 /// HTTP services may add `inject_headers` (values `env:VAR` or `file:PATH`, read at start and
-/// on SIGHUP, never logged), `keep_host` and `ca` (for an `https://` backend).
+/// on SIGHUP, never logged), `keep_host`, `ca` (for an `https://` backend) and
+/// `response_timeout`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentServiceFile {
@@ -133,6 +134,8 @@ pub struct AgentServiceFile {
     #[serde(default)]
     pub keep_host: bool,
     pub ca: Option<PathBuf>,
+    /// Seconds the backend may take to begin its answer (60 when absent).
+    pub response_timeout: Option<u64>,
 }
 
 /// Reads a config file (an absent `--config` gives the defaults).

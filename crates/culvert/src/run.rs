@@ -499,6 +499,10 @@ pub fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     Ok(config)
 }
 
+/// The longest `response_timeout` a service may set: a day (a caller waiting longer for the
+/// first byte of an answer is better served by a job and a poll).
+const MAX_RESPONSE_TIMEOUT_SECS: u64 = 86_400;
+
 /// A `[[agent.service]]` table as a service.
 fn service_table(t: &file_config::AgentServiceFile) -> anyhow::Result<ServiceSpec> {
     let what = || format!("[[agent.service]] {:?}", t.name);
@@ -511,6 +515,15 @@ fn service_table(t: &file_config::AgentServiceFile) -> anyhow::Result<ServiceSpe
             let mut b = std::sync::Arc::try_unwrap(b).expect("just parsed");
             b.keep_host = t.keep_host;
             b.ca = t.ca.clone();
+            if let Some(secs) = t.response_timeout {
+                if !(1..=MAX_RESPONSE_TIMEOUT_SECS).contains(&secs) {
+                    bail!(
+                        "{}: response_timeout must be 1 to {MAX_RESPONSE_TIMEOUT_SECS} seconds",
+                        what()
+                    );
+                }
+                b.response_timeout = Duration::from_secs(secs);
+            }
             let b = b
                 .with_inject(
                     t.inject_headers
@@ -521,9 +534,13 @@ fn service_table(t: &file_config::AgentServiceFile) -> anyhow::Result<ServiceSpe
                 .with_context(what)?;
             spec.http = Some(std::sync::Arc::new(b));
         }
-        None if !t.inject_headers.is_empty() || t.keep_host || t.ca.is_some() => {
+        None if !t.inject_headers.is_empty()
+            || t.keep_host
+            || t.ca.is_some()
+            || t.response_timeout.is_some() =>
+        {
             bail!(
-                "{}: inject_headers, keep_host and ca are for http:// and https:// services",
+                "{}: inject_headers, keep_host, ca and response_timeout are for http:// and https:// services",
                 what()
             );
         }

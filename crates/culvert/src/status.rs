@@ -136,9 +136,35 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                 "connections up: {}  suspect: {}  ready: {}",
                 v["connections_up"], v["connections_suspect"], v["ready"]
             );
-            println!("{:<24} public port", "service");
+            println!(
+                "{:<24} {:<5} {:>11} {:>5} {:>11} {:>12} {:>12}",
+                "service", "kind", "public port", "open", "connections", "bytes up", "bytes down"
+            );
             for s in v["services"].as_array().into_iter().flatten() {
-                println!("{:<24} {}", text(&s["name"]), s["public_port"]);
+                let port = match s["public_port"].as_u64() {
+                    Some(p) => p.to_string(),
+                    None if s["private"].as_bool() == Some(true) && s["kind"] != "http" => {
+                        "private".into()
+                    }
+                    None => "-".into(),
+                };
+                println!(
+                    "{:<24} {:<5} {:>11} {:>5} {:>11} {:>12} {:>12}",
+                    text(&s["name"]),
+                    text(&s["kind"]),
+                    port,
+                    s["open_connections"],
+                    s["connections"],
+                    s["bytes_up"],
+                    s["bytes_down"],
+                );
+                let h = &s["http_requests"];
+                if h.is_object() {
+                    println!(
+                        "{:<24} requests: {} answered by the backend, {} bad gateway, {} gateway timeout, {} bad request; {} sent again; {} backend connections",
+                        "", h["answered"], h["bad_gateway"], h["gateway_timeout"], h["bad_request"], h["retried"], h["backend_connections"]
+                    );
+                }
             }
             let conns = v["connections"].as_array().into_iter().flatten();
             println!("{:>4} {:<34} {:<34} state", "slot", "server", "home");

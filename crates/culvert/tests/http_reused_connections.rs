@@ -181,6 +181,48 @@ fn a_request_a_reused_backend_connection_drops_is_sent_again_only_when_that_is_s
             .map(|(_, b)| b)
             .unwrap_or_default()
     );
+    // Its session list shows the service (no public port) and the same counts, and so
+    // does `culvert status`.
+    let (_, body) = admin_get(admin, "/api/sessions").expect("agent admin answers");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let erp = v["services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "erp"))
+        .unwrap_or_else(|| panic!("erp not listed: {body}"));
+    assert_eq!(
+        (
+            &erp["kind"],
+            &erp["public_port"],
+            &erp["http_requests"]["retried"],
+            &erp["http_requests"]["bad_gateway"],
+            &erp["http_requests"]["answered"],
+        ),
+        (
+            &"http".into(),
+            &serde_json::Value::Null,
+            &after.retried.into(),
+            &after.bad_gateway.into(),
+            &after.answered.into()
+        ),
+        "{body}"
+    );
+    let out = run(
+        culvert().args(["status", "--admin", &format!("127.0.0.1:{admin}")]),
+        WAIT,
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && table
+                .lines()
+                .any(|l| l.starts_with("erp ") && l.contains(" http "))
+            && table.contains(&format!(
+                "{} answered by the backend, {} bad gateway",
+                after.answered, after.bad_gateway
+            ))
+            && table.contains(&format!("{} sent again", after.retried)),
+        "{table}"
+    );
     agent.kill();
     server.kill();
 }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::lock;
 use super::servers::Endpoint;
 use super::shared::Shared;
-use super::status::{ConnectionStatus, LinkState, ServiceCounters, SlotState};
+use super::status::{ConnectionStatus, LinkState, ServiceCounters, ServiceView, SlotState};
 
 /// Handle to a running agent.
 pub struct AgentHandle {
@@ -88,6 +88,11 @@ impl AgentHandle {
             .iter()
             .filter_map(|m| m.stats().rtt)
             .min()
+    }
+
+    /// Every configured service, in configuration order, with its kind and counters.
+    pub fn services(&self) -> Vec<ServiceView> {
+        self.shared.services()
     }
 
     /// Traffic counters of the service `name`, if the agent exposes it.

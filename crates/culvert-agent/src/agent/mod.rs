@@ -24,7 +24,7 @@ use uuid::Uuid;
 pub use config::AgentConfig;
 pub use handle::AgentHandle;
 pub(crate) use shared::Shared;
-pub use status::{ConnectionStatus, LinkState, ServiceCounters};
+pub use status::{ConnectionStatus, LinkState, ServiceCounters, ServiceView};
 
 use servers::{effective_pool, Route};
 use status::{SlotInfo, SlotState};

@@ -10,7 +10,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::servers::Endpoint;
-use super::status::{ConnectionStatus, LinkState, ServiceCounters, SlotInfo, SlotState};
+use super::status::{
+    ConnectionStatus, LinkState, ServiceCounters, ServiceView, SlotInfo, SlotState,
+};
 use super::{lock, AgentConfig};
 
 /// What the pool slots and the handle share.
@@ -56,15 +58,22 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Each configured service's counters, in configuration order, and whether it is an
-    /// HTTP service (for the metrics that only those have).
-    pub(crate) fn services(&self) -> Vec<(&str, &ServiceCounters, bool)> {
+    /// Each configured service with its counters, in configuration order.
+    pub(crate) fn services(&self) -> Vec<ServiceView> {
         self.config
             .services
             .iter()
             .filter_map(|s| {
-                let c = self.counters.get(&s.name)?;
-                Some((s.name.as_str(), &**c, s.http.is_some()))
+                Some(ServiceView {
+                    name: s.name.clone(),
+                    kind: match (&s.http, s.protocol) {
+                        (Some(_), _) => "http",
+                        (None, culvert_proto::ServiceProtocol::Udp) => "udp",
+                        (None, culvert_proto::ServiceProtocol::Tcp) => "tcp",
+                    },
+                    private: s.private,
+                    counters: self.counters.get(&s.name)?.clone(),
+                })
             })
             .collect()
     }

@@ -79,3 +79,18 @@ pub struct ServiceCounters {
     /// An HTTP service's requests (zero for TCP and UDP services).
     pub http: Arc<crate::HttpCounters>,
 }
+
+/// One configured service as status views list it: what kind it is and its counters, so a
+/// service without a public port (HTTP, private) shows too.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServiceView {
+    /// The service's name.
+    pub name: String,
+    /// `tcp`, `udp` or `http`.
+    pub kind: &'static str,
+    /// Reached only through access sessions and node tunnels: no public port.
+    pub private: bool,
+    /// Its traffic (and, for an HTTP service, its requests).
+    pub counters: Arc<ServiceCounters>,
+}
