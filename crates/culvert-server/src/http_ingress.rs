@@ -57,7 +57,17 @@ pub struct HttpIngressConfig {
     pub domain: Option<String>,
     /// Header carrying the caller's token as is; `None`: `Authorization: Bearer TOKEN`.
     pub token_header: Option<HeaderName>,
+    /// Caller connections held at most (TLS handshakes and idle keep-alive included); past
+    /// it a new one is closed at once.
+    pub max_connections: usize,
+    /// Caller connections held at most from one address (IPv6: its /64).
+    pub max_connections_per_address: usize,
 }
+
+/// [`HttpIngressConfig::max_connections`] unless the operator sets it.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 4096;
+/// [`HttpIngressConfig::max_connections_per_address`] unless the operator sets it.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 
 /// Accepts callers until the task is dropped.
 pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener, config: HttpIngressConfig) {
@@ -72,10 +82,18 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener, config: Http
                 continue;
             }
         };
+        // Past a limit the connection closes here: nothing read, nothing answered.
+        let Ok(slot) = inner.http_callers.admit(peer.ip()) else {
+            continue;
+        };
         culvert_transport::tune_accepted(&tcp);
         let (inner, config) = (inner.clone(), config.clone());
         tokio::spawn(
-            connection(inner, config, tcp, peer).instrument(tracing::debug_span!("http", %peer)),
+            async move {
+                connection(inner, config, tcp, peer).await;
+                drop(slot);
+            }
+            .instrument(tracing::debug_span!("http", %peer)),
         );
     }
 }

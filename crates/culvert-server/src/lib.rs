@@ -6,6 +6,7 @@
 pub mod allow;
 mod cluster;
 mod config;
+mod http_callers;
 mod http_ingress;
 mod http_metrics;
 mod ids;
@@ -26,7 +27,9 @@ pub mod udp;
 pub use allow::{AllowError, AllowList, AllowRule};
 pub use cluster::{ClusterConfig, JoinError};
 pub use config::{PortRange, ServerConfig};
-pub use http_ingress::HttpIngressConfig;
+pub use http_ingress::{
+    HttpIngressConfig, DEFAULT_HTTP_MAX_CONNECTIONS, DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
+};
 pub use quota::TenantLimits;
 pub use registry::Protocol;
 pub use reload::ReloadReport;

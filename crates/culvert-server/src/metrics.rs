@@ -390,6 +390,9 @@ impl Collector for ServerCollector {
             None,
             MetricType::Histogram,
         )?)?;
+        if inner.config().http.is_some() {
+            inner.http_callers.encode(enc)?;
+        }
         inner.http_metrics.encode(enc)
     }
 }

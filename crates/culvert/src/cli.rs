@@ -366,6 +366,14 @@ pub struct ServerArgs {
     /// callers can keep Authorization for the backend.
     #[arg(long, value_name = "HEADER", requires = "http_listen")]
     pub http_token_header: Option<String>,
+    /// Caller connections the HTTP ingress holds at most, idle keep-alive and TLS
+    /// handshakes included; past it a new one is closed at once [default: 4096].
+    #[arg(long, value_name = "N", requires = "http_listen")]
+    pub http_max_connections: Option<usize>,
+    /// Caller connections the HTTP ingress holds at most from one address (IPv6: its /64)
+    /// [default: 256].
+    #[arg(long, value_name = "N", requires = "http_listen")]
+    pub http_max_connections_per_address: Option<usize>,
     /// Join a cluster of servers sharing one registry in this PostgreSQL database
     /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DB): tokens, port leases and which server
     /// holds which agent live there, and --tokens is not read.

@@ -67,10 +67,13 @@ pub struct ServerFile {
     pub admin: Option<SocketAddr>,
     pub grace: Option<u64>,
     pub max_connections_per_session: Option<usize>,
-    /// `--http-listen`, `--http-domain`, `--http-token-header`.
+    /// `--http-listen`, `--http-domain`, `--http-token-header`, `--http-max-connections`,
+    /// `--http-max-connections-per-address`.
     pub http_listen: Option<SocketAddr>,
     pub http_domain: Option<String>,
     pub http_token_header: Option<String>,
+    pub http_max_connections: Option<usize>,
+    pub http_max_connections_per_address: Option<usize>,
     /// `--cluster`, `--cluster-id`, `--cluster-advertise`, `--cluster-heartbeat`.
     pub cluster: Option<String>,
     pub cluster_id: Option<String>,

@@ -171,10 +171,26 @@ pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
             ),
             None => None,
         };
+        let limit = |flag: &str, n: Option<usize>, default: usize| match n {
+            Some(0) => bail!("--{flag} 0 would refuse every caller"),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
         config.http = Some(culvert_server::HttpIngressConfig {
             listen,
             domain: args.http_domain.or(file.http_domain),
             token_header,
+            max_connections: limit(
+                "http-max-connections",
+                args.http_max_connections.or(file.http_max_connections),
+                culvert_server::DEFAULT_HTTP_MAX_CONNECTIONS,
+            )?,
+            max_connections_per_address: limit(
+                "http-max-connections-per-address",
+                args.http_max_connections_per_address
+                    .or(file.http_max_connections_per_address),
+                culvert_server::DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
+            )?,
         });
     }
     if let Some(url) = cluster_url {

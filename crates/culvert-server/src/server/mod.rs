@@ -80,6 +80,8 @@ pub(crate) struct Inner {
     pub(crate) tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// Per-service metrics of the HTTP ingress.
     pub(crate) http_metrics: crate::http_metrics::IngressMetrics,
+    /// The HTTP ingress's caller connections and their limits.
+    pub(crate) http_callers: Arc<crate::http_callers::CallerLimits>,
     /// This server's part of its cluster (`--cluster`); `None` for a lone server.
     pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
@@ -144,6 +146,13 @@ impl Server {
             sessions: Mutex::new(HashMap::new()),
             tls: tls.map(|t| t.config),
             http_metrics: Default::default(),
+            http_callers: Arc::new(match &config.http {
+                Some(h) => crate::http_callers::CallerLimits::new(
+                    h.max_connections,
+                    h.max_connections_per_address,
+                ),
+                None => crate::http_callers::CallerLimits::new(0, 0),
+            }),
             cluster,
             config,
         });

@@ -1,0 +1,137 @@
+//! The HTTP ingress holds at most so many caller connections, in all and per address: a
+//! caller past a limit is closed at once and counted, the callers already held keep being
+//! served, and a freed place is taken again. A real server on loopback; callers come from
+//! several loopback addresses.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::http::*;
+use support::*;
+
+/// A caller connection from `source` (a loopback address) to `to`.
+fn connect_from(source: Ipv4Addr, to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    s.connect_timeout(&to.into(), WAIT).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Whether the ingress answers a request on `s` (a `404`: no route; the connection stays
+/// open for the next). A connection closed at a limit gives end of file or a reset instead.
+fn answered(s: &mut TcpStream) -> bool {
+    if s.write_all(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    // Read the short JSON body too, so the next request starts clean.
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let head_end = text.find("\r\n\r\n").unwrap() + 4;
+    let length: usize = text[..head_end]
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while got.len() < head_end + length {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    text.starts_with("HTTP/1.1 404")
+}
+
+fn refused(admin: u16, limit: &str) -> Option<u64> {
+    let (_, body) = admin_get(admin, "/metrics")?;
+    metric(
+        &body,
+        &format!("culvert_http_connections_refused_total{{limit=\"{limit}\"}}"),
+    )
+}
+
+#[test]
+fn callers_past_the_ingress_limits_are_closed_and_the_held_ones_keep_being_served() {
+    let dir = TempDir::new("http-caller-limits");
+    let (tokens, _, _) = acme_tokens(dir.path(), ACME_CALLER);
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin = free_port();
+    let (mut server, _) = start_server(
+        &tokens,
+        &[
+            "--insecure-plain",
+            "--http-listen",
+            &http.to_string(),
+            "--http-max-connections",
+            "4",
+            "--http-max-connections-per-address",
+            "2",
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+        ],
+    );
+    server
+        .try_wait_line("http ingress ready", 0, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (a, b, c) = (
+        Ipv4Addr::new(127, 0, 0, 1),
+        Ipv4Addr::new(127, 0, 0, 2),
+        Ipv4Addr::new(127, 0, 0, 3),
+    );
+
+    // Two from a: both served; a third from a is closed at its address's limit.
+    let mut held = vec![connect_from(a, http), connect_from(a, http)];
+    for s in &mut held {
+        assert!(answered(s), "a caller within the limits is served");
+    }
+    assert!(
+        !answered(&mut connect_from(a, http)),
+        "a third connection from one address is closed"
+    );
+    // Two from b fill the total; one from c is closed at the total.
+    held.push(connect_from(b, http));
+    held.push(connect_from(b, http));
+    for s in &mut held[2..] {
+        assert!(answered(s), "another address has its own share");
+    }
+    assert!(
+        !answered(&mut connect_from(c, http)),
+        "a fifth connection is closed at the total"
+    );
+    assert_eq!(
+        (refused(admin, "per_address"), refused(admin, "total")),
+        (Some(1), Some(1)),
+        "{}",
+        admin_get(admin, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    );
+
+    // The held callers are still served; when one leaves, c gets its place.
+    for s in &mut held {
+        assert!(answered(s), "a held caller keeps being served");
+    }
+    held.remove(0);
+    assert!(
+        poll_until(WAIT, || answered(&mut connect_from(c, http))),
+        "a freed place is taken again"
+    );
+    server.kill();
+}
