@@ -157,6 +157,7 @@ impl Collector for ServerCollector {
                         ("oversize", &c.dropped_oversize),
                         ("flow_cap", &c.dropped_flow_cap),
                         ("no_agent", &c.dropped_no_agent),
+                        ("client_address", &c.dropped_client_address),
                         ("socket_full", &c.dropped_socket_full),
                     ] {
                         udp_dropped.push((
@@ -297,6 +298,15 @@ impl Collector for ServerCollector {
             "culvert_handshakes_failed",
             "Handshakes that failed (TLS, upgrade, deadline).",
             load(&c.handshakes_failed),
+        )?;
+        family(
+            enc,
+            "culvert_public_connections_refused",
+            "Public TCP connections refused before reaching the agent, by reason: client_address, an address the owner token's public_clients leaves out.",
+            [(
+                [("reason", "client_address")],
+                load(&c.public_refused_client_address),
+            )],
         )?;
         family(
             enc,

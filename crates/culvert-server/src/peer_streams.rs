@@ -257,6 +257,19 @@ async fn forwarded(
         stream.reset(reset_code::UNKNOWN_TARGET);
         return;
     };
+    // A public connection (its client an address; an access stream's is `access:NAME@…`)
+    // answers to the owner token's `public_clients` here, where that token is known.
+    if let Ok(client) = client_addr.parse::<std::net::SocketAddr>() {
+        if !owner.token().admits_public_client(client.ip()) {
+            server
+                .counters()
+                .public_refused_client_address
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%client, "forwarded public connection refused: its address is not in the token's public_clients");
+            stream.reset(reset_code::NOT_ALLOWED);
+            return;
+        }
+    }
     let towards = match owner.open_connection(&svc, client_addr).await {
         Ok(s) => s,
         Err(reason) => {

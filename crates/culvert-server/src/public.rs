@@ -52,6 +52,10 @@ pub(crate) async fn handle(
     service: Arc<Service>,
 ) {
     tune_accepted(&sock);
+    if !session.token().admits_public_client(peer.ip()) {
+        refuse_client_address(&inner, &sock);
+        return;
+    }
     let stream = match session.open_connection(&service, peer.to_string()).await {
         Ok(s) => s,
         Err(reason) => {
@@ -80,4 +84,15 @@ pub(crate) async fn handle(
         Ok(t) => tracing::debug!(up = t.up, down = t.down, "public connection done"),
         Err(e) => tracing::debug!(error = %e, "public connection aborted"),
     }
+}
+
+/// Refuses a public client whose address the owner token's `public_clients` leaves out:
+/// a reset (nothing reaches the agent) and a count.
+pub(crate) fn refuse_client_address(inner: &Inner, sock: &TcpStream) {
+    inner
+        .counters
+        .public_refused_client_address
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::debug!("refusing client: its address is not in the token's public_clients");
+    culvert_transport::reset_on_close(sock);
 }

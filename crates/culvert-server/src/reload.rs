@@ -205,6 +205,7 @@ mod tests {
             sha256: "0".repeat(64),
             services: None,
             ports: None,
+            public_clients: None,
             max_services: 64,
             max_ports: None,
             max_udp_flows: None,

@@ -30,6 +30,8 @@ pub struct UdpCounters {
     pub dropped_flow_cap: AtomicU64,
     /// Datagrams dropped for lack of a live agent connection.
     pub dropped_no_agent: AtomicU64,
+    /// Datagrams dropped because their sender is not in the token's `public_clients`.
+    pub dropped_client_address: AtomicU64,
     /// Replies dropped because the public socket's send buffer was full (the clients'
     /// links are slower than the tunnel).
     pub dropped_socket_full: AtomicU64,
@@ -217,6 +219,13 @@ fn flow_for(
         // Its connection died: forget the flow; it is rebuilt below on a live connection.
         flows.remove(&flow);
         udp.by_addr().remove(&from);
+    }
+    if !session.token().admits_public_client(from.ip()) {
+        udp.counters
+            .dropped_client_address
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(service = %service.name, client = %from, "udp datagram dropped: sender not in the token's public_clients");
+        return None;
     }
     if udp.flow_count() >= config.udp_max_flows_per_service
         || session.flows().len() >= config.udp_max_flows_per_session

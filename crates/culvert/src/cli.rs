@@ -250,6 +250,11 @@ pub enum TokenCommand {
         /// comma-separated; the server's whole range when absent).
         #[arg(long = "ports", value_name = "RANGE", value_delimiter = ',')]
         ports: Vec<String>,
+        /// An address or network (203.0.113.0/24, 2001:db8::/32) that may connect to this
+        /// token's public ports, TCP and UDP (repeatable or comma-separated; anyone when
+        /// absent).
+        #[arg(long = "public-client", value_name = "CIDR", value_delimiter = ',')]
+        public_clients: Vec<String>,
         /// Most services this token may hold at once (default 64).
         #[arg(long)]
         max_services: Option<usize>,

@@ -81,6 +81,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             roles,
             services,
             ports,
+            public_clients,
             max_services,
             access,
             ttl,
@@ -97,6 +98,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 roles,
                 services,
                 ports,
+                public_clients,
                 max_services,
                 access,
                 ttl,
@@ -189,6 +191,7 @@ fn listing_line(e: &TokenEntry) -> String {
     };
     list("services", &e.services, &mut line);
     list("ports", &e.ports, &mut line);
+    list("public_clients", &e.public_clients, &mut line);
     line.push_str(&format!(" max_services={}", e.max_services));
     for (key, v) in [
         ("max_ports", e.max_ports),
@@ -215,6 +218,7 @@ fn listing_json(e: &TokenEntry) -> serde_json::Value {
         "roles": e.role_names().split(',').collect::<Vec<_>>(),
         "services": e.services,
         "ports": e.ports,
+        "public_clients": e.public_clients,
         "max_services": e.max_services,
         "max_ports": e.max_ports,
         "max_udp_flows": e.max_udp_flows,

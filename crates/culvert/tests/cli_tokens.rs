@@ -134,6 +134,8 @@ fn token_new_writes_restrictions_and_token_list_shows_them() {
             "30000-30010",
             "--ports",
             "30080",
+            "--public-client",
+            "203.0.113.0/24,2001:db8::/32",
             "--max-services",
             "2",
         ],
@@ -154,6 +156,7 @@ fn token_new_writes_restrictions_and_token_list_shows_them() {
         r#"roles = ["access"]"#,
         r#""globex/pg""#,
         r#""node""#,
+        "public_clients = [\n    \"203.0.113.0/24\",\n    \"2001:db8::/32\",\n]",
     ] {
         assert!(text.contains(want), "{want} missing from:\n{text}");
     }
@@ -166,7 +169,7 @@ fn token_new_writes_restrictions_and_token_list_shows_them() {
     let lines: Vec<&str> = list.lines().collect();
     assert_eq!(lines.len(), 3, "{list}");
     assert!(
-        lines[0].starts_with("db-node tenant=acme roles=agent services=pg,web ports=30000-30010,30080 max_services=2"),
+        lines[0].starts_with("db-node tenant=acme roles=agent services=pg,web ports=30000-30010,30080 public_clients=203.0.113.0/24,2001:db8::/32 max_services=2"),
         "{list}"
     );
     assert!(
@@ -198,6 +201,27 @@ fn token_new_writes_restrictions_and_token_list_shows_them() {
         assert!(!err.contains('\u{1b}') && !err.contains("p\ng"), "{err}");
         assert!(out.stdout.is_empty());
     }
+    // So is a public client that is neither an address nor a network, naming it.
+    let out = run(
+        culvert()
+            .args([
+                "token",
+                "new",
+                "--name",
+                "x",
+                "--public-client",
+                "office",
+                "--tokens",
+            ])
+            .arg(&file),
+        WAIT,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("public_clients: \"office\" is neither an address nor a network"),
+        "{err}"
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
 }
 

@@ -14,7 +14,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -758,4 +758,38 @@ fn postgres_down_keeps_tunnels_and_registrations_resume_when_it_is_back() {
         reachable(addr(&public_ip(i), port2), &c);
     }
     echo_live(4);
+}
+
+/// A token's `public_clients` hold on every server: a client not listed is refused on the
+/// agent's own server and on one that forwards to it (checked where the token's session
+/// is), and a listed one is served through both.
+#[test]
+fn public_clients_hold_on_the_agents_server_and_on_a_forwarding_one() {
+    let c = Cluster::start("cluster-public-clients", 2);
+    let token = c.token("agent", &["--public-client", "127.0.0.9"]);
+    let (_a, port) = agent(&token, &[c.url_of(0)], &[]);
+    let (listed, other) = (Ipv4Addr::new(127, 0, 0, 9), Ipv4Addr::LOCALHOST);
+    let msg = pattern(4 << 10, 5);
+    let echo_from = |source: Ipv4Addr, at: SocketAddr| -> Option<Vec<u8>> {
+        let mut s = connect_from(source, at).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+        s.write_all(&msg).ok()?;
+        s.shutdown(std::net::Shutdown::Write).ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).ok()?;
+        Some(out)
+    };
+    for i in 0..2 {
+        let at = addr(&public_ip(i), port);
+        assert!(
+            poll_until(WAIT, || echo_from(listed, at).as_ref() == Some(&msg)),
+            "a listed client is served through server {i}\n{}",
+            c.logs()
+        );
+        assert_ne!(
+            echo_from(other, at).as_ref(),
+            Some(&msg),
+            "a client not listed is refused through server {i}"
+        );
+    }
 }

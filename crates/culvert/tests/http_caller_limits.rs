@@ -13,11 +13,8 @@ use support::http::*;
 use support::*;
 
 /// A caller connection from `source` (a loopback address) to `to`.
-fn connect_from(source: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&SocketAddr::from((source, 0)).into()).unwrap();
-    s.connect_timeout(&to.into(), WAIT).unwrap();
-    let s: TcpStream = s.into();
+fn caller_from(source: Ipv4Addr, to: SocketAddr) -> TcpStream {
+    let s = connect_from(source, to).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s
 }
@@ -97,22 +94,22 @@ fn callers_past_the_ingress_limits_are_closed_and_the_held_ones_keep_being_serve
     );
 
     // Two from a: both served; a third from a is closed at its address's limit.
-    let mut held = vec![connect_from(a, http), connect_from(a, http)];
+    let mut held = vec![caller_from(a, http), caller_from(a, http)];
     for s in &mut held {
         assert!(answered(s), "a caller within the limits is served");
     }
     assert!(
-        !answered(&mut connect_from(a, http)),
+        !answered(&mut caller_from(a, http)),
         "a third connection from one address is closed"
     );
     // Two from b fill the total; one from c is closed at the total.
-    held.push(connect_from(b, http));
-    held.push(connect_from(b, http));
+    held.push(caller_from(b, http));
+    held.push(caller_from(b, http));
     for s in &mut held[2..] {
         assert!(answered(s), "another address has its own share");
     }
     assert!(
-        !answered(&mut connect_from(c, http)),
+        !answered(&mut caller_from(c, http)),
         "a fifth connection is closed at the total"
     );
     assert_eq!(
@@ -130,7 +127,7 @@ fn callers_past_the_ingress_limits_are_closed_and_the_held_ones_keep_being_serve
     }
     held.remove(0);
     assert!(
-        poll_until(WAIT, || answered(&mut connect_from(c, http))),
+        poll_until(WAIT, || answered(&mut caller_from(c, http))),
         "a freed place is taken again"
     );
     server.kill();

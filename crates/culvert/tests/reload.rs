@@ -324,3 +324,109 @@ fn a_narrowed_access_grant_resets_live_streams_and_refuses_new_ones() {
     );
     assert_eq!(withdrawals(admin, "stream"), Some(1));
 }
+
+/// One echo of `msg` through 127.0.0.1:`port` over a connection from `source`; `None` when
+/// the connection is refused, reset or closed before the echo.
+fn echo_from(source: Ipv4Addr, port: u16, msg: &[u8]) -> Option<Vec<u8>> {
+    let mut s = connect_from(source, (Ipv4Addr::LOCALHOST, port).into()).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(msg).ok()?;
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got).ok()?;
+    Some(got)
+}
+
+/// Whether a datagram from `source` to 127.0.0.1:`port` comes back (a few tries: bounded).
+fn udp_echoed_from(source: Ipv4Addr, port: u16) -> bool {
+    let s = std::net::UdpSocket::bind((source, 0)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    (0..10).any(|_| {
+        s.send_to(b"ping", (Ipv4Addr::LOCALHOST, port)).is_ok()
+            && s.recv(&mut buf).is_ok_and(|n| &buf[..n] == b"ping")
+    })
+}
+
+/// The sum of the server's samples of `family` whose line carries `label`.
+fn samples_with(admin: u16, family: &str, label: &str) -> u64 {
+    let body = admin_get(admin, "/metrics")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with(family) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A token's `public_clients`: its public ports, TCP and UDP, serve only those addresses
+/// (others are reset or dropped before anything reaches the agent, and counted); a reload
+/// that widens the list lets the others in from their next connection.
+#[test]
+fn public_ports_serve_only_the_tokens_public_clients_and_a_reload_widens_them() {
+    let dir = TempDir::new("public-clients");
+    let tokens = dir.join("tokens.toml");
+    let only_2 = "public_clients = [\"127.0.0.2\", \"10.0.0.0/8\"]";
+    write_tokens(&tokens, &[("acme", only_2)]);
+    let (mut server, port, admin) = server_with_admin(&tokens);
+    let (echo, dns) = (echo_service(), udp_echo());
+    let mut args = agent_args(
+        port,
+        &token_file(&dir, "acme"),
+        &format!("web=tcp://127.0.0.1:{echo}"),
+    );
+    args.extend(["--expose".into(), format!("dns=udp://127.0.0.1:{dns}")]);
+    let mut agent = Proc::spawn("culvert agent", culvert().arg("agent").args(&args));
+    let web = public_port_of(&mut agent, "web", 0);
+    let dns_public = public_port_of(&mut agent, "dns", 0);
+    let (listed, other) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 1));
+
+    assert_eq!(
+        echo_from(listed, web, b"in the list").as_deref(),
+        Some(&b"in the list"[..]),
+        "--- server:\n{}",
+        server.log()
+    );
+    assert_eq!(
+        echo_from(other, web, b"not listed"),
+        None,
+        "a client not listed is refused"
+    );
+    assert!(
+        udp_echoed_from(listed, dns_public),
+        "a listed UDP client is served"
+    );
+    assert!(
+        !udp_echoed_from(other, dns_public),
+        "a UDP client not listed is dropped"
+    );
+    assert_eq!(
+        samples_with(
+            admin,
+            "culvert_public_connections_refused_total",
+            "client_address"
+        ),
+        1
+    );
+    assert!(
+        samples_with(admin, "culvert_udp_dropped_total", "\"client_address\"") >= 1,
+        "{}",
+        admin_get(admin, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    );
+
+    reload(
+        &mut server,
+        &tokens,
+        &[("acme", "public_clients = [\"127.0.0.0/8\"]")],
+    );
+    assert_eq!(
+        echo_from(other, web, b"now listed").as_deref(),
+        Some(&b"now listed"[..]),
+        "a widened list admits the client's next connection"
+    );
+    assert!(udp_echoed_from(other, dns_public), "and its datagrams");
+    agent.kill();
+    server.kill();
+}

@@ -128,6 +128,7 @@ fn peer_entry() -> TokenEntry {
         sha256: String::new(),
         services: Some(Vec::new()),
         ports: None,
+        public_clients: None,
         max_services: 0,
         max_ports: None,
         max_udp_flows: None,

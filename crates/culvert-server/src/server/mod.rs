@@ -35,6 +35,9 @@ pub(crate) struct Counters {
     pub(crate) auth_failures: std::sync::atomic::AtomicU64,
     pub(crate) handshakes_shed: std::sync::atomic::AtomicU64,
     pub(crate) handshakes_failed: std::sync::atomic::AtomicU64,
+    /// Public TCP connections refused: their address is not in the owner token's
+    /// `public_clients`.
+    pub(crate) public_refused_client_address: std::sync::atomic::AtomicU64,
     /// Datagrams dropped on their way to the UDP targets this server dials, over all its
     /// connections.
     pub(crate) udp_target_drops: Arc<culvert_transport::udp_target::TargetDrops>,

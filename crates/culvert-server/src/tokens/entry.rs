@@ -27,6 +27,11 @@ pub struct TokenEntry {
     /// Public ports this token may request, as ranges like "30000-30010" (any in the server range when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<String>>,
+    /// Addresses that may connect to this token's public ports, TCP and UDP, as networks
+    /// (`"203.0.113.0/24"`, `"2001:db8::/32"`) or single addresses (anyone when absent).
+    /// Exposing a database on a public port then does not expose it to the internet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_clients: Option<Vec<String>>,
     /// Most services this token may hold at once, across all its sessions.
     #[serde(default = "default_max_services")]
     pub max_services: usize,
@@ -88,6 +93,19 @@ impl TokenEntry {
         roles.join(",")
     }
 
+    /// Whether a client at `ip` may connect to this token's public ports (`public_clients`;
+    /// an IPv4-mapped IPv6 address counts as its IPv4 address).
+    pub fn admits_public_client(&self, ip: std::net::IpAddr) -> bool {
+        let Some(allowed) = &self.public_clients else {
+            return true;
+        };
+        let ip = ip.to_canonical();
+        allowed
+            .iter()
+            .filter_map(|a| public_client_net(a).ok())
+            .any(|net| net.contains(&ip))
+    }
+
     /// Whether this token may open streams to the service `name` of `tenant`: its own
     /// tenant's always, another's when `access` grants it.
     pub fn may_access(&self, tenant: &str, name: &str) -> bool {
@@ -142,6 +160,10 @@ impl TokenEntry {
             r.parse::<crate::PortRange>()
                 .map_err(|e| format!("{who}: ports: {e}"))?;
         }
+        // A malformed entry must not silently leave an address out (or let one in).
+        for a in self.public_clients.iter().flatten() {
+            public_client_net(a).map_err(|e| format!("{who}: public_clients: {e}"))?;
+        }
         if self.roles.as_ref().is_some_and(|r| r.is_empty()) {
             return Err(format!(
                 "{who}: roles is empty (give at least one of agent, access, node)"
@@ -151,6 +173,66 @@ impl TokenEntry {
     }
 }
 
+/// One `public_clients` entry as a network: `ADDR/LEN`, or one address.
+fn public_client_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| {
+            format!(
+                "{} is neither an address nor a network like 203.0.113.0/24",
+                crate::names::escape(s)
+            )
+        })
+}
+
 pub(super) fn default_max_services() -> usize {
     64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(public_clients: Option<&[&str]>) -> TokenEntry {
+        let mut e = crate::TokenStore::from_tokens(&[("t", "t")])
+            .check("t")
+            .unwrap()
+            .clone();
+        e.public_clients = public_clients.map(|v| v.iter().map(|s| (*s).to_owned()).collect());
+        e
+    }
+
+    #[test]
+    fn public_clients_admit_their_networks_and_addresses_only() {
+        let e = entry(Some(&["203.0.113.0/24", "198.51.100.7", "2001:db8::/32"]));
+        assert!(e.validate().is_ok());
+        for ok in [
+            "203.0.113.1",
+            "203.0.113.255",
+            "198.51.100.7",
+            "2001:db8:1::5",
+            "::ffff:203.0.113.9",
+        ] {
+            assert!(e.admits_public_client(ok.parse().unwrap()), "{ok}");
+        }
+        for no in [
+            "203.0.114.1",
+            "198.51.100.8",
+            "2001:db9::1",
+            "::ffff:198.51.100.8",
+        ] {
+            assert!(!e.admits_public_client(no.parse().unwrap()), "{no}");
+        }
+        assert!(entry(None).admits_public_client("192.0.2.1".parse().unwrap()));
+        assert!(!entry(Some(&[])).admits_public_client("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_malformed_public_client_is_refused_at_load() {
+        for bad in ["office", "10.0.0.0/33", "10.0.0.1/", ""] {
+            let err = entry(Some(&[bad])).validate().unwrap_err();
+            assert!(err.contains("public_clients"), "{bad}: {err}");
+        }
+    }
 }

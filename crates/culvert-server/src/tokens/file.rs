@@ -104,6 +104,8 @@ pub struct NewToken {
     pub services: Vec<String>,
     /// Public port ranges it may request (the server's whole range when empty).
     pub ports: Vec<String>,
+    /// Addresses or networks that may connect to its public ports (anyone when empty).
+    pub public_clients: Vec<String>,
     /// Most services at once (the default when none).
     pub max_services: Option<usize>,
     /// Services of other tenants it may reach.
@@ -115,7 +117,7 @@ pub struct NewToken {
 impl NewToken {
     /// The roles the token gets: those asked for, else the narrowest that fits the other
     /// settings: `access` alone makes an access-only token, registration limits (services,
-    /// ports, max services) an agent token, both both, nothing an agent token.
+    /// ports, public clients, max services) an agent token, both both, nothing an agent token.
     pub fn roles(&self) -> Vec<Role> {
         if !self.roles.is_empty() {
             let mut r = self.roles.clone();
@@ -123,8 +125,10 @@ impl NewToken {
             r.dedup();
             return r;
         }
-        let agent =
-            !self.services.is_empty() || !self.ports.is_empty() || self.max_services.is_some();
+        let agent = !self.services.is_empty()
+            || !self.ports.is_empty()
+            || !self.public_clients.is_empty()
+            || self.max_services.is_some();
         match (agent, self.access.is_empty()) {
             (_, true) => vec![Role::Agent],
             (false, false) => vec![Role::Access],
@@ -159,6 +163,7 @@ pub fn new_entry(new: &NewToken) -> Result<(TokenEntry, String), TokenError> {
         sha256: hex::encode(hash_token(&token)),
         services: nonempty(&new.services),
         ports: nonempty(&new.ports),
+        public_clients: nonempty(&new.public_clients),
         max_services: new.max_services.unwrap_or_else(default_max_services),
         max_ports: None,
         max_udp_flows: None,

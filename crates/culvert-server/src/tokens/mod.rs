@@ -97,6 +97,7 @@ impl TokenStore {
                     sha256: hex::encode(h),
                     services: None,
                     ports: None,
+                    public_clients: None,
                     max_services: default_max_services(),
                     max_ports: None,
                     max_udp_flows: None,

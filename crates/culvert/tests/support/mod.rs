@@ -175,6 +175,18 @@ pub fn public_port_of(p: &mut Proc, service: &str, from: usize) -> u16 {
     port
 }
 
+/// A TCP connection to `to` from `source` (a loopback address, for tests that tell clients
+/// apart by their address), the connect bounded by [`WAIT`].
+pub fn connect_from(
+    source: Ipv4Addr,
+    to: std::net::SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&std::net::SocketAddr::from((source, 0)).into())?;
+    s.connect_timeout(&to.into(), WAIT)?;
+    Ok(s.into())
+}
+
 /// A plain TCP echo service on a free loopback port, served by a thread for the rest of
 /// the test process (each connection echoes until EOF, then half-closes).
 pub fn echo_service() -> u16 {
