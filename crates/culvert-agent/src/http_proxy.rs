@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::http_backend::HttpBackend;
-use crate::HttpCounters;
+use crate::ServiceCounters;
 use culvert_transport::http_hop::{connection_has, replayable_head, strip_hop_by_hop};
 use culvert_transport::TunnelStream;
 
@@ -48,7 +48,7 @@ pub async fn serve(
     stream: TunnelStream,
     backend: Arc<HttpBackend>,
     dial_timeout: Duration,
-    counters: Arc<HttpCounters>,
+    counters: Arc<ServiceCounters>,
 ) {
     let conn = Arc::new(Mutex::new(None::<SendRequest<Outgoing>>));
     let svc = hyper::service::service_fn(move |req| {
@@ -57,11 +57,11 @@ pub async fn serve(
             Ok::<_, std::convert::Infallible>(
                 match forward(req, &backend, &conn, dial_timeout, &counters).await {
                     Ok(r) => {
-                        counters.answered.fetch_add(1, Ordering::Relaxed);
+                        counters.http.answered.fetch_add(1, Ordering::Relaxed);
                         r
                     }
                     Err((status, why)) => {
-                        counters.refused(status);
+                        counters.http.refused(status);
                         tracing::info!(backend = %backend.url(), %status, reason = %why, "request not forwarded");
                         error_response(status, &why)
                     }
@@ -105,7 +105,7 @@ async fn forward(
     backend: &HttpBackend,
     conn: &Mutex<Option<SendRequest<Outgoing>>>,
     dial_timeout: Duration,
-    counters: &HttpCounters,
+    counters: &ServiceCounters,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let upgrade = req
         .headers()
@@ -132,8 +132,21 @@ async fn forward(
     let deadline = tokio::time::Instant::now() + backend.response_timeout;
     let mut resp = loop {
         if !reused {
-            *slot = Some(connect(backend, dial_timeout).await?);
-            counters.backend_connections.fetch_add(1, Ordering::Relaxed);
+            let fresh = connect(backend, dial_timeout).await;
+            match fresh {
+                Ok(sender) => {
+                    counters.dialed();
+                    counters
+                        .http
+                        .backend_connections
+                        .fetch_add(1, Ordering::Relaxed);
+                    *slot = Some(sender);
+                }
+                Err(refusal) => {
+                    counters.dial_failed();
+                    return Err(refusal);
+                }
+            }
         }
         let sender = slot.as_mut().expect("set above");
         // A backend that never answers does not hold the caller forever: the answer's head
@@ -159,7 +172,7 @@ async fn forward(
                 let Some(r) = again else {
                     return Err((StatusCode::BAD_GATEWAY, format!("backend: {}", e.error())));
                 };
-                counters.retried.fetch_add(1, Ordering::Relaxed);
+                counters.http.retried.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(backend = %backend.url(), error = %e.error(), "a reused backend connection closed under a request: sending it again on a new one");
                 req = r;
                 reused = false;

@@ -3,7 +3,7 @@
 //! round trips of its live connections. An [`AgentCollector`] reads
 //! them from the agent's counters when a scrape asks; nothing here runs per packet.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use culvert_transport::metrics::{family, single};
 
 use crate::agent::Shared;
+use crate::{ServiceCounters, ServiceView};
 
 /// Reads the agent's state into its metric families at each scrape.
 pub(crate) struct AgentCollector(pub(crate) Arc<Shared>);
@@ -103,49 +104,58 @@ impl Collector for AgentCollector {
     }
 }
 
-/// Per service: connections open and made, bytes each way; for HTTP services also requests
-/// by result, retries and backend connections. The label values are the configured service
-/// names, so the families grow with the configuration only.
+/// Per service: connections open and made, bytes each way, the target's dials; for HTTP
+/// services also requests by result, retries and backend connections. The label values are
+/// the configured service names, so the families grow with the configuration only.
 fn encode_services(enc: &mut DescriptorEncoder, shared: &Shared) -> std::fmt::Result {
     let services = shared.services();
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let all = || services.iter();
+    let dialing = || services.iter().filter(|s| s.kind != "udp");
+    let http = || services.iter().filter(|s| s.kind == "http");
     family(
         enc,
         "culvert_agent_service_connections_open",
         "Connections being relayed now, per service (UDP: flows; HTTP: tunnel streams).",
-        services.iter().map(|s| {
-            (
-                [("service", s.name.as_str())],
-                ConstGauge::new(s.counters.open.load(Ordering::Relaxed) as u64),
-            )
+        all().map(|s| {
+            let open = s.counters.open.load(Ordering::Relaxed) as u64;
+            ([("service", s.name.as_str())], ConstGauge::new(open))
         }),
     )?;
     family(
         enc,
         "culvert_agent_service_connections",
         "Connections relayed since start, per service (UDP: flows; HTTP: tunnel streams).",
-        services.iter().map(|s| {
-            (
-                [("service", s.name.as_str())],
-                ConstCounter::new(get(&s.counters.connections)),
-            )
-        }),
+        per_service(all(), |c| &c.connections),
     )?;
     family(
         enc,
         "culvert_agent_service_bytes",
         "Payload bytes of TCP and UDP services, per service: up from the local target towards the tunnel, down the other way.",
-        services.iter().flat_map(|s| {
+        all().flat_map(|s| {
             let b = &s.counters.bytes;
-            [("up", get(&b.up)), ("down", get(&b.down))].map(|(d, n)| {
+            [("up", &b.up), ("down", &b.down)].map(|(d, n)| {
                 (
                     [("service", s.name.as_str()), ("direction", d)],
-                    ConstCounter::new(n),
+                    ConstCounter::new(n.load(Ordering::Relaxed)),
                 )
             })
         }),
     )?;
-    let http = || services.iter().filter(|s| s.kind == "http");
+    family(
+        enc,
+        "culvert_agent_service_dial_failures",
+        "Dials of a service's target that failed (refused, timed out, PROXY header not written; HTTP: backend connections), per TCP and HTTP service.",
+        per_service(dialing(), |c| &c.dial_failures),
+    )?;
+    family(
+        enc,
+        "culvert_agent_service_target_up",
+        "1 when the last dial of a TCP or HTTP service's target reached it, 0 when it failed (absent before the first dial).",
+        dialing().filter_map(|s| {
+            let up = s.counters.target_reachable()?;
+            Some(([("service", s.name.as_str())], ConstGauge::new(u64::from(up))))
+        }),
+    )?;
     family(
         enc,
         "culvert_agent_http_requests",
@@ -163,22 +173,24 @@ fn encode_services(enc: &mut DescriptorEncoder, shared: &Shared) -> std::fmt::Re
         enc,
         "culvert_agent_http_retries",
         "HTTP requests sent once more on a new backend connection after the kept-alive one they went out on closed before any answer.",
-        http().map(|s| {
-            (
-                [("service", s.name.as_str())],
-                ConstCounter::new(get(&s.counters.http.retried)),
-            )
-        }),
+        per_service(http(), |c| &c.http.retried),
     )?;
     family(
         enc,
         "culvert_agent_http_backend_connections",
         "Connections made to HTTP services' backends.",
-        http().map(|s| {
-            (
-                [("service", s.name.as_str())],
-                ConstCounter::new(get(&s.counters.http.backend_connections)),
-            )
-        }),
+        per_service(http(), |c| &c.http.backend_connections),
     )
+}
+
+/// One counter sample per service of `services`, labelled by its name, read from the
+/// counter `of` picks.
+fn per_service<'a>(
+    services: impl Iterator<Item = &'a ServiceView> + 'a,
+    of: impl Fn(&ServiceCounters) -> &AtomicU64 + 'a,
+) -> impl Iterator<Item = ([(&'static str, &'a str); 1], ConstCounter)> + 'a {
+    services.map(move |s| {
+        let n = of(&s.counters).load(Ordering::Relaxed);
+        ([("service", s.name.as_str())], ConstCounter::new(n))
+    })
 }

@@ -196,6 +196,8 @@ fn service_json(s: &culvert_agent::ServiceView, port: Option<&u16>) -> serde_jso
         "connections": c.connections.load(Relaxed),
         "bytes_up": c.bytes.up.load(Relaxed),
         "bytes_down": c.bytes.down.load(Relaxed),
+        "dial_failures": c.dial_failures.load(Relaxed),
+        "target_reachable": c.target_reachable(),
     });
     if s.kind == "http" {
         let mut http: serde_json::Map<String, serde_json::Value> = c

@@ -137,8 +137,15 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                 v["connections_up"], v["connections_suspect"], v["ready"]
             );
             println!(
-                "{:<24} {:<5} {:>11} {:>5} {:>11} {:>12} {:>12}",
-                "service", "kind", "public port", "open", "connections", "bytes up", "bytes down"
+                "{:<24} {:<5} {:>11} {:<6} {:>5} {:>11} {:>12} {:>12}",
+                "service",
+                "kind",
+                "public port",
+                "target",
+                "open",
+                "connections",
+                "bytes up",
+                "bytes down"
             );
             for s in v["services"].as_array().into_iter().flatten() {
                 let port = match s["public_port"].as_u64() {
@@ -148,11 +155,17 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                     }
                     None => "-".into(),
                 };
+                let target = match s["target_reachable"].as_bool() {
+                    Some(true) => "up",
+                    Some(false) => "DOWN",
+                    None => "-",
+                };
                 println!(
-                    "{:<24} {:<5} {:>11} {:>5} {:>11} {:>12} {:>12}",
+                    "{:<24} {:<5} {:>11} {:<6} {:>5} {:>11} {:>12} {:>12}",
                     text(&s["name"]),
                     text(&s["kind"]),
                     port,
+                    target,
                     s["open_connections"],
                     s["connections"],
                     s["bytes_up"],

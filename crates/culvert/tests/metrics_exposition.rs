@@ -96,6 +96,9 @@ fn server_agent_and_access_metrics_are_valid_prometheus_text() {
     args.extend([
         "--expose".into(),
         format!("dns=udp://127.0.0.1:{dns}"),
+        // A service whose target refuses every connection (nothing may bind port 1).
+        "--expose".into(),
+        "down=tcp://127.0.0.1:1".into(),
         "--heartbeat-interval".into(),
         "1".into(),
         "--admin".into(),
@@ -103,6 +106,11 @@ fn server_agent_and_access_metrics_are_valid_prometheus_text() {
     ]);
     let (mut agent, public) = start_agent(&args, "echo");
     let dns_public = public_port_of(&mut agent, "dns", 0);
+    let down_public = public_port_of(&mut agent, "down", 0);
+    assert!(
+        echo_round_trip(down_public, b"nobody").map_or(true, |got| got.is_empty()),
+        "a refused target's client is closed"
+    );
     assert_eq!(echo_round_trip(public, b"hello").unwrap(), b"hello");
     assert!(udp_echoed(dns_public), "no UDP echo through the tunnel");
 
@@ -222,6 +230,8 @@ fn server_agent_and_access_metrics_are_valid_prometheus_text() {
             "culvert_agent_service_connections_open",
             "culvert_agent_service_connections_total",
             "culvert_agent_service_bytes_total",
+            "culvert_agent_service_dial_failures_total",
+            "culvert_agent_service_target_up",
             "culvert_agent_http_requests_total",
             "culvert_agent_http_retries_total",
             "culvert_agent_http_backend_connections_total",
@@ -254,7 +264,16 @@ fn server_agent_and_access_metrics_are_valid_prometheus_text() {
             .map(|(_, _, v)| *v)
             .sum()
     };
+    // A target that refuses shows as down and counts the failed dial; one that answers as up.
+    let up_of = |service: &str| per_service("culvert_agent_service_target_up", service, None);
+    assert_eq!(
+        (up_of("echo"), up_of("down")),
+        (1.0, 0.0),
+        "{:?}",
+        samples(&agent_families, "culvert_agent_service_target_up")
+    );
     for (family, service, direction) in [
+        ("culvert_agent_service_dial_failures_total", "down", None),
         ("culvert_agent_service_connections_total", "echo", None),
         ("culvert_agent_service_connections_total", "dns", None),
         ("culvert_agent_service_bytes_total", "echo", Some("up")),

@@ -232,7 +232,7 @@ async fn forward(
             stream,
             backend,
             timeout,
-            counters.http.clone(),
+            counters.clone(),
         ))
         .await;
         counters.open.fetch_sub(1, Ordering::Relaxed);
@@ -240,14 +240,18 @@ async fn forward(
     }
     let mut tcp = match tokio::time::timeout(timeout, TcpStream::connect(&svc.target)).await {
         Ok(Ok(t)) => t,
-        Ok(Err(e)) => return fail(&mux, stream, connection_id, format!("{}: {e}", svc.target)),
+        Ok(Err(e)) => {
+            counters.dial_failed();
+            return fail(&mux, stream, connection_id, format!("{}: {e}", svc.target));
+        }
         Err(_) => {
+            counters.dial_failed();
             return fail(
                 &mux,
                 stream,
                 connection_id,
                 format!("{}: connect timed out", svc.target),
-            )
+            );
         }
     };
     tune_tcp(&tcp);
@@ -255,6 +259,7 @@ async fn forward(
         // The backend sees the public client (see `proxy_protocol` for the destination).
         let header = crate::proxy_protocol::header(version, &client_addr, tcp.peer_addr().ok());
         if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut tcp, &header).await {
+            counters.dial_failed();
             return fail(
                 &mux,
                 stream,
@@ -263,6 +268,7 @@ async fn forward(
             );
         }
     }
+    counters.dialed();
     let _ = mux.send_control(Control::ConnectAck { connection_id });
     counters.connections.fetch_add(1, Ordering::Relaxed);
     counters.open.fetch_add(1, Ordering::Relaxed);

@@ -78,6 +78,42 @@ pub struct ServiceCounters {
     pub bytes: Arc<RelayCounters>,
     /// An HTTP service's requests (zero for TCP and UDP services).
     pub http: Arc<crate::HttpCounters>,
+    /// Dials of the target (a TCP service's per connection, an HTTP service's backend
+    /// connections) that failed: refused, timed out, or the PROXY header not written.
+    pub dial_failures: std::sync::atomic::AtomicU64,
+    /// How the last dial of the target went (see [`ServiceCounters::target_reachable`]).
+    last_dial: std::sync::atomic::AtomicU8,
+}
+
+/// `last_dial` before the first dial, after one that reached the target, after one that
+/// failed.
+const DIAL_NONE: u8 = 0;
+const DIAL_OK: u8 = 1;
+const DIAL_FAILED: u8 = 2;
+
+impl ServiceCounters {
+    /// Whether the last dial of the target reached it (`None` before the first): a
+    /// failing target shows at once, not at the next scrape of a rate.
+    pub fn target_reachable(&self) -> Option<bool> {
+        match self.last_dial.load(std::sync::atomic::Ordering::Relaxed) {
+            DIAL_NONE => None,
+            d => Some(d == DIAL_OK),
+        }
+    }
+
+    /// Records a dial of the target that reached it.
+    pub(crate) fn dialed(&self) {
+        self.last_dial
+            .store(DIAL_OK, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records a dial of the target that failed.
+    pub(crate) fn dial_failed(&self) {
+        self.dial_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.last_dial
+            .store(DIAL_FAILED, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// One configured service as status views list it: what kind it is and its counters, so a
