@@ -182,6 +182,11 @@ pub struct ServiceStatus {
     pub bytes_up: u64,
     /// Bytes from the tunnel to the service.
     pub bytes_down: u64,
+    /// Dials of the service's target that failed (TCP and HTTP services).
+    pub dial_failures: u64,
+    /// Whether the last dial of the target reached it (`None` before the first, and for
+    /// UDP services).
+    pub target_reachable: Option<bool>,
 }
 
 impl AgentHandle {
@@ -216,6 +221,8 @@ impl AgentHandle {
                         connections: c.connections.load(Ordering::Relaxed),
                         bytes_up: c.bytes.up.load(Ordering::Relaxed),
                         bytes_down: c.bytes.down.load(Ordering::Relaxed),
+                        dial_failures: c.dial_failures.load(Ordering::Relaxed),
+                        target_reachable: c.target_reachable(),
                     },
                 ))
             })

@@ -60,7 +60,9 @@ async fn client_reaches_a_private_service_and_falls_back_when_the_tunnel_is_down
         .spawn()
         .unwrap();
     assert!(agent.wait_ready(LIMIT).await, "the agent did not come up");
-    assert_eq!(agent.status().services["echo"].public_port, None);
+    let echo_status = || agent.status().services["echo"].clone();
+    assert_eq!(echo_status().public_port, None);
+    assert_eq!(echo_status().target_reachable, None, "no dial yet");
 
     let client = tokio::time::timeout(
         LIMIT,
@@ -83,6 +85,11 @@ async fn client_reaches_a_private_service_and_falls_back_when_the_tunnel_is_down
         .unwrap()
         .unwrap();
     assert!(got == msg, "echo through the tunnel differs");
+    assert_eq!(
+        (echo_status().target_reachable, echo_status().dial_failures),
+        (Some(true), 0),
+        "the agent's dial reached the echo"
+    );
     // The service named with its tenant.
     let s = client.open("acme/echo").await.unwrap();
     let got = tokio::time::timeout(LIMIT, round_trip(s, b"tenant"))
