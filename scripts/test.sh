@@ -33,7 +33,8 @@ required=(
   curl:curl
   # The HTTPS ingress's socket reads, counted on the server process (the same test file).
   strace:strace
-  # The L4 balancer in front of a cluster of servers (crates/culvert/tests/cluster.rs).
+  # The L4 balancer in front of a cluster of servers (crates/culvert/tests/cluster.rs) and,
+  # writing PROXY headers, in front of the HTTP ingress (crates/culvert/tests/http_proxy_protocol.rs).
   haproxy:haproxy
 )
 missing=()

@@ -29,14 +29,23 @@ pub(crate) enum Refused {
     Total,
     /// The caller's address holds its share.
     PerAddress,
+    /// With `--http-proxy-protocol`: no valid PROXY header in time.
+    ProxyHeader,
 }
 
 impl Refused {
+    const ALL: [Refused; 3] = [Refused::Total, Refused::PerAddress, Refused::ProxyHeader];
+
     fn label(self) -> &'static str {
         match self {
             Refused::Total => "total",
             Refused::PerAddress => "per_address",
+            Refused::ProxyHeader => "proxy_header",
         }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -46,22 +55,23 @@ pub(crate) struct CallerLimits {
     max_total: usize,
     max_per_address: usize,
     state: Mutex<State>,
-    refused_total: AtomicU64,
-    refused_per_address: AtomicU64,
+    /// Refusals by [`Refused::index`].
+    refused: [AtomicU64; 3],
 }
 
 #[derive(Debug, Default)]
 struct State {
     total: usize,
     per_address: HashMap<IpAddr, usize>,
-    last_warning: [Option<Instant>; 2],
+    last_warning: [Option<Instant>; 3],
 }
 
 /// One admitted caller connection; dropping it frees its place.
 #[derive(Debug)]
 pub(crate) struct CallerSlot {
     limits: Arc<CallerLimits>,
-    key: IpAddr,
+    /// The address it counts against (none yet while its PROXY header is read).
+    key: Option<IpAddr>,
 }
 
 impl CallerLimits {
@@ -72,8 +82,7 @@ impl CallerLimits {
             max_total: max_total.max(1),
             max_per_address: max_per_address.max(1),
             state: Mutex::default(),
-            refused_total: AtomicU64::new(0),
-            refused_per_address: AtomicU64::new(0),
+            refused: Default::default(),
         }
     }
 
@@ -84,36 +93,48 @@ impl CallerLimits {
     /// A place for a connection from `ip`, or the limit that refuses it (counted, and
     /// logged at most once per limit every 10 s).
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<CallerSlot, Refused> {
-        let key = addr_key(ip);
+        let mut slot = self.admit_total()?;
+        slot.assign(ip)?;
+        Ok(slot)
+    }
+
+    /// A place under the total only, for a connection whose caller's address comes later
+    /// (its PROXY header): [`CallerSlot::assign`] then counts it against that address.
+    pub(crate) fn admit_total(self: &Arc<Self>) -> Result<CallerSlot, Refused> {
         let mut s = self.state();
-        let from_key = s.per_address.get(&key).copied().unwrap_or(0);
-        let refused = if from_key >= self.max_per_address {
-            Refused::PerAddress
-        } else if s.total >= self.max_total {
-            Refused::Total
-        } else {
-            s.total += 1;
-            *s.per_address.entry(key).or_insert(0) += 1;
-            return Ok(CallerSlot {
-                limits: self.clone(),
-                key,
-            });
-        };
-        let (counter, max, i) = match refused {
-            Refused::Total => (&self.refused_total, self.max_total, 0),
-            Refused::PerAddress => (&self.refused_per_address, self.max_per_address, 1),
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        if s.last_warning[i].is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
-            s.last_warning[i] = Some(now);
+        if s.total >= self.max_total {
             drop(s);
-            tracing::warn!(address = %key, limit = refused.label(), max, "http ingress: caller connection refused at its limit (counted in culvert_http_connections_refused_total; further refusals within 10 s are logged at debug)");
-        } else {
-            drop(s);
-            tracing::debug!(address = %key, limit = refused.label(), "http ingress: caller connection refused");
+            return Err(self.refuse(Refused::Total, None));
         }
-        Err(refused)
+        s.total += 1;
+        Ok(CallerSlot {
+            limits: self.clone(),
+            key: None,
+        })
+    }
+
+    /// Counts a refusal and logs it: at warn at most once per limit every 10 s, else at
+    /// debug. Returns `why`.
+    pub(crate) fn refuse(&self, why: Refused, ip: Option<IpAddr>) -> Refused {
+        self.refused[why.index()].fetch_add(1, Ordering::Relaxed);
+        let max = match why {
+            Refused::Total => self.max_total,
+            Refused::PerAddress => self.max_per_address,
+            Refused::ProxyHeader => 0,
+        };
+        let now = Instant::now();
+        let mut s = self.state();
+        let last = &mut s.last_warning[why.index()];
+        let address = ip.map(|ip| ip.to_string()).unwrap_or_default();
+        if last.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
+            *last = Some(now);
+            drop(s);
+            tracing::warn!(%address, limit = why.label(), max, "http ingress: caller connection refused (counted in culvert_http_connections_refused_total; further refusals within 10 s are logged at debug)");
+        } else {
+            drop(s);
+            tracing::debug!(%address, limit = why.label(), "http ingress: caller connection refused");
+        }
+        why
     }
 
     /// Caller connections held now.
@@ -133,17 +154,29 @@ impl CallerLimits {
             enc,
             "culvert_http_connections_refused",
             "Caller connections the HTTP ingress closed at once, by the limit they met.",
-            [
-                (Refused::Total, &self.refused_total),
-                (Refused::PerAddress, &self.refused_per_address),
-            ]
-            .map(|(r, c)| {
+            Refused::ALL.map(|r| {
                 (
                     [("limit", r.label())],
-                    ConstCounter::new(c.load(Ordering::Relaxed)),
+                    ConstCounter::new(self.refused[r.index()].load(Ordering::Relaxed)),
                 )
             }),
         )
+    }
+}
+
+impl CallerSlot {
+    /// Counts this connection against `ip`'s share, or refuses it (counted and logged).
+    pub(crate) fn assign(&mut self, ip: IpAddr) -> Result<(), Refused> {
+        let key = addr_key(ip);
+        let mut s = self.limits.state();
+        let n = s.per_address.entry(key).or_insert(0);
+        if *n >= self.limits.max_per_address {
+            drop(s);
+            return Err(self.limits.refuse(Refused::PerAddress, Some(key)));
+        }
+        *n += 1;
+        self.key = Some(key);
+        Ok(())
     }
 }
 
@@ -151,10 +184,12 @@ impl Drop for CallerSlot {
     fn drop(&mut self) {
         let mut s = self.limits.state();
         s.total = s.total.saturating_sub(1);
-        if let Some(n) = s.per_address.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                s.per_address.remove(&self.key);
+        if let Some(key) = self.key {
+            if let Some(n) = s.per_address.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    s.per_address.remove(&key);
+                }
             }
         }
     }
@@ -180,8 +215,11 @@ mod tests {
         drop(a1);
         assert_eq!(l.open(), 2);
         let _a3 = l.admit(ip("10.0.0.1")).unwrap();
-        assert_eq!(l.refused_total.load(Ordering::Relaxed), 1);
-        assert_eq!(l.refused_per_address.load(Ordering::Relaxed), 1);
+        assert_eq!(l.refused[Refused::Total.index()].load(Ordering::Relaxed), 1);
+        assert_eq!(
+            l.refused[Refused::PerAddress.index()].load(Ordering::Relaxed),
+            1
+        );
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub struct HttpIngressConfig {
     pub max_connections: usize,
     /// Caller connections held at most from one address (IPv6: its /64).
     pub max_connections_per_address: usize,
+    /// Every caller connection begins with a PROXY protocol header (v1 or v2) from the
+    /// balancer in front, naming the caller; a connection without one is closed. On only
+    /// when nothing but that balancer can reach the ingress.
+    pub proxy_protocol: bool,
 }
 
 /// [`HttpIngressConfig::max_connections`] unless the operator sets it.
@@ -75,27 +79,65 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener, config: Http
     let config = Arc::new(config);
     tracing::info!(listen = %config.listen, tls = inner.tls.is_some(), domain = ?config.domain, "http ingress ready");
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let (mut tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 errors.on_error(&listener, "http ingress", &e).await;
                 continue;
             }
         };
-        // Past a limit the connection closes here: nothing read, nothing answered.
-        let Ok(slot) = inner.http_callers.admit(peer.ip()) else {
+        // Past a limit the connection closes here: nothing read, nothing answered. Behind
+        // a balancer the caller's address comes with the PROXY header, read in the task.
+        let slot = if config.proxy_protocol {
+            inner.http_callers.admit_total()
+        } else {
+            inner.http_callers.admit(peer.ip())
+        };
+        let Ok(mut slot) = slot else {
             continue;
         };
         culvert_transport::tune_accepted(&tcp);
         let (inner, config) = (inner.clone(), config.clone());
-        tokio::spawn(
-            async move {
-                connection(inner, config, tcp, peer).await;
-                drop(slot);
-            }
-            .instrument(tracing::debug_span!("http", %peer)),
-        );
+        tokio::spawn(async move {
+            let peer = if config.proxy_protocol {
+                let Some(caller) = caller_behind_balancer(&inner, &mut tcp, peer).await else {
+                    return;
+                };
+                if slot.assign(caller.ip()).is_err() {
+                    return;
+                }
+                caller
+            } else {
+                peer
+            };
+            connection(inner, config, tcp, peer)
+                .instrument(tracing::debug_span!("http", %peer))
+                .await;
+            drop(slot);
+        });
     }
+}
+
+/// The caller a balancer's PROXY header names (the balancer itself for a header that
+/// names none, such as its health checks), read within the handshake timeout; `None`,
+/// counted and logged, when the connection brings no valid header in time.
+async fn caller_behind_balancer(
+    inner: &Inner,
+    tcp: &mut TcpStream,
+    balancer: SocketAddr,
+) -> Option<SocketAddr> {
+    let limit = inner.config().handshake_timeout;
+    let why = match tokio::time::timeout(limit, crate::proxy_header::read(tcp)).await {
+        Ok(Ok(caller)) => return Some(caller.unwrap_or(balancer)),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no PROXY protocol header within {limit:?}"),
+    };
+    tracing::debug!(%balancer, reason = %why, "http ingress: connection without a valid PROXY header closed");
+    inner.http_callers.refuse(
+        crate::http_callers::Refused::ProxyHeader,
+        Some(balancer.ip()),
+    );
+    None
 }
 
 /// One caller connection: TLS (when configured), then HTTP/1.1 with keep-alive.

@@ -14,6 +14,7 @@ mod limits;
 mod metrics;
 pub mod names;
 mod peer_streams;
+mod proxy_header;
 mod public;
 mod quota;
 mod registry;

@@ -379,6 +379,11 @@ pub struct ServerArgs {
     /// [default: 256].
     #[arg(long, value_name = "N", requires = "http_listen")]
     pub http_max_connections_per_address: Option<usize>,
+    /// Every HTTP ingress connection begins with a PROXY protocol header (v1 or v2) from the
+    /// L4 balancer in front, naming the caller for limits, lockouts, X-Forwarded-For and
+    /// logs; a connection without one is closed. Only when nothing else reaches the ingress.
+    #[arg(long, requires = "http_listen")]
+    pub http_proxy_protocol: bool,
     /// Join a cluster of servers sharing one registry in this PostgreSQL database
     /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DB): tokens, port leases and which server
     /// holds which agent live there, and --tokens is not read.

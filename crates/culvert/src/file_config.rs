@@ -74,6 +74,9 @@ pub struct ServerFile {
     pub http_token_header: Option<String>,
     pub http_max_connections: Option<usize>,
     pub http_max_connections_per_address: Option<usize>,
+    /// `--http-proxy-protocol`.
+    #[serde(default)]
+    pub http_proxy_protocol: bool,
     /// `--cluster`, `--cluster-id`, `--cluster-advertise`, `--cluster-heartbeat`.
     pub cluster: Option<String>,
     pub cluster_id: Option<String>,

@@ -191,6 +191,7 @@ pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
                     .or(file.http_max_connections_per_address),
                 culvert_server::DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
             )?,
+            proxy_protocol: args.http_proxy_protocol || file.http_proxy_protocol,
         });
     }
     if let Some(url) = cluster_url {

@@ -16,7 +16,6 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::pg::*;
@@ -252,9 +251,6 @@ struct Haproxy {
 
 impl Haproxy {
     fn start(dir: &Path, backends: &[SocketAddr]) -> Haproxy {
-        let bin = which("haproxy").unwrap_or_else(|| {
-            panic!("haproxy is required by this test: install it (Debian: apt-get install haproxy), or run scripts/test.sh, which does")
-        });
         let front = free_port();
         let mut cfg = format!(
             "global\n  maxconn 2000\n\
@@ -268,23 +264,7 @@ impl Haproxy {
                 i + 1
             ));
         }
-        let path = dir.join(format!("haproxy-{front}.cfg"));
-        std::fs::write(&path, cfg).unwrap();
-        let check = run(Command::new(&bin).arg("-c").arg("-f").arg(&path), WAIT);
-        assert!(
-            check.status.success(),
-            "haproxy refused its config: {}",
-            String::from_utf8_lossy(&check.stderr)
-        );
-        // -db: foreground, logs to stderr; stopped by its PID when dropped.
-        let proc = Proc::spawn(
-            "haproxy",
-            Command::new(&bin).arg("-db").arg("-f").arg(&path),
-        );
-        let up = poll_until(WAIT, || {
-            TcpStream::connect_timeout(&addr("127.0.0.1", front), Duration::from_secs(1)).is_ok()
-        });
-        assert!(up, "haproxy did not listen:\n{}", proc.log());
+        let proc = start_haproxy(dir, &cfg, front);
         Haproxy { proc, front }
     }
 
@@ -295,15 +275,6 @@ impl Haproxy {
     fn log(&self) -> String {
         format!("--- haproxy log:\n{}", self.proc.log())
     }
-}
-
-fn which(prog: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-            .map(|d| d.join(prog))
-            .find(|p| p.is_file())
-    })
 }
 
 /// An agent connected to one server only: its service is served on the same public port

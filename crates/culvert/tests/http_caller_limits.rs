@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -17,43 +16,6 @@ fn caller_from(source: Ipv4Addr, to: SocketAddr) -> TcpStream {
     let s = connect_from(source, to).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s
-}
-
-/// Whether the ingress answers a request on `s` (a `404`: no route; the connection stays
-/// open for the next). A connection closed at a limit gives end of file or a reset instead.
-fn answered(s: &mut TcpStream) -> bool {
-    if s.write_all(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-    // Read the short JSON body too, so the next request starts clean.
-    let text = String::from_utf8_lossy(&got).into_owned();
-    let head_end = text.find("\r\n\r\n").unwrap() + 4;
-    let length: usize = text[..head_end]
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().to_owned())
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    while got.len() < head_end + length {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-    text.starts_with("HTTP/1.1 404")
 }
 
 fn refused(admin: u16, limit: &str) -> Option<u64> {
@@ -96,20 +58,20 @@ fn callers_past_the_ingress_limits_are_closed_and_the_held_ones_keep_being_serve
     // Two from a: both served; a third from a is closed at its address's limit.
     let mut held = vec![caller_from(a, http), caller_from(a, http)];
     for s in &mut held {
-        assert!(answered(s), "a caller within the limits is served");
+        assert!(ingress_answers(s), "a caller within the limits is served");
     }
     assert!(
-        !answered(&mut caller_from(a, http)),
+        !ingress_answers(&mut caller_from(a, http)),
         "a third connection from one address is closed"
     );
     // Two from b fill the total; one from c is closed at the total.
     held.push(caller_from(b, http));
     held.push(caller_from(b, http));
     for s in &mut held[2..] {
-        assert!(answered(s), "another address has its own share");
+        assert!(ingress_answers(s), "another address has its own share");
     }
     assert!(
-        !answered(&mut caller_from(c, http)),
+        !ingress_answers(&mut caller_from(c, http)),
         "a fifth connection is closed at the total"
     );
     assert_eq!(
@@ -123,11 +85,11 @@ fn callers_past_the_ingress_limits_are_closed_and_the_held_ones_keep_being_serve
 
     // The held callers are still served; when one leaves, c gets its place.
     for s in &mut held {
-        assert!(answered(s), "a held caller keeps being served");
+        assert!(ingress_answers(s), "a held caller keeps being served");
     }
     held.remove(0);
     assert!(
-        poll_until(WAIT, || answered(&mut caller_from(c, http))),
+        poll_until(WAIT, || ingress_answers(&mut caller_from(c, http))),
         "a freed place is taken again"
     );
     server.kill();

@@ -439,3 +439,41 @@ pub fn ingress(dir: &TempDir) -> (Proc, u16, String, PathBuf, String) {
         .unwrap_or_else(|e| panic!("{e}"));
     (server, port, http, agent_token, caller)
 }
+
+/// Whether the ingress answers a request on `s` (a `404`: no route; the connection stays
+/// open for the next). A connection closed at a limit gives end of file or a reset instead.
+pub fn ingress_answers(s: &mut std::net::TcpStream) -> bool {
+    use std::io::{Read, Write};
+    if s.write_all(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    // Read the short JSON body too, so the next request starts clean.
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let head_end = text.find("\r\n\r\n").unwrap() + 4;
+    let length: usize = text[..head_end]
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while got.len() < head_end + length {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    text.starts_with("HTTP/1.1 404")
+}

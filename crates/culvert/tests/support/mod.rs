@@ -175,6 +175,50 @@ pub fn public_port_of(p: &mut Proc, service: &str, from: usize) -> u16 {
     port
 }
 
+/// `prog` from `PATH` or the sbin folders (where Debian puts haproxy and dnsmasq).
+pub fn which(prog: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .chain([
+                std::path::PathBuf::from("/usr/sbin"),
+                std::path::PathBuf::from("/sbin"),
+            ])
+            .map(|d| d.join(prog))
+            .find(|p| p.is_file())
+    })
+}
+
+/// haproxy running the configuration `cfg` (written under `dir`), checked first, in the
+/// foreground; returns once it listens on 127.0.0.1:`front`. Stopped by its PID when the
+/// returned guard drops.
+pub fn start_haproxy(dir: &Path, cfg: &str, front: u16) -> Proc {
+    let bin = which("haproxy").unwrap_or_else(|| {
+        panic!("haproxy is required by this test: install it (Debian: apt-get install haproxy), or run scripts/test.sh, which does")
+    });
+    let path = dir.join(format!("haproxy-{front}.cfg"));
+    std::fs::write(&path, cfg).unwrap();
+    let check = run(Command::new(&bin).arg("-c").arg("-f").arg(&path), WAIT);
+    assert!(
+        check.status.success(),
+        "haproxy refused its config: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // -db: foreground, logs to stderr.
+    let proc = Proc::spawn(
+        "haproxy",
+        Command::new(&bin).arg("-db").arg("-f").arg(&path),
+    );
+    let up = poll_until(WAIT, || {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, front)),
+            Duration::from_secs(1),
+        )
+        .is_ok()
+    });
+    assert!(up, "haproxy did not listen:\n{}", proc.log());
+    proc
+}
+
 /// A TCP connection to `to` from `source` (a loopback address, for tests that tell clients
 /// apart by their address), the connect bounded by [`WAIT`].
 pub fn connect_from(
