@@ -132,21 +132,15 @@ async fn forward(
     let deadline = tokio::time::Instant::now() + backend.response_timeout;
     let mut resp = loop {
         if !reused {
-            let fresh = connect(backend, dial_timeout).await;
-            match fresh {
-                Ok(sender) => {
-                    counters.dialed();
-                    counters
-                        .http
-                        .backend_connections
-                        .fetch_add(1, Ordering::Relaxed);
-                    *slot = Some(sender);
-                }
-                Err(refusal) => {
-                    counters.dial_failed();
-                    return Err(refusal);
-                }
-            }
+            let sender = connect(backend, dial_timeout)
+                .await
+                .inspect_err(|_| counters.dial_failed())?;
+            counters.dialed();
+            counters
+                .http
+                .backend_connections
+                .fetch_add(1, Ordering::Relaxed);
+            *slot = Some(sender);
         }
         let sender = slot.as_mut().expect("set above");
         // A backend that never answers does not hold the caller forever: the answer's head

@@ -118,9 +118,9 @@ impl CallerLimits {
     pub(crate) fn refuse(&self, why: Refused, ip: Option<IpAddr>) -> Refused {
         self.refused[why.index()].fetch_add(1, Ordering::Relaxed);
         let max = match why {
-            Refused::Total => self.max_total,
-            Refused::PerAddress => self.max_per_address,
-            Refused::ProxyHeader => 0,
+            Refused::Total => Some(self.max_total),
+            Refused::PerAddress => Some(self.max_per_address),
+            Refused::ProxyHeader => None,
         };
         let now = Instant::now();
         let mut s = self.state();
@@ -129,7 +129,7 @@ impl CallerLimits {
         if last.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
             *last = Some(now);
             drop(s);
-            tracing::warn!(%address, limit = why.label(), max, "http ingress: caller connection refused (counted in culvert_http_connections_refused_total; further refusals within 10 s are logged at debug)");
+            tracing::warn!(%address, limit = why.label(), ?max, "http ingress: caller connection refused (counted in culvert_http_connections_refused_total; further refusals within 10 s are logged at debug)");
         } else {
             drop(s);
             tracing::debug!(%address, limit = why.label(), "http ingress: caller connection refused");

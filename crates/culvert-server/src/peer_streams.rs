@@ -260,12 +260,7 @@ async fn forwarded(
     // A public connection (its client an address; an access stream's is `access:NAME@…`)
     // answers to the owner token's `public_clients` here, where that token is known.
     if let Ok(client) = client_addr.parse::<std::net::SocketAddr>() {
-        if !owner.token().admits_public_client(client.ip()) {
-            server
-                .counters()
-                .public_refused_client_address
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%client, "forwarded public connection refused: its address is not in the token's public_clients");
+        if !crate::public::client_admitted(server.counters(), &owner.token(), client) {
             stream.reset(reset_code::NOT_ALLOWED);
             return;
         }

@@ -52,8 +52,8 @@ pub(crate) async fn handle(
     service: Arc<Service>,
 ) {
     tune_accepted(&sock);
-    if !session.token().admits_public_client(peer.ip()) {
-        refuse_client_address(&inner, &sock);
+    if !client_admitted(&inner.counters, &session.token(), peer) {
+        culvert_transport::reset_on_close(&sock);
         return;
     }
     let stream = match session.open_connection(&service, peer.to_string()).await {
@@ -86,13 +86,20 @@ pub(crate) async fn handle(
     }
 }
 
-/// Refuses a public client whose address the owner token's `public_clients` leaves out:
-/// a reset (nothing reaches the agent) and a count.
-pub(crate) fn refuse_client_address(inner: &Inner, sock: &TcpStream) {
-    inner
-        .counters
+/// Whether the owner `token`'s `public_clients` admit a public client at `client`, here or
+/// forwarded from another server of the cluster; a refusal is counted and logged (the
+/// caller then resets the connection, so nothing reaches the agent).
+pub(crate) fn client_admitted(
+    counters: &crate::server::Counters,
+    token: &crate::TokenEntry,
+    client: std::net::SocketAddr,
+) -> bool {
+    if token.admits_public_client(client.ip()) {
+        return true;
+    }
+    counters
         .public_refused_client_address
         .fetch_add(1, Ordering::Relaxed);
-    tracing::debug!("refusing client: its address is not in the token's public_clients");
-    culvert_transport::reset_on_close(sock);
+    tracing::debug!(%client, "public client refused: its address is not in the token's public_clients");
+    false
 }

@@ -241,17 +241,12 @@ async fn forward(
     let mut tcp = match tokio::time::timeout(timeout, TcpStream::connect(&svc.target)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
-            counters.dial_failed();
-            return fail(&mux, stream, connection_id, format!("{}: {e}", svc.target));
+            let reason = format!("{}: {e}", svc.target);
+            return fail(&mux, stream, connection_id, &counters, reason);
         }
         Err(_) => {
-            counters.dial_failed();
-            return fail(
-                &mux,
-                stream,
-                connection_id,
-                format!("{}: connect timed out", svc.target),
-            );
+            let reason = format!("{}: connect timed out", svc.target);
+            return fail(&mux, stream, connection_id, &counters, reason);
         }
     };
     tune_tcp(&tcp);
@@ -259,13 +254,8 @@ async fn forward(
         // The backend sees the public client (see `proxy_protocol` for the destination).
         let header = crate::proxy_protocol::header(version, &client_addr, tcp.peer_addr().ok());
         if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut tcp, &header).await {
-            counters.dial_failed();
-            return fail(
-                &mux,
-                stream,
-                connection_id,
-                format!("{}: PROXY header: {e}", svc.target),
-            );
+            let reason = format!("{}: PROXY header: {e}", svc.target);
+            return fail(&mux, stream, connection_id, &counters, reason);
         }
     }
     counters.dialed();
@@ -280,7 +270,16 @@ async fn forward(
     }
 }
 
-fn fail(mux: &Mux, stream: TunnelStream, connection_id: Uuid, reason: String) {
+/// The target could not be reached: counted against the service, logged, and the stream
+/// reset with the reason sent to the server.
+fn fail(
+    mux: &Mux,
+    stream: TunnelStream,
+    connection_id: Uuid,
+    counters: &ServiceCounters,
+    reason: String,
+) {
+    counters.dial_failed();
     // A dead backend or an exhausted file-descriptor table fails every connection: warn at
     // most once per ten seconds, the rest at debug, so the log is not flooded.
     static LAST_WARN_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
