@@ -64,8 +64,23 @@ pub struct HttpIngressConfig {
     pub max_connections_per_address: usize,
     /// Every caller connection begins with a PROXY protocol header (v1 or v2) from the
     /// balancer in front, naming the caller; a connection without one is closed. On only
-    /// when nothing but that balancer can reach the ingress.
+    /// when nothing but that balancer can reach the ingress, or with `proxy_protocol_from`.
     pub proxy_protocol: bool,
+    /// The balancers' addresses: only connections from these must (and may) begin with a
+    /// PROXY header; any other is a direct caller, known by its own address, whose header
+    /// would be read as HTTP, so it cannot claim another caller's address. Empty: every
+    /// connection is a balancer's.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
+}
+
+impl HttpIngressConfig {
+    /// Whether a connection from `peer` begins with a balancer's PROXY header.
+    fn expects_proxy_header(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxy_protocol
+            && (self.proxy_protocol_from.is_empty()
+                || self.proxy_protocol_from.iter().any(|n| n.contains(&peer)))
+    }
 }
 
 /// [`HttpIngressConfig::max_connections`] unless the operator sets it.
@@ -88,7 +103,8 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener, config: Http
         };
         // Past a limit the connection closes here: nothing read, nothing answered. Behind
         // a balancer the caller's address comes with the PROXY header, read in the task.
-        let slot = if config.proxy_protocol {
+        let from_balancer = config.expects_proxy_header(peer.ip());
+        let slot = if from_balancer {
             inner.http_callers.admit_total()
         } else {
             inner.http_callers.admit(peer.ip())
@@ -99,7 +115,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener, config: Http
         culvert_transport::tune_accepted(&tcp);
         let (inner, config) = (inner.clone(), config.clone());
         tokio::spawn(async move {
-            let peer = if config.proxy_protocol {
+            let peer = if from_balancer {
                 let Some(caller) = caller_behind_balancer(&inner, &mut tcp, peer).await else {
                     return;
                 };
@@ -534,6 +550,38 @@ mod tests {
         );
         // Another host falls back to the path route.
         assert!(r("/api", Some("other.org"), Some("example.com")).is_none());
+    }
+
+    #[test]
+    fn only_the_named_balancers_send_proxy_headers() {
+        let mut c = HttpIngressConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            domain: None,
+            token_header: None,
+            max_connections: 1,
+            max_connections_per_address: 1,
+            proxy_protocol: false,
+            proxy_protocol_from: vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "2001:db8::7/128".parse().unwrap(),
+            ],
+        };
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(
+            !c.expects_proxy_header(ip("10.1.2.3")),
+            "off: no header from anyone"
+        );
+        c.proxy_protocol = true;
+        assert!(c.expects_proxy_header(ip("10.1.2.3")));
+        assert!(c.expects_proxy_header(ip("::ffff:10.1.2.3")), "v4-mapped");
+        assert!(c.expects_proxy_header(ip("2001:db8::7")));
+        assert!(!c.expects_proxy_header(ip("2001:db8::8")));
+        assert!(!c.expects_proxy_header(ip("192.0.2.1")), "a direct caller");
+        c.proxy_protocol_from.clear();
+        assert!(
+            c.expects_proxy_header(ip("192.0.2.1")),
+            "no list: every peer is a balancer"
+        );
     }
 
     #[test]

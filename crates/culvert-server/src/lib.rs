@@ -13,6 +13,7 @@ mod ids;
 mod limits;
 mod metrics;
 pub mod names;
+mod networks;
 mod peer_streams;
 mod proxy_header;
 mod public;
@@ -31,6 +32,7 @@ pub use config::{PortRange, ServerConfig};
 pub use http_ingress::{
     HttpIngressConfig, DEFAULT_HTTP_MAX_CONNECTIONS, DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
 };
+pub use networks::parse_network;
 pub use quota::TenantLimits;
 pub use registry::Protocol;
 pub use reload::ReloadReport;

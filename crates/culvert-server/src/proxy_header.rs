@@ -176,6 +176,29 @@ mod tests {
         assert!(parse(&short).is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever a peer writes after either version's opening, parsing answers with an
+        /// address or an error, never a panic (the header parser is a dependency's).
+        #[test]
+        fn any_header_parses_or_is_refused(
+            v1 in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..110),
+            v2_body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            command in 0u8..=255,
+            family in 0u8..=255,
+            claimed in 0u16..=120,
+        ) {
+            let mut line = b"PROXY ".to_vec();
+            line.extend_from_slice(&v1);
+            line.extend_from_slice(b"\r\n");
+            let _ = parse(&line);
+            let mut h = V2_SIGNATURE.to_vec();
+            h.extend_from_slice(&[command, family]);
+            h.extend_from_slice(&claimed.to_be_bytes());
+            h.extend_from_slice(&v2_body);
+            let _ = parse(&h);
+        }
+    }
+
     /// Over a real socket: exactly the header is consumed, and what follows it is left.
     #[tokio::test]
     async fn exactly_the_header_is_consumed() {

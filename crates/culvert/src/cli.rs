@@ -381,9 +381,20 @@ pub struct ServerArgs {
     pub http_max_connections_per_address: Option<usize>,
     /// Every HTTP ingress connection begins with a PROXY protocol header (v1 or v2) from the
     /// L4 balancer in front, naming the caller for limits, lockouts, X-Forwarded-For and
-    /// logs; a connection without one is closed. Only when nothing else reaches the ingress.
+    /// logs; a connection without one is closed. Only when nothing else reaches the
+    /// ingress, or with --http-proxy-protocol-from.
     #[arg(long, requires = "http_listen")]
     pub http_proxy_protocol: bool,
+    /// The balancers (addresses or networks, repeatable or comma-separated): only their
+    /// connections carry a PROXY header; anyone else is a direct caller known by its own
+    /// address, who cannot claim another's [default: every peer is a balancer].
+    #[arg(
+        long,
+        value_name = "CIDR",
+        value_delimiter = ',',
+        requires = "http_proxy_protocol"
+    )]
+    pub http_proxy_protocol_from: Vec<String>,
     /// Join a cluster of servers sharing one registry in this PostgreSQL database
     /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DB): tokens, port leases and which server
     /// holds which agent live there, and --tokens is not read.

@@ -74,9 +74,10 @@ pub struct ServerFile {
     pub http_token_header: Option<String>,
     pub http_max_connections: Option<usize>,
     pub http_max_connections_per_address: Option<usize>,
-    /// `--http-proxy-protocol`.
+    /// `--http-proxy-protocol`, `--http-proxy-protocol-from`.
     #[serde(default)]
     pub http_proxy_protocol: bool,
+    pub http_proxy_protocol_from: Option<Vec<String>>,
     /// `--cluster`, `--cluster-id`, `--cluster-advertise`, `--cluster-heartbeat`.
     pub cluster: Option<String>,
     pub cluster_id: Option<String>,

@@ -176,6 +176,19 @@ pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
             Some(n) => Ok(n),
             None => Ok(default),
         };
+        let proxy_protocol = args.http_proxy_protocol || file.http_proxy_protocol;
+        let from = match args.http_proxy_protocol_from.is_empty() {
+            true => file.http_proxy_protocol_from.unwrap_or_default(),
+            false => args.http_proxy_protocol_from,
+        };
+        if !from.is_empty() && !proxy_protocol {
+            bail!("http_proxy_protocol_from names balancers, but http_proxy_protocol is off");
+        }
+        let proxy_protocol_from = from
+            .iter()
+            .map(|s| culvert_server::parse_network(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--http-proxy-protocol-from: {e}"))?;
         config.http = Some(culvert_server::HttpIngressConfig {
             listen,
             domain: args.http_domain.or(file.http_domain),
@@ -191,7 +204,8 @@ pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
                     .or(file.http_max_connections_per_address),
                 culvert_server::DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
             )?,
-            proxy_protocol: args.http_proxy_protocol || file.http_proxy_protocol,
+            proxy_protocol,
+            proxy_protocol_from,
         });
     }
     if let Some(url) = cluster_url {

@@ -208,6 +208,24 @@ fn check_accepts_good_files_and_names_what_is_wrong_in_bad_ones() {
             "culvert cert new",
         ),
         ("empty.toml", "# nothing\n", "nothing to check"),
+        (
+            "balancer.toml",
+            &format!(
+                "[server]\ntokens = {:?}\ninsecure_plain = true\nhttp_listen = \"127.0.0.1:1\"\n\
+                 http_proxy_protocol = true\nhttp_proxy_protocol_from = [\"10.0.0.300\"]\n",
+                tokens.display().to_string()
+            ),
+            "\"10.0.0.300\" is neither an address nor a network",
+        ),
+        (
+            "balancer-off.toml",
+            &format!(
+                "[server]\ntokens = {:?}\ninsecure_plain = true\nhttp_listen = \"127.0.0.1:1\"\n\
+                 http_proxy_protocol_from = [\"10.0.0.0/8\"]\n",
+                tokens.display().to_string()
+            ),
+            "http_proxy_protocol is off",
+        ),
     ] {
         let p = write(name, text);
         let (ok, _, err) = culvert_out(&["check", "--config", &p]);

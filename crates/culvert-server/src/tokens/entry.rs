@@ -102,7 +102,7 @@ impl TokenEntry {
         let ip = ip.to_canonical();
         allowed
             .iter()
-            .filter_map(|a| public_client_net(a).ok())
+            .filter_map(|a| crate::networks::parse_network(a).ok())
             .any(|net| net.contains(&ip))
     }
 
@@ -162,7 +162,7 @@ impl TokenEntry {
         }
         // A malformed entry must not silently leave an address out (or let one in).
         for a in self.public_clients.iter().flatten() {
-            public_client_net(a).map_err(|e| format!("{who}: public_clients: {e}"))?;
+            crate::networks::parse_network(a).map_err(|e| format!("{who}: public_clients: {e}"))?;
         }
         if self.roles.as_ref().is_some_and(|r| r.is_empty()) {
             return Err(format!(
@@ -171,19 +171,6 @@ impl TokenEntry {
         }
         Ok(())
     }
-}
-
-/// One `public_clients` entry as a network: `ADDR/LEN`, or one address.
-fn public_client_net(s: &str) -> Result<ipnet::IpNet, String> {
-    s.parse::<ipnet::IpNet>()
-        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-        .map(|n| n.trunc())
-        .map_err(|_| {
-            format!(
-                "{} is neither an address nor a network like 203.0.113.0/24",
-                crate::names::escape(s)
-            )
-        })
 }
 
 pub(super) fn default_max_services() -> usize {
