@@ -16,15 +16,16 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
 use tracing::Instrument;
 
+use crate::http_activity::{Activity, Tracked};
 use crate::http_metrics::Counted;
+use crate::http_upstream::{Upstreams, MAX_KEPT};
 use crate::names::ServiceRef;
 use crate::server::Inner;
 use crate::Role;
@@ -36,9 +37,12 @@ use culvert_transport::AcceptErrors;
 /// What answers the caller: the agent's response, or the ingress's own short JSON.
 type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
-/// The tunnel stream a caller connection used last (by `TENANT/SERVICE`), kept for its
-/// next request to the same service.
-type Upstream = Mutex<Option<(String, SendRequest<Counted<Incoming>>)>>;
+/// Requests one HTTP/2 caller connection may have in flight at once (nginx allows 128):
+/// each takes a tunnel stream of its own, kept for the next ([`MAX_KEPT`]).
+const MAX_CONCURRENT_STREAMS: u32 = MAX_KEPT as u32;
+
+/// The protocols the ingress offers in TLS (ALPN), HTTP/2 first as browsers expect.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// Seconds a `503` tells the caller to wait before retrying.
 const RETRY_AFTER_SECS: &str = "5";
@@ -92,6 +96,13 @@ pub const DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener, config: HttpIngressConfig) {
     let mut errors = AcceptErrors::default();
     let config = Arc::new(config);
+    // The tunnel endpoint's certificate, offering HTTP/2 as well (the endpoint itself
+    // offers nothing: agents speak WebSocket over HTTP/1.1).
+    let tls = inner.tls.as_ref().map(|c| {
+        let mut c = (**c).clone();
+        c.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        Arc::new(c)
+    });
     tracing::info!(listen = %config.listen, tls = inner.tls.is_some(), domain = ?config.domain, "http ingress ready");
     loop {
         let (mut tcp, peer) = match listener.accept().await {
@@ -113,7 +124,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener, config: Http
             continue;
         };
         culvert_transport::tune_accepted(&tcp);
-        let (inner, config) = (inner.clone(), config.clone());
+        let (inner, config, tls) = (inner.clone(), config.clone(), tls.clone());
         tokio::spawn(async move {
             let peer = if from_balancer {
                 let Some(caller) = caller_behind_balancer(&inner, &mut tcp, peer).await else {
@@ -126,7 +137,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener, config: Http
             } else {
                 peer
             };
-            connection(inner, config, tcp, peer)
+            connection(inner, config, tls, tcp, peer)
                 .instrument(tracing::debug_span!("http", %peer))
                 .await;
             drop(slot);
@@ -156,65 +167,102 @@ async fn caller_behind_balancer(
     None
 }
 
-/// One caller connection: TLS (when configured), then HTTP/1.1 with keep-alive.
+/// One caller connection: TLS (when configured), then HTTP/1.1 with keep-alive or HTTP/2
+/// (agreed in TLS by ALPN; on plain loopback, by the caller's connection preface).
 async fn connection(
     inner: Arc<Inner>,
     config: Arc<HttpIngressConfig>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
     let timeout = inner.config().handshake_timeout;
-    match inner.tls.clone() {
+    match tls {
         // rustls does the handshake; the records are Culvert's record layer's, as on the
         // tunnel endpoint: read ahead in large pieces while an upload streams in, opened in
         // place and copied once, responses sealed straight from hyper's buffers.
         Some(tls) => {
             let accept = record_layer::accept(tls, tcp, TLS_BUFFER_LIMIT);
             match tokio::time::timeout(timeout, accept).await {
-                Ok(Ok(tls)) => http(inner, config, TokioIo::new(tls), peer, true).await,
+                Ok(Ok(tls)) => {
+                    let version = match tls.alpn_protocol() {
+                        Some(b"h2") => Some(Version::HTTP_2),
+                        _ => Some(Version::HTTP_11),
+                    };
+                    http(inner, config, TokioIo::new(tls), peer, true, version).await
+                }
                 Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
                 Err(_) => tracing::debug!("tls handshake timed out"),
             }
         }
-        None => http(inner, config, TokioIo::new(tcp), peer, false).await,
+        None => http(inner, config, TokioIo::new(tcp), peer, false, None).await,
     }
 }
 
+/// Serves a caller's requests on `io` in `version` (`None`: the one its first bytes show)
+/// until the caller leaves or the connection has been idle for the handshake timeout.
 async fn http<T>(
     inner: Arc<Inner>,
     config: Arc<HttpIngressConfig>,
     io: T,
     peer: SocketAddr,
     tls: bool,
+    version: Option<Version>,
 ) where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    // The tunnel stream of the service this connection used last, reused while it lasts.
-    let upstream: Arc<Upstream> = Arc::default();
-    let header_timeout = inner.config().handshake_timeout;
-    let svc = hyper::service::service_fn(move |req| {
-        let (inner, config, upstream) = (inner.clone(), config.clone(), upstream.clone());
-        async move {
-            let started = Instant::now();
-            let method = req.method().clone();
-            let path = req.uri().path().to_owned();
-            let (resp, route) = handle(&inner, &config, req, peer, tls, &upstream).await;
-            let status = resp.status();
-            let elapsed = started.elapsed();
-            if let Some(route) = &route {
-                inner.http_metrics.observe(route, status, elapsed);
+    // The tunnel streams of the services this connection used, reused while they last.
+    let upstreams: Arc<Upstreams> = Arc::default();
+    let activity: Arc<Activity> = Arc::default();
+    let idle_timeout = inner.config().handshake_timeout;
+    let svc = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req| {
+            let (inner, config, upstreams) = (inner.clone(), config.clone(), upstreams.clone());
+            let active = activity.begin();
+            async move {
+                let started = Instant::now();
+                let method = req.method().clone();
+                let path = req.uri().path().to_owned();
+                let (resp, route) = handle(&inner, &config, req, peer, tls, &upstreams).await;
+                let status = resp.status();
+                let elapsed = started.elapsed();
+                if let Some(route) = &route {
+                    inner.http_metrics.observe(route, status, elapsed);
+                }
+                tracing::info!(target: "culvert::http_access", %peer, %method,
+                    route = route.as_deref().unwrap_or("-"), path = %crate::names::escape(&path),
+                    status = status.as_u16(), duration_ms = elapsed.as_secs_f64() * 1e3, "http request");
+                Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, active)))
             }
-            tracing::info!(target: "culvert::http_access", %peer, %method,
-                route = route.as_deref().unwrap_or("-"), path = %crate::names::escape(&path),
-                status = status.as_u16(), duration_ms = elapsed.as_secs_f64() * 1e3, "http request");
-            Ok::<_, std::convert::Infallible>(resp)
-        }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    if let Err(e) = builder.serve_connection(io, svc).with_upgrades().await {
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    let builder = match version {
+        Some(Version::HTTP_2) => builder.http2_only(),
+        Some(_) => builder.http1_only(),
+        None => builder,
+    };
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        // Idle (HTTP/2 has no header read timeout; a caller that never sends a request):
+        // requests in flight finish, no new one is taken, then the connection closes.
+        () = activity.idle_for(idle_timeout) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "http connection ended");
     }
 }
@@ -317,12 +365,14 @@ async fn handle(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     tls: bool,
-    upstream: &Upstream,
+    upstreams: &Upstreams,
 ) -> (Response<Body>, Option<String>) {
+    // HTTP/2 names the host in the request's authority, HTTP/1.1 in its Host header.
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .map(str::to_owned);
     let Some(route) = route(req.uri(), host.as_deref(), config.domain.as_deref()) else {
         return (
@@ -378,13 +428,12 @@ async fn handle(
 
     // What the backend sees: the path under the service, no caller token, who asked.
     let caller_upgrade = prepare(&mut req, &route, config, host.as_deref(), peer, tls);
-    let sender = {
-        let mut slot = upstream.lock().await;
-        let reusable = match slot.as_mut() {
-            Some((k, s)) if *k == name => s.ready().await.is_ok(),
-            _ => false,
-        };
-        if !reusable {
+    // An HTTP/1.1 caller's kept stream is waited for (its previous answer may be ending
+    // now); an HTTP/2 caller's concurrent requests each take an idle stream or a new one.
+    let sequential = req.version() != Version::HTTP_2;
+    let mut sender = match upstreams.take(&name, sequential).await {
+        Some(s) => s,
+        None => {
             let stream = match owner
                 .open_connection(&svc, format!("http:{}@{peer}", entry.name))
                 .await
@@ -404,7 +453,7 @@ async fn handle(
                             tracing::debug!(error = %e, "tunnel stream ended");
                         }
                     });
-                    *slot = Some((name.clone(), sender));
+                    sender
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "http over the tunnel stream failed");
@@ -415,16 +464,16 @@ async fn handle(
                 }
             }
         }
-        let (_, sender) = slot.as_mut().expect("set above");
-        let metrics = inner.http_metrics.service(&name);
-        let req = req.map(|b| Counted::up(b, metrics));
-        sender.send_request(req)
     };
-    let mut resp = match sender.await {
+    let metrics = inner.http_metrics.service(&name);
+    let mut resp = match sender
+        .send_request(req.map(|b| Counted::up(b, metrics)))
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
+            // The stream is let go of with its sender.
             tracing::debug!(error = %e, service = %name, "no answer through the tunnel");
-            *upstream.lock().await = None;
             return (
                 reply(StatusCode::BAD_GATEWAY, "bad gateway", Some(&name)),
                 Some(name),
@@ -432,10 +481,10 @@ async fn handle(
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The stream now carries the upgraded protocol: it serves no further requests.
+        drop(sender);
         if let Some(caller) = caller_upgrade {
             let agent_side = hyper::upgrade::on(&mut resp);
-            // The stream now carries the upgraded protocol: it serves no further requests.
-            *upstream.lock().await = None;
             tokio::spawn(async move {
                 if let Ok((a, b)) = tokio::try_join!(caller, agent_side) {
                     let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
@@ -444,6 +493,7 @@ async fn handle(
             });
         }
     } else {
+        upstreams.put(name.clone(), sender);
         strip_hop_by_hop(resp.headers_mut());
     }
     let metrics = inner.http_metrics.service(&name);
@@ -468,7 +518,13 @@ fn prepare(
     if let Ok(uri) = route.path_and_query.parse::<Uri>() {
         *req.uri_mut() = uri;
     }
+    // The tunnel stream carries HTTP/1.1 whatever the caller spoke; an HTTP/2 request's
+    // authority becomes its Host.
+    *req.version_mut() = Version::HTTP_11;
     let h = req.headers_mut();
+    if let Some(v) = host.and_then(|v| HeaderValue::from_str(v).ok()) {
+        h.entry(header::HOST).or_insert(v);
+    }
     match &config.token_header {
         Some(n) => {
             h.remove(n);

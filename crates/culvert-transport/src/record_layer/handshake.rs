@@ -37,6 +37,7 @@ trait Unbuffered {
     fn into_kernel(self)
         -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), rustls::Error>;
     fn version(&self) -> Option<ProtocolVersion>;
+    fn alpn(&self) -> Option<Vec<u8>>;
 }
 
 /// The same methods exist on both of rustls's unbuffered connections, outside any trait.
@@ -61,6 +62,9 @@ macro_rules! unbuffered {
             fn version(&self) -> Option<ProtocolVersion> {
                 self.protocol_version()
             }
+            fn alpn(&self) -> Option<Vec<u8>> {
+                self.alpn_protocol().map(<[u8]>::to_vec)
+            }
         }
     };
 }
@@ -81,6 +85,7 @@ struct Done<D> {
     version: Version,
     leftover: BytesMut,
     early: BytesMut,
+    alpn: Option<Vec<u8>>,
 }
 
 impl<D> Done<D> {
@@ -100,6 +105,7 @@ impl<D> Done<D> {
             self.early,
             wlimit,
         )
+        .map(|s| s.with_alpn(self.alpn))
         .map_err(tls_err)
     }
 }
@@ -197,6 +203,7 @@ where
         },
         v => return Err(tls_err(format!("unsupported TLS version {v:?}"))),
     };
+    let alpn = conn.alpn();
     let (secrets, kernel) = conn.into_kernel().map_err(tls_err)?;
     Ok(Done {
         secrets,
@@ -204,6 +211,7 @@ where
         version,
         leftover: incoming,
         early,
+        alpn,
     })
 }
 

@@ -120,6 +120,8 @@ pub struct TlsRecordStream<S> {
     close_sent: bool,
     /// Records sealed under one key before it is replaced (TLS 1.3) or writes fail (1.2).
     rekey_at: u64,
+    /// The application protocol the handshake agreed on (ALPN), if any.
+    alpn: Option<Vec<u8>>,
 }
 
 fn fatal(e: impl std::fmt::Display) -> io::Error {
@@ -169,7 +171,20 @@ impl<S> TlsRecordStream<S> {
             key_update_asked: false,
             close_sent: false,
             rekey_at,
+            alpn: None,
         })
+    }
+
+    /// Records the protocol the handshake agreed on (see [`Self::alpn_protocol`]).
+    pub(crate) fn with_alpn(mut self, alpn: Option<Vec<u8>>) -> Self {
+        self.alpn = alpn;
+        self
+    }
+
+    /// The application protocol agreed in the handshake (ALPN), such as `h2`: a server
+    /// offering several speaks the one chosen.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.alpn.as_deref()
     }
 
     /// Bytes of buffer this connection holds now (read-ahead, sealed-record buffers).

@@ -409,3 +409,29 @@ fn the_configurations_culvert_builds_are_used_as_they_are() {
     assert!(!Arc::ptr_eq(&allowed, &theirs));
     assert!(allowed.enable_secret_extraction && !theirs.enable_secret_extraction);
 }
+
+#[tokio::test]
+async fn the_protocol_agreed_in_the_handshake_is_known_on_both_sides() {
+    within_30s(async {
+        let (sc, cc) = configs(CipherSuite::TLS13_AES_128_GCM_SHA256, &TLS13);
+        let mut sc = (*sc).clone();
+        sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let sc = Arc::new(sc);
+        for (offered, agreed) in [
+            (vec![b"http/1.1".to_vec(), b"h2".to_vec()], Some(&b"h2"[..])),
+            (vec![b"http/1.1".to_vec()], Some(&b"http/1.1"[..])),
+            (vec![], None),
+        ] {
+            let mut c = (*cc).clone();
+            c.alpn_protocols = offered;
+            let (a, b) = pair().await;
+            let (client, server) = tokio::join!(
+                connect(Arc::new(c), localhost(), a, 512 * 1024),
+                accept(sc.clone(), b, 512 * 1024)
+            );
+            assert_eq!(client.unwrap().alpn_protocol(), agreed);
+            assert_eq!(server.unwrap().alpn_protocol(), agreed);
+        }
+    })
+    .await;
+}
