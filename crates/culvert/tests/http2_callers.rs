@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::Digest;
 use support::http::*;
 use support::*;
 
@@ -33,7 +34,7 @@ fn curl_version(version_flag: &str, bearer: &str, url: &str) -> (String, u16, St
 /// A server (`server_args`: TLS or plain, and the ingress) and an agent serving `acme/erp`
 /// from `backend_port`, waited for until `url` answers 200 to curl with `version_flag`.
 struct Ingress {
-    _dir: TempDir,
+    dir: TempDir,
     server: Proc,
     agent: Proc,
     bearer: String,
@@ -75,7 +76,7 @@ fn start(
         server.log()
     );
     Ingress {
-        _dir: dir,
+        dir,
         server,
         agent,
         bearer,
@@ -103,6 +104,46 @@ fn tls_callers_that_offer_http2_get_it_and_the_backend_gets_http_1_1() {
     assert_eq!(got.header("authorization"), Some(SECRET));
     assert_eq!(got.header("x-forwarded-proto"), Some("https"));
     assert_eq!(got.header("x-forwarded-host"), Some(http.as_str()));
+    // Bodies both ways over HTTP/2 flow control, every byte: an 8 MiB upload (which the
+    // tunnel stream carries chunked) and a 32 MiB download.
+    let upload = t.dir.join("upload.bin");
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i * 7 + i / 4099) as u8).collect();
+    std::fs::write(&upload, &data).unwrap();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-k",
+            "--max-time",
+            "60",
+            "--http2",
+            "-w",
+            "\n%{http_version}",
+        ])
+        .args(["-H", &t.bearer, "--data-binary"])
+        .arg(format!("@{}", upload.display()))
+        .arg(format!("https://{http}/t/acme/erp/up"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = format!(
+        "len={} sha={}\n2",
+        data.len(),
+        hex::encode(sha2::Sha256::digest(&data))
+    );
+    assert_eq!(text, want);
+    let down = t.dir.join("down.bin");
+    let n = 32u64 << 20;
+    let (status, got, complete) = curl_to_file_checked(
+        &[
+            "-k",
+            "--http2",
+            "-H",
+            &t.bearer,
+            &format!("https://{http}/t/acme/erp/download?n={n}"),
+        ],
+        &down,
+    );
+    assert_eq!((status, got, complete), (200, n, true));
     // A caller that offers only HTTP/1.1 keeps it.
     let (version, status, _) = curl_version("--http1.1", &t.bearer, &url);
     assert_eq!((version.as_str(), status), ("1.1", 200));
