@@ -11,6 +11,7 @@
 #   UPLOAD_VARIANTS="/path/to/old /path/to/new" UPLOAD_ROUNDS=5 scripts/http-upload.sh
 #   UPLOAD_STRACE=1 UPLOAD_ROUNDS=1 scripts/http-upload.sh
 #   UPLOAD_BACKEND_TLS=1 UPLOAD_DOWN=1 scripts/http-upload.sh   # an https:// backend; a GET of the same size
+#   UPLOAD_HTTP=2 scripts/http-upload.sh                     # the caller speaks HTTP/2 (default 1.1)
 #
 # UPLOAD_BACKEND_TLS=1 puts the sink behind TLS (python's ssl, a certificate made by openssl
 # for localhost) and gives the agent an `https://localhost` service verified with that
@@ -28,6 +29,11 @@ mib=${UPLOAD_MIB:-1024}
 with_strace=${UPLOAD_STRACE:-0}
 backend_tls=${UPLOAD_BACKEND_TLS:-0}
 down=${UPLOAD_DOWN:-0}
+# UPLOAD_HTTP=2: the caller speaks HTTP/2 to the ingress (ALPN); 1.1 (the default) forces it.
+case ${UPLOAD_HTTP:-1.1} in
+  2) curl_version=(--http2) ;;
+  *) curl_version=(--http1.1) ;;
+esac
 for tool in curl python3; do
   command -v "$tool" >/dev/null || { echo "http-upload: $tool missing (apt-get install $tool)" >&2; exit 2; }
 done
@@ -182,10 +188,10 @@ EOF
   fi
   s0=$(ticks "$srv") a0=$(ticks "$agt")
   if [[ $down == 1 ]]; then
-    out=$(curl -sk --max-time 300 -H "$auth" -o /dev/null -w '%{size_download} %{time_total}' \
+    out=$(curl -sk "${curl_version[@]}" --max-time 300 -H "$auth" -o /dev/null -w '%{size_download} %{time_total}' \
       "https://127.0.0.1:$http/t/acme/api/download?n=$((mib << 20))")
   else
-    out=$(curl -sk --max-time 300 -H "$auth" -H 'Expect:' -T "$work/upload.bin" -w ' %{time_total}' "$url")
+    out=$(curl -sk "${curl_version[@]}" --max-time 300 -H "$auth" -H 'Expect:' -T "$work/upload.bin" -w ' %{time_total}' "$url")
   fi
   s1=$(ticks "$srv") a1=$(ticks "$agt")
   local reads="-"

@@ -41,6 +41,17 @@ type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 /// each takes a tunnel stream of its own, kept for the next ([`MAX_KEPT`]).
 const MAX_CONCURRENT_STREAMS: u32 = MAX_KEPT as u32;
 
+/// How much of an HTTP/2 caller's request bodies the ingress takes ahead of the tunnel, for
+/// the connection and for each stream: its bound on what one connection's uploads hold in
+/// memory. hyper's 1 MiB held uploads to 1 Gbit/s here (`UPLOAD_HTTP=2
+/// scripts/http-upload.sh`: 1 MiB 1.0, 2 MiB 2.4, 4 MiB 4.0 Gbit/s; HTTP/1.1 3.1).
+const H2_RECEIVE_WINDOW: u32 = 4 << 20;
+
+/// An answer's bytes queued per HTTP/2 stream before the ingress reads more from the
+/// tunnel (hyper's default is 400 KiB): with [`MAX_CONCURRENT_STREAMS`], at most 6.4 MiB
+/// per connection. Downloads measured level against the default.
+const H2_SEND_BUFFER: usize = 64 << 10;
+
 /// The protocols the ingress offers in TLS (ALPN), HTTP/2 first as browsers expect.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
@@ -245,7 +256,10 @@ async fn http<T>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(H2_RECEIVE_WINDOW)
+        .initial_connection_window_size(H2_RECEIVE_WINDOW)
+        .max_send_buf_size(H2_SEND_BUFFER);
     let builder = match version {
         Some(Version::HTTP_2) => builder.http2_only(),
         Some(_) => builder.http1_only(),
