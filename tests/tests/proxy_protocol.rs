@@ -322,3 +322,122 @@ async fn mixed_services_with_requested_port() {
     agent.shutdown();
     server.shutdown();
 }
+
+/// A TCP connection to `port` on 127.0.0.1 from the loopback address `source`.
+async fn connect_from(source: Ipv4Addr, port: u16) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind((source, 0).into()).unwrap();
+    within(
+        WAIT,
+        "connect to the public port",
+        s.connect((Ipv4Addr::LOCALHOST, port).into()),
+    )
+    .await
+    .expect("connect to the public port")
+}
+
+/// Writes `preface` and `payload` then EOF on `sock`; the answer it gets (`ok` when the
+/// backend saw the connection, nothing when the server refused it).
+async fn exchange(mut sock: TcpStream, preface: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut answer = Vec::new();
+    let _ = within(WAIT, "an exchange through the public port", async {
+        sock.write_all(preface).await?;
+        sock.write_all(payload).await?;
+        sock.shutdown().await?;
+        sock.read_to_end(&mut answer).await
+    })
+    .await;
+    answer
+}
+
+/// Behind an L4 balancer (`public_proxy_protocol_from`), the public client is the one the
+/// balancer's PROXY header names: the token's `public_clients` are checked against it and
+/// the backend's own PROXY header (from the agent) carries it. A client from elsewhere is
+/// itself, and the header it writes is only payload; a balancer's connection without a
+/// header is refused before it reaches the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_balancer_the_public_client_is_the_one_its_header_names() {
+    let (backend, mut seen) = spawn_backend(Expect::V1).await;
+    let token = generate_token();
+    let mut entry = TokenStore::from_tokens(&[("n", &token)])
+        .check(&token)
+        .expect("the token")
+        .clone();
+    entry.public_clients = Some(vec!["198.51.100.0/24".into(), "127.0.0.9".into()]);
+    let mut config = ServerConfig::new((Ipv4Addr::LOCALHOST, 0).into(), support::port_range());
+    config.public_bind = "127.0.0.1".parse().unwrap();
+    config.public_proxy_protocol_from = vec!["127.0.0.5/32".parse().unwrap()];
+    let server = Server::bind(
+        config,
+        TokenStore::from_entries(vec![(entry, &token)]),
+        None,
+    )
+    .await
+    .expect("bind the server")
+    .spawn()
+    .expect("spawn the server");
+    let agent = start_agent(&server, &token, &[format!("svc=tcp://{backend}?proxy=v1")]).await;
+    let port = public_port(&agent, "svc");
+    let balancer = Ipv4Addr::new(127, 0, 0, 5);
+
+    // The balancer names a client public_clients admits: the backend is told that client.
+    for (header, client) in [
+        (
+            format!("PROXY TCP4 198.51.100.7 127.0.0.1 40123 {port}\r\n").into_bytes(),
+            "198.51.100.7:40123",
+        ),
+        (
+            {
+                let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+                h.extend_from_slice(&[198, 51, 100, 8, 127, 0, 0, 1, 0x9c, 0x41, 0x01, 0xbb]);
+                h
+            },
+            "198.51.100.8:40001",
+        ),
+    ] {
+        let answer = exchange(connect_from(balancer, port).await, &header, b"payload\n").await;
+        assert_eq!(answer, b"ok");
+        let got = within(WAIT, "the backend's report", seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.addrs.unwrap().0, client.parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            got.payload, b"payload\n",
+            "the balancer's header is not payload"
+        );
+    }
+
+    // A client it names that public_clients leaves out is refused: nothing reaches the
+    // backend.
+    let header = format!("PROXY TCP4 203.0.113.9 127.0.0.1 40123 {port}\r\n");
+    let answer = exchange(connect_from(balancer, port).await, header.as_bytes(), b"x").await;
+    assert_eq!(answer, b"");
+
+    // A client of its own (admitted by address): its header is payload, not believed.
+    let spoof = format!("PROXY TCP4 198.51.100.9 127.0.0.1 40123 {port}\r\n");
+    let direct = Ipv4Addr::new(127, 0, 0, 9);
+    let answer = exchange(connect_from(direct, port).await, spoof.as_bytes(), b"y").await;
+    assert_eq!(answer, b"ok");
+    let got = within(WAIT, "the backend's report", seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.addrs.unwrap().0.ip(), IpAddr::V4(direct));
+    assert_eq!(got.payload, [spoof.as_bytes(), b"y"].concat());
+
+    // The balancer's connection without a header: refused, counted.
+    let answer = exchange(
+        connect_from(balancer, port).await,
+        b"",
+        b"GET / HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer, b"");
+    assert!(
+        seen.try_recv().is_err(),
+        "a refused connection reached the backend"
+    );
+    agent.shutdown();
+    server.shutdown();
+}

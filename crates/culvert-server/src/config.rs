@@ -53,6 +53,11 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Address public listeners bind on (the port comes from the range).
     pub public_bind: std::net::IpAddr,
+    /// The L4 balancers in front of the public TCP ports: a connection from one of these
+    /// begins with a PROXY protocol header (v1 or v2) naming the client, who is then the
+    /// client for `public_clients`, logs and the agent's own PROXY header to the backend.
+    /// Anyone else is a client by its own address. Empty (the default): no header read.
+    pub public_proxy_protocol_from: Vec<ipnet::IpNet>,
     /// Ports handed to TCP services.
     pub tcp_ports: PortRange,
     /// Ports handed to UDP services.
@@ -114,6 +119,7 @@ impl ServerConfig {
         ServerConfig {
             listen,
             public_bind: std::net::IpAddr::from([0, 0, 0, 0]),
+            public_proxy_protocol_from: Vec::new(),
             tcp_ports,
             udp_ports: tcp_ports,
             handshake_timeout: Duration::from_secs(10),

@@ -91,10 +91,9 @@ pub struct HttpIngressConfig {
 impl HttpIngressConfig {
     /// Whether a connection from `peer` begins with a balancer's PROXY header.
     fn expects_proxy_header(&self, peer: std::net::IpAddr) -> bool {
-        let peer = peer.to_canonical();
         self.proxy_protocol
             && (self.proxy_protocol_from.is_empty()
-                || self.proxy_protocol_from.iter().any(|n| n.contains(&peer)))
+                || crate::networks::contains(&self.proxy_protocol_from, peer))
     }
 }
 

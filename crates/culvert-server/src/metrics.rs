@@ -302,11 +302,17 @@ impl Collector for ServerCollector {
         family(
             enc,
             "culvert_public_connections_refused",
-            "Public TCP connections refused before reaching the agent, by reason: client_address, an address the owner token's public_clients leaves out.",
-            [(
-                [("reason", "client_address")],
-                load(&c.public_refused_client_address),
-            )],
+            "Public TCP connections refused before reaching the agent, by reason: client_address, an address the owner token's public_clients leaves out; proxy_header, a connection from a balancer of --public-proxy-protocol-from without a valid PROXY header in time.",
+            [
+                (
+                    [("reason", "client_address")],
+                    load(&c.public_refused_client_address),
+                ),
+                (
+                    [("reason", "proxy_header")],
+                    load(&c.public_refused_proxy_header),
+                ),
+            ],
         )?;
         family(
             enc,

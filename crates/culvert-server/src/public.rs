@@ -46,12 +46,16 @@ pub(crate) async fn serve_tcp(
 /// Serves one public client of `service`, whose agent this server holds.
 pub(crate) async fn handle(
     inner: Arc<Inner>,
-    sock: TcpStream,
+    mut sock: TcpStream,
     peer: std::net::SocketAddr,
     session: Arc<Session>,
     service: Arc<Service>,
 ) {
     tune_accepted(&sock);
+    let Some(peer) = client_behind(&inner, &mut sock, peer).await else {
+        culvert_transport::reset_on_close(&sock);
+        return;
+    };
     if !client_admitted(&inner.counters, &session.token(), peer) {
         culvert_transport::reset_on_close(&sock);
         return;
@@ -84,6 +88,37 @@ pub(crate) async fn handle(
         Ok(t) => tracing::debug!(up = t.up, down = t.down, "public connection done"),
         Err(e) => tracing::debug!(error = %e, "public connection aborted"),
     }
+}
+
+/// The client of a public connection: the one a balancer's PROXY header names when `peer`
+/// is one of `--public-proxy-protocol-from` (the balancer itself for a header that names
+/// none, such as its health check), else `peer`. `None`, counted and logged, when a
+/// balancer's connection brings no valid header within the handshake timeout.
+async fn client_behind(
+    inner: &Inner,
+    sock: &mut TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<std::net::SocketAddr> {
+    let config = inner.config();
+    if !crate::networks::contains(&config.public_proxy_protocol_from, peer.ip()) {
+        return Some(peer);
+    }
+    let limit = config.handshake_timeout;
+    let why = match tokio::time::timeout(limit, crate::proxy_header::read(sock)).await {
+        Ok(Ok(client)) => {
+            let client = client.unwrap_or(peer);
+            tracing::debug!(balancer = %peer, %client, "public client behind a balancer");
+            return Some(client);
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no PROXY protocol header within {limit:?}"),
+    };
+    inner
+        .counters
+        .public_refused_proxy_header
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(balancer = %peer, reason = %why, "public connection without a valid PROXY header closed");
+    None
 }
 
 /// Whether the owner `token`'s `public_clients` admit a public client at `client`, here or

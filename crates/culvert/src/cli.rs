@@ -57,6 +57,9 @@ impl Command {
     }
 }
 
+// The server's arguments make its variant the largest by far; the command is parsed once
+// per process, so its size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server: accept agents and serve their public ports.
@@ -340,6 +343,12 @@ pub struct ServerArgs {
     /// Address public listeners bind on [default: 0.0.0.0].
     #[arg(long)]
     pub public_bind: Option<IpAddr>,
+    /// The L4 balancers in front of the public TCP ports (addresses or networks, repeatable
+    /// or comma-separated): their connections begin with a PROXY header (v1 or v2) naming
+    /// the client, for public_clients, logs and the agent's PROXY header to the backend;
+    /// anyone else is a client by its own address.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',')]
+    pub public_proxy_protocol_from: Vec<String>,
     /// Seconds between heartbeats on agent connections; an agent silent for two is
     /// dropped, and one silent past one and a half gets no new streams [default: 10].
     #[arg(long, value_name = "SECS", value_parser = timer_secs(1))]

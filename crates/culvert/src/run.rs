@@ -149,6 +149,11 @@ pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
     if let Some(u) = args.udp_port_range.or(file.udp_port_range) {
         config.udp_ports = u.parse().map_err(anyhow::Error::msg)?;
     }
+    let balancers = match args.public_proxy_protocol_from.is_empty() {
+        true => file.public_proxy_protocol_from.clone().unwrap_or_default(),
+        false => args.public_proxy_protocol_from.clone(),
+    };
+    config.public_proxy_protocol_from = networks("--public-proxy-protocol-from", &balancers)?;
     if let Some(b) = args.public_bind.or(file.public_bind) {
         config.public_bind = b;
     }
@@ -184,11 +189,7 @@ pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
         if !from.is_empty() && !proxy_protocol {
             bail!("http_proxy_protocol_from names balancers, but http_proxy_protocol is off");
         }
-        let proxy_protocol_from = from
-            .iter()
-            .map(|s| culvert_server::parse_network(s))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow::anyhow!("--http-proxy-protocol-from: {e}"))?;
+        let proxy_protocol_from = networks("--http-proxy-protocol-from", &from)?;
         config.http = Some(culvert_server::HttpIngressConfig {
             listen,
             domain: args.http_domain.or(file.http_domain),
@@ -668,6 +669,15 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     );
     handle.drain(grace).await;
     Ok(())
+}
+
+/// An option's list of addresses and networks, parsed; the error names the option.
+fn networks(option: &str, entries: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    entries
+        .iter()
+        .map(|s| culvert_server::parse_network(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("{option}: {e}"))
 }
 
 #[cfg(test)]

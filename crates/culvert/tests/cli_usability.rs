@@ -218,6 +218,15 @@ fn check_accepts_good_files_and_names_what_is_wrong_in_bad_ones() {
             "\"10.0.0.300\" is neither an address nor a network",
         ),
         (
+            "public-balancer.toml",
+            &format!(
+                "[server]\ntokens = {:?}\ninsecure_plain = true\n\
+                 public_proxy_protocol_from = [\"10.0.0.0/33\"]\n",
+                tokens.display().to_string()
+            ),
+            "--public-proxy-protocol-from: \"10.0.0.0/33\" is neither",
+        ),
+        (
             "balancer-off.toml",
             &format!(
                 "[server]\ntokens = {:?}\ninsecure_plain = true\nhttp_listen = \"127.0.0.1:1\"\n\

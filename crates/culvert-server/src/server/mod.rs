@@ -38,6 +38,8 @@ pub(crate) struct Counters {
     /// Public TCP connections refused: their address is not in the owner token's
     /// `public_clients`.
     pub(crate) public_refused_client_address: std::sync::atomic::AtomicU64,
+    /// Public TCP connections from a balancer closed without a valid PROXY header.
+    pub(crate) public_refused_proxy_header: std::sync::atomic::AtomicU64,
     /// Datagrams dropped on their way to the UDP targets this server dials, over all its
     /// connections.
     pub(crate) udp_target_drops: Arc<culvert_transport::udp_target::TargetDrops>,
