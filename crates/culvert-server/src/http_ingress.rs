@@ -532,9 +532,13 @@ fn prepare(
         *req.uri_mut() = uri;
     }
     // The tunnel stream carries HTTP/1.1 whatever the caller spoke; an HTTP/2 request's
-    // authority becomes its Host.
+    // authority becomes its Host, and its cookie crumbs one Cookie header.
+    let from_h2 = req.version() == Version::HTTP_2;
     *req.version_mut() = Version::HTTP_11;
     let h = req.headers_mut();
+    if from_h2 {
+        join_cookies(h);
+    }
     if let Some(v) = host.and_then(|v| HeaderValue::from_str(v).ok()) {
         h.entry(header::HOST).or_insert(v);
     }
@@ -568,6 +572,23 @@ fn prepare(
         }
     }
     on_upgrade
+}
+
+/// HTTP/2 lets a caller split its cookies over several `cookie` fields (browsers do, for
+/// header compression); HTTP/1.1 allows one Cookie header, so they are joined with `; `
+/// as RFC 9113 §8.2.3 asks of a gateway to HTTP/1.1.
+fn join_cookies(h: &mut HeaderMap) {
+    let crumbs: Vec<&[u8]> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if crumbs.len() < 2 {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&crumbs.join(&b"; "[..])) {
+        h.insert(header::COOKIE, v);
+    }
 }
 
 /// Binds the ingress listener, refusing plain HTTP off loopback.
@@ -651,6 +672,19 @@ mod tests {
             c.expects_proxy_header(ip("192.0.2.1")),
             "no list: every peer is a balancer"
         );
+    }
+
+    #[test]
+    fn cookie_crumbs_become_one_header() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, [HeaderValue::from_static("a=1; b=2; c=3")]);
     }
 
     #[test]

@@ -152,7 +152,8 @@ fn tls_callers_that_offer_http2_get_it_and_the_backend_gets_http_1_1() {
 }
 
 /// A backend whose `/hold` answers only once the test releases it (one release per
-/// request); any other path answers at once.
+/// request); `/cookies` answers the Cookie headers it got, joined by `|`; any other path
+/// answers its path at once.
 fn holding_backend() -> (u16, Arc<tokio::sync::Semaphore>) {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let g = gate.clone();
@@ -165,8 +166,19 @@ fn holding_backend() -> (u16, Arc<tokio::sync::Semaphore>) {
                     if req.uri().path().ends_with("/hold") {
                         gate.acquire().await.unwrap().forget();
                     }
+                    let answer = if req.uri().path().ends_with("/cookies") {
+                        let all: Vec<_> = req
+                            .headers()
+                            .get_all("cookie")
+                            .iter()
+                            .map(|v| v.to_str().unwrap_or("?").to_owned())
+                            .collect();
+                        all.join("|")
+                    } else {
+                        req.uri().path().to_owned()
+                    };
                     Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from(req.uri().path().to_owned()),
+                        bytes::Bytes::from(answer),
                     )))
                 }
             });
@@ -203,12 +215,16 @@ fn concurrent_requests_on_one_connection_do_not_wait_behind_each_other() {
                 .await
                 .unwrap();
         let mut conn = tokio::spawn(conn);
-        let get = |path: &str| {
+        let get_with = |path: &str, cookies: &[&str]| {
             let mut sender = sender.clone();
-            let req = hyper::Request::get(format!("{base}/{path}"))
+            let mut req = hyper::Request::get(format!("{base}/{path}"))
                 .header("authorization", &token)
                 .body(Empty::<bytes::Bytes>::new())
                 .unwrap();
+            for c in cookies {
+                req.headers_mut()
+                    .append("cookie", hyper::header::HeaderValue::from_str(c).unwrap());
+            }
             async move {
                 let resp = sender.send_request(req).await.unwrap();
                 assert_eq!(resp.status(), 200);
@@ -217,6 +233,10 @@ fn concurrent_requests_on_one_connection_do_not_wait_behind_each_other() {
                 String::from_utf8_lossy(&body).into_owned()
             }
         };
+        let get = |path: &str| get_with(path, &[]);
+        // Cookie crumbs, as browsers send them over HTTP/2, reach the HTTP/1.1 backend as
+        // one Cookie header.
+        assert_eq!(get_with("cookies", &["a=1", "b=2"]).await, "a=1; b=2");
         // Three held requests in flight on the one connection...
         let held: Vec<_> = (0..3).map(|_| tokio::spawn(get("hold"))).collect();
         // ...and others still answered meanwhile, each over a stream of its own.
