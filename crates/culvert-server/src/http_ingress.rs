@@ -233,6 +233,7 @@ async fn http<T>(
             async move {
                 let started = Instant::now();
                 let method = req.method().clone();
+                let version = req.version();
                 let path = req.uri().path().to_owned();
                 let (resp, route) = handle(&inner, &config, req, peer, tls, &upstreams).await;
                 let status = resp.status();
@@ -240,7 +241,7 @@ async fn http<T>(
                 if let Some(route) = &route {
                     inner.http_metrics.observe(route, status, elapsed);
                 }
-                tracing::info!(target: "culvert::http_access", %peer, %method,
+                tracing::info!(target: "culvert::http_access", %peer, %method, ?version,
                     route = route.as_deref().unwrap_or("-"), path = %crate::names::escape(&path),
                     status = status.as_u16(), duration_ms = elapsed.as_secs_f64() * 1e3, "http request");
                 Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, active)))

@@ -147,6 +147,18 @@ fn tls_callers_that_offer_http2_get_it_and_the_backend_gets_http_1_1() {
     // A caller that offers only HTTP/1.1 keeps it.
     let (version, status, _) = curl_version("--http1.1", &t.bearer, &url);
     assert_eq!((version.as_str(), status), ("1.1", 200));
+    // The access log says which each request spoke.
+    let log = t.server.log();
+    let access = |v: &str| {
+        log.lines().any(|l| {
+            l.contains("http request")
+                && l.contains("route=\"acme/erp\"")
+                && l.contains("path=\"/t/acme/erp/h2\"")
+                && l.contains("status=200")
+                && l.contains(&format!("version={v}"))
+        })
+    };
+    assert!(access("HTTP/2.0") && access("HTTP/1.1"), "{log}");
     t.agent.kill();
     t.server.kill();
 }
