@@ -6,11 +6,9 @@
 pub mod allow;
 mod cluster;
 mod config;
-mod http_activity;
 mod http_callers;
 mod http_ingress;
 mod http_metrics;
-mod http_upstream;
 mod ids;
 mod limits;
 mod metrics;
