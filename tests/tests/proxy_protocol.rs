@@ -441,3 +441,103 @@ async fn behind_a_balancer_the_public_client_is_the_one_its_header_names() {
     agent.shutdown();
     server.shutdown();
 }
+
+/// An L4 balancer in front of the tunnel endpoint at `to`: each connection to the returned
+/// port is relayed from 127.0.0.5, after a PROXY v1 header naming `198.51.100.N:4000N`
+/// (N = 1, 2, … per connection).
+async fn tunnel_balancer(to: SocketAddr) -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut n = 0u8;
+        while let Ok((mut agent, _)) = listener.accept().await {
+            n += 1;
+            let header = format!(
+                "PROXY TCP4 198.51.100.{n} {} 4000{n} {}\r\n",
+                to.ip(),
+                to.port()
+            );
+            tokio::spawn(async move {
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                s.bind((Ipv4Addr::new(127, 0, 0, 5), 0).into()).unwrap();
+                let Ok(mut server) = s.connect(to).await else {
+                    return;
+                };
+                if server.write_all(header.as_bytes()).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut agent, &mut server).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Behind a balancer (`tunnel_proxy_protocol_from`), each agent's session is known by the
+/// address the balancer's PROXY header names, not the balancer's (the address the
+/// handshake caps and lockouts count by too); an agent dialing directly is known by its
+/// own; a balancer's connection without a header fails its handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_balancer_each_agent_is_known_by_the_address_its_header_names() {
+    let token = generate_token();
+    let mut config = ServerConfig::new((Ipv4Addr::LOCALHOST, 0).into(), support::port_range());
+    config.public_bind = "127.0.0.1".parse().unwrap();
+    config.tunnel_proxy_protocol_from = vec!["127.0.0.5/32".parse().unwrap()];
+    let server = Server::bind(config, TokenStore::from_tokens(&[("n", &token)]), None)
+        .await
+        .expect("bind the server")
+        .spawn()
+        .expect("spawn the server");
+    let (backend, _seen) = spawn_backend(Expect::None).await;
+    let balancer = tunnel_balancer(server.addr).await;
+
+    // Two agents through the balancer, one straight to the server.
+    let via = |port: u16, name: &str| {
+        let url = ServerUrl::parse(&format!("ws://127.0.0.1:{port}")).unwrap();
+        let mut c = AgentConfig::new(
+            url,
+            token.clone(),
+            vec![format!("{name}=tcp://{backend}")
+                .parse::<ServiceSpec>()
+                .unwrap()],
+        );
+        c.pool = 1;
+        c
+    };
+    let a = Agent::spawn(via(balancer, "a")).expect("spawn an agent");
+    let b = Agent::spawn(via(balancer, "b")).expect("spawn an agent");
+    let direct = Agent::spawn(via(server.addr.port(), "direct")).expect("spawn an agent");
+    let peers = within(WAIT, "three sessions", async {
+        loop {
+            let mut peers: Vec<IpAddr> = server.sessions().iter().map(|s| s.peer.ip()).collect();
+            if peers.len() == 3 {
+                peers.sort();
+                return peers;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        peers,
+        [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            "198.51.100.1".parse::<IpAddr>().unwrap(),
+            "198.51.100.2".parse().unwrap()
+        ]
+    );
+
+    // The balancer's connection without a header: refused before any handshake.
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind((Ipv4Addr::new(127, 0, 0, 5), 0).into()).unwrap();
+    let mut raw = s.connect(server.addr).await.unwrap();
+    raw.write_all(b"GET /tunnel/v1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = within(WAIT, "the refusal", raw.read_to_end(&mut got)).await;
+    assert!(matches!(read, Ok(0) | Err(_)) && got.is_empty(), "{got:?}");
+    for h in [a, b, direct] {
+        h.shutdown();
+    }
+    server.shutdown();
+}

@@ -58,6 +58,10 @@ pub struct ServerConfig {
     /// client for `public_clients`, logs and the agent's own PROXY header to the backend.
     /// Anyone else is a client by its own address. Empty (the default): no header read.
     pub public_proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// The same for the tunnel endpoint: an agent connection from one of these balancers
+    /// begins with a PROXY header, and the agent it names is the address the handshake
+    /// caps, lockouts, logs and session lists use. Empty (the default): no header read.
+    pub tunnel_proxy_protocol_from: Vec<ipnet::IpNet>,
     /// Ports handed to TCP services.
     pub tcp_ports: PortRange,
     /// Ports handed to UDP services.
@@ -120,6 +124,7 @@ impl ServerConfig {
             listen,
             public_bind: std::net::IpAddr::from([0, 0, 0, 0]),
             public_proxy_protocol_from: Vec::new(),
+            tunnel_proxy_protocol_from: Vec::new(),
             tcp_ports,
             udp_ports: tcp_ports,
             handshake_timeout: Duration::from_secs(10),

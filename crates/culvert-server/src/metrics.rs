@@ -296,7 +296,7 @@ impl Collector for ServerCollector {
         single(
             enc,
             "culvert_handshakes_failed",
-            "Handshakes that failed (TLS, upgrade, deadline).",
+            "Handshakes that failed (TLS, upgrade, deadline, or a balancer's missing PROXY header).",
             load(&c.handshakes_failed),
         )?;
         family(

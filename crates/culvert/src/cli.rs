@@ -349,6 +349,11 @@ pub struct ServerArgs {
     /// anyone else is a client by its own address.
     #[arg(long, value_name = "CIDR", value_delimiter = ',')]
     pub public_proxy_protocol_from: Vec<String>,
+    /// The L4 balancers in front of the tunnel endpoint (as --public-proxy-protocol-from):
+    /// the agent their PROXY header names is the address for the handshake caps, lockouts,
+    /// logs and session lists.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',')]
+    pub tunnel_proxy_protocol_from: Vec<String>,
     /// Seconds between heartbeats on agent connections; an agent silent for two is
     /// dropped, and one silent past one and a half gets no new streams [default: 10].
     #[arg(long, value_name = "SECS", value_parser = timer_secs(1))]

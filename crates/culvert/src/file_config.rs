@@ -61,8 +61,9 @@ pub struct ServerFile {
     pub port_range: Option<String>,
     pub udp_port_range: Option<String>,
     pub public_bind: Option<IpAddr>,
-    /// `--public-proxy-protocol-from`.
+    /// `--public-proxy-protocol-from`, `--tunnel-proxy-protocol-from`.
     pub public_proxy_protocol_from: Option<Vec<String>>,
+    pub tunnel_proxy_protocol_from: Option<Vec<String>>,
     pub heartbeat_interval: Option<u64>,
     /// `--linger SECS`.
     pub linger: Option<u64>,

@@ -149,11 +149,24 @@ pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
     if let Some(u) = args.udp_port_range.or(file.udp_port_range) {
         config.udp_ports = u.parse().map_err(anyhow::Error::msg)?;
     }
-    let balancers = match args.public_proxy_protocol_from.is_empty() {
-        true => file.public_proxy_protocol_from.clone().unwrap_or_default(),
-        false => args.public_proxy_protocol_from.clone(),
+    let balancers = |flag: &[String], key: &Option<Vec<String>>| match flag.is_empty() {
+        true => key.clone().unwrap_or_default(),
+        false => flag.to_vec(),
     };
-    config.public_proxy_protocol_from = networks("--public-proxy-protocol-from", &balancers)?;
+    config.public_proxy_protocol_from = networks(
+        "--public-proxy-protocol-from",
+        &balancers(
+            &args.public_proxy_protocol_from,
+            &file.public_proxy_protocol_from,
+        ),
+    )?;
+    config.tunnel_proxy_protocol_from = networks(
+        "--tunnel-proxy-protocol-from",
+        &balancers(
+            &args.tunnel_proxy_protocol_from,
+            &file.tunnel_proxy_protocol_from,
+        ),
+    )?;
     if let Some(b) = args.public_bind.or(file.public_bind) {
         config.public_bind = b;
     }

@@ -227,6 +227,15 @@ fn check_accepts_good_files_and_names_what_is_wrong_in_bad_ones() {
             "--public-proxy-protocol-from: \"10.0.0.0/33\" is neither",
         ),
         (
+            "tunnel-balancer.toml",
+            &format!(
+                "[server]\ntokens = {:?}\ninsecure_plain = true\n\
+                 tunnel_proxy_protocol_from = [\"fe80::/129\"]\n",
+                tokens.display().to_string()
+            ),
+            "--tunnel-proxy-protocol-from: \"fe80::/129\" is neither",
+        ),
+        (
             "balancer-off.toml",
             &format!(
                 "[server]\ntokens = {:?}\ninsecure_plain = true\nhttp_listen = \"127.0.0.1:1\"\n\

@@ -204,49 +204,94 @@ impl Server {
         tracing::info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             tls = self.inner.tls.is_some(), "tunnel endpoint ready");
         loop {
-            let (tcp, peer) = match self.listener.accept().await {
+            let (mut tcp, peer) = match self.listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
                     errors.on_error(&self.listener, "tunnel endpoint", &e).await;
                     continue;
                 }
             };
-            // Never refused here: when the caps are full an older stalled handshake is
-            // shed instead (see `Admission::admit`).
-            let mut permit = self.inner.admission.admit(peer.ip(), Instant::now());
-            if permit.shed_other {
-                self.inner
-                    .counters
-                    .handshakes_shed
-                    .fetch_add(1, Ordering::Relaxed);
-            }
             let inner = self.inner.clone();
-            let span = tracing::info_span!("agent", %peer, session = tracing::field::Empty);
-            tokio::spawn(
-                async move {
-                    let r = tokio::select! {
-                        r = handshake::handshake(&inner, tcp, peer, permit.timeout) => r,
-                        _ = &mut permit.shed => Err("shed: the handshake caps were full and this was the oldest stalled handshake".to_owned()),
-                    };
-                    drop(permit);
-                    match r {
-                        Ok(Some((ws, conn, session, charge))) => {
-                            connection::serve_connection(inner, ws, conn, session, charge).await
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            inner
-                                .counters
-                                .handshakes_failed
-                                .fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(error = %e, "handshake failed")
-                        }
+            let behind_balancer =
+                crate::networks::contains(&inner.config().tunnel_proxy_protocol_from, peer.ip());
+            if !behind_balancer {
+                // Never refused here: when the caps are full an older stalled handshake is
+                // shed instead (see `Admission::admit`).
+                let permit = admit(&inner, peer);
+                tokio::spawn(agent_connection(inner, tcp, peer, permit));
+                continue;
+            }
+            // Behind a balancer the agent's address comes with the PROXY header, read in
+            // the task (bounded by the handshake timeout), before the caps are applied.
+            tokio::spawn(async move {
+                let timeout = inner.config().handshake_timeout;
+                let read = tokio::time::timeout(timeout, crate::proxy_header::read(&mut tcp));
+                let agent = match read.await {
+                    Ok(Ok(agent)) => agent.unwrap_or(peer),
+                    Ok(Err(e)) => return refuse_balanced(&inner, peer, &e.to_string()),
+                    Err(_) => {
+                        return refuse_balanced(&inner, peer, "no PROXY protocol header in time")
                     }
-                }
-                .instrument(span),
-            );
+                };
+                let permit = admit(&inner, agent);
+                agent_connection(inner, tcp, agent, permit).await;
+            });
         }
     }
+}
+
+/// A handshake slot for an agent connection from `peer`, counting a shed one.
+fn admit(inner: &Arc<Inner>, peer: SocketAddr) -> crate::limits::Permit {
+    let permit = inner.admission.admit(peer.ip(), Instant::now());
+    if permit.shed_other {
+        inner
+            .counters
+            .handshakes_shed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    permit
+}
+
+/// A balancer's connection to the tunnel endpoint without a valid PROXY header: counted
+/// as a failed handshake, logged, closed.
+fn refuse_balanced(inner: &Inner, balancer: SocketAddr, why: &str) {
+    inner
+        .counters
+        .handshakes_failed
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%balancer, reason = why, "tunnel connection without a valid PROXY header closed");
+}
+
+/// One agent connection from `peer`: the handshake within its permit, then the connection.
+async fn agent_connection(
+    inner: Arc<Inner>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    mut permit: crate::limits::Permit,
+) {
+    let span = tracing::info_span!("agent", %peer, session = tracing::field::Empty);
+    async move {
+        let r = tokio::select! {
+            r = handshake::handshake(&inner, tcp, peer, permit.timeout) => r,
+            _ = &mut permit.shed => Err("shed: the handshake caps were full and this was the oldest stalled handshake".to_owned()),
+        };
+        drop(permit);
+        match r {
+            Ok(Some((ws, conn, session, charge))) => {
+                connection::serve_connection(inner, ws, conn, session, charge).await
+            }
+            Ok(None) => {}
+            Err(e) => {
+                inner
+                    .counters
+                    .handshakes_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "handshake failed")
+            }
+        }
+    }
+    .instrument(span)
+    .await
 }
 
 impl Inner {
