@@ -164,8 +164,9 @@ fn tls_callers_that_offer_http2_get_it_and_the_backend_gets_http_1_1() {
 }
 
 /// A backend whose `/hold` answers only once the test releases it (one release per
-/// request); `/cookies` answers the Cookie headers it got, joined by `|`; any other path
-/// answers its path at once.
+/// request); `/hold-body` sends its head and `first` at once and `last` only once released;
+/// `/cookies` answers the Cookie headers it got, joined by `|`; any other path answers its
+/// path at once.
 fn holding_backend() -> (u16, Arc<tokio::sync::Semaphore>) {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let g = gate.clone();
@@ -175,6 +176,23 @@ fn holding_backend() -> (u16, Arc<tokio::sync::Semaphore>) {
             let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
                 let gate = gate.clone();
                 async move {
+                    type Chunk = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>;
+                    let chunk = |s: &'static str| -> Chunk {
+                        Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+                            s.as_bytes(),
+                        )))
+                    };
+                    if req.uri().path().ends_with("/hold-body") {
+                        use futures::StreamExt;
+                        let rest = futures::stream::once(async move {
+                            gate.acquire().await.unwrap().forget();
+                            chunk("last")
+                        });
+                        let body = futures::stream::once(async move { chunk("first") }).chain(rest);
+                        return Ok::<_, hyper::Error>(hyper::Response::new(BodyExt::boxed(
+                            http_body_util::StreamBody::new(body),
+                        )));
+                    }
                     if req.uri().path().ends_with("/hold") {
                         gate.acquire().await.unwrap().forget();
                     }
@@ -189,9 +207,9 @@ fn holding_backend() -> (u16, Arc<tokio::sync::Semaphore>) {
                     } else {
                         req.uri().path().to_owned()
                     };
-                    Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from(answer),
-                    )))
+                    Ok::<_, hyper::Error>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from(answer)).boxed(),
+                    ))
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -264,6 +282,39 @@ fn concurrent_requests_on_one_connection_do_not_wait_behind_each_other() {
             let answer = tokio::time::timeout(WAIT, h).await.unwrap().unwrap();
             assert_eq!(answer, "/hold");
         }
+
+        // An answer whose head has come but whose body is still held keeps its stream
+        // busy: a request to the same service meanwhile takes another stream instead of
+        // waiting for that body to end. On a connection of its own, whose only kept stream
+        // is that busy one.
+        let tcp = tokio::net::TcpStream::connect(&http).await.unwrap();
+        let (mut second, conn2) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn2);
+        let request = |path: &str| {
+            hyper::Request::get(format!("{base}/{path}"))
+                .header("authorization", &token)
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap()
+        };
+        let streaming = second.send_request(request("hold-body")).await.unwrap();
+        assert_eq!(streaming.status(), 200);
+        let after = tokio::time::timeout(WAIT, second.send_request(request("after-head")))
+            .await
+            .expect("a request waited for another answer's body to end")
+            .unwrap();
+        let answer = after.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&answer[..], b"/after-head");
+        drop(second);
+        gate.add_permits(1);
+        let body = tokio::time::timeout(WAIT, streaming.into_body().collect())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&body[..], b"firstlast");
 
         // Idle, the connection is closed by the ingress (after its 10 s idle timeout, as
         // for HTTP/1.1), not held for ever.

@@ -137,11 +137,12 @@ pub(super) async fn handle(
         return unavailable(name);
     };
 
-    // What the backend sees: the path under the service, no caller token, who asked.
-    let caller_upgrade = prepare(&mut req, &route, config, host.as_deref(), peer, tls);
     // An HTTP/1.1 caller's kept stream is waited for (its previous answer may be ending
     // now); an HTTP/2 caller's concurrent requests each take an idle stream or a new one.
+    // Read before `prepare`, which makes every request HTTP/1.1 for the tunnel stream.
     let sequential = req.version() != Version::HTTP_2;
+    // What the backend sees: the path under the service, no caller token, who asked.
+    let caller_upgrade = prepare(&mut req, &route, config, host.as_deref(), peer, tls);
     let mut sender = match upstreams.take(&name, sequential).await {
         Some(s) => s,
         None => {
@@ -178,7 +179,7 @@ pub(super) async fn handle(
     };
     let metrics = inner.http_metrics.service(&name);
     let mut resp = match sender
-        .send_request(req.map(|b| Counted::up(b, metrics)))
+        .send_request(req.map(|b| Counted::up(b, metrics.clone())))
         .await
     {
         Ok(r) => r,
@@ -207,7 +208,6 @@ pub(super) async fn handle(
         upstreams.put(name.clone(), sender);
         strip_hop_by_hop(resp.headers_mut());
     }
-    let metrics = inner.http_metrics.service(&name);
     (resp.map(|b| Counted::down(b, metrics).boxed()), Some(name))
 }
 
