@@ -51,6 +51,21 @@ pub(crate) async fn read(tcp: &mut TcpStream) -> Result<Option<SocketAddr>, Prox
     parse(&header)
 }
 
+/// The client a balancer's connection names in its PROXY header, read within `limit`:
+/// `balancer` itself for a header that names none (a health check). `Err` holds the
+/// reason, for the caller's count and log, when no valid header comes in time.
+pub(crate) async fn client_within(
+    tcp: &mut TcpStream,
+    balancer: SocketAddr,
+    limit: std::time::Duration,
+) -> Result<SocketAddr, String> {
+    match tokio::time::timeout(limit, read(tcp)).await {
+        Ok(Ok(client)) => Ok(client.unwrap_or(balancer)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no PROXY protocol header within {limit:?}")),
+    }
+}
+
 /// The rest of a v1 line after its `PROXY`, through its `\r\n`: peeked whole (balancers
 /// write it in one segment), then read; a line that arrives in pieces is read a byte at a
 /// time.

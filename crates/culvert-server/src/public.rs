@@ -104,14 +104,12 @@ async fn client_behind(
         return Some(peer);
     }
     let limit = config.handshake_timeout;
-    let why = match tokio::time::timeout(limit, crate::proxy_header::read(sock)).await {
-        Ok(Ok(client)) => {
-            let client = client.unwrap_or(peer);
+    let why = match crate::proxy_header::client_within(sock, peer, limit).await {
+        Ok(client) => {
             tracing::debug!(balancer = %peer, %client, "public client behind a balancer");
             return Some(client);
         }
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("no PROXY protocol header within {limit:?}"),
+        Err(why) => why,
     };
     inner
         .counters

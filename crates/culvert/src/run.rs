@@ -195,10 +195,10 @@ pub(crate) fn server_plan(args: ServerArgs) -> anyhow::Result<ServerPlan> {
             None => Ok(default),
         };
         let proxy_protocol = args.http_proxy_protocol || file.http_proxy_protocol;
-        let from = match args.http_proxy_protocol_from.is_empty() {
-            true => file.http_proxy_protocol_from.unwrap_or_default(),
-            false => args.http_proxy_protocol_from,
-        };
+        let from = balancers(
+            &args.http_proxy_protocol_from,
+            &file.http_proxy_protocol_from,
+        );
         if !from.is_empty() && !proxy_protocol {
             bail!("http_proxy_protocol_from names balancers, but http_proxy_protocol is off");
         }

@@ -47,9 +47,11 @@ impl Activity {
             .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    /// Returns once nothing has been in flight for `period`: the connection is idle.
+    /// Returns once nothing has been in flight for `period`, counted from this call at the
+    /// earliest: the connection is idle.
     pub(crate) async fn idle_for(&self, period: Duration) {
-        let mut deadline = self.origin + period;
+        let start = Instant::now();
+        let mut deadline = start + period;
         loop {
             tokio::time::sleep_until(deadline).await;
             if self.in_flight.load(Ordering::Acquire) > 0 {
@@ -57,6 +59,7 @@ impl Activity {
                 continue;
             }
             let last = self.origin + Duration::from_nanos(self.last_change.load(Ordering::Relaxed));
+            let last = last.max(start);
             if last + period <= Instant::now() {
                 return;
             }
@@ -143,5 +146,17 @@ mod tests {
             waited >= period && waited <= period * 2,
             "idle counts from the last request's end: {waited:?}"
         );
+    }
+
+    /// The wait after a graceful shutdown is a whole period of its own, not over at once
+    /// because the connection was already idle.
+    #[tokio::test(start_paused = true)]
+    async fn a_second_wait_counts_from_its_own_start() {
+        let a = Arc::new(Activity::default());
+        let period = Duration::from_secs(10);
+        a.idle_for(period).await;
+        let second = tokio::time::Instant::now();
+        a.idle_for(period).await;
+        assert_eq!(second.elapsed(), period);
     }
 }

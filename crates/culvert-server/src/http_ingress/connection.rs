@@ -146,7 +146,15 @@ async fn http<T>(
         // requests in flight finish, no new one is taken, then the connection closes.
         () = activity.idle_for(idle_timeout) => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            // A caller that never lets the shutdown finish (it reads nothing, or starts
+            // nothing more) is let go of after another idle period.
+            tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = activity.idle_for(idle_timeout) => {
+                    tracing::debug!("http connection dropped: its graceful shutdown did not finish");
+                    Ok(())
+                }
+            }
         }
     };
     if let Err(e) = ended {

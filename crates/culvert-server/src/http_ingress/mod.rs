@@ -121,10 +121,9 @@ async fn caller_behind_balancer(
     balancer: SocketAddr,
 ) -> Option<SocketAddr> {
     let limit = inner.config().handshake_timeout;
-    let why = match tokio::time::timeout(limit, crate::proxy_header::read(tcp)).await {
-        Ok(Ok(caller)) => return Some(caller.unwrap_or(balancer)),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("no PROXY protocol header within {limit:?}"),
+    let why = match crate::proxy_header::client_within(tcp, balancer, limit).await {
+        Ok(caller) => return Some(caller),
+        Err(why) => why,
     };
     tracing::debug!(%balancer, reason = %why, "http ingress: connection without a valid PROXY header closed");
     inner.http_callers.refuse(

@@ -224,14 +224,10 @@ impl Server {
             // Behind a balancer the agent's address comes with the PROXY header, read in
             // the task (bounded by the handshake timeout), before the caps are applied.
             tokio::spawn(async move {
-                let timeout = inner.config().handshake_timeout;
-                let read = tokio::time::timeout(timeout, crate::proxy_header::read(&mut tcp));
-                let agent = match read.await {
-                    Ok(Ok(agent)) => agent.unwrap_or(peer),
-                    Ok(Err(e)) => return refuse_balanced(&inner, peer, &e.to_string()),
-                    Err(_) => {
-                        return refuse_balanced(&inner, peer, "no PROXY protocol header in time")
-                    }
+                let limit = inner.config().handshake_timeout;
+                let agent = match crate::proxy_header::client_within(&mut tcp, peer, limit).await {
+                    Ok(agent) => agent,
+                    Err(why) => return refuse_balanced(&inner, peer, &why),
                 };
                 let permit = admit(&inner, agent);
                 agent_connection(inner, tcp, agent, permit).await;
